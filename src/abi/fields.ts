@@ -49,7 +49,11 @@ export function decodeStruct<N extends string>(spec: StructSpec<N>, bytes: Uint8
 }
 
 /** The field that an access of exactly (offset, length) addresses, if any. */
-export function fieldAt<N extends string>(spec: StructSpec<N>, offset: number, length: number): FieldSpec<N> | undefined {
+export function fieldAt<N extends string>(
+  spec: StructSpec<N>,
+  offset: number,
+  length: number,
+): FieldSpec<N> | undefined {
   return spec.fields.find((f) => f.offset === offset && f.width === length);
 }
 

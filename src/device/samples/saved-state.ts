@@ -1,0 +1,261 @@
+// Saving and loading the sample devices' state: a register file plus (optionally) device memory in
+// fixed-size blocks. Saving sends every block once, then blocks dirtied since they were sent (pre-copy),
+// and when the device has stopped the registers and an END digest. Loading checks the device model,
+// every offset and length, and the digest: a device resumes only from a complete, unaltered stream.
+
+import { createHash } from 'node:crypto';
+import { Errno } from '../../abi/errno.ts';
+import { VfioError } from '../../errors.ts';
+import { StateStreamReader } from '../state-reader.ts';
+import { RECORD_HEADER_SIZE, type RecordHeader, RecordKind, type StateRecord } from '../state-stream.ts';
+import { StateStreamWriter } from '../state-writer.ts';
+
+/** The parts of a device that its saved state covers. */
+export interface StateImage {
+  /** What the device is; the destination must describe itself identically. */
+  readonly descriptor: Readonly<Record<string, string | number>>;
+  readonly regs: Uint8Array;
+  /** Device memory, length a multiple of blockSize (empty for a device without memory). */
+  readonly memory: Uint8Array;
+  readonly blockSize: number;
+}
+
+const DIGEST_SIZE = 32;
+
+function sha256(...parts: Uint8Array[]): Uint8Array {
+  const h = createHash('sha256');
+  for (const p of parts) h.update(p);
+  return new Uint8Array(h.digest());
+}
+
+function isZero(b: Uint8Array): boolean {
+  // Compare 8 bytes at a time where alignment allows; the rest byte by byte.
+  const words = b.byteOffset % 8 === 0 ? Math.floor(b.byteLength / 8) : 0;
+  const w = new BigUint64Array(b.buffer, b.byteOffset, words);
+  for (let i = 0; i < words; i++) if (w[i] !== 0n) return false;
+  for (let i = words * 8; i < b.byteLength; i++) if (b[i] !== 0) return false;
+  return true;
+}
+
+function encodeDescriptor(d: StateImage['descriptor']): Uint8Array {
+  return new TextEncoder().encode(JSON.stringify(d));
+}
+
+/** The digest END carries: over each block's hash (as last sent) and the registers. */
+function finalDigest(blockHashes: Uint8Array, regs: Uint8Array): Uint8Array {
+  return sha256(blockHashes, regs);
+}
+
+export class StateSaver {
+  private readonly blocks: number;
+  private readonly dirty: Uint8Array;
+  private dirtyCount: number;
+  private cursor = 0;
+  private readonly blockHashes: Uint8Array;
+  private readonly zeroHash: Uint8Array;
+  private begun = false;
+  private regsSent = false;
+  private ended = false;
+  private readonly writer: StateStreamWriter;
+
+  /** `stopped()` tells whether the device has stopped, i.e. whether registers and END may be sent. */
+  constructor(
+    private readonly image: StateImage,
+    private readonly stopped: () => boolean,
+  ) {
+    this.blocks = image.memory.byteLength / image.blockSize;
+    this.dirty = new Uint8Array(this.blocks).fill(1);
+    this.dirtyCount = this.blocks;
+    this.blockHashes = new Uint8Array(this.blocks * DIGEST_SIZE);
+    this.zeroHash = sha256(new Uint8Array(image.blockSize));
+    this.writer = new StateStreamWriter(() => this.nextRecord());
+  }
+
+  /** The device wrote [offset, offset + length) of its memory. */
+  markDirty(offset: number, length: number): void {
+    const first = Math.floor(offset / this.image.blockSize);
+    const last = Math.floor((offset + length - 1) / this.image.blockSize);
+    for (let b = first; b <= last; b++) {
+      if (this.dirty[b] === 0) {
+        this.dirty[b] = 1;
+        this.dirtyCount++;
+      }
+    }
+  }
+
+  get dirtyBlocks(): number {
+    return this.dirtyCount;
+  }
+
+  get complete(): boolean {
+    return this.ended && this.writer.queuedBytes === 0;
+  }
+
+  pendingBytes(): number {
+    let n = this.writer.queuedBytes + this.dirtyCount * (RECORD_HEADER_SIZE + this.image.blockSize);
+    if (!this.begun) n += RECORD_HEADER_SIZE + encodeDescriptor(this.image.descriptor).byteLength;
+    if (this.stopped()) {
+      if (!this.regsSent) n += RECORD_HEADER_SIZE + this.image.regs.byteLength;
+      if (!this.ended) n += RECORD_HEADER_SIZE + DIGEST_SIZE;
+    }
+    return n;
+  }
+
+  produce(out: Uint8Array): number {
+    return this.writer.produce(out);
+  }
+
+  private nextRecord(): StateRecord | null {
+    if (!this.begun) {
+      this.begun = true;
+      return {
+        header: { kind: RecordKind.BEGIN, arg0: 0n, arg1: 0n },
+        payload: encodeDescriptor(this.image.descriptor),
+      };
+    }
+    if (this.dirtyCount > 0) return this.nextBlock();
+    if (!this.stopped() || this.ended) return null;
+    if (!this.regsSent) {
+      this.regsSent = true;
+      return { header: { kind: RecordKind.REGS, arg0: 0n, arg1: 0n }, payload: this.image.regs.slice() };
+    }
+    this.ended = true;
+    return {
+      header: { kind: RecordKind.END, arg0: BigInt(this.writer.recordCount), arg1: 0n },
+      payload: finalDigest(this.blockHashes, this.image.regs),
+    };
+  }
+
+  private nextBlock(): StateRecord {
+    while (this.dirty[this.cursor] === 0) this.cursor = (this.cursor + 1) % this.blocks;
+    const b = this.cursor;
+    this.cursor = (this.cursor + 1) % this.blocks;
+    this.dirty[b] = 0;
+    this.dirtyCount--;
+    const offset = b * this.image.blockSize;
+    // Snapshot now: the device may write the block again before these bytes leave, and then it is dirty
+    // again and sent again, so what was sent and what was hashed are always the same bytes.
+    const snapshot = this.image.memory.slice(offset, offset + this.image.blockSize);
+    if (isZero(snapshot)) {
+      this.blockHashes.set(this.zeroHash, b * DIGEST_SIZE);
+      return { header: { kind: RecordKind.ZERO, arg0: BigInt(offset), arg1: BigInt(this.image.blockSize) } };
+    }
+    this.blockHashes.set(sha256(snapshot), b * DIGEST_SIZE);
+    return { header: { kind: RecordKind.MEM, arg0: BigInt(offset), arg1: 0n }, payload: snapshot };
+  }
+}
+
+export class StateLoader {
+  private readonly reader: StateStreamReader;
+  private readonly blocks: number;
+  private readonly received: Uint8Array;
+  private receivedCount = 0;
+  private readonly blockHashes: Uint8Array;
+  private readonly zeroHash: Uint8Array;
+  private small = new Uint8Array(0);
+  private hash: ReturnType<typeof createHash> | null = null;
+  private regsLoaded = false;
+
+  /** Loads into `image` in place; `applyRegs` installs a complete register file. */
+  constructor(
+    private readonly image: StateImage,
+    private readonly applyRegs: (regs: Uint8Array) => void,
+  ) {
+    this.blocks = image.memory.byteLength / image.blockSize;
+    this.received = new Uint8Array(this.blocks);
+    this.blockHashes = new Uint8Array(this.blocks * DIGEST_SIZE);
+    this.zeroHash = sha256(new Uint8Array(image.blockSize));
+    const maxPayload = Math.max(image.blockSize, image.regs.byteLength, 4096);
+    this.reader = new StateStreamReader(
+      {
+        onHeader: (h, i) => this.onHeader(h, i),
+        onPayload: (h, chunk, at) => this.onPayload(h, chunk, at),
+        onRecordEnd: (h) => this.onRecordEnd(h),
+      },
+      maxPayload,
+    );
+  }
+
+  get complete(): boolean {
+    return this.reader.complete;
+  }
+
+  feed(data: Uint8Array): void {
+    this.reader.feed(data);
+  }
+
+  private fail(message: string): never {
+    throw new VfioError(Errno.EINVAL, message);
+  }
+
+  private onHeader(h: RecordHeader, index: number): void {
+    if (h.kind === RecordKind.BEGIN && index !== 0) this.fail(`BEGIN record at position ${index}`);
+    if (h.kind === RecordKind.MEM || h.kind === RecordKind.ZERO) {
+      const len = h.kind === RecordKind.MEM ? BigInt(h.length) : h.arg1;
+      const bs = BigInt(this.image.blockSize);
+      if (h.arg0 % bs !== 0n || len !== bs || h.arg0 + len > BigInt(this.image.memory.byteLength)) {
+        this.fail(`memory record at offset ${h.arg0} length ${len} does not match a ${bs}-byte block of device memory`);
+      }
+      if (h.kind === RecordKind.ZERO && h.length !== 0) this.fail('ZERO record carries a payload');
+      this.hash = createHash('sha256');
+    }
+    if (h.kind === RecordKind.REGS && h.length !== this.image.regs.byteLength) {
+      this.fail(`register record is ${h.length} bytes, this device has ${this.image.regs.byteLength}`);
+    }
+    if (h.kind === RecordKind.END && h.length !== DIGEST_SIZE) this.fail(`END record is ${h.length} bytes`);
+    if (h.kind === RecordKind.BEGIN || h.kind === RecordKind.REGS || h.kind === RecordKind.END) {
+      this.small = new Uint8Array(h.length);
+    }
+  }
+
+  private onPayload(h: RecordHeader, chunk: Uint8Array, at: number): void {
+    if (h.kind === RecordKind.MEM) {
+      this.image.memory.set(chunk, Number(h.arg0) + at);
+      this.hash!.update(chunk);
+    } else {
+      this.small.set(chunk, at);
+    }
+  }
+
+  private onRecordEnd(h: RecordHeader): void {
+    switch (h.kind) {
+      case RecordKind.BEGIN: {
+        const mine = JSON.stringify(this.image.descriptor);
+        const theirs = new TextDecoder().decode(this.small);
+        if (mine !== theirs) this.fail(`device model mismatch: saved state is ${theirs}, this device is ${mine}`);
+        return;
+      }
+      case RecordKind.MEM:
+      case RecordKind.ZERO: {
+        const offset = Number(h.arg0);
+        const b = offset / this.image.blockSize;
+        if (h.kind === RecordKind.ZERO) this.image.memory.fill(0, offset, offset + this.image.blockSize);
+        this.blockHashes.set(
+          h.kind === RecordKind.ZERO ? this.zeroHash : new Uint8Array(this.hash!.digest()),
+          b * DIGEST_SIZE,
+        );
+        this.hash = null;
+        if (this.received[b] === 0) {
+          this.received[b] = 1;
+          this.receivedCount++;
+        }
+        return;
+      }
+      case RecordKind.REGS:
+        this.applyRegs(this.small);
+        this.regsLoaded = true;
+        return;
+      case RecordKind.END: {
+        if (this.receivedCount !== this.blocks) {
+          this.fail(
+            `device state ended with ${this.blocks - this.receivedCount} of ${this.blocks} memory blocks never sent`,
+          );
+        }
+        if (!this.regsLoaded) this.fail('device state ended without its registers');
+        const expect = finalDigest(this.blockHashes, this.image.regs);
+        if (!Buffer.from(expect).equals(this.small))
+          this.fail('device state digest mismatch: the loaded state is not the saved one');
+      }
+    }
+  }
+}

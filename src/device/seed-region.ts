@@ -1,0 +1,336 @@
+// The seed protocol's migration region, as a device's driver implements it: the 64-byte header of the
+// June 2019 draft (device_state, pending_bytes, data_offset, data_size, and the dirty-page fields start_pfn,
+// page_size, total_pfns, copied_pfns) in front of a data section that is either trapped (every access goes
+// through read/write here) or mmapped (the client reads and writes the section's memory directly).
+//
+// This class knows nothing of sockets: a transport calls read()/write() with region offsets and turns a
+// thrown VfioError into an error reply. Every rule it enforces is written in docs/migration-region.md.
+
+import { Errno } from '../abi/errno.ts';
+import { fieldAt, readField, writeField } from '../abi/fields.ts';
+import {
+  DeviceState,
+  DIRTY_PFNS_ALL,
+  DIRTY_PFNS_NONE,
+  SEED_MIGRATION_INFO,
+  type SeedField,
+  deviceStateName as stateName,
+} from '../abi/migration.ts';
+import { asVfioError, einval, VfioError } from '../errors.ts';
+import type { MigrationBackend } from './backend.ts';
+import { LOG_PAGE_SIZE } from './dirty-log.ts';
+import { computeRegionLayout, type DataSectionKind, type RegionLayout } from './region-layout.ts';
+import { seedTransitionAllowed } from './seed-state-table.ts';
+
+export interface SeedRegionOptions {
+  backend: MigrationBackend;
+  kind: DataSectionKind;
+  /** Room for one chunk of device data (default 1 MiB). */
+  dataSize?: number;
+  /** Room for one dirty-bitmap chunk (default 64 KiB = 524288 pfns per chunk). */
+  bitmapSize?: number;
+  /**
+   * Memory backing the data section (bitmap area + data area), `size - sectionOffset` bytes. A server
+   * passes an mmap of a memfd here so that the client can map the same pages; by default it is allocated.
+   */
+  sectionMemory?: Uint8Array;
+}
+
+/** What data_offset currently points at, and so what data_size reports. */
+type Piece = { kind: 'none' } | { kind: 'data'; size: number } | { kind: 'bitmap'; bytes: number };
+
+const MAX_U64 = (1n << 64n) - 1n;
+
+export class SeedMigrationRegion {
+  readonly layout: RegionLayout;
+  /** The data section's memory: bitmap area then data area. Offsets in it are region offsets minus sectionOffset. */
+  readonly sectionMemory: Uint8Array;
+  private readonly backend: MigrationBackend;
+
+  private deviceState: number = DeviceState.RUNNING;
+  private piece: Piece = { kind: 'none' };
+  /** Bytes of the last produced chunk the user has not yet released (by reading data_offset again). */
+  private unconsumed = 0;
+  /** A bitmap chunk was copied by a copied_pfns read and data_offset has not yet pointed at it. */
+  private bitmapWaiting = false;
+  private bitmapBytes = 0;
+
+  // Dirty-page query: the three sticky write-only fields, and where the next copied_pfns read resumes.
+  private startPfn = 0n;
+  private pageSize = BigInt(LOG_PAGE_SIZE);
+  private totalPfns = 0n;
+  private cursor = 0n;
+
+  constructor(options: SeedRegionOptions) {
+    this.backend = options.backend;
+    this.layout = computeRegionLayout({
+      kind: options.kind,
+      headerSize: SEED_MIGRATION_INFO.size,
+      bitmapSize: options.bitmapSize ?? 64 * 1024,
+      dataSize: options.dataSize ?? 1024 * 1024,
+    });
+    const sectionBytes = this.layout.size - this.layout.sectionOffset;
+    if (options.sectionMemory && options.sectionMemory.byteLength !== sectionBytes) {
+      throw new RangeError(`sectionMemory must be ${sectionBytes} bytes, got ${options.sectionMemory.byteLength}`);
+    }
+    this.sectionMemory = options.sectionMemory ?? new Uint8Array(sectionBytes);
+  }
+
+  /** The current device_state (bits 0-2; bits 3-31 always read 0 on this device). */
+  get state(): number {
+    return this.deviceState;
+  }
+
+  read(offset: number, length: number): Uint8Array {
+    this.checkBounds(offset, length);
+    if (offset < this.layout.headerSize) return this.readHeader(offset, length);
+    return this.section(offset, length, 'read').slice();
+  }
+
+  write(offset: number, data: Uint8Array): void {
+    this.checkBounds(offset, data.byteLength);
+    if (offset < this.layout.headerSize) {
+      this.writeHeader(offset, data);
+      return;
+    }
+    const inBitmap = offset < this.layout.dataOffset;
+    if (inBitmap || this.deviceState !== DeviceState.RESUMING) {
+      throw einval(
+        inBitmap
+          ? 'the dirty bitmap area is read-only'
+          : `the data section is writable only while resuming (device is ${stateName(this.deviceState)})`,
+      );
+    }
+    this.section(offset, data.byteLength, 'write').set(data);
+  }
+
+  private checkBounds(offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+      throw einval(`bad access offset ${offset} length ${length}`);
+    }
+    if (offset + length > this.layout.size) {
+      throw einval(`access [${offset}, ${offset + length}) beyond the ${this.layout.size}-byte migration region`);
+    }
+  }
+
+  /** A view of the data section for an access that must lie wholly inside it (not in the header gap). */
+  private section(offset: number, length: number, what: string): Uint8Array {
+    if (offset < this.layout.sectionOffset) {
+      throw einval(`${what} at ${offset} falls between the header and the data section`);
+    }
+    const start = offset - this.layout.sectionOffset;
+    return this.sectionMemory.subarray(start, start + length);
+  }
+
+  private headerField(offset: number, length: number): SeedField {
+    const f = fieldAt(SEED_MIGRATION_INFO, offset, length);
+    if (!f) {
+      throw einval(
+        `header access at offset ${offset} width ${length} is not a field at its native width and alignment`,
+      );
+    }
+    if (f.name === 'reserved') throw einval('the reserved field may not be accessed');
+    return f.name;
+  }
+
+  private readHeader(offset: number, length: number): Uint8Array {
+    const name = this.headerField(offset, length);
+    const value = this.readValue(name);
+    const out = new Uint8Array(length);
+    writeField(out, 0, length as 4 | 8, value);
+    return out;
+  }
+
+  private writeHeader(offset: number, data: Uint8Array): void {
+    const name = this.headerField(offset, data.byteLength);
+    this.writeValue(name, readField(data, 0, data.byteLength as 4 | 8));
+  }
+
+  private readValue(name: SeedField): bigint {
+    switch (name) {
+      case 'device_state':
+        return BigInt(this.deviceState);
+      case 'pending_bytes':
+        // Pure: the chunk at data_offset still counts until the user moves on to the next one.
+        return this.isSaving() ? BigInt(this.safeBackend(() => this.backend.pendingBytes()) + this.unconsumed) : 0n;
+      case 'data_offset':
+        return BigInt(this.nextDataOffset());
+      case 'data_size':
+        if (!this.isSaving())
+          throw einval(`data_size is readable only while saving (device is ${stateName(this.deviceState)})`);
+        return BigInt(
+          this.piece.kind === 'data' ? this.piece.size : this.piece.kind === 'bitmap' ? this.piece.bytes : 0,
+        );
+      case 'copied_pfns':
+        return this.copyDirtyBitmap();
+      default:
+        throw einval(`${name} is write-only`);
+    }
+  }
+
+  private writeValue(name: SeedField, value: bigint): void {
+    switch (name) {
+      case 'device_state':
+        this.setDeviceState(Number(value));
+        return;
+      case 'data_size':
+        this.consumeWritten(value);
+        return;
+      case 'start_pfn':
+        this.startPfn = value;
+        this.cursor = value;
+        return;
+      case 'page_size':
+        if (value < BigInt(LOG_PAGE_SIZE) || (value & (value - 1n)) !== 0n) {
+          throw einval(`page_size ${value} must be a power of two of at least ${LOG_PAGE_SIZE}`);
+        }
+        this.pageSize = value;
+        this.cursor = this.startPfn;
+        return;
+      case 'total_pfns':
+        this.totalPfns = value;
+        this.cursor = this.startPfn;
+        return;
+      default:
+        throw einval(`${name} is read-only`);
+    }
+  }
+
+  private isSaving(): boolean {
+    return (this.deviceState & DeviceState.SAVING) !== 0;
+  }
+
+  private setDeviceState(requested: number): void {
+    // The device implements bits 0-2 only; bits 3-31 read 0, so a read-modify-write keeps them 0. A write
+    // that sets them is refused rather than silently dropped.
+    if ((requested & ~DeviceState.MASK) !== 0) {
+      throw einval(`device_state ${hex(requested)} sets bits outside the state mask ${hex(DeviceState.MASK)}`);
+    }
+    const from = this.deviceState;
+    const to = requested & DeviceState.MASK;
+    if (!seedTransitionAllowed(from, to)) {
+      throw einval(`device_state ${stateName(from)} -> ${stateName(to)} is not allowed`);
+    }
+    if (from === to) return;
+    const wasSaving = (from & DeviceState.SAVING) !== 0;
+    const willSave = (to & DeviceState.SAVING) !== 0;
+    // Start dirty logging before the device can see SAVING, so no DMA falls between the two.
+    if (!wasSaving && willSave) this.backend.dirtyLog?.start();
+    try {
+      this.backend.transition(from, to);
+    } catch (err) {
+      if (!wasSaving && willSave) this.backend.dirtyLog?.stop();
+      throw asVfioError(err, Errno.EIO);
+    }
+    this.deviceState = to;
+    if (wasSaving && !willSave) {
+      this.backend.dirtyLog?.stop();
+      this.endSession();
+    }
+    if (to === DeviceState.RESUMING || from === DeviceState.RESUMING) this.endSession();
+  }
+
+  private endSession(): void {
+    this.piece = { kind: 'none' };
+    this.unconsumed = 0;
+    this.bitmapWaiting = false;
+  }
+
+  /** The data_offset read: points at a waiting bitmap chunk, or releases the last chunk and produces the next. */
+  private nextDataOffset(): number {
+    if (this.bitmapWaiting) {
+      this.bitmapWaiting = false;
+      this.piece = { kind: 'bitmap', bytes: this.bitmapBytes };
+      return this.layout.bitmapOffset;
+    }
+    if (this.isSaving()) {
+      this.unconsumed = 0;
+      this.piece = { kind: 'none' };
+      const area = this.dataArea();
+      const n = this.safeBackend(() => this.backend.produce(area));
+      if (!Number.isSafeInteger(n) || n < 0 || n > area.byteLength) {
+        throw new VfioError(Errno.EIO, `device produced an impossible chunk size ${n}`);
+      }
+      this.unconsumed = n;
+      this.piece = { kind: 'data', size: n };
+      return this.layout.dataOffset;
+    }
+    if (this.deviceState === DeviceState.RESUMING) return this.layout.dataOffset;
+    throw einval(`data_offset has no data while the device is ${stateName(this.deviceState)}`);
+  }
+
+  /** The data_size write while resuming: the device consumes exactly that many bytes from data_offset. */
+  private consumeWritten(size: bigint): void {
+    if (this.deviceState !== DeviceState.RESUMING) {
+      throw einval(`data_size is writable only while resuming (device is ${stateName(this.deviceState)})`);
+    }
+    if (size > BigInt(this.layout.dataSize)) {
+      throw einval(`data_size ${size} exceeds the ${this.layout.dataSize}-byte data area`);
+    }
+    const chunk = this.dataArea().subarray(0, Number(size));
+    this.safeBackend(() => this.backend.consume(chunk), Errno.EINVAL);
+  }
+
+  private dataArea(): Uint8Array {
+    const start = this.layout.dataOffset - this.layout.sectionOffset;
+    return this.sectionMemory.subarray(start, start + this.layout.dataSize);
+  }
+
+  /**
+   * The copied_pfns read. Scans from the cursor to the end of the queried range: none dirty -> 0, all dirty
+   * -> all-ones (both finish the round and clear what they covered); otherwise copies as many pfns as the
+   * bitmap area holds to it, clears them, advances the cursor and returns the count. A read after the
+   * round finished starts a new round over the same (sticky) range.
+   */
+  private copyDirtyBitmap(): bigint {
+    const log = this.backend.dirtyLog;
+    if (!log) throw new VfioError(Errno.ENOTSUP, 'this device does no DMA and reports no dirty pages');
+    if (!this.isSaving() || !log.isTracking) {
+      throw einval(`dirty pages are tracked only while saving (device is ${stateName(this.deviceState)})`);
+    }
+    const end = this.startPfn + this.totalPfns;
+    if (end > MAX_U64 || end * this.pageSize > MAX_U64 + 1n) {
+      throw einval(`pfn range ${this.startPfn}+${this.totalPfns} at page size ${this.pageSize} overflows 64 bits`);
+    }
+    if (this.cursor >= end) this.cursor = this.startPfn;
+    const remaining = end - this.cursor;
+    if (remaining === 0n) return DIRTY_PFNS_NONE;
+    const pagesPerPfn = Number(this.pageSize / BigInt(LOG_PAGE_SIZE));
+    const firstPage = Number(this.cursor) * pagesPerPfn;
+    const rest = { firstPage, pagesPerPfn, count: Number(remaining) };
+    const dirty = log.countDirtyPfns(rest);
+    if (dirty === 0) {
+      this.cursor = end;
+      return DIRTY_PFNS_NONE;
+    }
+    if (dirty === rest.count) {
+      log.clear(rest);
+      this.cursor = end;
+      return DIRTY_PFNS_ALL;
+    }
+    const capacity = this.layout.bitmapSize * 8;
+    const count = Math.min(rest.count, capacity);
+    const bitmap = this.sectionMemory.subarray(
+      this.layout.bitmapOffset - this.layout.sectionOffset,
+      this.layout.bitmapOffset - this.layout.sectionOffset + this.layout.bitmapSize,
+    );
+    log.readAndClear({ firstPage, pagesPerPfn, count }, bitmap);
+    this.cursor += BigInt(count);
+    this.bitmapWaiting = true;
+    this.bitmapBytes = Math.ceil(count / 8);
+    return BigInt(count);
+  }
+
+  /** Runs device code; anything it throws reaches the VMM as a VfioError, never as an unhandled exception. */
+  private safeBackend<T>(fn: () => T, errno: number = Errno.EIO): T {
+    try {
+      return fn();
+    } catch (err) {
+      throw asVfioError(err, errno);
+    }
+  }
+}
+
+function hex(n: number): string {
+  return `0x${(n >>> 0).toString(16)}`;
+}

@@ -1,0 +1,61 @@
+// The byte format our sample devices use for their saved state. To the VMM it is opaque; it exists so the
+// devices can be split into chunks of any size on save and fed back in pieces of any size on resume.
+//
+// A stream is a sequence of records, each a 24-byte little-endian header and `length` payload bytes:
+//   u16 kind | u16 reserved (0) | u32 length | u64 arg0 | u64 arg1
+// BEGIN first (payload: JSON descriptor of the device model; a mismatch is rejected), END last (payload:
+// SHA-256 over the state as sent, so an incomplete or altered stream is refused before the device runs).
+
+export const RECORD_HEADER_SIZE = 24;
+
+export const RecordKind = {
+  BEGIN: 1,
+  REGS: 2,
+  /** arg0 = offset in device memory; payload = the bytes */
+  MEM: 3,
+  /** arg0 = offset, arg1 = length of an all-zero span; no payload */
+  ZERO: 4,
+  /** payload = 32-byte digest; arg0 = number of records before END */
+  END: 5,
+} as const;
+
+export type RecordKindValue = (typeof RecordKind)[keyof typeof RecordKind];
+
+export interface RecordHeader {
+  kind: RecordKindValue;
+  length: number;
+  arg0: bigint;
+  arg1: bigint;
+}
+
+const KINDS = new Set<number>(Object.values(RecordKind));
+
+export function encodeRecordHeader(h: RecordHeader): Uint8Array {
+  const out = new Uint8Array(RECORD_HEADER_SIZE);
+  const dv = new DataView(out.buffer);
+  dv.setUint16(0, h.kind, true);
+  dv.setUint32(4, h.length, true);
+  dv.setBigUint64(8, h.arg0, true);
+  dv.setBigUint64(16, h.arg1, true);
+  return out;
+}
+
+/** Decodes a header; returns a reason string instead of throwing so callers can wrap it in their error type. */
+export function decodeRecordHeader(bytes: Uint8Array): RecordHeader | string {
+  if (bytes.byteLength < RECORD_HEADER_SIZE) return `record header needs ${RECORD_HEADER_SIZE} bytes`;
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, RECORD_HEADER_SIZE);
+  const kind = dv.getUint16(0, true);
+  if (!KINDS.has(kind)) return `unknown record kind ${kind}`;
+  if (dv.getUint16(2, true) !== 0) return 'reserved record header bits are set';
+  return {
+    kind: kind as RecordKindValue,
+    length: dv.getUint32(4, true),
+    arg0: dv.getBigUint64(8, true),
+    arg1: dv.getBigUint64(16, true),
+  };
+}
+
+export interface StateRecord {
+  header: Omit<RecordHeader, 'length'>;
+  payload?: Uint8Array;
+}

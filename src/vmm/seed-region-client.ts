@@ -1,0 +1,217 @@
+// The VMM's side of the seed migration region: the access sequences of the QEMU series the seed belongs
+// to, over any port that can read and write region offsets (vfio-user messages, or an mmap of the data
+// section where the device offers one). Nothing here knows what the device's bytes mean.
+
+import { Errno } from '../abi/errno.ts';
+import { fieldNamed, readField, writeField } from '../abi/fields.ts';
+import { DIRTY_PFNS_ALL, DIRTY_PFNS_NONE, SEED_MIGRATION_INFO, type SeedField } from '../abi/migration.ts';
+import { VfioError } from '../errors.ts';
+
+/** How the VMM reaches one region of a device. */
+export interface RegionPort {
+  readonly size: number;
+  read(offset: number, length: number): Promise<Uint8Array>;
+  write(offset: number, data: Uint8Array): Promise<void>;
+  /** A direct view of [offset, offset + length) when that range is mmapped; undefined when it is trapped. */
+  mapped(offset: number, length: number): Uint8Array | undefined;
+}
+
+/** Called for each bitmap chunk: bit i of `bitmap` (LSB first) is pfn `firstPfn + i`, for `count` pfns. */
+export type DirtyBitmapSink = (firstPfn: bigint, count: number, bitmap: Uint8Array | 'all') => void;
+
+export interface DirtyQueryResult {
+  /** copied_pfns reads it took. */
+  reads: number;
+  /** pfns reported dirty (set bits, or the whole rest of the range for all-ones). */
+  dirtyPfns: bigint;
+}
+
+export class SeedRegionClient {
+  /** Largest single trapped access (vfio-user servers take at most 1 MiB per REGION_READ/WRITE). */
+  private readonly maxAccess: number;
+
+  constructor(
+    private readonly port: RegionPort,
+    options: { maxAccess?: number } = {},
+  ) {
+    this.maxAccess = options.maxAccess ?? 1024 * 1024;
+  }
+
+  async readField(name: SeedField): Promise<bigint> {
+    const f = fieldNamed(SEED_MIGRATION_INFO, name);
+    return readField(await this.port.read(f.offset, f.width), 0, f.width);
+  }
+
+  async writeField(name: SeedField, value: bigint): Promise<void> {
+    const f = fieldNamed(SEED_MIGRATION_INFO, name);
+    const buf = new Uint8Array(f.width);
+    writeField(buf, 0, f.width, value);
+    await this.port.write(f.offset, buf);
+  }
+
+  async deviceState(): Promise<number> {
+    return Number(await this.readField('device_state'));
+  }
+
+  /**
+   * Read-modify-write of device_state as QEMU does it: new = (old & mask) | value, so bits the VMM does
+   * not own are kept. Returns the new state.
+   */
+  async setDeviceState(mask: number, value: number): Promise<number> {
+    const old = await this.deviceState();
+    const next = ((old & mask) | value) >>> 0;
+    await this.writeField('device_state', BigInt(next));
+    return next;
+  }
+
+  async pendingBytes(): Promise<bigint> {
+    return this.readField('pending_bytes');
+  }
+
+  /**
+   * One saving step: read data_offset (the device releases the previous chunk and prepares the next),
+   * data_size, then the data. Returns a copy (an mmapped chunk is overwritten by the next step).
+   */
+  async saveBuffer(): Promise<Uint8Array> {
+    const offset = Number(await this.readField('data_offset'));
+    const size = Number(await this.readField('data_size'));
+    this.checkWindow(offset, size, 'data');
+    return this.readData(offset, size);
+  }
+
+  /**
+   * Stop-and-copy: chunks until pending_bytes reads 0. The chunk after the last one has size 0 (it only
+   * releases the last chunk), so a second empty chunk in a row while bytes are still pending means the
+   * device is stuck: an error, never an endless loop.
+   */
+  async drain(onChunk: (chunk: Uint8Array) => Promise<void> | void): Promise<{ chunks: number; bytes: number }> {
+    let chunks = 0;
+    let bytes = 0;
+    let empty = 0;
+    for (;;) {
+      const pending = await this.pendingBytes();
+      if (pending === 0n) return { chunks, bytes };
+      const chunk = await this.saveBuffer();
+      if (chunk.byteLength === 0) {
+        if (++empty > 1) throw new VfioError(Errno.EIO, `device reports ${pending} pending bytes but produces none`);
+        continue;
+      }
+      empty = 0;
+      chunks++;
+      bytes += chunk.byteLength;
+      await onChunk(chunk);
+    }
+  }
+
+  /** Pre-copy: chunks while pending and within `budget` bytes; stops at the first empty chunk. */
+  async iterate(
+    budget: number,
+    onChunk: (chunk: Uint8Array) => Promise<void> | void,
+  ): Promise<{ chunks: number; bytes: number }> {
+    let chunks = 0;
+    let bytes = 0;
+    while (bytes < budget && (await this.pendingBytes()) > 0n) {
+      const chunk = await this.saveBuffer();
+      if (chunk.byteLength === 0) break;
+      chunks++;
+      bytes += chunk.byteLength;
+      await onChunk(chunk);
+    }
+    return { chunks, bytes };
+  }
+
+  /**
+   * Resuming: writes `data` at data_offset and then data_size, splitting it into pieces that fit the room
+   * at data_offset. Only the byte order matters to the device, not how the source chunked it.
+   */
+  async loadBuffer(data: Uint8Array): Promise<void> {
+    let at = 0;
+    while (at < data.byteLength) {
+      const offset = Number(await this.readField('data_offset'));
+      const room = this.port.size - offset;
+      this.checkWindow(offset, Math.min(room, 1), 'data');
+      const piece = data.subarray(at, at + Math.min(room, data.byteLength - at));
+      await this.writeData(offset, piece);
+      await this.writeField('data_size', BigInt(piece.byteLength));
+      at += piece.byteLength;
+    }
+  }
+
+  /**
+   * Pulls the device's dirty bitmap for pfns [startPfn, startPfn + count) of `pageSize` bytes: writes the
+   * three query fields, then reads copied_pfns until the counts cover the range (0 = the rest is clean,
+   * all-ones = the rest is dirty), reading each chunk's bitmap at data_offset.
+   */
+  async dirtyBitmap(
+    startPfn: bigint,
+    pageSize: bigint,
+    count: bigint,
+    sink: DirtyBitmapSink,
+  ): Promise<DirtyQueryResult> {
+    await this.writeField('start_pfn', startPfn);
+    await this.writeField('page_size', pageSize);
+    await this.writeField('total_pfns', count);
+    let pfn = startPfn;
+    let remaining = count;
+    let reads = 0;
+    let dirtyPfns = 0n;
+    while (remaining > 0n) {
+      const n = await this.readField('copied_pfns');
+      reads++;
+      if (n === DIRTY_PFNS_NONE) break;
+      if (n === DIRTY_PFNS_ALL) {
+        sink(pfn, Number(remaining), 'all');
+        dirtyPfns += remaining;
+        break;
+      }
+      if (n > remaining) {
+        throw new VfioError(Errno.EIO, `device copied ${n} pfns, more than the ${remaining} left in the range`);
+      }
+      const offset = Number(await this.readField('data_offset'));
+      const bytes = Math.ceil(Number(n) / 8);
+      this.checkWindow(offset, bytes, 'bitmap');
+      const bitmap = await this.readData(offset, bytes);
+      sink(pfn, Number(n), bitmap);
+      dirtyPfns += BigInt(countBits(bitmap, Number(n)));
+      pfn += n;
+      remaining -= n;
+    }
+    return { reads, dirtyPfns };
+  }
+
+  private checkWindow(offset: number, size: number, what: string): void {
+    if (offset <= 0 || offset + size > this.port.size) {
+      throw new VfioError(
+        Errno.EIO,
+        `device put ${size} ${what} bytes at ${offset}, outside its ${this.port.size}-byte region`,
+      );
+    }
+  }
+
+  private async readData(offset: number, size: number): Promise<Uint8Array> {
+    const view = this.port.mapped(offset, size);
+    if (view) return view.slice();
+    const out = new Uint8Array(size);
+    for (let at = 0; at < size; at += this.maxAccess) {
+      out.set(await this.port.read(offset + at, Math.min(this.maxAccess, size - at)), at);
+    }
+    return out;
+  }
+
+  private async writeData(offset: number, data: Uint8Array): Promise<void> {
+    const view = this.port.mapped(offset, data.byteLength);
+    if (view) {
+      view.set(data);
+      return;
+    }
+    for (let at = 0; at < data.byteLength; at += this.maxAccess) {
+      await this.port.write(offset + at, data.subarray(at, at + this.maxAccess));
+    }
+  }
+}
+
+function countBits(bitmap: Uint8Array, n: number): number {
+  let c = 0;
+  for (let i = 0; i < n; i++) if ((bitmap[i >>> 3]! >>> (i & 7)) & 1) c++;
+  return c;
+}
