@@ -1,0 +1,62 @@
+/* Module init: context-aware (NAPI_MODULE_INIT), so the addon loads in worker threads; all state is
+ * per env, in napi instance data. */
+#include <stdlib.h>
+
+#include "vfio_native.h"
+
+static void instance_free(napi_env env, void* data, void* hint) {
+  (void)env;
+  (void)hint;
+  free(data);
+}
+
+static void instance_cleanup(napi_async_cleanup_hook_handle handle, void* arg) {
+  (void)handle; /* the same handle is kept in the instance */
+  vn_poller_teardown(arg);
+}
+
+/* node_api.h defines these through NAPI_MODULE_INIT without prototypes; -Wmissing-prototypes wants them. */
+NAPI_MODULE_EXPORT int32_t NODE_API_MODULE_GET_API_VERSION(void);
+NAPI_MODULE_EXPORT napi_value NAPI_MODULE_INITIALIZER(napi_env env, napi_value exports);
+
+#define VN_FN(name, fn) {name, NULL, fn, NULL, NULL, NULL, napi_enumerable, NULL}
+
+NAPI_MODULE_INIT() {
+  vn_instance* inst = calloc(1, sizeof *inst);
+  if (inst == NULL) {
+    napi_throw_error(env, "ENOMEM", "vfio_native: out of memory");
+    return NULL;
+  }
+  inst->env = env;
+  if (napi_get_uv_event_loop(env, &inst->loop) != napi_ok) {
+    free(inst);
+    return vn_throw_status(env, napi_generic_failure, "napi_get_uv_event_loop");
+  }
+  if (napi_set_instance_data(env, inst, instance_free, NULL) != napi_ok) {
+    free(inst);
+    return vn_throw_status(env, napi_generic_failure, "napi_set_instance_data");
+  }
+  /* From here the env owns inst (instance_free runs when the env goes). */
+  VN_CALL(env, napi_add_async_cleanup_hook(env, instance_cleanup, inst, &inst->cleanup));
+
+  napi_property_descriptor fns[] = {
+      VN_FN("memfdCreate", vn_memfd_create),
+      VN_FN("mmap", vn_mmap),
+      VN_FN("munmap", vn_munmap),
+      VN_FN("close", vn_close),
+      VN_FN("dup", vn_dup),
+      VN_FN("fdSize", vn_fd_size),
+      VN_FN("eventfd", vn_eventfd),
+      VN_FN("eventfdWrite", vn_eventfd_write),
+      VN_FN("eventfdRead", vn_eventfd_read),
+      VN_FN("socketpair", vn_socketpair),
+      VN_FN("listenUnix", vn_listen_unix),
+      VN_FN("acceptUnix", vn_accept_unix),
+      VN_FN("connectUnix", vn_connect_unix),
+      VN_FN("sendmsg", vn_sendmsg),
+      VN_FN("recvmsg", vn_recvmsg),
+  };
+  VN_CALL(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
+  if (!vn_poller_define(env, exports)) return NULL;
+  return exports;
+}

@@ -1,0 +1,74 @@
+/*
+ * vfio_native: the few syscalls Node lacks for vfio-user (SCM_RIGHTS, memfd, mmap, eventfd) plus a
+ * uv_poll wrapper to drive nonblocking fds from the event loop. Every function is a thin, checked
+ * wrapper: argument validation, one syscall (EINTR retried where that is safe), errno thrown as a JS
+ * Error with `code` (errno name), `errno` (number) and `syscall`.
+ */
+#ifndef VFIO_NATIVE_H
+#define VFIO_NATIVE_H
+
+#include <node_api.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <uv.h>
+
+/* The kernel's SCM_MAX_FD: the most fds one SCM_RIGHTS message can carry. */
+#define VN_MAX_FDS 253
+
+/* Everything this addon keeps per napi_env (main thread and each worker get their own). */
+typedef struct vn_poller vn_poller;
+typedef struct vn_instance {
+  napi_env env;
+  uv_loop_t* loop;
+  vn_poller* pollers; /* every Poller whose uv handle is not yet fully closed */
+  napi_async_cleanup_hook_handle cleanup;
+  bool tearing_down;
+} vn_instance;
+
+/* util.c: errors and argument conversion. Each returns false after throwing. */
+napi_value vn_throw_errno(napi_env env, int err, const char* syscall, const char* detail);
+napi_value vn_throw_type(napi_env env, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+napi_value vn_throw_range(napi_env env, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
+napi_value vn_throw_status(napi_env env, napi_status status, const char* what);
+bool vn_args(napi_env env, napi_callback_info info, size_t want, napi_value* argv, napi_value* self);
+bool vn_get_fd(napi_env env, napi_value v, const char* name, int* out);
+bool vn_get_int(napi_env env, napi_value v, const char* name, int64_t min, int64_t max, int64_t* out);
+bool vn_get_u64(napi_env env, napi_value v, const char* name, uint64_t max, uint64_t* out);
+bool vn_get_bool(napi_env env, napi_value v, const char* name, bool* out);
+bool vn_get_bytes(napi_env env, napi_value v, const char* name, uint8_t** data, size_t* len);
+bool vn_get_sockaddr(napi_env env, napi_value v, struct sockaddr_un* addr, socklen_t* len);
+napi_value vn_int(napi_env env, int64_t v);
+napi_value vn_null(napi_env env);
+
+/* Status-checking shorthand for napi calls inside a napi_callback: throw and return NULL. */
+#define VN_CALL(env, call)                                                                          \
+  do {                                                                                              \
+    napi_status vn_status_ = (call);                                                                \
+    if (vn_status_ != napi_ok) return vn_throw_status((env), vn_status_, #call);                    \
+  } while (0)
+
+/* Exported functions, grouped by file. */
+napi_value vn_memfd_create(napi_env env, napi_callback_info info);
+napi_value vn_mmap(napi_env env, napi_callback_info info);
+napi_value vn_munmap(napi_env env, napi_callback_info info);
+napi_value vn_close(napi_env env, napi_callback_info info);
+napi_value vn_dup(napi_env env, napi_callback_info info);
+napi_value vn_fd_size(napi_env env, napi_callback_info info);
+napi_value vn_eventfd(napi_env env, napi_callback_info info);
+napi_value vn_eventfd_write(napi_env env, napi_callback_info info);
+napi_value vn_eventfd_read(napi_env env, napi_callback_info info);
+napi_value vn_socketpair(napi_env env, napi_callback_info info);
+napi_value vn_listen_unix(napi_env env, napi_callback_info info);
+napi_value vn_accept_unix(napi_env env, napi_callback_info info);
+napi_value vn_connect_unix(napi_env env, napi_callback_info info);
+napi_value vn_sendmsg(napi_env env, napi_callback_info info);
+napi_value vn_recvmsg(napi_env env, napi_callback_info info);
+
+/* poller.c */
+bool vn_poller_define(napi_env env, napi_value exports);
+void vn_poller_teardown(vn_instance* inst);
+
+#endif
