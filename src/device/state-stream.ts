@@ -58,4 +58,9 @@ export function decodeRecordHeader(bytes: Uint8Array): RecordHeader | string {
 export interface StateRecord {
   header: Omit<RecordHeader, 'length'>;
   payload?: Uint8Array;
+  /**
+   * The payload is a live view of device memory: whatever part of it does not fit in the chunk being
+   * produced is copied at once, so bytes handed out later are the bytes as they were when pulled.
+   */
+  live?: boolean;
 }

@@ -9,6 +9,7 @@ export class StateStreamWriter {
   private queueHead = 0;
   private queued = 0;
   private records = 0;
+  private readonly live = new WeakSet<Uint8Array>();
 
   /** `next` returns the device's next record, or null when it has nothing more to send right now. */
   constructor(private readonly next: () => StateRecord | null) {}
@@ -39,7 +40,19 @@ export class StateStreamWriter {
         this.queueHead = 0;
       }
     }
+    this.snapshotLive();
     return n;
+  }
+
+  /** Copies what is left of live payloads, so the device may change its memory before the next chunk. */
+  private snapshotLive(): void {
+    for (let i = 0; i < this.queue.length; i++) {
+      if (!this.live.has(this.queue[i]!)) continue;
+      const start = i === 0 ? this.queueHead : 0;
+      this.live.delete(this.queue[i]!);
+      this.queue[i] = this.queue[i]!.slice(start);
+      if (i === 0) this.queueHead = 0;
+    }
   }
 
   private pull(): boolean {
@@ -47,7 +60,10 @@ export class StateStreamWriter {
     if (!rec) return false;
     const payload = rec.payload ?? new Uint8Array(0);
     this.queue.push(encodeRecordHeader({ ...rec.header, length: payload.byteLength }));
-    if (payload.byteLength > 0) this.queue.push(payload);
+    if (payload.byteLength > 0) {
+      this.queue.push(payload);
+      if (rec.live) this.live.add(payload);
+    }
     this.queued += RECORD_HEADER_SIZE + payload.byteLength;
     this.records++;
     return true;

@@ -10,8 +10,11 @@ import type { SeedRegionClient } from './seed-region-client.ts';
 const { RUNNING, SAVING, RESUMING, MASK } = DeviceState;
 
 export interface LiveSaveOptions {
-  /** Switch to stop-and-copy once pending_bytes is at most this (the downtime budget's share). */
-  switchoverBytes: number;
+  /**
+   * Switch to stop-and-copy once pending_bytes is at most this: a number, or a function asked at each
+   * check (e.g. measured bandwidth x downtime limit).
+   */
+  switchoverBytes: number | ((stats: LiveSaveStats) => number);
   /** Give up converging after this many pre-copy iterations and switch over anyway. */
   maxIterations: number;
   /** Bytes per pre-copy iteration at most (default: whatever is pending at its start). */
@@ -39,6 +42,8 @@ export interface LiveSaveStats {
   precopyBytes: number;
   stopCopyBytes: number;
   chunks: number;
+  /** Milliseconds spent moving pre-copy data (not counting time between iterations). */
+  precopyMs: number;
   /** Milliseconds from clearing RUNNING to the end of the drain: the device's share of downtime. */
   stopCopyMs: number;
   converged: boolean;
@@ -50,6 +55,7 @@ export async function saveDeviceLive(client: SeedRegionClient, o: LiveSaveOption
     precopyBytes: 0,
     stopCopyBytes: 0,
     chunks: 0,
+    precopyMs: 0,
     stopCopyMs: 0,
     converged: false,
   };
@@ -64,13 +70,16 @@ export async function saveDeviceLive(client: SeedRegionClient, o: LiveSaveOption
     for (;;) {
       const pending = await client.pendingBytes();
       o.onProgress?.({ phase: 'pre-copy', iteration: stats.iterations, pending, sent });
-      if (pending <= BigInt(o.switchoverBytes)) {
+      const threshold = typeof o.switchoverBytes === 'function' ? o.switchoverBytes(stats) : o.switchoverBytes;
+      if (pending <= BigInt(Math.floor(threshold))) {
         stats.converged = true;
         break;
       }
       if (stats.iterations >= o.maxIterations) break;
+      const t = performance.now();
       const r = await client.iterate(o.iterationBudget ?? Number(pending), emit);
       stats.precopyBytes += r.bytes;
+      stats.precopyMs += performance.now() - t;
       stats.iterations++;
       await o.logSync?.();
       await o.between?.(stats.iterations);

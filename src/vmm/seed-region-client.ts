@@ -73,16 +73,25 @@ export class SeedRegionClient {
    * data_size, then the data. Returns a copy (an mmapped chunk is overwritten by the next step).
    */
   async saveBuffer(): Promise<Uint8Array> {
+    return (await this.nextChunk()).slice();
+  }
+
+  /**
+   * Like saveBuffer, but an mmapped chunk comes back as a view of the data section, valid until the next
+   * data_offset read. drain() and iterate() hand these views to their callback and wait for it to settle
+   * before reading on, so a callback that writes the chunk out (or copies it) moves it with no extra copy.
+   */
+  private async nextChunk(): Promise<Uint8Array> {
     const offset = Number(await this.readField('data_offset'));
     const size = Number(await this.readField('data_size'));
     this.checkWindow(offset, size, 'data');
-    return this.readData(offset, size);
+    return this.port.mapped(offset, size) ?? this.readData(offset, size);
   }
 
   /**
    * Stop-and-copy: chunks until pending_bytes reads 0. The chunk after the last one has size 0 (it only
    * releases the last chunk), so a second empty chunk in a row while bytes are still pending means the
-   * device is stuck: an error, never an endless loop.
+   * device is stuck: an error, never an endless loop. `onChunk` views are valid until it settles.
    */
   async drain(onChunk: (chunk: Uint8Array) => Promise<void> | void): Promise<{ chunks: number; bytes: number }> {
     let chunks = 0;
@@ -91,7 +100,7 @@ export class SeedRegionClient {
     for (;;) {
       const pending = await this.pendingBytes();
       if (pending === 0n) return { chunks, bytes };
-      const chunk = await this.saveBuffer();
+      const chunk = await this.nextChunk();
       if (chunk.byteLength === 0) {
         if (++empty > 1) throw new VfioError(Errno.EIO, `device reports ${pending} pending bytes but produces none`);
         continue;
@@ -103,7 +112,10 @@ export class SeedRegionClient {
     }
   }
 
-  /** Pre-copy: chunks while pending and within `budget` bytes; stops at the first empty chunk. */
+  /**
+   * Pre-copy: chunks while pending and within `budget` bytes; stops at the first empty chunk. `onChunk`
+   * may get a view of mapped memory that is only valid until its promise settles (see nextChunk).
+   */
   async iterate(
     budget: number,
     onChunk: (chunk: Uint8Array) => Promise<void> | void,
@@ -111,7 +123,7 @@ export class SeedRegionClient {
     let chunks = 0;
     let bytes = 0;
     while (bytes < budget && (await this.pendingBytes()) > 0n) {
-      const chunk = await this.saveBuffer();
+      const chunk = await this.nextChunk();
       if (chunk.byteLength === 0) break;
       chunks++;
       bytes += chunk.byteLength;

@@ -90,7 +90,7 @@ async function migrate(c: Case, resumeSplits: number[]) {
     switchoverBytes: 0,
     maxIterations: 4,
     onChunk: (chunk) => {
-      chunks.push(chunk);
+      chunks.push(chunk.slice()); // a mapped chunk is a view, valid only during the callback
     },
     between: async () => src.step(300),
     logSync: async () => {
@@ -207,7 +207,7 @@ describe('save a running device and resume it in a fresh instance', () => {
       regionPort(new SeedMigrationRegion({ backend: src.migration, kind: 'trapped' })),
     );
     const chunks: Uint8Array[] = [];
-    await saveDeviceLive(client, { switchoverBytes: 0, maxIterations: 1, onChunk: (c) => void chunks.push(c) });
+    await saveDeviceLive(client, { switchoverBytes: 0, maxIterations: 1, onChunk: (c) => void chunks.push(c.slice()) });
     await resumeDevice(
       new SeedRegionClient(regionPort(new SeedMigrationRegion({ backend: dst.migration, kind: 'trapped' }))),
       chunks,
@@ -244,7 +244,7 @@ describe('a failed or cancelled save leaves the source running with its state in
     src.step(10);
     assert.notEqual(src.stateDigest(), before, 'and the device runs again');
     const chunks: Uint8Array[] = [];
-    await saveDeviceLive(client, { switchoverBytes: 0, maxIterations: 2, onChunk: (c) => void chunks.push(c) });
+    await saveDeviceLive(client, { switchoverBytes: 0, maxIterations: 2, onChunk: (c) => void chunks.push(c.slice()) });
     const dst = new LargeMemoryDevice({ memSize: 1 << 20, blockSize: 65536, workRate: 0 });
     await resumeDevice(
       new SeedRegionClient(

@@ -67,6 +67,12 @@ export abstract class SampleDevice implements DeviceModel, MigrationBackend {
     this.dma = port;
   }
 
+  /** Bytes of state the device carries (memory and registers). */
+  stateSize(): number {
+    const img = this.image();
+    return img.memory.byteLength + img.regs.byteLength;
+  }
+
   stateDigest(): string {
     const img = this.image();
     return createHash('sha256').update(img.memory).update(img.regs).digest('hex');

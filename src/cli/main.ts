@@ -1,0 +1,32 @@
+// The vfio-migrate command line: one file per command; this file only dispatches.
+import { demoUsage, runDemo } from './demo.ts';
+
+const usage = `usage: vfio-migrate <command> [options]
+
+commands:
+  demo     live save and resume of a sample device through its migration region (npm start)
+  help     this text
+
+${demoUsage}`;
+
+export async function main(argv: string[]): Promise<number> {
+  const [command, ...rest] = argv;
+  try {
+    switch (command) {
+      case 'demo':
+        return await runDemo(rest);
+      case undefined:
+      case 'help':
+      case '--help':
+      case '-h':
+        console.log(usage);
+        return 0;
+      default:
+        console.error(`vfio-migrate: unknown command "${command}"\n\n${usage}`);
+        return 2;
+    }
+  } catch (err) {
+    console.error(`vfio-migrate ${command}: ${err instanceof Error ? err.message : String(err)}`);
+    return 1;
+  }
+}
