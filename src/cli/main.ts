@@ -1,13 +1,17 @@
 // The vfio-migrate command line: one file per command; this file only dispatches.
 import { demoUsage, runDemo } from './demo.ts';
+import { runServe, serveUsage } from './serve.ts';
 
 const usage = `usage: vfio-migrate <command> [options]
 
 commands:
   demo     live save and resume of a sample device through its migration region (npm start)
+  serve    host a sample device behind a vfio-user socket
   help     this text
 
-${demoUsage}`;
+${demoUsage}
+
+${serveUsage}`;
 
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -15,6 +19,8 @@ export async function main(argv: string[]): Promise<number> {
     switch (command) {
       case 'demo':
         return await runDemo(rest);
+      case 'serve':
+        return await runServe(rest);
       case undefined:
       case 'help':
       case '--help':

@@ -15,6 +15,8 @@ export interface DeviceModel {
   attachDma(port: DmaPort | null): void;
   /** SHA-256 (hex) of every byte of device state: equal digests mean identical devices. */
   stateDigest(): string;
+  /** Device reset: back to the power-on state (the migration region resets itself separately). */
+  reset(): void;
   /** Stops timers; the device does nothing after this. */
   close(): void;
 }

@@ -41,6 +41,16 @@ type Piece = { kind: 'none' } | { kind: 'data'; size: number } | { kind: 'bitmap
 
 const MAX_U64 = (1n << 64n) - 1n;
 
+/** The layout a region with these options gets (a server needs it to size the memfd it backs it with). */
+export function seedRegionLayout(options: Pick<SeedRegionOptions, 'kind' | 'dataSize' | 'bitmapSize'>): RegionLayout {
+  return computeRegionLayout({
+    kind: options.kind,
+    headerSize: SEED_MIGRATION_INFO.size,
+    bitmapSize: options.bitmapSize ?? 64 * 1024,
+    dataSize: options.dataSize ?? 1024 * 1024,
+  });
+}
+
 export class SeedMigrationRegion {
   readonly layout: RegionLayout;
   /** The data section's memory: bitmap area then data area. Offsets in it are region offsets minus sectionOffset. */
@@ -63,17 +73,22 @@ export class SeedMigrationRegion {
 
   constructor(options: SeedRegionOptions) {
     this.backend = options.backend;
-    this.layout = computeRegionLayout({
-      kind: options.kind,
-      headerSize: SEED_MIGRATION_INFO.size,
-      bitmapSize: options.bitmapSize ?? 64 * 1024,
-      dataSize: options.dataSize ?? 1024 * 1024,
-    });
+    this.layout = seedRegionLayout(options);
     const sectionBytes = this.layout.size - this.layout.sectionOffset;
     if (options.sectionMemory && options.sectionMemory.byteLength !== sectionBytes) {
       throw new RangeError(`sectionMemory must be ${sectionBytes} bytes, got ${options.sectionMemory.byteLength}`);
     }
     this.sectionMemory = options.sectionMemory ?? new Uint8Array(sectionBytes);
+  }
+
+  /**
+   * Device reset: back to RUNNING with no save or resume session and no dirty logging, as the v1-era
+   * libvfio-user does. The device backend resets itself; this only resets the region's own state.
+   */
+  reset(): void {
+    this.backend.dirtyLog?.stop();
+    this.endSession();
+    this.deviceState = DeviceState.RUNNING;
   }
 
   /** The current device_state (bits 0-2; bits 3-31 always read 0 on this device). */

@@ -78,6 +78,15 @@ export abstract class SampleDevice implements DeviceModel, MigrationBackend {
     return createHash('sha256').update(img.memory).update(img.regs).digest('hex');
   }
 
+  reset(): void {
+    this.saver = null;
+    this.loader = null;
+    this.resetForResume();
+    this.image().memory.fill(0);
+    this.state = DeviceState.RUNNING;
+    this.syncTicker();
+  }
+
   close(): void {
     this.closed = true;
     this.syncTicker();

@@ -1,0 +1,344 @@
+// One client's session with a hosted device: VERSION first, then commands handled strictly in arrival
+// order (a command that waits, e.g. for the client to acknowledge DMA, holds back the ones behind it).
+// Every request is checked against the spec and the negotiated limits; a bad one gets an error reply with
+// an errno, and the session goes on. Only a lost framing (in Connection) ends it.
+
+import { Errno } from '../abi/errno.ts';
+import { DeviceState } from '../abi/migration.ts';
+import { Command, commandName } from '../abi/vfio-user/commands.ts';
+import {
+  DeviceInfoFlag,
+  decodeDeviceInfoRequest,
+  encodeDeviceInfoReply,
+  NUM_IRQS,
+} from '../abi/vfio-user/device-info.ts';
+import { decodeDeviceResetRequest } from '../abi/vfio-user/device-reset.ts';
+import { decodeDmaWriteReply, encodeDmaWriteRequest } from '../abi/vfio-user/dma-access.ts';
+import { DmaMapFlag, decodeDmaMapRequest } from '../abi/vfio-user/dma-map.ts';
+import { DmaUnmapFlag, decodeDmaUnmapRequest, encodeDmaUnmapReply } from '../abi/vfio-user/dma-unmap.ts';
+import {
+  decodeIrqInfoRequest,
+  decodeIrqSetRequest,
+  encodeIrqInfoReply,
+  IRQ_SET_ACTION_TYPE_MASK,
+  IRQ_SET_DATA_TYPE_MASK,
+  IrqInfoFlag,
+  IrqSetFlag,
+} from '../abi/vfio-user/irq.ts';
+import {
+  MAX_DMA_REGION_SIZE,
+  MIGRATION_PGSIZE,
+  SERVER_MAX_DATA_XFER_SIZE,
+  SERVER_MAX_MSG_FDS,
+} from '../abi/vfio-user/limits.ts';
+import {
+  decodeRegionReadRequest,
+  decodeRegionWriteRequest,
+  encodeRegionReadReply,
+  encodeRegionWriteReply,
+} from '../abi/vfio-user/region-access.ts';
+import {
+  decodeRegionInfoRequest,
+  encodeRegionInfoReplyFor,
+  type RegionCap,
+  RegionInfoFlag,
+} from '../abi/vfio-user/region-info.ts';
+import {
+  type Capabilities,
+  decodeVersionRequest,
+  encodeVersionReply,
+  negotiateVersion,
+  VERSION_MAJOR,
+  VERSION_MINOR,
+} from '../abi/vfio-user/version.ts';
+import { asVfioError, einval, VfioError } from '../errors.ts';
+import { type Connection, closeFds } from './connection.ts';
+import { DmaTable } from './dma-table.ts';
+import type { ReceivedMessage } from './framing.ts';
+import { type HostedDevice, IRQ_COUNTS, NUM_REGIONS } from './hosted-device.ts';
+
+/** The most DMA ranges one client may map (libvfio-user defaults to far more; guests need a handful). */
+export const MAX_DMA_RANGES = 1024;
+
+/** A reply payload, optionally with fds to send along (they stay owned by whoever owned them). */
+type Reply = Uint8Array | { payload: Uint8Array; fds: number[] } | undefined;
+type Handler = (m: ReceivedMessage) => Promise<Reply> | Reply;
+
+export type SessionLog = (line: string) => void;
+
+export class Session {
+  readonly dma: DmaTable;
+  private client: Capabilities | null = null;
+  private queue: Promise<void> = Promise.resolve();
+  private readonly irqFds: (number | undefined)[][] = IRQ_COUNTS.map((n) =>
+    new Array<number | undefined>(n).fill(undefined),
+  );
+  private readonly handlers: Record<number, Handler>;
+  private ended = false;
+
+  constructor(
+    private readonly conn: Connection,
+    private readonly host: HostedDevice,
+    private readonly log: SessionLog,
+  ) {
+    this.dma = new DmaTable(MAX_DMA_RANGES, (iova, data) => this.messageDmaWrite(iova, data));
+    host.device.attachDma(this.dma.port);
+    this.handlers = {
+      [Command.VERSION]: (m) => this.version(m),
+      [Command.DMA_MAP]: (m) => this.dmaMap(m),
+      [Command.DMA_UNMAP]: (m) => this.dmaUnmap(m),
+      [Command.DEVICE_GET_INFO]: (m) => this.deviceInfo(m),
+      [Command.DEVICE_GET_REGION_INFO]: (m) => this.regionInfo(m),
+      [Command.DEVICE_GET_IRQ_INFO]: (m) => this.irqInfo(m),
+      [Command.DEVICE_SET_IRQS]: (m) => this.setIrqs(m),
+      [Command.REGION_READ]: (m) => this.regionRead(m),
+      [Command.REGION_WRITE]: (m) => this.regionWrite(m),
+      [Command.DEVICE_RESET]: (m) => this.reset(m),
+    };
+    conn.on('command', (m) => {
+      this.queue = this.queue.then(() => this.handle(m));
+    });
+    conn.on('close', (reason) => this.end(reason?.message));
+  }
+
+  private async handle(m: ReceivedMessage): Promise<void> {
+    if (this.ended) {
+      closeFds(m.fds);
+      return;
+    }
+    try {
+      const handler = this.handlers[m.header.cmd];
+      if (!handler) throw einval(`${commandName(m.header.cmd)} is not supported by this device`);
+      if (m.header.cmd !== Command.VERSION && !this.client) throw einval(`${commandName(m.header.cmd)} before VERSION`);
+      this.checkGate(m.header.cmd);
+      const reply = await handler(m);
+      if (reply instanceof Uint8Array || reply === undefined) this.conn.reply(m, reply);
+      else this.conn.reply(m, reply.payload, reply.fds);
+    } catch (err) {
+      const e = asVfioError(err, Errno.EINVAL);
+      this.log(`${commandName(m.header.cmd)} #${m.header.msgId}: ${e.message}`);
+      this.conn.replyError(m, e.errno);
+    } finally {
+      // fds a handler did not take are not ours to keep.
+      closeFds(m.fds);
+    }
+  }
+
+  /** v1-era rule: a stopped or stop-and-copy device takes only region accesses. */
+  private checkGate(cmd: number): void {
+    const s = this.host.migration.state;
+    const stopped = (s & (DeviceState.RUNNING | DeviceState.RESUMING)) === 0;
+    if (stopped && cmd !== Command.REGION_READ && cmd !== Command.REGION_WRITE) {
+      throw einval(`${commandName(cmd)} is not accepted while the device is stopped`);
+    }
+  }
+
+  /** Moves a message's fds to the caller (at most `max`; more is refused and they are closed with it). */
+  private takeFds(m: ReceivedMessage, max: number): number[] {
+    if (m.fds.length > max)
+      throw einval(`${commandName(m.header.cmd)} carries ${m.fds.length} fds, at most ${max} allowed`);
+    const fds = m.fds;
+    m.fds = [];
+    return fds;
+  }
+
+  private version(m: ReceivedMessage): Uint8Array {
+    if (this.client) throw einval('VERSION was already negotiated');
+    this.takeFds(m, 0);
+    const n = negotiateVersion(decodeVersionRequest(m.payload), {
+      major: VERSION_MAJOR,
+      minor: VERSION_MINOR,
+      maxMsgFds: SERVER_MAX_MSG_FDS,
+      maxDataXferSize: SERVER_MAX_DATA_XFER_SIZE,
+      migrationPgsize: MIGRATION_PGSIZE,
+      twinSocket: false,
+    });
+    this.client = n.client;
+    return encodeVersionReply(n.reply);
+  }
+
+  private dmaMap(m: ReceivedMessage): undefined {
+    const req = decodeDmaMapRequest(m.payload);
+    const [fd] = this.takeFds(m, 1);
+    try {
+      if (fd === undefined && (req.flags & (DmaMapFlag.MMAP | DmaMapFlag.FILE_IO)) !== 0) {
+        throw einval('DMA_MAP with MMAP or FILE_IO needs an fd');
+      }
+      if ((req.flags & DmaMapFlag.FILE_IO) !== 0)
+        throw new VfioError(Errno.ENOTSUP, 'FILE_IO DMA is not supported; map the fd');
+      if (req.size > MAX_DMA_REGION_SIZE)
+        throw new VfioError(Errno.ENOSPC, `DMA region of ${req.size} bytes exceeds 8 TiB`);
+      this.dma.map({
+        iova: req.address,
+        size: req.size,
+        fdOffset: req.offset,
+        readable: (req.flags & DmaMapFlag.READ) !== 0,
+        writable: (req.flags & DmaMapFlag.WRITE) !== 0,
+        fd: fd ?? -1,
+      });
+    } catch (err) {
+      if (fd !== undefined) closeFds([fd]);
+      throw err;
+    }
+    return undefined;
+  }
+
+  private async dmaUnmap(m: ReceivedMessage): Promise<Uint8Array> {
+    const req = decodeDmaUnmapRequest(m.payload);
+    if (req.flags & DmaUnmapFlag.GET_DIRTY_BITMAP) {
+      throw new VfioError(Errno.ENOTSUP, 'this device reports dirty pages through its migration region');
+    }
+    // In-flight message DMA may target the range: it must be finished before the range goes away.
+    await this.dma.flush();
+    this.dma.unmap(req.address, req.size, (req.flags & DmaUnmapFlag.ALL) !== 0);
+    return encodeDmaUnmapReply({ flags: req.flags, address: req.address, size: req.size });
+  }
+
+  private deviceInfo(m: ReceivedMessage): Uint8Array {
+    decodeDeviceInfoRequest(m.payload);
+    return encodeDeviceInfoReply({
+      flags: DeviceInfoFlag.RESET | DeviceInfoFlag.PCI,
+      numRegions: NUM_REGIONS,
+      numIrqs: NUM_IRQS,
+    });
+  }
+
+  private regionInfo(m: ReceivedMessage): Reply {
+    const req = decodeRegionInfoRequest(m.payload);
+    if (req.index >= NUM_REGIONS) throw einval(`region index ${req.index} >= ${NUM_REGIONS}`);
+    const r = this.host.regions[req.index];
+    const caps: RegionCap[] = [];
+    if (r?.type) caps.push({ kind: 'type', type: r.type.type, subtype: r.type.subtype });
+    if (r && r.fd !== null && r.sparse.length > 0) {
+      caps.push({
+        kind: 'sparse-mmap',
+        areas: r.sparse.map((a) => ({ offset: BigInt(a.offset), size: BigInt(a.size) })),
+      });
+    }
+    let flags = 0;
+    if (r?.readable) flags |= RegionInfoFlag.READ;
+    if (r?.writable) flags |= RegionInfoFlag.WRITE;
+    if (r && r.fd !== null) flags |= RegionInfoFlag.MMAP;
+    const { payload, capsSent } = encodeRegionInfoReplyFor(
+      { flags, index: req.index, size: BigInt(r?.size ?? 0), offset: r?.fdOffset ?? 0n, caps },
+      req.argsz,
+    );
+    // The region's fd travels only with its caps, so a client that cannot take the caps retries first.
+    return capsSent && r && r.fd !== null ? { payload, fds: [r.fd] } : payload;
+  }
+
+  private irqInfo(m: ReceivedMessage): Uint8Array {
+    const req = decodeIrqInfoRequest(m.payload);
+    if (req.index >= NUM_IRQS) throw einval(`IRQ index ${req.index} >= ${NUM_IRQS}`);
+    return encodeIrqInfoReply({ flags: IrqInfoFlag.EVENTFD, index: req.index, count: IRQ_COUNTS[req.index]! });
+  }
+
+  private setIrqs(m: ReceivedMessage): undefined {
+    const req = decodeIrqSetRequest(m.payload);
+    const fds = this.takeFds(m, SERVER_MAX_MSG_FDS);
+    try {
+      if (req.index >= NUM_IRQS) throw einval(`IRQ index ${req.index} >= ${NUM_IRQS}`);
+      const vectors = this.irqFds[req.index]!;
+      const dataType = req.flags & IRQ_SET_DATA_TYPE_MASK;
+      const action = req.flags & IRQ_SET_ACTION_TYPE_MASK;
+      if (req.count === 0 && dataType === IrqSetFlag.DATA_NONE && action === IrqSetFlag.ACTION_TRIGGER) {
+        if (req.start !== 0) throw einval('disabling an IRQ index needs start 0');
+        closeFds(vectors.filter((fd): fd is number => fd !== undefined));
+        vectors.fill(undefined);
+        closeFds(fds);
+        return undefined;
+      }
+      if (req.start + req.count > vectors.length) {
+        throw einval(
+          `IRQ vectors ${req.start}..${req.start + req.count - 1} beyond the ${vectors.length} of index ${req.index}`,
+        );
+      }
+      if (dataType === IrqSetFlag.DATA_EVENTFD) {
+        if (fds.length !== 0 && fds.length !== req.count)
+          throw einval(`SET_IRQS with ${req.count} vectors carries ${fds.length} fds`);
+        for (let i = 0; i < req.count; i++) {
+          const old = vectors[req.start + i];
+          if (old !== undefined) closeFds([old]);
+          vectors[req.start + i] = fds.length > 0 ? fds[i] : undefined;
+        }
+        return undefined;
+      }
+      if (fds.length > 0) throw einval('SET_IRQS without DATA_EVENTFD carries fds');
+      return undefined;
+    } catch (err) {
+      closeFds(fds);
+      throw err;
+    }
+  }
+
+  private regionRead(m: ReceivedMessage): Uint8Array {
+    const req = decodeRegionReadRequest(m.payload);
+    const r = this.host.region(req.region);
+    checkRegionRange(req.offset, req.count, r.size);
+    const data = req.count === 0 ? new Uint8Array(0) : r.read(Number(req.offset), req.count);
+    return encodeRegionReadReply({ offset: req.offset, region: req.region, data });
+  }
+
+  private async regionWrite(m: ReceivedMessage): Promise<Uint8Array> {
+    const req = decodeRegionWriteRequest(m.payload);
+    const r = this.host.region(req.region);
+    checkRegionRange(req.offset, req.data.byteLength, r.size);
+    const wasRunning = (this.host.migration.state & DeviceState.RUNNING) !== 0;
+    if (req.data.byteLength > 0) r.write(Number(req.offset), req.data);
+    // A device that just stopped must have no DMA in flight when the write returns (the region rule);
+    // message-based DMA is in flight until the client acknowledged it.
+    if (wasRunning && (this.host.migration.state & DeviceState.RUNNING) === 0) await this.dma.flush();
+    return encodeRegionWriteReply({ offset: req.offset, region: req.region, count: req.data.byteLength });
+  }
+
+  private reset(m: ReceivedMessage): undefined {
+    decodeDeviceResetRequest(m.payload);
+    this.host.reset();
+    return undefined;
+  }
+
+  private async messageDmaWrite(iova: bigint, data: Uint8Array): Promise<void> {
+    const max = this.client?.maxDataXferSize ?? SERVER_MAX_DATA_XFER_SIZE;
+    for (let at = 0; at < data.byteLength; at += max) {
+      const piece = data.subarray(at, at + max);
+      const addr = iova + BigInt(at);
+      const reply = await this.conn.request(Command.DMA_WRITE, encodeDmaWriteRequest({ address: addr, data: piece }));
+      closeFds(reply.fds);
+      const ack = decodeDmaWriteReply(reply.payload);
+      if (ack.address !== addr || ack.count !== BigInt(piece.byteLength)) {
+        throw new VfioError(
+          Errno.EINVAL,
+          `DMA_WRITE reply for ${ack.address}+${ack.count} does not match ${addr}+${piece.byteLength}`,
+        );
+      }
+    }
+  }
+
+  /** The client went away: release what it gave us, and let a saving device run on (VMM crash = cancel). */
+  end(reason?: string): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.host.device.attachDma(null);
+    this.dma.unmap(0n, 0n, true);
+    for (const vectors of this.irqFds) {
+      closeFds(vectors.filter((fd): fd is number => fd !== undefined));
+      vectors.fill(undefined);
+    }
+    const s = this.host.migration.state;
+    if (s & DeviceState.SAVING) {
+      try {
+        this.host.migration.write(0, Uint8Array.of(DeviceState.RUNNING, 0, 0, 0));
+        this.log('client left during a save: device returned to running');
+      } catch (err) {
+        this.log(`client left during a save and the device could not return to running: ${(err as Error).message}`);
+      }
+    }
+    if (reason) this.log(`client disconnected: ${reason}`);
+  }
+}
+
+function checkRegionRange(offset: bigint, count: number, size: number): void {
+  if (offset + BigInt(count) > BigInt(size)) {
+    throw new VfioError(Errno.EINVAL, `access ${offset}+${count} beyond the region's ${size} bytes`);
+  }
+}
