@@ -1,0 +1,180 @@
+// Every decoder, fed random bytes and mutated valid messages, either returns or throws VfioError:
+// never a RangeError from DataView, a TypeError, or anything else a server would not turn into a reply.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import fc from 'fast-check';
+import * as v from '../../../src/abi/vfio-user/index.ts';
+import { VfioError } from '../../../src/errors.ts';
+
+type Decoder = (bytes: Uint8Array) => unknown;
+
+const hex = (...fields: string[]) => new Uint8Array(Buffer.from(fields.join(''), 'hex'));
+const json = (s: string) => new Uint8Array([0, 0, 2, 0, ...Buffer.from(s), 0]);
+
+// [decoder, a valid payload to mutate]
+const DECODERS: Record<string, [Decoder, Uint8Array]> = {
+  header: [v.decodeHeader, hex('0100', '0200', '30000000', '00000000', '00000000')],
+  message: [v.decodeMessage, hex('0100', '0d00', '10000000', '00000000', '00000000')],
+  version: [
+    v.decodeVersion,
+    json('{"capabilities":{"max_msg_fds":8,"migration":{"pgsize":4096},"twin_socket":{"supported":true}}}'),
+  ],
+  dmaMapRequest: [
+    v.decodeDmaMapRequest,
+    hex('20000000', '03000000', '00'.repeat(8), '0000000001000000', '0000004000000000'),
+  ],
+  dmaMapReply: [v.decodeDmaMapReply, new Uint8Array(0)],
+  dmaUnmapRequest: [
+    v.decodeDmaUnmapRequest,
+    hex('48000000', '01000000', '0000000001000000', '0000100000000000', '0010000000000000', '2000000000000000'),
+  ],
+  dmaUnmapReply: [
+    v.decodeDmaUnmapReply,
+    hex(
+      '48000000',
+      '01000000',
+      '0000000001000000',
+      '0000100000000000',
+      '0010000000000000',
+      '2000000000000000',
+      '00'.repeat(32),
+    ),
+  ],
+  deviceInfoRequest: [v.decodeDeviceInfoRequest, hex('10000000', '00'.repeat(12))],
+  deviceInfoReply: [v.decodeDeviceInfoReply, hex('10000000', '03000000', '09000000', '05000000')],
+  regionInfoRequest: [v.decodeRegionInfoRequest, hex('20000000', '00000000', '09000000', '00'.repeat(20))],
+  regionInfoReply: [
+    v.decodeRegionInfoReply,
+    hex(
+      '50000000',
+      '0f000000',
+      '09000000',
+      '20000000',
+      '0010100000000000',
+      '0000000000000000',
+      '0200',
+      '0100',
+      '30000000',
+      '03000000',
+      '01000000',
+      '0100',
+      '0100',
+      '00000000',
+      '01000000',
+      '00000000',
+      '0010000000000000',
+      '0000100000000000',
+    ),
+  ],
+  regionIoFdsRequest: [v.decodeRegionIoFdsRequest, hex('40000000', '00'.repeat(12))],
+  regionIoFdsReply: [
+    v.decodeRegionIoFdsReply,
+    hex('40000000', '00000000', '00000000', '01000000', '00'.repeat(24), '01000000', '00'.repeat(20)),
+  ],
+  irqInfoRequest: [v.decodeIrqInfoRequest, hex('10000000', '00000000', '02000000', '00000000')],
+  irqInfoReply: [v.decodeIrqInfoReply, hex('10000000', '01000000', '02000000', '20000000')],
+  irqSetRequest: [v.decodeIrqSetRequest, hex('17000000', '22000000', '01000000', '01000000', '03000000', '010001')],
+  irqSetReply: [v.decodeIrqSetReply, new Uint8Array(0)],
+  regionReadRequest: [v.decodeRegionReadRequest, hex('0000000000000000', '07000000', '04000000')],
+  regionReadReply: [v.decodeRegionReadReply, hex('0000000000000000', '07000000', '04000000', '86801000')],
+  regionWriteRequest: [v.decodeRegionWriteRequest, hex('0010000000000000', '00000000', '04000000', '01020304')],
+  regionWriteReply: [v.decodeRegionWriteReply, hex('0010000000000000', '00000000', '04000000')],
+  dmaReadRequest: [v.decodeDmaReadRequest, hex('0020000001000000', '1000000000000000')],
+  dmaReadReply: [v.decodeDmaReadReply, hex('0020000001000000', '0400000000000000', 'deadbeef')],
+  dmaWriteRequest: [v.decodeDmaWriteRequest, hex('0030000001000000', '0400000000000000', 'deadbeef')],
+  dmaWriteReply: [v.decodeDmaWriteReply, hex('0030000001000000', '0400000000000000')],
+  deviceResetRequest: [v.decodeDeviceResetRequest, new Uint8Array(0)],
+  deviceResetReply: [v.decodeDeviceResetReply, new Uint8Array(0)],
+  dirtyPagesRequest: [
+    v.decodeDirtyPagesRequest,
+    hex('30000000', '04000000', '0000000001000000', '0000040000000000', '0010000000000000', '0800000000000000'),
+  ],
+  dirtyPagesControlReply: [v.decodeDirtyPagesControlReply, new Uint8Array(0)],
+  dirtyPagesBitmapReply: [
+    v.decodeDirtyPagesBitmapReply,
+    hex(
+      '30000000',
+      '04000000',
+      '0000000001000000',
+      '0000040000000000',
+      '0010000000000000',
+      '0800000000000000',
+      '0300000000000080',
+    ),
+  ],
+  writeMultiRequest: [
+    v.decodeWriteMultiRequest,
+    hex('0100000000000000', '0020000000000000', '00000000', '04000000', '1122334400000000'),
+  ],
+  writeMultiReply: [v.decodeWriteMultiReply, hex('0100000000000000')],
+  deviceFeatureRequest: [
+    v.decodeDeviceFeatureRequest,
+    hex('28000000', '08000100', '0000000001000000', '0000040000000000', '0010000000000000'),
+  ],
+  deviceFeatureReply: [v.decodeDeviceFeatureReply, hex('10000000', '01000100', '0500000000000000')],
+  dmaLoggingStart: [
+    v.decodeDeviceFeatureRequest,
+    hex('28000000', '06000200', '0010000000000000', '01000000', '00000000', '0000000001000000', '0000004000000000'),
+  ],
+  migrationData: [v.decodeMigrationData, hex('0500000000000000')],
+  migStateData: [v.decodeMigStateData, hex('03000000', '00000000')],
+  dmaLoggingControl: [
+    v.decodeDmaLoggingControl,
+    hex('0010000000000000', '01000000', '00000000', '0000000001000000', '0000004000000000'),
+  ],
+  dmaLoggingReportRequest: [
+    v.decodeDmaLoggingReportRequest,
+    hex('0000000001000000', '0000040000000000', '0010000000000000'),
+  ],
+  dmaLoggingReportReply: [
+    v.decodeDmaLoggingReportReply,
+    hex('0000000001000000', '0000040000000000', '0010000000000000', '0100000000000080'),
+  ],
+  migDataReadRequest: [v.decodeMigDataReadRequest, hex('08100000', '00100000')],
+  migDataReadReply: [v.decodeMigDataReadReply, hex('0c000000', '04000000', 'cafef00d')],
+  migDataWriteRequest: [v.decodeMigDataWriteRequest, hex('0c000000', '04000000', 'cafef00d')],
+  migDataWriteReply: [v.decodeMigDataWriteReply, new Uint8Array(0)],
+};
+
+function onlyVfioError(decode: Decoder, bytes: Uint8Array): void {
+  try {
+    decode(bytes);
+  } catch (err) {
+    if (!(err instanceof VfioError)) assert.fail(`threw ${String(err)} for ${Buffer.from(bytes).toString('hex')}`);
+  }
+}
+
+const mutation = (base: Uint8Array) =>
+  fc
+    .record(
+      {
+        edits: fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 255 })), { maxLength: 4 }),
+        cut: fc.integer({ min: -8, max: 16 }),
+        tail: fc.uint8Array({ maxLength: 8 }),
+      },
+      { noNullPrototype: true },
+    )
+    .map(({ edits, cut, tail }) => {
+      const b = new Uint8Array([
+        ...base.subarray(0, Math.max(0, base.byteLength - Math.max(0, cut))),
+        ...(cut < 0 ? tail : []),
+      ]);
+      for (const [i, x] of edits) if (b.byteLength) b[i % b.byteLength] = x;
+      return b;
+    });
+
+describe('decoders only ever throw VfioError', () => {
+  for (const [name, [decode, valid]] of Object.entries(DECODERS)) {
+    it(name, () => {
+      decode(valid); // the seed itself is valid
+      fc.assert(
+        fc.property(fc.uint8Array({ maxLength: 160 }), (bytes) => onlyVfioError(decode, bytes)),
+        { numRuns: 250 },
+      );
+      fc.assert(
+        fc.property(mutation(valid), (bytes) => onlyVfioError(decode, bytes)),
+        { numRuns: 250 },
+      );
+    });
+  }
+});
