@@ -75,6 +75,11 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     this.assembler.setLimits(this.limits);
   }
 
+  /** What we send may be as large as what we accept: negotiated limits hold both ways (DMA_READ replies). */
+  private get sendLimits(): { maxMsgSize: number } {
+    return { maxMsgSize: this.limits.maxMsgSize };
+  }
+
   /** Sends a ready message (header + payload). */
   send(message: Uint8Array, fds: readonly number[] = []): void {
     if (this.closed) throw new VfioError(Errno.ENOTCONN, 'connection is closed');
@@ -83,7 +88,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
 
   reply(request: ReceivedMessage, payload?: Uint8Array, fds: readonly number[] = []): void {
     if (request.header.noReply || this.closed) return;
-    this.send(encodeMessage(replyTo(request.header), payload), fds);
+    this.send(encodeMessage(replyTo(request.header), payload, this.sendLimits), fds);
   }
 
   replyError(request: ReceivedMessage, errno: number): void {
@@ -108,7 +113,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       }, timeoutMs);
       this.pending.set(msgId, { cmd, resolve, reject, timer });
       try {
-        this.send(encodeMessage({ msgId, cmd }, payload), options.fds ?? []);
+        this.send(encodeMessage({ msgId, cmd }, payload, this.sendLimits), options.fds ?? []);
       } catch (err) {
         clearTimeout(timer);
         this.pending.delete(msgId);
