@@ -1,0 +1,151 @@
+// A RegionPort (src/vmm/seed-region-client.ts) for one region of a vfio-user device: reads and writes are
+// trapped (REGION_READ/REGION_WRITE through the client); if the server sent the region's fd with sparse-mmap
+// areas, each area is mmapped and `mapped()` serves views of it, as QEMU maps a region's mmappable parts and
+// traps the rest. An area that cannot be mapped stays trapped (with a warning), as QEMU carries on with a
+// slow path rather than failing the device.
+
+import { Errno } from '../abi/errno.ts';
+import { SEED_REGION_SUBTYPE, SEED_REGION_TYPE, V1_REGION_SUBTYPE, V1_REGION_TYPE } from '../abi/migration.ts';
+import { NUM_REGIONS_V2 } from '../abi/vfio-user/device-info.ts';
+import { VfioError } from '../errors.ts';
+import { native } from '../native/addon.ts';
+import type { RegionPort } from '../vmm/seed-region-client.ts';
+import type { RegionInfo, VfioUserClient } from './client.ts';
+
+/** One mmapped sparse area: region-relative offset and size, and the mapping. */
+export interface MappedArea {
+  offset: number;
+  size: number;
+  memory: Uint8Array;
+}
+
+export interface VfioRegionPort extends RegionPort {
+  readonly index: number;
+  /** The region info the port was opened with (its fd, if any, is owned by the port). */
+  readonly info: RegionInfo;
+  /** Areas served by `mapped()`; empty when the region is trapped only. */
+  readonly areas: readonly MappedArea[];
+  /** Why areas the server offered are not mapped (they stay trapped). */
+  readonly warnings: readonly string[];
+  /** Unmaps every area and closes the region fd. The port must not be used afterwards. Idempotent. */
+  close(): void;
+}
+
+export interface RegionPortOptions {
+  /** Map the sparse areas when the server offers them (default true); false = trapped only. */
+  mmap?: boolean;
+}
+
+function safeNumber(what: string, v: bigint): number {
+  if (v > BigInt(Number.MAX_SAFE_INTEGER)) throw new VfioError(Errno.EOVERFLOW, `${what} ${v} is too large`);
+  return Number(v);
+}
+
+/** Opens region `index` of the device behind `client` as a RegionPort. */
+export async function openRegionPort(
+  client: VfioUserClient,
+  index: number,
+  options: RegionPortOptions = {},
+): Promise<VfioRegionPort> {
+  const info = await client.regionInfo(index);
+  const areas: MappedArea[] = [];
+  const warnings: string[] = [];
+  let closed = false;
+  const release = () => {
+    for (const a of areas) native().munmap(a.memory.buffer as ArrayBuffer);
+    areas.length = 0;
+    if (info.fd !== undefined) native().close(info.fd);
+  };
+  try {
+    const size = safeNumber(`region ${index} size`, info.size);
+    if (info.fd !== undefined && options.mmap !== false) {
+      for (const a of info.sparseAreas ?? []) {
+        const where = `region ${index} area ${a.offset}+${a.size}`;
+        if (a.size === 0n) continue;
+        if (a.offset + a.size > info.size) {
+          warnings.push(`${where} lies beyond the region's ${info.size} bytes: not mapped`);
+          continue;
+        }
+        try {
+          const ab = native().mmap(info.fd, info.offset + a.offset, a.size, info.writable);
+          areas.push({ offset: Number(a.offset), size: Number(a.size), memory: new Uint8Array(ab) });
+        } catch (err) {
+          warnings.push(`${where} cannot be mmapped (${(err as Error).message}): it stays trapped`);
+        }
+      }
+    }
+    const port: VfioRegionPort = {
+      index,
+      info,
+      size,
+      areas,
+      warnings,
+      read: (offset, length) => {
+        if (closed) return Promise.reject(new VfioError(Errno.EBADF, `region ${index} port is closed`));
+        return client.regionRead(index, offset, length);
+      },
+      write: (offset, data) => {
+        if (closed) return Promise.reject(new VfioError(Errno.EBADF, `region ${index} port is closed`));
+        return client.regionWrite(index, offset, data);
+      },
+      mapped: (offset, length) => {
+        if (closed) return undefined;
+        for (const a of areas) {
+          if (offset >= a.offset && offset + length <= a.offset + a.size) {
+            return a.memory.subarray(offset - a.offset, offset - a.offset + length);
+          }
+        }
+        return undefined;
+      },
+      close: () => {
+        if (closed) return;
+        closed = true;
+        release();
+      },
+    };
+    return port;
+  } catch (err) {
+    release();
+    throw err;
+  }
+}
+
+export type MigrationFlavor = 'seed' | 'v1';
+
+export interface MigrationRegionFound {
+  index: number;
+  flavor: MigrationFlavor;
+  /** Its region info (any fd that came with it has been closed; openRegionPort asks again). */
+  info: RegionInfo;
+}
+
+/** The flavor a TYPE cap stands for: seed 2/1 (the 2019 draft), v1 3/1 (Linux 5.8). */
+export function migrationFlavorOf(type: { type: number; subtype: number } | undefined): MigrationFlavor | null {
+  if (type?.type === SEED_REGION_TYPE && type.subtype === SEED_REGION_SUBTYPE) return 'seed';
+  if (type?.type === V1_REGION_TYPE && type.subtype === V1_REGION_SUBTYPE) return 'v1';
+  return null;
+}
+
+/**
+ * Scans the device-specific regions (index ≥ 9) for a migration region's TYPE cap. Regions the server
+ * refuses to describe (EINVAL) are skipped; connection failures are not.
+ */
+export async function findMigrationRegion(client: VfioUserClient): Promise<MigrationRegionFound | null> {
+  const { numRegions } = await client.deviceInfo();
+  for (let index = NUM_REGIONS_V2; index < numRegions; index++) {
+    let info: RegionInfo;
+    try {
+      info = await client.regionInfo(index);
+    } catch (err) {
+      if (err instanceof VfioError && err.errno === Errno.EINVAL) continue;
+      throw err;
+    }
+    if (info.fd !== undefined) {
+      native().close(info.fd);
+      info.fd = undefined;
+    }
+    const flavor = migrationFlavorOf(info.type);
+    if (flavor) return { index, flavor, info };
+  }
+  return null;
+}
