@@ -1,5 +1,6 @@
 // The vfio-migrate command line: one file per command; this file only dispatches.
 import { demoUsage, runDemo } from './demo.ts';
+import { probeUsage, runProbe } from './probe.ts';
 import { runServe, serveUsage } from './serve.ts';
 
 const usage = `usage: vfio-migrate <command> [options]
@@ -7,11 +8,14 @@ const usage = `usage: vfio-migrate <command> [options]
 commands:
   demo     live save and resume of a sample device through its migration region (npm start)
   serve    host a sample device behind a vfio-user socket
+  probe    show what the device behind a vfio-user socket offers (like lspci -vv)
   help     this text
 
 ${demoUsage}
 
-${serveUsage}`;
+${serveUsage}
+
+${probeUsage}`;
 
 export async function main(argv: string[]): Promise<number> {
   const [command, ...rest] = argv;
@@ -21,6 +25,8 @@ export async function main(argv: string[]): Promise<number> {
         return await runDemo(rest);
       case 'serve':
         return await runServe(rest);
+      case 'probe':
+        return await runProbe(rest);
       case undefined:
       case 'help':
       case '--help':
