@@ -280,10 +280,16 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
 
   private async negotiate(timeoutMs: number): Promise<void> {
     let m: ReceivedMessage;
+    // A request failing with the very error the connection closed with was lost with the connection (not
+    // answered); an error reply is a separate error even when the server hangs up right after it (EBUSY).
+    let closeReason: VfioError | undefined;
+    this.conn.once('close', (reason) => {
+      closeReason = reason;
+    });
     try {
       m = await this.conn.request(Command.VERSION, encodeVersionRequest(this.proposal));
     } catch (err) {
-      const lost = this.conn.isClosed;
+      const lost = closeReason !== undefined && err === closeReason;
       this.conn.close();
       const e = asVfioError(err);
       if (e.errno === Errno.ETIMEDOUT) {
