@@ -59,6 +59,11 @@ export class StateSaver {
   private regsSent = false;
   private ended = false;
   private readonly writer: StateStreamWriter;
+  /**
+   * Once the device has stopped its memory cannot change, so the remaining blocks' exact record sizes
+   * (a ZERO record is a bare header) are counted once and kept current as blocks go out.
+   */
+  private stoppedBlockBytes: number | null = null;
 
   /** `stopped()` tells whether the device has stopped, i.e. whether registers and END may be sent. */
   constructor(
@@ -94,7 +99,7 @@ export class StateSaver {
   }
 
   pendingBytes(): number {
-    let n = this.writer.queuedBytes + this.dirtyCount * (RECORD_HEADER_SIZE + this.image.blockSize);
+    let n = this.writer.queuedBytes + this.blockBytes();
     if (!this.begun) n += RECORD_HEADER_SIZE + encodeDescriptor(this.image.descriptor).byteLength;
     if (this.stopped()) {
       if (!this.regsSent) n += RECORD_HEADER_SIZE + this.image.regs.byteLength;
@@ -105,6 +110,21 @@ export class StateSaver {
 
   produce(out: Uint8Array): number {
     return this.writer.produce(out);
+  }
+
+  /** Bytes the dirty blocks will take on the wire: an upper bound while running, exact once stopped. */
+  private blockBytes(): number {
+    if (!this.stopped()) return this.dirtyCount * (RECORD_HEADER_SIZE + this.image.blockSize);
+    if (this.stoppedBlockBytes === null) {
+      let n = 0;
+      const bs = this.image.blockSize;
+      for (let b = 0; b < this.blocks; b++) {
+        if (this.dirty[b] === 0) continue;
+        n += RECORD_HEADER_SIZE + (isZero(this.image.memory.subarray(b * bs, (b + 1) * bs)) ? 0 : bs);
+      }
+      this.stoppedBlockBytes = n;
+    }
+    return this.stoppedBlockBytes;
   }
 
   private nextRecord(): StateRecord | null {
@@ -138,7 +158,10 @@ export class StateSaver {
     // A live view: the writer copies it out in this produce() call or snapshots the rest, so what was
     // hashed here and what is sent are always the same bytes.
     const view = this.image.memory.subarray(offset, offset + this.image.blockSize);
-    if (isZero(view)) {
+    const zero = isZero(view);
+    if (this.stoppedBlockBytes !== null)
+      this.stoppedBlockBytes -= RECORD_HEADER_SIZE + (zero ? 0 : this.image.blockSize);
+    if (zero) {
       this.blockHashes.set(this.zeroHash, b * DIGEST_SIZE);
       return { header: { kind: RecordKind.ZERO, arg0: BigInt(offset), arg1: BigInt(this.image.blockSize) } };
     }
