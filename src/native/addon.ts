@@ -1,0 +1,117 @@
+// Typed access to native/ (vfio_native.node): the syscalls Node lacks for vfio-user. The C side is thin;
+// every failed syscall throws an Error with `code` (errno name, e.g. 'EAGAIN'), `errno` (number) and
+// `syscall`. All fds it creates are close-on-exec; socket fds are nonblocking.
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+/** An Error thrown by the addon for a failed syscall. */
+export interface NativeError extends Error {
+  code: string;
+  errno: number;
+  syscall: string;
+}
+
+export interface RecvResult {
+  /** Bytes read into the buffer; 0 means EOF (the peer closed). */
+  bytes: number;
+  /** fds that arrived with these bytes, now owned by the caller (close-on-exec). */
+  fds: number[];
+  /** The ancillary data did not fit maxFds: every fd that arrived was closed. A protocol error. */
+  truncated: boolean;
+}
+
+export type PollCallback = (err: number, readable: boolean, writable: boolean) => void;
+
+/** A uv_poll_t on the calling thread's event loop. The fd stays the caller's: close the Poller first. */
+export interface Poller {
+  /** Poll for these conditions (both false = stop). A started Poller keeps the process alive (see unref). */
+  start(readable: boolean, writable: boolean): void;
+  /** Stop polling; a stopped Poller never keeps the process alive. */
+  stop(): void;
+  /** Release the uv handle. Idempotent, and safe inside the callback; start() throws afterwards. */
+  close(): void;
+  ref(): void;
+  unref(): void;
+}
+
+export interface PollerConstructor {
+  /** The callback gets err (an errno, 0 if none), and whether the fd is readable (or hung up) / writable. */
+  new (fd: number, callback: PollCallback): Poller;
+}
+
+export interface NativeAddon {
+  /** A memfd (MFD_CLOEXEC) of `size` bytes; sparse until touched. */
+  memfdCreate(name: string, size: number | bigint): number;
+  /**
+   * A MAP_SHARED mapping of [offset, offset+length) of fd as an external ArrayBuffer, unmapped when it is
+   * collected or by munmap(). Node 20 caps one ArrayBuffer at 4 GiB (buffer.constants.MAX_LENGTH).
+   * A store through a view of a read-only mapping (writable false) kills the process with SIGSEGV.
+   */
+  mmap(fd: number, offset: number | bigint, length: number | bigint, writable: boolean): ArrayBuffer;
+  /** Detaches the ArrayBuffer (every view reads as length 0), then unmaps. A second call is a no-op. */
+  munmap(ab: ArrayBuffer): void;
+  close(fd: number): void;
+  /** A close-on-exec duplicate of fd (F_DUPFD_CLOEXEC). */
+  dup(fd: number): number;
+  /** fstat(fd).st_size */
+  fdSize(fd: number): number;
+  /** An eventfd (EFD_CLOEXEC, plus EFD_NONBLOCK if nonblock). */
+  eventfd(initval: number, nonblock: boolean): number;
+  /** Adds value to the counter; throws EAGAIN if a nonblocking counter would overflow. */
+  eventfdWrite(fd: number, value: bigint | number): void;
+  /** Reads and resets the counter; null when it is 0 on a nonblocking eventfd. */
+  eventfdRead(fd: number): bigint | null;
+  /** A connected AF_UNIX SOCK_STREAM pair, nonblocking and close-on-exec. */
+  socketpair(): [number, number];
+  /** A listening socket at path, whose file is created with mode 0600 (less umask) with no window. */
+  listenUnix(path: string, backlog: number): number;
+  /** An accepted connection (nonblocking, close-on-exec), or -1 if none is pending. */
+  acceptUnix(fd: number): number;
+  /** A connected nonblocking socket; ENOENT, ECONNREFUSED (and EAGAIN on a full backlog) are thrown. */
+  connectUnix(path: string): number;
+  /**
+   * Nonblocking send; returns bytes sent (maybe fewer than data.length) or -1 on EAGAIN (nothing sent).
+   * fds (at most 253) travel as one SCM_RIGHTS message with the first byte sent; data must not be empty
+   * when fds are given. The caller's fds stay open (the kernel passes duplicates).
+   */
+  sendmsg(fd: number, data: Uint8Array, fds: readonly number[]): number;
+  /** Nonblocking receive of at most buf.length bytes and at most maxFds (0..253) fds; null on EAGAIN. */
+  recvmsg(fd: number, buf: Uint8Array, maxFds: number): RecvResult | null;
+  Poller: PollerConstructor;
+}
+
+/** Where `npm ci` (through scripts/build-native.js) puts the addon. */
+export const defaultAddonPath = fileURLToPath(new URL('../../native/build/Release/vfio_native.node', import.meta.url));
+
+const require = createRequire(import.meta.url);
+
+const howToBuild =
+  'Build it with `npm run build:native` (or reinstall with `npm ci`); that needs a C compiler, make, python3 ' +
+  "and the Node headers (include/node under Node's install prefix).";
+
+/** Loads the addon from path, turning "not built" into an error that says how to build it. */
+export function loadAddon(path: string = defaultAddonPath): NativeAddon {
+  try {
+    return require(path) as NativeAddon;
+  } catch (err) {
+    const code = (err as { code?: unknown }).code;
+    if (code === 'MODULE_NOT_FOUND') {
+      throw new Error(`the native addon is not built: ${path} does not exist. ${howToBuild}`, { cause: err });
+    }
+    if (code === 'ERR_DLOPEN_FAILED') {
+      // Typically built for another Node (ABI) or a half-finished build.
+      throw new Error(`the native addon at ${path} could not be loaded (${(err as Error).message}). ${howToBuild}`, {
+        cause: err,
+      });
+    }
+    throw err;
+  }
+}
+
+let cached: NativeAddon | undefined;
+
+/** The addon, loaded on first use (so importing a module that may need it costs nothing until then). */
+export function native(): NativeAddon {
+  cached ??= loadAddon();
+  return cached;
+}

@@ -1,0 +1,166 @@
+// memfd + mmap: shared bytes, > 2 GiB mappings, munmap that detaches, and fd helpers.
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { describe, test } from 'node:test';
+import { setImmediate as tick } from 'node:timers/promises';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import { type NativeError, native } from '../../src/native/addon.ts';
+import { fdFlags, O_CLOEXEC, openFdCount } from './support.ts';
+
+const GiB = 2 ** 30;
+const PAGE = 4096;
+
+/** How many mappings of the memfd called name this process has (from /proc/self/maps). */
+function mappingsOf(name: string): number {
+  return readFileSync('/proc/self/maps', 'utf8')
+    .split('\n')
+    .filter((l) => l.includes(`/memfd:${name} `)).length;
+}
+
+describe('memfd and mmap', () => {
+  test('two mappings of one memfd share bytes, both ways', () => {
+    const n = native();
+    const fd = n.memfdCreate('shared', 16 * PAGE);
+    try {
+      assert.equal(n.fdSize(fd), 16 * PAGE);
+      assert.ok(fdFlags(fd) & O_CLOEXEC, 'memfd is close-on-exec');
+      const a = new Uint8Array(n.mmap(fd, 0, 16 * PAGE, true));
+      const b = new Uint8Array(n.mmap(fd, 4 * PAGE, 8 * PAGE, true)); // an offset window
+      a[4 * PAGE + 10] = 0xab;
+      assert.equal(b[10], 0xab);
+      b[8 * PAGE - 1] = 0x5a;
+      assert.equal(a[12 * PAGE - 1], 0x5a);
+      const ro = new Uint8Array(n.mmap(fd, 0, PAGE, false));
+      a[0] = 0x11;
+      assert.equal(ro[0], 0x11, 'a read-only mapping sees writes made elsewhere');
+      n.munmap(a.buffer as ArrayBuffer);
+      n.munmap(b.buffer as ArrayBuffer);
+      n.munmap(ro.buffer as ArrayBuffer);
+    } finally {
+      n.close(fd);
+    }
+  });
+
+  test('a 3 GiB sparse mapping works above 2 GiB (offsets and lengths past int32)', () => {
+    const n = native();
+    const size = 3 * GiB;
+    const fd = n.memfdCreate('big', size);
+    try {
+      assert.equal(n.fdSize(fd), size);
+      const whole = n.mmap(fd, 0, size, true);
+      assert.equal(whole.byteLength, size);
+      const all = new Uint8Array(whole);
+      // Touch a handful of pages only: the memfd stays sparse.
+      const spots = [0, 2 * GiB - 1, 2 * GiB, 2 * GiB + 12345, size - 1];
+      spots.forEach((off, i) => {
+        all[off] = i + 1;
+      });
+      // A second mapping starting past 2 GiB, offset given as a bigint, sees the same bytes.
+      const tail = new Uint8Array(n.mmap(fd, 2n * BigInt(GiB), BigInt(GiB), false));
+      assert.equal(tail.length, GiB);
+      assert.equal(tail[0], 3);
+      assert.equal(tail[12345], 4);
+      assert.equal(tail[GiB - 1], 5);
+      assert.equal(all[2 * GiB - 1], 2);
+      n.munmap(tail.buffer as ArrayBuffer);
+      n.munmap(whole);
+    } finally {
+      n.close(fd);
+    }
+  });
+
+  test('munmap detaches: every view reads as empty, and a second munmap is a no-op', () => {
+    const n = native();
+    const fd = n.memfdCreate('detach', PAGE);
+    try {
+      const ab = n.mmap(fd, 0, PAGE, true);
+      const view = new Uint8Array(ab);
+      const dv = new DataView(ab);
+      view[0] = 7;
+      assert.equal(mappingsOf('detach'), 1);
+      n.munmap(ab);
+      assert.equal(ab.byteLength, 0);
+      assert.equal(view.length, 0);
+      assert.equal(view[0], undefined, 'a read through a detached view touches no memory');
+      assert.throws(() => dv.getUint8(0), TypeError);
+      assert.equal(mappingsOf('detach'), 0, 'unmapped at once, not at GC');
+      n.munmap(ab); // no-op
+      assert.equal(ab.byteLength, 0);
+      // The bytes written before munmap are in the memfd.
+      const again = new Uint8Array(n.mmap(fd, 0, PAGE, false));
+      assert.equal(again[0], 7);
+      n.munmap(again.buffer as ArrayBuffer);
+    } finally {
+      n.close(fd);
+    }
+  });
+
+  test('a mapping nobody references is unmapped by the garbage collector', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    const n = native();
+    const fd = n.memfdCreate('collected', PAGE);
+    try {
+      (() => {
+        new Uint8Array(n.mmap(fd, 0, PAGE, true))[0] = 1;
+      })();
+      assert.equal(mappingsOf('collected'), 1);
+      for (let i = 0; i < 20 && mappingsOf('collected') > 0; i++) {
+        gc();
+        await tick(); // Node runs external-buffer finalizers from an immediate
+      }
+      assert.equal(mappingsOf('collected'), 0);
+    } finally {
+      n.close(fd);
+    }
+  });
+
+  test('munmap refuses an ArrayBuffer that mmap did not create', () => {
+    assert.throws(() => native().munmap(new ArrayBuffer(8)), TypeError);
+    assert.throws(() => native().munmap(new Uint8Array(8) as unknown as ArrayBuffer), TypeError);
+  });
+
+  test('mmap errors carry errno: a bad fd, a misaligned offset, length 0', () => {
+    const n = native();
+    const fd = n.memfdCreate('errs', PAGE);
+    try {
+      assert.throws(
+        () => n.mmap(999999, 0, PAGE, true),
+        (e: NativeError) => e.code === 'EBADF' && e.errno === 9,
+      );
+      assert.throws(
+        () => n.mmap(fd, 1, PAGE, true),
+        (e: NativeError) => e.code === 'EINVAL',
+      );
+      assert.throws(
+        () => n.mmap(fd, 0, 0, true),
+        (e: NativeError) => e.code === 'EINVAL',
+      );
+    } finally {
+      n.close(fd);
+    }
+  });
+
+  test('mappings and memfds leak no fd; dup gives an independent close-on-exec fd', () => {
+    const n = native();
+    const before = openFdCount();
+    for (let i = 0; i < 20; i++) {
+      const fd = n.memfdCreate(`leak${i}`, PAGE);
+      const ab = n.mmap(fd, 0, PAGE, true);
+      const d = n.dup(fd);
+      assert.notEqual(d, fd);
+      assert.ok(fdFlags(d) & O_CLOEXEC);
+      n.close(fd);
+      assert.equal(n.fdSize(d), PAGE, 'the dup outlives the original');
+      n.close(d);
+      new Uint8Array(ab)[0] = 1; // the mapping outlives both fds
+      n.munmap(ab);
+    }
+    assert.equal(openFdCount(), before);
+    assert.throws(
+      () => n.close(999999),
+      (e: NativeError) => e.code === 'EBADF',
+    );
+  });
+});
