@@ -83,7 +83,12 @@ export class FdSocket extends EventEmitter<FdSocketEvents> {
     this.#fd = fd;
     this.maxFds = options.maxFds ?? MAX_FDS_PER_MESSAGE;
     this.readSize = options.readSize ?? (() => DEFAULT_READ_SIZE);
-    this.#poller = new (native().Poller)(fd, (err, readable, writable) => this.#onPoll(err, readable, writable));
+    try {
+      this.#poller = new (native().Poller)(fd, (err, readable, writable) => this.#onPoll(err, readable, writable));
+    } catch (err) {
+      native().close(fd); // ours from the start, even when we cannot use it
+      throw err;
+    }
     // Polling can only report in a later loop turn, after the caller has attached its listeners.
     this.#updatePolling();
   }
@@ -249,7 +254,8 @@ export class FdSocket extends EventEmitter<FdSocketEvents> {
 
   #read(budget: number): void {
     for (let i = 0; i < budget && !this.#destroyed && !this.#paused; i++) {
-      const size = Math.min(Math.max(1, Math.floor(this.readSize())), MAX_READ_SIZE);
+      const want = Math.floor(this.readSize());
+      const size = Number.isNaN(want) ? DEFAULT_READ_SIZE : Math.min(Math.max(1, want), MAX_READ_SIZE);
       const { buf, fromSlab } = this.#buffer(size);
       let r: RecvResult | null;
       try {

@@ -1,10 +1,11 @@
 // FdSocket over real socketpairs: ordering, fds across partial writes, hangups, truncation, no fd leaks.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
+import { fstatSync, openSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VfioError } from '../../src/errors.ts';
-import { native } from '../../src/native/addon.ts';
+import { type NativeError, native } from '../../src/native/addon.ts';
 import { FdSocket } from '../../src/native/fd-socket.ts';
 import { cleanClose, openFdCount, pattern, receive } from './support.ts';
 
@@ -213,6 +214,18 @@ describe('FdSocket', () => {
     assert.equal(openFdCount(), before + 2, 'only the two socket fds');
     a.destroy();
     await cleanClose(b);
+  });
+
+  test('an fd that cannot be polled is refused, and closed since the socket owned it', () => {
+    const fd = openSync('/proc/self/status', 'r'); // epoll cannot watch a regular file
+    assert.throws(
+      () => new FdSocket(fd),
+      (e: NativeError) => e.code === 'EPERM',
+    );
+    assert.throws(
+      () => fstatSync(fd),
+      (e: NativeError) => e.code === 'EBADF',
+    );
   });
 
   test('write validates: fds need a byte, at most 253 fds', () => {
