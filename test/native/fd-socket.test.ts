@@ -207,11 +207,18 @@ describe('FdSocket', () => {
   test('fds that arrive with no data listener are closed, not leaked', async () => {
     const before = openFdCount();
     const [a, b] = FdSocket.pair();
-    const m = taggedMemfd(7);
-    a.write(new Uint8Array([1]), [m]);
-    native().close(m);
-    await sleep(20);
-    assert.equal(openFdCount(), before + 2, 'only the two socket fds');
+    // Send one end of a socketpair and keep the other: EOF on ours proves the received copy was closed.
+    const [keep, give] = native().socketpair();
+    a.write(new Uint8Array([1]), [give]);
+    native().close(give);
+    let eof = false;
+    for (let i = 0; i < 500 && !eof; i++) {
+      eof = native().recvmsg(keep, new Uint8Array(1), 0)?.bytes === 0;
+      if (!eof) await sleep(5);
+    }
+    assert.ok(eof, 'the fd nobody took was closed');
+    native().close(keep);
+    assert.equal(openFdCount(), before + 2, 'only the two FdSocket fds');
     a.destroy();
     await cleanClose(b);
   });
