@@ -21,6 +21,10 @@ export const Errno = {
   ENOTCONN: 107,
   ETIMEDOUT: 110,
   E2BIG: 7,
+  EAGAIN: 11,
+  EPIPE: 32,
+  EADDRINUSE: 98,
+  ECONNREFUSED: 111,
 } as const;
 
 export type ErrnoName = keyof typeof Errno;

@@ -13,6 +13,7 @@ export const serveUsage = `usage: vfio-migrate serve --device NAME --socket PATH
   --data-section KIND   mmapped (default) or trapped
   --device-mem SIZE     large-memory device memory (default 256M)
   --work-rate N         large-memory device writes per second while running (default 2000)
+  --device-fill KIND    large-memory initial memory: zero (default) or random
   --quiet               no log lines on stderr`;
 
 export async function runServe(argv: string[]): Promise<number> {
@@ -25,6 +26,7 @@ export async function runServe(argv: string[]): Promise<number> {
       'data-section': { type: 'string', default: 'mmapped' },
       'device-mem': { type: 'string', default: '256M' },
       'work-rate': { type: 'string', default: '2000' },
+      'device-fill': { type: 'string', default: 'zero' },
       quiet: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h' },
     },
@@ -40,7 +42,10 @@ export async function runServe(argv: string[]): Promise<number> {
   const device = createSampleDevice(values.device, {
     memSize: parseSize(values['device-mem']!),
     workRate: Number(values['work-rate']),
+    fill: values['device-fill'] === 'random' ? 'random' : 'zero',
   });
+  if (values['device-fill'] !== 'random' && values['device-fill'] !== 'zero')
+    throw new Error('--device-fill must be zero or random');
   const log = values.quiet ? () => {} : (line: string) => process.stderr.write(`serve[${process.pid}]: ${line}\n`);
   const host = new HostedDevice(device, { dataSection: kind });
   const server = new VfioUserServer(host, { log }).listen(values.socket);

@@ -3,7 +3,7 @@
 // that the VMM has device-dirtied pages to pick up. BAR0 holds its registers, including a read-only
 // digest of its whole state, so any client can compare a resumed device with the saved one cheaply.
 
-import { createHash } from 'node:crypto';
+import { createHash, randomFillSync } from 'node:crypto';
 import { einval } from '../../errors.ts';
 import type { Bar } from '../bar.ts';
 import { buildPciConfig } from '../pci-config.ts';
@@ -41,6 +41,8 @@ export interface LargeMemoryOptions {
   workRate?: number;
   /** Generator seed (default 1). */
   seed?: number;
+  /** Initial memory: all zero (default), or random bytes, as a device that has been busy for a while. */
+  fill?: 'zero' | 'random';
 }
 
 export class LargeMemoryDevice extends SampleDevice {
@@ -62,6 +64,7 @@ export class LargeMemoryDevice extends SampleDevice {
     if (this.blockSize < 4096 || memSize % this.blockSize !== 0)
       throw new RangeError(`blockSize ${this.blockSize} must divide memSize`);
     this.memory = new Uint8Array(memSize);
+    if (options.fill === 'random') fillRandom(this.memory);
     this.seed = options.seed ?? 1;
     this.initRegs();
     this.config = buildPciConfig({
@@ -183,4 +186,10 @@ export class LargeMemoryDevice extends SampleDevice {
     if (!writable) throw einval(`large-memory: [${offset}, ${end}) is not writable`);
     this.regs.set(data, offset);
   }
+}
+
+function fillRandom(memory: Uint8Array): void {
+  // randomFillSync takes at most 2^31-1 bytes per call.
+  const step = 1 << 30;
+  for (let at = 0; at < memory.byteLength; at += step) randomFillSync(memory.subarray(at, at + step));
 }

@@ -1,0 +1,144 @@
+// npm run bench: throughput of device migration data through the migration region over vfio-user, as
+// ratios to a raw UNIX socket stream between two processes measured in the same run (these machines are
+// noisy, so only ratios within one run mean anything). Each figure is the median of several rounds.
+//
+//   raw-unix      a child process writes into a UNIX stream socket, this process reads and counts
+//   device        the sample device producing its state in-process (no transport): the device's own ceiling
+//   trapped       stop-and-copy of the device through the region, data read with REGION_READ messages
+//   mmapped       the same, data read through the mmapped data section (zero copies on the VMM side)
+
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { parseArgs } from 'node:util';
+import { DeviceState } from '../src/abi/migration.ts';
+import { bytes } from '../src/cli/format.ts';
+import { LargeMemoryDevice } from '../src/device/samples/large-memory.ts';
+import { VfioUserClient } from '../src/vfio-user/client.ts';
+import { findMigrationRegion, openRegionPort } from '../src/vfio-user/region-port.ts';
+import { SeedRegionClient } from '../src/vmm/seed-region-client.ts';
+import { startServer } from '../test/support/server-process.ts';
+
+const { values } = parseArgs({
+  options: {
+    'device-mem': { type: 'string', default: '256' },
+    rounds: { type: 'string', default: '3' },
+  },
+});
+const MEM = Number(values['device-mem']) << 20;
+const ROUNDS = Number(values.rounds);
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+async function rounds(name: string, fn: () => Promise<{ bytes: number; ms: number }>): Promise<number> {
+  const rates: number[] = [];
+  let moved = 0;
+  for (let i = 0; i < ROUNDS; i++) {
+    const r = await fn();
+    moved = r.bytes;
+    rates.push(r.bytes / r.ms / 1000);
+  }
+  const m = median(rates);
+  console.log(
+    `${name.padEnd(10)} ${m.toFixed(0).padStart(6)} MB/s   (${bytes(moved)} per round, rounds ${rates.map((r) => r.toFixed(0)).join(' ')})`,
+  );
+  return m;
+}
+
+async function rawUnix(total: number): Promise<{ bytes: number; ms: number }> {
+  const dir = mkdtempSync(join(tmpdir(), 'vfio-migrate-bench-'));
+  const path = join(dir, 'raw.sock');
+  const server = createServer();
+  server.listen(path);
+  await once(server, 'listening');
+  const writer = `const s=require('net').connect(${JSON.stringify(path)});const b=Buffer.alloc(1<<20,7);let left=${total};
+    function go(){while(left>0){left-=b.length;if(!s.write(b)){s.once('drain',go);return}}s.end()}s.on('connect',go)`;
+  const child = spawn(process.execPath, ['-e', writer], { stdio: 'inherit' });
+  const [sock] = (await once(server, 'connection')) as [import('node:net').Socket];
+  let got = 0;
+  const t0 = performance.now();
+  sock.on('data', (d: Buffer) => {
+    got += d.byteLength;
+  });
+  await once(sock, 'end');
+  const ms = performance.now() - t0;
+  await once(child, 'exit');
+  server.close();
+  rmSync(dir, { recursive: true, force: true });
+  return { bytes: got, ms };
+}
+
+async function deviceProduce(): Promise<{ bytes: number; ms: number }> {
+  const dev = new LargeMemoryDevice({ memSize: MEM, workRate: 0, fill: 'random' });
+  const out = new Uint8Array(1 << 20);
+  dev.transition(DeviceState.RUNNING, DeviceState.SAVING);
+  let n = 0;
+  const t0 = performance.now();
+  for (let k = dev.produce(out); k > 0; k = dev.produce(out)) n += k;
+  const ms = performance.now() - t0;
+  dev.close();
+  return { bytes: n, ms };
+}
+
+async function throughRegion(
+  dataSection: 'trapped' | 'mmapped',
+): Promise<() => Promise<{ bytes: number; ms: number }>> {
+  const srv = await startServer([
+    '--device',
+    'large-memory',
+    '--device-mem',
+    `${MEM >> 20}M`,
+    '--device-fill',
+    'random',
+    '--work-rate',
+    '0',
+    '--data-section',
+    dataSection,
+    '--quiet',
+  ]);
+  const client = await VfioUserClient.connect(srv.path);
+  const found = await findMigrationRegion(client);
+  if (!found) throw new Error('no migration region');
+  const port = await openRegionPort(client, found.index);
+  const region = new SeedRegionClient(port);
+  rounds_cleanup.push(async () => {
+    port.close();
+    client.close();
+    await srv.stop();
+  });
+  return async () => {
+    // Straight to stop-and-copy: the whole device state, then cancel back to running for the next round.
+    await region.writeField('device_state', BigInt(DeviceState.SAVING));
+    let n = 0;
+    const t0 = performance.now();
+    await region.drain((chunk) => {
+      n += chunk.byteLength;
+    });
+    const ms = performance.now() - t0;
+    await region.writeField('device_state', BigInt(DeviceState.RUNNING));
+    return { bytes: n, ms };
+  };
+}
+
+const rounds_cleanup: (() => Promise<void>)[] = [];
+
+console.log(`vfio-migrate bench: large-memory device of ${bytes(MEM)} (random contents), ${ROUNDS} rounds each`);
+const raw = await rounds('raw-unix', () => rawUnix(MEM));
+const dev = await rounds('device', deviceProduce);
+const trapped = await rounds('trapped', await throughRegion('trapped'));
+const mmapped = await rounds('mmapped', await throughRegion('mmapped'));
+for (const c of rounds_cleanup) await c();
+const ceiling = Math.min(raw, dev);
+console.log('');
+console.log(`mmapped / raw-unix      ${(mmapped / raw).toFixed(2)}`);
+console.log(`trapped / raw-unix      ${(trapped / raw).toFixed(2)}`);
+console.log(
+  `mmapped / min(raw, device) ${(mmapped / ceiling).toFixed(2)}   (transport efficiency against the slower of the two ends)`,
+);
+console.log(`trapped / min(raw, device) ${(trapped / ceiling).toFixed(2)}`);
