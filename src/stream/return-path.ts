@@ -1,0 +1,76 @@
+// Messages the destination sends back to the source on the same TCP connection (QEMU has a "return
+// path" for the same reason). They make the switch-over a two-phase handshake, so that exactly one side
+// ever runs the VM:
+//
+//   destination: stream loaded and verified ──► READY
+//   source:      READY received: commit (never resume again) ──► GO
+//   destination: GO received: start the VM
+//
+// If the connection dies before the source sees READY, the source resumes its VM (the destination never
+// got GO and never starts). If it dies after the source committed, neither side runs the VM until an
+// operator decides: the one outcome a live migration must never allow is both running.
+//
+// Wire: 'RP' magic (2 bytes), u8 type, be32 length, `length` bytes of UTF-8 text. 7-byte header.
+
+export const ReturnPathType = {
+  /** destination → source: everything loaded and verified, waiting for GO */
+  READY: 1,
+  /** source → destination: committed; start the VM */
+  GO: 2,
+  /** destination → source: the load failed; text says why */
+  ERROR: 3,
+} as const;
+
+export type ReturnPathTypeValue = (typeof ReturnPathType)[keyof typeof ReturnPathType];
+
+export interface ReturnPathMessage {
+  type: ReturnPathTypeValue;
+  text: string;
+}
+
+const MAGIC0 = 0x52; // 'R'
+const MAGIC1 = 0x50; // 'P'
+const HEADER = 7;
+/** Longest message text accepted (an error description). */
+export const RETURN_PATH_MAX_TEXT = 4096;
+
+export function encodeReturnPath(m: ReturnPathMessage): Uint8Array {
+  const text = new TextEncoder().encode(m.text.slice(0, RETURN_PATH_MAX_TEXT));
+  const out = new Uint8Array(HEADER + text.byteLength);
+  const dv = new DataView(out.buffer);
+  out[0] = MAGIC0;
+  out[1] = MAGIC1;
+  out[2] = m.type;
+  dv.setUint32(3, text.byteLength, false);
+  out.set(text, HEADER);
+  return out;
+}
+
+/** Incremental decoder; throws on anything that is not a return-path message. */
+export class ReturnPathDecoder {
+  private buf = new Uint8Array(0);
+
+  push(chunk: Uint8Array): ReturnPathMessage[] {
+    const joined = new Uint8Array(this.buf.byteLength + chunk.byteLength);
+    joined.set(this.buf);
+    joined.set(chunk, this.buf.byteLength);
+    const out: ReturnPathMessage[] = [];
+    let at = 0;
+    while (joined.byteLength - at >= HEADER) {
+      if (joined[at] !== MAGIC0 || joined[at + 1] !== MAGIC1) throw new Error('return path: bad magic');
+      const type = joined[at + 2]!;
+      if (type < ReturnPathType.READY || type > ReturnPathType.ERROR)
+        throw new Error(`return path: unknown message type ${type}`);
+      const len = new DataView(joined.buffer, joined.byteOffset + at + 3, 4).getUint32(0, false);
+      if (len > RETURN_PATH_MAX_TEXT * 4) throw new Error(`return path: message of ${len} bytes is too long`);
+      if (joined.byteLength - at < HEADER + len) break;
+      out.push({
+        type: type as ReturnPathTypeValue,
+        text: new TextDecoder().decode(joined.subarray(at + HEADER, at + HEADER + len)),
+      });
+      at += HEADER + len;
+    }
+    this.buf = joined.slice(at);
+    return out;
+  }
+}

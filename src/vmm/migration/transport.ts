@@ -1,0 +1,262 @@
+// Where the migration stream goes: a TCP connection to the destination (with the return path coming back
+// on it) or a file. Writes wait for the socket to drain, so the stream is never buffered whole; a link
+// that makes no progress for `stallTimeoutMs` is an error, not a hang; `max-bandwidth` is honoured in
+// 100 ms windows as QEMU does.
+
+import { once } from 'node:events';
+import { type FileHandle, open } from 'node:fs/promises';
+import { connect, type Socket } from 'node:net';
+import { Errno } from '../../abi/errno.ts';
+import { VfioError } from '../../errors.ts';
+import { encodeReturnPath, ReturnPathDecoder, type ReturnPathMessage } from '../../stream/return-path.ts';
+
+export type MigrationUri = { kind: 'tcp'; host: string; port: number } | { kind: 'file'; path: string };
+
+export function parseMigrationUri(uri: string): MigrationUri {
+  if (uri.startsWith('file:')) {
+    const path = uri.slice(5);
+    if (!path) throw new VfioError(Errno.EINVAL, `migration URI "${uri}" has no path`);
+    return { kind: 'file', path };
+  }
+  const m = /^tcp:(\[[^\]]+\]|[^:]+):(\d+)$/.exec(uri);
+  if (!m) throw new VfioError(Errno.EINVAL, `migration URI "${uri}" is not tcp:HOST:PORT or file:PATH`);
+  const port = Number(m[2]);
+  if (port < 1 || port > 65535) throw new VfioError(Errno.EINVAL, `migration URI "${uri}": port out of range`);
+  return { kind: 'tcp', host: m[1]!.replace(/^\[|\]$/g, ''), port };
+}
+
+export interface OutgoingStream {
+  /** Writes the pieces in order; resolves when the transport can take more. */
+  write(pieces: readonly Uint8Array[]): Promise<void>;
+  /** Bytes written so far. */
+  readonly bytes: number;
+  /** The next return-path message (TCP only); rejects when the connection ends first. */
+  nextMessage(timeoutMs: number): Promise<ReturnPathMessage>;
+  /** Sends a return-path-style message to the peer (the source's GO). */
+  sendMessage(m: ReturnPathMessage): Promise<void>;
+  /** Flushes and closes. */
+  end(): Promise<void>;
+  /** Tears down at once (cancel, failure). */
+  destroy(): void;
+}
+
+export interface TransportOptions {
+  /** No write progress for this long is a dead link (default 10 s). */
+  stallTimeoutMs?: number;
+  /** Connect timeout (default 10 s). */
+  connectTimeoutMs?: number;
+  /** Current max-bandwidth in bytes/s (0 = unlimited), read at every write. */
+  maxBandwidth?: () => number;
+}
+
+/** Sleeps as needed so that no 100 ms window carries more than a tenth of the byte rate. */
+class RateLimiter {
+  private windowStart = performance.now();
+  private windowBytes = 0;
+
+  constructor(private readonly rate: () => number) {}
+
+  async take(n: number): Promise<void> {
+    const limit = this.rate();
+    if (limit <= 0) return;
+    const perWindow = limit / 10;
+    const now = performance.now();
+    if (now - this.windowStart >= 100) {
+      this.windowStart = now;
+      this.windowBytes = 0;
+    }
+    this.windowBytes += n;
+    if (this.windowBytes > perWindow) {
+      await new Promise((r) => setTimeout(r, this.windowStart + 100 - now));
+      this.windowStart = performance.now();
+      this.windowBytes = 0;
+    }
+  }
+}
+
+class TcpOutgoing implements OutgoingStream {
+  bytes = 0;
+  private readonly decoder = new ReturnPathDecoder();
+  private readonly inbox: ReturnPathMessage[] = [];
+  private waiter: (() => void) | null = null;
+  private closedError: Error | null = null;
+  private readonly limiter: RateLimiter;
+
+  constructor(
+    private readonly socket: Socket,
+    private readonly options: TransportOptions,
+  ) {
+    this.limiter = new RateLimiter(options.maxBandwidth ?? (() => 0));
+    socket.on('data', (d: Buffer) => {
+      try {
+        this.inbox.push(...this.decoder.push(d));
+      } catch (err) {
+        socket.destroy(err as Error);
+        return;
+      }
+      this.wake();
+    });
+    socket.on('close', () => {
+      this.closedError ??= new VfioError(Errno.ECONNRESET, 'the destination closed the migration connection');
+      this.wake();
+    });
+    socket.on('error', (err) => {
+      this.closedError = new VfioError(Errno.ECONNRESET, `migration connection: ${err.message}`);
+      this.wake();
+    });
+  }
+
+  private wake(): void {
+    const w = this.waiter;
+    this.waiter = null;
+    w?.();
+  }
+
+  async write(pieces: readonly Uint8Array[]): Promise<void> {
+    if (this.closedError) throw this.closedError;
+    let n = 0;
+    this.socket.cork();
+    let ok = true;
+    for (const p of pieces) {
+      n += p.byteLength;
+      ok = this.socket.write(p);
+    }
+    this.socket.uncork();
+    this.bytes += n;
+    if (!ok) await this.drained();
+    await this.limiter.take(n);
+  }
+
+  private async drained(): Promise<void> {
+    const stall = this.options.stallTimeoutMs ?? 10_000;
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        once(this.socket, 'drain'),
+        once(this.socket, 'close').then(() => {
+          throw this.closedError ?? new VfioError(Errno.ECONNRESET, 'migration connection closed');
+        }),
+        new Promise((_, reject) => {
+          timer = setTimeout(
+            () => reject(new VfioError(Errno.ETIMEDOUT, `the destination took no data for ${stall} ms: stalled link`)),
+            stall,
+          );
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async nextMessage(timeoutMs: number): Promise<ReturnPathMessage> {
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      const m = this.inbox.shift();
+      if (m) return m;
+      if (this.closedError) throw this.closedError;
+      const left = deadline - performance.now();
+      if (left <= 0) throw new VfioError(Errno.ETIMEDOUT, `no answer from the destination within ${timeoutMs} ms`);
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, left);
+        this.waiter = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+    }
+  }
+
+  async sendMessage(m: ReturnPathMessage): Promise<void> {
+    await this.write([encodeReturnPath(m)]);
+  }
+
+  async end(): Promise<void> {
+    if (this.socket.destroyed) return;
+    this.socket.end();
+    await once(this.socket, 'close').catch(() => {});
+  }
+
+  destroy(): void {
+    this.socket.destroy();
+  }
+}
+
+class FileOutgoing implements OutgoingStream {
+  bytes = 0;
+  private readonly limiter: RateLimiter;
+
+  constructor(
+    private readonly fh: FileHandle,
+    options: TransportOptions,
+  ) {
+    this.limiter = new RateLimiter(options.maxBandwidth ?? (() => 0));
+  }
+
+  async write(pieces: readonly Uint8Array[]): Promise<void> {
+    let n = 0;
+    for (const p of pieces) n += p.byteLength;
+    // writev may write short; keep going until every piece is out.
+    let rest = pieces.filter((p) => p.byteLength > 0);
+    while (rest.length > 0) {
+      const { bytesWritten } = await this.fh.writev(rest as Uint8Array[]);
+      let skip = bytesWritten;
+      const next: Uint8Array[] = [];
+      for (const p of rest) {
+        if (skip >= p.byteLength) skip -= p.byteLength;
+        else {
+          next.push(p.subarray(skip));
+          skip = 0;
+        }
+      }
+      rest = next;
+    }
+    this.bytes += n;
+    await this.limiter.take(n);
+  }
+
+  nextMessage(): Promise<ReturnPathMessage> {
+    return Promise.reject(new VfioError(Errno.ENOTSUP, 'a file has no return path'));
+  }
+
+  async sendMessage(): Promise<void> {
+    throw new VfioError(Errno.ENOTSUP, 'a file has no return path');
+  }
+
+  async end(): Promise<void> {
+    await this.fh.sync();
+    await this.fh.close();
+  }
+
+  destroy(): void {
+    void this.fh.close().catch(() => {});
+  }
+}
+
+/** Opens the outgoing side of a migration. */
+export async function openOutgoing(uri: MigrationUri, options: TransportOptions = {}): Promise<OutgoingStream> {
+  if (uri.kind === 'file') return new FileOutgoing(await open(uri.path, 'w', 0o600), options);
+  const socket = connect({ host: uri.host, port: uri.port });
+  socket.setNoDelay(true);
+  const timeout = options.connectTimeoutMs ?? 10_000;
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      once(socket, 'connect'),
+      new Promise((_, reject) => {
+        timer = setTimeout(
+          () => reject(new VfioError(Errno.ETIMEDOUT, `connecting to ${uri.host}:${uri.port} timed out`)),
+          timeout,
+        );
+      }),
+    ]);
+  } catch (err) {
+    socket.destroy();
+    const e = err as NodeJS.ErrnoException;
+    throw err instanceof VfioError
+      ? err
+      : new VfioError(Errno.ECONNREFUSED, `cannot connect to ${uri.host}:${uri.port}: ${e.message}`);
+  } finally {
+    clearTimeout(timer);
+  }
+  return new TcpOutgoing(socket, options);
+}

@@ -1,0 +1,196 @@
+// The VMM's VFIO migration driver for one device (the role of QEMU's hw/vfio/migration.c in the series the
+// seed opens): find the migration region through its region-type capability and map its data section
+// when the device offers that; a VM run-state handler that sets or clears RUNNING; a migration-state
+// notifier that returns the device to RUNNING when a migration is cancelled or fails; the save and load
+// steps; and the dirty-page query at each log sync. Stream framing is not done here: the save handler
+// (vfio-save-handler.ts) turns these steps into stream sections.
+
+import { Errno } from '../abi/errno.ts';
+import { DeviceState, deviceStateName } from '../abi/migration.ts';
+import { VfioError } from '../errors.ts';
+import type { VfioUserClient } from '../vfio-user/client.ts';
+import { findMigrationRegion, openRegionPort, type VfioRegionPort } from '../vfio-user/region-port.ts';
+import type { DirtyBitmapSink } from './seed-region-client.ts';
+import { SeedRegionClient } from './seed-region-client.ts';
+import { noTrace, type Tracer } from './trace.ts';
+
+const { RUNNING, SAVING, RESUMING, MASK } = DeviceState;
+
+/** PCI config space is region 7; its first 64 bytes are the type-0 header the VMM saves. */
+const CONFIG_REGION = 7;
+const CONFIG_STATE_BYTES = 256;
+
+/** Migration statuses that make the notifier put the device back to running (QEMU's v1 behaviour). */
+const FAILED_STATUSES = new Set(['cancelling', 'cancelled', 'failed']);
+
+export interface DmaRangeRef {
+  iova: bigint;
+  size: bigint;
+}
+
+export class VfioMigration {
+  /** Device data bytes moved (both directions), for query-migrate's vfio.transferred. */
+  transferred = 0;
+  private lastRunning: boolean | null = null;
+
+  private constructor(
+    readonly name: string,
+    readonly client: VfioUserClient,
+    readonly port: VfioRegionPort,
+    readonly region: SeedRegionClient,
+    private readonly trace: Tracer,
+  ) {}
+
+  /** Finds the migration region (vfio_migration_probe). A device without one cannot be migrated. */
+  static async probe(client: VfioUserClient, name: string, trace: Tracer = noTrace): Promise<VfioMigration> {
+    const found = await findMigrationRegion(client);
+    if (!found)
+      throw new VfioError(Errno.ENOTSUP, `${name}: the device has no migration region; it cannot be migrated`);
+    if (found.flavor !== 'seed') {
+      throw new VfioError(
+        Errno.ENOTSUP,
+        `${name}: migration region flavor ${found.flavor} is not driven yet (seed only)`,
+      );
+    }
+    if (found.info.size === 0n) throw new VfioError(Errno.EINVAL, `${name}: zero-sized migration region`);
+    const port = await openRegionPort(client, found.index);
+    trace.event('vfio_migration_probe', { name, index: found.index });
+    return new VfioMigration(name, client, port, new SeedRegionClient(port), trace);
+  }
+
+  async deviceState(): Promise<number> {
+    return this.region.deviceState();
+  }
+
+  /** new = (old & mask) | value, as vfio_migration_set_state does. */
+  private async setState(mask: number, value: number): Promise<number> {
+    const state = await this.region.setDeviceState(mask, value);
+    this.trace.event('vfio_migration_set_state', { name: this.name, state });
+    return state;
+  }
+
+  /**
+   * The VM run-state change handler: the VM started → the device runs (from resuming, stopped or
+   * stop-and-copy); the VM stopped → RUNNING cleared (pre-copy becomes stop-and-copy). Skipped when the
+   * running flag did not change, as QEMU v1 does.
+   */
+  async vmStateChange(running: boolean, reason: string): Promise<void> {
+    if (this.lastRunning === running) return;
+    const state = running ? await this.setState(~MASK, RUNNING) : await this.setState(~RUNNING, 0);
+    this.lastRunning = running;
+    this.trace.event('vfio_vmstate_change', {
+      name: this.name,
+      running: running ? 1 : 0,
+      reason,
+      dev_state: deviceStateName(state),
+    });
+  }
+
+  /**
+   * The migration state notifier: when a migration is cancelled or fails, the device goes back to
+   * RUNNING (SAVING and RESUMING cleared) so the source carries on with its device state intact.
+   */
+  async migrationStateNotifier(status: string): Promise<void> {
+    this.trace.event('vfio_migration_state_notifier', { name: this.name, state: status });
+    if (!FAILED_STATUSES.has(status)) return;
+    await this.setState(~(SAVING | RESUMING), RUNNING);
+    this.lastRunning = true;
+    this.transferred = 0;
+  }
+
+  /** save_setup: SAVING set (running → pre-copy, stopped → stop-and-copy). */
+  async saveSetup(): Promise<void> {
+    this.trace.event('vfio_save_setup', { name: this.name });
+    await this.setState(MASK, SAVING);
+  }
+
+  /** save_live_pending: pending_bytes as the device reports it. */
+  async savePending(): Promise<bigint> {
+    const pending = await this.region.pendingBytes();
+    this.trace.event('vfio_save_pending', { name: this.name, precopy: pending, postcopy: 0, compatible: 0 });
+    return pending;
+  }
+
+  /**
+   * save_live_iterate: chunks while pending, up to `budget` bytes. `onData` gets each chunk (a view valid
+   * until it settles). Returns the bytes moved.
+   */
+  async saveIterate(budget: number, onData: (chunk: Uint8Array) => Promise<void> | void): Promise<number> {
+    const r = await this.region.iterate(budget, async (chunk) => {
+      this.trace.event('vfio_save_buffer', { name: this.name, data_size: chunk.byteLength });
+      await onData(chunk);
+    });
+    this.transferred += r.bytes;
+    this.trace.event('vfio_save_iterate', { name: this.name, data_size: r.bytes });
+    return r.bytes;
+  }
+
+  /**
+   * save_live_complete_precopy: the device is stopped and saving (RUNNING cleared, SAVING kept); drain
+   * until pending_bytes is 0, then clear SAVING.
+   */
+  async saveComplete(onData: (chunk: Uint8Array) => Promise<void> | void): Promise<number> {
+    await this.setState(~RUNNING, SAVING);
+    const r = await this.region.drain(onData);
+    this.transferred += r.bytes;
+    await this.setState(~SAVING, 0);
+    this.trace.event('vfio_save_complete_precopy', { name: this.name, bytes: r.bytes });
+    return r.bytes;
+  }
+
+  /** The device's config space, sent as DEV_CONFIG_STATE. */
+  async saveConfig(): Promise<Uint8Array> {
+    this.trace.event('vfio_save_device_config_state', { name: this.name });
+    return this.client.regionRead(CONFIG_REGION, 0, CONFIG_STATE_BYTES);
+  }
+
+  /** load_setup: the destination device goes to RESUMING. */
+  async loadSetup(): Promise<void> {
+    await this.setState(~MASK, RESUMING);
+  }
+
+  /** One DEV_DATA_STATE block, in stream order. */
+  async loadData(data: Uint8Array): Promise<void> {
+    this.trace.event('vfio_load_state_device_data', { name: this.name, data_size: data.byteLength });
+    await this.region.loadBuffer(data);
+    this.transferred += data.byteLength;
+  }
+
+  /** DEV_CONFIG_STATE: restore what the driver may write (command register, BARs). */
+  async loadConfig(blob: Uint8Array): Promise<void> {
+    this.trace.event('vfio_load_device_config_state', { name: this.name });
+    if (blob.byteLength !== CONFIG_STATE_BYTES) {
+      throw new VfioError(
+        Errno.EINVAL,
+        `${this.name}: config state is ${blob.byteLength} bytes, expected ${CONFIG_STATE_BYTES}`,
+      );
+    }
+    await this.client.regionWrite(CONFIG_REGION, 0x04, blob.subarray(0x04, 0x06));
+    await this.client.regionWrite(CONFIG_REGION, 0x10, blob.subarray(0x10, 0x28));
+  }
+
+  /**
+   * A log sync: pulls the device's dirty bitmap for every DMA-mapped range (vfio_get_dirty_page_list)
+   * into `sink`. Only meaningful while the device is SAVING; returns the number of dirty pfns reported.
+   */
+  async dirtySync(ranges: readonly DmaRangeRef[], sink: DirtyBitmapSink, pageSize = 4096n): Promise<bigint> {
+    let total = 0n;
+    for (const r of ranges) {
+      const res = await this.region.dirtyBitmap(r.iova / pageSize, pageSize, r.size / pageSize, sink);
+      this.trace.event('vfio_get_dirty_page_list', {
+        name: this.name,
+        start: r.iova / pageSize,
+        pfn_count: r.size / pageSize,
+        page_size: pageSize,
+        dirty: res.dirtyPfns,
+        reads: res.reads,
+      });
+      total += res.dirtyPfns;
+    }
+    return total;
+  }
+
+  close(): void {
+    this.port.close();
+  }
+}
