@@ -109,7 +109,7 @@ export class DmaTable {
   readonly port: DmaPort = {
     write: (iova, data) => {
       const r = this.find(iova, data.byteLength);
-      if (!r || !r.writable) {
+      if (!r?.writable) {
         this.fault(`DMA write of ${data.byteLength} bytes at ${hex(iova)}: ${r ? 'range is read-only' : 'not mapped'}`);
         return;
       }
@@ -130,7 +130,7 @@ export class DmaTable {
     },
     read: (iova, length) => {
       const r = this.find(iova, length);
-      if (!r || !r.readable || !r.memory) {
+      if (!r?.readable || !r.memory) {
         this.fault(`DMA read of ${length} bytes at ${hex(iova)}: ${r ? 'not readable synchronously' : 'not mapped'}`);
         return new Uint8Array(length);
       }

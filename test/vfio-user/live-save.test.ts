@@ -76,9 +76,9 @@ for (const kind of ['trapped', 'mmapped'] as const) {
           await new Promise((r) => setTimeout(r, 50));
           const client = new SeedRegionClient(srcPort);
           const dirty = new GuestDirtyBitmap(GUEST / PAGE, IOVA / BigInt(PAGE));
-          let guestAtStart = new Uint8Array(0);
-          let guestAtStop = new Uint8Array(0);
-          let digestAtStop = new Uint8Array(0);
+          let guestAtStart: Uint8Array = new Uint8Array(0);
+          let guestAtStop: Uint8Array = new Uint8Array(0);
+          let digestAtStop: Uint8Array = new Uint8Array(0);
           const chunks: Uint8Array[] = [];
           const save = await saveDeviceLive(client, {
             switchoverBytes: 0,

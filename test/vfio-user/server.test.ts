@@ -306,7 +306,10 @@ describe('vfio-user server (register-file device, mmapped data section)', () => 
     for (let i = 0; i < 5; i++) await badRound(); // one-time allocations in the server happen here
     const before = fdsOf();
     for (let i = 0; i < 200; i++) await badRound();
-    assert.equal(fdsOf(), before);
+    // A leak would show as ~200 fds (one per round). A couple of transient fds of the server's own (a
+    // client's socket still being torn down, libuv internals) must not make the test flaky.
+    const grew = fdsOf() - before;
+    assert.ok(grew <= 2, `server fd count grew by ${grew} over 200 rounds each sending an fd`);
     c.close();
   });
 });
