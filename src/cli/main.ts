@@ -2,12 +2,14 @@
 import { demoUsage, runDemo } from './demo.ts';
 import { probeUsage, runProbe } from './probe.ts';
 import { runServe, serveUsage } from './serve.ts';
+import { runVmm, vmmUsage } from './vmm.ts';
 
 const usage = `usage: vfio-migrate <command> [options]
 
 commands:
   demo     live save and resume of a sample device through its migration region (npm start)
   serve    host a sample device behind a vfio-user socket
+  vmm      a VMM: guest RAM, a synthetic guest, vfio-user devices, QMP, live migration
   probe    show what the device behind a vfio-user socket offers (like lspci -vv)
   help     this text
 
@@ -25,6 +27,8 @@ export async function main(argv: string[]): Promise<number> {
         return await runDemo(rest);
       case 'serve':
         return await runServe(rest);
+      case 'vmm':
+        return await runVmm(rest);
       case 'probe':
         return await runProbe(rest);
       case undefined:

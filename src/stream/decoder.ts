@@ -105,6 +105,7 @@ export class StreamDecoder {
   /** The first `n` buffered bytes as one array (copies only when they span chunks). */
   private peek(n: number): Uint8Array | null {
     if (this.buffered < n) return null;
+    if (n === 0) return new Uint8Array(0);
     const first = this.chunks[0]!;
     if (first.byteLength >= n) return first.subarray(0, n);
     const out = new Uint8Array(n);

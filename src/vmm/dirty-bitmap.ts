@@ -1,41 +1,66 @@
-// The VMM's dirty log for one guest RAM range: one bit per page. Device-reported dirty pages are merged
-// into it (through `sink`) next to the pages the vCPUs dirtied, and the RAM saver takes them out.
+// The VMM's dirty log for guest RAM: one bit per page in a SharedArrayBuffer. vCPU workers set bits with
+// Atomics.or after they write a page; the RAM saver takes 32 pages at a time with Atomics.exchange(w, 0),
+// so a page marked while it is being taken is either in this take or stays marked for the next. Device-
+// reported dirty pages are merged in through `sink` at each log sync.
 
 import type { DirtyBitmapSink } from './seed-region-client.ts';
 
 export class GuestDirtyBitmap {
-  readonly words: Uint32Array;
+  readonly words: Int32Array;
+  readonly buffer: SharedArrayBuffer;
 
   constructor(
     readonly pages: number,
-    /** pfn of the range's first page */
+    /** pfn of the range's first page (for device reports in guest-physical pfns) */
     readonly basePfn = 0n,
+    buffer?: SharedArrayBuffer,
   ) {
-    this.words = new Uint32Array(Math.ceil(pages / 32));
+    const bytes = Math.ceil(pages / 32) * 4;
+    this.buffer = buffer ?? new SharedArrayBuffer(bytes);
+    if (this.buffer.byteLength < bytes)
+      throw new RangeError(`dirty bitmap buffer of ${this.buffer.byteLength} bytes is too small`);
+    this.words = new Int32Array(this.buffer, 0, bytes / 4);
+  }
+
+  get wordCount(): number {
+    return this.words.length;
   }
 
   set(page: number): void {
-    this.words[page >>> 5]! |= 1 << (page & 31);
+    Atomics.or(this.words, page >>> 5, 1 << (page & 31));
   }
 
   has(page: number): boolean {
-    return ((this.words[page >>> 5]! >>> (page & 31)) & 1) === 1;
+    return ((Atomics.load(this.words, page >>> 5) >>> (page & 31)) & 1) === 1;
+  }
+
+  /** Marks every page (the start of a migration: the bulk pass sends everything). */
+  setAll(): void {
+    const full = Math.floor(this.pages / 32);
+    for (let w = 0; w < full; w++) Atomics.store(this.words, w, -1);
+    const rest = this.pages % 32;
+    if (rest) Atomics.or(this.words, full, (1 << rest) - 1);
+  }
+
+  clear(): void {
+    for (let w = 0; w < this.words.length; w++) Atomics.store(this.words, w, 0);
+  }
+
+  /** Takes and clears one word: bit i set = page w*32+i was dirty. */
+  takeWord(w: number): number {
+    return Atomics.exchange(this.words, w, 0);
   }
 
   count(): number {
     let n = 0;
     for (let i = 0; i < this.words.length; i++) {
-      let v = this.words[i]!;
+      let v = Atomics.load(this.words, i);
       while (v) {
         v &= v - 1;
         n++;
       }
     }
     return n;
-  }
-
-  clear(): void {
-    this.words.fill(0);
   }
 
   /** A sink for SeedRegionClient.dirtyBitmap that ORs a device's report into this bitmap. */

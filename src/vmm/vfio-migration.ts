@@ -156,6 +156,16 @@ export class VfioMigration {
     this.transferred += data.byteLength;
   }
 
+  /**
+   * The whole state has arrived: resuming → stopped, which makes the device validate it now (a bad or
+   * incomplete state fails here, before the destination tells the source it is ready). The VM start
+   * then takes the device from stopped to running.
+   */
+  async loadFinish(): Promise<void> {
+    await this.setState(~MASK, 0);
+    this.trace.event('vfio_load_cleanup', { name: this.name });
+  }
+
   /** DEV_CONFIG_STATE: restore what the driver may write (command register, BARs). */
   async loadConfig(blob: Uint8Array): Promise<void> {
     this.trace.event('vfio_load_device_config_state', { name: this.name });

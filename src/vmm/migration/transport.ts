@@ -12,7 +12,8 @@ import { encodeReturnPath, ReturnPathDecoder, type ReturnPathMessage } from '../
 
 export type MigrationUri = { kind: 'tcp'; host: string; port: number } | { kind: 'file'; path: string };
 
-export function parseMigrationUri(uri: string): MigrationUri {
+/** Parses a migration URI; port 0 is accepted only for listening (`forListen`), where it picks a free port. */
+export function parseMigrationUri(uri: string, forListen = false): MigrationUri {
   if (uri.startsWith('file:')) {
     const path = uri.slice(5);
     if (!path) throw new VfioError(Errno.EINVAL, `migration URI "${uri}" has no path`);
@@ -21,7 +22,8 @@ export function parseMigrationUri(uri: string): MigrationUri {
   const m = /^tcp:(\[[^\]]+\]|[^:]+):(\d+)$/.exec(uri);
   if (!m) throw new VfioError(Errno.EINVAL, `migration URI "${uri}" is not tcp:HOST:PORT or file:PATH`);
   const port = Number(m[2]);
-  if (port < 1 || port > 65535) throw new VfioError(Errno.EINVAL, `migration URI "${uri}": port out of range`);
+  if (port < (forListen ? 0 : 1) || port > 65535)
+    throw new VfioError(Errno.EINVAL, `migration URI "${uri}": port out of range`);
   return { kind: 'tcp', host: m[1]!.replace(/^\[|\]$/g, ''), port };
 }
 
@@ -112,40 +114,43 @@ class TcpOutgoing implements OutgoingStream {
     w?.();
   }
 
+  /**
+   * Resolves once the socket has taken every piece (its write callback), so the caller may reuse the
+   * memory behind them; a link that takes nothing for `stallTimeoutMs` fails the write.
+   */
   async write(pieces: readonly Uint8Array[]): Promise<void> {
     if (this.closedError) throw this.closedError;
+    const list = pieces.filter((p) => p.byteLength > 0);
+    if (list.length === 0) return;
     let n = 0;
-    this.socket.cork();
-    let ok = true;
-    for (const p of pieces) {
-      n += p.byteLength;
-      ok = this.socket.write(p);
-    }
-    this.socket.uncork();
-    this.bytes += n;
-    if (!ok) await this.drained();
-    await this.limiter.take(n);
-  }
-
-  private async drained(): Promise<void> {
+    for (const p of list) n += p.byteLength;
     const stall = this.options.stallTimeoutMs ?? 10_000;
     let timer: NodeJS.Timeout | undefined;
+    let onClose: (() => void) | undefined;
     try {
-      await Promise.race([
-        once(this.socket, 'drain'),
-        once(this.socket, 'close').then(() => {
-          throw this.closedError ?? new VfioError(Errno.ECONNRESET, 'migration connection closed');
-        }),
-        new Promise((_, reject) => {
-          timer = setTimeout(
-            () => reject(new VfioError(Errno.ETIMEDOUT, `the destination took no data for ${stall} ms: stalled link`)),
-            stall,
-          );
-        }),
-      ]);
+      await new Promise<void>((resolve, reject) => {
+        onClose = () => reject(this.closedError ?? new VfioError(Errno.ECONNRESET, 'migration connection closed'));
+        this.socket.once('close', onClose);
+        timer = setTimeout(
+          () => reject(new VfioError(Errno.ETIMEDOUT, `the destination took no data for ${stall} ms: stalled link`)),
+          stall,
+        );
+        this.socket.cork();
+        list.forEach((p, i) => {
+          const last = i === list.length - 1;
+          this.socket.write(p, (err) => {
+            if (err) reject(new VfioError(Errno.ECONNRESET, `migration connection: ${err.message}`));
+            else if (last) resolve();
+          });
+        });
+        this.socket.uncork();
+      });
     } finally {
       clearTimeout(timer);
+      if (onClose) this.socket.off('close', onClose);
     }
+    this.bytes += n;
+    await this.limiter.take(n);
   }
 
   async nextMessage(timeoutMs: number): Promise<ReturnPathMessage> {

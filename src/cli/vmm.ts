@@ -1,0 +1,83 @@
+// `vfio-migrate vmm`: a VMM process: guest RAM, a synthetic guest, vfio-user devices, a QMP socket, and
+// live migration out (QMP `migrate`) or in (`--incoming`).
+import { parseArgs } from 'node:util';
+import { QmpServer } from '../vmm/qmp/server.ts';
+import { vmmCommands } from '../vmm/qmp-commands.ts';
+import { Tracer } from '../vmm/trace.ts';
+import { Vmm } from '../vmm/vmm.ts';
+import type { WritePattern } from '../vmm/workload-control.ts';
+import { parseSize } from './format.ts';
+
+export const vmmUsage = `usage: vfio-migrate vmm --device-socket PATH --qmp PATH [options]
+  --device-socket PATH  a vfio-user device (repeat for several)
+  --qmp PATH            QMP control socket to create (mode 0600)
+  --incoming URI        wait for a migration: tcp:HOST:PORT (port 0 picks one) or file:PATH
+  --paused              after an incoming migration, stay paused until QMP 'cont' (QEMU's -S)
+  --mem SIZE            guest RAM (default 1G)
+  --vcpus N             synthetic vCPUs (default 2)
+  --dirty-rate N        guest page writes per second, all vCPUs (default 20000; 0 = idle guest)
+  --pattern P           random | hot | sequential (default hot)
+  --trace PATTERN       trace events, e.g. 'vfio_*' (to stderr)
+  --stall-timeout MS    a migration link that takes no data this long fails (default 10000)`;
+
+export async function runVmm(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      'device-socket': { type: 'string', multiple: true, default: [] },
+      qmp: { type: 'string' },
+      incoming: { type: 'string' },
+      paused: { type: 'boolean', default: false },
+      mem: { type: 'string', default: '1G' },
+      vcpus: { type: 'string', default: '2' },
+      'dirty-rate': { type: 'string', default: '20000' },
+      pattern: { type: 'string', default: 'hot' },
+      trace: { type: 'string', default: '' },
+      'stall-timeout': { type: 'string', default: '10000' },
+      help: { type: 'boolean', short: 'h' },
+    },
+  });
+  if (values.help) {
+    console.log(vmmUsage);
+    return 0;
+  }
+  if (!values.qmp) throw new Error(`--qmp is required\n${vmmUsage}`);
+  const pattern = values.pattern as WritePattern;
+  if (!['random', 'hot', 'sequential'].includes(pattern))
+    throw new Error('--pattern must be random, hot or sequential');
+  const log = (line: string) => process.stderr.write(`vmm[${process.pid}]: ${line}\n`);
+  const rate = Number(values['dirty-rate']);
+  const vmm = await Vmm.create({
+    memSize: parseSize(values.mem!),
+    deviceSockets: values['device-socket']!,
+    incoming: values.incoming !== undefined,
+    workload: { vcpus: Math.max(1, Number(values.vcpus)), pagesPerSecond: rate, pattern },
+    trace: new Tracer(values.trace!),
+    log,
+    stallTimeoutMs: Number(values['stall-timeout']),
+  });
+  let quit: () => void = () => {};
+  const quitting = new Promise<void>((r) => {
+    quit = r;
+  });
+  const qmp = await QmpServer.listen(
+    values.qmp,
+    vmmCommands(vmm, () => setImmediate(quit)),
+  );
+  vmm.eventSink = (e, d) => qmp.emitEvent(e, d);
+  console.log(`vmm ready: ${vmm.memory.size} bytes of guest RAM, ${vmm.devices.length} device(s), QMP on ${qmp.path}`);
+  if (values.incoming) {
+    vmm.migration
+      .incoming(values.incoming, (port) => console.log(`incoming: listening on port ${port}`), !values.paused)
+      .then(
+        () => log(`incoming migration completed; the VM ${values.paused ? 'waits for cont' : 'runs here'}`),
+        (err: Error) => log(`incoming migration failed: ${err.message}; the VM does not start here`),
+      );
+  }
+  process.once('SIGINT', () => quit());
+  process.once('SIGTERM', () => quit());
+  await quitting;
+  await qmp.close();
+  await vmm.close();
+  return 0;
+}

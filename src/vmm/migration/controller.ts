@@ -1,0 +1,258 @@
+// Runs migrations for one VMM: `migrate` (source), `incoming` (destination), `cancel`, the parameters,
+// and the numbers query-migrate reports. Its rule on the source side: any failure or cancel before the
+// commit point puts everything back as it was: the devices' migration-state notifiers set them running,
+// and a VM the migration stopped is started again, with its memory and device state intact.
+
+import { Errno } from '../../abi/errno.ts';
+import { VfioError } from '../../errors.ts';
+import type { GuestDirtyBitmap } from '../dirty-bitmap.ts';
+import type { RunState } from '../run-state.ts';
+import type { VfioMigration } from '../vfio-migration.ts';
+import type { MigrationHandler } from './handler.ts';
+import { fileConnection, IncomingListener, runIncoming } from './incoming.ts';
+import {
+  DEFAULT_PARAMETERS,
+  MigrationCancelled,
+  type MigrationParameters,
+  type OutgoingProgress,
+  runOutgoing,
+} from './outgoing.ts';
+import type { RamHandler } from './ram-handler.ts';
+import { type MigrationStatus, statusIsActive, statusTransitionAllowed } from './status.ts';
+import { openOutgoing, parseMigrationUri } from './transport.ts';
+
+export interface ControllerDeps {
+  runState: RunState;
+  ram: RamHandler;
+  dirty: GuestDirtyBitmap;
+  ramSize: number;
+  devices: readonly { driver: VfioMigration; handler: MigrationHandler }[];
+  /** DMA ranges mapped into the devices (for their dirty-page queries). */
+  dmaRanges: readonly { iova: bigint; size: bigint }[];
+  emit: (event: string, data?: Record<string, unknown>) => void;
+  log: (line: string) => void;
+  stallTimeoutMs?: number;
+}
+
+/** query-migrate's answer, in QEMU's MigrationInfo shape. */
+export interface MigrationInfo {
+  status: MigrationStatus;
+  'total-time'?: number;
+  'setup-time'?: number;
+  'expected-downtime'?: number;
+  downtime?: number;
+  ram?: Record<string, number>;
+  vfio?: { transferred: number };
+  'error-desc'?: string;
+}
+
+export class MigrationController {
+  status: MigrationStatus = 'none';
+  readonly parameters: MigrationParameters = { ...DEFAULT_PARAMETERS };
+  private abort: AbortController | null = null;
+  private started = 0;
+  private totalMs = 0;
+  private setupMs = 0;
+  private downtimeMs = 0;
+  private errorDesc: string | undefined;
+  private progress: OutgoingProgress | null = null;
+  private syncs = 0;
+  private lastSync = { at: 0, dirty: 0 };
+  private dirtyRate = 0;
+  /** Resolves when the current outgoing or incoming migration has finished, whatever the outcome. */
+  done: Promise<void> = Promise.resolve();
+
+  constructor(private readonly d: ControllerDeps) {}
+
+  private setStatus(s: MigrationStatus): void {
+    if (!statusTransitionAllowed(this.status, s))
+      throw new Error(`migration status ${this.status} -> ${s} is not allowed`);
+    this.status = s;
+    this.d.emit('MIGRATION', { status: s });
+  }
+
+  setParameters(p: Partial<MigrationParameters>): void {
+    Object.assign(this.parameters, p);
+  }
+
+  /** Starts an outgoing migration and returns at once (QMP's `migrate`); progress via query-migrate. */
+  migrate(uriText: string): void {
+    if (statusIsActive(this.status)) throw new VfioError(Errno.EBUSY, "There's a migration process in progress");
+    if (this.d.runState.state === 'inmigrate')
+      throw new VfioError(Errno.EBUSY, 'this VM is waiting for an incoming migration');
+    const uri = parseMigrationUri(uriText);
+    this.abort = new AbortController();
+    this.started = performance.now();
+    this.errorDesc = undefined;
+    this.progress = null;
+    this.syncs = 0;
+    this.downtimeMs = 0;
+    this.setStatus('setup');
+    this.done = this.runSource(uri, this.abort.signal);
+  }
+
+  cancel(): void {
+    if (!statusIsActive(this.status) || this.status === 'cancelling') return;
+    this.setStatus('cancelling');
+    this.abort?.abort();
+  }
+
+  private async runSource(uri: ReturnType<typeof parseMigrationUri>, signal: AbortSignal): Promise<void> {
+    const wasRunning = this.d.runState.running;
+    const handlers: MigrationHandler[] = [this.d.ram, ...this.d.devices.map((x) => x.handler)];
+    let transport: Awaited<ReturnType<typeof openOutgoing>> | null = null;
+    try {
+      transport = await openOutgoing(uri, {
+        stallTimeoutMs: this.d.stallTimeoutMs,
+        maxBandwidth: () => this.parameters.maxBandwidth,
+      });
+      if (signal.aborted) throw new MigrationCancelled();
+      const result = await runOutgoing({
+        handlers,
+        transport,
+        parameters: () => this.parameters,
+        handshake: uri.kind === 'tcp',
+        signal,
+        onProgress: (p) => {
+          this.progress = p;
+          if (p.phase === 'active' && this.status === 'setup') this.setStatus('active');
+        },
+        onPass: (pass) => this.d.emit('MIGRATION_PASS', { pass }),
+        logSync: () => this.logSync(),
+        stopVm: async () => {
+          if (this.status === 'setup') this.setStatus('active');
+          this.setStatus('device');
+          const errors = await this.d.runState.transition('finish-migrate', 'finish-migrate');
+          if (errors.length > 0)
+            throw new VfioError(Errno.EIO, `stopping the VM failed: ${errors.map((e) => e.message).join('; ')}`);
+        },
+      });
+      this.setupMs = result.setupMs;
+      this.downtimeMs = result.downtimeMs;
+      this.totalMs = performance.now() - this.started;
+      // Committed: the destination runs the VM (or the file holds it); this side never resumes it.
+      await this.d.runState.transition('postmigrate', 'migration completed');
+      this.setStatus('completed');
+      if (result.afterCommitError) this.d.log(`migration committed, then: ${result.afterCommitError}`);
+      this.d.log(
+        `migration completed: ${result.iterations} iterations, ${result.bytesSent} bytes, downtime ${result.downtimeMs.toFixed(1)} ms`,
+      );
+    } catch (err) {
+      transport?.destroy();
+      const cancelled = err instanceof MigrationCancelled || signal.aborted;
+      this.errorDesc = cancelled ? undefined : (err as Error).message;
+      this.totalMs = performance.now() - this.started;
+      await this.recoverSource(wasRunning, cancelled ? 'cancelled' : 'failed');
+      if (this.status === 'cancelling' || cancelled) {
+        if (this.status !== 'cancelling') this.setStatus('cancelling');
+        this.setStatus('cancelled');
+      } else {
+        this.setStatus('failed');
+      }
+      this.d.log(`migration ${this.status}${this.errorDesc ? `: ${this.errorDesc}` : ''}`);
+    } finally {
+      for (const h of handlers) await h.saveCleanup?.().catch(() => {});
+    }
+  }
+
+  /** The migration-state notifier for every device, then the VM back to how the migration found it. */
+  private async recoverSource(wasRunning: boolean, status: 'cancelled' | 'failed'): Promise<void> {
+    for (const { driver } of this.d.devices) {
+      await driver
+        .migrationStateNotifier(status)
+        .catch((e: Error) => this.d.log(`${driver.name}: could not return to running: ${e.message}`));
+    }
+    const rs = this.d.runState;
+    if (rs.state === 'finish-migrate') {
+      const errors = await rs.transition(wasRunning ? 'running' : 'paused', `migration ${status}`);
+      for (const e of errors) this.d.log(`resuming after the failed migration: ${e.message}`);
+    }
+    if (!rs.running) {
+      // The notifier set the devices running; a VM that stays paused keeps them stopped.
+      for (const { driver } of this.d.devices) await driver.vmStateChange(false, 'paused').catch(() => {});
+    }
+  }
+
+  /** A log sync: device-dirtied pages merged into the RAM dirty log; dirty-rate bookkeeping. */
+  private async logSync(): Promise<void> {
+    for (const { driver } of this.d.devices) await driver.dirtySync(this.d.dmaRanges, this.d.dirty.sink);
+    this.syncs++;
+    const now = performance.now();
+    const dirty = this.d.dirty.count();
+    // After the first pass the log holds only pages dirtied since they were sent: that count over the
+    // time since the last sync is the dirty rate (the first sync sees the bulk pass's all-dirty log).
+    if (this.syncs > 2 && now > this.lastSync.at) this.dirtyRate = (dirty / (now - this.lastSync.at)) * 1000;
+    this.lastSync = { at: now, dirty };
+  }
+
+  /**
+   * Destination: load the incoming migration, then start the VM (after GO over TCP), or leave it paused
+   * when `autostart` is false (QEMU's -S): `cont` then starts it.
+   */
+  async incoming(uriText: string, onListening?: (port: number) => void, autostart = true): Promise<void> {
+    const uri = parseMigrationUri(uriText, true);
+    const handlers: MigrationHandler[] = [this.d.ram, ...this.d.devices.map((x) => x.handler)];
+    this.started = performance.now();
+    this.setStatus('setup');
+    let listener: IncomingListener | null = null;
+    try {
+      let connection: Awaited<ReturnType<IncomingListener['accept']>>;
+      if (uri.kind === 'tcp') {
+        listener = await IncomingListener.listen(uri.host, uri.port);
+        onListening?.(listener.port);
+        connection = await listener.accept();
+      } else {
+        connection = fileConnection(uri.path);
+      }
+      this.setStatus('active');
+      await runIncoming({
+        handlers,
+        connection,
+        handshake: uri.kind === 'tcp',
+        autostart,
+        startVm: async () => {
+          const errors = await this.d.runState.transition('running', 'migration');
+          for (const e of errors) this.d.log(`starting the VM: ${e.message}`);
+        },
+      });
+      if (!autostart) await this.d.runState.transition('paused', 'migration loaded');
+      this.setStatus('device');
+      this.setStatus('completed');
+      this.totalMs = performance.now() - this.started;
+    } catch (err) {
+      this.errorDesc = (err as Error).message;
+      this.setStatus('failed');
+      this.d.log(`incoming migration failed: ${this.errorDesc}`);
+      throw err;
+    } finally {
+      listener?.close();
+    }
+  }
+
+  info(): MigrationInfo {
+    const info: MigrationInfo = { status: this.status };
+    if (this.status === 'none') return info;
+    const active = statusIsActive(this.status);
+    info['total-time'] = Math.round(active ? performance.now() - this.started : this.totalMs);
+    info['setup-time'] = Math.round(this.setupMs);
+    const p = this.progress;
+    if (p && active) info['expected-downtime'] = Math.round(p.expectedDowntimeMs);
+    if (this.status === 'completed') info.downtime = Math.round(this.downtimeMs);
+    const s = this.d.ram.stats;
+    info.ram = {
+      transferred: s.transferred,
+      remaining: this.d.dirty.count() * 4096,
+      total: this.d.ramSize,
+      duplicate: s.duplicate,
+      normal: s.normal,
+      'normal-bytes': s.normal * 4096,
+      'dirty-pages-rate': Math.round(this.dirtyRate),
+      mbps: p ? (p.bandwidth * 1000 * 8) / 1e6 : 0,
+      'dirty-sync-count': this.syncs,
+      'page-size': 4096,
+    };
+    info.vfio = { transferred: this.d.devices.reduce((n, x) => n + x.driver.transferred, 0) };
+    if (this.errorDesc) info['error-desc'] = this.errorDesc;
+    return info;
+  }
+}

@@ -1,0 +1,186 @@
+// The destination side: accept one migration connection (or read a file), load every section as it
+// arrives (each verified by its checksum before it is applied), check completeness at EOF, then the
+// two-phase handshake: READY to the source, and start the VM only on GO. On any error the destination
+// tells the source (ERROR), and its VM never starts.
+
+import { once } from 'node:events';
+import { createReadStream } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { Errno } from '../../abi/errno.ts';
+import { VfioError } from '../../errors.ts';
+import { StreamDecoder } from '../../stream/decoder.ts';
+import {
+  encodeReturnPath,
+  ReturnPathDecoder,
+  type ReturnPathMessage,
+  ReturnPathType,
+} from '../../stream/return-path.ts';
+import type { MigrationHandler } from './handler.ts';
+
+export interface IncomingConnection {
+  /** The stream bytes, then (TCP) the source's return-path messages. */
+  readonly chunks: AsyncIterator<Uint8Array>;
+  send(m: ReturnPathMessage): Promise<void>;
+  close(): void;
+}
+
+function socketConnection(socket: Socket): IncomingConnection {
+  const it = (socket as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+  return {
+    chunks: it as AsyncIterator<Uint8Array>,
+    send: (m) =>
+      new Promise<void>((resolve, reject) =>
+        socket.write(encodeReturnPath(m), (err) => (err ? reject(err) : resolve())),
+      ),
+    close: () => socket.destroy(),
+  };
+}
+
+/** Listens for one incoming migration on HOST:PORT (port 0 picks one; see `port`). */
+export class IncomingListener {
+  private constructor(private readonly server: Server) {}
+
+  static async listen(host: string, port: number): Promise<IncomingListener> {
+    const server = createServer({ noDelay: true });
+    server.listen(port, host);
+    await once(server, 'listening');
+    return new IncomingListener(server);
+  }
+
+  get port(): number {
+    const a = this.server.address();
+    return typeof a === 'object' && a ? a.port : 0;
+  }
+
+  /** The first connection; later ones are refused (closed) while it lasts. */
+  async accept(): Promise<IncomingConnection> {
+    const [socket] = (await once(this.server, 'connection')) as [Socket];
+    this.server.on('connection', (extra: Socket) => extra.destroy());
+    return socketConnection(socket);
+  }
+
+  close(): void {
+    this.server.close();
+  }
+}
+
+export function fileConnection(path: string): IncomingConnection {
+  const stream = createReadStream(path, { highWaterMark: 1 << 20 });
+  return {
+    chunks: (stream as AsyncIterable<Buffer>)[Symbol.asyncIterator]() as AsyncIterator<Uint8Array>,
+    send: async () => {},
+    close: () => stream.destroy(),
+  };
+}
+
+export interface IncomingOptions {
+  handlers: readonly MigrationHandler[];
+  connection: IncomingConnection;
+  /** TCP: READY/GO with the source. A file has no one to shake hands with. */
+  handshake: boolean;
+  /** Start the VM after a successful load (after GO over TCP). */
+  startVm: () => Promise<void>;
+  autostart: boolean;
+  /** How long to wait for GO after READY before giving up (the VM then stays stopped). */
+  goTimeoutMs?: number;
+  maxSectionBytes?: number;
+  onSection?: (idstr: string, bytes: number) => void;
+}
+
+export interface IncomingResult {
+  bytes: number;
+  sections: number;
+  started: boolean;
+}
+
+async function nextChunk(it: AsyncIterator<Uint8Array>, timeoutMs?: number): Promise<Uint8Array | null> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    const next = it.next();
+    const r = timeoutMs
+      ? await Promise.race([
+          next,
+          new Promise<never>((_, reject) => {
+            timer = setTimeout(
+              () => reject(new VfioError(Errno.ETIMEDOUT, `no GO from the source within ${timeoutMs} ms`)),
+              timeoutMs,
+            );
+          }),
+        ])
+      : await next;
+    return r.done ? null : r.value;
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
+  const decoder = new StreamDecoder({ maxSectionBytes: o.maxSectionBytes });
+  const byKey = new Map(o.handlers.map((h) => [`${h.idstr}\u0000${h.instanceId}`, h]));
+  const bySection = new Map<number, MigrationHandler>();
+  let bytes = 0;
+  let sections = 0;
+  let rest: Uint8Array | null = null;
+  try {
+    for (const h of o.handlers) await h.loadSetup();
+    while (!decoder.ended) {
+      const chunk = await nextChunk(o.connection.chunks);
+      if (!chunk) break;
+      bytes += chunk.byteLength;
+      for (const s of decoder.push(chunk)) {
+        sections++;
+        let h: MigrationHandler | undefined;
+        if (s.type === 'start' || s.type === 'full') {
+          h = byKey.get(`${s.idstr}\u0000${s.instanceId}`);
+          if (!h)
+            throw new VfioError(
+              Errno.EINVAL,
+              `stream section "${s.idstr}" instance ${s.instanceId} matches nothing in this VM`,
+            );
+          if ((s.versionId ?? 0) > h.versionId) {
+            throw new VfioError(
+              Errno.EINVAL,
+              `section "${s.idstr}" has version ${s.versionId}, this VM loads up to ${h.versionId}`,
+            );
+          }
+          bySection.set(s.sectionId, h);
+        } else {
+          h = bySection.get(s.sectionId);
+        }
+        if (!h) throw new VfioError(Errno.EINVAL, `section id ${s.sectionId} was never started`);
+        await h.loadSection(s.type, s.payload, s.versionId);
+        o.onSection?.(h.idstr, s.payload.byteLength);
+      }
+      rest = decoder.ended ? decoder.takeRemainder() : null;
+    }
+    decoder.finish();
+    for (const h of o.handlers) await h.loadComplete();
+  } catch (err) {
+    const msg = (err as Error).message;
+    if (o.handshake) await o.connection.send({ type: ReturnPathType.ERROR, text: msg }).catch(() => {});
+    o.connection.close();
+    for (const h of o.handlers) await h.loadCleanup?.().catch(() => {});
+    throw err;
+  }
+  for (const h of o.handlers) await h.loadCleanup?.();
+
+  if (!o.handshake) {
+    o.connection.close();
+    if (o.autostart) await o.startVm();
+    return { bytes, sections, started: o.autostart };
+  }
+  await o.connection.send({ type: ReturnPathType.READY, text: '' });
+  const rp = new ReturnPathDecoder();
+  const pending: ReturnPathMessage[] = rest && rest.byteLength > 0 ? rp.push(rest) : [];
+  while (pending.length === 0) {
+    const chunk = await nextChunk(o.connection.chunks, o.goTimeoutMs ?? 30_000);
+    if (!chunk) throw new VfioError(Errno.ECONNRESET, 'the source went away before GO: the VM stays stopped here');
+    pending.push(...rp.push(chunk));
+  }
+  const go = pending[0]!;
+  if (go.type !== ReturnPathType.GO)
+    throw new VfioError(Errno.EPROTO, `expected GO from the source, got message ${go.type}`);
+  o.connection.close();
+  if (o.autostart) await o.startVm();
+  return { bytes, sections, started: o.autostart };
+}

@@ -1,0 +1,187 @@
+// Guest RAM in the stream (idstr `ram`, instance 0, version 4, one RAMBlock `pc.ram`). The setup marks
+// every page dirty, so the first pass is the bulk copy; each later pass sends the pages dirtied since (by
+// vCPUs, or by device DMA merged in at log sync). Pages are taken from the dirty log a 32-page word at a
+// time with an atomic exchange, so a page written concurrently is either in this copy or marked again.
+// Zero pages go as a flag and a fill byte. Sections are bounded (SECTION_PAYLOAD), so neither side holds
+// more than a few MiB of RAM in flight.
+
+import { Errno } from '../../abi/errno.ts';
+import { VfioError } from '../../errors.ts';
+import { decodeRamPayload, RamPayloadBuilder } from '../../stream/ram.ts';
+import type { GuestDirtyBitmap } from '../dirty-bitmap.ts';
+import type { GuestMemory } from '../guest-memory.ts';
+import type { MigrationHandler, SectionKind, SectionWriter } from './handler.ts';
+
+export const RAM_BLOCK = 'pc.ram';
+const PAGE = 4096;
+/** Page bytes per PART section. */
+export const SECTION_PAYLOAD = 4 << 20;
+
+export interface RamStats {
+  /** pages sent with their contents */
+  normal: number;
+  /** pages sent as zero pages */
+  duplicate: number;
+  /** bytes of RAM payload sent */
+  transferred: number;
+  /** completed passes over the dirty log */
+  passes: number;
+}
+
+export class RamHandler implements MigrationHandler {
+  readonly idstr = 'ram';
+  readonly instanceId = 0;
+  readonly versionId = 4;
+  readonly stats: RamStats = { normal: 0, duplicate: 0, transferred: 0, passes: 0 };
+  private readonly staging = new Uint8Array(SECTION_PAYLOAD);
+  private cursor = 0;
+  /** Destination: which pages arrived at least once. */
+  private received: Uint8Array | null = null;
+  private receivedCount = 0;
+  private readonly decodeCtx = { block: null as string | null, blocks: new Map<string, number>() };
+
+  constructor(
+    private readonly memory: GuestMemory,
+    private readonly dirty: GuestDirtyBitmap,
+  ) {}
+
+  async saveSetup(): Promise<Uint8Array[]> {
+    this.dirty.setAll();
+    this.cursor = 0;
+    this.stats.normal = this.stats.duplicate = this.stats.transferred = this.stats.passes = 0;
+    const b = new RamPayloadBuilder();
+    b.memSize(this.memory.size, [{ name: RAM_BLOCK, usedLength: this.memory.size }]);
+    b.eos();
+    return b.take().pieces;
+  }
+
+  async pendingBytes(): Promise<number> {
+    return this.dirty.count() * PAGE;
+  }
+
+  /** True once a whole pass over the dirty log is done (the engine then re-checks convergence). */
+  async saveIterate(out: SectionWriter, budget: number): Promise<boolean> {
+    return (await this.sendDirty(out, budget)).passDone;
+  }
+
+  async saveComplete(out: SectionWriter): Promise<Uint8Array[]> {
+    // The VM is stopped, so nothing dirties pages any more: this ends with a pass that finds nothing.
+    for (;;) {
+      const r = await this.sendDirty(out, Number.POSITIVE_INFINITY);
+      if (r.passDone && !r.foundAny) break;
+    }
+    const b = new RamPayloadBuilder();
+    b.eos();
+    return b.take().pieces;
+  }
+
+  /**
+   * Sends dirty pages from the cursor on, in sections of at most SECTION_PAYLOAD, until `budget` bytes
+   * went out or the whole log was scanned once from where this call started.
+   */
+  private async sendDirty(out: SectionWriter, budget: number): Promise<{ passDone: boolean; foundAny: boolean }> {
+    const words = this.dirty.wordCount;
+    let sent = 0;
+    let scanned = 0;
+    let b = new RamPayloadBuilder();
+    let staged = 0;
+    let foundAny = false;
+    const flush = async () => {
+      if (b.isEmpty) return;
+      b.eos();
+      const { pieces, byteLength } = b.take();
+      await out.part(pieces);
+      this.stats.transferred += byteLength;
+      sent += byteLength;
+      b = new RamPayloadBuilder();
+      staged = 0;
+    };
+    while (scanned < words && sent < budget) {
+      const w = this.cursor;
+      this.cursor = (this.cursor + 1) % words;
+      scanned++;
+      if (this.cursor === 0) this.stats.passes++;
+      let bits = this.dirty.takeWord(w);
+      if (bits === 0) continue;
+      foundAny = true;
+      while (bits !== 0) {
+        const bit = 31 - Math.clz32(bits & -bits);
+        bits &= bits - 1;
+        const page = w * 32 + bit;
+        if (page >= this.memory.pages) continue;
+        const offset = page * PAGE;
+        if (this.memory.isZeroPage(page)) {
+          b.zero(RAM_BLOCK, offset);
+          this.stats.duplicate++;
+        } else {
+          if (staged + PAGE > this.staging.byteLength) await flush();
+          // A copy, so the checksum covers exactly the bytes that go out even if a vCPU writes the page
+          // again meanwhile (it then marks the page dirty again and it is sent again).
+          const slot = this.staging.subarray(staged, staged + PAGE);
+          slot.set(this.memory.page(page));
+          staged += PAGE;
+          b.page(RAM_BLOCK, offset, slot);
+          this.stats.normal++;
+        }
+      }
+      if (b.byteLength >= SECTION_PAYLOAD) await flush();
+    }
+    await flush();
+    return { passDone: scanned >= words, foundAny };
+  }
+
+  async loadSetup(): Promise<void> {
+    this.received = new Uint8Array(this.memory.pages);
+    this.receivedCount = 0;
+    this.decodeCtx.block = null;
+    this.decodeCtx.blocks = new Map([[RAM_BLOCK, this.memory.size]]);
+  }
+
+  async loadSection(kind: SectionKind, payload: Uint8Array): Promise<void> {
+    for (const rec of decodeRamPayload(payload, this.decodeCtx)) {
+      switch (rec.kind) {
+        case 'mem-size':
+          if (kind !== 'start') throw new VfioError(Errno.EINVAL, 'RAM size record outside the START section');
+          if (rec.total !== BigInt(this.memory.size)) {
+            throw new VfioError(Errno.EINVAL, `the source has ${rec.total} bytes of RAM, this VM ${this.memory.size}`);
+          }
+          break;
+        case 'page':
+          this.memory.page(this.pageIndex(rec.offset)).set(rec.data);
+          this.markReceived(rec.offset);
+          break;
+        case 'zero': {
+          const i = this.pageIndex(rec.offset);
+          // Writing fresh memory faults it in; a page that already reads as the fill byte is left alone.
+          if (rec.fill !== 0 || !this.memory.isZeroPage(i)) this.memory.page(i).fill(rec.fill);
+          this.markReceived(rec.offset);
+          break;
+        }
+        case 'eos':
+          break;
+      }
+    }
+  }
+
+  async loadComplete(): Promise<void> {
+    const missing = this.memory.pages - this.receivedCount;
+    if (missing > 0)
+      throw new VfioError(Errno.EINVAL, `RAM incomplete: ${missing} of ${this.memory.pages} pages never arrived`);
+  }
+
+  private pageIndex(offset: bigint): number {
+    const i = Number(offset / BigInt(PAGE));
+    if (offset % BigInt(PAGE) !== 0n || i >= this.memory.pages) {
+      throw new VfioError(Errno.EINVAL, `RAM page at offset ${offset} is outside this VM's ${this.memory.size} bytes`);
+    }
+    return i;
+  }
+
+  private markReceived(offset: bigint): void {
+    const i = Number(offset / BigInt(PAGE));
+    if (this.received![i] === 0) {
+      this.received![i] = 1;
+      this.receivedCount++;
+    }
+  }
+}

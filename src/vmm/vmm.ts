@@ -1,0 +1,173 @@
+// A VMM process's pieces, wired: guest RAM in a memfd (DMA-mapped into every device server), the dirty
+// log, the synthetic guest, the run state with its change handlers (devices, then vCPUs; reversed on
+// stop), one VFIO migration driver per device, and the migration controller.
+
+import { createHash } from 'node:crypto';
+import { LargeMemoryRegs } from '../device/samples/large-memory.ts';
+import { native } from '../native/addon.ts';
+import { VfioUserClient } from '../vfio-user/client.ts';
+import { GuestDirtyBitmap } from './dirty-bitmap.ts';
+import { bootGuestDriver } from './guest-driver.ts';
+import { GuestMemory } from './guest-memory.ts';
+import { MigrationController } from './migration/controller.ts';
+import { RamHandler } from './migration/ram-handler.ts';
+import { VfioHandler } from './migration/vfio-handler.ts';
+import { RunState } from './run-state.ts';
+import { noTrace, type Tracer } from './trace.ts';
+import { VfioMigration } from './vfio-migration.ts';
+import { Workload, type WorkloadOptions } from './workload.ts';
+
+export interface VmmOptions {
+  memSize: number;
+  deviceSockets: readonly string[];
+  /** Wait for an incoming migration instead of booting the guest. */
+  incoming: boolean;
+  workload: WorkloadOptions | null;
+  trace?: Tracer;
+  log?: (line: string) => void;
+  emit?: (event: string, data?: Record<string, unknown>) => void;
+  stallTimeoutMs?: number;
+}
+
+export interface VmmDevice {
+  name: string;
+  client: VfioUserClient;
+  driver: VfioMigration;
+  handler: VfioHandler;
+  /** BAR0's size, read at startup (a stopped device answers only region accesses). */
+  bar0Size: number;
+}
+
+/** PCI-style names for the devices, as QEMU's idstr would carry them: 0000:00:05.0, 0000:00:06.0, … */
+function deviceName(i: number): string {
+  return `0000:00:${(5 + i).toString(16).padStart(2, '0')}.0`;
+}
+
+export class Vmm {
+  readonly memory: GuestMemory;
+  readonly dirty: GuestDirtyBitmap;
+  readonly runState: RunState;
+  readonly devices: VmmDevice[] = [];
+  readonly migration: MigrationController;
+  workload: Workload | null = null;
+  private emitFn: (event: string, data?: Record<string, unknown>) => void;
+
+  private constructor(
+    readonly options: VmmOptions,
+    memory: GuestMemory,
+    devices: VmmDevice[],
+  ) {
+    this.memory = memory;
+    this.devices = devices;
+    this.dirty = new GuestDirtyBitmap(memory.pages);
+    this.runState = new RunState(options.incoming ? 'inmigrate' : 'prelaunch');
+    this.emitFn = options.emit ?? (() => {});
+    const log = options.log ?? (() => {});
+    for (const d of devices)
+      this.runState.addChangeHandler((running, reason) => d.driver.vmStateChange(running, reason));
+    this.runState.addChangeHandler(async (running) => {
+      if (!this.workload) return;
+      if (running) this.workload.resume();
+      else await this.workload.pause();
+    });
+    this.runState.addChangeHandler((running) => this.emit(running ? 'RESUME' : 'STOP'));
+    this.migration = new MigrationController({
+      runState: this.runState,
+      ram: new RamHandler(memory, this.dirty),
+      dirty: this.dirty,
+      ramSize: memory.size,
+      devices,
+      dmaRanges: [{ iova: 0n, size: BigInt(memory.size) }],
+      emit: (e, d) => this.emit(e, d),
+      log,
+      stallTimeoutMs: options.stallTimeoutMs,
+    });
+  }
+
+  /** Where QMP events go (set once the QMP server exists). */
+  set eventSink(fn: (event: string, data?: Record<string, unknown>) => void) {
+    this.emitFn = fn;
+  }
+
+  private emit(event: string, data?: Record<string, unknown>): void {
+    this.emitFn(event, data);
+  }
+
+  static async create(o: VmmOptions): Promise<Vmm> {
+    const memory = GuestMemory.create(o.memSize);
+    const devices: VmmDevice[] = [];
+    try {
+      for (const [i, path] of o.deviceSockets.entries()) {
+        const client = await VfioUserClient.connect(path);
+        await client.dmaMap({ iova: 0n, size: BigInt(memory.size), fd: memory.fd });
+        const name = deviceName(i);
+        const driver = await VfioMigration.probe(client, name, o.trace ?? noTrace);
+        const bar0 = await client.regionInfo(0);
+        if (bar0.fd !== undefined) native().close(bar0.fd);
+        devices.push({ name, client, driver, handler: new VfioHandler(driver), bar0Size: Number(bar0.size) });
+      }
+    } catch (err) {
+      for (const d of devices) d.client.close();
+      memory.close();
+      throw err;
+    }
+    const vmm = new Vmm(o, memory, devices);
+    if (o.incoming) {
+      // The vCPUs exist from the start but write nothing until the migrated VM starts here.
+      if (o.workload) vmm.workload = new Workload(memory, vmm.dirty, { ...o.workload, startPaused: true });
+    } else {
+      await vmm.boot();
+    }
+    return vmm;
+  }
+
+  /** A fresh guest: the guest driver programs the devices, the vCPUs start, the VM runs. */
+  private async boot(): Promise<void> {
+    // The device DMA ring: the top 1 MiB of guest RAM (or all of it for a tiny guest).
+    const ring = BigInt(Math.min(1 << 20, this.memory.size));
+    for (const d of this.devices) {
+      const did = await bootGuestDriver(d.client, BigInt(this.memory.size) - ring, ring);
+      if (did) this.options.log?.(`${d.name}: ${did}`);
+    }
+    if (this.options.workload) this.workload = new Workload(this.memory, this.dirty, this.options.workload);
+    const errors = await this.runState.transition('running', 'boot');
+    if (errors.length) throw errors[0];
+  }
+
+  /**
+   * Digests to prove two VMs equal: SHA-256 over every page's digest, and each device's own state
+   * digest read through its BAR (large-memory: its DIGEST register; others: the whole of BAR0).
+   */
+  async digests(): Promise<{ ram: string; devices: { name: string; digest: string }[] }> {
+    const ram = createHash('sha256').update(this.memory.pageDigests()).digest('hex');
+    const devices: { name: string; digest: string }[] = [];
+    for (const d of this.devices) {
+      const id = await d.client.regionRead(0, 0, 4);
+      const isLmem = new DataView(id.buffer, id.byteOffset, 4).getUint32(0, true) === 0x4d454d4c;
+      const bytes = isLmem
+        ? await d.client.regionRead(0, LargeMemoryRegs.DIGEST, 32)
+        : await d.client.regionRead(0, 0, d.bar0Size);
+      devices.push({ name: d.name, digest: createHash('sha256').update(bytes).digest('hex') });
+    }
+    return { ram, devices };
+  }
+
+  async stop(): Promise<void> {
+    const errors = await this.runState.transition('paused', 'stop');
+    if (errors.length) throw errors[0];
+  }
+
+  async cont(): Promise<void> {
+    const errors = await this.runState.transition('running', 'cont');
+    if (errors.length) throw errors[0];
+  }
+
+  async close(): Promise<void> {
+    await this.workload?.stop();
+    for (const d of this.devices) {
+      d.driver.close();
+      d.client.close();
+    }
+    this.memory.close();
+  }
+}
