@@ -17,6 +17,8 @@ ${demoUsage}
 
 ${serveUsage}
 
+${vmmUsage}
+
 ${probeUsage}`;
 
 export async function main(argv: string[]): Promise<number> {

@@ -140,7 +140,7 @@ describe('migration stream', () => {
         `flip at ${i} went unnoticed`,
       );
       // Whatever was delivered before the error is byte-identical to the clean decode.
-      got.forEach((s, k) => assert.deepEqual(s.payload, clean[k]!.payload));
+      for (const [k, s] of got.entries()) assert.deepEqual(s.payload, clean[k]!.payload);
     }
   });
 

@@ -32,7 +32,7 @@ export class JsonSplitter {
       } else if (ch === '}' || ch === ']') {
         this.depth--;
         if (this.depth <= 0) {
-          out.push(this.buf.slice(this.start < 0 ? 0 : this.start, i + 1));
+          out.push(this.buf.slice(Math.max(0, this.start), i + 1));
           this.buf = this.buf.slice(i + 1);
           i = -1;
           this.depth = 0;
