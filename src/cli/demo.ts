@@ -1,57 +1,56 @@
-// `vfio-migrate demo`: a live save of a running sample device through its migration region into a fresh
-// device instance, in this process. The device keeps changing its memory and doing DMA into a guest
-// buffer during pre-copy; the demo switches over when what is left fits the downtime limit at the
-// measured rate, resumes the copy, and proves the result: the resumed device equals the source at its
-// stop point, and every guest page the device's DMA changed was reported through the dirty bitmap.
+// `vfio-migrate demo` (npm start): two device servers, a source VMM with a live guest and a device doing
+// DMA, and a destination VMM, as four processes on this machine; a live migration over loopback TCP with a
+// progress bar; then proof: the digest of every guest page and of the device at the destination equals
+// the source's at the stop point, and the guest goes on at the destination.
 
 import { parseArgs } from 'node:util';
-import { DeviceState } from '../abi/migration.ts';
-import type { DataSectionKind } from '../device/region-layout.ts';
-import { LargeMemoryDevice } from '../device/samples/large-memory.ts';
-import { RegisterFileDevice } from '../device/samples/register-file.ts';
-import type { SampleDevice } from '../device/samples/sample-device.ts';
-import { SeedMigrationRegion } from '../device/seed-region.ts';
-import { type LiveSaveStats, saveDeviceLive } from '../vmm/device-live-save.ts';
-import { GuestDirtyBitmap } from '../vmm/dirty-bitmap.ts';
-import { type RegionPort, SeedRegionClient } from '../vmm/seed-region-client.ts';
-import { bytes, ms, ProgressLine, parseSize, rate } from './format.ts';
+import { differingPages } from '../vmm/guest-memory.ts';
+import { startLocalPair, waitForMigration } from '../vmm/local-hosts.ts';
+import { bytes, ms, ProgressLine, parseSize } from './format.ts';
 
-const PAGE = 4096;
-
-export const demoUsage = `usage: vfio-migrate demo [options]
+export const demoUsage = `usage: vfio-migrate demo [options]            (npm start)
+  --mem SIZE            guest RAM (default 1G)
+  --dirty-rate N        guest page writes per second (default 20000)
   --device NAME         large-memory (default) or register-file
   --device-mem SIZE     large-memory device memory (default 256M)
+  --device-rate N       device writes per second while running, each also a DMA write (default 5000)
+  --downtime-limit MS   switch-over downtime budget (default 300)
   --data-section KIND   mmapped (default) or trapped
-  --work-rate N         device writes per second while running (default 20000)
-  --guest SIZE          guest memory the device DMAs into (default 64M)
-  --downtime-limit MS   device downtime budget for switch-over (default 300)
-  --max-iterations N    pre-copy rounds before forcing switch-over (default 30)`;
+  --flavor seed         migration protocol flavor (seed)`;
 
-/** An in-process port: trapped accesses go through the region, the mmapped area is its memory. */
-function localPort(region: SeedMigrationRegion): RegionPort {
-  const { layout } = region;
-  return {
-    size: layout.size,
-    read: async (o, n) => region.read(o, n),
-    write: async (o, d) => region.write(o, d),
-    mapped: (o, n) => {
-      const a = layout.mmapAreas.find((x) => o >= x.offset && o + n <= x.offset + x.size);
-      return a ? region.sectionMemory.subarray(o - layout.sectionOffset, o - layout.sectionOffset + n) : undefined;
-    },
+type Digests = { ram: string; devices: { name: string; digest: string }[]; pages?: string };
+type Info = {
+  status: string;
+  'total-time'?: number;
+  downtime?: number;
+  'expected-downtime'?: number;
+  ram?: {
+    transferred: number;
+    remaining: number;
+    total: number;
+    duplicate: number;
+    normal: number;
+    mbps: number;
+    'dirty-sync-count': number;
+    'dirty-pages-rate': number;
   };
-}
+  vfio?: { transferred: number };
+  'error-desc'?: string;
+};
 
 export async function runDemo(argv: string[]): Promise<number> {
   const { values } = parseArgs({
     args: argv,
     options: {
+      mem: { type: 'string', default: '1G' },
+      'dirty-rate': { type: 'string', default: '20000' },
       device: { type: 'string', default: 'large-memory' },
       'device-mem': { type: 'string', default: '256M' },
-      'data-section': { type: 'string', default: 'mmapped' },
-      'work-rate': { type: 'string', default: '20000' },
-      guest: { type: 'string', default: '64M' },
+      'device-rate': { type: 'string', default: '5000' },
       'downtime-limit': { type: 'string', default: '300' },
-      'max-iterations': { type: 'string', default: '30' },
+      'data-section': { type: 'string', default: 'mmapped' },
+      flavor: { type: 'string', default: 'seed' },
+      verbose: { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -59,117 +58,110 @@ export async function runDemo(argv: string[]): Promise<number> {
     console.log(demoUsage);
     return 0;
   }
-  const kind = values['data-section'] as DataSectionKind;
-  if (kind !== 'mmapped' && kind !== 'trapped') throw new RangeError(`--data-section must be mmapped or trapped`);
-  const workRate = Number(values['work-rate']);
-  const downtimeMs = Number(values['downtime-limit']);
-  const guestSize = parseSize(values.guest!);
-  const make = (): SampleDevice => {
-    if (values.device === 'register-file') return new RegisterFileDevice();
-    if (values.device === 'large-memory')
-      return new LargeMemoryDevice({ memSize: parseSize(values['device-mem']!), workRate });
-    throw new RangeError(`unknown device "${values.device}" (large-memory or register-file)`);
-  };
-
-  const src = make();
-  const dst = make();
-  dst.setWorkRate(0); // the copy does nothing until it is resumed and compared
-  const guest = new Uint8Array(guestSize);
-  src.attachDma({
-    write: (iova, d) => guest.set(d, Number(iova)),
-    read: (iova, n) => guest.slice(Number(iova), Number(iova) + n),
-  });
-  if (src instanceof LargeMemoryDevice) src.configureDma(0n, BigInt(guestSize));
-  const srcRegion = new SeedMigrationRegion({ backend: src.migration, kind });
-  const dstRegion = new SeedMigrationRegion({ backend: dst.migration, kind });
-  const client = new SeedRegionClient(localPort(srcRegion));
-  const dirty = new GuestDirtyBitmap(guestSize / PAGE);
-
+  if (values.flavor !== 'seed') throw new Error(`flavor "${values.flavor}" is not available yet (seed)`);
+  parseSize(values.mem!);
+  const deviceArgs =
+    values.device === 'large-memory'
+      ? [
+          '--device-mem',
+          values['device-mem']!,
+          '--work-rate',
+          values['device-rate']!,
+          '--data-section',
+          values['data-section']!,
+        ]
+      : ['--data-section', values['data-section']!];
+  const vmmArgs = ['--dirty-rate', values['dirty-rate']!];
   console.log(
-    `vfio-migrate demo: ${src.model} device (${bytes(src.stateSize())} of state), ${kind} data section, ` +
-      `${workRate} device writes/s with DMA into ${bytes(guestSize)} of guest memory`,
+    `vfio-migrate demo: a ${values.mem} guest writing ${values['dirty-rate']} pages/s, with a ${values.device} device` +
+      `${values.device === 'large-memory' ? ` (${values['device-mem']}, ${values['device-rate']} writes/s, each also a DMA write into the guest)` : ''}` +
+      `, migrating live over loopback TCP (flavor ${values.flavor}, ${values['data-section']} data section)`,
   );
-  await new Promise((r) => setTimeout(r, 200)); // the device has been running for a while
-  const guestAtStart = guest.slice();
-  // The copy resumes as the chunks arrive, as a destination VMM does with chunks off the network.
-  const dstClient = new SeedRegionClient(localPort(dstRegion));
-  await dstClient.setDeviceState(~DeviceState.MASK, DeviceState.RESUMING);
-  let resumeMs = 0;
-  const progress = new ProgressLine(process.stderr);
-  let digestAtStop = '';
-  let guestAtStop = guest;
   const t0 = performance.now();
-  const stats: LiveSaveStats = await saveDeviceLive(client, {
-    // Switch over when what is pending moves within the downtime limit at the rate measured so far.
-    switchoverBytes: (s) => (s.precopyMs > 0 ? (s.precopyBytes / s.precopyMs) * downtimeMs : 0),
-    maxIterations: Number(values['max-iterations']),
-    onChunk: async (c) => {
-      const t = performance.now();
-      await dstClient.loadBuffer(c);
-      resumeMs += performance.now() - t;
-    },
-    between: () => new Promise((r) => setTimeout(r, 50)),
-    logSync: async () => {
-      await client.dirtyBitmap(0n, BigInt(PAGE), BigInt(guestSize / PAGE), dirty.sink);
-    },
-    onStopped: () => {
-      digestAtStop = src.stateDigest();
-      guestAtStop = guest.slice();
-    },
-    onProgress: (p) => {
-      const total = src.stateSize();
-      const frac = p.phase === 'pre-copy' ? Math.min(1, p.sent / (p.sent + Number(p.pending) || 1)) : 1;
-      progress.update(
-        frac,
-        `${p.phase} iteration ${p.iteration}: ${bytes(p.pending)} pending, ${bytes(p.sent)} sent (state ${bytes(total)})`,
-      );
-    },
+  const pair = await startLocalPair({
+    memSize: values.mem!,
+    paused: true,
+    source: { device: values.device!, deviceArgs, vmmArgs },
+    destination: { device: values.device!, deviceArgs, vmmArgs },
+    log: values.verbose ? (l) => process.stderr.write(`${l}\n`) : undefined,
   });
-  progress.done();
-  const saveMs = performance.now() - t0;
-
-  await dstClient.setDeviceState(~DeviceState.MASK, DeviceState.RUNNING);
-  const resumedDigest = dst.stateDigest();
-  let missed = 0;
-  let dmaPages = 0;
-  for (let p = 0; p < guestSize / PAGE; p++) {
-    const a = guestAtStart.subarray(p * PAGE, (p + 1) * PAGE);
-    const b = guestAtStop.subarray(p * PAGE, (p + 1) * PAGE);
-    if (Buffer.compare(a, b) !== 0) {
-      dmaPages++;
-      if (!dirty.has(p)) missed++;
-    }
-  }
-  src.close();
-  dst.close();
-
-  const sent = stats.precopyBytes + stats.stopCopyBytes;
-  console.log(
-    `pre-copy:       ${stats.iterations} iterations, ${bytes(stats.precopyBytes)} at ${rate(stats.precopyBytes, stats.precopyMs)}${stats.converged ? '' : ' (did not converge: switch-over forced)'}`,
-  );
-  console.log(
-    `stop-and-copy:  ${bytes(stats.stopCopyBytes)} in ${ms(stats.stopCopyMs)} (device downtime; limit ${downtimeMs} ms)`,
-  );
-  console.log(
-    `moved:          ${bytes(sent)} in ${stats.chunks} chunks through the region; save ${ms(saveMs)} (of which loading into the copy ${ms(resumeMs)})`,
-  );
-  console.log(
-    `dirty bitmap:   ${dirty.count()} guest pages reported by the device; ${dmaPages} pages changed by its DMA, ${missed} missed`,
-  );
-  console.log(`device state:   source at stop ${digestAtStop.slice(0, 16)}…, resumed ${resumedDigest.slice(0, 16)}…`);
-  console.log(
-    `region state:   source ${srcRegion.state === DeviceState.STOPPED ? 'stopped' : srcRegion.state}, resumed ${dstRegion.state === DeviceState.RUNNING ? 'running' : dstRegion.state}`,
-  );
-  if (resumedDigest !== digestAtStop || missed > 0) {
-    console.error(
-      resumedDigest !== digestAtStop
-        ? 'FAILED: the resumed device differs from the source'
-        : `FAILED: ${missed} DMA-dirtied pages were never reported`,
+  try {
+    console.log(
+      `started: source device server, source VMM, destination device server, destination VMM (${ms(performance.now() - t0)})`,
     );
-    return 1;
+    await new Promise((r) => setTimeout(r, 1000)); // let the guest and the device run for a moment
+    await pair.src.execute('migrate-set-parameters', { 'downtime-limit': Number(values['downtime-limit']) });
+    await pair.src.execute('migrate', { uri: pair.uri });
+    const bar = new ProgressLine(process.stderr, 500);
+    const info = (await waitForMigration(pair.src, {
+      intervalMs: 100,
+      onInfo: (raw) => {
+        const i = raw as Info;
+        if (!i.ram) return;
+        const done = i.ram.total > 0 ? 1 - i.ram.remaining / i.ram.total : 0;
+        bar.update(
+          done,
+          `${i.status} pass ${i.ram['dirty-sync-count']}: RAM ${bytes(i.ram.remaining)} left, device ${bytes(i.vfio?.transferred ?? 0)} sent, ` +
+            `${i.ram.mbps.toFixed(0)} Mbit/s, expected downtime ${i['expected-downtime'] ?? '-'} ms`,
+        );
+      },
+    })) as Info;
+    bar.done();
+    if (info.status !== 'completed') {
+      console.error(`FAILED: the migration ended ${info.status}: ${info['error-desc'] ?? ''}`);
+      return 1;
+    }
+    await waitForMigration(pair.dst);
+    // Both sides are stopped now: the source in postmigrate, the destination loaded and paused.
+    const [a, b] = await Promise.all([
+      pair.src.execute<Digests>('x-query-digests'),
+      pair.dst.execute<Digests>('x-query-digests'),
+    ]);
+    let ok = true;
+    if (a.ram !== b.ram) {
+      ok = false;
+      const [pa, pb] = await Promise.all([
+        pair.src.execute<Digests>('x-query-digests', { pages: true }),
+        pair.dst.execute<Digests>('x-query-digests', { pages: true }),
+      ]);
+      const diff = differingPages(Buffer.from(pa.pages!, 'base64'), Buffer.from(pb.pages!, 'base64'));
+      console.error(`FAILED: guest RAM differs at the destination, first differing pages: ${diff.join(', ')}`);
+    }
+    for (const [i, d] of a.devices.entries()) {
+      if (b.devices[i]?.digest !== d.digest) {
+        ok = false;
+        console.error(`FAILED: device ${d.name} state differs at the destination`);
+      }
+    }
+    if (!ok) return 1;
+    // The guest goes on at the destination.
+    await pair.dst.execute('cont');
+    await new Promise((r) => setTimeout(r, 500));
+    const status = await pair.dst.execute<{ status: string }>('query-status');
+    const after = await pair.dst.execute<Digests>('x-query-digests');
+    const goesOn = status.status === 'running' && after.ram !== b.ram;
+    const ram = info.ram!;
+    const sent = ram.transferred + (info.vfio?.transferred ?? 0);
+    const totalMs = info['total-time'] ?? 0;
+    console.log('');
+    console.log(
+      `status:        completed in ${ms(totalMs)}, downtime ${info.downtime} ms (limit ${values['downtime-limit']} ms)`,
+    );
+    console.log(
+      `passes:        ${ram['dirty-sync-count']} dirty-log syncs (bulk pass, then the pages the guest and the device's DMA dirtied)`,
+    );
+    console.log(
+      `sent:          ${bytes(sent)}: RAM ${bytes(ram.transferred)} (${ram.normal} pages, ${ram.duplicate} zero pages as flags), device state ${bytes(info.vfio?.transferred ?? 0)}`,
+    );
+    console.log(`throughput:    ${bytes((sent / Math.max(1, totalMs)) * 1000)}/s overall`);
+    console.log(
+      `verified:      all ${bytes(ram.total)} of guest RAM (page digests) and the device state equal the source's at the stop point`,
+    );
+    console.log(
+      `destination:   ${goesOn ? 'running, its guest and device writing memory' : `NOT running on (${status.status})`}`,
+    );
+    return goesOn ? 0 : 1;
+  } finally {
+    await pair.stop();
   }
-  console.log(
-    'verified: the resumed device is identical to the source at its stop point, and no DMA-dirtied page was missed',
-  );
-  return 0;
 }

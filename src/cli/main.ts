@@ -1,19 +1,23 @@
 // The vfio-migrate command line: one file per command; this file only dispatches.
 import { demoUsage, runDemo } from './demo.ts';
 import { probeUsage, runProbe } from './probe.ts';
+import { regionDemoUsage, runRegionDemo } from './region-demo.ts';
 import { runServe, serveUsage } from './serve.ts';
 import { runVmm, vmmUsage } from './vmm.ts';
 
 const usage = `usage: vfio-migrate <command> [options]
 
 commands:
-  demo     live save and resume of a sample device through its migration region (npm start)
+  demo         live migration of a VM with a device, four processes on this machine, verified (npm start)
+  region-demo  live save and resume of one device through its migration region, in one process
   serve    host a sample device behind a vfio-user socket
   vmm      a VMM: guest RAM, a synthetic guest, vfio-user devices, QMP, live migration
   probe    show what the device behind a vfio-user socket offers (like lspci -vv)
   help     this text
 
 ${demoUsage}
+
+${regionDemoUsage}
 
 ${serveUsage}
 
@@ -27,6 +31,8 @@ export async function main(argv: string[]): Promise<number> {
     switch (command) {
       case 'demo':
         return await runDemo(rest);
+      case 'region-demo':
+        return await runRegionDemo(rest);
       case 'serve':
         return await runServe(rest);
       case 'vmm':

@@ -24,8 +24,8 @@ export interface MigrationHandler {
   /** Bytes still to send (an estimate while the VM runs; what the switch-over decision uses). */
   pendingBytes(): Promise<number>;
   /**
-   * Sends up to about `budget` bytes as PART sections while the VM runs. Returns true when nothing is
-   * left to send for now.
+   * Sends up to about `budget` bytes as PART sections while the VM runs. Returns true when this pass is
+   * done for the handler (the engine calls again until then, then syncs and re-checks convergence).
    */
   saveIterate(out: SectionWriter, budget: number): Promise<boolean>;
   /** The VM has stopped: sends everything left (PART sections) and returns the END section's payload. */
