@@ -22,6 +22,8 @@ export interface LocalPairOptions {
   destination: HostOptions;
   /** Listen address of the destination (port 0 picks one). */
   listen?: string;
+  /** Instead of listening: the destination loads from this URI (e.g. `file:PATH`). */
+  incoming?: string;
   /** Wrap each process's command, e.g. ['ip', 'netns', 'exec', 'hostB'] for a namespace. */
   sourceWrap?: string[];
   destinationWrap?: string[];
@@ -160,11 +162,11 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
           '--mem',
           o.memSize,
           '--incoming',
-          `tcp:${listen}`,
+          o.incoming ?? `tcp:${listen}`,
           ...(o.paused ? ['--paused'] : []),
           ...(o.destination.vmmArgs ?? []),
         ],
-        /listening on port (\d+)/,
+        o.incoming ? /vmm ready/ : /listening on port (\d+)/,
         o.destinationWrap ?? [],
         o.log,
       ),
@@ -177,7 +179,7 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
       dir,
       src,
       dst,
-      uri: `tcp:${host}:${dstVmm.match[1]}`,
+      uri: o.incoming ?? `tcp:${host}:${dstVmm.match[1]}`,
       procs: procs as LocalPair['procs'],
       stop: async () => {
         src.close();

@@ -35,6 +35,9 @@ export class RamHandler implements MigrationHandler {
   readonly stats: RamStats = { normal: 0, duplicate: 0, transferred: 0, passes: 0 };
   private readonly staging = new Uint8Array(SECTION_PAYLOAD);
   private cursor = 0;
+  /** Words scanned in the current pass, over however many budget-limited calls it takes. */
+  private passScanned = 0;
+  private passFound = false;
   /** Destination: which pages arrived at least once. */
   private received: Uint8Array | null = null;
   private receivedCount = 0;
@@ -48,6 +51,8 @@ export class RamHandler implements MigrationHandler {
   async saveSetup(): Promise<Uint8Array[]> {
     this.dirty.setAll();
     this.cursor = 0;
+    this.passScanned = 0;
+    this.passFound = false;
     this.stats.normal = this.stats.duplicate = this.stats.transferred = this.stats.passes = 0;
     const b = new RamPayloadBuilder();
     b.memSize(this.memory.size, [{ name: RAM_BLOCK, usedLength: this.memory.size }]);
@@ -77,15 +82,13 @@ export class RamHandler implements MigrationHandler {
 
   /**
    * Sends dirty pages from the cursor on, in sections of at most SECTION_PAYLOAD, until `budget` bytes
-   * went out or the whole log was scanned once from where this call started.
+   * went out or the current pass (one scan of the whole log, over as many calls as it takes) is done.
    */
   private async sendDirty(out: SectionWriter, budget: number): Promise<{ passDone: boolean; foundAny: boolean }> {
     const words = this.dirty.wordCount;
     let sent = 0;
-    let scanned = 0;
     let b = new RamPayloadBuilder();
     let staged = 0;
-    let foundAny = false;
     const flush = async () => {
       if (b.isEmpty) return;
       b.eos();
@@ -96,14 +99,14 @@ export class RamHandler implements MigrationHandler {
       b = new RamPayloadBuilder();
       staged = 0;
     };
-    while (scanned < words && sent < budget) {
+    while (this.passScanned < words && sent < budget) {
       const w = this.cursor;
       this.cursor = (this.cursor + 1) % words;
-      scanned++;
+      this.passScanned++;
       if (this.cursor === 0) this.stats.passes++;
       let bits = this.dirty.takeWord(w);
       if (bits === 0) continue;
-      foundAny = true;
+      this.passFound = true;
       while (bits !== 0) {
         const bit = 31 - Math.clz32(bits & -bits);
         bits &= bits - 1;
@@ -127,7 +130,11 @@ export class RamHandler implements MigrationHandler {
       if (b.byteLength >= SECTION_PAYLOAD) await flush();
     }
     await flush();
-    return { passDone: scanned >= words, foundAny };
+    if (this.passScanned < words) return { passDone: false, foundAny: true };
+    const foundAny = this.passFound;
+    this.passScanned = 0;
+    this.passFound = false;
+    return { passDone: true, foundAny };
   }
 
   async loadSetup(): Promise<void> {

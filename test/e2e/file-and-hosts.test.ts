@@ -1,0 +1,189 @@
+// Saving a VM to a file and restoring it in another VMM; and two "hosts" in network namespaces joined by
+// a bandwidth-limited veth pair, where the dirty rate decides whether the migration converges.
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { after, before, describe, test } from 'node:test';
+import { type LocalPair, startLocalPair, waitForMigration } from '../../src/vmm/local-hosts.ts';
+
+type Digests = { ram: string; devices: { name: string; digest: string }[] };
+const device = { device: 'large-memory', deviceArgs: ['--device-mem', '8M', '--work-rate', '5000'] };
+
+test('migrate to file:PATH, then restore the file in a fresh VMM: identical RAM and device', async () => {
+  const first = await startLocalPair({
+    memSize: '64M',
+    paused: true,
+    source: { ...device, vmmArgs: ['--dirty-rate', '5000'] },
+    destination: device,
+  });
+  const file = `${first.dir}/saved.vm`;
+  let saved: Digests;
+  try {
+    await first.src.execute('migrate', { uri: `file:${file}` });
+    const info = await waitForMigration(first.src);
+    assert.equal(info.status, 'completed', String(info['error-desc'] ?? ''));
+    saved = await first.src.execute<Digests>('x-query-digests');
+    // Restore: a second pair whose destination loads from the file.
+    const second = await startLocalPair({
+      memSize: '64M',
+      paused: true,
+      incoming: `file:${file}`,
+      source: device,
+      destination: device,
+    });
+    try {
+      const loaded = await waitForMigration(second.dst);
+      assert.equal(loaded.status, 'completed', String(loaded['error-desc'] ?? ''));
+      const got = await second.dst.execute<Digests>('x-query-digests');
+      assert.equal(got.ram, saved.ram);
+      assert.deepEqual(
+        got.devices.map((d) => d.digest),
+        saved.devices.map((d) => d.digest),
+      );
+    } finally {
+      await second.stop();
+    }
+  } finally {
+    await first.stop();
+  }
+});
+
+// ---- two hosts: network namespaces ----
+const tag = String(process.pid % 100000);
+const nsA = `vmA${tag}`;
+const nsB = `vmB${tag}`;
+const addrA = '10.213.0.1';
+const addrB = '10.213.0.2';
+
+function sh(...args: string[]): void {
+  execFileSync(args[0]!, args.slice(1), { stdio: 'pipe' });
+}
+
+function setupHosts(): string | null {
+  try {
+    sh('ip', 'netns', 'add', nsA);
+  } catch (err) {
+    return `network namespaces are not permitted here (ip netns add: ${(err as Error).message.split('\n')[0]})`;
+  }
+  try {
+    sh('ip', 'netns', 'add', nsB);
+    sh('ip', 'link', 'add', `va${tag}`, 'type', 'veth', 'peer', 'name', `vb${tag}`);
+    sh('ip', 'link', 'set', `va${tag}`, 'netns', nsA);
+    sh('ip', 'link', 'set', `vb${tag}`, 'netns', nsB);
+    sh('ip', '-n', nsA, 'addr', 'add', `${addrA}/24`, 'dev', `va${tag}`);
+    sh('ip', '-n', nsB, 'addr', 'add', `${addrB}/24`, 'dev', `vb${tag}`);
+    for (const [ns, dev] of [
+      [nsA, `va${tag}`],
+      [nsB, `vb${tag}`],
+    ] as const) {
+      sh('ip', '-n', ns, 'link', 'set', dev, 'up');
+      sh('ip', '-n', ns, 'link', 'set', 'lo', 'up');
+    }
+    // The link: 1 Gbit/s from source to destination.
+    sh(
+      'tc',
+      '-n',
+      nsA,
+      'qdisc',
+      'add',
+      'dev',
+      `va${tag}`,
+      'root',
+      'tbf',
+      'rate',
+      '1gbit',
+      'burst',
+      '512kb',
+      'latency',
+      '50ms',
+    );
+    return null;
+  } catch (err) {
+    teardownHosts();
+    return `could not set up the test hosts: ${(err as Error).message.split('\n')[0]}`;
+  }
+}
+
+function teardownHosts(): void {
+  for (const ns of [nsA, nsB]) {
+    try {
+      sh('ip', 'netns', 'del', ns);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+describe('two hosts in network namespaces, 1 Gbit/s link', () => {
+  let skip: string | null = null;
+  before(() => {
+    skip = setupHosts();
+    if (skip) console.log(`# skipping two-host tests: ${skip}`);
+  });
+  after(() => teardownHosts());
+
+  const pairOn = (dirtyRate: number): Promise<LocalPair> =>
+    startLocalPair({
+      memSize: '128M',
+      paused: true,
+      listen: `${addrB}:0`,
+      sourceWrap: ['ip', 'netns', 'exec', nsA],
+      destinationWrap: ['ip', 'netns', 'exec', nsB],
+      source: { ...device, vmmArgs: ['--dirty-rate', String(dirtyRate), '--pattern', 'random'] },
+      destination: device,
+    });
+
+  test('a dirty rate well below the link converges and the destination equals the source', async (t) => {
+    if (skip) return t.skip(skip);
+    const pair = await pairOn(2000);
+    try {
+      await pair.src.execute('migrate', { uri: pair.uri });
+      const info = await waitForMigration(pair.src);
+      assert.equal(info.status, 'completed', String(info['error-desc'] ?? ''));
+      const [a, b] = await Promise.all([
+        pair.src.execute<Digests>('x-query-digests'),
+        pair.dst.execute<Digests>('x-query-digests'),
+      ]);
+      assert.equal(b.ram, a.ram);
+    } finally {
+      await pair.stop();
+    }
+  });
+
+  test('a dirty rate above what the limit allows keeps iterating, reports it, and completes once the limit is raised', async (t) => {
+    if (skip) return t.skip(skip);
+    // 60000 random 4 KiB pages/s is ~250 MB/s of dirtying: over a 1 Gbit/s link, nothing fits 1 ms.
+    const pair = await pairOn(60000);
+    try {
+      await pair.src.execute('migrate-set-parameters', { 'downtime-limit': 1 });
+      await pair.src.execute('migrate', { uri: pair.uri });
+      let passes = 0;
+      let expected = 0;
+      for (let i = 0; i < 200 && passes < 4; i++) {
+        const info = await pair.src.execute<{
+          status: string;
+          'expected-downtime'?: number;
+          ram?: { 'dirty-sync-count': number };
+        }>('query-migrate');
+        assert.ok(
+          info.status === 'setup' || info.status === 'active',
+          `still migrating, it does not converge (${info.status})`,
+        );
+        passes = info.ram?.['dirty-sync-count'] ?? 0;
+        expected = info['expected-downtime'] ?? 0;
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      assert.ok(passes >= 4, `kept iterating (${passes} passes)`);
+      assert.ok(expected > 1, `query-migrate reports the expected downtime above the limit (${expected} ms)`);
+      await pair.src.execute('migrate-set-parameters', { 'downtime-limit': 60000 });
+      const done = await waitForMigration(pair.src);
+      assert.equal(done.status, 'completed', String(done['error-desc'] ?? ''));
+      const [a, b] = await Promise.all([
+        pair.src.execute<Digests>('x-query-digests'),
+        pair.dst.execute<Digests>('x-query-digests'),
+      ]);
+      assert.equal(b.ram, a.ram);
+    } finally {
+      await pair.stop();
+    }
+  });
+});
