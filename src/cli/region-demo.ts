@@ -13,7 +13,8 @@ import type { SampleDevice } from '../device/samples/sample-device.ts';
 import { SeedMigrationRegion } from '../device/seed-region.ts';
 import { type LiveSaveStats, saveDeviceLive } from '../vmm/device-live-save.ts';
 import { GuestDirtyBitmap } from '../vmm/dirty-bitmap.ts';
-import { type RegionPort, SeedRegionClient } from '../vmm/seed-region-client.ts';
+import { localRegionPort } from '../vmm/local-region-port.ts';
+import { SeedRegionClient } from '../vmm/seed-region-client.ts';
 import { bytes, ms, ProgressLine, parseSize, rate } from './format.ts';
 
 const PAGE = 4096;
@@ -26,20 +27,6 @@ export const regionDemoUsage = `usage: vfio-migrate region-demo [options]
   --guest SIZE          guest memory the device DMAs into (default 64M)
   --downtime-limit MS   device downtime budget for switch-over (default 300)
   --max-iterations N    pre-copy rounds before forcing switch-over (default 30)`;
-
-/** An in-process port: trapped accesses go through the region, the mmapped area is its memory. */
-function localPort(region: SeedMigrationRegion): RegionPort {
-  const { layout } = region;
-  return {
-    size: layout.size,
-    read: async (o, n) => region.read(o, n),
-    write: async (o, d) => region.write(o, d),
-    mapped: (o, n) => {
-      const a = layout.mmapAreas.find((x) => o >= x.offset && o + n <= x.offset + x.size);
-      return a ? region.sectionMemory.subarray(o - layout.sectionOffset, o - layout.sectionOffset + n) : undefined;
-    },
-  };
-}
 
 export async function runRegionDemo(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -82,7 +69,7 @@ export async function runRegionDemo(argv: string[]): Promise<number> {
   if (src instanceof LargeMemoryDevice) src.configureDma(0n, BigInt(guestSize));
   const srcRegion = new SeedMigrationRegion({ backend: src.migration, kind });
   const dstRegion = new SeedMigrationRegion({ backend: dst.migration, kind });
-  const client = new SeedRegionClient(localPort(srcRegion));
+  const client = new SeedRegionClient(localRegionPort(srcRegion));
   const dirty = new GuestDirtyBitmap(guestSize / PAGE);
 
   console.log(
@@ -92,7 +79,7 @@ export async function runRegionDemo(argv: string[]): Promise<number> {
   await new Promise((r) => setTimeout(r, 200)); // the device has been running for a while
   const guestAtStart = guest.slice();
   // The copy resumes as the chunks arrive, as a destination VMM does with chunks off the network.
-  const dstClient = new SeedRegionClient(localPort(dstRegion));
+  const dstClient = new SeedRegionClient(localRegionPort(dstRegion));
   await dstClient.setDeviceState(~DeviceState.MASK, DeviceState.RESUMING);
   let resumeMs = 0;
   const progress = new ProgressLine(process.stderr);
