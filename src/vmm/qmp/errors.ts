@@ -1,13 +1,2 @@
-// QMP errors as QEMU reports them: an error class and a human-readable description.
-
-export type QmpErrorClass = 'GenericError' | 'CommandNotFound' | 'DeviceNotActive' | 'DeviceNotFound' | 'KVMMissingCap';
-
-export class QmpError extends Error {
-  constructor(
-    readonly errorClass: QmpErrorClass,
-    readonly desc: string,
-  ) {
-    super(desc);
-    this.name = 'QmpError';
-  }
-}
+// QmpError lives in protocol.ts; this module keeps the import path that existing callers use.
+export { QmpError, type QmpErrorClass } from './protocol.ts';
