@@ -11,7 +11,8 @@
         "src/eventfd.c",
         "src/socket.c",
         "src/scm.c",
-        "src/poller.c"
+        "src/poller.c",
+        "src/crc32c.c"
       ],
       # NAPI 8: instance data, detach_arraybuffer and async cleanup hooks; Node 20 has 9.
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"],

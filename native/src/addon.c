@@ -2,6 +2,7 @@
  * per env, in napi instance data. */
 #include <stdlib.h>
 
+#include "crc32c.h"
 #include "vfio_native.h"
 
 static void instance_free(napi_env env, void* data, void* hint) {
@@ -38,6 +39,7 @@ NAPI_MODULE_INIT() {
   }
   /* From here the env owns inst (instance_free runs when the env goes). */
   VN_CALL(env, napi_add_async_cleanup_hook(env, instance_cleanup, inst, &inst->cleanup));
+  vn_crc32c_init();
 
   napi_property_descriptor fns[] = {
       VN_FN("memfdCreate", vn_memfd_create),
@@ -55,6 +57,8 @@ NAPI_MODULE_INIT() {
       VN_FN("connectUnix", vn_connect_unix),
       VN_FN("sendmsg", vn_sendmsg),
       VN_FN("recvmsg", vn_recvmsg),
+      VN_FN("crc32c", vn_crc32c),
+      VN_FN("crc32cImplementation", vn_crc32c_implementation),
   };
   VN_CALL(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   if (!vn_poller_define(env, exports)) return NULL;

@@ -77,6 +77,13 @@ export interface NativeAddon {
   sendmsg(fd: number, data: Uint8Array, fds: readonly number[]): number;
   /** Nonblocking receive of at most buf.length bytes and at most maxFds (0..253) fds; null on EAGAIN. */
   recvmsg(fd: number, buf: Uint8Array, maxFds: number): RecvResult | null;
+  /**
+   * CRC-32C (Castagnoli) of data, continuing from seed (a previous result; 0 or omitted to start), so
+   * crc32c(b, crc32c(a)) == crc32c(a ++ b). SSE4.2 CRC32 instructions when the CPU has them.
+   */
+  crc32c(data: Uint8Array, seed?: number): number;
+  /** Which crc32c code runs: 'sse4.2', or 'table' (no SSE4.2, or VFIO_NATIVE_CRC32C=table at load). */
+  crc32cImplementation(): 'sse4.2' | 'table';
   Poller: PollerConstructor;
 }
 

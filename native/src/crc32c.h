@@ -1,0 +1,22 @@
+/* CRC-32C (Castagnoli) for the migration stream's section checksums: SSE4.2 when the CPU has it, a
+ * slicing-by-8 table otherwise. Shared by crc32c.c and addon.c (which registers the export). */
+#ifndef VFIO_NATIVE_CRC32C_H
+#define VFIO_NATIVE_CRC32C_H
+
+#include <node_api.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Picks the implementation (once per process; safe to call from every env's init). */
+void vn_crc32c_init(void);
+
+/* CRC-32C of len bytes continuing from crc (a previous result; 0 to start). */
+uint32_t vn_crc32c_update(uint32_t crc, const uint8_t* data, size_t len);
+
+/* crc32c(data: Uint8Array, seed?: number): number */
+napi_value vn_crc32c(napi_env env, napi_callback_info info);
+
+/* crc32cImplementation(): 'sse4.2' | 'table' */
+napi_value vn_crc32c_implementation(napi_env env, napi_callback_info info);
+
+#endif
