@@ -8,6 +8,7 @@
         "src/addon.c",
         "src/util.c",
         "src/memory.c",
+        "src/madvise.c",
         "src/eventfd.c",
         "src/socket.c",
         "src/scm.c",

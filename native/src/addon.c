@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "crc32c.h"
+#include "madvise.h"
 #include "vfio_native.h"
 
 static void instance_free(napi_env env, void* data, void* hint) {
@@ -45,6 +46,7 @@ NAPI_MODULE_INIT() {
       VN_FN("memfdCreate", vn_memfd_create),
       VN_FN("mmap", vn_mmap),
       VN_FN("munmap", vn_munmap),
+      VN_FN("madvise", vn_madvise),
       VN_FN("close", vn_close),
       VN_FN("dup", vn_dup),
       VN_FN("fdSize", vn_fd_size),

@@ -50,6 +50,12 @@ export interface NativeAddon {
   mmap(fd: number, offset: number | bigint, length: number | bigint, writable: boolean): ArrayBuffer;
   /** Detaches the ArrayBuffer (every view reads as length 0), then unmaps. A second call is a no-op. */
   munmap(ab: ArrayBuffer): void;
+  /**
+   * madvise(2) on [offset, offset+length) of a mapping returned by mmap (offset on a page boundary; any
+   * other ArrayBuffer is a TypeError). `advice` is passed through (see MADV); the kernel rejects what it
+   * does not know with EINVAL. Blocks the calling thread for as long as the advice takes.
+   */
+  madvise(ab: ArrayBuffer, offset: number | bigint, length: number | bigint, advice: number): void;
   close(fd: number): void;
   /** A close-on-exec duplicate of fd (F_DUPFD_CLOEXEC). */
   dup(fd: number): number;
@@ -86,6 +92,19 @@ export interface NativeAddon {
   crc32cImplementation(): 'sse4.2' | 'table';
   Poller: PollerConstructor;
 }
+
+/** madvise(2) advice values (Linux, asm-generic) for NativeAddon.madvise. */
+export const MADV = {
+  WILLNEED: 3,
+  DONTNEED: 4,
+  REMOVE: 9,
+  HUGEPAGE: 14,
+  NOHUGEPAGE: 15,
+  /** Linux 5.14+: fault the range in readable */
+  POPULATE_READ: 22,
+  /** Linux 5.14+: fault the range in writable (allocating and zeroing pages as a first write would) */
+  POPULATE_WRITE: 23,
+} as const;
 
 /** Where `npm ci` (through scripts/build-native.js) puts the addon. */
 export const defaultAddonPath = fileURLToPath(new URL('../../native/build/Release/vfio_native.node', import.meta.url));
