@@ -1,9 +1,12 @@
-// Record types, RAM flags and VFIO tags of the QEMU migration stream (spec/qemu-stream.md), and our
-// format's additions. All integers in the stream are big-endian.
+// Record types, RAM flags, VFIO tags and limits of the migration stream. The QEMU values are from
+// spec/qemu-stream.md (migration/savevm.c, ram.c, hw/vfio/migration.c); the ones marked "ours" belong to
+// the checksummed format described in docs/stream.md. Every integer in the stream is big-endian.
 
+/** Stream header: "QEVM" and QEMU_VM_FILE_VERSION. */
 export const QEVM_MAGIC = 0x5145564d;
 export const QEVM_VERSION = 3;
 
+/** The first byte of each record. */
 export const RecordType = {
   EOF: 0x00,
   SECTION_START: 0x01,
@@ -17,12 +20,24 @@ export const RecordType = {
   SECTION_FOOTER: 0x7e,
 } as const;
 
-/** Machine name in our CONFIGURATION record: a QEMU destination refuses it instead of misreading us. */
+/**
+ * Machine-type name in our CONFIGURATION record. A QEMU destination compares it with its own machine
+ * type and refuses the stream, instead of misreading our checksummed sections as its own.
+ */
 export const MACHINE_NAME = 'vfio-migrate';
-/** Subsection announcing our format (its version_id is FORMAT_VERSION): sequence numbers and CRC-32C. */
-export const FORMAT_SUBSECTION = 'vfio-migrate/format';
-export const FORMAT_VERSION = 1;
+/**
+ * The vmstate subsection of the configuration record that announces our format; its version_id is
+ * FORMAT_VERSION. The name follows vmstate's "<parent>/<name>" rule, so it is a well-formed subsection
+ * that QEMU (which has no such subsection) refuses by name.
+ */
+export const FORMAT_SUBSECTION = 'configuration/vfio-migrate-stream';
+/**
+ * Version of our section layout (payload length, sequence number, CRC-32C, checksummed EOF).
+ * 1 was the first layout, with a bare EOF byte and the subsection named "vfio-migrate/format".
+ */
+export const FORMAT_VERSION = 2;
 
+/** RAM record flags: the low bits of each record's be64 (offset | flags). */
 export const RamFlag = {
   FULL: 0x01,
   ZERO: 0x02,
@@ -36,10 +51,13 @@ export const RamFlag = {
   MULTIFD_FLUSH: 0x200,
 } as const;
 
-/** Flag bits live below the target page size. */
-export const RAM_FLAG_MASK = 0xfffn;
+/** Flag bits live below the target page size; the rest of the be64 is an offset (or a size). */
 export const TARGET_PAGE_SIZE = 4096;
+export const RAM_FLAG_MASK = BigInt(TARGET_PAGE_SIZE - 1);
+/** The RAM flags this implementation writes and reads; any other bit is refused. */
+export const RAM_KNOWN_FLAGS = RamFlag.ZERO | RamFlag.MEM_SIZE | RamFlag.PAGE | RamFlag.EOS | RamFlag.CONTINUE;
 
+/** VFIO section tags: be64 0xFFFFFFFF_EF10_xxxx. */
 export const VfioTag = {
   END_OF_STATE: 0xffffffffef100001n,
   DEV_CONFIG_STATE: 0xffffffffef100002n,
@@ -48,8 +66,22 @@ export const VfioTag = {
   DEV_INIT_DATA_SENT: 0xffffffffef100005n,
 } as const;
 
+/** Longest idstr (and RAM block name): a u8 length. */
+export const MAX_IDSTR_BYTES = 255;
+
+/** Bytes before a PART/END payload: type, be32 section_id, be32 payload_length (ours). */
+export const SHORT_HEADER_BYTES = 1 + 4 + 4;
+/** Bytes before a START/FULL payload, plus the idstr: type, id, u8 len, instance, version, payload_length. */
+export const FULL_HEADER_FIXED_BYTES = 1 + 4 + 1 + 4 + 4 + 4;
 /** Bytes after a section's payload: footer (0x7E + be32 id), be32 sequence number, be32 CRC-32C. */
 export const SECTION_TRAILER = 1 + 4 + 4 + 4;
+/** The EOF record: 0x00, be32 sequence number (= number of sections), be32 CRC-32C. */
+export const EOF_RECORD_BYTES = 1 + 4 + 4;
 
-/** Default largest section a decoder accepts (header + payload + trailer). */
+/** Default largest section a decoder accepts, header and trailer included. */
 export const DEFAULT_MAX_SECTION_BYTES = 16 << 20;
+/**
+ * What writers should keep a RAM PART payload to (4 MiB = 1024 pages plus record headers, far under
+ * DEFAULT_MAX_SECTION_BYTES, so a section never grows past what a reader accepts).
+ */
+export const RECOMMENDED_RAM_SECTION_PAYLOAD = 4 << 20;

@@ -1,58 +1,124 @@
-// Reads a migration stream fed in pieces of any size. A section is handed out only once it is complete
-// and its footer, sequence number and CRC-32C all check out, so a corrupted, truncated, duplicated or
-// reordered stream is refused before anything from the bad section is applied. Memory is bounded: a
-// section larger than `maxSectionBytes` is refused from its header, before it is buffered.
+// Reads a migration stream (docs/stream.md) fed in pieces of any size.
+//
+//   const d = new StreamDecoder();
+//   for await (const chunk of input) for (const s of d.push(chunk)) apply(s);
+//   d.finish(); // throws unless the stream ended with its EOF record
+//
+// A section is handed out only once it is complete and its CRC-32C, footer and sequence number all check
+// out, and it may come at that point of the stream (PART after its START, no START twice …). So a
+// corrupted, truncated, duplicated, dropped or reordered section is refused before anything from it is
+// applied. Every error is a StreamError naming the section (idstr, section id, sequence number) and the
+// byte offset; after one, the decoder stays failed and throws it again.
+//
+// Memory is bounded: a section larger than `maxSectionBytes` (default 16 MiB) is refused as soon as its
+// header is in, before its payload is buffered. Writers split their payloads to stay under it (RAM: at
+// most 4 MiB of pages per PART).
+//
+// Pushed chunks are kept by reference until their bytes are consumed, and a delivered payload may be a
+// view into one of them: hand over chunks you will not reuse (socket and file reads are).
 
 import {
   DEFAULT_MAX_SECTION_BYTES,
+  EOF_RECORD_BYTES,
   FORMAT_SUBSECTION,
   FORMAT_VERSION,
   MACHINE_NAME,
-  QEVM_MAGIC,
   QEVM_VERSION,
   RecordType,
   SECTION_TRAILER,
+  SHORT_HEADER_BYTES,
 } from './constants.ts';
 import { crc32c } from './crc32c.ts';
-import { StreamError } from './errors.ts';
+import { encodeHeader } from './encoder.ts';
+import { type SectionRef, StreamError } from './errors.ts';
+
+export type SectionType = 'start' | 'part' | 'end' | 'full';
 
 export interface DecodedSection {
-  type: 'start' | 'part' | 'end' | 'full';
+  type: SectionType;
   sectionId: number;
-  /** START and FULL only */
-  idstr?: string;
-  instanceId?: number;
-  versionId?: number;
+  /** From the section's own header (START, FULL) or from its START (PART, END). */
+  idstr: string;
+  instanceId: number;
+  versionId: number;
+  /** Sequence number: 0 for the first section of the stream, then 1, 2 … */
   seq: number;
+  /** The section's payload, whole. */
   payload: Uint8Array;
-  /** Stream offset of the section's first byte. */
+  /** Stream offset of the section's type byte. */
   offset: number;
+  /** Stream offset of the payload's first byte. */
+  payloadOffset: number;
+  /** Bytes of the whole section: header, payload, footer, sequence number and CRC. */
+  byteLength: number;
 }
 
-const TYPES: Record<number, DecodedSection['type']> = {
+export interface StreamDecoderOptions {
+  /** Largest section accepted, header and trailer included (default DEFAULT_MAX_SECTION_BYTES, 16 MiB). */
+  maxSectionBytes?: number;
+}
+
+const TYPES: Record<number, SectionType> = {
   [RecordType.SECTION_START]: 'start',
   [RecordType.SECTION_PART]: 'part',
   [RecordType.SECTION_END]: 'end',
   [RecordType.SECTION_FULL]: 'full',
 };
 
+const QEMU_ONLY: Record<number, string> = {
+  [RecordType.SUBSECTION]: 'SUBSECTION',
+  [RecordType.VMDESCRIPTION]: 'VMDESCRIPTION',
+  [RecordType.CONFIGURATION]: 'CONFIGURATION',
+  [RecordType.COMMAND]: 'COMMAND',
+  [RecordType.SECTION_FOOTER]: 'SECTION_FOOTER',
+};
+
+const HEADER = encodeHeader();
+const MACHINE_BYTES = new TextEncoder().encode(MACHINE_NAME).byteLength;
+/** Offsets inside the header: machine-name length, subsection type byte, its name length, its version. */
+const AT_NAME_LEN = 9;
+const AT_SUB_TYPE = AT_NAME_LEN + 4 + MACHINE_BYTES;
+const AT_SUB_NAME_LEN = AT_SUB_TYPE + 1;
+const AT_SUB_VERSION = HEADER.byteLength - 4;
+
+interface SectionState {
+  idstr: string;
+  instanceId: number;
+  versionId: number;
+  started: boolean;
+  ended: boolean;
+  full: boolean;
+}
+
+const utf8 = new TextDecoder();
+
 export class StreamDecoder {
   private chunks: Uint8Array[] = [];
+  /** Index of the first live chunk in `chunks`. */
+  private head = 0;
   private buffered = 0;
   /** Stream offset of the first buffered byte. */
   private base = 0;
   private headerDone = false;
   private seq = 0;
-  private readonly started = new Map<number, string>();
-  private readonly ended_ = new Set<number>();
+  private readonly sections = new Map<number, SectionState>();
+  /** "idstr\0instance" → section id: one section per state entry. */
+  private readonly entries = new Map<string, number>();
+  private fullSeen = false;
   private eof = false;
+  private failed: StreamError | null = null;
   private readonly maxSection: number;
 
-  constructor(options: { maxSectionBytes?: number } = {}) {
+  constructor(options: StreamDecoderOptions = {}) {
     this.maxSection = options.maxSectionBytes ?? DEFAULT_MAX_SECTION_BYTES;
   }
 
-  /** True once the EOF record was read. */
+  /** True once the header was read and matched this format. */
+  get headerRead(): boolean {
+    return this.headerDone;
+  }
+
+  /** True once the EOF record was read and verified. */
   get ended(): boolean {
     return this.eof;
   }
@@ -62,135 +128,223 @@ export class StreamDecoder {
     return this.base;
   }
 
-  /** Bytes that followed EOF (the return path of a TCP migration), handed over once. */
-  takeRemainder(): Uint8Array {
-    const rest = this.take(this.buffered);
-    return rest;
+  /** Sections delivered so far (= the sequence number due next). */
+  get sectionCount(): number {
+    return this.seq;
   }
 
+  /** Bytes pushed but not yet consumed (a partial record, or what followed EOF). */
+  get pendingBytes(): number {
+    return this.buffered;
+  }
+
+  /** Bytes that followed EOF (a return-path message on a TCP connection), handed over once. */
+  takeRemainder(): Uint8Array {
+    return this.take(this.buffered);
+  }
+
+  /**
+   * Feeds bytes; returns the sections they completed, each verified. Throws a StreamError on damage —
+   * or, when this call verified sections before reaching the damage, returns those and throws the error
+   * from the next push() or finish().
+   */
   push(chunk: Uint8Array): DecodedSection[] {
-    if (this.eof) {
-      this.chunks.push(chunk);
-      this.buffered += chunk.byteLength;
-      return [];
-    }
+    if (this.failed) throw this.failed;
     if (chunk.byteLength > 0) {
       this.chunks.push(chunk);
       this.buffered += chunk.byteLength;
     }
     const out: DecodedSection[] = [];
-    if (!this.headerDone && !this.readHeader()) return out;
-    while (!this.eof) {
-      const s = this.readSection();
-      if (!s) break;
-      out.push(s);
+    try {
+      if (!this.headerDone && !this.readHeader()) return out;
+      while (!this.eof) {
+        const s = this.readRecord();
+        if (!s) break;
+        out.push(s);
+      }
+    } catch (err) {
+      if (!(err instanceof StreamError)) throw err;
+      this.failed = err;
+      // Sections verified before the damage are still handed out; the next call throws.
+      if (out.length === 0) throw err;
     }
     return out;
   }
 
-  /** The input is over: anything but a complete stream ending in EOF is an error. */
+  /** The input is over: anything but a complete stream ending in its EOF record is an error. */
   finish(): void {
-    if (!this.headerDone) throw new StreamError('stream ends inside its header', this.base + this.buffered);
-    if (!this.eof) {
-      throw new StreamError(
+    if (this.failed) throw this.failed;
+    const at = this.base + this.buffered;
+    if (!this.headerDone) {
+      this.failed = new StreamError(
+        this.buffered === 0 ? 'empty stream' : `stream ends inside its header (${at} bytes)`,
+        at,
+        undefined,
+        'truncated',
+      );
+    } else if (!this.eof) {
+      this.failed = new StreamError(
         this.buffered > 0
-          ? `stream ends inside a record (${this.buffered} bytes left over)`
-          : 'stream ends without EOF',
-        this.base + this.buffered,
-        { seq: this.seq },
+          ? `stream ends inside a record that starts at byte ${this.base} (${this.buffered} bytes of it)`
+          : 'stream ends without its EOF record',
+        at,
+        this.pendingRef(),
+        'truncated',
       );
     }
+    if (this.failed) throw this.failed;
   }
 
-  /** The first `n` buffered bytes as one array (copies only when they span chunks). */
+  /** What the record at the read position claims to be, for an error about it. */
+  private pendingRef(): SectionRef {
+    const ref: SectionRef = { seq: this.seq };
+    const p = this.peek(Math.min(this.buffered, 6));
+    if (p && p.byteLength >= 5 && TYPES[p[0]!]) {
+      ref.sectionId = new DataView(p.buffer, p.byteOffset, 5).getUint32(1, false);
+      const known = this.sections.get(ref.sectionId);
+      if (known) ref.idstr = known.idstr;
+    }
+    return ref;
+  }
+
+  /** The first `n` buffered bytes as one array (copies only when they span chunks), or null. */
   private peek(n: number): Uint8Array | null {
     if (this.buffered < n) return null;
     if (n === 0) return new Uint8Array(0);
-    const first = this.chunks[0]!;
+    const first = this.chunks[this.head]!;
     if (first.byteLength >= n) return first.subarray(0, n);
-    const out = new Uint8Array(n);
+    // Not zero-filled first: every byte is written below. (A section's payload is assembled here once.)
+    const raw = Buffer.allocUnsafeSlow(n);
+    const out = new Uint8Array(raw.buffer, raw.byteOffset, n);
     let at = 0;
-    for (const c of this.chunks) {
-      const take = Math.min(c.byteLength, n - at);
-      out.set(c.subarray(0, take), at);
-      at += take;
-      if (at === n) break;
+    for (let i = this.head; at < n; i++) {
+      const c = this.chunks[i]!;
+      const k = Math.min(c.byteLength, n - at);
+      out.set(k === c.byteLength ? c : c.subarray(0, k), at);
+      at += k;
     }
     return out;
   }
 
+  /** Consumes `n` buffered bytes and returns them (a view of a pushed chunk when they lie in one). */
   private take(n: number): Uint8Array {
     const out = this.peek(n)!;
     let left = n;
     while (left > 0) {
-      const c = this.chunks[0]!;
+      const c = this.chunks[this.head]!;
       if (c.byteLength <= left) {
-        this.chunks.shift();
+        this.chunks[this.head++] = EMPTY;
         left -= c.byteLength;
       } else {
-        this.chunks[0] = c.subarray(left);
+        this.chunks[this.head] = c.subarray(left);
         left = 0;
       }
     }
+    if (this.head > 64 && this.head * 2 > this.chunks.length) {
+      this.chunks = this.chunks.slice(this.head);
+      this.head = 0;
+    }
     this.buffered -= n;
     this.base += n;
-    // The bytes may be a view of a pushed chunk: callers hand over chunks they will not reuse.
     return out;
   }
 
-  private readHeader(): boolean {
-    // magic(4) version(4) CONFIGURATION(1) len(4) name, SUBSECTION(1) namelen(1) name version(4)
-    const h = this.peek(13);
-    if (!h) return false;
-    const dv = new DataView(h.buffer, h.byteOffset, 13);
-    if (dv.getUint32(0, false) !== QEVM_MAGIC) throw new StreamError('not a migration stream (bad magic)', 0);
-    if (dv.getUint32(4, false) !== QEVM_VERSION)
-      throw new StreamError(`unsupported stream version ${dv.getUint32(4, false)}`, 4);
-    if (h[8] !== RecordType.CONFIGURATION)
-      throw new StreamError('no configuration record: not a vfio-migrate stream', 8);
-    const nameLen = dv.getUint32(9, false);
-    if (nameLen > 255) throw new StreamError(`machine name of ${nameLen} bytes`, 9);
-    const head2 = this.peek(13 + nameLen + 2);
-    if (!head2) return false;
-    const machine = new TextDecoder().decode(head2.subarray(13, 13 + nameLen));
-    if (machine !== MACHINE_NAME) throw new StreamError(`stream is for machine "${machine}", not ${MACHINE_NAME}`, 13);
-    if (head2[13 + nameLen] !== RecordType.SUBSECTION)
-      throw new StreamError('configuration lacks the format subsection', 13 + nameLen);
-    const subLen = head2[13 + nameLen + 1]!;
-    const total = 13 + nameLen + 2 + subLen + 4;
-    const all = this.peek(total);
-    if (!all) return false;
-    const sub = new TextDecoder().decode(all.subarray(13 + nameLen + 2, 13 + nameLen + 2 + subLen));
-    const version = new DataView(all.buffer, all.byteOffset + total - 4, 4).getUint32(0, false);
-    if (sub !== FORMAT_SUBSECTION || version !== FORMAT_VERSION) {
-      throw new StreamError(
-        `unsupported stream format "${sub}" version ${version} (this reads ${FORMAT_SUBSECTION} ${FORMAT_VERSION})`,
-        13 + nameLen,
-      );
-    }
-    this.take(total);
-    this.headerDone = true;
-    return true;
+  private fail(message: string, offset: number, code: StreamError['code'], section?: SectionRef): never {
+    throw new StreamError(message, offset, section, code);
   }
 
-  private readSection(): DecodedSection | null {
+  /** Magic, version, configuration record and format subsection: fixed bytes, compared as they arrive. */
+  private readHeader(): boolean {
+    const have = this.peek(Math.min(this.buffered, HEADER.byteLength))!;
+    let i = 0;
+    while (i < have.byteLength && have[i] === HEADER[i]) i++;
+    if (i === HEADER.byteLength) {
+      this.take(HEADER.byteLength);
+      this.headerDone = true;
+      return true;
+    }
+    if (i === have.byteLength) return false;
+    return this.headerMismatch(i);
+  }
+
+  /** Says what differs at header byte `i`; false if more bytes are needed to say it. */
+  private headerMismatch(i: number): false {
+    const need = (n: number): Uint8Array | null => this.peek(n);
+    const be32At = (b: Uint8Array, at: number) => new DataView(b.buffer, b.byteOffset + at, 4).getUint32(0, false);
+    if (i < 4) this.fail('not a migration stream (no "QEVM" magic)', 0, 'header');
+    if (i < 8) {
+      const b = need(8);
+      if (!b) return false;
+      const v = be32At(b, 4);
+      this.fail(`stream file version ${v}; this reader reads version ${QEVM_VERSION}`, 4, 'header');
+    }
+    if (i === 8) {
+      const b = this.peek(9)!;
+      this.fail(
+        `record 0x${b[8]!.toString(16)} where the CONFIGURATION record belongs: not a vfio-migrate stream`,
+        8,
+        'header',
+      );
+    }
+    if (i < AT_SUB_TYPE) {
+      const b = need(AT_NAME_LEN + 4);
+      if (!b) return false;
+      const len = be32At(b, AT_NAME_LEN);
+      if (len > 255) this.fail(`machine name of ${len} bytes in the configuration record`, AT_NAME_LEN, 'header');
+      const all = need(AT_NAME_LEN + 4 + len);
+      if (!all) return false;
+      const name = utf8.decode(all.subarray(AT_NAME_LEN + 4));
+      this.fail(
+        `stream is for machine type "${name}", not "${MACHINE_NAME}" (a QEMU stream?)`,
+        AT_NAME_LEN + 4,
+        'header',
+      );
+    }
+    if (i === AT_SUB_TYPE)
+      this.fail(`the configuration record lacks the "${FORMAT_SUBSECTION}" subsection`, AT_SUB_TYPE, 'header');
+    if (i < AT_SUB_VERSION) {
+      const b = need(AT_SUB_NAME_LEN + 1);
+      if (!b) return false;
+      const len = b[AT_SUB_NAME_LEN]!;
+      const all = need(AT_SUB_NAME_LEN + 1 + len);
+      if (!all) return false;
+      const name = utf8.decode(all.subarray(AT_SUB_NAME_LEN + 1));
+      this.fail(`configuration subsection "${name}" where "${FORMAT_SUBSECTION}" belongs`, AT_SUB_NAME_LEN, 'header');
+    }
+    const b = need(HEADER.byteLength);
+    if (!b) return false;
+    const v = be32At(b, AT_SUB_VERSION);
+    this.fail(
+      `stream format version ${v}; this reader reads version ${FORMAT_VERSION}${v < FORMAT_VERSION ? ' (written by an older vfio-migrate)' : ''}`,
+      AT_SUB_VERSION,
+      'header',
+    );
+  }
+
+  private readRecord(): DecodedSection | null {
     const t = this.peek(1);
     if (!t) return null;
     const type = t[0]!;
     const offset = this.base;
     if (type === RecordType.EOF) {
-      for (const [id, idstr] of this.started) {
-        if (!this.ended_.has(id)) throw new StreamError('EOF before the END section', offset, { idstr, sectionId: id });
-      }
-      this.take(1);
-      this.eof = true;
+      this.readEof();
       return null;
     }
     const kind = TYPES[type];
-    if (!kind) throw new StreamError(`unexpected record type 0x${type.toString(16)}`, offset, { seq: this.seq });
+    if (!kind) {
+      const qemu = QEMU_ONLY[type];
+      this.fail(
+        qemu
+          ? `QEMU record ${qemu} (0x${type.toString(16)}) where a section belongs: this format has none`
+          : `unknown record type 0x${type.toString(16)}`,
+        offset,
+        'record-type',
+        { seq: this.seq },
+      );
+    }
     const full = kind === 'start' || kind === 'full';
-    // Fixed part: type(1) id(4) [len(1) idstr instance(4) version(4)] payloadLength(4)
-    let headLen = 1 + 4 + 4;
+    // type(1) id(4) [len(1) idstr instance(4) version(4)] payload_length(4)
+    let headLen = SHORT_HEADER_BYTES;
     if (full) {
       const p = this.peek(6);
       if (!p) return null;
@@ -200,58 +354,157 @@ export class StreamDecoder {
     if (!head) return null;
     const dv = new DataView(head.buffer, head.byteOffset, headLen);
     const sectionId = dv.getUint32(1, false);
-    let idstr: string | undefined;
-    let instanceId: number | undefined;
-    let versionId: number | undefined;
+    const known = this.sections.get(sectionId);
+    let idstr = known?.idstr;
+    let instanceId = known?.instanceId ?? 0;
+    let versionId = known?.versionId ?? 0;
     if (full) {
       const n = head[5]!;
-      idstr = new TextDecoder().decode(head.subarray(6, 6 + n));
+      idstr = utf8.decode(head.subarray(6, 6 + n));
       instanceId = dv.getUint32(6 + n, false);
       versionId = dv.getUint32(10 + n, false);
     }
-    const ref = { idstr: idstr ?? this.started.get(sectionId), sectionId, seq: this.seq };
+    const ref: SectionRef = { idstr, sectionId, seq: this.seq };
     const payloadLen = dv.getUint32(headLen - 4, false);
     const total = headLen + payloadLen + SECTION_TRAILER;
     if (total > this.maxSection) {
-      throw new StreamError(`section of ${total} bytes exceeds the ${this.maxSection}-byte limit`, offset, ref);
-    }
-    if (this.buffered < total) return null;
-    const bytes = this.take(total);
-    const tdv = new DataView(bytes.buffer, bytes.byteOffset + headLen + payloadLen, SECTION_TRAILER);
-    const crc = crc32c(bytes.subarray(0, total - 4));
-    if (tdv.getUint32(9, false) !== crc)
-      throw new StreamError('checksum mismatch: the section is corrupt', offset, ref);
-    if (tdv.getUint8(0) !== RecordType.SECTION_FOOTER || tdv.getUint32(1, false) !== sectionId) {
-      throw new StreamError('footer does not match the section', offset, ref);
-    }
-    const seq = tdv.getUint32(5, false);
-    if (seq !== this.seq) {
-      throw new StreamError(
-        `sequence number ${seq} where ${this.seq} was due: a section was lost, repeated or reordered`,
+      this.fail(
+        `${kind.toUpperCase()} section of ${total} bytes is over the ${this.maxSection}-byte limit`,
         offset,
+        'too-large',
         ref,
       );
     }
-    this.seq++;
-    if (kind === 'start') {
-      if (this.started.has(sectionId)) throw new StreamError('section started twice', offset, ref);
-      this.started.set(sectionId, idstr!);
-    } else if (kind === 'part' || kind === 'end') {
-      if (!this.started.has(sectionId))
-        throw new StreamError(`${kind.toUpperCase()} for a section never started`, offset, ref);
-      if (this.ended_.has(sectionId))
-        throw new StreamError(`${kind.toUpperCase()} after the section's END`, offset, ref);
-      if (kind === 'end') this.ended_.add(sectionId);
+    if (this.buffered < total) return null;
+
+    const bytes = this.take(total);
+    const tv = new DataView(bytes.buffer, bytes.byteOffset + headLen + payloadLen, SECTION_TRAILER);
+    const crc = crc32c(bytes.subarray(0, total - 4));
+    const stored = tv.getUint32(9, false);
+    if (stored !== crc) {
+      this.fail(
+        `checksum mismatch (CRC-32C 0x${hex32(crc)}, the section says 0x${hex32(stored)}): the ${kind.toUpperCase()} section of ${total} bytes is corrupt`,
+        offset,
+        'checksum',
+        ref,
+      );
     }
+    const footerAt = offset + headLen + payloadLen;
+    if (tv.getUint8(0) !== RecordType.SECTION_FOOTER)
+      this.fail(`no section footer (0x7E) after the payload`, footerAt, 'footer', ref);
+    const footerId = tv.getUint32(1, false);
+    if (footerId !== sectionId)
+      this.fail(`footer names section id ${footerId}, the header ${sectionId}`, footerAt, 'footer', ref);
+    const seq = tv.getUint32(5, false);
+    if (seq !== this.seq) {
+      ref.seq = seq;
+      this.fail(
+        seq > this.seq
+          ? `sequence number ${seq} where ${this.seq} was due: ${seq - this.seq} section(s) before it are missing`
+          : `sequence number ${seq} where ${this.seq} was due: a section repeated or out of order`,
+        offset,
+        'sequence',
+        ref,
+      );
+    }
+    this.checkOrder(kind, sectionId, idstr, instanceId, versionId, offset, ref);
+    this.seq++;
     return {
       type: kind,
       sectionId,
-      idstr: idstr ?? ref.idstr,
+      idstr: idstr!,
       instanceId,
       versionId,
       seq,
       payload: bytes.subarray(headLen, headLen + payloadLen),
       offset,
+      payloadOffset: offset + headLen,
+      byteLength: total,
     };
   }
+
+  /** QEMU's order: START before its PARTs and END; FULLs after every END; one section per entry. */
+  private checkOrder(
+    kind: SectionType,
+    sectionId: number,
+    idstr: string | undefined,
+    instanceId: number,
+    versionId: number,
+    offset: number,
+    ref: SectionRef,
+  ): void {
+    const s = this.sections.get(sectionId);
+    const K = kind.toUpperCase();
+    const bad = (msg: string): never => this.fail(msg, offset, 'order', ref);
+    if (kind === 'part' || kind === 'end') {
+      if (!s?.started) bad(`${K} for section id ${sectionId}, which no START opened`);
+      if (s!.ended) bad(`${K} after the section's END`);
+      if (this.fullSeen) bad(`${K} after the FULL sections began`);
+      if (kind === 'end') s!.ended = true;
+      return;
+    }
+    const key = `${idstr}\u0000${instanceId}`;
+    const other = this.entries.get(key);
+    if (other !== undefined && other !== sectionId)
+      bad(`"${idstr}" instance ${instanceId} already has section id ${other}`);
+    if (kind === 'start') {
+      if (s?.started) bad(`START for section id ${sectionId}, which was already started`);
+      if (s?.full) bad(`START for section id ${sectionId}, which already had its FULL`);
+      if (this.fullSeen) bad('START after the FULL sections began');
+      this.sections.set(sectionId, { idstr: idstr!, instanceId, versionId, started: true, ended: false, full: false });
+      this.entries.set(key, sectionId);
+      return;
+    }
+    // FULL
+    if (s) {
+      if (s.full) bad(`a second FULL for section id ${sectionId}`);
+      if (s.started && !s.ended) bad(`FULL for section id ${sectionId} before its END`);
+      if (s.idstr !== idstr || s.instanceId !== instanceId)
+        bad(`FULL names "${idstr}" instance ${instanceId}, its START "${s.idstr}" instance ${s.instanceId}`);
+      s.full = true;
+    } else {
+      this.sections.set(sectionId, { idstr: idstr!, instanceId, versionId, started: false, ended: false, full: true });
+      this.entries.set(key, sectionId);
+    }
+    this.fullSeen = true;
+  }
+
+  /** 0x00, be32 number of sections, be32 CRC-32C over both. */
+  private readEof(): void {
+    const offset = this.base;
+    const rec = this.peek(EOF_RECORD_BYTES);
+    if (!rec) return;
+    const dv = new DataView(rec.buffer, rec.byteOffset, EOF_RECORD_BYTES);
+    const count = dv.getUint32(1, false);
+    const crc = crc32c(rec.subarray(0, 5));
+    const stored = dv.getUint32(5, false);
+    if (crc !== stored) {
+      this.fail(
+        `checksum mismatch in what reads as the EOF record (CRC-32C 0x${hex32(crc)}, it says 0x${hex32(stored)})`,
+        offset,
+        'checksum',
+        { seq: this.seq },
+      );
+    }
+    if (count !== this.seq) {
+      this.fail(
+        `the EOF record counts ${count} sections, ${this.seq} were read: ${count > this.seq ? 'some are missing' : 'some are extra'}`,
+        offset,
+        'sequence',
+        { seq: this.seq },
+      );
+    }
+    for (const [id, s] of this.sections) {
+      if (s.started && !s.ended)
+        this.fail('EOF before the END section', offset, 'order', { idstr: s.idstr, sectionId: id, seq: this.seq });
+    }
+    this.take(EOF_RECORD_BYTES);
+    this.eof = true;
+  }
+}
+
+const EMPTY = new Uint8Array(0);
+
+function hex32(v: number): string {
+  return v.toString(16).padStart(8, '0');
 }

@@ -1,68 +1,168 @@
-// RAM section payloads (QEMU's ram.c encoding): each record starts with be64 (offset | flags); a page
-// record names its RAMBlock unless CONTINUE says "same block as the previous record"; a section's first
-// page always names its block, so every section decodes on its own.
+// RAM section payloads, QEMU's ram.c encoding (spec/qemu-stream.md, "RAM section payload"). Every record
+// starts with a be64 whose low 12 bits are flags and whose high bits are a page-aligned offset (or, for
+// MEM_SIZE, the total RAM size):
+//
+//   MEM_SIZE  be64 (total | 0x04), then per block: u8 len, name, be64 used_length    (START only)
+//   PAGE      be64 (offset | 0x08 [| 0x20]), [u8 len, block name], 4096 bytes
+//   ZERO      be64 (offset | 0x02 [| 0x20]), [u8 len, block name], u8 fill
+//   EOS       be64 0x10                                                         (ends every payload)
+//
+// CONTINUE (0x20) means "same block as the previous page record": the name is left out. A section's first
+// page record always names its block (the builder forgets the block at take()), so every section decodes
+// on its own and a reader never needs state from an earlier section.
+//
+// The builder never copies page contents: a page record is a small header piece plus the caller's view.
 
-import { be8, be64, shortString } from './bytes.ts';
-import { RAM_FLAG_MASK, RamFlag, TARGET_PAGE_SIZE } from './constants.ts';
+import { RAM_FLAG_MASK, RAM_KNOWN_FLAGS, RamFlag, TARGET_PAGE_SIZE } from './constants.ts';
+import type { DecodedSection } from './decoder.ts';
 import { StreamError } from './errors.ts';
 
 export interface RamBlockInfo {
+  /** RAMBlock idstr, e.g. `pc.ram`: 1 to 255 bytes of UTF-8. */
   name: string;
+  /** Bytes of the block that migrate: a positive multiple of the page size. */
   usedLength: number;
 }
+
+/** Header bytes are written here and handed out as views; a slab is never rewritten, only appended to. */
+const SLAB_BYTES = 64 << 10;
+const MAX_RECORD_HEAD = 8 + 1 + 255 + 8;
+const encoder = new TextEncoder();
 
 export class RamPayloadBuilder {
   private pieces: Uint8Array[] = [];
   private length = 0;
   private lastBlock: string | null = null;
   private records = 0;
+  private slab = new Uint8Array(SLAB_BYTES);
+  private slabView = new DataView(this.slab.buffer);
+  private slabUsed = 0;
+  /** Where the last piece starts in the slab, if the last piece is a slab piece that may still grow. */
+  private openAt = -1;
+  private readonly names = new Map<string, Uint8Array>();
 
+  /** Payload bytes so far. */
   get byteLength(): number {
     return this.length;
   }
 
+  /** True when no record was added since the last take(). */
   get isEmpty(): boolean {
     return this.records === 0;
   }
 
-  private push(p: Uint8Array): void {
-    this.pieces.push(p);
-    this.length += p.byteLength;
+  /** Room for `n` more header bytes in the slab; the open piece ends when a new slab starts. */
+  private reserve(n: number): number {
+    if (this.slabUsed + n > this.slab.byteLength) {
+      this.slab = new Uint8Array(SLAB_BYTES);
+      this.slabView = new DataView(this.slab.buffer);
+      this.slabUsed = 0;
+      this.openAt = -1;
+    }
+    const at = this.slabUsed;
+    this.slabUsed += n;
+    return at;
   }
 
+  /** Header bytes [at, at+n) just written to the slab join the last piece when they follow it. */
+  private commit(at: number, n: number): void {
+    if (this.openAt >= 0 && this.pieces.length > 0) {
+      this.pieces[this.pieces.length - 1] = this.slab.subarray(this.openAt, at + n);
+    } else {
+      this.openAt = at;
+      this.pieces.push(this.slab.subarray(at, at + n));
+    }
+    this.length += n;
+  }
+
+  private nameBytes(name: string): Uint8Array {
+    let bytes = this.names.get(name);
+    if (!bytes) {
+      bytes = encoder.encode(name);
+      if (bytes.byteLength === 0 || bytes.byteLength > 255)
+        throw new RangeError(`RAM block name "${name}" must be 1 to 255 bytes`);
+      this.names.set(name, bytes);
+    }
+    return bytes;
+  }
+
+  private writeName(at: number, name: string): number {
+    const bytes = this.nameBytes(name);
+    this.slab[at] = bytes.byteLength;
+    this.slab.set(bytes, at + 1);
+    return 1 + bytes.byteLength;
+  }
+
+  private writeBe64(at: number, v: number): void {
+    // Offsets stay below 2^53; split so no BigInt is made per record.
+    this.slabView.setUint32(at, Math.floor(v / 0x100000000), false);
+    this.slabView.setUint32(at + 4, v >>> 0, false);
+  }
+
+  /** The START record: total RAM size and each block's name and used length (which must add up). */
   memSize(total: number, blocks: readonly RamBlockInfo[]): void {
-    this.push(be64(BigInt(total) | BigInt(RamFlag.MEM_SIZE)));
+    let sum = 0;
     for (const b of blocks) {
-      this.push(shortString(b.name));
-      this.push(be64(BigInt(b.usedLength)));
+      this.nameBytes(b.name);
+      if (!Number.isSafeInteger(b.usedLength) || b.usedLength <= 0 || b.usedLength % TARGET_PAGE_SIZE !== 0)
+        throw new RangeError(`RAM block "${b.name}": used length ${b.usedLength} is not a positive multiple of 4096`);
+      sum += b.usedLength;
+    }
+    if (sum !== total) throw new RangeError(`RAM blocks add up to ${sum} bytes, total says ${total}`);
+    let at = this.reserve(8);
+    this.writeBe64(at, total + RamFlag.MEM_SIZE);
+    this.commit(at, 8);
+    for (const b of blocks) {
+      at = this.reserve(MAX_RECORD_HEAD);
+      let n = this.writeName(at, b.name);
+      this.writeBe64(at + n, b.usedLength);
+      n += 8;
+      this.slabUsed = at + n;
+      this.commit(at, n);
     }
     this.records++;
   }
 
-  private pageHeader(block: string, offset: number, flag: number): void {
+  /** Writes a page record's header into the slab, leaving `extra` bytes after it; returns where and how long. */
+  private pageHeader(block: string, offset: number, flag: number, extra: number): { at: number; n: number } {
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset % TARGET_PAGE_SIZE !== 0)
+      throw new RangeError(`RAM page offset ${offset} is not a multiple of ${TARGET_PAGE_SIZE}`);
     const cont = this.lastBlock === block;
-    this.push(be64(BigInt(offset) | BigInt(flag | (cont ? RamFlag.CONTINUE : 0))));
-    if (!cont) this.push(shortString(block));
+    if (!cont) this.nameBytes(block);
+    const at = this.reserve(MAX_RECORD_HEAD);
+    this.writeBe64(at, offset + flag + (cont ? RamFlag.CONTINUE : 0));
+    let n = 8;
+    if (!cont) n += this.writeName(at + 8, block);
+    this.slabUsed = at + n + extra;
     this.lastBlock = block;
     this.records++;
+    return { at, n };
   }
 
-  /** A page with its contents; `data` (4096 bytes) is referenced, not copied. */
+  /** A page with its contents; `data` (4096 bytes) is referenced, not copied: keep it unchanged until sent. */
   page(block: string, offset: number, data: Uint8Array): void {
     if (data.byteLength !== TARGET_PAGE_SIZE)
       throw new RangeError(`a RAM page is ${TARGET_PAGE_SIZE} bytes, got ${data.byteLength}`);
-    this.pageHeader(block, offset, RamFlag.PAGE);
-    this.push(data);
+    const { at, n } = this.pageHeader(block, offset, RamFlag.PAGE, 0);
+    this.commit(at, n);
+    this.pieces.push(data);
+    this.length += data.byteLength;
+    this.openAt = -1;
   }
 
-  /** A page filled with one byte (a zero page: fill 0). */
+  /** A page filled with one byte (a zero page: fill 0); costs 9 bytes, plus the name after a switch. */
   zero(block: string, offset: number, fill = 0): void {
-    this.pageHeader(block, offset, RamFlag.ZERO);
-    this.push(be8(fill));
+    if (!Number.isInteger(fill) || fill < 0 || fill > 255) throw new RangeError(`fill byte ${fill} is not a u8`);
+    const { at, n } = this.pageHeader(block, offset, RamFlag.ZERO, 1);
+    this.slab[at + n] = fill;
+    this.commit(at, n + 1);
   }
 
+  /** Ends the payload (every RAM payload ends with EOS). */
   eos(): void {
-    this.push(be64(BigInt(RamFlag.EOS)));
+    const at = this.reserve(8);
+    this.writeBe64(at, RamFlag.EOS);
+    this.commit(at, 8);
     this.records++;
   }
 
@@ -73,6 +173,7 @@ export class RamPayloadBuilder {
     this.length = 0;
     this.lastBlock = null;
     this.records = 0;
+    this.openAt = -1;
     return out;
   }
 }
@@ -84,47 +185,73 @@ export type RamRecord =
   | { kind: 'eos' };
 
 export interface RamDecodeContext {
-  /** Blocks this side has, by name, with their sizes in bytes. */
-  blocks: Map<string, number>;
+  /**
+   * This side's RAM blocks: name → used length in bytes. MEM_SIZE must list exactly these lengths and
+   * pages must fall inside them. Absent: any block is accepted (the analyzer, which has no VM).
+   */
+  blocks?: ReadonlyMap<string, number>;
+  /**
+   * The section the payload came from: errors then name it and carry stream offsets, and MEM_SIZE is
+   * accepted only in a START section.
+   */
+  section?: Pick<DecodedSection, 'type' | 'idstr' | 'sectionId' | 'seq' | 'payloadOffset'>;
 }
 
-const KNOWN = RamFlag.ZERO | RamFlag.MEM_SIZE | RamFlag.PAGE | RamFlag.EOS | RamFlag.CONTINUE;
-
-/** Decodes one section's RAM payload; every record is checked before it is yielded. */
-export function* decodeRamPayload(payload: Uint8Array, ctx: RamDecodeContext): Generator<RamRecord> {
+/**
+ * Decodes one section's RAM payload. The whole payload is checked before anything is returned, so a
+ * caller never applies half of a bad payload. Page data are views of `payload`, not copies.
+ * Refused (StreamError, code 'payload'): unknown or contradictory flags, CONTINUE with no block named
+ * earlier in the section, an unknown block, a page outside its block, MEM_SIZE outside START or not adding
+ * up, a record cut short, a payload without EOS or with bytes after it.
+ */
+export function decodeRamPayload(payload: Uint8Array, ctx: RamDecodeContext = {}): RamRecord[] {
   const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  const base = ctx.section?.payloadOffset ?? 0;
+  const ref = ctx.section
+    ? { idstr: ctx.section.idstr, sectionId: ctx.section.sectionId, seq: ctx.section.seq }
+    : undefined;
+  const out: RamRecord[] = [];
   let at = 0;
+  let recordAt = 0;
   let block: string | null = null;
   const fail = (msg: string): never => {
-    throw new StreamError(`RAM: ${msg}`, at);
+    throw new StreamError(`RAM: ${msg}`, base + recordAt, ref, 'payload');
   };
   const need = (n: number, what: string) => {
-    if (at + n > payload.byteLength) fail(`${what} runs past the end of the section`);
+    if (at + n > payload.byteLength) fail(`${what} runs past the end of the payload`);
   };
   const name = (): string => {
     need(1, 'block name length');
     const len = payload[at]!;
+    if (len === 0) fail('empty block name');
     need(1 + len, 'block name');
     const s = new TextDecoder().decode(payload.subarray(at + 1, at + 1 + len));
     at += 1 + len;
     return s;
   };
   while (at < payload.byteLength) {
+    recordAt = at;
     need(8, 'record header');
     const v = dv.getBigUint64(at, false);
     const flags = Number(v & RAM_FLAG_MASK);
     const addr = v & ~RAM_FLAG_MASK;
     at += 8;
-    if ((flags & ~KNOWN) !== 0) fail(`unsupported flags 0x${flags.toString(16)}`);
+    if ((flags & ~RAM_KNOWN_FLAGS) !== 0)
+      fail(`unsupported flags 0x${(flags & ~RAM_KNOWN_FLAGS).toString(16)} in record 0x${v.toString(16)}`);
     const kind = flags & ~RamFlag.CONTINUE;
     if (kind === RamFlag.EOS) {
-      if (flags !== RamFlag.EOS || addr !== 0n) fail('malformed EOS record');
-      yield { kind: 'eos' };
-      if (at !== payload.byteLength) fail('bytes after EOS');
-      return;
+      if (flags !== RamFlag.EOS || addr !== 0n) fail(`malformed EOS record 0x${v.toString(16)}`);
+      out.push({ kind: 'eos' });
+      if (at !== payload.byteLength) {
+        recordAt = at;
+        fail(`${payload.byteLength - at} bytes after EOS`);
+      }
+      return out;
     }
     if (kind === RamFlag.MEM_SIZE) {
       if (flags & RamFlag.CONTINUE) fail('MEM_SIZE with CONTINUE');
+      if (ctx.section && ctx.section.type !== 'start')
+        fail(`MEM_SIZE in a ${ctx.section.type.toUpperCase()} section (only START carries it)`);
       const blocks: { name: string; usedLength: bigint }[] = [];
       let sum = 0n;
       while (sum < addr) {
@@ -132,38 +259,44 @@ export function* decodeRamPayload(payload: Uint8Array, ctx: RamDecodeContext): G
         need(8, 'block length');
         const used = dv.getBigUint64(at, false);
         at += 8;
-        const mine = ctx.blocks.get(n);
-        if (mine === undefined) fail(`unknown RAM block "${n}"`);
-        if (BigInt(mine!) !== used) fail(`RAM block "${n}" is ${used} bytes at the source, ${mine} here`);
+        if (used === 0n) fail(`RAM block "${n}" has length 0`);
+        if (ctx.blocks) {
+          const mine = ctx.blocks.get(n);
+          if (mine === undefined) fail(`unknown RAM block "${n}"`);
+          if (BigInt(mine!) !== used) fail(`RAM block "${n}" is ${used} bytes at the source, ${mine} here`);
+        }
         blocks.push({ name: n, usedLength: used });
         sum += used;
       }
       if (sum !== addr) fail(`block lengths add up to ${sum}, MEM_SIZE says ${addr}`);
-      yield { kind: 'mem-size', total: addr, blocks };
+      if (ctx.blocks && blocks.length !== ctx.blocks.size)
+        fail(`the source has ${blocks.length} RAM block(s), this side ${ctx.blocks.size}`);
+      out.push({ kind: 'mem-size', total: addr, blocks });
       continue;
     }
     if (kind !== RamFlag.PAGE && kind !== RamFlag.ZERO)
-      fail(`record flags 0x${flags.toString(16)} name no record kind`);
+      fail(`record 0x${v.toString(16)}: flags 0x${flags.toString(16)} name no record kind`);
     if (flags & RamFlag.CONTINUE) {
-      if (block === null) fail('CONTINUE with no previous block in this section');
+      if (block === null) fail('CONTINUE with no block named earlier in this section');
     } else {
       block = name();
     }
-    const size = ctx.blocks.get(block!);
-    if (size === undefined) fail(`unknown RAM block "${block}"`);
-    if (addr + BigInt(TARGET_PAGE_SIZE) > BigInt(size!))
-      fail(`page at ${addr} is outside block "${block}" (${size} bytes)`);
+    if (ctx.blocks) {
+      const size = ctx.blocks.get(block!);
+      if (size === undefined) fail(`unknown RAM block "${block}"`);
+      if (addr + BigInt(TARGET_PAGE_SIZE) > BigInt(size!))
+        fail(`page at ${addr} is outside block "${block}" (${size} bytes)`);
+    }
     if (kind === RamFlag.PAGE) {
       need(TARGET_PAGE_SIZE, 'page');
-      const data = payload.subarray(at, at + TARGET_PAGE_SIZE);
+      out.push({ kind: 'page', block: block!, offset: addr, data: payload.subarray(at, at + TARGET_PAGE_SIZE) });
       at += TARGET_PAGE_SIZE;
-      yield { kind: 'page', block: block!, offset: addr, data };
     } else {
       need(1, 'fill byte');
-      const fill = payload[at]!;
+      out.push({ kind: 'zero', block: block!, offset: addr, fill: payload[at]! });
       at += 1;
-      yield { kind: 'zero', block: block!, offset: addr, fill };
     }
   }
-  fail('section ends without EOS');
+  recordAt = at;
+  return fail('payload ends without EOS');
 }
