@@ -1,4 +1,5 @@
 // The vfio-migrate command line: one file per command; this file only dispatches.
+import { runAnalyze } from './analyze.ts';
 import { demoUsage, runDemo } from './demo.ts';
 import { probeUsage, runProbe } from './probe.ts';
 import { regionDemoUsage, runRegionDemo } from './region-demo.ts';
@@ -13,6 +14,7 @@ commands:
   serve    host a sample device behind a vfio-user socket
   vmm      a VMM: guest RAM, a synthetic guest, vfio-user devices, QMP, live migration
   probe    show what the device behind a vfio-user socket offers (like lspci -vv)
+  analyze  check a saved migration stream (migrate file:PATH) and summarize it (analyze --help)
   help     this text
 
 ${demoUsage}
@@ -39,6 +41,8 @@ export async function main(argv: string[]): Promise<number> {
         return await runVmm(rest);
       case 'probe':
         return await runProbe(rest);
+      case 'analyze':
+        return await runAnalyze(rest);
       case undefined:
       case 'help':
       case '--help':
