@@ -1,89 +1,337 @@
-// Guest RAM: a memfd the VMM maps, vCPU workers map, and device servers map through DMA_MAP. Node 20
-// caps one ArrayBuffer at 4 GiB, so larger guests are mapped in 1 GiB pieces behind page accessors.
+// Guest RAM: a memfd the VMM maps, every vCPU worker maps, and each device server maps through DMA_MAP
+// (the same bytes, seen at once by all). Node 20 caps one ArrayBuffer at 4 GiB, so the memory is mapped
+// in pieces (1 GiB by default, at most 2 GiB) and page(i)/read/write hide the seams: a page never
+// straddles two pieces.
+//
+// Page digests prove two guests equal page for page: SHA-256 of each 4 KiB page, truncated to 16 bytes
+// (a collision needs ~2^64 pages even when searched for; these are checks, not a defence against an
+// adversary who controls both sides). Zero pages short-cut to a precomputed digest after a memcmp.
 
-import { createHash } from 'node:crypto';
-import { native } from '../native/addon.ts';
+import * as crypto from 'node:crypto';
+import { MADV, native } from '../native/addon.ts';
 
 export const PAGE_SIZE = 4096;
-const PIECE = 1 << 30;
-const ZERO_PAGE = Buffer.alloc(PAGE_SIZE);
+export const PAGE_SHIFT = 12;
+/** Bytes of one page digest. */
+export const DIGEST_SIZE = 16;
+/** The default mapping piece: 1 GiB. */
+export const DEFAULT_PIECE = 2 ** 30;
+/** The largest piece: 2 GiB (below Node 20's 4 GiB ArrayBuffer cap, and a safe Int32Array index range). */
+export const MAX_PIECE = 2 ** 31;
+
+const ZERO_PAGE = new Uint8Array(PAGE_SIZE);
+
+/** SHA-256 of one page, into out[at, at+16). crypto.hash (Node 20.12+) skips a Hash object per page. */
+const oneShot = (crypto as { hash?: (alg: string, data: Uint8Array, enc: string) => Buffer }).hash;
+function digestInto(page: Uint8Array, out: Uint8Array, at: number): void {
+  const d = oneShot ? oneShot('sha256', page, 'buffer') : crypto.createHash('sha256').update(page).digest();
+  out.set(d.subarray(0, DIGEST_SIZE), at);
+}
+
+const ZERO_DIGEST = new Uint8Array(DIGEST_SIZE);
+digestInto(ZERO_PAGE, ZERO_DIGEST, 0);
+
+/** A run of pages: [first, first+count). */
+export interface PageRange {
+  first: number;
+  count: number;
+}
+
+export interface MapOptions {
+  /** Bytes per mapping piece: a multiple of 4096, at most MAX_PIECE (default 1 GiB). For tests of seams. */
+  pieceSize?: number;
+}
+
+export interface PrefaultResult {
+  /** Pages in the range. */
+  pages: number;
+  /** Whether the kernel populated the range (MADV_POPULATE_WRITE, Linux 5.14+); else only touched. */
+  populated: boolean;
+  /** Milliseconds in madvise, and in touching every page from JS. */
+  populateMs: number;
+  touchMs: number;
+}
 
 export class GuestMemory {
   readonly pages: number;
+  readonly pieceSize: number;
   private readonly pieces: Uint8Array[] = [];
-  private closed = false;
+  /** Int32 views of the pieces, for atomic touches (prefault). */
+  private readonly words: Int32Array[] = [];
+  private isClosed = false;
 
   private constructor(
+    /** The memfd: pass it with DMA_MAP (IOVA 0 = guest-physical 0) and to vCPU workers. */
     readonly fd: number,
     readonly size: number,
+    options: MapOptions,
   ) {
+    const piece = options.pieceSize ?? DEFAULT_PIECE;
+    if (
+      !Number.isSafeInteger(piece) ||
+      piece <= 0 ||
+      piece > MAX_PIECE ||
+      (piece & (piece - 1)) !== 0 ||
+      piece < PAGE_SIZE
+    )
+      throw new RangeError(`piece size ${piece} must be a power of two from ${PAGE_SIZE} to ${MAX_PIECE}`);
+    checkSize(size);
+    this.pieceSize = piece;
     this.pages = size / PAGE_SIZE;
-    for (let at = 0; at < size; at += PIECE) {
-      this.pieces.push(new Uint8Array(native().mmap(fd, at, Math.min(PIECE, size - at), true)));
+    try {
+      for (let at = 0; at < size; at += piece) {
+        const ab = native().mmap(fd, at, Math.min(piece, size - at), true);
+        this.pieces.push(new Uint8Array(ab));
+        this.words.push(new Int32Array(ab));
+      }
+    } catch (err) {
+      for (const p of this.pieces) native().munmap(p.buffer as ArrayBuffer);
+      throw err;
     }
   }
 
-  /** New, zeroed guest RAM of `size` bytes (a multiple of 4096). */
-  static create(size: number, name = 'vfio-migrate-guest-ram'): GuestMemory {
-    if (!Number.isSafeInteger(size) || size <= 0 || size % PAGE_SIZE !== 0) {
-      throw new RangeError(`guest memory size ${size} must be a positive multiple of ${PAGE_SIZE}`);
+  /** New, zeroed guest RAM of `size` bytes (a positive multiple of 4096); sparse until touched. */
+  static create(size: number, name = 'vfio-migrate-guest-ram', options: MapOptions = {}): GuestMemory {
+    checkSize(size);
+    const fd = native().memfdCreate(name, size);
+    try {
+      return new GuestMemory(fd, size, options);
+    } catch (err) {
+      native().close(fd);
+      throw err;
     }
-    return new GuestMemory(native().memfdCreate(name, size), size);
-  }
-
-  /** Maps guest RAM someone else created, from its memfd (a vCPU worker does this). */
-  static map(fd: number, size: number): GuestMemory {
-    return new GuestMemory(fd, size);
-  }
-
-  /** Page `i` as a view (writes go to guest RAM). */
-  page(i: number): Uint8Array {
-    const at = i * PAGE_SIZE;
-    const piece = this.pieces[Math.floor(at / PIECE)]!;
-    const off = at % PIECE;
-    return piece.subarray(off, off + PAGE_SIZE);
-  }
-
-  /** A zero-page test at memcmp speed. */
-  isZeroPage(i: number): boolean {
-    const p = this.page(i);
-    return Buffer.from(p.buffer, p.byteOffset, PAGE_SIZE).equals(ZERO_PAGE);
   }
 
   /**
-   * One 16-byte digest per page (SHA-256, truncated): two guests are equal page for page exactly when
-   * their digest arrays are (short of a hash collision).
+   * Maps guest RAM someone else created, from its memfd (a vCPU worker does this). close(true) leaves the
+   * fd open; close() closes it.
    */
-  pageDigests(first = 0, count = this.pages - first): Uint8Array {
-    const out = new Uint8Array(count * 16);
-    for (let i = 0; i < count; i++) {
-      out.set(
-        createHash('sha256')
-          .update(this.page(first + i))
-          .digest()
-          .subarray(0, 16),
-        i * 16,
-      );
+  static map(fd: number, size: number, options: MapOptions = {}): GuestMemory {
+    return new GuestMemory(fd, size, options);
+  }
+
+  get closed(): boolean {
+    return this.isClosed;
+  }
+
+  /** Page `i` as a view into guest RAM: writes through it are guest writes (nobody marks them dirty). */
+  page(i: number): Uint8Array {
+    if (!(i >= 0 && i < this.pages) || this.isClosed) this.badPage(i);
+    const at = i * PAGE_SIZE;
+    const piece = this.pieces[Math.floor(at / this.pieceSize)]!;
+    const off = at % this.pieceSize;
+    return piece.subarray(off, off + PAGE_SIZE);
+  }
+
+  private badPage(i: number): never {
+    if (this.isClosed) throw new Error('guest memory is closed');
+    throw new RangeError(`page ${i} is outside the guest's ${this.pages} pages`);
+  }
+
+  /** Copies [offset, offset+dest.length) of guest RAM into dest (or into a new array of `length` bytes). */
+  read(offset: number, dest: Uint8Array | number): Uint8Array {
+    const out = typeof dest === 'number' ? new Uint8Array(dest) : dest;
+    this.span(offset, out.byteLength, (piece, off, len, done) => {
+      out.set(piece.subarray(off, off + len), done);
+    });
+    return out;
+  }
+
+  /** Writes data at `offset` of guest RAM (as the guest would; nobody marks the pages dirty). */
+  write(offset: number, data: Uint8Array): void {
+    this.span(offset, data.byteLength, (piece, off, len, done) => {
+      piece.set(data.subarray(done, done + len), off);
+    });
+  }
+
+  /** Calls fn for each piece-local part of [offset, offset+length). */
+  private span(
+    offset: number,
+    length: number,
+    fn: (piece: Uint8Array, off: number, len: number, done: number) => void,
+  ): void {
+    if (this.isClosed) throw new Error('guest memory is closed');
+    if (
+      !Number.isSafeInteger(offset) ||
+      !Number.isSafeInteger(length) ||
+      offset < 0 ||
+      length < 0 ||
+      offset + length > this.size
+    )
+      throw new RangeError(`range ${offset}+${length} is outside the guest's ${this.size} bytes`);
+    let done = 0;
+    while (done < length) {
+      const at = offset + done;
+      const p = Math.floor(at / this.pieceSize);
+      const off = at - p * this.pieceSize;
+      const len = Math.min(length - done, this.pieceSize - off);
+      fn(this.pieces[p]!, off, len, done);
+      done += len;
+    }
+  }
+
+  /** Whether page i is all zeroes: one memcmp against a zero page (~0.25 µs a page in memory). */
+  isZeroPage(i: number): boolean {
+    return Buffer.compare(this.page(i), ZERO_PAGE) === 0;
+  }
+
+  /** The 16-byte digest of page i. */
+  pageDigest(i: number): Uint8Array {
+    const out = new Uint8Array(DIGEST_SIZE);
+    const p = this.page(i);
+    if (Buffer.compare(p, ZERO_PAGE) === 0) out.set(ZERO_DIGEST);
+    else digestInto(p, out, 0);
+    return out;
+  }
+
+  /**
+   * One DIGEST_SIZE-byte digest per page of the range (default: every page), concatenated: digest k is
+   * page first+k's. Two ranges hold the same bytes exactly when their digest arrays are equal (short of a
+   * SHA-256 collision). ~0.9 GB/s of non-zero pages on one core (4.5 µs a page); zero pages ~15 GB/s.
+   * Reading a never-touched page of the memfd allocates it (shmem has no shared zero page).
+   */
+  pageDigests(first?: number | PageRange, count?: number): Uint8Array {
+    const r = this.range(first, count);
+    const out = new Uint8Array(r.count * DIGEST_SIZE);
+    for (let k = 0; k < r.count; k++) {
+      const p = this.page(r.first + k);
+      if (Buffer.compare(p, ZERO_PAGE) === 0) out.set(ZERO_DIGEST, k * DIGEST_SIZE);
+      else digestInto(p, out, k * DIGEST_SIZE);
     }
     return out;
   }
 
-  /** Closes the mappings; `keepFd` leaves the memfd open (when it is not ours to close). */
+  /**
+   * Faults the range in (default: all of guest RAM) before it is written, so a loader does not pay a
+   * page fault per page: MADV_POPULATE_WRITE (the kernel allocates and maps every page in one call),
+   * then one atomic no-op write (Atomics.or with 0) per page from this thread, which takes whatever
+   * first-access cost is left (a hypervisor's shadow page tables, here). The touch never changes a byte,
+   * so this is safe on live memory that vCPUs or devices are writing. It blocks this thread meanwhile.
+   * Measured here on a fresh 1 GiB memfd: loading it cold 3.5 s (0.3 GB/s); prefault 0.9 s (populate
+   * 0.3 s + touch 0.6 s) and then loading 0.1 s. Only this mapping gains: another process (a device
+   * server) still maps the pages on its own first access, though it finds them allocated.
+   */
+  prefault(first?: number | PageRange, count?: number): PrefaultResult {
+    const r = this.range(first, count);
+    let populated = true;
+    let t = performance.now();
+    this.forPieceParts(r, (p, off, len) => {
+      if (!populated) return;
+      try {
+        native().madvise(this.pieces[p]!.buffer as ArrayBuffer, off, len, MADV.POPULATE_WRITE);
+      } catch (err) {
+        // Kernels before 5.14 do not know the advice (EINVAL); touching alone still does the job.
+        if ((err as { code?: string }).code !== 'EINVAL') throw err;
+        populated = false;
+      }
+    });
+    const populateMs = performance.now() - t;
+    t = performance.now();
+    this.forPieceParts(r, (p, off, len) => {
+      const w = this.words[p]!;
+      for (let i = off >>> 2, end = (off + len) >>> 2; i < end; i += PAGE_SIZE >>> 2) Atomics.or(w, i, 0);
+    });
+    return { pages: r.count, populated, populateMs, touchMs: performance.now() - t };
+  }
+
+  /** Calls fn(piece, byteOffset, byteLength) for each piece-local part of a page range. */
+  private forPieceParts(r: PageRange, fn: (piece: number, off: number, len: number) => void): void {
+    const perPiece = this.pieceSize / PAGE_SIZE;
+    let page = r.first;
+    const end = r.first + r.count;
+    while (page < end) {
+      const p = Math.floor(page / perPiece);
+      const n = Math.min(end - page, (p + 1) * perPiece - page);
+      fn(p, (page - p * perPiece) * PAGE_SIZE, n * PAGE_SIZE);
+      page += n;
+    }
+  }
+
+  private range(first?: number | PageRange, count?: number): PageRange {
+    const r: PageRange =
+      typeof first === 'object' ? first : { first: first ?? 0, count: count ?? this.pages - (first ?? 0) };
+    if (
+      !Number.isSafeInteger(r.first) ||
+      !Number.isSafeInteger(r.count) ||
+      r.first < 0 ||
+      r.count < 0 ||
+      r.first + r.count > this.pages
+    )
+      throw new RangeError(`pages ${r.first}+${r.count} are outside the guest's ${this.pages} pages`);
+    if (this.isClosed) throw new Error('guest memory is closed');
+    return r;
+  }
+
+  /** Unmaps every piece (views read as empty from then on) and closes the memfd unless `keepFd`. */
   close(keepFd = false): void {
-    if (this.closed) return;
-    this.closed = true;
+    if (this.isClosed) return;
+    this.isClosed = true;
     for (const p of this.pieces) native().munmap(p.buffer as ArrayBuffer);
+    this.pieces.length = 0;
+    this.words.length = 0;
     if (!keepFd) native().close(this.fd);
   }
 }
 
-/** The pages whose digests differ (at most `limit` of them). */
-export function differingPages(a: Uint8Array, b: Uint8Array, limit = 10): number[] {
-  const out: number[] = [];
-  const n = Math.min(a.byteLength, b.byteLength) / 16;
-  for (let i = 0; i < n && out.length < limit; i++) {
-    if (Buffer.compare(a.subarray(i * 16, i * 16 + 16), b.subarray(i * 16, i * 16 + 16)) !== 0) out.push(i);
+function checkSize(size: number): void {
+  if (!Number.isSafeInteger(size) || size <= 0 || size % PAGE_SIZE !== 0)
+    throw new RangeError(`guest memory size ${size} must be a positive multiple of ${PAGE_SIZE}`);
+}
+
+export interface DigestComparison {
+  /** Both arrays cover the same pages with the same digests. */
+  equal: boolean;
+  /** Pages in each array (they differ when the arrays are of different lengths). */
+  pagesA: number;
+  pagesB: number;
+  /** How many of the pages both arrays cover differ. */
+  differing: number;
+  /** The first differing pages (at most `limit`), as indexes into the arrays. */
+  first: number[];
+}
+
+/** Digests compared in blocks this big with one memcmp; only differing blocks are looked into. */
+const BLOCK_DIGESTS = 1024;
+
+/**
+ * Compares two pageDigests() arrays: whether they are equal, how many pages differ and the first
+ * `limit` of them. Equal arrays cost one memcmp; a differing 64 KiB block is searched digest by digest.
+ */
+export function compareDigests(a: Uint8Array, b: Uint8Array, limit = 10): DigestComparison {
+  if (a.byteLength % DIGEST_SIZE !== 0 || b.byteLength % DIGEST_SIZE !== 0)
+    throw new RangeError(`digest arrays must be multiples of ${DIGEST_SIZE} bytes`);
+  const pagesA = a.byteLength / DIGEST_SIZE;
+  const pagesB = b.byteLength / DIGEST_SIZE;
+  const n = Math.min(pagesA, pagesB);
+  const first: number[] = [];
+  let differing = 0;
+  for (let blk = 0; blk < n; blk += BLOCK_DIGESTS) {
+    const end = Math.min(n, blk + BLOCK_DIGESTS);
+    if (
+      Buffer.compare(
+        a.subarray(blk * DIGEST_SIZE, end * DIGEST_SIZE),
+        b.subarray(blk * DIGEST_SIZE, end * DIGEST_SIZE),
+      ) === 0
+    )
+      continue;
+    for (let i = blk; i < end; i++) {
+      const o = i * DIGEST_SIZE;
+      if (Buffer.compare(a.subarray(o, o + DIGEST_SIZE), b.subarray(o, o + DIGEST_SIZE)) !== 0) {
+        differing++;
+        if (first.length < limit) first.push(i);
+      }
+    }
   }
-  if (a.byteLength !== b.byteLength && out.length < limit) out.push(n);
+  return { equal: differing === 0 && pagesA === pagesB, pagesA, pagesB, differing, first };
+}
+
+/**
+ * The pages whose digests differ (at most `limit` of them); when the arrays are of different lengths and
+ * room is left, the first page only one of them covers is listed too.
+ */
+export function differingPages(a: Uint8Array, b: Uint8Array, limit = 10): number[] {
+  const c = compareDigests(a, b, limit);
+  const out = c.first;
+  if (c.pagesA !== c.pagesB && out.length < limit) out.push(Math.min(c.pagesA, c.pagesB));
   return out;
 }
