@@ -102,6 +102,16 @@ export class SeedMigrationRegion {
     return this.section(offset, length, 'read').slice();
   }
 
+  /**
+   * read(offset, dest.byteLength), delivered into `dest` instead of a new buffer: the same checks, rules and
+   * side effects, and one copy of the section's bytes (a transport reads straight into its reply).
+   */
+  readInto(offset: number, dest: Uint8Array): void {
+    this.checkBounds(offset, dest.byteLength);
+    if (offset < this.layout.headerSize) dest.set(this.readHeader(offset, dest.byteLength));
+    else dest.set(this.section(offset, dest.byteLength, 'read'));
+  }
+
   write(offset: number, data: Uint8Array): void {
     this.checkBounds(offset, data.byteLength);
     if (offset < this.layout.headerSize) {

@@ -7,6 +7,10 @@
 // before it. So a 'data' chunk's fds arrived with SOME byte of that chunk, and a reader that never lets a
 // recvmsg cross a message boundary knows exactly which message they belong to: set `readSize` to return
 // the bytes left in the current header or message (libvfio-user reads the 16-byte header, then the rest).
+//
+// Where received bytes land: by default in a slab (small reads) or a fresh buffer (large ones), which the
+// 'data' chunk then owns. A reader that knows where the bytes belong (a framing layer filling a message
+// body) sets `readTarget` and receives straight into that memory: no buffer allocated, nothing to copy.
 import { EventEmitter } from 'node:events';
 import { lstatSync, statSync, unlinkSync } from 'node:fs';
 import { VfioError } from '../errors.ts';
@@ -36,6 +40,8 @@ export interface FdSocketOptions {
   maxFds?: number;
   /** Bytes the next recvmsg may read (see the note at the top of this file). Default: 64 KiB. */
   readSize?: () => number;
+  /** Memory the next recvmsg should fill (see FdSocket.readTarget). Default: none. */
+  readTarget?: () => Uint8Array | null;
 }
 
 interface PendingWrite {
@@ -65,6 +71,12 @@ function closeAll(fds: readonly number[]): void {
 export class FdSocket extends EventEmitter<FdSocketEvents> {
   /** The bytes the next recvmsg may read; replace it to keep reads within message boundaries. */
   readSize: () => number;
+  /**
+   * When set and it returns a non-empty view, the next recvmsg reads into that view (at most its length,
+   * and at most readSize()) instead of a buffer of the socket's own, and the 'data' chunk is a view of it.
+   * The memory is the reader's: the socket never keeps a reference to it after that recvmsg.
+   */
+  readTarget: (() => Uint8Array | null) | null;
   readonly maxFds: number;
   #fd: number;
   #poller: Poller;
@@ -83,6 +95,7 @@ export class FdSocket extends EventEmitter<FdSocketEvents> {
     this.#fd = fd;
     this.maxFds = options.maxFds ?? MAX_FDS_PER_MESSAGE;
     this.readSize = options.readSize ?? (() => DEFAULT_READ_SIZE);
+    this.readTarget = options.readTarget ?? null;
     try {
       this.#poller = new (native().Poller)(fd, (err, readable, writable) => this.#onPoll(err, readable, writable));
     } catch (err) {
@@ -256,7 +269,11 @@ export class FdSocket extends EventEmitter<FdSocketEvents> {
     for (let i = 0; i < budget && !this.#destroyed && !this.#paused; i++) {
       const want = Math.floor(this.readSize());
       const size = Number.isNaN(want) ? DEFAULT_READ_SIZE : Math.min(Math.max(1, want), MAX_READ_SIZE);
-      const { buf, fromSlab } = this.#buffer(size);
+      const target = this.readTarget?.();
+      const { buf, fromSlab } =
+        target && target.byteLength > 0
+          ? { buf: target.byteLength > size ? target.subarray(0, size) : target, fromSlab: false }
+          : this.#buffer(size);
       let r: RecvResult | null;
       try {
         r = native().recvmsg(this.#fd, buf, this.maxFds);

@@ -51,9 +51,11 @@ import {
 } from '../abi/vfio-user/mig-data.ts';
 import {
   decodeRegionReadReply,
+  decodeRegionReadReplyParts,
   decodeRegionWriteReply,
   encodeRegionReadRequest,
   encodeRegionWriteRequest,
+  REGION_ACCESS_SIZE,
 } from '../abi/vfio-user/region-access.ts';
 import {
   decodeRegionInfoReply,
@@ -75,7 +77,7 @@ import {
 } from '../abi/vfio-user/version.ts';
 import { asVfioError, einval, VfioError } from '../errors.ts';
 import { FdSocket, MAX_FDS_PER_MESSAGE } from '../native/fd-socket.ts';
-import { Connection, closeFds } from './connection.ts';
+import { Connection, closeFds, type RequestOptions } from './connection.ts';
 import type { ReceivedMessage } from './framing.ts';
 
 /** How long connect (VERSION) and each request may wait for a reply, unless told otherwise. */
@@ -85,7 +87,7 @@ export const DEFAULT_CLIENT_MAX_MSG_FDS = 8;
 /** Largest max_data_xfer_size we propose or honour (QEMU's vfio-user client maximum). */
 export const MAX_CLIENT_DATA_XFER_SIZE = 64 * 1024 * 1024;
 /** REGION_READ pieces in flight at once when a read is split. */
-const READ_PIPELINE = 4;
+export const READ_PIPELINE = 4;
 /** Reply room for a DEVICE_FEATURE GET whose caller gave no argsz. */
 const DEFAULT_FEATURE_GET_ARGSZ = 8 + 4096;
 /** Largest DEVICE_GET_REGION_INFO argsz we retry with (libvfio-user caps argsz at 1 MiB). */
@@ -353,8 +355,9 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     payload: Uint8Array,
     fds: readonly number[] = [],
     keepFds = false,
+    replyInto?: RequestOptions['replyInto'],
   ): Promise<ReceivedMessage> {
-    const m = await this.conn.request(cmd, payload, { fds });
+    const m = await this.conn.request(cmd, payload, { fds, replyInto });
     if (!keepFds && m.fds.length > 0) {
       closeFds(m.fds);
       m.fds = [];
@@ -479,13 +482,36 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
 
   /**
    * REGION_READ of `length` bytes at `offset`, in pieces of at most the server's max_data_xfer_size (a few
-   * in flight at once). Fails with the first piece's error; no partial result is returned.
+   * in flight at once). Fails with the first piece's error; no partial result is returned. The result is
+   * the caller's (a read of one piece is the reply's own data, not a copy of it).
    */
   async regionRead(index: number, offset: number | bigint, length: number): Promise<Uint8Array> {
     checkInt('read length', length, 0, Number.MAX_SAFE_INTEGER);
     const base = u64('region offset', offset);
+    if (length > 0 && length <= this.serverMaxXfer) return this.regionReadPiece(index, base, length);
     const out = new Uint8Array(length);
-    const piece = this.serverMaxXfer;
+    await this.regionReadInto(index, base, out);
+    return out;
+  }
+
+  /**
+   * REGION_READ of `dest.byteLength` bytes at `offset`, received straight into `dest` (no copy): pieces of
+   * at most `pieceSize` (default and cap: the server's max_data_xfer_size), up to `inFlight` (default 4) at
+   * once, so the server serves one piece while the previous one travels. Fails with the first piece's
+   * error, and then `dest` holds an unspecified mix of old and new bytes.
+   */
+  async regionReadInto(
+    index: number,
+    offset: number | bigint,
+    dest: Uint8Array,
+    options: { pieceSize?: number; inFlight?: number } = {},
+  ): Promise<void> {
+    const base = u64('region offset', offset);
+    const length = dest.byteLength;
+    const piece = Math.min(options.pieceSize ?? this.serverMaxXfer, this.serverMaxXfer);
+    const inFlight = options.inFlight ?? READ_PIPELINE;
+    checkInt('read piece size', piece, 1, Number.MAX_SAFE_INTEGER);
+    checkInt('reads in flight', inFlight, 1, 0xffff);
     let next = 0;
     let failure: unknown;
     const worker = async () => {
@@ -494,25 +520,38 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
         const n = Math.min(piece, length - at);
         next += n;
         try {
-          const off = base + BigInt(at);
-          const m = await this.call(
-            Command.REGION_READ,
-            encodeRegionReadRequest({ offset: off, region: index, count: n }),
-          );
-          const r = this.decode(Command.REGION_READ, () => decodeRegionReadReply(m.payload, { maxCount: piece }));
-          if (r.offset !== off || r.region !== index || r.data.byteLength !== n) {
-            this.mismatch(Command.REGION_READ, `is ${r.data.byteLength} bytes of region ${r.region} at ${r.offset}`);
-          }
-          out.set(r.data, at);
+          await this.regionReadPiece(index, base + BigInt(at), n, dest.subarray(at, at + n));
         } catch (err) {
           failure ??= err;
         }
       }
     };
-    const workers = Math.min(READ_PIPELINE, Math.ceil(length / piece));
+    const workers = Math.min(inFlight, Math.ceil(length / piece));
     await Promise.all(Array.from({ length: workers }, worker));
     if (failure !== undefined) throw failure;
-    return out;
+  }
+
+  /** One REGION_READ of n bytes (n ≤ max_data_xfer_size), into `into` when given; returns the data. */
+  private async regionReadPiece(index: number, off: bigint, n: number, into?: Uint8Array): Promise<Uint8Array> {
+    const cmd = Command.REGION_READ;
+    const m = await this.call(
+      cmd,
+      encodeRegionReadRequest({ offset: off, region: index, count: n }),
+      [],
+      false,
+      into ? { head: REGION_ACCESS_SIZE, data: into } : undefined,
+    );
+    const maxCount = this.serverMaxXfer;
+    const r = this.decode(cmd, () =>
+      m.data
+        ? decodeRegionReadReplyParts(m.payload, m.data, { maxCount })
+        : decodeRegionReadReply(m.payload, { maxCount }),
+    );
+    if (r.offset !== off || r.region !== index || r.data.byteLength !== n) {
+      this.mismatch(cmd, `is ${r.data.byteLength} bytes of region ${r.region} at ${r.offset}`);
+    }
+    if (into && r.data !== into) into.set(r.data);
+    return into ?? r.data;
   }
 
   /**

@@ -2,15 +2,20 @@
 // on the first byte), reassembles incoming ones, matches replies to our requests by msg_id, and hands the
 // peer's commands to a handler. A dead peer, a lost framing or a timeout fails every waiting request with
 // a clear VfioError; nothing waits forever.
+//
+// Bulk data moves with as few copies as the protocol allows: incoming bytes are received straight into the
+// message being assembled (FdSocket.readTarget), a request may have its reply's data received straight into
+// the caller's memory (`replyInto`), and a reply may be built in place in one buffer (`ReplyBuffer`).
 
 import { EventEmitter } from 'node:events';
 import { Errno } from '../abi/errno.ts';
 import { commandName, MessageType } from '../abi/vfio-user/commands.ts';
-import { encodeErrorReply, encodeMessage, replyErrno, replyTo } from '../abi/vfio-user/header.ts';
+import { encodeErrorReply, encodeHeader, encodeMessage, replyErrno, replyTo } from '../abi/vfio-user/header.ts';
+import { HEADER_SIZE } from '../abi/vfio-user/limits.ts';
 import { VfioError } from '../errors.ts';
 import { native } from '../native/addon.ts';
 import type { FdSocket } from '../native/fd-socket.ts';
-import { type FramingLimits, MessageAssembler, type ReceivedMessage } from './framing.ts';
+import { type FramingLimits, MessageAssembler, type PayloadPlacement, type ReceivedMessage } from './framing.ts';
 
 export interface ConnectionOptions extends FramingLimits {
   /** How long a request may wait for its reply (default 10 s). */
@@ -24,8 +29,35 @@ export interface ConnectionEvents {
   close: [reason: VfioError | undefined];
 }
 
+export interface RequestOptions {
+  fds?: readonly number[];
+  timeoutMs?: number;
+  /**
+   * Receive the reply's payload into this placement (its first `head` bytes in `payload`, the rest straight
+   * into `data`, no copy) when the reply is a success of exactly that size; any other reply arrives as
+   * usual. `data` is written only until the request settles, and its contents are unspecified if it fails.
+   */
+  replyInto?: PayloadPlacement;
+}
+
+/** A message built in place: `payload` is `message` after the header room, for the caller to fill. */
+export interface ReplyBuffer {
+  message: Uint8Array;
+  payload: Uint8Array;
+  /** The pooled memory behind `message`, if it came from the pool (see Connection.replyBuffer). */
+  readonly pooled?: Uint8Array;
+}
+
+/** Replies at least this large are built in pooled memory. */
+export const POOLED_REPLY_MIN = 64 * 1024;
+/** Pooled buffers are at least this large, so one fits any REGION_READ reply of up to 1 MiB. */
+const POOLED_REPLY_CAPACITY = 1024 * 1024 + 2 * HEADER_SIZE;
+/** Free pooled buffers kept per connection. */
+const REPLY_POOL_SIZE = 4;
+
 interface Pending {
   cmd: number;
+  replyInto?: PayloadPlacement;
   resolve: (m: ReceivedMessage) => void;
   reject: (e: VfioError) => void;
   timer: NodeJS.Timeout;
@@ -49,6 +81,12 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private nextId = 0;
   private closed = false;
   private readonly timeoutMs: number;
+  /** Pooled reply buffers nobody uses (handed out by replyBuffer, back once the socket sent them). */
+  private readonly freeReplies: Uint8Array[] = [];
+  /** Pooled reply buffers the socket still holds (queued, not yet sent): free again on 'drain'. */
+  private queuedReplies: Uint8Array[] = [];
+  /** Pooled buffers allocated so far (for tests and diagnostics). */
+  pooledAllocations = 0;
 
   constructor(
     readonly socket: FdSocket,
@@ -58,7 +96,18 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     this.assembler = new MessageAssembler(limits);
     this.timeoutMs = limits.requestTimeoutMs ?? 10_000;
     socket.readSize = () => this.assembler.wanted();
+    socket.readTarget = () => this.assembler.target();
+    this.assembler.placement = (h) => {
+      if (h.type !== MessageType.REPLY || h.error) return undefined;
+      const p = this.pending.get(h.msgId);
+      return p && p.cmd === h.cmd ? p.replyInto : undefined;
+    };
     socket.on('data', (chunk, fds) => this.onData(chunk, fds));
+    socket.on('drain', () => {
+      // The socket's queue is empty: every buffer it held has been sent.
+      for (const b of this.queuedReplies) this.releaseReply(b);
+      this.queuedReplies = [];
+    });
     socket.on('error', (err) =>
       this.close(err instanceof VfioError ? err : new VfioError(Errno.ECONNRESET, err.message)),
     );
@@ -91,17 +140,64 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     this.send(encodeMessage(replyTo(request.header), payload, this.sendLimits), fds);
   }
 
+  /**
+   * Memory for a reply of `payloadSize` bytes, to fill in place and send with sendReply. A large one comes
+   * from a small pool: a buffer goes back to the pool only once the socket has sent every byte of it, so
+   * whatever was put in a reply is what the peer receives. A buffer that is never sent is simply dropped.
+   */
+  replyBuffer(payloadSize: number): ReplyBuffer {
+    const size = HEADER_SIZE + payloadSize;
+    if (size < POOLED_REPLY_MIN) {
+      const message = new Uint8Array(size);
+      return { message, payload: message.subarray(HEADER_SIZE) };
+    }
+    const i = this.freeReplies.findIndex((b) => b.byteLength >= size);
+    let pooled: Uint8Array;
+    if (i >= 0) pooled = this.freeReplies.splice(i, 1)[0]!;
+    else {
+      pooled = new Uint8Array(Math.max(size, POOLED_REPLY_CAPACITY));
+      this.pooledAllocations++;
+    }
+    const message = pooled.subarray(0, size);
+    return { message, payload: message.subarray(HEADER_SIZE), pooled };
+  }
+
+  /** Sends a reply built in place (see replyBuffer); its header is written here. */
+  sendReply(request: ReceivedMessage, reply: ReplyBuffer, fds: readonly number[] = []): void {
+    if (request.header.noReply || this.closed) {
+      if (reply.pooled) this.releaseReply(reply.pooled);
+      return;
+    }
+    const header = encodeHeader(
+      {
+        ...replyTo(request.header),
+        type: MessageType.REPLY,
+        msgSize: reply.message.byteLength,
+        noReply: false,
+        error: false,
+        errorNo: 0,
+      },
+      this.sendLimits,
+    );
+    reply.message.set(header, 0);
+    this.send(reply.message, fds);
+    if (!reply.pooled) return;
+    // Sent at once, or queued by reference until the socket drains.
+    if (this.socket.writableLength === 0) this.releaseReply(reply.pooled);
+    else this.queuedReplies.push(reply.pooled);
+  }
+
+  private releaseReply(b: Uint8Array): void {
+    if (!this.closed && this.freeReplies.length < REPLY_POOL_SIZE) this.freeReplies.push(b);
+  }
+
   replyError(request: ReceivedMessage, errno: number): void {
     if (request.header.noReply || this.closed) return;
     this.send(encodeErrorReply(request.header, errno));
   }
 
   /** Sends a command and waits for its reply; an error reply rejects with its errno. */
-  request(
-    cmd: number,
-    payload: Uint8Array,
-    options: { fds?: readonly number[]; timeoutMs?: number } = {},
-  ): Promise<ReceivedMessage> {
+  request(cmd: number, payload: Uint8Array, options: RequestOptions = {}): Promise<ReceivedMessage> {
     if (this.closed) return Promise.reject(new VfioError(Errno.ENOTCONN, `${commandName(cmd)}: connection is closed`));
     const msgId = this.allocateId();
     const timeoutMs = options.timeoutMs ?? this.timeoutMs;
@@ -109,9 +205,12 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       const timer = setTimeout(() => {
         this.pending.delete(msgId);
         this.abandoned.add(msgId);
+        // Its reply may be arriving right now into the caller's memory: the rest goes elsewhere.
+        const r = this.assembler.receiving;
+        if (r && r.type === MessageType.REPLY && r.msgId === msgId) this.assembler.unplace();
         reject(new VfioError(Errno.ETIMEDOUT, `${commandName(cmd)}: no reply within ${timeoutMs} ms`));
       }, timeoutMs);
-      this.pending.set(msgId, { cmd, resolve, reject, timer });
+      this.pending.set(msgId, { cmd, replyInto: options.replyInto, resolve, reject, timer });
       try {
         this.send(encodeMessage({ msgId, cmd }, payload, this.sendLimits), options.fds ?? []);
       } catch (err) {

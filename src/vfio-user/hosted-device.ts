@@ -30,6 +30,8 @@ export interface ServedRegion {
   /** Region type capability, for device-specific regions. */
   readonly type?: { type: number; subtype: number };
   read(offset: number, length: number): Uint8Array;
+  /** read(offset, dest.byteLength) into `dest` (a reply built in place); optional, else read() is copied. */
+  readInto?(offset: number, dest: Uint8Array): void;
   write(offset: number, data: Uint8Array): void;
 }
 
@@ -107,6 +109,7 @@ export class HostedDevice {
       sparse: m.layout.mmapAreas,
       type: { type: SEED_REGION_TYPE, subtype: SEED_REGION_SUBTYPE },
       read: (o, n) => m.read(o, n),
+      readInto: (o, dest) => m.readInto(o, dest),
       write: (o, d) => m.write(o, d),
     };
     this.regions = regions;

@@ -84,6 +84,10 @@ export async function openRegionPort(
         if (closed) return Promise.reject(new VfioError(Errno.EBADF, `region ${index} port is closed`));
         return client.regionRead(index, offset, length);
       },
+      readInto: (offset, dest, readOptions) => {
+        if (closed) return Promise.reject(new VfioError(Errno.EBADF, `region ${index} port is closed`));
+        return client.regionReadInto(index, offset, dest, readOptions);
+      },
       write: (offset, data) => {
         if (closed) return Promise.reject(new VfioError(Errno.EBADF, `region ${index} port is closed`));
         return client.regionWrite(index, offset, data);

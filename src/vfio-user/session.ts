@@ -34,8 +34,9 @@ import {
 import {
   decodeRegionReadRequest,
   decodeRegionWriteRequest,
-  encodeRegionReadReply,
+  encodeRegionReadReplyInPlace,
   encodeRegionWriteReply,
+  REGION_ACCESS_SIZE,
 } from '../abi/vfio-user/region-access.ts';
 import {
   decodeRegionInfoRequest,
@@ -52,7 +53,7 @@ import {
   VERSION_MINOR,
 } from '../abi/vfio-user/version.ts';
 import { asVfioError, einval, VfioError } from '../errors.ts';
-import { type Connection, closeFds } from './connection.ts';
+import { type Connection, closeFds, type ReplyBuffer } from './connection.ts';
 import { DmaTable } from './dma-table.ts';
 import type { ReceivedMessage } from './framing.ts';
 import { type HostedDevice, IRQ_COUNTS, NUM_REGIONS } from './hosted-device.ts';
@@ -60,8 +61,11 @@ import { type HostedDevice, IRQ_COUNTS, NUM_REGIONS } from './hosted-device.ts';
 /** The most DMA ranges one client may map (libvfio-user defaults to far more; guests need a handful). */
 export const MAX_DMA_RANGES = 1024;
 
-/** A reply payload, optionally with fds to send along (they stay owned by whoever owned them). */
-type Reply = Uint8Array | { payload: Uint8Array; fds: number[] } | undefined;
+/**
+ * A reply payload, optionally with fds to send along (they stay owned by whoever owned them), or a whole
+ * reply message built in place (see replyBuffer).
+ */
+type Reply = Uint8Array | { payload: Uint8Array; fds: number[] } | { built: ReplyBuffer } | undefined;
 type Handler = (m: ReceivedMessage) => Promise<Reply> | Reply;
 
 export type SessionLog = (line: string) => void;
@@ -113,6 +117,7 @@ export class Session {
       this.checkGate(m.header.cmd);
       const reply = await handler(m);
       if (reply instanceof Uint8Array || reply === undefined) this.conn.reply(m, reply);
+      else if ('built' in reply) this.conn.sendReply(m, reply.built);
       else this.conn.reply(m, reply.payload, reply.fds);
     } catch (err) {
       const e = asVfioError(err, Errno.EINVAL);
@@ -271,12 +276,27 @@ export class Session {
     }
   }
 
-  private regionRead(m: ReceivedMessage): Uint8Array {
+  /**
+   * The reply is one buffer (pooled when large, see Connection.replyBuffer) and the region reads straight
+   * into its data part: one copy in all. Every byte of it is written here (pooled memory is not zeroed).
+   */
+  private regionRead(m: ReceivedMessage): Reply {
     const req = decodeRegionReadRequest(m.payload);
     const r = this.host.region(req.region);
     checkRegionRange(req.offset, req.count, r.size);
-    const data = req.count === 0 ? new Uint8Array(0) : r.read(Number(req.offset), req.count);
-    return encodeRegionReadReply({ offset: req.offset, region: req.region, data });
+    const built = this.conn.replyBuffer(REGION_ACCESS_SIZE + req.count);
+    const data = encodeRegionReadReplyInPlace(built.payload, req);
+    if (req.count > 0) {
+      if (r.readInto) r.readInto(Number(req.offset), data);
+      else {
+        const got = r.read(Number(req.offset), req.count);
+        if (got.byteLength !== req.count) {
+          throw new VfioError(Errno.EIO, `region ${req.region} returned ${got.byteLength} of ${req.count} bytes`);
+        }
+        data.set(got);
+      }
+    }
+    return { built };
   }
 
   private async regionWrite(m: ReceivedMessage): Promise<Uint8Array> {

@@ -11,6 +11,12 @@ import { VfioError } from '../errors.ts';
 export interface RegionPort {
   readonly size: number;
   read(offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * Reads `dest.byteLength` bytes at `offset` straight into `dest`, in pieces of at most `pieceSize` with
+   * up to `inFlight` of them outstanding (hints; a port may ignore them). Optional: without it, read() is
+   * used and copied.
+   */
+  readInto?(offset: number, dest: Uint8Array, options?: { pieceSize?: number; inFlight?: number }): Promise<void>;
   write(offset: number, data: Uint8Array): Promise<void>;
   /** A direct view of [offset, offset + length) when that range is mmapped; undefined when it is trapped. */
   mapped(offset: number, length: number): Uint8Array | undefined;
@@ -26,15 +32,34 @@ export interface DirtyQueryResult {
   dirtyPfns: bigint;
 }
 
-export class SeedRegionClient {
+export interface SeedRegionClientOptions {
   /** Largest single trapped access (vfio-user servers take at most 1 MiB per REGION_READ/WRITE). */
+  maxAccess?: number;
+  /**
+   * Trapped device data is read in pieces of this many bytes (default and cap: maxAccess), up to
+   * `readsInFlight` (default 4) outstanding at once, so the device serves one piece while another travels.
+   */
+  readPiece?: number;
+  readsInFlight?: number;
+}
+
+export class SeedRegionClient {
   private readonly maxAccess: number;
+  private readonly readPiece: number;
+  private readonly readsInFlight: number;
+  /** Trapped chunks are read into this buffer, reused from chunk to chunk (a chunk is valid until the next). */
+  private chunkBuffer = new Uint8Array(0);
 
   constructor(
     private readonly port: RegionPort,
-    options: { maxAccess?: number } = {},
+    options: SeedRegionClientOptions = {},
   ) {
     this.maxAccess = options.maxAccess ?? 1024 * 1024;
+    this.readPiece = Math.min(options.readPiece ?? this.maxAccess, this.maxAccess);
+    this.readsInFlight = options.readsInFlight ?? 4;
+    if (!(this.readPiece >= 1) || !(this.readsInFlight >= 1)) {
+      throw new RangeError(`readPiece ${this.readPiece} and readsInFlight ${this.readsInFlight} must be at least 1`);
+    }
   }
 
   async readField(name: SeedField): Promise<bigint> {
@@ -77,15 +102,25 @@ export class SeedRegionClient {
   }
 
   /**
-   * Like saveBuffer, but an mmapped chunk comes back as a view of the data section, valid until the next
-   * data_offset read. drain() and iterate() hand these views to their callback and wait for it to settle
-   * before reading on, so a callback that writes the chunk out (or copies it) moves it with no extra copy.
+   * Like saveBuffer, but the chunk comes back as a view valid until the next chunk is read: of the data
+   * section when it is mmapped, else of a buffer this client reuses for every trapped chunk. drain() and
+   * iterate() hand these views to their callback and wait for it to settle before reading on, so a
+   * callback that writes the chunk out (or copies it) moves it with no extra copy.
    */
   private async nextChunk(): Promise<Uint8Array> {
     const offset = Number(await this.readField('data_offset'));
     const size = Number(await this.readField('data_size'));
     this.checkWindow(offset, size, 'data');
-    return this.port.mapped(offset, size) ?? this.readData(offset, size);
+    return this.port.mapped(offset, size) ?? this.readChunk(offset, size);
+  }
+
+  /** A trapped chunk, read straight into the reused chunk buffer (pieces pipelined when the port can). */
+  private async readChunk(offset: number, size: number): Promise<Uint8Array> {
+    if (!this.port.readInto) return this.readData(offset, size);
+    if (this.chunkBuffer.byteLength < size) this.chunkBuffer = new Uint8Array(size);
+    const dest = this.chunkBuffer.subarray(0, size);
+    if (size > 0) await this.port.readInto(offset, dest, { pieceSize: this.readPiece, inFlight: this.readsInFlight });
+    return dest;
   }
 
   /**
@@ -203,6 +238,8 @@ export class SeedRegionClient {
   private async readData(offset: number, size: number): Promise<Uint8Array> {
     const view = this.port.mapped(offset, size);
     if (view) return view.slice();
+    // One access: what the port returns is already ours (RegionPort.read results are never reused).
+    if (size > 0 && size <= this.maxAccess) return this.port.read(offset, size);
     const out = new Uint8Array(size);
     for (let at = 0; at < size; at += this.maxAccess) {
       out.set(await this.port.read(offset + at, Math.min(this.maxAccess, size - at)), at);

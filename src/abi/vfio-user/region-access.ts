@@ -4,7 +4,7 @@
 // 16-byte header the spec describes, so a client should not send count-0 accesses.
 
 import { SERVER_MAX_DATA_XFER_SIZE } from './limits.ts';
-import { fail, Reader, Writer } from './wire.ts';
+import { checkU32, checkU64, fail, Reader, Writer } from './wire.ts';
 
 export const REGION_ACCESS_SIZE = 16;
 
@@ -80,6 +80,48 @@ export function encodeRegionReadReply(m: RegionAccessData): Uint8Array {
 
 export function decodeRegionReadReply(payload: Uint8Array, limits: AccessLimits = {}): RegionAccessData {
   return decodeWithData(READ_REP, payload, limits);
+}
+
+/**
+ * A REGION_READ reply built in place: writes the access header for `m` into the first 16 bytes of
+ * `payload` (which must be exactly 16 + m.count bytes) and returns the view the data goes into. The
+ * sender fills that view (the region reads straight into it), so the reply costs one buffer and no copy.
+ */
+export function encodeRegionReadReplyInPlace(payload: Uint8Array, m: RegionAccess): Uint8Array {
+  checkAccess(READ_REP, m.offset, m.count, { maxCount: Number.MAX_SAFE_INTEGER });
+  checkU64(READ_REP, 'offset', m.offset);
+  checkU32(READ_REP, 'region', m.region);
+  checkU32(READ_REP, 'count', m.count);
+  if (payload.byteLength !== REGION_ACCESS_SIZE + m.count) {
+    fail(READ_REP, 'payload', `is ${payload.byteLength} bytes, must be exactly ${REGION_ACCESS_SIZE + m.count}`);
+  }
+  const dv = new DataView(payload.buffer, payload.byteOffset, REGION_ACCESS_SIZE);
+  dv.setBigUint64(0, m.offset, true);
+  dv.setUint32(8, m.region, true);
+  dv.setUint32(12, m.count, true);
+  return payload.subarray(REGION_ACCESS_SIZE);
+}
+
+/**
+ * A REGION_READ reply received in two parts: `head` (the 16-byte access header) and `data`, the bytes
+ * that followed it (received straight into the reader's memory). The same checks as
+ * decodeRegionReadReply; the result's data is `data` itself.
+ */
+export function decodeRegionReadReplyParts(
+  head: Uint8Array,
+  data: Uint8Array,
+  limits: AccessLimits = {},
+): RegionAccessData {
+  const { r, a } = decodeHead(READ_REP, head, limits);
+  r.exactly(REGION_ACCESS_SIZE, 'access header');
+  if (a.count !== data.byteLength) {
+    fail(
+      READ_REP,
+      'payload',
+      `is ${REGION_ACCESS_SIZE + data.byteLength} bytes, must be exactly ${REGION_ACCESS_SIZE + a.count}`,
+    );
+  }
+  return { offset: a.offset, region: a.region, data };
 }
 
 export function encodeRegionWriteRequest(m: RegionAccessData): Uint8Array {

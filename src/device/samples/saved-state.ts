@@ -2,6 +2,12 @@
 // fixed-size blocks. Saving sends every block once, then blocks dirtied since they were sent (pre-copy),
 // and when the device has stopped the registers and an END digest. Loading checks the device model,
 // every offset and length, and the digest: a device resumes only from a complete, unaltered stream.
+//
+// When hashing happens: a block sent while the device runs is hashed as it is queued (its memory may change
+// right after). Once the device has stopped its memory cannot change any more (a stopped device takes no
+// writes, and leaving stop-and-copy ends the save), so a block sent then is hashed later, in small steps
+// while the event loop would otherwise wait (typically while the transport moves the chunk), and at the
+// latest before the END digest is computed: the same SHA-256 of the same bytes, off the critical path.
 
 import { createHash } from 'node:crypto';
 import { Errno } from '../../abi/errno.ts';
@@ -48,8 +54,15 @@ function finalDigest(blockHashes: Uint8Array, regs: Uint8Array): Uint8Array {
   return sha256(blockHashes, regs);
 }
 
+/** Blocks hashed per idle step: about 50 µs of SHA-256, short enough not to hold up the transport. */
+const IDLE_HASH_BLOCKS = 1;
+
 export class StateSaver {
   private readonly blocks: number;
+  /** Blocks sent while stopped whose hash is still to be taken, in send order. */
+  private unhashed: number[] = [];
+  private unhashedHead = 0;
+  private idleHashing: NodeJS.Immediate | null = null;
   private readonly dirty: Uint8Array;
   private dirtyCount: number;
   private cursor = 0;
@@ -109,7 +122,46 @@ export class StateSaver {
   }
 
   produce(out: Uint8Array): number {
-    return this.writer.produce(out);
+    const n = this.writer.produce(out);
+    if (this.unhashedHead < this.unhashed.length && !this.idleHashing) {
+      this.idleHashing = setImmediate(() => this.hashIdle());
+    }
+    return n;
+  }
+
+  /** Blocks sent but not yet hashed (they are hashed before END goes out). */
+  get unhashedBlocks(): number {
+    return this.unhashed.length - this.unhashedHead;
+  }
+
+  /** Takes every pending block hash now. */
+  hashPending(): void {
+    this.hashSome(Number.POSITIVE_INFINITY);
+  }
+
+  private hashIdle(): void {
+    this.idleHashing = null;
+    // Running again means this save was cancelled (or is void: END will say so); nothing left to do here.
+    if (!this.stopped()) return;
+    this.hashSome(IDLE_HASH_BLOCKS);
+    if (this.unhashedHead < this.unhashed.length) this.idleHashing = setImmediate(() => this.hashIdle());
+  }
+
+  private hashSome(max: number): void {
+    if (this.unhashedHead === this.unhashed.length) return;
+    // Deferred hashes are sound only while the memory stays as it was sent: the device must still be stopped.
+    if (!this.stopped()) {
+      throw new VfioError(Errno.EIO, 'device memory may have changed after its blocks were sent: the save is void');
+    }
+    const bs = this.image.blockSize;
+    for (let i = 0; i < max && this.unhashedHead < this.unhashed.length; i++) {
+      const b = this.unhashed[this.unhashedHead++]!;
+      this.blockHashes.set(sha256(this.image.memory.subarray(b * bs, (b + 1) * bs)), b * DIGEST_SIZE);
+    }
+    if (this.unhashedHead === this.unhashed.length) {
+      this.unhashed = [];
+      this.unhashedHead = 0;
+    }
   }
 
   /** Bytes the dirty blocks will take on the wire: an upper bound while running, exact once stopped. */
@@ -141,6 +193,7 @@ export class StateSaver {
       this.regsSent = true;
       return { header: { kind: RecordKind.REGS, arg0: 0n, arg1: 0n }, payload: this.image.regs.slice() };
     }
+    this.hashPending();
     this.ended = true;
     return {
       header: { kind: RecordKind.END, arg0: BigInt(this.writer.recordCount), arg1: 0n },
@@ -165,7 +218,8 @@ export class StateSaver {
       this.blockHashes.set(this.zeroHash, b * DIGEST_SIZE);
       return { header: { kind: RecordKind.ZERO, arg0: BigInt(offset), arg1: BigInt(this.image.blockSize) } };
     }
-    this.blockHashes.set(sha256(view), b * DIGEST_SIZE);
+    if (this.stopped()) this.unhashed.push(b);
+    else this.blockHashes.set(sha256(view), b * DIGEST_SIZE);
     return { header: { kind: RecordKind.MEM, arg0: BigInt(offset), arg1: 0n }, payload: view, live: true };
   }
 }
