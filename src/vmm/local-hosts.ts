@@ -31,6 +31,8 @@ export interface LocalPairOptions {
   paused?: boolean;
   /** Receives every process's stderr lines, prefixed with its role. */
   log?: (line: string) => void;
+  /** How long each process may take to say it is ready (default 30 s; a large filled guest takes longer). */
+  startTimeoutMs?: number;
 }
 
 export interface Proc {
@@ -150,6 +152,7 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
         /vmm ready/,
         o.sourceWrap ?? [],
         o.log,
+        o.startTimeoutMs,
       ),
       startProcess(
         'dst-vmm',
@@ -169,6 +172,7 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
         o.incoming ? /vmm ready/ : /listening on port (\d+)/,
         o.destinationWrap ?? [],
         o.log,
+        o.startTimeoutMs,
       ),
     ]);
     procs.srcVmm = srcVmm;
