@@ -58,10 +58,13 @@ function startProcess(
   wrap: string[],
   log?: (l: string) => void,
   timeoutMs = 30_000,
+  spawned?: Proc[],
 ): Promise<Proc & { match: RegExpExecArray }> {
   const cmd = [...wrap, process.execPath, BIN, ...args];
   const child = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   const proc: Proc = { role, child, stdout: '' };
+  // Known at once, so a failed start of one process also stops the others still starting.
+  spawned?.push(proc);
   let errText = '';
   child.stderr!.setEncoding('utf8').on('data', (d: string) => {
     errText += d;
@@ -99,6 +102,7 @@ async function stopProcess(p: Proc | undefined): Promise<void> {
 export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
   const dir = mkdtempSync(join(tmpdir(), 'vfio-migrate-'));
   const procs: Partial<LocalPair['procs']> = {};
+  const spawned: Proc[] = [];
   const path = (n: string) => join(dir, n);
   try {
     const [srcDevice, dstDevice] = await Promise.all([
@@ -116,6 +120,8 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
         /serving/,
         o.sourceWrap ?? [],
         o.log,
+        undefined,
+        spawned,
       ),
       startProcess(
         'dst-device',
@@ -131,6 +137,8 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
         /serving/,
         o.destinationWrap ?? [],
         o.log,
+        undefined,
+        spawned,
       ),
     ]);
     procs.srcDevice = srcDevice;
@@ -153,6 +161,7 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
         o.sourceWrap ?? [],
         o.log,
         o.startTimeoutMs,
+        spawned,
       ),
       startProcess(
         'dst-vmm',
@@ -173,6 +182,7 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
         o.destinationWrap ?? [],
         o.log,
         o.startTimeoutMs,
+        spawned,
       ),
     ]);
     procs.srcVmm = srcVmm;
@@ -193,7 +203,7 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
       },
     };
   } catch (err) {
-    await Promise.all(Object.values(procs).map((p) => stopProcess(p)));
+    await Promise.all(spawned.map((p) => stopProcess(p)));
     rmSync(dir, { recursive: true, force: true });
     throw err;
   }
