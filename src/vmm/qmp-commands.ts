@@ -90,6 +90,8 @@ export function vmmCommands(vmm: Vmm, quit: () => void): Record<string, QmpComma
             name: d.name,
             'device-state': await d.driver.deviceState(),
             transferred: d.driver.transferred,
+            chunks: d.driver.chunks,
+            'precopy-rounds': d.driver.precopyRounds,
           })),
         ),
       ),

@@ -31,6 +31,10 @@ export interface DmaRangeRef {
 export class VfioMigration {
   /** Device data bytes moved (both directions), for query-migrate's vfio.transferred. */
   transferred = 0;
+  /** Data chunks moved in this migration (each one data_offset/data_size/data round on the region). */
+  chunks = 0;
+  /** Pre-copy iterations that moved device data in this migration (stop-and-copy not counted). */
+  precopyRounds = 0;
   private lastRunning: boolean | null = null;
 
   private constructor(
@@ -95,12 +99,19 @@ export class VfioMigration {
     if (!FAILED_STATUSES.has(status)) return;
     await this.setState(~(SAVING | RESUMING), RUNNING);
     this.lastRunning = true;
+    this.resetCounters();
+  }
+
+  private resetCounters(): void {
     this.transferred = 0;
+    this.chunks = 0;
+    this.precopyRounds = 0;
   }
 
   /** save_setup: SAVING set (running → pre-copy, stopped → stop-and-copy). */
   async saveSetup(): Promise<void> {
     this.trace.event('vfio_save_setup', { name: this.name });
+    this.resetCounters();
     await this.setState(MASK, SAVING);
   }
 
@@ -118,9 +129,11 @@ export class VfioMigration {
   async saveIterate(budget: number, onData: (chunk: Uint8Array) => Promise<void> | void): Promise<number> {
     const r = await this.region.iterate(budget, async (chunk) => {
       this.trace.event('vfio_save_buffer', { name: this.name, data_size: chunk.byteLength });
+      this.chunks++;
       await onData(chunk);
     });
     this.transferred += r.bytes;
+    if (r.bytes > 0) this.precopyRounds++;
     this.trace.event('vfio_save_iterate', { name: this.name, data_size: r.bytes });
     return r.bytes;
   }
@@ -131,7 +144,10 @@ export class VfioMigration {
    */
   async saveComplete(onData: (chunk: Uint8Array) => Promise<void> | void): Promise<number> {
     await this.setState(~RUNNING, SAVING);
-    const r = await this.region.drain(onData);
+    const r = await this.region.drain((chunk) => {
+      this.chunks++;
+      return onData(chunk);
+    });
     this.transferred += r.bytes;
     await this.setState(~SAVING, 0);
     this.trace.event('vfio_save_complete_precopy', { name: this.name, bytes: r.bytes });
@@ -146,6 +162,7 @@ export class VfioMigration {
 
   /** load_setup: the destination device goes to RESUMING. */
   async loadSetup(): Promise<void> {
+    this.resetCounters();
     await this.setState(~MASK, RESUMING);
   }
 
@@ -154,6 +171,7 @@ export class VfioMigration {
     this.trace.event('vfio_load_state_device_data', { name: this.name, data_size: data.byteLength });
     await this.region.loadBuffer(data);
     this.transferred += data.byteLength;
+    this.chunks++;
   }
 
   /**

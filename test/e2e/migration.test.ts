@@ -63,6 +63,35 @@ describe('live migration across processes', () => {
     }
   });
 
+  test('a device whose state takes many chunks over several pre-copy rounds, through a trapped data section', async () => {
+    const pair = await startLocalPair({
+      memSize: '64M',
+      paused: true,
+      source: {
+        device: 'large-memory',
+        deviceArgs: ['--device-mem', '32M', '--work-rate', '20000', '--data-section', 'trapped'],
+        vmmArgs: ['--dirty-rate', '5000'],
+      },
+      destination: {
+        device: 'large-memory',
+        deviceArgs: ['--device-mem', '32M', '--work-rate', '20000', '--data-section', 'trapped'],
+      },
+    });
+    try {
+      await migrateAndVerify(pair);
+      type Vfio = { chunks: number; 'precopy-rounds': number; transferred: number }[];
+      const [src] = await pair.src.execute<Vfio>('x-query-vfio');
+      const [dst] = await pair.dst.execute<Vfio>('x-query-vfio');
+      console.log(`device: ${src!.chunks} chunks, ${src!['precopy-rounds']} pre-copy rounds, ${src!.transferred} bytes`);
+      assert.ok(src!.chunks > 1, `the state moved in ${src!.chunks} chunks`);
+      assert.ok(src!['precopy-rounds'] > 1, `device data moved in ${src!['precopy-rounds']} pre-copy rounds`);
+      assert.equal(dst!.chunks, src!.chunks, 'the destination loaded every chunk the source sent');
+      assert.equal(dst!.transferred, src!.transferred);
+    } finally {
+      await pair.stop();
+    }
+  });
+
   test('an idle VM with a register-file device', async () => {
     const pair = await startLocalPair({
       memSize: '64M',
