@@ -82,7 +82,9 @@ describe('live migration across processes', () => {
       type Vfio = { chunks: number; 'precopy-rounds': number; transferred: number }[];
       const [src] = await pair.src.execute<Vfio>('x-query-vfio');
       const [dst] = await pair.dst.execute<Vfio>('x-query-vfio');
-      console.log(`device: ${src!.chunks} chunks, ${src!['precopy-rounds']} pre-copy rounds, ${src!.transferred} bytes`);
+      console.log(
+        `device: ${src!.chunks} chunks, ${src!['precopy-rounds']} pre-copy rounds, ${src!.transferred} bytes`,
+      );
       assert.ok(src!.chunks > 1, `the state moved in ${src!.chunks} chunks`);
       assert.ok(src!['precopy-rounds'] > 1, `device data moved in ${src!['precopy-rounds']} pre-copy rounds`);
       assert.equal(dst!.chunks, src!.chunks, 'the destination loaded every chunk the source sent');
