@@ -2,7 +2,7 @@
 // live migration out (QMP `migrate`) or in (`--incoming`).
 import { parseArgs } from 'node:util';
 import { QmpServer } from '../vmm/qmp/server.ts';
-import { vmmCommands } from '../vmm/qmp-commands.ts';
+import { vendorCommands, vmmBackend } from '../vmm/qmp-commands.ts';
 import { Tracer } from '../vmm/trace.ts';
 import { Vmm } from '../vmm/vmm.ts';
 import type { WritePattern } from '../vmm/workload-control.ts';
@@ -60,10 +60,7 @@ export async function runVmm(argv: string[]): Promise<number> {
   const quitting = new Promise<void>((r) => {
     quit = r;
   });
-  const qmp = await QmpServer.listen(
-    values.qmp,
-    vmmCommands(vmm, () => setImmediate(quit)),
-  );
+  const qmp = await QmpServer.listen(values.qmp, vmmBackend(vmm, quit), { commands: vendorCommands(vmm), log });
   vmm.eventSink = (e, d) => qmp.emitEvent(e, d);
   console.log(`vmm ready: ${vmm.memory.size} bytes of guest RAM, ${vmm.devices.length} device(s), QMP on ${qmp.path}`);
   if (values.incoming) {

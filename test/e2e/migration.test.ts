@@ -46,8 +46,11 @@ describe('live migration across processes', () => {
     });
     try {
       const info = await migrateAndVerify(pair);
-      const ram = info.ram as { normal: number; duplicate: number };
-      assert.ok(ram.normal > 0 && ram.duplicate > 0, 'pages and zero pages both sent');
+      const ram = info.ram as Record<string, number>;
+      assert.ok(ram.normal! > 0 && ram.duplicate! > 0, 'pages and zero pages both sent');
+      // Pages the guest and the device dirtied since the last pre-copy pass go while the VM is stopped.
+      assert.ok(ram['downtime-bytes']! > 0, 'RAM sent after the stop is counted as downtime bytes');
+      assert.equal(ram['precopy-bytes']! + ram['downtime-bytes']!, ram.transferred);
       assert.ok((info.vfio as { transferred: number }).transferred > 16 << 20, 'the device memory moved');
       assert.ok(typeof info.downtime === 'number');
       // The destination runs the guest on: cont, and its vCPUs and device change memory again.
@@ -102,8 +105,24 @@ describe('live migration across processes', () => {
       destination: { device: 'register-file', vmmArgs: ['--dirty-rate', '0'] },
     });
     try {
+      // The real VMM behind QMP checks arguments as QEMU does, before anything starts.
+      const refused = async (cmd: string, args: Record<string, unknown>, desc: RegExp) =>
+        assert.rejects(pair.src.execute(cmd, args), (e: { errorClass?: string; message: string }) => {
+          assert.equal(e.errorClass, 'GenericError', e.message);
+          assert.match(e.message, desc);
+          return true;
+        });
+      await refused('migrate', { uri: 'tcp:127.0.0.1' }, /error parsing address/);
+      await refused('migrate', { uri: 'unix:/tmp/x' }, /not supported here/);
+      await refused('migrate-set-parameters', { 'downtime-limit': 2_000_001 }, /downtime_limit/);
+      assert.deepEqual(await pair.src.execute('query-migrate'), {}, 'QEMU answers {} before any migration');
       const info = await migrateAndVerify(pair);
       assert.ok((info.ram as { duplicate: number }).duplicate > 0);
+      const ram = info.ram as Record<string, number>;
+      assert.equal(ram['precopy-bytes'], ram.transferred, 'an idle guest dirties nothing after the stop');
+      assert.equal(ram['downtime-bytes'], 0);
+      for (const k of ['postcopy-requests', 'multifd-bytes', 'pages-per-second', 'mbps'])
+        assert.equal(typeof ram[k], 'number', `QAPI MigrationStats member ${k}`);
     } finally {
       await pair.stop();
     }
