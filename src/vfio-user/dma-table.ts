@@ -21,6 +21,12 @@ export interface DmaRange {
   readonly memory: Uint8Array | null;
 }
 
+/**
+ * Message-based DMA writes the client may have unacknowledged before the device's port reports congestion.
+ * Without a bound a busy device floods the socket and every reply the client waits for queues behind it.
+ */
+export const MAX_MESSAGE_DMA_IN_FLIGHT = 32;
+
 /** Sends one DMA_WRITE to the client; resolves when the client acknowledged it. */
 export type MessageDmaWriter = (iova: bigint, data: Uint8Array) => Promise<void>;
 
@@ -128,6 +134,7 @@ export class DmaTable {
       this.inFlight.add(p);
       void p.finally(() => this.inFlight.delete(p));
     },
+    congested: () => this.inFlight.size >= MAX_MESSAGE_DMA_IN_FLIGHT,
     read: (iova, length) => {
       const r = this.find(iova, length);
       if (!r?.readable || !r.memory) {
