@@ -78,6 +78,19 @@ export class DmaTable {
     let memory: Uint8Array | null = null;
     if (req.fd >= 0) {
       if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new VfioError(Errno.ENOSPC, 'DMA range too large to map');
+      // A mapping past the file's end would kill this process with SIGBUS at the device's first touch there.
+      let fileSize: number;
+      try {
+        fileSize = native().fdSize(req.fd);
+      } catch (err) {
+        throw new VfioError(Errno.EINVAL, `cannot stat the DMA fd: ${(err as Error).message}`);
+      }
+      if (req.fdOffset + size > BigInt(fileSize)) {
+        throw new VfioError(
+          Errno.EINVAL,
+          `DMA range ${hex(iova)}+${hex(size)} at fd offset ${hex(req.fdOffset)} runs past the fd's ${fileSize} bytes`,
+        );
+      }
       try {
         memory = new Uint8Array(native().mmap(req.fd, Number(req.fdOffset), Number(size), req.writable));
       } catch (err) {
