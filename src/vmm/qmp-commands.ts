@@ -65,6 +65,17 @@ export function vendorCommands(vmm: Vmm): Record<string, QmpCommand> {
           return a.pages ? { ...d, pages: Buffer.from(vmm.memory.pageDigests()).toString('base64') } : d;
         }),
     },
+    // The synthetic guest's page-write rate, changed live (pages/s over all vCPUs; 0 = idle): lets a test
+    // fill RAM, dirty pages until a migration iterates, then quiesce the guest to snapshot its digests.
+    'x-guest-dirty-rate': {
+      args: { 'pages-per-second': { type: 'int', min: 0, max: 100_000_000 } },
+      run: (a) =>
+        mapped(() => {
+          if (!vmm.workload) throw new QmpError('GenericError', 'this VM has no synthetic guest workload');
+          vmm.workload.setRate(a['pages-per-second'] as number);
+          return {};
+        }),
+    },
     // Each device's migration-region device_state as the device reports it right now, and what moved.
     'x-query-vfio': {
       args: {},

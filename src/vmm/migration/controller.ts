@@ -48,6 +48,8 @@ export class MigrationController {
   private downtimeMs = 0;
   private errorDesc: string | undefined;
   private progress: OutgoingProgress | null = null;
+  /** The outgoing migration passed its commit point (GO on its way): no cancel, no resume. */
+  private committed = false;
   private syncs = 0;
   private lastSync = { at: 0, dirty: 0 };
   private dirtyRate = 0;
@@ -87,6 +89,7 @@ export class MigrationController {
     this.started = performance.now();
     this.errorDesc = undefined;
     this.progress = null;
+    this.committed = false;
     this.syncs = 0;
     this.precopyBytes = null;
     this.pagesRate = 0;
@@ -96,8 +99,9 @@ export class MigrationController {
     this.done = this.runSource(uri, this.abort.signal);
   }
 
+  /** QMP's migrate_cancel: a no-op when nothing runs, and once the migration is committed. */
   cancel(): void {
-    if (!statusIsActive(this.status) || this.status === 'cancelling') return;
+    if (!statusIsActive(this.status) || this.status === 'cancelling' || this.committed) return;
     this.setStatus('cancelling');
     this.abort?.abort();
   }
@@ -110,6 +114,7 @@ export class MigrationController {
       transport = await openOutgoing(uri, {
         stallTimeoutMs: this.d.stallTimeoutMs,
         maxBandwidth: () => this.parameters.maxBandwidth,
+        signal,
       });
       if (signal.aborted) throw new MigrationCancelled();
       const result = await runOutgoing({
@@ -117,6 +122,11 @@ export class MigrationController {
         transport,
         parameters: () => this.parameters,
         handshake: uri.kind === 'tcp',
+        // A destination that does not answer READY within the stall timeout is as dead as a stalled link.
+        handshakeTimeoutMs: this.d.stallTimeoutMs ?? 10_000,
+        onCommit: () => {
+          this.committed = true;
+        },
         signal,
         onProgress: (p) => {
           this.progress = p;
@@ -144,6 +154,14 @@ export class MigrationController {
       );
     } catch (err) {
       transport?.destroy();
+      if (this.committed) {
+        // Past the commit point the destination may be running the VM: never resume it here.
+        this.errorDesc = (err as Error).message;
+        this.totalMs = performance.now() - this.started;
+        this.setStatus('failed');
+        this.d.log(`migration failed after its commit point (the VM stays stopped here): ${this.errorDesc}`);
+        return;
+      }
       const cancelled = err instanceof MigrationCancelled || signal.aborted;
       this.errorDesc = cancelled ? undefined : (err as Error).message;
       this.totalMs = performance.now() - this.started;
