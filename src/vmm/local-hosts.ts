@@ -210,3 +210,76 @@ export async function waitForMigration(
     await new Promise((r) => setTimeout(r, options.intervalMs ?? 100));
   }
 }
+
+export interface Destination {
+  qmp: QmpClient;
+  uri: string;
+  procs: Record<'device' | 'vmm', Proc>;
+  stop(): Promise<void>;
+}
+
+/**
+ * Another destination host (device server + VMM with --incoming) for `pair`, in the pair's directory:
+ * a retry after a failed migration needs one, since a destination serves one incoming migration.
+ */
+export async function startDestination(
+  pair: Pick<LocalPair, 'dir'>,
+  o: Pick<LocalPairOptions, 'memSize' | 'listen' | 'destinationWrap' | 'paused' | 'log'> & { destination: HostOptions },
+): Promise<Destination> {
+  const tag = `dst${++destinations}`;
+  const path = (n: string) => join(pair.dir, `${tag}-${n}`);
+  const wrap = o.destinationWrap ?? [];
+  const procs: Partial<Destination['procs']> = {};
+  try {
+    procs.device = await startProcess(
+      `${tag}-device`,
+      [
+        'serve',
+        '--device',
+        o.destination.device,
+        '--socket',
+        path('dev.sock'),
+        '--quiet',
+        ...(o.destination.deviceArgs ?? []),
+      ],
+      /serving/,
+      wrap,
+      o.log,
+    );
+    const listen = o.listen ?? '127.0.0.1:0';
+    const vmm = await startProcess(
+      `${tag}-vmm`,
+      [
+        'vmm',
+        '--device-socket',
+        path('dev.sock'),
+        '--qmp',
+        path('qmp'),
+        '--mem',
+        o.memSize,
+        '--incoming',
+        `tcp:${listen}`,
+        ...(o.paused ? ['--paused'] : []),
+        ...(o.destination.vmmArgs ?? []),
+      ],
+      /listening on port (\d+)/,
+      wrap,
+      o.log,
+    );
+    procs.vmm = vmm;
+    const qmp = await QmpClient.connect(path('qmp'));
+    return {
+      qmp,
+      uri: `tcp:${listen.slice(0, listen.lastIndexOf(':'))}:${vmm.match[1]}`,
+      procs: procs as Destination['procs'],
+      stop: async () => {
+        qmp.close();
+        await Promise.all(Object.values(procs).map((p) => stopProcess(p)));
+      },
+    };
+  } catch (err) {
+    await Promise.all(Object.values(procs).map((p) => stopProcess(p)));
+    throw err;
+  }
+}
+let destinations = 0;

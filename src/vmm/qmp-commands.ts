@@ -3,7 +3,7 @@
 import { VfioError } from '../errors.ts';
 import { QmpError } from './qmp/errors.ts';
 import type { QmpCommand } from './qmp/server.ts';
-import type { Vmm } from './vmm.ts';
+import { deviceLostMessage, type Vmm } from './vmm.ts';
 
 function wrap(fn: (args: Record<string, unknown>) => unknown): QmpCommand['run'] {
   return async (args) => {
@@ -28,6 +28,8 @@ export function vmmCommands(vmm: Vmm, quit: () => void): Record<string, QmpComma
       },
       run: wrap((a) => {
         if (a.resume) throw new QmpError('GenericError', 'resuming a paused postcopy migration is not supported');
+        const lost = vmm.devices.find((d) => d.driver.lost);
+        if (lost) throw new QmpError('GenericError', `cannot migrate: ${deviceLostMessage(lost)}`);
         m.migrate(a.uri as string);
         return {};
       }),
@@ -86,11 +88,11 @@ export function vmmCommands(vmm: Vmm, quit: () => void): Record<string, QmpComma
       args: {},
       run: wrap(async () =>
         Promise.all(
-          vmm.devices.map(async (d) => ({
-            name: d.name,
-            'device-state': await d.driver.deviceState(),
-            transferred: d.driver.transferred,
-          })),
+          vmm.devices.map(async (d) =>
+            d.driver.lost
+              ? { name: d.name, 'device-state': null, lost: d.driver.lost, transferred: d.driver.transferred }
+              : { name: d.name, 'device-state': await d.driver.deviceState(), transferred: d.driver.transferred },
+          ),
         ),
       ),
     },
