@@ -5,7 +5,7 @@
 import { VfioError } from '../errors.ts';
 import type { QmpCommand, QmpVmmBackend } from './qmp/commands.ts';
 import { QmpError } from './qmp/errors.ts';
-import type { Vmm } from './vmm.ts';
+import { deviceLostMessage, type Vmm } from './vmm.ts';
 
 /** A VMM refusal as QMP sends it: GenericError with the message, without our errno suffix. */
 function qmpError(err: unknown): unknown {
@@ -25,7 +25,12 @@ async function mapped<T>(fn: () => T | Promise<T>): Promise<T> {
 export function vmmBackend(vmm: Vmm, quit: () => void): QmpVmmBackend {
   const m = vmm.migration;
   return {
-    migrate: (uri) => mapped(() => m.migrate(uri)),
+    migrate: (uri) =>
+      mapped(() => {
+        const lost = vmm.devices.find((d) => d.driver.lost);
+        if (lost) throw new QmpError('GenericError', `cannot migrate: ${deviceLostMessage(lost)}`);
+        m.migrate(uri);
+      }),
     queryMigrate: () => m.info(),
     migrateCancel: () => mapped(() => m.cancel()),
     setMigrationParameters: (p) =>
@@ -82,13 +87,16 @@ export function vendorCommands(vmm: Vmm): Record<string, QmpCommand> {
       run: () =>
         mapped(() =>
           Promise.all(
-            vmm.devices.map(async (d) => ({
-              name: d.name,
-              'device-state': await d.driver.deviceState(),
-              transferred: d.driver.transferred,
-              chunks: d.driver.chunks,
-              'precopy-rounds': d.driver.precopyRounds,
-            })),
+            vmm.devices.map(async (d) => {
+              const counters = {
+                transferred: d.driver.transferred,
+                chunks: d.driver.chunks,
+                'precopy-rounds': d.driver.precopyRounds,
+              };
+              return d.driver.lost
+                ? { name: d.name, 'device-state': null, lost: d.driver.lost, ...counters }
+                : { name: d.name, 'device-state': await d.driver.deviceState(), ...counters };
+            }),
           ),
         ),
     },

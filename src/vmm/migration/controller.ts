@@ -164,6 +164,9 @@ export class MigrationController {
       }
       const cancelled = err instanceof MigrationCancelled || signal.aborted;
       this.errorDesc = cancelled ? undefined : (err as Error).message;
+      const lost = this.d.devices.find((x) => x.driver.lost)?.driver;
+      if (lost && !cancelled)
+        this.errorDesc = `device ${lost.name} lost (its device server hung up) during the migration: ${this.errorDesc}`;
       this.totalMs = performance.now() - this.started;
       await this.recoverSource(wasRunning, cancelled ? 'cancelled' : 'failed');
       if (this.status === 'cancelling' || cancelled) {
