@@ -17,6 +17,8 @@ export const vmmUsage = `usage: vfio-migrate vmm --device-socket PATH --qmp PATH
   --vcpus N             synthetic vCPUs (default 2)
   --dirty-rate N        guest page writes per second, all vCPUs (default 20000; 0 = idle guest)
   --pattern P           random | hot | sequential (default hot)
+  --fill KIND           zero (default) or random: guest RAM contents at boot (a non-zero guest to migrate)
+  --prefault            fault all of guest RAM in at startup (QEMU's -mem-prealloc), not on first use
   --trace PATTERN       trace events, e.g. 'vfio_*' (to stderr)
   --stall-timeout MS    a migration link that takes no data this long fails, as does a destination
                         that does not answer READY within it after the stream's end (default 10000)`;
@@ -33,6 +35,8 @@ export async function runVmm(argv: string[]): Promise<number> {
       vcpus: { type: 'string', default: '2' },
       'dirty-rate': { type: 'string', default: '20000' },
       pattern: { type: 'string', default: 'hot' },
+      fill: { type: 'string', default: 'zero' },
+      prefault: { type: 'boolean', default: false },
       trace: { type: 'string', default: '' },
       'stall-timeout': { type: 'string', default: '10000' },
       help: { type: 'boolean', short: 'h' },
@@ -46,6 +50,7 @@ export async function runVmm(argv: string[]): Promise<number> {
   const pattern = values.pattern as WritePattern;
   if (!['random', 'hot', 'sequential'].includes(pattern))
     throw new Error('--pattern must be random, hot or sequential');
+  if (values.fill !== 'zero' && values.fill !== 'random') throw new Error('--fill must be zero or random');
   const log = (line: string) => process.stderr.write(`vmm[${process.pid}]: ${line}\n`);
   const rate = Number(values['dirty-rate']);
   const vmm = await Vmm.create({
@@ -56,6 +61,8 @@ export async function runVmm(argv: string[]): Promise<number> {
     trace: new Tracer(values.trace!),
     log,
     stallTimeoutMs: Number(values['stall-timeout']),
+    fill: values.fill as 'zero' | 'random',
+    prefault: values.prefault,
   });
   let quit: () => void = () => {};
   const quitting = new Promise<void>((r) => {
