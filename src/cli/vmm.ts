@@ -18,8 +18,8 @@ export const vmmUsage = `usage: vfio-migrate vmm --device-socket PATH --qmp PATH
   --dirty-rate N        guest page writes per second, all vCPUs (default 20000; 0 = idle guest)
   --pattern P           random | hot | sequential (default hot)
   --trace PATTERN       trace events, e.g. 'vfio_*' (to stderr)
-  --stall-timeout MS    a migration link that takes no data this long fails, as does a destination
-                        that does not answer READY within it after the stream's end (default 10000)`;
+  --stall-timeout MS    a migration link that moves no data this long fails, on either side, as does
+                        a destination that does not answer READY within it (default 10000)`;
 
 export async function runVmm(argv: string[]): Promise<number> {
   const { values } = parseArgs({
