@@ -38,8 +38,12 @@ export interface FaultPairOptions {
   deviceMem?: string;
   /** Source VMM extra arguments (e.g. --stall-timeout). */
   sourceArgs?: string[];
+  /** Destination VMM extra arguments. */
+  destinationArgs?: string[];
   /** Keep every process's stderr (trace lines) here. */
   lines?: string[];
+  /** The destination starts the VM after GO (default: it stays paused, to be compared). */
+  autostart?: boolean;
 }
 
 /**
@@ -56,9 +60,9 @@ export async function startFaultPair(o: FaultPairOptions = {}): Promise<LocalPai
   const guest = ['--dirty-rate', '0', '--pattern', 'random', '--vcpus', '1'];
   const options: LocalPairOptions = {
     memSize: o.memSize ?? '64M',
-    paused: true,
+    paused: !o.autostart,
     source: { ...device, vmmArgs: [...guest, ...(o.sourceArgs ?? [])] },
-    destination: { ...device, vmmArgs: guest },
+    destination: { ...device, vmmArgs: [...guest, ...(o.destinationArgs ?? [])] },
     log: o.lines ? (l) => o.lines!.push(l) : undefined,
   };
   return startLocalPair(options);
@@ -134,6 +138,17 @@ export async function quiesce(qmp: QmpClient): Promise<Snapshot> {
   throw new Error('the guest did not become idle');
 }
 
+/** Resolves once a line matching `re` has been logged (the pair's `lines`). */
+export async function waitForLine(lines: string[], re: RegExp, timeoutMs = 30_000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const hit = lines.find((l) => re.test(l));
+    if (hit) return hit;
+    if (Date.now() > deadline) throw new Error(`no line matching ${re} within ${timeoutMs} ms`);
+    await sleep(10);
+  }
+}
+
 /** Waits for the migration to end and returns its final answer. */
 export async function ended(qmp: QmpClient, timeoutMs = 60_000): Promise<Info> {
   return (await waitForMigration(qmp, { timeoutMs, intervalMs: 20 })) as Info;
@@ -167,12 +182,12 @@ export async function assertSourceIntact(pair: LocalPair, before: Snapshot): Pro
 }
 
 /** The destination of a failed attempt never runs the VM. */
-export async function assertDestinationNotRunning(qmp: QmpClient): Promise<string> {
+export async function assertDestinationNotRunning(qmp: QmpClient): Promise<{ status: string; error: string }> {
   const info = await ended(qmp, 60_000);
   assert.equal(info.status, 'failed', 'the destination gave up on the migration');
   const st = await qmp.execute<{ status: string; running: boolean }>('query-status');
   assert.equal(st.running, false, `the destination VM must not run (it is ${st.status})`);
-  return st.status;
+  return { status: st.status, error: info['error-desc'] ?? '' };
 }
 
 /**
@@ -200,9 +215,17 @@ export async function retryToFreshDestination(pair: LocalPair, expect?: Snapshot
 }
 
 /** One machine-readable line per injected fault, cited by docs/reliability.md. */
-export function faultMatrix(fields: { fault: string; phase: string; outcome: string; pagesLost: number }): void {
+export function faultMatrix(fields: {
+  fault: string;
+  phase: string;
+  outcome: string;
+  pagesLost: number;
+  /** More key=value figures (printed, never asserted), e.g. how long detection took. */
+  extra?: Record<string, string | number>;
+}): void {
+  const extra = Object.entries(fields.extra ?? {}).map(([k, v]) => ` ${k}=${v}`);
   console.log(
-    `FAULT-MATRIX fault=${fields.fault} phase=${fields.phase} outcome=${fields.outcome} pages_lost=${fields.pagesLost}`,
+    `FAULT-MATRIX fault=${fields.fault} phase=${fields.phase} outcome=${fields.outcome} pages_lost=${fields.pagesLost}${extra.join('')}`,
   );
 }
 

@@ -36,6 +36,8 @@ export class TcpProxy {
   private waiters: (() => void)[] = [];
   /** Bytes the source sent after its EOF (its GO). */
   upAfterEof = 0;
+  /** What to do with source bytes after its EOF (the GO): forward, or keep them here. */
+  afterEof: 'forward' | 'buffer' = 'forward';
   closed = false;
 
   private constructor(
@@ -105,7 +107,8 @@ export class TcpProxy {
       this.tail = new Uint8Array(all.subarray(Math.max(0, all.byteLength - 64)));
       if (endsWithEof(this.tail)) this.eofAt = this.upReceived;
     }
-    if (this.up === 'buffer') this.upHeld.push(b);
+    if (this.up === 'buffer' || (this.eofAt >= 0 && this.eofAt < this.upReceived && this.afterEof === 'buffer'))
+      this.upHeld.push(b);
     else this.sendUp(b);
     this.notify();
   }
