@@ -31,6 +31,8 @@ export interface LocalPairOptions {
   paused?: boolean;
   /** Receives every process's stderr lines, prefixed with its role. */
   log?: (line: string) => void;
+  /** How long each process may take to say it is ready (default 30 s; a large filled guest takes longer). */
+  startTimeoutMs?: number;
 }
 
 export interface Proc {
@@ -122,6 +124,7 @@ async function startDestination(
     /serving/,
     o.destinationWrap ?? [],
     o.log,
+    o.startTimeoutMs,
   );
   started(device);
   const vmm = await startProcess(
@@ -142,6 +145,7 @@ async function startDestination(
     o.incoming ? /vmm ready/ : /listening on port (\d+)/,
     o.destinationWrap ?? [],
     o.log,
+    o.startTimeoutMs,
   );
   started(vmm);
   return { device, vmm };
@@ -173,6 +177,7 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
           /serving/,
           o.sourceWrap ?? [],
           o.log,
+          o.startTimeoutMs,
         );
         track(srcDevice);
         procs.srcDevice = srcDevice;
@@ -191,6 +196,7 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
           /vmm ready/,
           o.sourceWrap ?? [],
           o.log,
+          o.startTimeoutMs,
         );
         track(vmm);
         return vmm;

@@ -2,7 +2,7 @@
 // log, the synthetic guest, the run state with its change handlers (devices, then vCPUs; reversed on
 // stop), one VFIO migration driver per device, and the migration controller.
 
-import { createHash } from 'node:crypto';
+import { createHash, randomFillSync } from 'node:crypto';
 import { LargeMemoryRegs } from '../device/samples/large-memory.ts';
 import { native } from '../native/addon.ts';
 import { VfioUserClient } from '../vfio-user/client.ts';
@@ -27,6 +27,10 @@ export interface VmmOptions {
   log?: (line: string) => void;
   emit?: (event: string, data?: Record<string, unknown>) => void;
   stallTimeoutMs?: number;
+  /** Guest RAM contents at boot: zero (default) or pseudo-random bytes (a non-zero guest, for benchmarks). */
+  fill?: 'zero' | 'random';
+  /** Fault every page in at startup (QEMU's -mem-prealloc) rather than on first use. */
+  prefault?: boolean;
 }
 
 export interface VmmDevice {
@@ -36,6 +40,14 @@ export interface VmmDevice {
   handler: VfioHandler;
   /** BAR0's size, read at startup (a stopped device answers only region accesses). */
   bar0Size: number;
+}
+
+/** What the user is told once a device is lost. */
+export function deviceLostMessage(d: VmmDevice): string {
+  return (
+    `device ${d.name} is lost (its device server hung up: ${d.driver.lost}); its state is gone, so this VM cannot be ` +
+    'migrated or saved any more: shut the guest down cleanly and start it again with a new device server'
+  );
 }
 
 /** PCI-style names for the devices, as QEMU's idstr would carry them: 0000:00:05.0, 0000:00:06.0, … */
@@ -71,6 +83,13 @@ export class Vmm {
       else await this.workload.pause();
     });
     this.runState.addChangeHandler((running) => this.emit(running ? 'RESUME' : 'STOP'));
+    for (const d of devices) {
+      d.client.on('close', (reason) => {
+        if (!reason) return; // our own close() gives no reason
+        log(deviceLostMessage(d));
+        this.emit('X_DEVICE_LOST', { device: d.name, reason: reason.message });
+      });
+    }
     this.migration = new MigrationController({
       runState: this.runState,
       ram: new RamHandler(memory, this.dirty),
@@ -95,6 +114,10 @@ export class Vmm {
 
   static async create(o: VmmOptions): Promise<Vmm> {
     const memory = GuestMemory.create(o.memSize);
+    if (o.prefault) {
+      const r = memory.prefault();
+      o.log?.(`prefaulted ${r.pages} pages (populate ${r.populateMs.toFixed(0)} ms, touch ${r.touchMs.toFixed(0)} ms)`);
+    }
     const devices: VmmDevice[] = [];
     try {
       for (const [i, path] of o.deviceSockets.entries()) {
@@ -125,6 +148,7 @@ export class Vmm {
   private async boot(): Promise<void> {
     // The device DMA ring: the top 1 MiB of guest RAM (or all of it for a tiny guest).
     const ring = BigInt(Math.min(1 << 20, this.memory.size));
+    if (this.options.fill === 'random') fillRandom(this.memory);
     for (const d of this.devices) {
       const did = await bootGuestDriver(d.client, BigInt(this.memory.size) - ring, ring);
       if (did) this.options.log?.(`${d.name}: ${did}`);
@@ -138,10 +162,15 @@ export class Vmm {
    * Digests to prove two VMs equal: SHA-256 over every page's digest, and each device's own state
    * digest read through its BAR (large-memory: its DIGEST register; others: the whole of BAR0).
    */
-  async digests(): Promise<{ ram: string; devices: { name: string; digest: string }[] }> {
+  async digests(): Promise<{ ram: string; devices: { name: string; digest: string | null; lost?: string }[] }> {
     const ram = createHash('sha256').update(this.memory.pageDigests()).digest('hex');
-    const devices: { name: string; digest: string }[] = [];
+    const devices: { name: string; digest: string | null; lost?: string }[] = [];
     for (const d of this.devices) {
+      if (d.driver.lost) {
+        // Nothing to digest: the state is gone. Said as such rather than failing the guest's RAM digest too.
+        devices.push({ name: d.name, digest: null, lost: d.driver.lost });
+        continue;
+      }
       const id = await d.client.regionRead(0, 0, 4);
       const isLmem = new DataView(id.buffer, id.byteOffset, 4).getUint32(0, true) === 0x4d454d4c;
       const bytes = isLmem
@@ -169,5 +198,15 @@ export class Vmm {
       d.client.close();
     }
     this.memory.close();
+  }
+}
+
+/** Fills guest RAM with random bytes, 1 MiB at a time. */
+function fillRandom(memory: GuestMemory): void {
+  memory.prefault(); // much faster than taking the first-write faults one by one
+  const buf = new Uint8Array(Math.min(1 << 20, memory.size));
+  for (let at = 0; at < memory.size; at += buf.byteLength) {
+    randomFillSync(buf);
+    memory.write(at, buf.subarray(0, Math.min(buf.byteLength, memory.size - at)));
   }
 }

@@ -7,8 +7,8 @@ import { once } from 'node:events';
 import { createReadStream } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { Errno } from '../../abi/errno.ts';
-import { VfioError } from '../../errors.ts';
-import { StreamDecoder } from '../../stream/decoder.ts';
+import { asVfioError, VfioError } from '../../errors.ts';
+import { type DecodedSection, StreamDecoder } from '../../stream/decoder.ts';
 import {
   encodeReturnPath,
   ReturnPathDecoder,
@@ -120,6 +120,24 @@ async function nextChunk(
   }
 }
 
+/**
+ * One verified section into its handler. A handler's refusal (the device rejecting its data, a payload
+ * that does not parse) is reported with the section it came from, as the decoder reports damage.
+ */
+async function loadNamed(h: MigrationHandler, s: DecodedSection): Promise<void> {
+  try {
+    await h.loadSection(s.type, s.payload, s.versionId);
+  } catch (err) {
+    const e = asVfioError(err, Errno.EINVAL);
+    const bare = e.message.replace(/ \(E[A-Z0-9]+\)$/, '');
+    throw new VfioError(
+      e.errno,
+      `${s.type.toUpperCase()} section "${s.idstr}" (section id ${s.sectionId}, seq ${s.seq}, byte ${s.offset}) refused: ${bare}`,
+      { cause: err },
+    );
+  }
+}
+
 export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
   const decoder = new StreamDecoder({ maxSectionBytes: o.maxSectionBytes });
   const byKey = new Map(o.handlers.map((h) => [`${h.idstr}\u0000${h.instanceId}`, h]));
@@ -158,7 +176,7 @@ export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
           h = bySection.get(s.sectionId);
         }
         if (!h) throw new VfioError(Errno.EINVAL, `section id ${s.sectionId} was never started`);
-        await h.loadSection(s.type, s.payload, s.versionId);
+        await loadNamed(h, s);
         o.onSection?.(h.idstr, s.payload.byteLength);
       }
       rest = decoder.ended ? decoder.takeRemainder() : null;
