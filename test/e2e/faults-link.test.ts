@@ -9,8 +9,8 @@ import {
   assertSourceIntact,
   ended,
   faultMatrix,
-  fillGuest,
   kill,
+  quiesce,
   retryToFreshDestination,
   startFaultPair,
   waitForPhase,
@@ -26,7 +26,7 @@ describe('migration link faults', { concurrency: 2 }, () => {
     const pair = await startFaultPair();
     const proxy = await TcpProxy.start(pair.uri);
     try {
-      const before = await fillGuest(pair.src);
+      const before = await quiesce(pair.src);
       await pair.src.execute('migrate-set-parameters', { 'max-bandwidth': 16 * MiB });
       await pair.src.execute('migrate', { uri: proxy.uri });
       await waitForPhase(pair.src, (i) => i.status === 'active' && (i.ram?.transferred ?? 0) > 2 * MiB, 'bulk pass');
@@ -54,7 +54,7 @@ describe('migration link faults', { concurrency: 2 }, () => {
     const pair = await startFaultPair({ sourceArgs: stallArgs, destinationArgs: stallArgs });
     const proxy = await TcpProxy.start(pair.uri);
     try {
-      const before = await fillGuest(pair.src);
+      const before = await quiesce(pair.src);
       await pair.src.execute('migrate-set-parameters', { 'max-bandwidth': 16 * MiB });
       await pair.src.execute('migrate', { uri: proxy.uri });
       await waitForPhase(pair.src, (i) => i.status === 'active' && (i.ram?.transferred ?? 0) > 2 * MiB, 'bulk pass');
@@ -85,7 +85,7 @@ describe('migration link faults', { concurrency: 2 }, () => {
   test('stalled destination: its VMM stopped with SIGSTOP mid-stream, then continued', async () => {
     const pair = await startFaultPair({ sourceArgs: stallArgs });
     try {
-      const before = await fillGuest(pair.src);
+      const before = await quiesce(pair.src);
       await pair.src.execute('migrate-set-parameters', { 'max-bandwidth': 16 * MiB });
       await pair.src.execute('migrate', { uri: pair.uri });
       await waitForPhase(pair.src, (i) => i.status === 'active' && (i.ram?.transferred ?? 0) > 2 * MiB, 'bulk pass');
@@ -114,7 +114,7 @@ describe('migration link faults', { concurrency: 2 }, () => {
     const pair = await startFaultPair({ sourceArgs: stallArgs });
     const proxy = await TcpProxy.start(pair.uri);
     try {
-      const before = await fillGuest(pair.src);
+      const before = await quiesce(pair.src);
       proxy.setDown('drop');
       await pair.src.execute('migrate', { uri: proxy.uri });
       await proxy.until(() => proxy.sawEof && proxy.downReceived > 0, 'EOF sent and READY dropped');

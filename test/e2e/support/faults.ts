@@ -47,8 +47,8 @@ export interface FaultPairOptions {
 }
 
 /**
- * A pair for fault tests: an idle guest (dirty rate 0, the `random` pattern for when a test turns it on)
- * on 1 vCPU, and a large-memory device with random contents and no background work, so the source's
+ * A pair for fault tests: an idle guest with random RAM (dirty rate 0, the `random` pattern for when a
+ * test turns it on) on 1 vCPU, and a large-memory device with random contents and no background work, so the source's
  * state changes only when a test makes it. Destinations stay paused after loading so they can be
  * compared with the source.
  */
@@ -58,10 +58,11 @@ export async function startFaultPair(o: FaultPairOptions = {}): Promise<LocalPai
     deviceArgs: ['--device-mem', o.deviceMem ?? '16M', '--work-rate', '0', '--device-fill', 'random'],
   };
   const guest = ['--dirty-rate', '0', '--pattern', 'random', '--vcpus', '1'];
+  // The source's RAM starts random (every pass carries real pages); the destination's is overwritten.
   const options: LocalPairOptions = {
     memSize: o.memSize ?? '64M',
     paused: !o.autostart,
-    source: { ...device, vmmArgs: [...guest, ...(o.sourceArgs ?? [])] },
+    source: { ...device, vmmArgs: [...guest, '--fill', 'random', ...(o.sourceArgs ?? [])] },
     destination: { ...device, vmmArgs: [...guest, ...(o.destinationArgs ?? [])] },
     log: o.lines ? (l) => o.lines!.push(l) : undefined,
   };
@@ -107,22 +108,6 @@ export function pagesDiffering(a: Snapshot, b: Snapshot): number {
   let n = 0;
   for (let at = 0; at < a.pages.byteLength; at += 16) if (a.pages.compare(b.pages, at, at + 16, at, at + 16) !== 0) n++;
   return n;
-}
-
-/**
- * Makes at least half the guest pages non-zero (so RAM passes carry real data), then idles the guest
- * again and waits until two snapshots in a row agree: from then on nothing changes the source unless a
- * test does. (The vCPU threads may still be starting: wait for their writes, not for a time.)
- */
-export async function fillGuest(qmp: QmpClient, timeoutMs = 30_000): Promise<Snapshot> {
-  const empty = await snapshot(qmp);
-  await qmp.execute('x-guest-dirty-rate', { 'pages-per-second': 200_000 });
-  const deadline = Date.now() + timeoutMs;
-  while (pagesDiffering(empty, await snapshot(qmp)) < empty.pages.byteLength / 16 / 2) {
-    if (Date.now() > deadline) throw new Error('the guest did not write half its pages');
-    await sleep(100);
-  }
-  return quiesce(qmp);
 }
 
 /** Stops the guest's writes (rate 0) and returns a snapshot once two in a row agree. */

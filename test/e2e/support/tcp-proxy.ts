@@ -146,6 +146,19 @@ export class TcpProxy {
     if (mode === 'drop') this.downHeld = [];
   }
 
+  /**
+   * Delivers what the proxy holds from the source (e.g. the GO) to the destination, waits until the
+   * kernel took it, then resets the source's connection: the destination got everything, the source
+   * sees its link die right after.
+   */
+  async deliverThenResetSource(): Promise<void> {
+    const held = Buffer.concat(this.upHeld.splice(0));
+    this.afterEof = 'forward';
+    this.upForwarded += held.byteLength;
+    await new Promise<void>((resolve, reject) => this.dst!.write(held, (err) => (err ? reject(err) : resolve())));
+    this.src?.resetAndDestroy();
+  }
+
   /** A TCP reset on both connections (RST, not FIN): what a dead middlebox or a rebooted peer produces. */
   reset(): void {
     this.closed = true;
