@@ -239,6 +239,7 @@ export class MigrationController {
         handlers,
         connection,
         handshake: uri.kind === 'tcp',
+        stallTimeoutMs: uri.kind === 'tcp' ? (this.d.stallTimeoutMs ?? 10_000) : undefined,
         autostart,
         startVm: async () => {
           const errors = await this.d.runState.transition('running', 'migration');
