@@ -83,6 +83,15 @@ export function vmmCommands(vmm: Vmm, quit: () => void): Record<string, QmpComma
         return a.pages ? { ...d, pages: Buffer.from(vmm.memory.pageDigests()).toString('base64') } : d;
       }),
     },
+    // Vendor extension: the synthetic guest's page writes per second, changed live (0 = idle guest).
+    'x-set-dirty-rate': {
+      args: { rate: { type: 'int', min: 0, max: 100_000_000 } },
+      run: wrap((a) => {
+        if (!vmm.workload) throw new QmpError('GenericError', 'this VM has no synthetic guest');
+        vmm.workload.setRate(a.rate as number);
+        return {};
+      }),
+    },
     // Each device's migration-region device_state as the device reports it right now.
     'x-query-vfio': {
       args: {},
