@@ -1,4 +1,5 @@
-// npm run bench: throughput of device migration data through the migration region over vfio-user, as
+// npm run bench: RAM migration between two VMM processes (bench/ram.ts), then the throughput of device
+// migration data through the migration region over vfio-user, as
 // ratios to a raw UNIX socket stream between two processes measured in the same run (these machines are
 // noisy, so only ratios within one run mean anything). Each figure is the median of several rounds.
 //
@@ -21,13 +22,18 @@ import { VfioUserClient } from '../src/vfio-user/client.ts';
 import { findMigrationRegion, openRegionPort } from '../src/vfio-user/region-port.ts';
 import { SeedRegionClient } from '../src/vmm/seed-region-client.ts';
 import { startServer } from '../test/support/server-process.ts';
+import { ramBench } from './ram.ts';
 
 const { values } = parseArgs({
   options: {
     'device-mem': { type: 'string', default: '256' },
     rounds: { type: 'string', default: '3' },
+    'ram-mem': { type: 'string', default: '1024' },
+    'ram-rounds': { type: 'string', default: '1' },
+    only: { type: 'string' },
   },
 });
+if (values.only && values.only !== 'ram' && values.only !== 'device') throw new Error('--only takes ram or device');
 const MEM = Number(values['device-mem']) << 20;
 const ROUNDS = Number(values.rounds);
 
@@ -127,6 +133,12 @@ async function throughRegion(
 }
 
 const rounds_cleanup: (() => Promise<void>)[] = [];
+
+if (values.only !== 'device') {
+  await ramBench(Number(values['ram-mem']), ROUNDS, Number(values['ram-rounds']));
+  console.log('');
+}
+if (values.only === 'ram') process.exit(0);
 
 console.log(`vfio-migrate bench: large-memory device of ${bytes(MEM)} (random contents), ${ROUNDS} rounds each`);
 const raw = await rounds('raw-unix', () => rawUnix(MEM));

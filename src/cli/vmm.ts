@@ -2,7 +2,7 @@
 // live migration out (QMP `migrate`) or in (`--incoming`).
 import { parseArgs } from 'node:util';
 import { QmpServer } from '../vmm/qmp/server.ts';
-import { vmmCommands } from '../vmm/qmp-commands.ts';
+import { vendorCommands, vmmBackend } from '../vmm/qmp-commands.ts';
 import { Tracer } from '../vmm/trace.ts';
 import { Vmm } from '../vmm/vmm.ts';
 import type { WritePattern } from '../vmm/workload-control.ts';
@@ -17,8 +17,11 @@ export const vmmUsage = `usage: vfio-migrate vmm --device-socket PATH --qmp PATH
   --vcpus N             synthetic vCPUs (default 2)
   --dirty-rate N        guest page writes per second, all vCPUs (default 20000; 0 = idle guest)
   --pattern P           random | hot | sequential (default hot)
+  --fill KIND           zero (default) or random: guest RAM contents at boot (a non-zero guest to migrate)
+  --prefault            fault all of guest RAM in at startup (QEMU's -mem-prealloc), not on first use
   --trace PATTERN       trace events, e.g. 'vfio_*' (to stderr)
-  --stall-timeout MS    a migration link that takes no data this long fails (default 10000)`;
+  --stall-timeout MS    a migration link that takes no data this long fails, as does a destination
+                        that does not answer READY within it after the stream's end (default 10000)`;
 
 export async function runVmm(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -32,6 +35,8 @@ export async function runVmm(argv: string[]): Promise<number> {
       vcpus: { type: 'string', default: '2' },
       'dirty-rate': { type: 'string', default: '20000' },
       pattern: { type: 'string', default: 'hot' },
+      fill: { type: 'string', default: 'zero' },
+      prefault: { type: 'boolean', default: false },
       trace: { type: 'string', default: '' },
       'stall-timeout': { type: 'string', default: '10000' },
       help: { type: 'boolean', short: 'h' },
@@ -45,6 +50,7 @@ export async function runVmm(argv: string[]): Promise<number> {
   const pattern = values.pattern as WritePattern;
   if (!['random', 'hot', 'sequential'].includes(pattern))
     throw new Error('--pattern must be random, hot or sequential');
+  if (values.fill !== 'zero' && values.fill !== 'random') throw new Error('--fill must be zero or random');
   const log = (line: string) => process.stderr.write(`vmm[${process.pid}]: ${line}\n`);
   const rate = Number(values['dirty-rate']);
   const vmm = await Vmm.create({
@@ -55,15 +61,14 @@ export async function runVmm(argv: string[]): Promise<number> {
     trace: new Tracer(values.trace!),
     log,
     stallTimeoutMs: Number(values['stall-timeout']),
+    fill: values.fill as 'zero' | 'random',
+    prefault: values.prefault,
   });
   let quit: () => void = () => {};
   const quitting = new Promise<void>((r) => {
     quit = r;
   });
-  const qmp = await QmpServer.listen(
-    values.qmp,
-    vmmCommands(vmm, () => setImmediate(quit)),
-  );
+  const qmp = await QmpServer.listen(values.qmp, vmmBackend(vmm, quit), { commands: vendorCommands(vmm), log });
   vmm.eventSink = (e, d) => qmp.emitEvent(e, d);
   console.log(`vmm ready: ${vmm.memory.size} bytes of guest RAM, ${vmm.devices.length} device(s), QMP on ${qmp.path}`);
   if (values.incoming) {

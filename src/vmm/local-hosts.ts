@@ -31,6 +31,8 @@ export interface LocalPairOptions {
   paused?: boolean;
   /** Receives every process's stderr lines, prefixed with its role. */
   log?: (line: string) => void;
+  /** How long each process may take to say it is ready (default 30 s; a large filled guest takes longer). */
+  startTimeoutMs?: number;
 }
 
 export interface Proc {
@@ -46,6 +48,12 @@ export interface LocalPair {
   /** The destination's migration address, for `migrate`. */
   uri: string;
   procs: Record<'srcDevice' | 'dstDevice' | 'srcVmm' | 'dstVmm', Proc>;
+  /**
+   * Replaces the destination host with a fresh one (a new device server and a new VMM waiting with
+   * `--incoming`, on new sockets), for a retry after a failed attempt: the old destination's processes
+   * are stopped if still alive; `dst`, `uri` and `procs.dst*` then refer to the new ones.
+   */
+  freshDestination(overrides?: Partial<HostOptions> & { paused?: boolean }): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -66,10 +74,10 @@ function startProcess(
     for (const line of d.split('\n').filter(Boolean)) log?.(`${role}: ${line}`);
   });
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`${role} did not start within ${timeoutMs} ms: ${errText}`)),
-      timeoutMs,
-    );
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${role} did not start within ${timeoutMs} ms: ${errText}`));
+    }, timeoutMs);
     child.stdout!.setEncoding('utf8').on('data', (d: string) => {
       proc.stdout += d;
       const m = ready.exec(proc.stdout);
@@ -89,107 +97,144 @@ async function stopProcess(p: Proc | undefined): Promise<void> {
   if (!p || p.child.exitCode !== null || p.child.signalCode !== null) return;
   const exited = new Promise((r) => p.child.once('exit', r));
   p.child.kill('SIGTERM');
+  p.child.kill('SIGCONT'); // a test may have stopped it (SIGSTOP): let it see the SIGTERM
   const t = setTimeout(() => p.child.kill('SIGKILL'), 5000);
   await exited;
   clearTimeout(t);
 }
 
+interface DestinationHost {
+  device: Proc;
+  vmm: Proc & { match: RegExpExecArray };
+}
+
+/** A destination host: its device server, then its VMM waiting for the migration (`--incoming`). */
+async function startDestination(
+  o: LocalPairOptions,
+  h: HostOptions,
+  paused: boolean,
+  path: (n: string) => string,
+  tag: string,
+  started: (p: Proc) => void,
+): Promise<DestinationHost> {
+  const listen = o.listen ?? '127.0.0.1:0';
+  const device = await startProcess(
+    'dst-device',
+    ['serve', '--device', h.device, '--socket', path(`dst-dev${tag}.sock`), '--quiet', ...(h.deviceArgs ?? [])],
+    /serving/,
+    o.destinationWrap ?? [],
+    o.log,
+    o.startTimeoutMs,
+  );
+  started(device);
+  const vmm = await startProcess(
+    'dst-vmm',
+    [
+      'vmm',
+      '--device-socket',
+      path(`dst-dev${tag}.sock`),
+      '--qmp',
+      path(`dst${tag}.qmp`),
+      '--mem',
+      o.memSize,
+      '--incoming',
+      o.incoming ?? `tcp:${listen}`,
+      ...(paused ? ['--paused'] : []),
+      ...(h.vmmArgs ?? []),
+    ],
+    o.incoming ? /vmm ready/ : /listening on port (\d+)/,
+    o.destinationWrap ?? [],
+    o.log,
+    o.startTimeoutMs,
+  );
+  started(vmm);
+  return { device, vmm };
+}
+
 export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
   const dir = mkdtempSync(join(tmpdir(), 'vfio-migrate-'));
   const procs: Partial<LocalPair['procs']> = {};
+  /** Every process started, including replaced destinations, so that stop() ends them all. */
+  const all: Proc[] = [];
   const path = (n: string) => join(dir, n);
+  const listen = o.listen ?? '127.0.0.1:0';
+  const host = listen.slice(0, listen.lastIndexOf(':'));
+  const track = (p: Proc) => all.push(p);
   try {
-    const [srcDevice, dstDevice] = await Promise.all([
-      startProcess(
-        'src-device',
-        [
-          'serve',
-          '--device',
-          o.source.device,
-          '--socket',
-          path('src-dev.sock'),
-          '--quiet',
-          ...(o.source.deviceArgs ?? []),
-        ],
-        /serving/,
-        o.sourceWrap ?? [],
-        o.log,
-      ),
-      startProcess(
-        'dst-device',
-        [
-          'serve',
-          '--device',
-          o.destination.device,
-          '--socket',
-          path('dst-dev.sock'),
-          '--quiet',
-          ...(o.destination.deviceArgs ?? []),
-        ],
-        /serving/,
-        o.destinationWrap ?? [],
-        o.log,
-      ),
-    ]);
-    procs.srcDevice = srcDevice;
-    procs.dstDevice = dstDevice;
-    const listen = o.listen ?? '127.0.0.1:0';
-    const [srcVmm, dstVmm] = await Promise.all([
-      startProcess(
-        'src-vmm',
-        [
-          'vmm',
-          '--device-socket',
-          path('src-dev.sock'),
-          '--qmp',
-          path('src.qmp'),
-          '--mem',
-          o.memSize,
-          ...(o.source.vmmArgs ?? []),
-        ],
-        /vmm ready/,
-        o.sourceWrap ?? [],
-        o.log,
-      ),
-      startProcess(
-        'dst-vmm',
-        [
-          'vmm',
-          '--device-socket',
-          path('dst-dev.sock'),
-          '--qmp',
-          path('dst.qmp'),
-          '--mem',
-          o.memSize,
-          '--incoming',
-          o.incoming ?? `tcp:${listen}`,
-          ...(o.paused ? ['--paused'] : []),
-          ...(o.destination.vmmArgs ?? []),
-        ],
-        o.incoming ? /vmm ready/ : /listening on port (\d+)/,
-        o.destinationWrap ?? [],
-        o.log,
-      ),
+    const [srcVmm, dst] = await Promise.all([
+      (async () => {
+        const srcDevice = await startProcess(
+          'src-device',
+          [
+            'serve',
+            '--device',
+            o.source.device,
+            '--socket',
+            path('src-dev.sock'),
+            '--quiet',
+            ...(o.source.deviceArgs ?? []),
+          ],
+          /serving/,
+          o.sourceWrap ?? [],
+          o.log,
+          o.startTimeoutMs,
+        );
+        track(srcDevice);
+        procs.srcDevice = srcDevice;
+        const vmm = await startProcess(
+          'src-vmm',
+          [
+            'vmm',
+            '--device-socket',
+            path('src-dev.sock'),
+            '--qmp',
+            path('src.qmp'),
+            '--mem',
+            o.memSize,
+            ...(o.source.vmmArgs ?? []),
+          ],
+          /vmm ready/,
+          o.sourceWrap ?? [],
+          o.log,
+          o.startTimeoutMs,
+        );
+        track(vmm);
+        return vmm;
+      })(),
+      startDestination(o, o.destination, o.paused ?? false, path, '', track),
     ]);
     procs.srcVmm = srcVmm;
-    procs.dstVmm = dstVmm;
-    const host = listen.slice(0, listen.lastIndexOf(':'));
-    const [src, dst] = await Promise.all([QmpClient.connect(path('src.qmp')), QmpClient.connect(path('dst.qmp'))]);
-    return {
+    procs.dstDevice = dst.device;
+    procs.dstVmm = dst.vmm;
+    const [src, dstQmp] = await Promise.all([QmpClient.connect(path('src.qmp')), QmpClient.connect(path('dst.qmp'))]);
+    let generation = 0;
+    const pair: LocalPair = {
       dir,
       src,
-      dst,
-      uri: o.incoming ?? `tcp:${host}:${dstVmm.match[1]}`,
+      dst: dstQmp,
+      uri: o.incoming ?? `tcp:${host}:${dst.vmm.match[1]}`,
       procs: procs as LocalPair['procs'],
+      freshDestination: async (overrides = {}) => {
+        const tag = `-${++generation}`;
+        pair.dst.close();
+        await Promise.all([stopProcess(pair.procs.dstVmm), stopProcess(pair.procs.dstDevice)]);
+        const h = { ...o.destination, ...overrides };
+        const next = await startDestination(o, h, overrides.paused ?? o.paused ?? false, path, tag, track);
+        pair.procs.dstDevice = next.device;
+        pair.procs.dstVmm = next.vmm;
+        pair.dst = await QmpClient.connect(path(`dst${tag}.qmp`));
+        pair.uri = o.incoming ?? `tcp:${host}:${next.vmm.match[1]}`;
+      },
       stop: async () => {
         src.close();
-        dst.close();
-        await Promise.all(Object.values(procs).map((p) => stopProcess(p)));
+        pair.dst.close();
+        await Promise.all(all.map((p) => stopProcess(p)));
         rmSync(dir, { recursive: true, force: true });
       },
     };
+    return pair;
   } catch (err) {
-    await Promise.all(Object.values(procs).map((p) => stopProcess(p)));
+    await Promise.all(all.map((p) => stopProcess(p)));
     rmSync(dir, { recursive: true, force: true });
     throw err;
   }
@@ -210,76 +255,3 @@ export async function waitForMigration(
     await new Promise((r) => setTimeout(r, options.intervalMs ?? 100));
   }
 }
-
-export interface Destination {
-  qmp: QmpClient;
-  uri: string;
-  procs: Record<'device' | 'vmm', Proc>;
-  stop(): Promise<void>;
-}
-
-/**
- * Another destination host (device server + VMM with --incoming) for `pair`, in the pair's directory:
- * a retry after a failed migration needs one, since a destination serves one incoming migration.
- */
-export async function startDestination(
-  pair: Pick<LocalPair, 'dir'>,
-  o: Pick<LocalPairOptions, 'memSize' | 'listen' | 'destinationWrap' | 'paused' | 'log'> & { destination: HostOptions },
-): Promise<Destination> {
-  const tag = `dst${++destinations}`;
-  const path = (n: string) => join(pair.dir, `${tag}-${n}`);
-  const wrap = o.destinationWrap ?? [];
-  const procs: Partial<Destination['procs']> = {};
-  try {
-    procs.device = await startProcess(
-      `${tag}-device`,
-      [
-        'serve',
-        '--device',
-        o.destination.device,
-        '--socket',
-        path('dev.sock'),
-        '--quiet',
-        ...(o.destination.deviceArgs ?? []),
-      ],
-      /serving/,
-      wrap,
-      o.log,
-    );
-    const listen = o.listen ?? '127.0.0.1:0';
-    const vmm = await startProcess(
-      `${tag}-vmm`,
-      [
-        'vmm',
-        '--device-socket',
-        path('dev.sock'),
-        '--qmp',
-        path('qmp'),
-        '--mem',
-        o.memSize,
-        '--incoming',
-        `tcp:${listen}`,
-        ...(o.paused ? ['--paused'] : []),
-        ...(o.destination.vmmArgs ?? []),
-      ],
-      /listening on port (\d+)/,
-      wrap,
-      o.log,
-    );
-    procs.vmm = vmm;
-    const qmp = await QmpClient.connect(path('qmp'));
-    return {
-      qmp,
-      uri: `tcp:${listen.slice(0, listen.lastIndexOf(':'))}:${vmm.match[1]}`,
-      procs: procs as Destination['procs'],
-      stop: async () => {
-        qmp.close();
-        await Promise.all(Object.values(procs).map((p) => stopProcess(p)));
-      },
-    };
-  } catch (err) {
-    await Promise.all(Object.values(procs).map((p) => stopProcess(p)));
-    throw err;
-  }
-}
-let destinations = 0;

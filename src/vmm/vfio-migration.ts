@@ -31,6 +31,10 @@ export interface DmaRangeRef {
 export class VfioMigration {
   /** Device data bytes moved (both directions), for query-migrate's vfio.transferred. */
   transferred = 0;
+  /** Data chunks moved in this migration (each one data_offset/data_size/data round on the region). */
+  chunks = 0;
+  /** Pre-copy iterations that moved device data in this migration (stop-and-copy not counted). */
+  precopyRounds = 0;
   /** Why the device server hung up on its own (crashed, killed): the device and its state are gone. */
   lost: string | undefined;
   private lastRunning: boolean | null = null;
@@ -138,12 +142,19 @@ export class VfioMigration {
     if (!FAILED_STATUSES.has(status)) return;
     await this.setState(~(SAVING | RESUMING), RUNNING);
     this.lastRunning = true;
+    this.resetCounters();
+  }
+
+  private resetCounters(): void {
     this.transferred = 0;
+    this.chunks = 0;
+    this.precopyRounds = 0;
   }
 
   /** save_setup: SAVING set (running → pre-copy, stopped → stop-and-copy). */
   async saveSetup(): Promise<void> {
     this.trace.event('vfio_save_setup', { name: this.name });
+    this.resetCounters();
     await this.setState(MASK, SAVING);
   }
 
@@ -159,13 +170,16 @@ export class VfioMigration {
    * until it settles). Returns the bytes moved.
    */
   async saveIterate(budget: number, onData: (chunk: Uint8Array) => Promise<void> | void): Promise<number> {
+    // Counted per chunk, so query-migrate shows device data moving during a long pass.
     const r = await this.dataPath('saving device data: ', onData, (sink) =>
       this.region.iterate(budget, async (chunk) => {
         this.trace.event('vfio_save_buffer', { name: this.name, data_size: chunk.byteLength });
+        this.chunks++;
         await sink(chunk);
+        this.transferred += chunk.byteLength;
       }),
     );
-    this.transferred += r.bytes;
+    if (r.bytes > 0) this.precopyRounds++;
     this.trace.event('vfio_save_iterate', { name: this.name, data_size: r.bytes });
     return r.bytes;
   }
@@ -176,8 +190,13 @@ export class VfioMigration {
    */
   async saveComplete(onData: (chunk: Uint8Array) => Promise<void> | void): Promise<number> {
     await this.setState(~RUNNING, SAVING);
-    const r = await this.dataPath('stop-and-copy: ', onData, (sink) => this.region.drain(sink));
-    this.transferred += r.bytes;
+    const r = await this.dataPath('stop-and-copy: ', onData, (sink) =>
+      this.region.drain(async (chunk) => {
+        this.chunks++;
+        await sink(chunk);
+        this.transferred += chunk.byteLength;
+      }),
+    );
     await this.setState(~SAVING, 0);
     this.trace.event('vfio_save_complete_precopy', { name: this.name, bytes: r.bytes });
     return r.bytes;
@@ -191,6 +210,7 @@ export class VfioMigration {
 
   /** load_setup: the destination device goes to RESUMING. */
   async loadSetup(): Promise<void> {
+    this.resetCounters();
     await this.setState(~MASK, RESUMING);
   }
 
@@ -199,6 +219,7 @@ export class VfioMigration {
     this.trace.event('vfio_load_state_device_data', { name: this.name, data_size: data.byteLength });
     await this.named(this.region.loadBuffer(data), 'loading device data: ');
     this.transferred += data.byteLength;
+    this.chunks++;
   }
 
   /**

@@ -2,7 +2,7 @@
 // log, the synthetic guest, the run state with its change handlers (devices, then vCPUs; reversed on
 // stop), one VFIO migration driver per device, and the migration controller.
 
-import { createHash } from 'node:crypto';
+import { createHash, randomFillSync } from 'node:crypto';
 import { LargeMemoryRegs } from '../device/samples/large-memory.ts';
 import { native } from '../native/addon.ts';
 import { VfioUserClient } from '../vfio-user/client.ts';
@@ -27,6 +27,10 @@ export interface VmmOptions {
   log?: (line: string) => void;
   emit?: (event: string, data?: Record<string, unknown>) => void;
   stallTimeoutMs?: number;
+  /** Guest RAM contents at boot: zero (default) or pseudo-random bytes (a non-zero guest, for benchmarks). */
+  fill?: 'zero' | 'random';
+  /** Fault every page in at startup (QEMU's -mem-prealloc) rather than on first use. */
+  prefault?: boolean;
 }
 
 export interface VmmDevice {
@@ -110,6 +114,10 @@ export class Vmm {
 
   static async create(o: VmmOptions): Promise<Vmm> {
     const memory = GuestMemory.create(o.memSize);
+    if (o.prefault) {
+      const r = memory.prefault();
+      o.log?.(`prefaulted ${r.pages} pages (populate ${r.populateMs.toFixed(0)} ms, touch ${r.touchMs.toFixed(0)} ms)`);
+    }
     const devices: VmmDevice[] = [];
     try {
       for (const [i, path] of o.deviceSockets.entries()) {
@@ -140,6 +148,7 @@ export class Vmm {
   private async boot(): Promise<void> {
     // The device DMA ring: the top 1 MiB of guest RAM (or all of it for a tiny guest).
     const ring = BigInt(Math.min(1 << 20, this.memory.size));
+    if (this.options.fill === 'random') fillRandom(this.memory);
     for (const d of this.devices) {
       const did = await bootGuestDriver(d.client, BigInt(this.memory.size) - ring, ring);
       if (did) this.options.log?.(`${d.name}: ${did}`);
@@ -189,5 +198,15 @@ export class Vmm {
       d.client.close();
     }
     this.memory.close();
+  }
+}
+
+/** Fills guest RAM with random bytes, 1 MiB at a time. */
+function fillRandom(memory: GuestMemory): void {
+  memory.prefault(); // much faster than taking the first-write faults one by one
+  const buf = new Uint8Array(Math.min(1 << 20, memory.size));
+  for (let at = 0; at < memory.size; at += buf.byteLength) {
+    randomFillSync(buf);
+    memory.write(at, buf.subarray(0, Math.min(buf.byteLength, memory.size - at)));
   }
 }

@@ -249,6 +249,22 @@ describe('vfio-user server (register-file device, mmapped data section)', () => 
     next.close();
   });
 
+  test('a newcomer that connected just before the current client hung up is served, not refused as busy', async () => {
+    const first = await rawConnect(srv.path);
+    // Connected (accepted by the server) while `first` still holds the device, negotiating only after.
+    const second = await rawConnect(srv.path, { version: false });
+    await new Promise((r) => setTimeout(r, 50));
+    first.close();
+    const reply = await second.request(
+      Command.VERSION,
+      encodeVersionRequest({ major: 0, minor: 2, capabilities: { maxMsgFds: 8, maxDataXferSize: 1 << 20 } }),
+    );
+    assert.equal(reply.header.error, false, 'VERSION answered, not EBUSY');
+    assert.equal(new TextDecoder().decode(await regionRead(second, 0, 0, 4)), 'UART');
+    second.close();
+    await closed(second);
+  });
+
   test('a client that dies during a save leaves the device running for the next client', async () => {
     const c = await rawConnect(srv.path);
     await regionWrite(c, MIG, 0, u32(DeviceState.SAVING | DeviceState.RUNNING));

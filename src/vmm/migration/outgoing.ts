@@ -46,6 +46,11 @@ export interface OutgoingOptions {
   logSync: () => Promise<void>;
   /** Wait for the destination's READY and send GO (TCP); false for a file. */
   handshake: boolean;
+  /**
+   * Called at the commit point, after the last cancel check and before GO goes out: from then on the
+   * destination may run the VM, so a cancel must be refused and the source must never resume.
+   */
+  onCommit?: () => void;
   handshakeTimeoutMs?: number;
   signal?: AbortSignal;
   /** Bytes per handler per iterate call: bounds how long between convergence checks and cancels. */
@@ -189,7 +194,10 @@ export async function runOutgoing(o: OutgoingOptions): Promise<OutgoingResult> {
     if (reply.type !== ReturnPathType.READY)
       throw new VfioError(Errno.EPROTO, `unexpected return-path message ${reply.type}`);
   }
-  // Commit point: from here on the source never resumes this VM, whatever happens next.
+  // Commit point: from here on the source never resumes this VM, whatever happens next. A cancel that
+  // came while we waited for READY still wins here: no GO, and the destination never starts.
+  check();
+  o.onCommit?.();
   let afterCommitError: string | undefined;
   try {
     if (o.handshake) await o.transport.sendMessage({ type: ReturnPathType.GO, text: '' });

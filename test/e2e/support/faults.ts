@@ -1,170 +1,209 @@
-// Shared by the fault-injection tests: a source whose guest has written some memory and then gone idle
-// (so page digests before and after an attempt must be equal, not merely similar), the checks every
-// fault test ends with (the source runs, every page and the device state unchanged, the device in
-// RUNNING), a fresh destination for a retry, and the FAULT-MATRIX line each test prints for
-// docs/reliability.md.
+// Helpers shared by the fault-injection tests (test/e2e/faults-*.test.ts): start a pair whose guest and
+// device can be held still, wait for a migration phase, take a snapshot (every page's digest, the
+// device's digest and device_state), check the source came through a fault intact, retry to a fresh
+// destination, and print one FAULT-MATRIX line per fault for docs/reliability.md.
 
 import assert from 'node:assert/strict';
-import { setTimeout as sleep } from 'node:timers/promises';
+import type { ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 import {
-  type Destination,
-  type HostOptions,
   type LocalPair,
   type LocalPairOptions,
-  startDestination,
   startLocalPair,
   waitForMigration,
 } from '../../../src/vmm/local-hosts.ts';
 import type { QmpClient } from '../../../src/vmm/qmp/client.ts';
 
-export const MEM = '64M';
-/** A device with state worth checking (random memory) and no background work: its digest only changes if
- * a migration attempt changed it. */
-export const DEVICE_ARGS = ['--device-mem', '4M', '--work-rate', '0', '--device-fill', 'random'];
-export const DEVICE: HostOptions = { device: 'large-memory', deviceArgs: DEVICE_ARGS };
-export const RUNNING = 1;
+export type Info = {
+  status: string;
+  'error-desc'?: string;
+  ram?: { transferred: number; total: number; 'dirty-sync-count': number; normal: number };
+  vfio?: { transferred: number };
+};
 
-export type DeviceDigest = { name: string; digest: string | null; lost?: string };
-export type Digests = { ram: string; devices: DeviceDigest[]; pages: string };
-export type VfioInfo = { name: string; 'device-state': number | null; lost?: string };
-export type MigrateInfo = { status: string; 'error-desc'?: string };
+export interface Snapshot {
+  ram: string;
+  /** 16 bytes per guest page */
+  pages: Buffer;
+  devices: string[];
+  deviceStates: number[];
+}
 
-/** A pair whose processes' stderr lines are kept (to check that an injected fault really fired). */
-export interface FaultPair extends LocalPair {
-  lines: string[];
-  options: LocalPairOptions;
+/** Device-state value RUNNING (DeviceState.RUNNING). */
+export const DEVICE_RUNNING = 1;
+
+export interface FaultPairOptions {
+  memSize?: string;
+  /** large-memory device memory (random contents), e.g. '16M' */
+  deviceMem?: string;
+  /** Source VMM extra arguments (e.g. --stall-timeout). */
+  sourceArgs?: string[];
+  /** Keep every process's stderr (trace lines) here. */
+  lines?: string[];
 }
 
 /**
- * Starts a pair with a busy-then-idle guest: it dirties pages for a moment (so RAM is not all zero) and is
- * then set to 0 pages/s; returns once two digests in a row agree.
+ * A pair for fault tests: an idle guest (dirty rate 0, the `random` pattern for when a test turns it on)
+ * on 1 vCPU, and a large-memory device with random contents and no background work, so the source's
+ * state changes only when a test makes it. Destinations stay paused after loading so they can be
+ * compared with the source.
  */
-export async function startFaultPair(o: {
-  sourceDeviceArgs?: string[];
-  destination?: HostOptions;
-}): Promise<FaultPair> {
-  const lines: string[] = [];
-  const options: LocalPairOptions = {
-    memSize: MEM,
-    paused: true,
-    source: {
-      device: 'large-memory',
-      deviceArgs: [...DEVICE_ARGS, ...(o.sourceDeviceArgs ?? [])],
-      vmmArgs: ['--dirty-rate', '20000'],
-    },
-    destination: o.destination ?? DEVICE,
-    log: (l) => lines.push(l),
+export async function startFaultPair(o: FaultPairOptions = {}): Promise<LocalPair> {
+  const device = {
+    device: 'large-memory',
+    deviceArgs: ['--device-mem', o.deviceMem ?? '16M', '--work-rate', '0', '--device-fill', 'random'],
   };
-  const pair = await startLocalPair(options);
-  try {
-    // The vCPU threads take a moment to start: wait until they have written something, then idle them.
-    const blank = await digests(pair.src);
-    for (let i = 0; (await digests(pair.src)).pages === blank.pages; i++) {
-      if (i > 200) throw new Error('the guest wrote no memory');
-      await sleep(50);
-    }
-    await pair.src.execute('x-set-dirty-rate', { rate: 0 });
-    let last = await digests(pair.src);
-    for (let i = 0; ; i++) {
-      await sleep(50);
-      const now = await digests(pair.src);
-      if (now.pages === last.pages) break;
-      if (i > 100) throw new Error('the guest did not go idle');
-      last = now;
-    }
-  } catch (err) {
-    await pair.stop();
-    throw err;
+  const guest = ['--dirty-rate', '0', '--pattern', 'random', '--vcpus', '1'];
+  const options: LocalPairOptions = {
+    memSize: o.memSize ?? '64M',
+    paused: true,
+    source: { ...device, vmmArgs: [...guest, ...(o.sourceArgs ?? [])] },
+    destination: { ...device, vmmArgs: guest },
+    log: o.lines ? (l) => o.lines!.push(l) : undefined,
+  };
+  return startLocalPair(options);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export async function query(qmp: QmpClient): Promise<Info> {
+  return qmp.execute<Info>('query-migrate');
+}
+
+/** Polls query-migrate until `pred` holds; returns that answer. Fails if the migration ended first. */
+export async function waitForPhase(qmp: QmpClient, pred: (i: Info) => boolean, what: string, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const info = await query(qmp);
+    if (process.env.FAULT_DEBUG) console.log('phase?', JSON.stringify(info));
+    if (pred(info)) return info;
+    if (['completed', 'failed', 'cancelled'].includes(info.status))
+      throw new Error(`migration ended ${info.status} before ${what}: ${info['error-desc'] ?? ''}`);
+    if (Date.now() > deadline) throw new Error(`no ${what} within ${timeoutMs} ms (status ${info.status})`);
+    await sleep(15);
   }
-  return Object.assign(pair, { lines, options });
 }
 
-export function digests(qmp: QmpClient): Promise<Digests> {
-  return qmp.execute<Digests>('x-query-digests', { pages: true });
+export async function snapshot(qmp: QmpClient): Promise<Snapshot> {
+  const d = await qmp.execute<{ ram: string; pages: string; devices: { digest: string }[] }>('x-query-digests', {
+    pages: true,
+  });
+  const vfio = await qmp.execute<{ 'device-state': number }[]>('x-query-vfio');
+  return {
+    ram: d.ram,
+    pages: Buffer.from(d.pages, 'base64'),
+    devices: d.devices.map((x) => x.digest),
+    deviceStates: vfio.map((x) => x['device-state']),
+  };
 }
 
-/** Pages whose digest differs between two x-query-digests answers (16 bytes per page). */
-export function pagesDiffering(a: Digests, b: Digests): number {
-  const x = Buffer.from(a.pages, 'base64');
-  const y = Buffer.from(b.pages, 'base64');
-  assert.equal(x.byteLength, y.byteLength);
+/** Pages whose digest differs between two snapshots of the same guest. */
+export function pagesDiffering(a: Snapshot, b: Snapshot): number {
+  assert.equal(a.pages.byteLength, b.pages.byteLength);
   let n = 0;
-  for (let at = 0; at < x.byteLength; at += 16) if (x.compare(y, at, at + 16, at, at + 16) !== 0) n++;
+  for (let at = 0; at < a.pages.byteLength; at += 16) if (a.pages.compare(b.pages, at, at + 16, at, at + 16) !== 0) n++;
   return n;
 }
 
-/** Starts a migration and waits for its end; returns the source's final query-migrate. */
-export async function attempt(pair: LocalPair, uri: string): Promise<MigrateInfo> {
-  await pair.src.execute('migrate', { uri });
-  return (await waitForMigration(pair.src, { timeoutMs: 60_000, intervalMs: 25 })) as MigrateInfo;
+/**
+ * Makes at least half the guest pages non-zero (so RAM passes carry real data), then idles the guest
+ * again and waits until two snapshots in a row agree: from then on nothing changes the source unless a
+ * test does. (The vCPU threads may still be starting: wait for their writes, not for a time.)
+ */
+export async function fillGuest(qmp: QmpClient, timeoutMs = 30_000): Promise<Snapshot> {
+  const empty = await snapshot(qmp);
+  await qmp.execute('x-guest-dirty-rate', { 'pages-per-second': 200_000 });
+  const deadline = Date.now() + timeoutMs;
+  while (pagesDiffering(empty, await snapshot(qmp)) < empty.pages.byteLength / 16 / 2) {
+    if (Date.now() > deadline) throw new Error('the guest did not write half its pages');
+    await sleep(100);
+  }
+  return quiesce(qmp);
+}
+
+/** Stops the guest's writes (rate 0) and returns a snapshot once two in a row agree. */
+export async function quiesce(qmp: QmpClient): Promise<Snapshot> {
+  await qmp.execute('x-guest-dirty-rate', { 'pages-per-second': 0 });
+  let last = await snapshot(qmp);
+  for (let i = 0; i < 50; i++) {
+    await sleep(50);
+    const next = await snapshot(qmp);
+    if (next.ram === last.ram && next.devices.join() === last.devices.join()) return next;
+    last = next;
+  }
+  throw new Error('the guest did not become idle');
+}
+
+/** Waits for the migration to end and returns its final answer. */
+export async function ended(qmp: QmpClient, timeoutMs = 60_000): Promise<Info> {
+  return (await waitForMigration(qmp, { timeoutMs, intervalMs: 20 })) as Info;
+}
+
+export async function kill(p: { child: ChildProcess }, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+  const gone = p.child.exitCode !== null || p.child.signalCode !== null;
+  const exited = gone ? Promise.resolve() : once(p.child, 'exit');
+  p.child.kill(signal);
+  if (signal === 'SIGKILL') await exited;
 }
 
 /**
- * What every fault test checks on the source afterwards: the guest runs, every page and the device state
- * equal their values before the attempt, and the device is back in RUNNING. Returns pages lost (0).
+ * What every fault before the commit point must leave: the source VM running, every guest page and the
+ * device's state as in `before`, the device in RUNNING. Returns the number of pages that differ (0).
  */
-export async function assertSourceIntact(pair: LocalPair, before: Digests): Promise<number> {
-  assert.deepEqual(await pair.src.execute('query-status'), { running: true, singlestep: false, status: 'running' });
-  const vfio = await pair.src.execute<VfioInfo[]>('x-query-vfio');
-  assert.deepEqual(
-    vfio.map((d) => d['device-state']),
-    [RUNNING],
-    'the device is back in RUNNING',
-  );
-  const after = await digests(pair.src);
+export async function assertSourceIntact(pair: LocalPair, before: Snapshot): Promise<number> {
+  const status = await pair.src.execute<{ status: string; running: boolean }>('query-status');
+  assert.equal(status.status, 'running', 'the source VM runs again');
+  const after = await snapshot(pair.src);
   const lost = pagesDiffering(before, after);
-  assert.equal(lost, 0, 'every guest page as before the attempt');
+  assert.equal(lost, 0, `${lost} guest pages changed on the source`);
   assert.equal(after.ram, before.ram);
-  assert.deepEqual(after.devices, before.devices, 'the device state as before the attempt');
+  assert.deepEqual(after.devices, before.devices, 'the device state is as before the attempt');
+  assert.deepEqual(
+    after.deviceStates,
+    before.deviceStates.map(() => DEVICE_RUNNING),
+    'the device is in RUNNING',
+  );
   return lost;
 }
 
-/** A destination whose incoming migration failed: it says why, and its VM never started. */
-export async function assertDestinationRefused(dst: QmpClient, why: RegExp): Promise<string> {
-  const info = (await waitForMigration(dst, { timeoutMs: 60_000, intervalMs: 25 })) as MigrateInfo;
-  assert.equal(info.status, 'failed');
-  assert.match(info['error-desc'] ?? '', why);
-  // Never a half-loaded VM: the destination stays waiting for a migration, stopped.
-  assert.deepEqual(await dst.execute('query-status'), { running: false, singlestep: false, status: 'inmigrate' });
-  await assert.rejects(dst.execute('cont'), /not finalized/);
-  return info['error-desc']!;
-}
-
-/** A fresh destination for `pair` (same devices as the pair's own unless given). */
-export function freshDestination(pair: FaultPair, destination: HostOptions = DEVICE): Promise<Destination> {
-  return startDestination(pair, { ...pair.options, destination });
+/** The destination of a failed attempt never runs the VM. */
+export async function assertDestinationNotRunning(qmp: QmpClient): Promise<string> {
+  const info = await ended(qmp, 60_000);
+  assert.equal(info.status, 'failed', 'the destination gave up on the migration');
+  const st = await qmp.execute<{ status: string; running: boolean }>('query-status');
+  assert.equal(st.running, false, `the destination VM must not run (it is ${st.status})`);
+  return st.status;
 }
 
 /**
- * The retry every fault test ends with: a migration to a fresh destination completes, and the destination
- * holds exactly the source's pages and device state.
+ * A second migration, unthrottled, to a fresh destination (new device server and VMM): it completes,
+ * and the destination's pages and device equal the source's at its stop point, and `expect` when given
+ * (the state from before the failed attempt, for an idle guest). Returns pages that differ (0).
  */
-export async function assertRetrySucceeds(pair: FaultPair, via?: (dst: Destination) => Promise<string>): Promise<void> {
-  const dst = await freshDestination(pair);
-  try {
-    const info = await attempt(pair, via ? await via(dst) : dst.uri);
-    assert.equal(info.status, 'completed', info['error-desc']);
-    const [a, b] = await Promise.all([digests(pair.src), digests(dst.qmp)]);
-    assert.equal(pagesDiffering(a, b), 0);
-    assert.deepEqual(
-      b.devices.map((d) => d.digest),
-      a.devices.map((d) => d.digest),
-    );
-  } finally {
-    await dst.stop();
+export async function retryToFreshDestination(pair: LocalPair, expect?: Snapshot): Promise<number> {
+  await pair.freshDestination();
+  await pair.src.execute('migrate-set-parameters', { 'max-bandwidth': 0, 'downtime-limit': 300 });
+  await pair.src.execute('migrate', { uri: pair.uri });
+  const info = await ended(pair.src);
+  assert.equal(info.status, 'completed', `the retry ended ${info.status}: ${info['error-desc'] ?? ''}`);
+  assert.equal((await ended(pair.dst)).status, 'completed');
+  const [src, dst] = await Promise.all([snapshot(pair.src), snapshot(pair.dst)]);
+  const lost = pagesDiffering(src, dst);
+  assert.equal(lost, 0, `${lost} pages differ at the retry's destination`);
+  assert.equal(dst.ram, src.ram);
+  assert.deepEqual(dst.devices, src.devices, 'device state equal at the retry destination');
+  if (expect) {
+    assert.equal(dst.ram, expect.ram, 'the retry carried the guest as it was before the failed attempt');
+    assert.deepEqual(dst.devices, expect.devices);
   }
+  return lost;
 }
 
-/** The stderr line a device server prints when an injected fault fires. */
-export async function faultFired(pair: FaultPair, role: string, pattern: RegExp): Promise<void> {
-  for (let i = 0; i < 100; i++) {
-    if (pair.lines.some((l) => l.startsWith(`${role}:`) && pattern.test(l))) return;
-    await sleep(20);
-  }
-  assert.fail(`no "${pattern}" from ${role}; its lines: ${pair.lines.filter((l) => l.startsWith(role)).join('\n')}`);
+/** One machine-readable line per injected fault, cited by docs/reliability.md. */
+export function faultMatrix(fields: { fault: string; phase: string; outcome: string; pagesLost: number }): void {
+  console.log(
+    `FAULT-MATRIX fault=${fields.fault} phase=${fields.phase} outcome=${fields.outcome} pages_lost=${fields.pagesLost}`,
+  );
 }
 
-/** One line for docs/reliability.md's fault matrix. */
-export function matrixLine(f: { fault: string; phase: string; outcome: string; pagesLost: number | string }): void {
-  console.log(`FAULT-MATRIX fault=${f.fault} phase=${f.phase} outcome=${f.outcome} pages_lost=${f.pagesLost}`);
-}
+export { sleep };

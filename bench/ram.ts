@@ -1,0 +1,250 @@
+// RAM migration throughput (part of `npm run bench`): a non-zero guest (random contents, idle) migrated
+// between two VMM processes over loopback TCP through the real path (source VMM -> TCP -> destination
+// VMM, QMP `migrate`), against raw Node loopback TCP between two processes measured in the same run, and
+// against QEMU's own RAM migration of a guest of the same size when qemu-system-x86_64 is installed.
+//
+//   raw-tcp       a child process writes into a TCP socket on 127.0.0.1, this process reads and counts
+//   ours-warm     destination memory faulted in before the migration (`vmm --prefault`, QEMU's
+//                 -mem-prealloc): the DESIGN.md aim is >= 80% of raw-tcp
+//   ours-cold     a fresh destination (memory faulted in while loading, ahead of the stream)
+//   qemu-warm/-cold  QEMU 7+ `-machine none` guests: source RAM a prefilled file in /dev/shm (prealloc),
+//                 destination a memfd backend with or without prealloc, `-incoming tcp:`, QMP migrate
+//
+// Throughput = RAM bytes transferred / the source's total-time (QMP query-migrate, both for us and QEMU).
+// Each migration is verified (ours: page digests of both sides equal) so a broken run cannot pass for a
+// fast one.
+
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { randomFillSync } from 'node:crypto';
+import { once } from 'node:events';
+import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { createServer, type Socket } from 'node:net';
+import { join } from 'node:path';
+import { bytes } from '../src/cli/format.ts';
+import { startLocalPair, waitForMigration } from '../src/vmm/local-hosts.ts';
+import { QmpClient } from '../src/vmm/qmp/client.ts';
+
+export interface Rate {
+  bytes: number;
+  ms: number;
+}
+
+/** MB/s (10^6 bytes per second). */
+export function mbps(r: Rate): number {
+  return r.bytes / r.ms / 1000;
+}
+
+/** A child process writes `total` bytes in 1 MiB writes into a loopback TCP socket; we read and count. */
+export async function rawTcp(total: number): Promise<Rate> {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const port = (server.address() as { port: number }).port;
+  const writer = `const s=require('net').connect(${port},'127.0.0.1');const b=Buffer.alloc(1<<20,7);let left=${total};
+    function go(){while(left>0){left-=b.length;if(!s.write(b)){s.once('drain',go);return}}s.end()}s.on('connect',go)`;
+  const child = spawn(process.execPath, ['-e', writer], { stdio: 'inherit' });
+  const [sock] = (await once(server, 'connection')) as [Socket];
+  let got = 0;
+  const t0 = performance.now();
+  sock.on('data', (d: Buffer) => {
+    got += d.byteLength;
+  });
+  await once(sock, 'end');
+  const ms = performance.now() - t0;
+  await once(child, 'exit');
+  server.close();
+  return { bytes: got, ms };
+}
+
+type RamInfo = { transferred: number; normal: number; duplicate: number };
+type Digests = { ram: string };
+
+/** One migration of a `memMiB` guest filled with random bytes between two VMM processes. */
+export async function oursOnce(memMiB: number, warm: boolean): Promise<Rate & { downtime: number }> {
+  const pair = await startLocalPair({
+    memSize: `${memMiB}M`,
+    paused: true,
+    startTimeoutMs: 300_000,
+    source: { device: 'register-file', vmmArgs: ['--dirty-rate', '0', '--fill', 'random'] },
+    destination: { device: 'register-file', vmmArgs: ['--dirty-rate', '0', ...(warm ? ['--prefault'] : [])] },
+  });
+  try {
+    await pair.src.execute('migrate', { uri: pair.uri });
+    const info = await waitForMigration(pair.src, { intervalMs: 20, timeoutMs: 600_000 });
+    if (info.status !== 'completed') throw new Error(`migration ${info.status}: ${info['error-desc'] ?? ''}`);
+    await waitForMigration(pair.dst, { timeoutMs: 60_000 });
+    const [a, b] = await Promise.all([
+      pair.src.execute<Digests>('x-query-digests'),
+      pair.dst.execute<Digests>('x-query-digests'),
+    ]);
+    if (a.ram !== b.ram) throw new Error('guest RAM differs at the destination: the benchmark run is void');
+    const ram = info.ram as RamInfo;
+    if (ram.normal * 4096 < memMiB * (1 << 20) * 0.99) throw new Error(`only ${ram.normal} pages went with data`);
+    return { bytes: ram.transferred, ms: info['total-time'] as number, downtime: info.downtime as number };
+  } finally {
+    await pair.stop();
+  }
+}
+
+/** Why QEMU cannot be measured here, or null when it can. */
+export function qemuMissing(): string | null {
+  const r = spawnSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8' });
+  if (r.error) return `qemu-system-x86_64 is not on PATH (${(r.error as NodeJS.ErrnoException).code})`;
+  if (r.status !== 0) return `qemu-system-x86_64 --version failed: ${r.stderr.trim()}`;
+  return null;
+}
+
+export function qemuVersion(): string {
+  return spawnSync('qemu-system-x86_64', ['--version'], { encoding: 'utf8' }).stdout.split('\n')[0]!.trim();
+}
+
+function startQemu(args: string[]): { child: ChildProcess; stderr: () => string } {
+  const child = spawn('qemu-system-x86_64', ['-nodefaults', '-display', 'none', ...args], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let err = '';
+  child.stderr!.setEncoding('utf8').on('data', (d: string) => {
+    err += d;
+  });
+  return { child, stderr: () => err };
+}
+
+async function qmpConnect(path: string, proc: { stderr: () => string }): Promise<QmpClient> {
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    try {
+      return await QmpClient.connect(path, { timeoutMs: 5_000 });
+    } catch (err) {
+      if (Date.now() > deadline) throw new Error(`QEMU's QMP socket never answered: ${proc.stderr()} ${err}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
+async function freePort(): Promise<number> {
+  const s = createServer();
+  s.listen(0, '127.0.0.1');
+  await once(s, 'listening');
+  const port = (s.address() as { port: number }).port;
+  s.close();
+  await once(s, 'close');
+  return port;
+}
+
+/**
+ * QEMU's own precopy of a `memMiB` guest: the source's RAM is a file in /dev/shm filled with random bytes
+ * (prealloc=on, so the source has its memory mapped as ours has), the destination a memfd backend,
+ * prefaulted (`warm`, prealloc=on) or not. `-machine none`: RAM and nothing else, no CPU running.
+ */
+export async function qemuOnce(memMiB: number, warm: boolean): Promise<Rate & { downtime: number }> {
+  const dir = mkdtempSync('/dev/shm/vfio-migrate-bench-');
+  const file = join(dir, 'ram');
+  const procs: ReturnType<typeof startQemu>[] = [];
+  const clients: QmpClient[] = [];
+  try {
+    const fd = openSync(file, 'w');
+    const buf = Buffer.allocUnsafe(1 << 20);
+    for (let i = 0; i < memMiB; i++) writeSync(fd, randomFillSync(buf));
+    closeSync(fd);
+    const port = await freePort();
+    const mem = `${memMiB}M`;
+    const dst = startQemu([
+      '-machine',
+      'none,memory-backend=mem',
+      '-m',
+      mem,
+      '-object',
+      `memory-backend-memfd,id=mem,size=${mem}${warm ? ',prealloc=on' : ''}`,
+      '-qmp',
+      `unix:${dir}/dst.qmp,server=on,wait=off`,
+      '-incoming',
+      `tcp:127.0.0.1:${port}`,
+    ]);
+    procs.push(dst);
+    const src = startQemu([
+      '-S',
+      '-machine',
+      'none,memory-backend=mem',
+      '-m',
+      mem,
+      '-object',
+      `memory-backend-file,id=mem,size=${mem},mem-path=${file},share=on,prealloc=on`,
+      '-qmp',
+      `unix:${dir}/src.qmp,server=on,wait=off`,
+    ]);
+    procs.push(src);
+    const [qs, qd] = await Promise.all([qmpConnect(`${dir}/src.qmp`, src), qmpConnect(`${dir}/dst.qmp`, dst)]);
+    clients.push(qs, qd);
+    // QEMU limits migration to 128 MiB/s by default: lift it, as our side has no limit by default.
+    await qs.execute('migrate-set-parameters', { 'max-bandwidth': 1e12 });
+    await qs.execute('migrate', { uri: `tcp:127.0.0.1:${port}` });
+    const info = await waitForMigration(qs, { intervalMs: 20, timeoutMs: 600_000 });
+    if (info.status !== 'completed') throw new Error(`QEMU migration ${info.status}: ${info['error-desc'] ?? ''}`);
+    const ram = info.ram as RamInfo;
+    if (ram.normal * 4096 < memMiB * (1 << 20) * 0.99) throw new Error(`QEMU sent only ${ram.normal} pages with data`);
+    return { bytes: ram.transferred, ms: info['total-time'] as number, downtime: info.downtime as number };
+  } finally {
+    for (const c of clients) c.close();
+    for (const p of procs) {
+      if (p.child.exitCode === null && p.child.signalCode === null) {
+        const exited = once(p.child, 'exit');
+        p.child.kill('SIGKILL');
+        await exited;
+      }
+    }
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)]!;
+}
+
+async function measure(name: string, rounds: number, fn: () => Promise<Rate & { downtime?: number }>): Promise<number> {
+  const rates: number[] = [];
+  let moved = 0;
+  let ms = 0;
+  for (let i = 0; i < rounds; i++) {
+    const r = await fn();
+    moved = r.bytes;
+    ms = r.ms;
+    rates.push(mbps(r));
+  }
+  const m = median(rates);
+  console.log(
+    `${name.padEnd(10)} ${m.toFixed(0).padStart(6)} MB/s   (${bytes(moved)} in ${ms.toFixed(0)} ms, rounds ${rates.map((r) => r.toFixed(0)).join(' ')})`,
+  );
+  return m;
+}
+
+/** The RAM part of `npm run bench`. */
+export async function ramBench(memMiB: number, rounds: number, migrationRounds: number): Promise<void> {
+  const total = memMiB * (1 << 20);
+  console.log(
+    `RAM migration: a ${bytes(total)} guest of random bytes, idle, between two VMM processes over loopback TCP`,
+  );
+  const raw = await measure('raw-tcp', rounds, () => rawTcp(total));
+  const warm = await measure('ours-warm', migrationRounds, () => oursOnce(memMiB, true));
+  const cold = await measure('ours-cold', migrationRounds, () => oursOnce(memMiB, false));
+  const missing = qemuMissing();
+  let qemu: { warm: number; cold: number } | null = null;
+  if (missing) {
+    console.log(`qemu       skipped: ${missing} (apt-get install qemu-system-x86 to compare)`);
+  } else {
+    console.log(`qemu       ${qemuVersion()}`);
+    qemu = {
+      warm: await measure('qemu-warm', migrationRounds, () => qemuOnce(memMiB, true)),
+      cold: await measure('qemu-cold', migrationRounds, () => qemuOnce(memMiB, false)),
+    };
+  }
+  console.log('');
+  console.log(`ours-warm / raw-tcp     ${(warm / raw).toFixed(2)}   (aim: >= 0.80)`);
+  console.log(`ours-cold / raw-tcp     ${(cold / raw).toFixed(2)}`);
+  if (qemu) {
+    console.log(`ours-warm / qemu-warm   ${(warm / qemu.warm).toFixed(2)}   (aim: > 1)`);
+    console.log(`ours-cold / qemu-cold   ${(cold / qemu.cold).toFixed(2)}   (aim: > 1)`);
+  } else {
+    console.log('ours / qemu             skipped (no QEMU here)');
+  }
+}
