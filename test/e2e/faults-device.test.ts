@@ -12,102 +12,92 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { after, before, describe, test } from 'node:test';
-import { waitForMigration } from '../../src/vmm/local-hosts.ts';
 import {
   assertDestinationRefused,
-  assertRetrySucceeds,
-  assertSourceIntact,
   attempt,
   DEVICE_ARGS,
-  type Digests,
-  digests,
-  type FaultPair,
+  type DevicePair,
   faultFired,
-  freshDestination,
-  matrixLine,
-  pagesDiffering,
-  startFaultPair,
-  type VfioInfo,
-} from './support/faults.ts';
+  retryTo,
+  startDevicePair,
+  VFIO_NAME,
+} from './support/device-faults.ts';
+import { assertSourceIntact, faultMatrix, pagesDiffering, snapshot } from './support/faults.ts';
+
+type VfioInfo = { name: string; 'device-state': number | null; lost?: string };
+type Digests = { ram: string; devices: { name: string; digest: string | null; lost?: string }[] };
 
 describe('the source device refuses a transition or fails while saving', () => {
-  let pair: FaultPair;
-  let start: Digests;
+  let pair: DevicePair;
+  let first = true;
   before(async () => {
-    pair = await startFaultPair({
-      sourceDeviceArgs: [
-        '--x-fault',
+    pair = await startDevicePair({
+      sourceFaults: [
         'fail-transition@pre-copy',
-        '--x-fault',
         'fail-data@pre-copy,after=1M',
-        '--x-fault',
         'fail-transition@stop-and-copy',
-        '--x-fault',
         'fail-transition@stopped',
       ],
     });
-    start = await digests(pair.src);
   });
   after(() => pair?.stop());
 
-  /** One attempt to a destination that must then report the source's failure, never a started VM. */
-  async function faulted(
-    phase: string,
-    fired: RegExp,
-    sourceError: RegExp,
-  ): Promise<{ desc: string; pagesLost: number }> {
-    const dst = phase === 'setup' ? null : await freshDestination(pair);
-    try {
-      const info = await attempt(pair, dst?.uri ?? pair.uri);
-      assert.equal(info.status, 'failed');
-      assert.match(info['error-desc'] ?? '', sourceError);
-      await faultFired(pair, 'src-device', fired);
-      await assertDestinationRefused(dst?.qmp ?? pair.dst, /stream ends/);
-      const pagesLost = await assertSourceIntact(pair, start);
-      return { desc: info['error-desc']!, pagesLost };
-    } finally {
-      await dst?.stop();
-    }
+  /** One attempt (to a fresh destination after the first); the destination then reports the failure. */
+  async function faulted(fired: RegExp, sourceError: RegExp): Promise<number> {
+    if (!first) await pair.freshDestination();
+    first = false;
+    const info = await attempt(pair, pair.uri);
+    assert.equal(info.status, 'failed');
+    assert.match(info['error-desc'] ?? '', sourceError);
+    await faultFired(pair, 'src-device', fired);
+    await assertDestinationRefused(pair.dst, /stream ends/);
+    return assertSourceIntact(pair, pair.start);
   }
 
   test('at setup: running -> pre-copy refused', async () => {
-    const r = await faulted(
-      'setup',
+    const pagesLost = await faulted(
       /x-fault fail-transition@pre-copy: refuses running -> pre-copy/,
       /0000:00:05\.0: the device refused device_state running -> pre-copy: .*EIO/,
     );
-    matrixLine({ fault: 'device-refuses-transition', phase: 'setup', outcome: 'failed,source-resumed', ...r });
+    faultMatrix({ fault: 'device-refuses-transition', phase: 'setup', outcome: 'failed,source-resumed', pagesLost });
   });
 
   test('during pre-copy: the device fails producing its data after 1 MiB', async () => {
-    const r = await faulted(
-      'pre-copy',
+    const pagesLost = await faulted(
       /x-fault fail-data@pre-copy: fails producing its state in pre-copy after \d+ bytes/,
       /0000:00:05\.0: saving device data: REGION_READ failed at the peer \(EIO\)/,
     );
-    matrixLine({ fault: 'device-save-error', phase: 'pre-copy', outcome: 'failed,source-resumed', ...r });
+    faultMatrix({ fault: 'device-save-error', phase: 'pre-copy', outcome: 'failed,source-resumed', pagesLost });
   });
 
   test('at stop-and-copy: pre-copy -> stop-and-copy refused (the VM stop fails)', async () => {
-    const r = await faulted(
-      'stop-and-copy',
+    const pagesLost = await faulted(
       /x-fault fail-transition@stop-and-copy: refuses pre-copy -> stop-and-copy/,
       /stopping the VM failed: 0000:00:05\.0: the device refused device_state pre-copy -> stop-and-copy/,
     );
-    matrixLine({ fault: 'device-refuses-transition', phase: 'stop-and-copy', outcome: 'failed,source-resumed', ...r });
+    faultMatrix({
+      fault: 'device-refuses-transition',
+      phase: 'stop-and-copy',
+      outcome: 'failed,source-resumed',
+      pagesLost,
+    });
   });
 
   test('at the end of stop-and-copy: stop-and-copy -> stopped refused, all data already sent', async () => {
-    const r = await faulted(
-      'save-complete',
+    const pagesLost = await faulted(
       /x-fault fail-transition@stopped: refuses stop-and-copy -> stopped/,
       /the device refused device_state stop-and-copy -> stopped/,
     );
-    matrixLine({ fault: 'device-refuses-transition', phase: 'save-complete', outcome: 'failed,source-resumed', ...r });
+    faultMatrix({
+      fault: 'device-refuses-transition',
+      phase: 'save-complete',
+      outcome: 'failed,source-resumed',
+      pagesLost,
+    });
   });
 
   test('after all of them, a migration to a fresh destination succeeds', async () => {
-    await assertRetrySucceeds(pair);
+    assert.equal(await retryTo(pair), 0);
   });
 });
 
@@ -117,9 +107,8 @@ describe('the source device server is killed (SIGKILL) mid-save', () => {
     ['stop-and-copy', 'kill-data@stop-and-copy'],
   ] as const) {
     test(`during ${phase}: the migration fails naming the lost device, the guest runs on without it`, async () => {
-      const pair = await startFaultPair({ sourceDeviceArgs: ['--x-fault', fault] });
+      const pair = await startDevicePair({ sourceFaults: [fault] });
       try {
-        const before = await digests(pair.src);
         const info = await attempt(pair, pair.uri);
         assert.equal(info.status, 'failed');
         await faultFired(pair, 'src-device', new RegExp(`x-fault kill-data@${phase}: SIGKILL`));
@@ -141,10 +130,10 @@ describe('the source device server is killed (SIGKILL) mid-save', () => {
         assert.equal(vfio.length, 1);
         assert.equal(vfio[0]!['device-state'], null);
         assert.match(vfio[0]!.lost ?? '', /peer closed the connection/);
-        const after = await digests(pair.src);
-        const pagesLost = pagesDiffering(before, after);
+        const digests = await pair.src.execute<Digests>('x-query-digests');
+        assert.deepEqual(digests.devices, [{ name: VFIO_NAME, digest: null, lost: vfio[0]!.lost }]);
+        const pagesLost = pagesDiffering(pair.start, await snapshot(pair.src));
         assert.equal(pagesLost, 0);
-        assert.deepEqual(after.devices, [{ name: '0000:00:05.0', digest: null, lost: vfio[0]!.lost }]);
         // What the user must do: the device state is gone, so no migration can carry this VM any more.
         // The VMM refuses at once and says so (shut the guest down, restart it with a new device server).
         await assert.rejects(
@@ -155,7 +144,7 @@ describe('the source device server is killed (SIGKILL) mid-save', () => {
         await pair.src.execute('stop');
         await pair.src.execute('cont');
         assert.equal((await pair.src.execute<{ status: string }>('query-status')).status, 'running');
-        matrixLine({
+        faultMatrix({
           fault: 'source-device-server-sigkill',
           phase,
           outcome: 'failed,source-running,device-lost',
@@ -169,79 +158,62 @@ describe('the source device server is killed (SIGKILL) mid-save', () => {
 });
 
 describe('the destination device rejects the data', () => {
-  let pair: FaultPair;
-  let start: Digests;
+  let pair: DevicePair;
   before(async () => {
     // The pair's own destination has twice the device memory: its loader refuses the saved state.
-    pair = await startFaultPair({
+    pair = await startDevicePair({
       destination: { device: 'large-memory', deviceArgs: ['--device-mem', '8M', '--work-rate', '0'] },
     });
-    start = await digests(pair.src);
   });
   after(() => pair?.stop());
 
-  async function rejected(dstQmp: import('../../src/vmm/qmp/client.ts').QmpClient, uri: string, why: RegExp) {
-    const info = await attempt(pair, uri);
+  async function rejected(why: RegExp): Promise<number> {
+    const info = await attempt(pair, pair.uri);
     assert.equal(info.status, 'failed');
     // The source learns the destination's reason over the return path.
     assert.match(info['error-desc'] ?? '', /the destination could not load the VM: /);
-    const desc = await assertDestinationRefused(dstQmp, why);
+    const desc = await assertDestinationRefused(pair.dst, why);
     assert.ok(info['error-desc']!.includes(desc), `${info['error-desc']} carries "${desc}"`);
-    return assertSourceIntact(pair, start);
+    return assertSourceIntact(pair, pair.start);
   }
 
   test('a device with a different memory size', async () => {
     const pagesLost = await rejected(
-      pair.dst,
-      pair.uri,
       /section "0000:00:05\.0\/vfio" .*refused: 0000:00:05\.0: loading device data: REGION_WRITE failed at the peer \(EINVAL\)/,
     );
-    matrixLine({ fault: 'destination-device-mismatch', phase: 'load', outcome: 'failed,source-resumed', pagesLost });
+    faultMatrix({ fault: 'destination-device-mismatch', phase: 'load', outcome: 'failed,source-resumed', pagesLost });
   });
 
   test('a device of another kind (register-file)', async () => {
-    const dst = await freshDestination(pair, { device: 'register-file' });
-    try {
-      // register-file has no device memory BAR: whatever comes first, the destination refuses.
-      const pagesLost = await rejected(dst.qmp, dst.uri, /section "0000:00:05\.0\/vfio" .*refused/);
-      matrixLine({
-        fault: 'destination-device-other-kind',
-        phase: 'load',
-        outcome: 'failed,source-resumed',
-        pagesLost,
-      });
-    } finally {
-      await dst.stop();
-    }
+    await pair.freshDestination({ device: 'register-file', deviceArgs: [] });
+    // The saved state names its device model: register-file refuses it.
+    const pagesLost = await rejected(/section "0000:00:05\.0\/vfio" .*refused/);
+    faultMatrix({
+      fault: 'destination-device-other-kind',
+      phase: 'load',
+      outcome: 'failed,source-resumed',
+      pagesLost,
+    });
   });
 
   test('the destination device fails consuming a chunk (EINVAL on the data_size write)', async () => {
-    const dst = await freshDestination(pair, {
+    await pair.freshDestination({
       device: 'large-memory',
       deviceArgs: [...DEVICE_ARGS, '--x-fault', 'fail-data@resuming,after=2M,errno=EINVAL'],
     });
-    try {
-      const pagesLost = await rejected(
-        dst.qmp,
-        dst.uri,
-        /PART section "0000:00:05\.0\/vfio" .*refused: 0000:00:05\.0: loading device data: REGION_WRITE failed at the peer \(EINVAL\)/,
-      );
-      await faultFired(pair, dst.procs.device.role, /x-fault fail-data@resuming/);
-      matrixLine({
-        fault: 'destination-device-refuses-chunk',
-        phase: 'load',
-        outcome: 'failed,source-resumed',
-        pagesLost,
-      });
-    } finally {
-      await dst.stop();
-    }
+    const pagesLost = await rejected(
+      /PART section "0000:00:05\.0\/vfio" .*refused: 0000:00:05\.0: loading device data: REGION_WRITE failed at the peer \(EINVAL\)/,
+    );
+    await faultFired(pair, 'dst-device', /x-fault fail-data@resuming/);
+    faultMatrix({
+      fault: 'destination-device-refuses-chunk',
+      phase: 'load',
+      outcome: 'failed,source-resumed',
+      pagesLost,
+    });
   });
 
   test('then a migration to a fresh, matching destination succeeds', async () => {
-    await assertRetrySucceeds(pair);
-    // The source is done (postmigrate) once the destination has the VM.
-    const info = await waitForMigration(pair.src);
-    assert.equal(info.status, 'completed');
+    assert.equal(await retryTo(pair, { destination: { device: 'large-memory', deviceArgs: DEVICE_ARGS } }), 0);
   });
 });
