@@ -58,6 +58,7 @@ export class MigrationController {
   private lastSyncPages = 0;
   /** RAM bytes sent before the VM stopped for the switch-over (null: it has not stopped). */
   private precopyBytes: number | null = null;
+  private listener: IncomingListener | null = null;
   /** Resolves when the current outgoing or incoming migration has finished, whatever the outcome. */
   done: Promise<void> = Promise.resolve();
 
@@ -229,6 +230,7 @@ export class MigrationController {
       let connection: Awaited<ReturnType<IncomingListener['accept']>>;
       if (uri.kind === 'tcp') {
         listener = await IncomingListener.listen(uri.host, uri.port);
+        this.listener = listener;
         onListening?.(listener.port);
         connection = await listener.accept();
       } else {
@@ -257,7 +259,14 @@ export class MigrationController {
       throw err;
     } finally {
       listener?.close();
+      this.listener = null;
     }
+  }
+
+  /** The VMM is quitting: a destination still waiting for its migration stops listening (else the open
+   * server kept the process alive after SIGTERM). */
+  close(): void {
+    this.listener?.close();
   }
 
   info(): MigrationInfo {
