@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { type HostOptions, type LocalPair, startLocalPair } from '../../../src/vmm/local-hosts.ts';
 import type { QmpClient } from '../../../src/vmm/qmp/client.ts';
-import { ended, fillGuest, type Info, pagesDiffering, type Snapshot, sleep, snapshot } from './faults.ts';
+import { ended, type Info, pagesDiffering, type Snapshot, sleep, snapshot } from './faults.ts';
 
 export const VFIO_NAME = '0000:00:05.0';
 /** A device with state worth checking (random memory) and no background work: its digest changes only
@@ -22,7 +22,7 @@ export interface DevicePair extends LocalPair {
   start: Snapshot;
 }
 
-/** A 64 MiB guest, half its pages written, then idle; `sourceFaults` go to the source's device server. */
+/** A 64 MiB guest with random contents, idle; `sourceFaults` go to the source's device server. */
 export async function startDevicePair(
   o: { sourceFaults?: string[]; destination?: HostOptions } = {},
 ): Promise<DevicePair> {
@@ -33,13 +33,14 @@ export async function startDevicePair(
     source: {
       ...DEVICE,
       deviceArgs: [...DEVICE_ARGS, ...(o.sourceFaults ?? []).flatMap((f) => ['--x-fault', f])],
-      vmmArgs: GUEST,
+      // Guest RAM starts random (as the other fault tests' guests do), so every page carries data.
+      vmmArgs: [...GUEST, '--fill', 'random'],
     },
     destination: { vmmArgs: GUEST, ...(o.destination ?? DEVICE) },
     log: (l) => lines.push(l),
   });
   try {
-    const start = await fillGuest(pair.src);
+    const start = await snapshot(pair.src);
     return Object.assign(pair, { lines, start });
   } catch (err) {
     await pair.stop();
