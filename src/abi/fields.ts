@@ -1,6 +1,9 @@
 // A tiny table-driven struct codec: a struct is a list of fixed-width little-endian (host-order) integer fields.
 // Tables are data, so the C layout test and the region's access checks read the very same table.
 
+import { VfioError } from '../errors.ts';
+import { Errno } from './errno.ts';
+
 export type FieldWidth = 4 | 8;
 
 export interface FieldSpec<N extends string = string> {
@@ -41,7 +44,7 @@ export function encodeStruct<N extends string>(spec: StructSpec<N>, value: Parti
 
 export function decodeStruct<N extends string>(spec: StructSpec<N>, bytes: Uint8Array): StructValue<N> {
   if (bytes.byteLength < spec.size) {
-    throw new RangeError(`${spec.name} needs ${spec.size} bytes, got ${bytes.byteLength}`);
+    throw new VfioError(Errno.EINVAL, `${spec.name} needs ${spec.size} bytes, got ${bytes.byteLength}`);
   }
   const out = {} as StructValue<N>;
   for (const f of spec.fields) out[f.name] = readField(bytes, f.offset, f.width);

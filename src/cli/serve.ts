@@ -1,5 +1,6 @@
 // `vfio-migrate serve`: host one sample device behind a vfio-user socket until SIGINT/SIGTERM.
 import { parseArgs } from 'node:util';
+import { parseFaultSpec, withFaults } from '../device/fault-injection.ts';
 import type { DataSectionKind } from '../device/region-layout.ts';
 import { createSampleDevice, SAMPLE_DEVICES } from '../device/samples/index.ts';
 import { HostedDevice } from '../vfio-user/hosted-device.ts';
@@ -14,7 +15,11 @@ export const serveUsage = `usage: vfio-migrate serve --device NAME --socket PATH
   --device-mem SIZE     large-memory device memory (default 256M)
   --work-rate N         large-memory device writes per second while running (default 2000)
   --device-fill KIND    large-memory initial memory: zero (default) or random
-  --quiet               no log lines on stderr`;
+  --quiet               no log lines on stderr
+  --x-fault SPEC        (testing) inject a device fault; repeatable. SPEC = WHAT@STATE[,count=N][,after=SIZE]
+                        WHAT: fail-transition | kill-transition | fail-data | kill-data (kill = SIGKILL self)
+                        STATE: stopped | running | stop-and-copy | pre-copy | resuming; see
+                        src/device/fault-injection.ts`;
 
 export async function runServe(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -28,6 +33,7 @@ export async function runServe(argv: string[]): Promise<number> {
       'work-rate': { type: 'string', default: '2000' },
       'device-fill': { type: 'string', default: 'zero' },
       quiet: { type: 'boolean', default: false },
+      'x-fault': { type: 'string', multiple: true, default: [] },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -39,7 +45,8 @@ export async function runServe(argv: string[]): Promise<number> {
   if (values.flavor !== 'seed') throw new Error(`flavor "${values.flavor}" is not served yet (supported: seed)`);
   const kind = values['data-section'] as DataSectionKind;
   if (kind !== 'mmapped' && kind !== 'trapped') throw new Error('--data-section must be mmapped or trapped');
-  const device = createSampleDevice(values.device, {
+  const faults = values['x-fault']!.map(parseFaultSpec);
+  const sample = createSampleDevice(values.device, {
     memSize: parseSize(values['device-mem']!),
     workRate: Number(values['work-rate']),
     fill: values['device-fill'] === 'random' ? 'random' : 'zero',
@@ -47,6 +54,10 @@ export async function runServe(argv: string[]): Promise<number> {
   if (values['device-fill'] !== 'random' && values['device-fill'] !== 'zero')
     throw new Error('--device-fill must be zero or random');
   const log = values.quiet ? () => {} : (line: string) => process.stderr.write(`serve[${process.pid}]: ${line}\n`);
+  // Fault lines are printed even when quiet: a test reading stderr learns the fault really fired.
+  const device = withFaults(sample, faults, {
+    log: (line) => process.stderr.write(`serve[${process.pid}]: ${line}\n`),
+  });
   const host = new HostedDevice(device, { dataSection: kind });
   const server = new VfioUserServer(host, { log }).listen(values.socket);
   console.log(`serving ${device.model} on ${server.path} (flavor ${values.flavor}, ${kind} data section)`);

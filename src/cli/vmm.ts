@@ -2,7 +2,7 @@
 // live migration out (QMP `migrate`) or in (`--incoming`).
 import { parseArgs } from 'node:util';
 import { QmpServer } from '../vmm/qmp/server.ts';
-import { vmmCommands } from '../vmm/qmp-commands.ts';
+import { vendorCommands, vmmBackend } from '../vmm/qmp-commands.ts';
 import { Tracer } from '../vmm/trace.ts';
 import { Vmm } from '../vmm/vmm.ts';
 import type { WritePattern } from '../vmm/workload-control.ts';
@@ -20,7 +20,8 @@ export const vmmUsage = `usage: vfio-migrate vmm --device-socket PATH --qmp PATH
   --fill KIND           zero (default) or random: guest RAM contents at boot (a non-zero guest to migrate)
   --prefault            fault all of guest RAM in at startup (QEMU's -mem-prealloc), not on first use
   --trace PATTERN       trace events, e.g. 'vfio_*' (to stderr)
-  --stall-timeout MS    a migration link that takes no data this long fails (default 10000)`;
+  --stall-timeout MS    a migration link that moves no data this long fails, on either side, as does
+                        a destination that does not answer READY within it (default 10000)`;
 
 export async function runVmm(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -67,10 +68,7 @@ export async function runVmm(argv: string[]): Promise<number> {
   const quitting = new Promise<void>((r) => {
     quit = r;
   });
-  const qmp = await QmpServer.listen(
-    values.qmp,
-    vmmCommands(vmm, () => setImmediate(quit)),
-  );
+  const qmp = await QmpServer.listen(values.qmp, vmmBackend(vmm, quit), { commands: vendorCommands(vmm), log });
   vmm.eventSink = (e, d) => qmp.emitEvent(e, d);
   console.log(`vmm ready: ${vmm.memory.size} bytes of guest RAM, ${vmm.devices.length} device(s), QMP on ${qmp.path}`);
   if (values.incoming) {

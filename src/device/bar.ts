@@ -12,4 +12,9 @@ export interface Bar {
 export interface DmaPort {
   write(iova: bigint, data: Uint8Array): void;
   read(iova: bigint, length: number): Uint8Array;
+  /**
+   * True while writes are backed up (message-based DMA the client has not acknowledged yet). A device
+   * holds back work that DMAs until it clears, as a real device's DMA engine stalls on a full queue.
+   */
+  congested?(): boolean;
 }

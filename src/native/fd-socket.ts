@@ -309,7 +309,11 @@ export class FdSocket extends EventEmitter<FdSocketEvents> {
     if (this.#destroyed) return;
     if (!this.#hungUp) {
       this.#hungUp = true;
+      const hadQueued = this.#queue.length > 0;
       this.#dropWrites();
+      // The queue is empty now: a reader paused until it drains must hear so, or it never resumes to
+      // see the EOF.
+      if (hadQueued) process.nextTick(() => this.emit('drain'));
     }
     if (this.#paused) {
       this.#updatePolling();

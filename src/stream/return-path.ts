@@ -12,6 +12,9 @@
 //
 // Wire: 'RP' magic (2 bytes), u8 type, be32 length, `length` bytes of UTF-8 text. 7-byte header.
 
+import { Errno } from '../abi/errno.ts';
+import { VfioError } from '../errors.ts';
+
 export const ReturnPathType = {
   /** destination → source: everything loaded and verified, waiting for GO */
   READY: 1,
@@ -46,7 +49,12 @@ export function encodeReturnPath(m: ReturnPathMessage): Uint8Array {
   return out;
 }
 
-/** Incremental decoder; throws on anything that is not a return-path message. */
+/** The peer's bytes are not return-path messages: a typed error, as every decoder of peer input throws. */
+function protocolError(message: string): VfioError {
+  return new VfioError(Errno.EPROTO, message);
+}
+
+/** Incremental decoder; throws a VfioError (EPROTO) on anything that is not a return-path message. */
 export class ReturnPathDecoder {
   private buf = new Uint8Array(0);
 
@@ -57,12 +65,12 @@ export class ReturnPathDecoder {
     const out: ReturnPathMessage[] = [];
     let at = 0;
     while (joined.byteLength - at >= HEADER) {
-      if (joined[at] !== MAGIC0 || joined[at + 1] !== MAGIC1) throw new Error('return path: bad magic');
+      if (joined[at] !== MAGIC0 || joined[at + 1] !== MAGIC1) throw protocolError('return path: bad magic');
       const type = joined[at + 2]!;
       if (type < ReturnPathType.READY || type > ReturnPathType.ERROR)
-        throw new Error(`return path: unknown message type ${type}`);
+        throw protocolError(`return path: unknown message type ${type}`);
       const len = new DataView(joined.buffer, joined.byteOffset + at + 3, 4).getUint32(0, false);
-      if (len > RETURN_PATH_MAX_TEXT * 4) throw new Error(`return path: message of ${len} bytes is too long`);
+      if (len > RETURN_PATH_MAX_TEXT * 4) throw protocolError(`return path: message of ${len} bytes is too long`);
       if (joined.byteLength - at < HEADER + len) break;
       out.push({
         type: type as ReturnPathTypeValue,

@@ -118,6 +118,11 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     return this.closed;
   }
 
+  /** Our requests still waiting for the peer's reply. */
+  get pendingRequests(): number {
+    return this.pending.size;
+  }
+
   /** Raises the size limit after VERSION negotiated a larger max_data_xfer_size. */
   setLimits(limits: Partial<FramingLimits>): void {
     this.limits = { ...this.limits, ...limits };

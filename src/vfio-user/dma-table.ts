@@ -21,6 +21,12 @@ export interface DmaRange {
   readonly memory: Uint8Array | null;
 }
 
+/**
+ * Message-based DMA writes the client may have unacknowledged before the device's port reports congestion.
+ * Without a bound a busy device floods the socket and every reply the client waits for queues behind it.
+ */
+export const MAX_MESSAGE_DMA_IN_FLIGHT = 32;
+
 /** Sends one DMA_WRITE to the client; resolves when the client acknowledged it. */
 export type MessageDmaWriter = (iova: bigint, data: Uint8Array) => Promise<void>;
 
@@ -72,6 +78,19 @@ export class DmaTable {
     let memory: Uint8Array | null = null;
     if (req.fd >= 0) {
       if (size > BigInt(Number.MAX_SAFE_INTEGER)) throw new VfioError(Errno.ENOSPC, 'DMA range too large to map');
+      // A mapping past the file's end would kill this process with SIGBUS at the device's first touch there.
+      let fileSize: number;
+      try {
+        fileSize = native().fdSize(req.fd);
+      } catch (err) {
+        throw new VfioError(Errno.EINVAL, `cannot stat the DMA fd: ${(err as Error).message}`);
+      }
+      if (req.fdOffset + size > BigInt(fileSize)) {
+        throw new VfioError(
+          Errno.EINVAL,
+          `DMA range ${hex(iova)}+${hex(size)} at fd offset ${hex(req.fdOffset)} runs past the fd's ${fileSize} bytes`,
+        );
+      }
       try {
         memory = new Uint8Array(native().mmap(req.fd, Number(req.fdOffset), Number(size), req.writable));
       } catch (err) {
@@ -128,6 +147,7 @@ export class DmaTable {
       this.inFlight.add(p);
       void p.finally(() => this.inFlight.delete(p));
     },
+    congested: () => this.inFlight.size >= MAX_MESSAGE_DMA_IN_FLIGHT,
     read: (iova, length) => {
       const r = this.find(iova, length);
       if (!r?.readable || !r.memory) {

@@ -59,11 +59,22 @@ export async function openRegionPort(
   try {
     const size = safeNumber(`region ${index} size`, info.size);
     if (info.fd !== undefined && options.mmap !== false) {
-      for (const a of info.sparseAreas ?? []) {
+      // An area past the fd's end would kill this process with SIGBUS at the first touch there.
+      let fileSize = -1n;
+      try {
+        fileSize = BigInt(native().fdSize(info.fd));
+      } catch (err) {
+        warnings.push(`region ${index} fd cannot be stat'ed (${(err as Error).message}): nothing mapped`);
+      }
+      for (const a of fileSize < 0n ? [] : (info.sparseAreas ?? [])) {
         const where = `region ${index} area ${a.offset}+${a.size}`;
         if (a.size === 0n) continue;
         if (a.offset + a.size > info.size) {
           warnings.push(`${where} lies beyond the region's ${info.size} bytes: not mapped`);
+          continue;
+        }
+        if (info.offset + a.offset + a.size > fileSize) {
+          warnings.push(`${where} lies beyond the fd's ${fileSize} bytes: not mapped, it stays trapped`);
           continue;
         }
         try {

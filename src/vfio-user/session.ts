@@ -62,6 +62,20 @@ import { type HostedDevice, IRQ_COUNTS, NUM_REGIONS } from './hosted-device.ts';
 export const MAX_DMA_RANGES = 1024;
 
 /**
+ * Requests a client may have queued or running at once, and their bytes. At either bound the server stops
+ * reading the socket (the kernel then pushes back on the client) instead of queueing without end. While
+ * the server itself waits for a reply from the client (message DMA) it must keep reading, so there a
+ * request over the bound is answered EBUSY at once instead.
+ */
+export const MAX_PENDING_REQUESTS = 64;
+export const MAX_PENDING_BYTES = 8 << 20;
+/** Replies not yet taken by a client past which no more of its requests are read. */
+export const MAX_UNSENT_REPLY_BYTES = 4 << 20;
+
+/** The commands that may carry fds (each handler checks how many); any other with fds is refused. */
+const TAKES_FDS: ReadonlySet<number> = new Set([Command.DMA_MAP, Command.DEVICE_SET_IRQS]);
+
+/**
  * A reply payload, optionally with fds to send along (they stay owned by whoever owned them), or a whole
  * reply message built in place (see replyBuffer).
  */
@@ -79,6 +93,12 @@ export class Session {
   );
   private readonly handlers: Record<number, Handler>;
   private ended = false;
+  /** Requests received and not yet answered, and their bytes (see MAX_PENDING_REQUESTS). */
+  private pendingCount = 0;
+  private pendingBytes = 0;
+  private readPaused = false;
+  /** Requests refused with EBUSY for being over the bound (for tests and diagnostics). */
+  busyRefusals = 0;
 
   constructor(
     private readonly conn: Connection,
@@ -99,10 +119,49 @@ export class Session {
       [Command.REGION_WRITE]: (m) => this.regionWrite(m),
       [Command.DEVICE_RESET]: (m) => this.reset(m),
     };
-    conn.on('command', (m) => {
-      this.queue = this.queue.then(() => this.handle(m));
-    });
+    conn.on('command', (m) => this.accept(m));
+    conn.socket.on('drain', () => this.flow());
     conn.on('close', (reason) => this.end(reason?.message));
+  }
+
+  /** Requests queued or running, and their bytes. */
+  get pending(): { count: number; bytes: number } {
+    return { count: this.pendingCount, bytes: this.pendingBytes };
+  }
+
+  private accept(m: ReceivedMessage): void {
+    if (this.pendingCount >= MAX_PENDING_REQUESTS || this.pendingBytes >= MAX_PENDING_BYTES) {
+      // Only reachable while we read on for a DMA reply (see flow): refuse rather than queue.
+      this.busyRefusals++;
+      closeFds(m.fds);
+      if (!this.ended) this.conn.replyError(m, Errno.EBUSY);
+      return;
+    }
+    const size = m.header.msgSize;
+    this.pendingCount++;
+    this.pendingBytes += size;
+    this.flow();
+    this.queue = this.queue.then(async () => {
+      try {
+        await this.handle(m);
+      } finally {
+        this.pendingCount--;
+        this.pendingBytes -= size;
+        this.flow();
+      }
+    });
+  }
+
+  /** Reads the client's socket only while its requests and our unsent replies are within bounds. */
+  private flow(): void {
+    if (this.ended || this.conn.isClosed) return;
+    const full = this.pendingCount >= MAX_PENDING_REQUESTS || this.pendingBytes >= MAX_PENDING_BYTES;
+    const backedUp = this.conn.socket.writableLength > MAX_UNSENT_REPLY_BYTES;
+    const pause = backedUp || (full && this.conn.pendingRequests === 0);
+    if (pause === this.readPaused) return; // each change is a poller update: only on a change
+    this.readPaused = pause;
+    if (pause) this.conn.socket.pause();
+    else this.conn.socket.resume();
   }
 
   private async handle(m: ReceivedMessage): Promise<void> {
@@ -115,6 +174,9 @@ export class Session {
       if (!handler) throw einval(`${commandName(m.header.cmd)} is not supported by this device`);
       if (m.header.cmd !== Command.VERSION && !this.client) throw einval(`${commandName(m.header.cmd)} before VERSION`);
       this.checkGate(m.header.cmd);
+      if (m.fds.length > 0 && !TAKES_FDS.has(m.header.cmd)) {
+        throw einval(`${commandName(m.header.cmd)} takes no fds, ${m.fds.length} came with it`);
+      }
       const reply = await handler(m);
       if (reply instanceof Uint8Array || reply === undefined) this.conn.reply(m, reply);
       else if ('built' in reply) this.conn.sendReply(m, reply.built);
@@ -129,11 +191,14 @@ export class Session {
     }
   }
 
-  /** v1-era rule: a stopped or stop-and-copy device takes only region accesses. */
+  /**
+   * v1-era rule: a stopped or stop-and-copy device takes only region accesses. VERSION is the connection's,
+   * not the device's: a client that left the device stopped (a crashed VMM) must not lock the next one out.
+   */
   private checkGate(cmd: number): void {
     const s = this.host.migration.state;
     const stopped = (s & (DeviceState.RUNNING | DeviceState.RESUMING)) === 0;
-    if (stopped && cmd !== Command.REGION_READ && cmd !== Command.REGION_WRITE) {
+    if (stopped && cmd !== Command.REGION_READ && cmd !== Command.REGION_WRITE && cmd !== Command.VERSION) {
       throw einval(`${commandName(cmd)} is not accepted while the device is stopped`);
     }
   }
@@ -322,7 +387,14 @@ export class Session {
     for (let at = 0; at < data.byteLength; at += max) {
       const piece = data.subarray(at, at + max);
       const addr = iova + BigInt(at);
-      const reply = await this.conn.request(Command.DMA_WRITE, encodeDmaWriteRequest({ address: addr, data: piece }));
+      const request = this.conn.request(Command.DMA_WRITE, encodeDmaWriteRequest({ address: addr, data: piece }));
+      this.flow(); // a reply is due: read on even with a full queue
+      let reply: ReceivedMessage;
+      try {
+        reply = await request;
+      } finally {
+        this.flow();
+      }
       closeFds(reply.fds);
       const ack = decodeDmaWriteReply(reply.payload);
       if (ack.address !== addr || ack.count !== BigInt(piece.byteLength)) {

@@ -48,6 +48,12 @@ export interface LocalPair {
   /** The destination's migration address, for `migrate`. */
   uri: string;
   procs: Record<'srcDevice' | 'dstDevice' | 'srcVmm' | 'dstVmm', Proc>;
+  /**
+   * Replaces the destination host with a fresh one (a new device server and a new VMM waiting with
+   * `--incoming`, on new sockets), for a retry after a failed attempt: the old destination's processes
+   * are stopped if still alive; `dst`, `uri` and `procs.dst*` then refer to the new ones.
+   */
+  freshDestination(overrides?: Partial<HostOptions> & { paused?: boolean }): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -71,10 +77,10 @@ function startProcess(
     for (const line of d.split('\n').filter(Boolean)) log?.(`${role}: ${line}`);
   });
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(
-      () => reject(new Error(`${role} did not start within ${timeoutMs} ms: ${errText}`)),
-      timeoutMs,
-    );
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${role} did not start within ${timeoutMs} ms: ${errText}`));
+    }, timeoutMs);
     child.stdout!.setEncoding('utf8').on('data', (d: string) => {
       proc.stdout += d;
       const m = ready.exec(proc.stdout);
@@ -94,116 +100,143 @@ async function stopProcess(p: Proc | undefined): Promise<void> {
   if (!p || p.child.exitCode !== null || p.child.signalCode !== null) return;
   const exited = new Promise((r) => p.child.once('exit', r));
   p.child.kill('SIGTERM');
+  p.child.kill('SIGCONT'); // a test may have stopped it (SIGSTOP): let it see the SIGTERM
   const t = setTimeout(() => p.child.kill('SIGKILL'), 5000);
   await exited;
   clearTimeout(t);
 }
 
+interface DestinationHost {
+  device: Proc;
+  vmm: Proc & { match: RegExpExecArray };
+}
+
+/** A destination host: its device server, then its VMM waiting for the migration (`--incoming`). */
+async function startDestination(
+  o: LocalPairOptions,
+  h: HostOptions,
+  paused: boolean,
+  path: (n: string) => string,
+  tag: string,
+  spawned: Proc[],
+): Promise<DestinationHost> {
+  const listen = o.listen ?? '127.0.0.1:0';
+  const device = await startProcess(
+    'dst-device',
+    ['serve', '--device', h.device, '--socket', path(`dst-dev${tag}.sock`), '--quiet', ...(h.deviceArgs ?? [])],
+    /serving/,
+    o.destinationWrap ?? [],
+    o.log,
+    o.startTimeoutMs,
+    spawned,
+  );
+  const vmm = await startProcess(
+    'dst-vmm',
+    [
+      'vmm',
+      '--device-socket',
+      path(`dst-dev${tag}.sock`),
+      '--qmp',
+      path(`dst${tag}.qmp`),
+      '--mem',
+      o.memSize,
+      '--incoming',
+      o.incoming ?? `tcp:${listen}`,
+      ...(paused ? ['--paused'] : []),
+      ...(h.vmmArgs ?? []),
+    ],
+    o.incoming ? /vmm ready/ : /listening on port (\d+)/,
+    o.destinationWrap ?? [],
+    o.log,
+    o.startTimeoutMs,
+    spawned,
+  );
+  return { device, vmm };
+}
+
 export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
   const dir = mkdtempSync(join(tmpdir(), 'vfio-migrate-'));
   const procs: Partial<LocalPair['procs']> = {};
-  const spawned: Proc[] = [];
+  /** Every process started, including replaced destinations, so that stop() ends them all. */
+  const all: Proc[] = [];
   const path = (n: string) => join(dir, n);
+  const listen = o.listen ?? '127.0.0.1:0';
+  const host = listen.slice(0, listen.lastIndexOf(':'));
   try {
-    const [srcDevice, dstDevice] = await Promise.all([
-      startProcess(
-        'src-device',
-        [
-          'serve',
-          '--device',
-          o.source.device,
-          '--socket',
-          path('src-dev.sock'),
-          '--quiet',
-          ...(o.source.deviceArgs ?? []),
-        ],
-        /serving/,
-        o.sourceWrap ?? [],
-        o.log,
-        undefined,
-        spawned,
-      ),
-      startProcess(
-        'dst-device',
-        [
-          'serve',
-          '--device',
-          o.destination.device,
-          '--socket',
-          path('dst-dev.sock'),
-          '--quiet',
-          ...(o.destination.deviceArgs ?? []),
-        ],
-        /serving/,
-        o.destinationWrap ?? [],
-        o.log,
-        undefined,
-        spawned,
-      ),
-    ]);
-    procs.srcDevice = srcDevice;
-    procs.dstDevice = dstDevice;
-    const listen = o.listen ?? '127.0.0.1:0';
-    const [srcVmm, dstVmm] = await Promise.all([
-      startProcess(
-        'src-vmm',
-        [
-          'vmm',
-          '--device-socket',
-          path('src-dev.sock'),
-          '--qmp',
-          path('src.qmp'),
-          '--mem',
-          o.memSize,
-          ...(o.source.vmmArgs ?? []),
-        ],
-        /vmm ready/,
-        o.sourceWrap ?? [],
-        o.log,
-        o.startTimeoutMs,
-        spawned,
-      ),
-      startProcess(
-        'dst-vmm',
-        [
-          'vmm',
-          '--device-socket',
-          path('dst-dev.sock'),
-          '--qmp',
-          path('dst.qmp'),
-          '--mem',
-          o.memSize,
-          '--incoming',
-          o.incoming ?? `tcp:${listen}`,
-          ...(o.paused ? ['--paused'] : []),
-          ...(o.destination.vmmArgs ?? []),
-        ],
-        o.incoming ? /vmm ready/ : /listening on port (\d+)/,
-        o.destinationWrap ?? [],
-        o.log,
-        o.startTimeoutMs,
-        spawned,
-      ),
+    const [srcVmm, dst] = await Promise.all([
+      (async () => {
+        const srcDevice = await startProcess(
+          'src-device',
+          [
+            'serve',
+            '--device',
+            o.source.device,
+            '--socket',
+            path('src-dev.sock'),
+            '--quiet',
+            ...(o.source.deviceArgs ?? []),
+          ],
+          /serving/,
+          o.sourceWrap ?? [],
+          o.log,
+          o.startTimeoutMs,
+          all,
+        );
+        procs.srcDevice = srcDevice;
+        const vmm = await startProcess(
+          'src-vmm',
+          [
+            'vmm',
+            '--device-socket',
+            path('src-dev.sock'),
+            '--qmp',
+            path('src.qmp'),
+            '--mem',
+            o.memSize,
+            ...(o.source.vmmArgs ?? []),
+          ],
+          /vmm ready/,
+          o.sourceWrap ?? [],
+          o.log,
+          o.startTimeoutMs,
+          all,
+        );
+        return vmm;
+      })(),
+      startDestination(o, o.destination, o.paused ?? false, path, '', all),
     ]);
     procs.srcVmm = srcVmm;
-    procs.dstVmm = dstVmm;
-    const host = listen.slice(0, listen.lastIndexOf(':'));
-    const [src, dst] = await Promise.all([QmpClient.connect(path('src.qmp')), QmpClient.connect(path('dst.qmp'))]);
-    return {
+    procs.dstDevice = dst.device;
+    procs.dstVmm = dst.vmm;
+    const [src, dstQmp] = await Promise.all([QmpClient.connect(path('src.qmp')), QmpClient.connect(path('dst.qmp'))]);
+    let generation = 0;
+    const pair: LocalPair = {
       dir,
       src,
-      dst,
-      uri: o.incoming ?? `tcp:${host}:${dstVmm.match[1]}`,
+      dst: dstQmp,
+      uri: o.incoming ?? `tcp:${host}:${dst.vmm.match[1]}`,
       procs: procs as LocalPair['procs'],
+      freshDestination: async (overrides = {}) => {
+        const tag = `-${++generation}`;
+        pair.dst.close();
+        await Promise.all([stopProcess(pair.procs.dstVmm), stopProcess(pair.procs.dstDevice)]);
+        const h = { ...o.destination, ...overrides };
+        const next = await startDestination(o, h, overrides.paused ?? o.paused ?? false, path, tag, all);
+        pair.procs.dstDevice = next.device;
+        pair.procs.dstVmm = next.vmm;
+        pair.dst = await QmpClient.connect(path(`dst${tag}.qmp`));
+        pair.uri = o.incoming ?? `tcp:${host}:${next.vmm.match[1]}`;
+      },
       stop: async () => {
         src.close();
-        dst.close();
-        await Promise.all(Object.values(procs).map((p) => stopProcess(p)));
+        pair.dst.close();
+        await Promise.all(all.map((p) => stopProcess(p)));
         rmSync(dir, { recursive: true, force: true });
       },
     };
+    return pair;
   } catch (err) {
-    await Promise.all(spawned.map((p) => stopProcess(p)));
+    await Promise.all(all.map((p) => stopProcess(p)));
     rmSync(dir, { recursive: true, force: true });
     throw err;
   }

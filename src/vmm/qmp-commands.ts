@@ -1,98 +1,104 @@
-// The QMP commands a VMM answers, mapped onto the Vmm and its migration controller.
+// The VMM behind its QMP socket: the standard commands through the QMP server's typed backend (which
+// checks arguments, URIs and ranges the way QEMU does before anything reaches the VMM), plus vendor `x-`
+// commands (QEMU's prefix for unstable ones) that tests and the demo use to prove two VMs equal.
 
 import { VfioError } from '../errors.ts';
+import type { QmpCommand, QmpVmmBackend } from './qmp/commands.ts';
 import { QmpError } from './qmp/errors.ts';
-import type { QmpCommand } from './qmp/server.ts';
-import type { Vmm } from './vmm.ts';
+import { deviceLostMessage, type Vmm } from './vmm.ts';
 
-function wrap(fn: (args: Record<string, unknown>) => unknown): QmpCommand['run'] {
-  return async (args) => {
-    try {
-      return await fn(args);
-    } catch (err) {
-      if (err instanceof QmpError) throw err;
-      const msg = err instanceof VfioError ? err.message.replace(/ \(E[A-Z0-9]+\)$/, '') : (err as Error).message;
-      throw new QmpError('GenericError', msg);
-    }
-  };
+/** A VMM refusal as QMP sends it: GenericError with the message, without our errno suffix. */
+function qmpError(err: unknown): unknown {
+  if (err instanceof VfioError) return new QmpError('GenericError', err.message.replace(/ \(E[A-Z0-9]+\)$/, ''));
+  return err;
 }
 
-export function vmmCommands(vmm: Vmm, quit: () => void): Record<string, QmpCommand> {
+async function mapped<T>(fn: () => T | Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    throw qmpError(err);
+  }
+}
+
+/** The standard commands' backend on a VMM; `quit` ends the process once the reply is out. */
+export function vmmBackend(vmm: Vmm, quit: () => void): QmpVmmBackend {
   const m = vmm.migration;
   return {
-    migrate: {
-      args: {
-        uri: { type: 'str' },
-        detach: { type: 'bool', optional: true },
-        resume: { type: 'bool', optional: true },
-      },
-      run: wrap((a) => {
-        if (a.resume) throw new QmpError('GenericError', 'resuming a paused postcopy migration is not supported');
-        m.migrate(a.uri as string);
-        return {};
+    migrate: (uri) =>
+      mapped(() => {
+        const lost = vmm.devices.find((d) => d.driver.lost);
+        if (lost) throw new QmpError('GenericError', `cannot migrate: ${deviceLostMessage(lost)}`);
+        m.migrate(uri);
       }),
-    },
-    'query-migrate': { args: {}, run: () => m.info() },
-    migrate_cancel: { args: {}, run: wrap(() => m.cancel()) },
-    'migrate-set-parameters': {
-      args: {
-        'downtime-limit': { type: 'int', optional: true, min: 0, max: 2_000_000 },
-        'max-bandwidth': { type: 'int', optional: true, min: 0, max: Number.MAX_SAFE_INTEGER },
-        'avail-switchover-bandwidth': { type: 'int', optional: true, min: 0, max: Number.MAX_SAFE_INTEGER },
-      },
-      run: wrap((a) => {
-        m.setParameters({
-          ...(a['downtime-limit'] !== undefined ? { downtimeLimit: a['downtime-limit'] as number } : {}),
-          ...(a['max-bandwidth'] !== undefined ? { maxBandwidth: a['max-bandwidth'] as number } : {}),
-          ...(a['avail-switchover-bandwidth'] !== undefined
-            ? { availSwitchoverBandwidth: a['avail-switchover-bandwidth'] as number }
-            : {}),
-        });
-        return {};
+    queryMigrate: () => m.info(),
+    migrateCancel: () => mapped(() => m.cancel()),
+    setMigrationParameters: (p) =>
+      m.setParameters({
+        ...(p['downtime-limit'] !== undefined ? { downtimeLimit: p['downtime-limit'] } : {}),
+        ...(p['max-bandwidth'] !== undefined ? { maxBandwidth: p['max-bandwidth'] } : {}),
+        ...(p['avail-switchover-bandwidth'] !== undefined
+          ? { availSwitchoverBandwidth: p['avail-switchover-bandwidth'] }
+          : {}),
       }),
-    },
-    'query-migrate-parameters': {
-      args: {},
-      run: () => ({
-        'downtime-limit': m.parameters.downtimeLimit,
-        'max-bandwidth': m.parameters.maxBandwidth,
-        'avail-switchover-bandwidth': m.parameters.availSwitchoverBandwidth,
-      }),
-    },
-    'query-status': {
-      args: {},
-      run: () => ({ running: vmm.runState.running, singlestep: false, status: vmm.runState.state }),
-    },
-    stop: { args: {}, run: wrap(() => vmm.stop()) },
-    cont: {
-      args: {},
-      run: wrap(() => {
+    queryMigrationParameters: () => ({
+      'downtime-limit': m.parameters.downtimeLimit,
+      'max-bandwidth': m.parameters.maxBandwidth,
+      'avail-switchover-bandwidth': m.parameters.availSwitchoverBandwidth,
+    }),
+    queryStatus: () => ({ running: vmm.runState.running, status: vmm.runState.state }),
+    stop: () => mapped(() => vmm.stop()),
+    cont: () =>
+      mapped(() => {
+        // QEMU's qmp_cont refuses while an incoming migration has not finished.
         if (vmm.runState.state === 'inmigrate') throw new QmpError('GenericError', 'Migration is not finalized yet');
         return vmm.cont();
       }),
-    },
-    quit: { args: {}, run: () => quit() },
-    // Vendor extension (x- prefix, as QEMU names unstable commands): digests proving two VMs equal.
+    quit,
+  };
+}
+
+/** Vendor commands: digests proving two VMs equal, and each device's migration state. */
+export function vendorCommands(vmm: Vmm): Record<string, QmpCommand> {
+  return {
     'x-query-digests': {
       args: { pages: { type: 'bool', optional: true } },
-      run: wrap(async (a) => {
-        const d = await vmm.digests();
-        // Per-page digests (16 bytes each, base64) let a checker say which pages differ.
-        return a.pages ? { ...d, pages: Buffer.from(vmm.memory.pageDigests()).toString('base64') } : d;
-      }),
+      run: (a) =>
+        mapped(async () => {
+          const d = await vmm.digests();
+          // Per-page digests (16 bytes each, base64) let a checker say which pages differ.
+          return a.pages ? { ...d, pages: Buffer.from(vmm.memory.pageDigests()).toString('base64') } : d;
+        }),
     },
-    // Each device's migration-region device_state as the device reports it right now.
+    // The synthetic guest's page-write rate, changed live (pages/s over all vCPUs; 0 = idle): lets a test
+    // fill RAM, dirty pages until a migration iterates, then quiesce the guest to snapshot its digests.
+    'x-guest-dirty-rate': {
+      args: { 'pages-per-second': { type: 'int', min: 0, max: 100_000_000 } },
+      run: (a) =>
+        mapped(() => {
+          if (!vmm.workload) throw new QmpError('GenericError', 'this VM has no synthetic guest workload');
+          vmm.workload.setRate(a['pages-per-second'] as number);
+          return {};
+        }),
+    },
+    // Each device's migration-region device_state as the device reports it right now, and what moved.
     'x-query-vfio': {
       args: {},
-      run: wrap(async () =>
-        Promise.all(
-          vmm.devices.map(async (d) => ({
-            name: d.name,
-            'device-state': await d.driver.deviceState(),
-            transferred: d.driver.transferred,
-          })),
+      run: () =>
+        mapped(() =>
+          Promise.all(
+            vmm.devices.map(async (d) => {
+              const counters = {
+                transferred: d.driver.transferred,
+                chunks: d.driver.chunks,
+                'precopy-rounds': d.driver.precopyRounds,
+              };
+              return d.driver.lost
+                ? { name: d.name, 'device-state': null, lost: d.driver.lost, ...counters }
+                : { name: d.name, 'device-state': await d.driver.deviceState(), ...counters };
+            }),
+          ),
         ),
-      ),
     },
   };
 }

@@ -4,8 +4,14 @@
 
 import { Errno } from '../abi/errno.ts';
 import { fieldNamed, readField, writeField } from '../abi/fields.ts';
-import { DIRTY_PFNS_ALL, DIRTY_PFNS_NONE, SEED_MIGRATION_INFO, type SeedField } from '../abi/migration.ts';
-import { VfioError } from '../errors.ts';
+import {
+  DIRTY_PFNS_ALL,
+  DIRTY_PFNS_NONE,
+  deviceStateName,
+  SEED_MIGRATION_INFO,
+  type SeedField,
+} from '../abi/migration.ts';
+import { asVfioError, VfioError } from '../errors.ts';
 
 /** How the VMM reaches one region of a device. */
 export interface RegionPort {
@@ -85,7 +91,16 @@ export class SeedRegionClient {
   async setDeviceState(mask: number, value: number): Promise<number> {
     const old = await this.deviceState();
     const next = ((old & mask) | value) >>> 0;
-    await this.writeField('device_state', BigInt(next));
+    try {
+      await this.writeField('device_state', BigInt(next));
+    } catch (err) {
+      const e = asVfioError(err);
+      throw new VfioError(
+        e.errno,
+        `the device refused device_state ${deviceStateName(old)} -> ${deviceStateName(next)}: ${e.message.replace(/ \(E[A-Z0-9]+\)$/, '')}`,
+        { cause: err },
+      );
+    }
     return next;
   }
 

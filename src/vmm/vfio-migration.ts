@@ -7,7 +7,7 @@
 
 import { Errno } from '../abi/errno.ts';
 import { DeviceState, deviceStateName } from '../abi/migration.ts';
-import { VfioError } from '../errors.ts';
+import { asVfioError, VfioError } from '../errors.ts';
 import type { VfioUserClient } from '../vfio-user/client.ts';
 import { findMigrationRegion, openRegionPort, type VfioRegionPort } from '../vfio-user/region-port.ts';
 import type { DirtyBitmapSink } from './seed-region-client.ts';
@@ -31,6 +31,12 @@ export interface DmaRangeRef {
 export class VfioMigration {
   /** Device data bytes moved (both directions), for query-migrate's vfio.transferred. */
   transferred = 0;
+  /** Data chunks moved in this migration (each one data_offset/data_size/data round on the region). */
+  chunks = 0;
+  /** Pre-copy iterations that moved device data in this migration (stop-and-copy not counted). */
+  precopyRounds = 0;
+  /** Why the device server hung up on its own (crashed, killed): the device and its state are gone. */
+  lost: string | undefined;
   private lastRunning: boolean | null = null;
 
   private constructor(
@@ -39,7 +45,11 @@ export class VfioMigration {
     readonly port: VfioRegionPort,
     readonly region: SeedRegionClient,
     private readonly trace: Tracer,
-  ) {}
+  ) {
+    client.on('close', (reason) => {
+      if (reason) this.lost ??= reason.message;
+    });
+  }
 
   /** Finds the migration region (vfio_migration_probe). A device without one cannot be migrated. */
   static async probe(client: VfioUserClient, name: string, trace: Tracer = noTrace): Promise<VfioMigration> {
@@ -58,13 +68,49 @@ export class VfioMigration {
     return new VfioMigration(name, client, port, new SeedRegionClient(port), trace);
   }
 
+  /**
+   * Errors from the device name it and what was being done: "REGION_READ failed at the peer (EIO)" alone
+   * does not tell a user which device failed or when.
+   */
+  private async named<T>(p: Promise<T>, what = ''): Promise<T> {
+    try {
+      return await p;
+    } catch (err) {
+      const e = asVfioError(err);
+      const bare = e.message.replace(/ \(E[A-Z0-9]+\)$/, '');
+      throw new VfioError(e.errno, `${this.name}: ${what}${bare}`, { cause: err });
+    }
+  }
+
+  /** Runs a save loop; its device errors are named, while a failure of `onData` (the stream's) passes unchanged. */
+  private async dataPath<T>(
+    what: string,
+    onData: (chunk: Uint8Array) => Promise<void> | void,
+    run: (sink: (chunk: Uint8Array) => Promise<void>) => Promise<T>,
+  ): Promise<T> {
+    let sinkError: { err: unknown } | undefined;
+    const sink = async (chunk: Uint8Array) => {
+      try {
+        await onData(chunk);
+      } catch (err) {
+        sinkError = { err };
+        throw err;
+      }
+    };
+    try {
+      return await this.named(run(sink), what);
+    } catch (err) {
+      throw sinkError ? sinkError.err : err;
+    }
+  }
+
   async deviceState(): Promise<number> {
     return this.region.deviceState();
   }
 
   /** new = (old & mask) | value, as vfio_migration_set_state does. */
   private async setState(mask: number, value: number): Promise<number> {
-    const state = await this.region.setDeviceState(mask, value);
+    const state = await this.named(this.region.setDeviceState(mask, value));
     this.trace.event('vfio_migration_set_state', { name: this.name, state });
     return state;
   }
@@ -75,7 +121,8 @@ export class VfioMigration {
    * running flag did not change, as QEMU v1 does.
    */
   async vmStateChange(running: boolean, reason: string): Promise<void> {
-    if (this.lastRunning === running) return;
+    // A lost device has no state to change; the VM still stops and runs (without it).
+    if (this.lastRunning === running || this.lost) return;
     const state = running ? await this.setState(~MASK, RUNNING) : await this.setState(~RUNNING, 0);
     this.lastRunning = running;
     this.trace.event('vfio_vmstate_change', {
@@ -95,12 +142,19 @@ export class VfioMigration {
     if (!FAILED_STATUSES.has(status)) return;
     await this.setState(~(SAVING | RESUMING), RUNNING);
     this.lastRunning = true;
+    this.resetCounters();
+  }
+
+  private resetCounters(): void {
     this.transferred = 0;
+    this.chunks = 0;
+    this.precopyRounds = 0;
   }
 
   /** save_setup: SAVING set (running → pre-copy, stopped → stop-and-copy). */
   async saveSetup(): Promise<void> {
     this.trace.event('vfio_save_setup', { name: this.name });
+    this.resetCounters();
     await this.setState(MASK, SAVING);
   }
 
@@ -116,11 +170,16 @@ export class VfioMigration {
    * until it settles). Returns the bytes moved.
    */
   async saveIterate(budget: number, onData: (chunk: Uint8Array) => Promise<void> | void): Promise<number> {
-    const r = await this.region.iterate(budget, async (chunk) => {
-      this.trace.event('vfio_save_buffer', { name: this.name, data_size: chunk.byteLength });
-      await onData(chunk);
-    });
-    this.transferred += r.bytes;
+    // Counted per chunk, so query-migrate shows device data moving during a long pass.
+    const r = await this.dataPath('saving device data: ', onData, (sink) =>
+      this.region.iterate(budget, async (chunk) => {
+        this.trace.event('vfio_save_buffer', { name: this.name, data_size: chunk.byteLength });
+        this.chunks++;
+        await sink(chunk);
+        this.transferred += chunk.byteLength;
+      }),
+    );
+    if (r.bytes > 0) this.precopyRounds++;
     this.trace.event('vfio_save_iterate', { name: this.name, data_size: r.bytes });
     return r.bytes;
   }
@@ -131,8 +190,13 @@ export class VfioMigration {
    */
   async saveComplete(onData: (chunk: Uint8Array) => Promise<void> | void): Promise<number> {
     await this.setState(~RUNNING, SAVING);
-    const r = await this.region.drain(onData);
-    this.transferred += r.bytes;
+    const r = await this.dataPath('stop-and-copy: ', onData, (sink) =>
+      this.region.drain(async (chunk) => {
+        this.chunks++;
+        await sink(chunk);
+        this.transferred += chunk.byteLength;
+      }),
+    );
     await this.setState(~SAVING, 0);
     this.trace.event('vfio_save_complete_precopy', { name: this.name, bytes: r.bytes });
     return r.bytes;
@@ -146,14 +210,16 @@ export class VfioMigration {
 
   /** load_setup: the destination device goes to RESUMING. */
   async loadSetup(): Promise<void> {
+    this.resetCounters();
     await this.setState(~MASK, RESUMING);
   }
 
   /** One DEV_DATA_STATE block, in stream order. */
   async loadData(data: Uint8Array): Promise<void> {
     this.trace.event('vfio_load_state_device_data', { name: this.name, data_size: data.byteLength });
-    await this.region.loadBuffer(data);
+    await this.named(this.region.loadBuffer(data), 'loading device data: ');
     this.transferred += data.byteLength;
+    this.chunks++;
   }
 
   /**

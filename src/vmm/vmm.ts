@@ -42,6 +42,14 @@ export interface VmmDevice {
   bar0Size: number;
 }
 
+/** What the user is told once a device is lost. */
+export function deviceLostMessage(d: VmmDevice): string {
+  return (
+    `device ${d.name} is lost (its device server hung up: ${d.driver.lost}); its state is gone, so this VM cannot be ` +
+    'migrated or saved any more: shut the guest down cleanly and start it again with a new device server'
+  );
+}
+
 /** PCI-style names for the devices, as QEMU's idstr would carry them: 0000:00:05.0, 0000:00:06.0, … */
 function deviceName(i: number): string {
   return `0000:00:${(5 + i).toString(16).padStart(2, '0')}.0`;
@@ -75,6 +83,13 @@ export class Vmm {
       else await this.workload.pause();
     });
     this.runState.addChangeHandler((running) => this.emit(running ? 'RESUME' : 'STOP'));
+    for (const d of devices) {
+      d.client.on('close', (reason) => {
+        if (!reason) return; // our own close() gives no reason
+        log(deviceLostMessage(d));
+        this.emit('X_DEVICE_LOST', { device: d.name, reason: reason.message });
+      });
+    }
     this.migration = new MigrationController({
       runState: this.runState,
       ram: new RamHandler(memory, this.dirty),
@@ -147,10 +162,15 @@ export class Vmm {
    * Digests to prove two VMs equal: SHA-256 over every page's digest, and each device's own state
    * digest read through its BAR (large-memory: its DIGEST register; others: the whole of BAR0).
    */
-  async digests(): Promise<{ ram: string; devices: { name: string; digest: string }[] }> {
+  async digests(): Promise<{ ram: string; devices: { name: string; digest: string | null; lost?: string }[] }> {
     const ram = createHash('sha256').update(this.memory.pageDigests()).digest('hex');
-    const devices: { name: string; digest: string }[] = [];
+    const devices: { name: string; digest: string | null; lost?: string }[] = [];
     for (const d of this.devices) {
+      if (d.driver.lost) {
+        // Nothing to digest: the state is gone. Said as such rather than failing the guest's RAM digest too.
+        devices.push({ name: d.name, digest: null, lost: d.driver.lost });
+        continue;
+      }
       const id = await d.client.regionRead(0, 0, 4);
       const isLmem = new DataView(id.buffer, id.byteOffset, 4).getUint32(0, true) === 0x4d454d4c;
       const bytes = isLmem
@@ -172,6 +192,7 @@ export class Vmm {
   }
 
   async close(): Promise<void> {
+    this.migration.close();
     await this.workload?.stop();
     for (const d of this.devices) {
       d.driver.close();

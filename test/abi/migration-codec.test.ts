@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
+import { Errno } from '../../src/abi/errno.ts';
 import {
   decodeStruct,
   encodeStruct,
@@ -29,6 +30,7 @@ import {
   v1StateIsError,
   v1StateValid,
 } from '../../src/abi/migration.ts';
+import { VfioError } from '../../src/errors.ts';
 
 const TABLES: { flavor: string; spec: StructSpec }[] = [
   { flavor: 'seed', spec: SEED_MIGRATION_INFO },
@@ -81,9 +83,10 @@ describe('struct codec: both migration_info tables', () => {
       );
     });
 
-    test(`${flavor}: decode of fewer than ${spec.size} bytes throws RangeError`, () => {
-      assert.throws(() => decodeStruct(spec, new Uint8Array(spec.size - 1)), RangeError);
-      assert.throws(() => decodeStruct(spec, new Uint8Array(0)), RangeError);
+    test(`${flavor}: decode of fewer than ${spec.size} bytes throws VfioError (EINVAL)`, () => {
+      const einval = (e: unknown) => e instanceof VfioError && e.errno === Errno.EINVAL;
+      assert.throws(() => decodeStruct(spec, new Uint8Array(spec.size - 1)), einval);
+      assert.throws(() => decodeStruct(spec, new Uint8Array(0)), einval);
     });
 
     test(`${flavor}: missing fields encode as 0, and a field's value never spills into its neighbours`, () => {

@@ -46,8 +46,11 @@ describe('live migration across processes', () => {
     });
     try {
       const info = await migrateAndVerify(pair);
-      const ram = info.ram as { normal: number; duplicate: number };
-      assert.ok(ram.normal > 0 && ram.duplicate > 0, 'pages and zero pages both sent');
+      const ram = info.ram as Record<string, number>;
+      assert.ok(ram.normal! > 0 && ram.duplicate! > 0, 'pages and zero pages both sent');
+      // Pages the guest and the device dirtied since the last pre-copy pass go while the VM is stopped.
+      assert.ok(ram['downtime-bytes']! > 0, 'RAM sent after the stop is counted as downtime bytes');
+      assert.equal(ram['precopy-bytes']! + ram['downtime-bytes']!, ram.transferred);
       assert.ok((info.vfio as { transferred: number }).transferred > 16 << 20, 'the device memory moved');
       assert.ok(typeof info.downtime === 'number');
       // The destination runs the guest on: cont, and its vCPUs and device change memory again.
@@ -63,6 +66,38 @@ describe('live migration across processes', () => {
     }
   });
 
+  test('a device whose state takes many chunks over several pre-copy rounds, through a trapped data section', async () => {
+    const pair = await startLocalPair({
+      memSize: '64M',
+      paused: true,
+      source: {
+        device: 'large-memory',
+        // Modest rates: the device must re-dirty blocks between rounds, yet converge on a slow machine too.
+        deviceArgs: ['--device-mem', '32M', '--work-rate', '2000', '--data-section', 'trapped'],
+        vmmArgs: ['--dirty-rate', '2000'],
+      },
+      destination: {
+        device: 'large-memory',
+        deviceArgs: ['--device-mem', '32M', '--work-rate', '2000', '--data-section', 'trapped'],
+      },
+    });
+    try {
+      await migrateAndVerify(pair);
+      type Vfio = { chunks: number; 'precopy-rounds': number; transferred: number }[];
+      const [src] = await pair.src.execute<Vfio>('x-query-vfio');
+      const [dst] = await pair.dst.execute<Vfio>('x-query-vfio');
+      console.log(
+        `device: ${src!.chunks} chunks, ${src!['precopy-rounds']} pre-copy rounds, ${src!.transferred} bytes`,
+      );
+      assert.ok(src!.chunks > 1, `the state moved in ${src!.chunks} chunks`);
+      assert.ok(src!['precopy-rounds'] > 1, `device data moved in ${src!['precopy-rounds']} pre-copy rounds`);
+      assert.equal(dst!.chunks, src!.chunks, 'the destination loaded every chunk the source sent');
+      assert.equal(dst!.transferred, src!.transferred);
+    } finally {
+      await pair.stop();
+    }
+  });
+
   test('an idle VM with a register-file device', async () => {
     const pair = await startLocalPair({
       memSize: '64M',
@@ -71,8 +106,24 @@ describe('live migration across processes', () => {
       destination: { device: 'register-file', vmmArgs: ['--dirty-rate', '0'] },
     });
     try {
+      // The real VMM behind QMP checks arguments as QEMU does, before anything starts.
+      const refused = async (cmd: string, args: Record<string, unknown>, desc: RegExp) =>
+        assert.rejects(pair.src.execute(cmd, args), (e: { errorClass?: string; message: string }) => {
+          assert.equal(e.errorClass, 'GenericError', e.message);
+          assert.match(e.message, desc);
+          return true;
+        });
+      await refused('migrate', { uri: 'tcp:127.0.0.1' }, /error parsing address/);
+      await refused('migrate', { uri: 'unix:/tmp/x' }, /not supported here/);
+      await refused('migrate-set-parameters', { 'downtime-limit': 2_000_001 }, /downtime_limit/);
+      assert.deepEqual(await pair.src.execute('query-migrate'), {}, 'QEMU answers {} before any migration');
       const info = await migrateAndVerify(pair);
       assert.ok((info.ram as { duplicate: number }).duplicate > 0);
+      const ram = info.ram as Record<string, number>;
+      assert.equal(ram['precopy-bytes'], ram.transferred, 'an idle guest dirties nothing after the stop');
+      assert.equal(ram['downtime-bytes'], 0);
+      for (const k of ['postcopy-requests', 'multifd-bytes', 'pages-per-second', 'mbps'])
+        assert.equal(typeof ram[k], 'number', `QAPI MigrationStats member ${k}`);
     } finally {
       await pair.stop();
     }

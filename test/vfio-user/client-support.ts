@@ -1,6 +1,6 @@
 // Helpers for the client tests: a scripted vfio-user server on a real listening socket (FdServer + our
 // codecs, the test decides every reply), and `vfio-migrate serve` as a separate process.
-import { type ChildProcess, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -128,52 +128,9 @@ export async function until(cond: () => boolean, ms = 5000, what = 'condition'):
   }
 }
 
-export interface ServeProcess {
-  path: string;
-  proc: ChildProcess;
-  log: string[];
-  stop(): Promise<void>;
-}
-
+export type { ServerProcess as ServeProcess } from '../support/server-process.ts';
 /** `vfio-migrate serve --socket <tmp> ...args`, resolved once it prints that it is serving. */
-export async function startServe(args: string[]): Promise<ServeProcess> {
-  const tmp = tempDir();
-  const path = join(tmp.dir, 'device.sock');
-  const proc = spawn(process.execPath, [BIN, 'serve', '--socket', path, ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  const log: string[] = [];
-  proc.stderr!.setEncoding('utf8').on('data', (d: string) => log.push(...d.split('\n').filter(Boolean)));
-  const stop = async () => {
-    if (proc.exitCode === null && proc.signalCode === null) {
-      const exited = new Promise((r) => proc.once('exit', r));
-      proc.kill('SIGTERM');
-      await exited;
-    }
-    tmp.remove();
-  };
-  try {
-    await new Promise<void>((resolve, reject) => {
-      let out = '';
-      const timer = setTimeout(() => reject(new Error(`serve did not start: ${out} ${log.join('\n')}`)), 20_000);
-      proc.stdout!.setEncoding('utf8').on('data', (d: string) => {
-        out += d;
-        if (out.includes('serving')) {
-          clearTimeout(timer);
-          resolve();
-        }
-      });
-      proc.once('exit', (code) => {
-        clearTimeout(timer);
-        reject(new Error(`serve exited with ${code}: ${log.join('\n')}`));
-      });
-    });
-  } catch (err) {
-    await stop();
-    throw err;
-  }
-  return { path, proc, log, stop };
-}
+export { startServer as startServe } from '../support/server-process.ts';
 
 /** Runs the CLI to completion: exit code, stdout, stderr. */
 export function runCli(args: string[], timeoutMs = 30_000): Promise<{ code: number | null; out: string; err: string }> {

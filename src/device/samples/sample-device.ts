@@ -151,7 +151,11 @@ export abstract class SampleDevice implements DeviceModel, MigrationBackend {
   private syncTicker(): void {
     const want = !this.closed && this.running && this.workRate > 0;
     if (want && !this.timer) {
-      this.timer = setInterval(() => this.step(Math.max(1, Math.round((this.workRate * TICK_MS) / 1000))), TICK_MS);
+      this.timer = setInterval(() => {
+        // A backed-up DMA path holds the device's work back (the tick is skipped, not queued).
+        if (this.dma?.congested?.()) return;
+        this.step(Math.max(1, Math.round((this.workRate * TICK_MS) / 1000)));
+      }, TICK_MS);
       this.timer.unref();
     } else if (!want && this.timer) {
       clearInterval(this.timer);

@@ -6,6 +6,7 @@
 import { Errno } from '../../abi/errno.ts';
 import { VfioError } from '../../errors.ts';
 import type { GuestDirtyBitmap } from '../dirty-bitmap.ts';
+import type { MigrationInfo } from '../qmp/commands.ts';
 import type { RunState } from '../run-state.ts';
 import type { VfioMigration } from '../vfio-migration.ts';
 import { SwitchoverEstimator } from './convergence.ts';
@@ -36,19 +37,8 @@ export interface ControllerDeps {
   stallTimeoutMs?: number;
 }
 
-/** query-migrate's answer, in QEMU's MigrationInfo shape. */
-export interface MigrationInfo {
-  status: MigrationStatus;
-  'total-time'?: number;
-  'setup-time'?: number;
-  'expected-downtime'?: number;
-  downtime?: number;
-  /** Vendor extension: where the downtime went (ms), once completed; `expected` as decided. */
-  'x-switchover'?: Record<string, number>;
-  ram?: Record<string, number>;
-  vfio?: { transferred: number };
-  'error-desc'?: string;
-}
+/** query-migrate's answer, in QEMU's MigrationInfo shape (ordered and made integral by the QMP layer). */
+export type { MigrationInfo };
 
 export class MigrationController {
   status: MigrationStatus = 'none';
@@ -63,13 +53,26 @@ export class MigrationController {
   private readonly estimator = new SwitchoverEstimator();
   private errorDesc: string | undefined;
   private progress: OutgoingProgress | null = null;
+  /** The outgoing migration passed its commit point (GO on its way): no cancel, no resume. */
+  private committed = false;
   private syncs = 0;
   private lastSync = { at: 0, dirty: 0 };
   private dirtyRate = 0;
+  /** RAM pages sent per second over the last sync period (QEMU's pages-per-second). */
+  private pagesRate = 0;
+  private lastSyncPages = 0;
+  /** RAM bytes sent before the VM stopped for the switch-over (null: it has not stopped). */
+  private precopyBytes: number | null = null;
+  private listener: IncomingListener | null = null;
   /** Resolves when the current outgoing or incoming migration has finished, whatever the outcome. */
   done: Promise<void> = Promise.resolve();
 
-  constructor(private readonly d: ControllerDeps) {}
+  constructor(private readonly d: ControllerDeps) {
+    // What was sent before the vCPUs stopped for the switch-over is pre-copy; the rest is downtime's.
+    d.runState.onEvent((e) => {
+      if (e.event === 'STOP' && statusIsActive(this.status)) this.precopyBytes = this.d.ram.stats.transferred;
+    });
+  }
 
   private setStatus(s: MigrationStatus): void {
     if (!statusTransitionAllowed(this.status, s))
@@ -92,15 +95,20 @@ export class MigrationController {
     this.started = performance.now();
     this.errorDesc = undefined;
     this.progress = null;
+    this.committed = false;
     this.syncs = 0;
+    this.precopyBytes = null;
+    this.pagesRate = 0;
+    this.lastSyncPages = 0;
     this.downtimeMs = 0;
     this.phases = null;
     this.setStatus('setup');
     this.done = this.runSource(uri, this.abort.signal);
   }
 
+  /** QMP's migrate_cancel: a no-op when nothing runs, and once the migration is committed. */
   cancel(): void {
-    if (!statusIsActive(this.status) || this.status === 'cancelling') return;
+    if (!statusIsActive(this.status) || this.status === 'cancelling' || this.committed) return;
     this.setStatus('cancelling');
     this.abort?.abort();
   }
@@ -113,6 +121,7 @@ export class MigrationController {
       transport = await openOutgoing(uri, {
         stallTimeoutMs: this.d.stallTimeoutMs,
         maxBandwidth: () => this.parameters.maxBandwidth,
+        signal,
       });
       if (signal.aborted) throw new MigrationCancelled();
       const result = await runOutgoing({
@@ -120,6 +129,11 @@ export class MigrationController {
         transport,
         parameters: () => this.parameters,
         handshake: uri.kind === 'tcp',
+        // A destination that does not answer READY within the stall timeout is as dead as a stalled link.
+        handshakeTimeoutMs: this.d.stallTimeoutMs ?? 10_000,
+        onCommit: () => {
+          this.committed = true;
+        },
         signal,
         estimator: this.estimator,
         onProgress: (p) => {
@@ -152,8 +166,19 @@ export class MigrationController {
       );
     } catch (err) {
       transport?.destroy();
+      if (this.committed) {
+        // Past the commit point the destination may be running the VM: never resume it here.
+        this.errorDesc = (err as Error).message;
+        this.totalMs = performance.now() - this.started;
+        this.setStatus('failed');
+        this.d.log(`migration failed after its commit point (the VM stays stopped here): ${this.errorDesc}`);
+        return;
+      }
       const cancelled = err instanceof MigrationCancelled || signal.aborted;
       this.errorDesc = cancelled ? undefined : (err as Error).message;
+      const lost = this.d.devices.find((x) => x.driver.lost)?.driver;
+      if (lost && !cancelled)
+        this.errorDesc = `device ${lost.name} lost (its device server hung up) during the migration: ${this.errorDesc}`;
       this.totalMs = performance.now() - this.started;
       await this.recoverSource(wasRunning, cancelled ? 'cancelled' : 'failed');
       if (this.status === 'cancelling' || cancelled) {
@@ -195,6 +220,10 @@ export class MigrationController {
     // After the first pass the log holds only pages dirtied since they were sent: that count over the
     // time since the last sync is the dirty rate (the first sync sees the bulk pass's all-dirty log).
     if (this.syncs > 2 && now > this.lastSync.at) this.dirtyRate = (dirty / (now - this.lastSync.at)) * 1000;
+    const pages = this.d.ram.stats.normal + this.d.ram.stats.duplicate;
+    if (this.syncs > 1 && now > this.lastSync.at)
+      this.pagesRate = ((pages - this.lastSyncPages) / (now - this.lastSync.at)) * 1000;
+    this.lastSyncPages = pages;
     this.lastSync = { at: now, dirty };
   }
 
@@ -212,6 +241,7 @@ export class MigrationController {
       let connection: Awaited<ReturnType<IncomingListener['accept']>>;
       if (uri.kind === 'tcp') {
         listener = await IncomingListener.listen(uri.host, uri.port);
+        this.listener = listener;
         onListening?.(listener.port);
         connection = await listener.accept();
       } else {
@@ -222,6 +252,7 @@ export class MigrationController {
         handlers,
         connection,
         handshake: uri.kind === 'tcp',
+        stallTimeoutMs: uri.kind === 'tcp' ? (this.d.stallTimeoutMs ?? 10_000) : undefined,
         autostart,
         startVm: async () => {
           const errors = await this.d.runState.transition('running', 'migration');
@@ -239,12 +270,20 @@ export class MigrationController {
       throw err;
     } finally {
       listener?.close();
+      this.listener = null;
     }
   }
 
+  /** The VMM is quitting: a destination still waiting for its migration stops listening (else the open
+   * server kept the process alive after SIGTERM). */
+  close(): void {
+    this.listener?.close();
+  }
+
   info(): MigrationInfo {
+    // Before the first migration QEMU answers {} (no status member).
+    if (this.status === 'none') return {};
     const info: MigrationInfo = { status: this.status };
-    if (this.status === 'none') return info;
     const active = statusIsActive(this.status);
     info['total-time'] = Math.round(active ? performance.now() - this.started : this.totalMs);
     info['setup-time'] = Math.round(this.setupMs);
@@ -278,6 +317,9 @@ export class MigrationController {
       mbps: p ? (p.bandwidth * 1000 * 8) / 1e6 : 0,
       'dirty-sync-count': this.syncs,
       'page-size': 4096,
+      'pages-per-second': Math.round(this.pagesRate),
+      'precopy-bytes': this.precopyBytes ?? s.transferred,
+      'downtime-bytes': this.precopyBytes === null ? 0 : s.transferred - this.precopyBytes,
     };
     info.vfio = { transferred: this.d.devices.reduce((n, x) => n + x.driver.transferred, 0) };
     if (this.errorDesc) info['error-desc'] = this.errorDesc;

@@ -7,8 +7,8 @@ import { once } from 'node:events';
 import { createReadStream } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { Errno } from '../../abi/errno.ts';
-import { VfioError } from '../../errors.ts';
-import { StreamDecoder } from '../../stream/decoder.ts';
+import { asVfioError, VfioError } from '../../errors.ts';
+import { type DecodedSection, StreamDecoder } from '../../stream/decoder.ts';
 import {
   encodeReturnPath,
   ReturnPathDecoder,
@@ -83,6 +83,11 @@ export interface IncomingOptions {
   autostart: boolean;
   /** How long to wait for GO after READY before giving up (the VM then stays stopped). */
   goTimeoutMs?: number;
+  /**
+   * A stream that brings no data for this long is dead (a link that died without a FIN or RST, a source
+   * that hangs): the load fails rather than waiting forever. Unset: no limit.
+   */
+  stallTimeoutMs?: number;
   maxSectionBytes?: number;
   onSection?: (idstr: string, bytes: number) => void;
 }
@@ -93,7 +98,11 @@ export interface IncomingResult {
   started: boolean;
 }
 
-async function nextChunk(it: AsyncIterator<Uint8Array>, timeoutMs?: number): Promise<Uint8Array | null> {
+async function nextChunk(
+  it: AsyncIterator<Uint8Array>,
+  timeoutMs?: number,
+  what = `no GO from the source within ${timeoutMs} ms`,
+): Promise<Uint8Array | null> {
   let timer: NodeJS.Timeout | undefined;
   try {
     const next = it.next();
@@ -101,16 +110,31 @@ async function nextChunk(it: AsyncIterator<Uint8Array>, timeoutMs?: number): Pro
       ? await Promise.race([
           next,
           new Promise<never>((_, reject) => {
-            timer = setTimeout(
-              () => reject(new VfioError(Errno.ETIMEDOUT, `no GO from the source within ${timeoutMs} ms`)),
-              timeoutMs,
-            );
+            timer = setTimeout(() => reject(new VfioError(Errno.ETIMEDOUT, what)), timeoutMs);
           }),
         ])
       : await next;
     return r.done ? null : r.value;
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/**
+ * One verified section into its handler. A handler's refusal (the device rejecting its data, a payload
+ * that does not parse) is reported with the section it came from, as the decoder reports damage.
+ */
+async function loadNamed(h: MigrationHandler, s: DecodedSection): Promise<void> {
+  try {
+    await h.loadSection(s.type, s.payload, s.versionId);
+  } catch (err) {
+    const e = asVfioError(err, Errno.EINVAL);
+    const bare = e.message.replace(/ \(E[A-Z0-9]+\)$/, '');
+    throw new VfioError(
+      e.errno,
+      `${s.type.toUpperCase()} section "${s.idstr}" (section id ${s.sectionId}, seq ${s.seq}, byte ${s.offset}) refused: ${bare}`,
+      { cause: err },
+    );
   }
 }
 
@@ -125,7 +149,11 @@ export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
   try {
     for (const h of o.handlers) await h.loadSetup();
     while (!decoder.ended) {
-      const chunk = await nextChunk(o.connection.chunks);
+      const chunk = await nextChunk(
+        o.connection.chunks,
+        o.stallTimeoutMs,
+        `no data from the source for ${o.stallTimeoutMs} ms: stalled link`,
+      );
       if (!chunk) break;
       bytes += chunk.byteLength;
       for (const s of decoder.push(chunk)) {
@@ -149,7 +177,7 @@ export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
           h = bySection.get(s.sectionId);
         }
         if (!h) throw new VfioError(Errno.EINVAL, `section id ${s.sectionId} was never started`);
-        await h.loadSection(s.type, s.payload, s.versionId);
+        await loadNamed(h, s);
         o.onSection?.(h.idstr, s.payload.byteLength);
       }
       rest = decoder.ended ? decoder.takeRemainder() : null;

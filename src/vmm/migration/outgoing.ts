@@ -77,6 +77,11 @@ export interface OutgoingOptions {
   logSync: () => Promise<void>;
   /** Wait for the destination's READY and send GO (TCP); false for a file. */
   handshake: boolean;
+  /**
+   * Called at the commit point, after the last cancel check and before GO goes out: from then on the
+   * destination may run the VM, so a cancel must be refused and the source must never resume.
+   */
+  onCommit?: () => void;
   handshakeTimeoutMs?: number;
   signal?: AbortSignal;
   /** Bytes per handler per iterate call: bounds how long between convergence checks and cancels. */
@@ -265,8 +270,11 @@ export async function runOutgoing(o: OutgoingOptions): Promise<OutgoingResult> {
     if (reply.type !== ReturnPathType.READY)
       throw new VfioError(Errno.EPROTO, `unexpected return-path message ${reply.type}`);
   }
-  // Commit point: from here on the source never resumes this VM, whatever happens next. Over TCP the
-  // downtime ends when GO is sent (the destination starts on it); for a file, once it is closed.
+  // Commit point: from here on the source never resumes this VM, whatever happens next. A cancel that
+  // came while we waited for READY still wins here: no GO, and the destination never starts. Over TCP
+  // the downtime ends when GO is sent (the destination starts on it); for a file, once it is closed.
+  check();
+  o.onCommit?.();
   let afterCommitError: string | undefined;
   let tCommit = performance.now();
   try {

@@ -3,8 +3,15 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import fc from 'fast-check';
+import { Errno } from '../../../src/abi/errno.ts';
+import { decodeStruct } from '../../../src/abi/fields.ts';
+import { SEED_MIGRATION_INFO, V1_MIGRATION_INFO } from '../../../src/abi/migration.ts';
 import * as v from '../../../src/abi/vfio-user/index.ts';
+import { decodeEmpty } from '../../../src/abi/vfio-user/wire.ts';
+import { StateStreamReader } from '../../../src/device/state-reader.ts';
+import { decodeRecordHeader } from '../../../src/device/state-stream.ts';
 import { VfioError } from '../../../src/errors.ts';
+import { fuzzFigures, fuzzParams } from '../../support/fuzz.ts';
 
 type Decoder = (bytes: Uint8Array) => unknown;
 
@@ -134,6 +141,31 @@ const DECODERS: Record<string, [Decoder, Uint8Array]> = {
   migDataReadReply: [v.decodeMigDataReadReply, hex('0c000000', '04000000', 'cafef00d')],
   migDataWriteRequest: [v.decodeMigDataWriteRequest, hex('0c000000', '04000000', 'cafef00d')],
   migDataWriteReply: [v.decodeMigDataWriteReply, new Uint8Array(0)],
+  empty: [(b) => decodeEmpty('EMPTY', b), new Uint8Array(0)],
+  regionReadReplyParts: [
+    (b) => v.decodeRegionReadReplyParts(b.subarray(0, 16), b.subarray(16)),
+    hex('0000000000000000', '07000000', '04000000', '86801000'),
+  ],
+  // The migration region's header as a device or a VMM reads it (seed and 5.8 layouts).
+  seedMigrationInfo: [(b) => decodeStruct(SEED_MIGRATION_INFO, b), new Uint8Array(SEED_MIGRATION_INFO.size)],
+  v1MigrationInfo: [(b) => decodeStruct(V1_MIGRATION_INFO, b), new Uint8Array(V1_MIGRATION_INFO.size)],
+  // A device state record header (what a resuming device reads from the VMM's data writes).
+  stateRecordHeader: [
+    (b) => {
+      const h = decodeRecordHeader(b);
+      if (typeof h === 'string') throw new VfioError(Errno.EINVAL, h);
+    },
+    hex('0100', '0000', '08000000', '00'.repeat(16)),
+  ],
+  // The whole device-state reader, fed in two pieces, with a sink that accepts every record.
+  stateStreamReader: [
+    (b) => {
+      const r = new StateStreamReader({ onHeader() {}, onPayload() {}, onRecordEnd() {} }, 64);
+      r.feed(b.subarray(0, 10));
+      r.feed(b.subarray(10));
+    },
+    hex('0100', '0000', '04000000', '00'.repeat(16), 'aabbccdd', '0200', '0000', '00000000', '00'.repeat(16)),
+  ],
 };
 
 function onlyVfioError(decode: Decoder, bytes: Uint8Array): void {
@@ -163,18 +195,30 @@ const mutation = (base: Uint8Array) =>
       return b;
     });
 
+let inputs = 0;
+
 describe('decoders only ever throw VfioError', () => {
   for (const [name, [decode, valid]] of Object.entries(DECODERS)) {
     it(name, () => {
       decode(valid); // the seed itself is valid
       fc.assert(
-        fc.property(fc.uint8Array({ maxLength: 160 }), (bytes) => onlyVfioError(decode, bytes)),
-        { numRuns: 250 },
+        fc.property(fc.uint8Array({ maxLength: 160 }), (bytes) => {
+          inputs++;
+          onlyVfioError(decode, bytes);
+        }),
+        fuzzParams(`${name} (random)`, 250),
       );
       fc.assert(
-        fc.property(mutation(valid), (bytes) => onlyVfioError(decode, bytes)),
-        { numRuns: 250 },
+        fc.property(mutation(valid), (bytes) => {
+          inputs++;
+          onlyVfioError(decode, bytes);
+        }),
+        fuzzParams(`${name} (mutated)`, 250),
       );
     });
   }
+  it('figures', () => {
+    assert.ok(inputs > 0);
+    fuzzFigures({ target: 'abi-decoders', inputs });
+  });
 });

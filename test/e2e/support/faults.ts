@@ -1,0 +1,217 @@
+// Helpers shared by the fault-injection tests (test/e2e/faults-*.test.ts): start a pair whose guest and
+// device can be held still, wait for a migration phase, take a snapshot (every page's digest, the
+// device's digest and device_state), check the source came through a fault intact, retry to a fresh
+// destination, and print one FAULT-MATRIX line per fault for docs/reliability.md.
+
+import assert from 'node:assert/strict';
+import type { ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import {
+  type LocalPair,
+  type LocalPairOptions,
+  startLocalPair,
+  waitForMigration,
+} from '../../../src/vmm/local-hosts.ts';
+import type { QmpClient } from '../../../src/vmm/qmp/client.ts';
+
+export type Info = {
+  status: string;
+  'error-desc'?: string;
+  ram?: { transferred: number; total: number; 'dirty-sync-count': number; normal: number };
+  vfio?: { transferred: number };
+};
+
+export interface Snapshot {
+  ram: string;
+  /** 16 bytes per guest page */
+  pages: Buffer;
+  devices: string[];
+  deviceStates: number[];
+}
+
+/** Device-state value RUNNING (DeviceState.RUNNING). */
+export const DEVICE_RUNNING = 1;
+
+export interface FaultPairOptions {
+  memSize?: string;
+  /** large-memory device memory (random contents), e.g. '16M' */
+  deviceMem?: string;
+  /** Source VMM extra arguments (e.g. --stall-timeout). */
+  sourceArgs?: string[];
+  /** Destination VMM extra arguments. */
+  destinationArgs?: string[];
+  /** Keep every process's stderr (trace lines) here. */
+  lines?: string[];
+  /** The destination starts the VM after GO (default: it stays paused, to be compared). */
+  autostart?: boolean;
+}
+
+/**
+ * A pair for fault tests: an idle guest with random RAM (dirty rate 0, the `random` pattern for when a
+ * test turns it on) on 1 vCPU, and a large-memory device with random contents and no background work, so the source's
+ * state changes only when a test makes it. Destinations stay paused after loading so they can be
+ * compared with the source.
+ */
+export async function startFaultPair(o: FaultPairOptions = {}): Promise<LocalPair> {
+  const device = {
+    device: 'large-memory',
+    deviceArgs: ['--device-mem', o.deviceMem ?? '16M', '--work-rate', '0', '--device-fill', 'random'],
+  };
+  const guest = ['--dirty-rate', '0', '--pattern', 'random', '--vcpus', '1'];
+  // The source's RAM starts random (every pass carries real pages); the destination's is overwritten.
+  const options: LocalPairOptions = {
+    memSize: o.memSize ?? '64M',
+    paused: !o.autostart,
+    source: { ...device, vmmArgs: [...guest, '--fill', 'random', ...(o.sourceArgs ?? [])] },
+    destination: { ...device, vmmArgs: [...guest, ...(o.destinationArgs ?? [])] },
+    log: o.lines ? (l) => o.lines!.push(l) : undefined,
+  };
+  return startLocalPair(options);
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export async function query(qmp: QmpClient): Promise<Info> {
+  return qmp.execute<Info>('query-migrate');
+}
+
+/** Polls query-migrate until `pred` holds; returns that answer. Fails if the migration ended first. */
+export async function waitForPhase(qmp: QmpClient, pred: (i: Info) => boolean, what: string, timeoutMs = 30_000) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const info = await query(qmp);
+    if (process.env.FAULT_DEBUG) console.log('phase?', JSON.stringify(info));
+    if (pred(info)) return info;
+    if (['completed', 'failed', 'cancelled'].includes(info.status))
+      throw new Error(`migration ended ${info.status} before ${what}: ${info['error-desc'] ?? ''}`);
+    if (Date.now() > deadline) throw new Error(`no ${what} within ${timeoutMs} ms (status ${info.status})`);
+    await sleep(15);
+  }
+}
+
+export async function snapshot(qmp: QmpClient): Promise<Snapshot> {
+  const d = await qmp.execute<{ ram: string; pages: string; devices: { digest: string }[] }>('x-query-digests', {
+    pages: true,
+  });
+  const vfio = await qmp.execute<{ 'device-state': number }[]>('x-query-vfio');
+  return {
+    ram: d.ram,
+    pages: Buffer.from(d.pages, 'base64'),
+    devices: d.devices.map((x) => x.digest),
+    deviceStates: vfio.map((x) => x['device-state']),
+  };
+}
+
+/** Pages whose digest differs between two snapshots of the same guest. */
+export function pagesDiffering(a: Snapshot, b: Snapshot): number {
+  assert.equal(a.pages.byteLength, b.pages.byteLength);
+  let n = 0;
+  for (let at = 0; at < a.pages.byteLength; at += 16) if (a.pages.compare(b.pages, at, at + 16, at, at + 16) !== 0) n++;
+  return n;
+}
+
+/** Stops the guest's writes (rate 0) and returns a snapshot once two in a row agree. */
+export async function quiesce(qmp: QmpClient): Promise<Snapshot> {
+  await qmp.execute('x-guest-dirty-rate', { 'pages-per-second': 0 });
+  let last = await snapshot(qmp);
+  for (let i = 0; i < 50; i++) {
+    await sleep(50);
+    const next = await snapshot(qmp);
+    if (next.ram === last.ram && next.devices.join() === last.devices.join()) return next;
+    last = next;
+  }
+  throw new Error('the guest did not become idle');
+}
+
+/** Resolves once a line matching `re` has been logged (the pair's `lines`). */
+export async function waitForLine(lines: string[], re: RegExp, timeoutMs = 30_000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const hit = lines.find((l) => re.test(l));
+    if (hit) return hit;
+    if (Date.now() > deadline) throw new Error(`no line matching ${re} within ${timeoutMs} ms`);
+    await sleep(10);
+  }
+}
+
+/** Waits for the migration to end and returns its final answer. */
+export async function ended(qmp: QmpClient, timeoutMs = 60_000): Promise<Info> {
+  return (await waitForMigration(qmp, { timeoutMs, intervalMs: 20 })) as Info;
+}
+
+export async function kill(p: { child: ChildProcess }, signal: NodeJS.Signals = 'SIGKILL'): Promise<void> {
+  const gone = p.child.exitCode !== null || p.child.signalCode !== null;
+  const exited = gone ? Promise.resolve() : once(p.child, 'exit');
+  p.child.kill(signal);
+  if (signal === 'SIGKILL') await exited;
+}
+
+/**
+ * What every fault before the commit point must leave: the source VM running, every guest page and the
+ * device's state as in `before`, the device in RUNNING. Returns the number of pages that differ (0).
+ */
+export async function assertSourceIntact(pair: LocalPair, before: Snapshot): Promise<number> {
+  const status = await pair.src.execute<{ status: string; running: boolean }>('query-status');
+  assert.equal(status.status, 'running', 'the source VM runs again');
+  const after = await snapshot(pair.src);
+  const lost = pagesDiffering(before, after);
+  assert.equal(lost, 0, `${lost} guest pages changed on the source`);
+  assert.equal(after.ram, before.ram);
+  assert.deepEqual(after.devices, before.devices, 'the device state is as before the attempt');
+  assert.deepEqual(
+    after.deviceStates,
+    before.deviceStates.map(() => DEVICE_RUNNING),
+    'the device is in RUNNING',
+  );
+  return lost;
+}
+
+/** The destination of a failed attempt never runs the VM. */
+export async function assertDestinationNotRunning(qmp: QmpClient): Promise<{ status: string; error: string }> {
+  const info = await ended(qmp, 60_000);
+  assert.equal(info.status, 'failed', 'the destination gave up on the migration');
+  const st = await qmp.execute<{ status: string; running: boolean }>('query-status');
+  assert.equal(st.running, false, `the destination VM must not run (it is ${st.status})`);
+  return { status: st.status, error: info['error-desc'] ?? '' };
+}
+
+/**
+ * A second migration, unthrottled, to a fresh destination (new device server and VMM): it completes,
+ * and the destination's pages and device equal the source's at its stop point, and `expect` when given
+ * (the state from before the failed attempt, for an idle guest). Returns pages that differ (0).
+ */
+export async function retryToFreshDestination(pair: LocalPair, expect?: Snapshot): Promise<number> {
+  await pair.freshDestination();
+  await pair.src.execute('migrate-set-parameters', { 'max-bandwidth': 0, 'downtime-limit': 300 });
+  await pair.src.execute('migrate', { uri: pair.uri });
+  const info = await ended(pair.src);
+  assert.equal(info.status, 'completed', `the retry ended ${info.status}: ${info['error-desc'] ?? ''}`);
+  assert.equal((await ended(pair.dst)).status, 'completed');
+  const [src, dst] = await Promise.all([snapshot(pair.src), snapshot(pair.dst)]);
+  const lost = pagesDiffering(src, dst);
+  assert.equal(lost, 0, `${lost} pages differ at the retry's destination`);
+  assert.equal(dst.ram, src.ram);
+  assert.deepEqual(dst.devices, src.devices, 'device state equal at the retry destination');
+  if (expect) {
+    assert.equal(dst.ram, expect.ram, 'the retry carried the guest as it was before the failed attempt');
+    assert.deepEqual(dst.devices, expect.devices);
+  }
+  return lost;
+}
+
+/** One machine-readable line per injected fault, cited by docs/reliability.md. */
+export function faultMatrix(fields: {
+  fault: string;
+  phase: string;
+  outcome: string;
+  pagesLost: number;
+  /** More key=value figures (printed, never asserted), e.g. how long detection took. */
+  extra?: Record<string, string | number>;
+}): void {
+  const extra = Object.entries(fields.extra ?? {}).map(([k, v]) => ` ${k}=${v}`);
+  console.log(
+    `FAULT-MATRIX fault=${fields.fault} phase=${fields.phase} outcome=${fields.outcome} pages_lost=${fields.pagesLost}${extra.join('')}`,
+  );
+}
+
+export { sleep };
