@@ -22,6 +22,12 @@ export interface IncomingConnection {
   readonly chunks: AsyncIterator<Uint8Array>;
   send(m: ReturnPathMessage): Promise<void>;
   close(): void;
+  /**
+   * After ERROR: end our side (the ERROR goes out before the FIN) but keep reading, discarding, until
+   * the source closes or `ms` pass. Closing at once with unread data would reset the connection, and
+   * the source could lose the ERROR that says why.
+   */
+  closeAfterError?(ms: number): void;
 }
 
 function socketConnection(socket: Socket): IncomingConnection {
@@ -33,6 +39,20 @@ function socketConnection(socket: Socket): IncomingConnection {
         socket.write(encodeReturnPath(m), (err) => (err ? reject(err) : resolve())),
       ),
     close: () => socket.destroy(),
+    closeAfterError: (ms) => {
+      socket.end();
+      const timer = setTimeout(() => socket.destroy(), ms);
+      timer.unref();
+      void (async () => {
+        try {
+          for (;;) if ((await it.next()).done) break;
+        } catch {
+          // reset or destroyed: nothing more to read
+        }
+        clearTimeout(timer);
+        socket.destroy();
+      })();
+    },
   };
 }
 
@@ -72,6 +92,9 @@ export function fileConnection(path: string): IncomingConnection {
     close: () => stream.destroy(),
   };
 }
+
+/** How long a destination that sent ERROR keeps reading (and discarding) so the source gets the ERROR. */
+const ERROR_LINGER_MS = 5000;
 
 export interface IncomingOptions {
   handlers: readonly MigrationHandler[];
@@ -187,7 +210,8 @@ export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
   } catch (err) {
     const msg = (err as Error).message;
     if (o.handshake) await o.connection.send({ type: ReturnPathType.ERROR, text: msg }).catch(() => {});
-    o.connection.close();
+    if (o.handshake && o.connection.closeAfterError) o.connection.closeAfterError(ERROR_LINGER_MS);
+    else o.connection.close();
     for (const h of o.handlers) await h.loadCleanup?.().catch(() => {});
     throw err;
   }

@@ -9,7 +9,12 @@ import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Errno } from '../../abi/errno.ts';
 import { VfioError } from '../../errors.ts';
-import { encodeReturnPath, ReturnPathDecoder, type ReturnPathMessage } from '../../stream/return-path.ts';
+import {
+  encodeReturnPath,
+  ReturnPathDecoder,
+  type ReturnPathMessage,
+  ReturnPathType,
+} from '../../stream/return-path.ts';
 
 export type MigrationUri = { kind: 'tcp'; host: string; port: number } | { kind: 'file'; path: string };
 
@@ -91,6 +96,8 @@ class TcpOutgoing implements OutgoingStream {
   private readonly inbox: ReturnPathMessage[] = [];
   private waiter: (() => void) | null = null;
   private closedError: Error | null = null;
+  /** The destination said ERROR on the return path. */
+  private refusal: VfioError | null = null;
   private readonly limiter: RateLimiter;
 
   constructor(
@@ -100,7 +107,13 @@ class TcpOutgoing implements OutgoingStream {
     this.limiter = new RateLimiter(options.maxBandwidth ?? (() => 0), options.signal);
     socket.on('data', (d: Buffer) => {
       try {
-        this.inbox.push(...this.decoder.push(d));
+        for (const m of this.decoder.push(d)) {
+          this.inbox.push(m);
+          // The destination's reason, if it gives up mid-stream: every later failure of this link
+          // reports it rather than the reset that follows.
+          if (m.type === ReturnPathType.ERROR)
+            this.refusal ??= new VfioError(Errno.EIO, `the destination could not load the VM: ${m.text}`);
+        }
       } catch (err) {
         socket.destroy(err as Error);
         return;
@@ -108,11 +121,12 @@ class TcpOutgoing implements OutgoingStream {
       this.wake();
     });
     socket.on('close', () => {
-      this.closedError ??= new VfioError(Errno.ECONNRESET, 'the destination closed the migration connection');
+      this.closedError ??=
+        this.refusal ?? new VfioError(Errno.ECONNRESET, 'the destination closed the migration connection');
       this.wake();
     });
     socket.on('error', (err) => {
-      this.closedError = new VfioError(Errno.ECONNRESET, `migration connection: ${err.message}`);
+      this.closedError = this.refusal ?? new VfioError(Errno.ECONNRESET, `migration connection: ${err.message}`);
       this.wake();
     });
   }
@@ -128,6 +142,7 @@ class TcpOutgoing implements OutgoingStream {
    * memory behind them; a link that takes nothing for `stallTimeoutMs` fails the write.
    */
   async write(pieces: readonly Uint8Array[]): Promise<void> {
+    if (this.refusal) throw this.refusal;
     if (this.closedError) throw this.closedError;
     const list = pieces.filter((p) => p.byteLength > 0);
     if (list.length === 0) return;
@@ -150,7 +165,7 @@ class TcpOutgoing implements OutgoingStream {
         const last = list.length - 1;
         for (let i = 0; i < last; i++) this.socket.write(list[i]!);
         this.socket.write(list[last]!, (err) => {
-          if (err) reject(new VfioError(Errno.ECONNRESET, `migration connection: ${err.message}`));
+          if (err) reject(this.refusal ?? new VfioError(Errno.ECONNRESET, `migration connection: ${err.message}`));
           else resolve();
         });
         this.socket.uncork();
