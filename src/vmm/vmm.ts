@@ -163,6 +163,7 @@ export class Vmm {
   }
 
   async close(): Promise<void> {
+    this.migration.close();
     await this.workload?.stop();
     for (const d of this.devices) {
       d.driver.close();

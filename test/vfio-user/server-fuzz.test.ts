@@ -373,20 +373,31 @@ describe('vfio-user server under hostile input (register-file device)', () => {
     await peer.whenClosed;
   });
 
-  test('found by fuzzing: a client that leaves the device stopped does not lock the next one out', async () => {
-    const first = await connectRetry(srv.path);
-    const stop = await first.request(
-      { msgId: first.id(), cmd: Command.REGION_WRITE },
-      encodeRegionWriteRequest({ offset: 0n, region: MIG, data: u32(DeviceState.STOPPED) }),
-    );
-    assert.ok(stop && !stop.header.error);
-    first.close(); // as a VMM that dies with its device stopped
-    await first.whenClosed;
-    // VERSION used to be refused (EINVAL, "not accepted while the device is stopped"): no client could
-    // ever use the device again.
-    const next = await connectRetry(srv.path);
-    await running(next);
-    await alive(next);
+  test('found by fuzzing: a client that leaves the device stopped or resuming does not lock the next one out', async () => {
+    for (const state of [DeviceState.STOPPED, DeviceState.RESUMING]) {
+      const first = await connectRetry(srv.path);
+      const set = await first.request(
+        { msgId: first.id(), cmd: Command.REGION_WRITE },
+        encodeRegionWriteRequest({ offset: 0n, region: MIG, data: u32(state) }),
+      );
+      assert.ok(set && !set.header.error);
+      first.close(); // as a VMM that dies (or quits after migrating out) with its device stopped
+      await first.whenClosed;
+      // VERSION, then DMA_MAP and every other non-region command, used to be refused (EINVAL, "not
+      // accepted while the device is stopped"): no client could ever use the device again.
+      const next = await connectRetry(srv.path);
+      const info = await next.request({ msgId: next.id(), cmd: Command.DEVICE_GET_INFO }, encodeDeviceInfoRequest());
+      assert.ok(info && !info.header.error, `device usable after a client left it in state ${state}`);
+      const r = await next.request(
+        { msgId: next.id(), cmd: Command.REGION_READ },
+        encodeRegionReadRequest({ offset: 0n, region: MIG, count: 4 }),
+      );
+      const d = decodeRegionReadReply(r!.payload).data;
+      assert.equal(new DataView(d.buffer, d.byteOffset, 4).getUint32(0, true), DeviceState.RUNNING);
+      await alive(next);
+      next.close();
+      await next.whenClosed;
+    }
   });
 
   test('limits: a message over the size limit ends that connection only; fds beyond what a command takes are refused and closed', async () => {

@@ -59,6 +59,8 @@ export class MigrationController {
   private syncs = 0;
   private lastSync = { at: 0, dirty: 0 };
   private dirtyRate = 0;
+  /** The destination's listener while it waits for the source. */
+  private listener: IncomingListener | null = null;
   /** Resolves when the current outgoing or incoming migration has finished, whatever the outcome. */
   done: Promise<void> = Promise.resolve();
 
@@ -199,6 +201,7 @@ export class MigrationController {
       let connection: Awaited<ReturnType<IncomingListener['accept']>>;
       if (uri.kind === 'tcp') {
         listener = await IncomingListener.listen(uri.host, uri.port);
+        this.listener = listener;
         onListening?.(listener.port);
         connection = await listener.accept();
       } else {
@@ -226,7 +229,14 @@ export class MigrationController {
       throw err;
     } finally {
       listener?.close();
+      this.listener = null;
     }
+  }
+
+  /** The VMM is going away: stop listening for a migration that has not come (it would keep the process alive). */
+  close(): void {
+    this.listener?.close();
+    this.listener = null;
   }
 
   info(): MigrationInfo {
