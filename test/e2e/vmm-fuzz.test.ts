@@ -17,7 +17,7 @@ import { encodeReturnPath, ReturnPathType } from '../../src/stream/return-path.t
 import { waitForMigration } from '../../src/vmm/local-hosts.ts';
 import { QmpClient } from '../../src/vmm/qmp/client.ts';
 import { type Msg, RawPeer } from '../qmp/support.ts';
-import { FUZZ_SEED, fdCount, fuzzFigures, fuzzParams, fuzzRounds, statusKib } from '../support/fuzz.ts';
+import { FUZZ_SEED, fdCount, fuzzFigures, fuzzParams, fuzzRounds, LONG_FUZZ, statusKib } from '../support/fuzz.ts';
 import { type ServerProcess, startServer } from '../support/server-process.ts';
 
 const BIN = new URL('../../bin/vfio-migrate.js', import.meta.url).pathname;
@@ -195,7 +195,8 @@ describe('VMM under hostile input', () => {
   });
 
   test('found by fuzzing: a destination still waiting for its migration quits on QMP quit and on SIGTERM', async () => {
-    for (const how of ['quit', 'SIGTERM'] as const) {
+    // QMP quit takes the same way out (quit, then Vmm.close); one is enough in npm test.
+    for (const how of LONG_FUZZ ? (['quit', 'SIGTERM'] as const) : (['SIGTERM'] as const)) {
       const dst = await startVmm(dir, 'waiting', device.path, 'tcp:127.0.0.1:0');
       const exited = new Promise<[number | null, string | null]>((r) => dst.proc.once('exit', (c, s) => r([c, s])));
       if (how === 'quit') {
@@ -260,8 +261,6 @@ describe('VMM under hostile input', () => {
           ),
         ),
       ],
-      ['one flipped byte', flip(Math.floor(valid.byteLength / 2))],
-      ['truncated', valid.subarray(0, Math.floor(valid.byteLength * 0.7))],
       [
         'hostile RAM payload, valid CRC',
         withPayload(
@@ -298,7 +297,11 @@ describe('VMM under hostile input', () => {
         ),
       ],
     ];
-    // Longer runs add random damage to the real stream.
+    // Longer runs add damage the in-process stream fuzzing covers at length, and random damage.
+    if (LONG_FUZZ) {
+      named.push(['one flipped byte', flip(Math.floor(valid.byteLength / 2))]);
+      named.push(['truncated', valid.subarray(0, Math.floor(valid.byteLength * 0.7))]);
+    }
     const extra = fuzzRounds(0);
     for (const [i, [at, mask]] of fc
       .sample(fc.tuple(fc.nat(valid.byteLength - 1), fc.integer({ min: 1, max: 255 })), {
