@@ -302,7 +302,7 @@ describe('VMM under hostile input', () => {
       named.push(['one flipped byte', flip(Math.floor(valid.byteLength / 2))]);
       named.push(['truncated', valid.subarray(0, Math.floor(valid.byteLength * 0.7))]);
     }
-    const extra = fuzzRounds(0);
+    const extra = LONG_FUZZ ? Math.min(fuzzRounds(1), 20) : 0; // each costs a VMM process
     for (const [i, [at, mask]] of fc
       .sample(fc.tuple(fc.nat(valid.byteLength - 1), fc.integer({ min: 1, max: 255 })), {
         seed: FUZZ_SEED,
