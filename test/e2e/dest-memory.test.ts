@@ -13,7 +13,8 @@ import { type DecodedSection, StreamDecoder } from '../../src/stream/decoder.ts'
 import { StreamEncoder } from '../../src/stream/encoder.ts';
 import { decodeRamPayload, RamPayloadBuilder } from '../../src/stream/ram.ts';
 import { encodeReturnPath, ReturnPathType } from '../../src/stream/return-path.ts';
-import { startLocalPair, waitForMigration } from '../../src/vmm/local-hosts.ts';
+import { startLocalPair } from '../../src/vmm/local-hosts.ts';
+import type { QmpClient } from '../../src/vmm/qmp/client.ts';
 import { fuzzFigures, statusKib } from '../support/fuzz.ts';
 
 const GUEST_MIB = 256;
@@ -71,6 +72,16 @@ function* inflate(sections: DecodedSection[]): Generator<Uint8Array[]> {
   yield e.eof();
 }
 
+/** Polls query-migrate until it ends, with generous per-command deadlines (a VMM busy loading on a loaded
+ * machine may answer late; this test is about memory, not time). */
+async function finished(q: QmpClient): Promise<Record<string, unknown>> {
+  for (;;) {
+    const info = await q.execute<Record<string, unknown>>('query-migrate', undefined, { timeoutMs: 120_000 });
+    if (['completed', 'failed', 'cancelled'].includes(info.status as string)) return info;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 async function writeAll(sock: Socket, pieces: Uint8Array[]): Promise<void> {
   for (const p of pieces) {
     if (!sock.write(p)) await new Promise<void>((r) => sock.once('drain', () => r()));
@@ -87,8 +98,8 @@ test(`loading a ${GUEST_MIB} MiB guest of non-zero pages grows the destination's
   try {
     // A real saved VM (mostly zero pages: small), its device state included.
     const file = `${pair.dir}/saved.vm`;
-    await pair.src.execute('migrate', { uri: `file:${file}` });
-    const saved = await waitForMigration(pair.src);
+    await pair.src.execute('migrate', { uri: `file:${file}` }, { timeoutMs: 120_000 });
+    const saved = await finished(pair.src);
     assert.equal(saved.status, 'completed', String(saved['error-desc'] ?? ''));
     const sections = new StreamDecoder().push(new Uint8Array(readFileSync(file)));
 
@@ -121,7 +132,7 @@ test(`loading a ${GUEST_MIB} MiB guest of non-zero pages grows the destination's
     const rp = await ready;
     assert.equal(rp[2], ReturnPathType.READY, `the destination answered ${rp.subarray(0, 64).toString('latin1')}`);
     sock.write(encodeReturnPath({ type: ReturnPathType.GO, text: '' }));
-    const dinfo = await waitForMigration(pair.dst, { intervalMs: 50 });
+    const dinfo = await finished(pair.dst);
     sampling = false;
     await sampler;
     sock.destroy();
