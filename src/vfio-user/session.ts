@@ -416,13 +416,18 @@ export class Session {
       closeFds(vectors.filter((fd): fd is number => fd !== undefined));
       vectors.fill(undefined);
     }
+    // A device the client left saving, stopped or resuming would refuse most of the next client's commands
+    // (a stopped device takes only region accesses): it runs again, with its state when it can, else reset
+    // (libvfio-user resets a device whose client is lost).
     const s = this.host.migration.state;
-    if (s & DeviceState.SAVING) {
+    if (s !== DeviceState.RUNNING) {
+      const what = s & DeviceState.SAVING ? 'during a save' : s & DeviceState.RESUMING ? 'during a resume' : 'stopped';
       try {
         this.host.migration.write(0, Uint8Array.of(DeviceState.RUNNING, 0, 0, 0));
-        this.log('client left during a save: device returned to running');
+        this.log(`client left ${what}: device returned to running`);
       } catch (err) {
-        this.log(`client left during a save and the device could not return to running: ${(err as Error).message}`);
+        this.host.reset();
+        this.log(`client left ${what}; the device could not return to running (${(err as Error).message}): reset`);
       }
     }
     if (reason) this.log(`client disconnected: ${reason}`);

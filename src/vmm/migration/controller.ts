@@ -63,6 +63,7 @@ export class MigrationController {
   private lastSyncPages = 0;
   /** RAM bytes sent before the VM stopped for the switch-over (null: it has not stopped). */
   private precopyBytes: number | null = null;
+  /** The destination's listener while it waits for the source. */
   private listener: IncomingListener | null = null;
   /** Resolves when the current outgoing or incoming migration has finished, whatever the outcome. */
   done: Promise<void> = Promise.resolve();
@@ -274,10 +275,10 @@ export class MigrationController {
     }
   }
 
-  /** The VMM is quitting: a destination still waiting for its migration stops listening (else the open
-   * server kept the process alive after SIGTERM). */
+  /** The VMM is going away: stop listening for a migration that has not come (it would keep the process alive). */
   close(): void {
     this.listener?.close();
+    this.listener = null;
   }
 
   info(): MigrationInfo {
