@@ -35,7 +35,7 @@ export const DEVICE_RUNNING = 1;
 
 export interface FaultPairOptions {
   memSize?: string;
-  /** large-memory device memory (random contents), e.g. '16M' */
+  /** large-memory device memory (random contents; default 8M) */
   deviceMem?: string;
   /** Source VMM extra arguments (e.g. --stall-timeout). */
   sourceArgs?: string[];
@@ -58,7 +58,7 @@ export interface FaultPairOptions {
 export async function startFaultPair(o: FaultPairOptions = {}): Promise<LocalPair> {
   const device = {
     device: 'large-memory',
-    deviceArgs: ['--device-mem', o.deviceMem ?? '16M', '--work-rate', '0', '--device-fill', 'random'],
+    deviceArgs: ['--device-mem', o.deviceMem ?? '8M', '--work-rate', '0', '--device-fill', 'random'],
   };
   const guest = ['--dirty-rate', '0', '--pattern', 'random', '--vcpus', '1'];
   // The source's RAM starts random (every pass carries real pages); the destination's is overwritten.
