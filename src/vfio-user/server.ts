@@ -12,6 +12,9 @@ import { Connection } from './connection.ts';
 import type { HostedDevice } from './hosted-device.ts';
 import { Session } from './session.ts';
 
+/** How long a newcomer waits for the current client's hangup to be seen before it is refused as EBUSY. */
+const RECONNECT_GRACE_MS = 500;
+
 export interface ServerOptions {
   /** Receives one line per notable event (bad requests, connects, disconnects). */
   log?: (line: string) => void;
@@ -63,7 +66,20 @@ export class VfioUserServer extends EventEmitter<ServerEvents> {
 
   private accept(socket: FdSocket): void {
     if (this.current) {
-      this.refuse(socket);
+      // A client that closes and reconnects at once may arrive before its old connection's hangup has been
+      // read (it is pending on that socket already): give that a moment before calling the device busy.
+      socket.pause();
+      const timer = setTimeout(() => {
+        this.off('disconnect', retry);
+        socket.resume();
+        this.refuse(socket);
+      }, RECONNECT_GRACE_MS);
+      const retry = () => {
+        clearTimeout(timer);
+        socket.resume();
+        this.accept(socket);
+      };
+      this.once('disconnect', retry);
       return;
     }
     const conn = new Connection(socket, {

@@ -56,7 +56,7 @@ export interface LocalPair {
   freshDestination(overrides?: Partial<HostOptions> & { paused?: boolean }): Promise<void>;
   /**
    * Starts the next destination host now, in the background (e.g. while a test's first attempt runs),
-   * for the next freshDestination() to take over; the overrides are given here then.
+   * for the next freshDestination() to take over (unless that one asks for other overrides).
    */
   prepareDestination(overrides?: Partial<HostOptions> & { paused?: boolean }): void;
   stop(): Promise<void>;
@@ -69,10 +69,13 @@ function startProcess(
   wrap: string[],
   log?: (l: string) => void,
   timeoutMs = 30_000,
+  spawned?: Proc[],
 ): Promise<Proc & { match: RegExpExecArray }> {
   const cmd = [...wrap, process.execPath, BIN, ...args];
   const child = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   const proc: Proc = { role, child, stdout: '' };
+  // Known at once, so a failed start of one process also stops the others still starting.
+  spawned?.push(proc);
   let errText = '';
   child.stderr!.setEncoding('utf8').on('data', (d: string) => {
     errText += d;
@@ -120,7 +123,7 @@ async function startDestination(
   paused: boolean,
   path: (n: string) => string,
   tag: string,
-  started: (p: Proc) => void,
+  spawned: Proc[],
 ): Promise<DestinationHost> {
   const listen = o.listen ?? '127.0.0.1:0';
   const device = await startProcess(
@@ -130,8 +133,8 @@ async function startDestination(
     o.destinationWrap ?? [],
     o.log,
     o.startTimeoutMs,
+    spawned,
   );
-  started(device);
   const vmm = await startProcess(
     'dst-vmm',
     [
@@ -151,8 +154,8 @@ async function startDestination(
     o.destinationWrap ?? [],
     o.log,
     o.startTimeoutMs,
+    spawned,
   );
-  started(vmm);
   return { device, vmm };
 }
 
@@ -164,7 +167,6 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
   const path = (n: string) => join(dir, n);
   const listen = o.listen ?? '127.0.0.1:0';
   const host = listen.slice(0, listen.lastIndexOf(':'));
-  const track = (p: Proc) => all.push(p);
   try {
     const [srcVmm, dst] = await Promise.all([
       (async () => {
@@ -183,8 +185,8 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
           o.sourceWrap ?? [],
           o.log,
           o.startTimeoutMs,
+          all,
         );
-        track(srcDevice);
         procs.srcDevice = srcDevice;
         const vmm = await startProcess(
           'src-vmm',
@@ -202,11 +204,11 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
           o.sourceWrap ?? [],
           o.log,
           o.startTimeoutMs,
+          all,
         );
-        track(vmm);
         return vmm;
       })(),
-      startDestination(o, o.destination, o.paused ?? false, path, '', track),
+      startDestination(o, o.destination, o.paused ?? false, path, '', all),
     ]);
     procs.srcVmm = srcVmm;
     procs.dstDevice = dst.device;
@@ -221,7 +223,12 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
       uri: o.incoming ?? `tcp:${host}:${dst.vmm.match[1]}`,
       procs: procs as LocalPair['procs'],
       freshDestination: async (overrides) => {
-        if (prepared && overrides) throw new Error('freshDestination: overrides go to prepareDestination');
+        if (prepared && overrides) {
+          // Asked for a different host than the one prepared: that one goes.
+          const stale = prepared;
+          prepared = null;
+          void stale.then(({ host: d }) => Promise.all([stopProcess(d.vmm), stopProcess(d.device)])).catch(() => {});
+        }
         if (!prepared) pair.prepareDestination(overrides);
         const next = prepared!;
         prepared = null;
@@ -237,7 +244,7 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
         if (prepared) throw new Error('a destination is already being prepared');
         const tag = `-${++generation}`;
         const h = { ...o.destination, ...overrides };
-        prepared = startDestination(o, h, overrides.paused ?? o.paused ?? false, path, tag, track).then((d) => ({
+        prepared = startDestination(o, h, overrides.paused ?? o.paused ?? false, path, tag, all).then((d) => ({
           host: d,
           tag,
         }));

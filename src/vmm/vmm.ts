@@ -192,6 +192,7 @@ export class Vmm {
   }
 
   async close(): Promise<void> {
+    this.migration.close();
     await this.workload?.stop();
     for (const d of this.devices) {
       d.driver.close();

@@ -139,7 +139,8 @@ async function loadNamed(h: MigrationHandler, s: DecodedSection): Promise<void> 
 }
 
 export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
-  const decoder = new StreamDecoder({ maxSectionBytes: o.maxSectionBytes });
+  // Every section is applied before the next chunk is pushed, so the decoder may reuse its buffers.
+  const decoder = new StreamDecoder({ maxSectionBytes: o.maxSectionBytes, reusePayloadBuffers: true });
   const byKey = new Map(o.handlers.map((h) => [`${h.idstr}\u0000${h.instanceId}`, h]));
   const bySection = new Map<number, MigrationHandler>();
   let bytes = 0;

@@ -2,6 +2,7 @@
 // announces): argument schemas, result types, the backend interface the server calls, and the checks QEMU
 // makes before it acts (migration URIs, parameter ranges), with its error texts.
 
+import { RUN_STATES, type RunStateName } from '../run-state.ts';
 import {
   type ArgsSchema,
   QmpError,
@@ -36,26 +37,9 @@ export const MIGRATION_STATUSES = [
 ] as const;
 export type MigrationStatus = (typeof MIGRATION_STATUSES)[number];
 
-/** QEMU's RunState. */
-export const RUN_STATES = [
-  'debug',
-  'inmigrate',
-  'internal-error',
-  'io-error',
-  'paused',
-  'postmigrate',
-  'prelaunch',
-  'finish-migrate',
-  'restore-vm',
-  'running',
-  'save-vm',
-  'shutdown',
-  'suspended',
-  'watchdog',
-  'guest-panicked',
-  'colo',
-] as const;
-export type RunState = (typeof RUN_STATES)[number];
+/** QEMU's RunState (the names and their transition table live in run-state.ts). */
+export { RUN_STATES };
+export type RunState = RunStateName;
 
 /** query-status. `singlestep` is always false (QEMU 8.2 still has the member, deprecated; 9.0 drops it). */
 export interface StatusInfo {
@@ -110,6 +94,8 @@ export interface MigrationInfo {
   'cpu-throttle-percentage'?: number;
   'error-desc'?: string;
   'blocked-reasons'?: string[];
+  /** Vendor extension: where the downtime went (ms), once completed; `expected` as decided. */
+  'x-switchover'?: Record<string, number>;
 }
 
 /** The MigrationParameters this VMM has (query-migrate-parameters). */
