@@ -96,9 +96,12 @@ export async function waitForPhase(qmp: QmpClient, pred: (i: Info) => boolean, w
 }
 
 export async function snapshot(qmp: QmpClient): Promise<Snapshot> {
-  const d = await qmp.execute<{ ram: string; pages: string; devices: { digest: string }[] }>('x-query-digests', {
-    pages: true,
-  });
+  // Hashing every page and a device's memory can take long on a loaded machine (2 cores, many processes).
+  const d = await qmp.execute<{ ram: string; pages: string; devices: { digest: string }[] }>(
+    'x-query-digests',
+    { pages: true },
+    { timeoutMs: 120_000 },
+  );
   const vfio = await qmp.execute<{ 'device-state': number }[]>('x-query-vfio');
   return {
     ram: d.ram,
