@@ -83,6 +83,7 @@ describe('a damaged migration stream is refused by the destination; the source r
       assert.ok(edit.hit, 'the proxy found the section to damage');
       assert.equal(info.status, 'failed');
       const desc = await assertDestinationRefused(pair.dst, why);
+      console.log(`  destination: ${desc}`);
       const pagesLost = await assertSourceIntact(pair, pair.start);
       const s = edit.hit;
       faultMatrix({

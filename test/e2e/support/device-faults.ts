@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { type HostOptions, type LocalPair, startLocalPair } from '../../../src/vmm/local-hosts.ts';
 import type { QmpClient } from '../../../src/vmm/qmp/client.ts';
-import { ended, fillGuest, type Info, pagesDiffering, type Snapshot, sleep, snapshot } from './faults.ts';
+import { ended, type Info, pagesDiffering, quiesce, type Snapshot, sleep, snapshot } from './faults.ts';
 
 export const VFIO_NAME = '0000:00:05.0';
 /** A device with state worth checking (random memory) and no background work: its digest changes only
@@ -22,7 +22,7 @@ export interface DevicePair extends LocalPair {
   start: Snapshot;
 }
 
-/** A 64 MiB guest, half its pages written, then idle; `sourceFaults` go to the source's device server. */
+/** A 64 MiB guest that wrote some of its pages, then idle; `sourceFaults` go to the source's device server. */
 export async function startDevicePair(
   o: { sourceFaults?: string[]; destination?: HostOptions } = {},
 ): Promise<DevicePair> {
@@ -39,12 +39,26 @@ export async function startDevicePair(
     log: (l) => lines.push(l),
   });
   try {
-    const start = await fillGuest(pair.src);
+    const start = await writeSomePages(pair.src);
     return Object.assign(pair, { lines, start });
   } catch (err) {
     await pair.stop();
     throw err;
   }
+}
+
+/**
+ * Has the guest write at least `pages` pages (4 MiB by default: real RAM data in every attempt, yet a
+ * small stream, so that each of the many attempts is quick), then idles it; returns the quiet snapshot.
+ */
+async function writeSomePages(qmp: QmpClient, pages = 1024): Promise<Snapshot> {
+  const empty = await snapshot(qmp);
+  await qmp.execute('x-guest-dirty-rate', { 'pages-per-second': 20_000 });
+  for (let i = 0; pagesDiffering(empty, await snapshot(qmp)) < pages; i++) {
+    if (i > 600) throw new Error(`the guest did not write ${pages} pages`);
+    await sleep(50);
+  }
+  return quiesce(qmp);
 }
 
 /** Starts a migration to `uri` and waits for its end; returns the source's final query-migrate. */
