@@ -35,8 +35,11 @@ describe('the source device refuses a transition or fails while saving', () => {
       sourceFaults: [
         'fail-transition@pre-copy',
         'fail-data@pre-copy,after=1M',
-        'fail-transition@stop-and-copy',
         'fail-transition@stopped',
+        // The fourth attempt: the stop is refused, and so is the notifier's return to running (the third
+        // transition into running, after those of attempts 2 and 3).
+        'fail-transition@stop-and-copy,after=1',
+        'fail-transition@running,after=2',
       ],
     });
   });
@@ -71,19 +74,6 @@ describe('the source device refuses a transition or fails while saving', () => {
     faultMatrix({ fault: 'device-save-error', phase: 'pre-copy', outcome: 'failed,source-resumed', pagesLost });
   });
 
-  test('at stop-and-copy: pre-copy -> stop-and-copy refused (the VM stop fails)', async () => {
-    const pagesLost = await faulted(
-      /x-fault fail-transition@stop-and-copy: refuses pre-copy -> stop-and-copy/,
-      /stopping the VM failed: 0000:00:05\.0: the device refused device_state pre-copy -> stop-and-copy/,
-    );
-    faultMatrix({
-      fault: 'device-refuses-transition',
-      phase: 'stop-and-copy',
-      outcome: 'failed,source-resumed',
-      pagesLost,
-    });
-  });
-
   test('at the end of stop-and-copy: stop-and-copy -> stopped refused, all data already sent', async () => {
     const pagesLost = await faulted(
       /x-fault fail-transition@stopped: refuses stop-and-copy -> stopped/,
@@ -97,8 +87,38 @@ describe('the source device refuses a transition or fails while saving', () => {
     });
   });
 
-  test('after all of them, a migration to a fresh destination succeeds', async () => {
+  test('at stop-and-copy: pre-copy -> stop-and-copy refused, and then the return to running too', async () => {
+    await pair.freshDestination();
+    const info = await attempt(pair, pair.uri);
+    assert.equal(info.status, 'failed');
+    assert.match(
+      info['error-desc'] ?? '',
+      /stopping the VM failed: 0000:00:05\.0: the device refused device_state pre-copy -> stop-and-copy/,
+    );
+    console.log(`  source: ${info['error-desc']}`);
+    await faultFired(pair, 'src-device', /x-fault fail-transition@stop-and-copy: refuses pre-copy -> stop-and-copy/);
+    await faultFired(pair, 'src-device', /x-fault fail-transition@running: refuses pre-copy -> running/);
+    await faultFired(pair, 'src-vmm', /0000:00:05\.0: could not return to running: .*pre-copy -> running/);
+    await assertDestinationRefused(pair.dst, /stream ends/);
+    // The guest runs, with every page and the device state as before; the device could not leave its save
+    // session and says so: it is still in pre-copy (running, and saving), not claimed to be RUNNING.
+    assert.equal((await pair.src.execute<{ status: string }>('query-status')).status, 'running');
+    const now = await snapshot(pair.src);
+    const pagesLost = pagesDiffering(pair.start, now);
+    assert.equal(pagesLost, 0);
+    assert.deepEqual(now.devices, pair.start.devices);
+    assert.deepEqual(now.deviceStates, [3], 'device_state pre-copy (SAVING|RUNNING)');
+    faultMatrix({
+      fault: 'device-refuses-transition+notifier-refused',
+      phase: 'stop-and-copy',
+      outcome: 'failed,source-running,device-left-saving',
+      pagesLost,
+    });
+  });
+
+  test('after all of them, a migration to a fresh destination succeeds (the stale save session is ended first)', async () => {
     assert.equal(await retryTo(pair), 0);
+    await faultFired(pair, 'src-vmm', /vfio_save_setup_stale_session name=0000:00:05\.0 state=pre-copy/);
   });
 });
 

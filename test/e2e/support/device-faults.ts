@@ -33,7 +33,8 @@ export async function startDevicePair(
     source: {
       ...DEVICE,
       deviceArgs: [...DEVICE_ARGS, ...(o.sourceFaults ?? []).flatMap((f) => ['--x-fault', f])],
-      vmmArgs: GUEST,
+      // The one trace event these tests look for: a save session left over from a failed attempt.
+      vmmArgs: [...GUEST, '--trace', 'vfio_save_setup_stale_session'],
     },
     destination: { vmmArgs: GUEST, ...(o.destination ?? DEVICE) },
     log: (l) => lines.push(l),
@@ -53,7 +54,7 @@ export async function startDevicePair(
  */
 async function writeSomePages(qmp: QmpClient, pages = 1024): Promise<Snapshot> {
   const empty = await snapshot(qmp);
-  await qmp.execute('x-guest-dirty-rate', { 'pages-per-second': 20_000 });
+  await qmp.execute('x-guest-dirty-rate', { 'pages-per-second': 5_000 });
   for (let i = 0; pagesDiffering(empty, await snapshot(qmp)) < pages; i++) {
     if (i > 600) throw new Error(`the guest did not write ${pages} pages`);
     await sleep(50);
