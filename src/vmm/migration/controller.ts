@@ -148,7 +148,10 @@ export class MigrationController {
           this.setStatus('device');
           const errors = await this.d.runState.transition('finish-migrate', 'finish-migrate');
           if (errors.length > 0)
-            throw new VfioError(Errno.EIO, `stopping the VM failed: ${errors.map((e) => e.message).join('; ')}`);
+            throw new VfioError(
+              errors[0] instanceof VfioError ? errors[0].errno : Errno.EIO,
+              `stopping the VM failed: ${errors.map((e) => e.message.replace(/ \(E[A-Z0-9]+\)$/, '')).join('; ')}`,
+            );
         },
       });
       this.setupMs = result.setupMs;
