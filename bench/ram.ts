@@ -76,12 +76,14 @@ export async function oursOnce(
   });
   try {
     await pair.src.execute('migrate', { uri: pair.uri });
-    const info = await waitForMigration(pair.src, { intervalMs: 20, timeoutMs: 600_000 });
+    // The source reports its own total-time: the poll interval only delays noticing the end.
+    const info = await waitForMigration(pair.src, { intervalMs: 100, timeoutMs: 600_000 });
     if (info.status !== 'completed') throw new Error(`migration ${info.status}: ${info['error-desc'] ?? ''}`);
     await waitForMigration(pair.dst, { timeoutMs: 60_000 });
     const [a, b] = await Promise.all([
-      pair.src.execute<Digests>('x-query-digests'),
-      pair.dst.execute<Digests>('x-query-digests'),
+      // Digests of a large guest take seconds on a busy machine: more than the default 10 s reply time.
+      pair.src.execute<Digests>('x-query-digests', undefined, { timeoutMs: 300_000 }),
+      pair.dst.execute<Digests>('x-query-digests', undefined, { timeoutMs: 300_000 }),
     ]);
     if (a.ram !== b.ram) throw new Error('guest RAM differs at the destination: the benchmark run is void');
     const ram = info.ram as RamInfo;
@@ -184,7 +186,7 @@ export async function qemuOnce(memMiB: number, warm: boolean): Promise<Rate & { 
     // QEMU limits migration to 128 MiB/s by default: lift it, as our side has no limit by default.
     await qs.execute('migrate-set-parameters', { 'max-bandwidth': 1e12 });
     await qs.execute('migrate', { uri: `tcp:127.0.0.1:${port}` });
-    const info = await waitForMigration(qs, { intervalMs: 20, timeoutMs: 600_000 });
+    const info = await waitForMigration(qs, { intervalMs: 100, timeoutMs: 600_000 });
     if (info.status !== 'completed') throw new Error(`QEMU migration ${info.status}: ${info['error-desc'] ?? ''}`);
     const ram = info.ram as RamInfo;
     if (ram.normal * 4096 < memMiB * (1 << 20) * 0.99) throw new Error(`QEMU sent only ${ram.normal} pages with data`);
@@ -211,15 +213,18 @@ async function measure(name: string, rounds: number, fn: () => Promise<Rate & { 
   const rates: number[] = [];
   let moved = 0;
   let ms = 0;
+  let downtime: number | undefined;
   for (let i = 0; i < rounds; i++) {
     const r = await fn();
     moved = r.bytes;
     ms = r.ms;
+    downtime = r.downtime;
     rates.push(mbps(r));
   }
   const m = median(rates);
   console.log(
-    `${name.padEnd(10)} ${m.toFixed(0).padStart(6)} MB/s   (${bytes(moved)} in ${ms.toFixed(0)} ms, rounds ${rates.map((r) => r.toFixed(0)).join(' ')})`,
+    `${name.padEnd(10)} ${m.toFixed(0).padStart(6)} MB/s   (${bytes(moved)} in ${ms.toFixed(0)} ms, rounds ${rates.map((r) => r.toFixed(0)).join(' ')}` +
+      `${downtime !== undefined ? `; downtime ${downtime} ms` : ''})`,
   );
   return m;
 }

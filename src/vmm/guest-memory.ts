@@ -211,7 +211,7 @@ export class GuestMemory {
    * 0.3 s + touch 0.6 s) and then loading 0.1 s. Only this mapping gains: another process (a device
    * server) still maps the pages on its own first access, though it finds them allocated.
    */
-  prefault(first?: number | PageRange, count?: number): PrefaultResult {
+  prefault(first?: number | PageRange, count?: number, options: { touch?: boolean } = {}): PrefaultResult {
     const r = this.range(first, count);
     let populated = true;
     let t = performance.now();
@@ -227,6 +227,9 @@ export class GuestMemory {
     });
     const populateMs = performance.now() - t;
     t = performance.now();
+    // touch: false skips the touch loop where the kernel populated the range (a loader that writes
+    // every page at once anyway takes the remaining first-access cost itself).
+    if (options.touch === false && populated) return { pages: r.count, populated, populateMs, touchMs: 0 };
     this.forPieceParts(r, (p, off, len) => {
       const w = this.words[p]!;
       for (let i = off >>> 2, end = (off + len) >>> 2; i < end; i += PAGE_SIZE >>> 2) Atomics.or(w, i, 0);

@@ -109,11 +109,14 @@ describe('SwitchoverEstimator', () => {
     e.noteSync(7);
     e.noteDeviceQuery(2);
     assert.deepEqual(e.costs(), {
-      stopMs: INITIAL_STOP_MS + 4,
+      stopMs: INITIAL_STOP_MS + 2,
       syncMs: 7,
-      deviceMs: 10,
-      finishMs: INITIAL_FINISH_MS + 10,
+      deviceMs: 4,
+      finishMs: INITIAL_FINISH_MS + 2,
     });
+    // The round trip is averaged: one slow query moves it a quarter of the way.
+    e.noteDeviceQuery(10);
+    assert.equal(e.costs().deviceMs, 2 * 4);
     e.noteSwitchover({ stopMs: 30, deviceMs: 5, finishMs: 80 });
     e.noteSync(9);
     assert.deepEqual(e.costs(), { stopMs: 30, syncMs: 9, deviceMs: 5, finishMs: 80 });

@@ -152,13 +152,14 @@ export const INITIAL_FINISH_MS = 50;
 /**
  * Keeps the fixed costs of a switch-over as measured: the log sync at every pre-copy iteration, and
  * stop, per-device steps and finish at each switch-over this source made (they carry over to the next
- * migration of the same VM, where they are the best guess). Before the first switch-over, stop and
- * finish are estimated from the round trip to the devices (a pending-bytes query each): stopping takes
- * a state change per device, finishing the destination's equivalent plus the handshake.
+ * migration of the same VM, where they are the best guess). Before the first switch-over, stop, device
+ * steps and finish are the starting allowances plus the round trip to the devices (a pending-bytes query
+ * each, averaged: one slow query on a busy host must not stall convergence): stopping changes each
+ * device's state, its stop-and-copy changes it twice more, the destination does the same.
  */
 export class SwitchoverEstimator {
   private syncMs = 0;
-  private deviceRoundTripMs = 0;
+  private deviceRoundTripMs = -1;
   private measured: Omit<SwitchoverCosts, 'syncMs'> | null = null;
 
   /** A pre-copy log sync took `ms`. */
@@ -168,7 +169,7 @@ export class SwitchoverEstimator {
 
   /** One pending-bytes query of every device took `ms` in all (one round trip each). */
   noteDeviceQuery(ms: number): void {
-    this.deviceRoundTripMs = ms;
+    this.deviceRoundTripMs = this.deviceRoundTripMs < 0 ? ms : 0.75 * this.deviceRoundTripMs + 0.25 * ms;
   }
 
   /** A switch-over happened, with these measured costs. */
@@ -178,14 +179,12 @@ export class SwitchoverEstimator {
 
   costs(): SwitchoverCosts {
     if (this.measured) return { ...this.measured, syncMs: this.syncMs };
-    const rt = this.deviceRoundTripMs;
-    // Stop: a read-modify-write of device_state per device; device steps: two more state changes and a
-    // config read; finish: as much again at the destination, plus READY/GO.
+    const rt = Math.max(0, this.deviceRoundTripMs);
     return {
-      stopMs: INITIAL_STOP_MS + 2 * rt,
+      stopMs: INITIAL_STOP_MS + rt,
       syncMs: this.syncMs,
-      deviceMs: 5 * rt,
-      finishMs: INITIAL_FINISH_MS + 5 * rt,
+      deviceMs: 2 * rt,
+      finishMs: INITIAL_FINISH_MS + rt,
     };
   }
 }

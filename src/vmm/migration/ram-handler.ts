@@ -23,6 +23,8 @@ const BLOCK_NAME = new TextEncoder().encode(RAM_BLOCK);
 const PAGE = 4096;
 /** Payload bytes per PART section (page records with their contents, and zero-page records). */
 export const SECTION_PAYLOAD = 4 << 20;
+/** Destination: pages populated ahead of the highest page loaded so far (64 MiB). */
+const PREFAULT_AHEAD = 16384;
 /** Section buffers in the staging ring: at most this many sections' pages in flight (16 MiB). */
 export const STAGING_BUFFERS = 4;
 
@@ -54,6 +56,8 @@ export class RamHandler implements MigrationHandler {
   private received: Uint8Array | null = null;
   private receivedCount = 0;
   private readonly scan = new RamPageScan();
+  /** Destination: pages below this were populated ahead of the stream. */
+  private prefaultedTo = 0;
   private readonly decodeCtx = { block: null as string | null, blocks: new Map<string, number>() };
 
   constructor(
@@ -184,6 +188,7 @@ export class RamHandler implements MigrationHandler {
   async loadSetup(): Promise<void> {
     this.received = new Uint8Array(this.memory.pages);
     this.receivedCount = 0;
+    this.prefaultedTo = 0;
     this.decodeCtx.block = null;
     this.decodeCtx.blocks = new Map([[RAM_BLOCK, this.memory.size]]);
   }
@@ -193,6 +198,7 @@ export class RamHandler implements MigrationHandler {
     // every error, through the full decoder.
     if (scanRamPages(payload, BLOCK_NAME, this.memory.size, this.scan)) {
       const { offsets, data, count } = this.scan;
+      if (count > 0) this.prefaultAhead(offsets[count - 1]! / PAGE);
       for (let r = 0; r < count; r++) {
         const i = offsets[r]! / PAGE;
         const at = data[r]!;
@@ -228,6 +234,19 @@ export class RamHandler implements MigrationHandler {
           break;
       }
     }
+  }
+
+  /**
+   * Fresh destination memory costs a page fault per page on first write; populating it in large runs
+   * (MADV_POPULATE_WRITE) ahead of the bulk pass, which arrives in page order, costs much less. Later
+   * passes land on pages already there.
+   */
+  private prefaultAhead(page: number): void {
+    if (page + PREFAULT_AHEAD / 2 < this.prefaultedTo || this.prefaultedTo >= this.memory.pages) return;
+    const from = Math.max(this.prefaultedTo, page);
+    const to = Math.min(this.memory.pages, page + PREFAULT_AHEAD);
+    if (to > from) this.memory.prefault(from, to - from, { touch: false });
+    this.prefaultedTo = to;
   }
 
   async loadComplete(): Promise<void> {
