@@ -60,8 +60,14 @@ type RamInfo = { transferred: number; normal: number; duplicate: number };
 type Digests = { ram: string };
 
 /** One migration of a `memMiB` guest filled with random bytes between two VMM processes. */
-export async function oursOnce(memMiB: number, warm: boolean): Promise<Rate & { downtime: number }> {
+export async function oursOnce(
+  memMiB: number,
+  warm: boolean,
+  wrap: string[] = [],
+): Promise<Rate & { downtime: number }> {
   const pair = await startLocalPair({
+    sourceWrap: wrap,
+    destinationWrap: wrap,
     memSize: `${memMiB}M`,
     paused: true,
     startTimeoutMs: 300_000,

@@ -24,6 +24,7 @@ type Info = {
   'total-time'?: number;
   downtime?: number;
   'expected-downtime'?: number;
+  'x-switchover'?: Record<string, number>;
   ram?: {
     transferred: number;
     remaining: number;
@@ -99,10 +100,18 @@ export async function runDemo(argv: string[]): Promise<number> {
         const i = raw as Info;
         if (!i.ram) return;
         const done = i.ram.total > 0 ? 1 - i.ram.remaining / i.ram.total : 0;
+        // Rate and expected downtime only once measured (the first 100 ms window): never a guess.
+        const rate = i.ram.mbps > 0 ? `${i.ram.mbps.toFixed(0)} Mbit/s` : 'rate not measured yet';
+        const active = i.status !== 'completed' && i.status !== 'failed' && i.status !== 'cancelled';
+        const expected = !active
+          ? i.status
+          : i['expected-downtime'] !== undefined
+            ? `expected downtime ${i['expected-downtime']} ms`
+            : 'expected downtime unknown';
         bar.update(
           done,
           `${i.status} pass ${i.ram['dirty-sync-count']}: RAM ${bytes(i.ram.remaining)} left, device ${bytes(i.vfio?.transferred ?? 0)} sent, ` +
-            `${i.ram.mbps.toFixed(0)} Mbit/s, expected downtime ${i['expected-downtime'] ?? '-'} ms`,
+            `${rate}, ${expected}`,
         );
       },
     })) as Info;
@@ -147,6 +156,13 @@ export async function runDemo(argv: string[]): Promise<number> {
     console.log(
       `status:        completed in ${ms(totalMs)}, downtime ${info.downtime} ms (limit ${values['downtime-limit']} ms)`,
     );
+    const sw = info['x-switchover'];
+    if (sw) {
+      console.log(
+        `switch-over:   expected ${sw.expected ?? '-'} ms; took: stop ${sw.stop}, final sync ${sw.sync}, stop-and-copy ${sw.complete}, ` +
+          `device config + EOF ${sw.state}, destination validation + READY/GO ${sw.finish} ms`,
+      );
+    }
     console.log(
       `passes:        ${ram['dirty-sync-count']} dirty-log syncs (bulk pass, then the pages the guest and the device's DMA dirtied)`,
     );

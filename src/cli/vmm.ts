@@ -20,8 +20,8 @@ export const vmmUsage = `usage: vfio-migrate vmm --device-socket PATH --qmp PATH
   --fill KIND           zero (default) or random: guest RAM contents at boot (a non-zero guest to migrate)
   --prefault            fault all of guest RAM in at startup (QEMU's -mem-prealloc), not on first use
   --trace PATTERN       trace events, e.g. 'vfio_*' (to stderr)
-  --stall-timeout MS    a migration link that takes no data this long fails, as does a destination
-                        that does not answer READY within it after the stream's end (default 10000)`;
+  --stall-timeout MS    a migration link that moves no data this long fails, on either side, as does
+                        a destination that does not answer READY within it (default 10000)`;
 
 export async function runVmm(argv: string[]): Promise<number> {
   const { values } = parseArgs({

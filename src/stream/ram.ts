@@ -178,6 +178,101 @@ export class RamPayloadBuilder {
   }
 }
 
+/**
+ * Writes a RAM payload into one contiguous buffer, copying each page's contents in after its header: for
+ * a sender that copies pages anyway (to checksum exactly what goes out), the payload is then one piece
+ * instead of two per page, one iovec for the socket and one run for the CRC. The bytes are the same as
+ * RamPayloadBuilder's for the same records. Room for the closing EOS is always kept.
+ */
+export class RamPayloadWriter {
+  private at = 0;
+  private lastBlock: string | null = null;
+  private records = 0;
+  private readonly view: DataView;
+  private readonly names = new Map<string, Uint8Array>();
+
+  /** `buf`: where the payload is written (at least 4 KiB + 280 bytes, to hold one page record). */
+  constructor(readonly buf: Uint8Array) {
+    if (buf.byteLength < TARGET_PAGE_SIZE + MAX_RECORD_HEAD + 8)
+      throw new RangeError(`a RAM payload buffer of ${buf.byteLength} bytes cannot hold one page record`);
+    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+  }
+
+  /** Payload bytes so far. */
+  get byteLength(): number {
+    return this.at;
+  }
+
+  /** True when no record was written since the last take(). */
+  get isEmpty(): boolean {
+    return this.records === 0;
+  }
+
+  private nameBytes(name: string): Uint8Array {
+    let bytes = this.names.get(name);
+    if (!bytes) {
+      bytes = encoder.encode(name);
+      if (bytes.byteLength === 0 || bytes.byteLength > 255)
+        throw new RangeError(`RAM block name "${name}" must be 1 to 255 bytes`);
+      this.names.set(name, bytes);
+    }
+    return bytes;
+  }
+
+  /** Writes a page record's header if `extra` more bytes fit after it (EOS room kept); -1 when full. */
+  private header(block: string, offset: number, flag: number, extra: number): number {
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset % TARGET_PAGE_SIZE !== 0)
+      throw new RangeError(`RAM page offset ${offset} is not a multiple of ${TARGET_PAGE_SIZE}`);
+    const cont = this.lastBlock === block;
+    const name = cont ? null : this.nameBytes(block);
+    const head = 8 + (name ? 1 + name.byteLength : 0);
+    if (this.at + head + extra + 8 > this.buf.byteLength) return -1;
+    const v = offset + flag + (cont ? RamFlag.CONTINUE : 0);
+    this.view.setUint32(this.at, Math.floor(v / 0x100000000), false);
+    this.view.setUint32(this.at + 4, v >>> 0, false);
+    if (name) {
+      this.buf[this.at + 8] = name.byteLength;
+      this.buf.set(name, this.at + 9);
+    }
+    this.at += head;
+    this.lastBlock = block;
+    this.records++;
+    return this.at;
+  }
+
+  /** A page record with a copy of `data` (4096 bytes); false (nothing written) when it does not fit. */
+  page(block: string, offset: number, data: Uint8Array): boolean {
+    if (data.byteLength !== TARGET_PAGE_SIZE)
+      throw new RangeError(`a RAM page is ${TARGET_PAGE_SIZE} bytes, got ${data.byteLength}`);
+    const at = this.header(block, offset, RamFlag.PAGE, TARGET_PAGE_SIZE);
+    if (at < 0) return false;
+    this.buf.set(data, at);
+    this.at += TARGET_PAGE_SIZE;
+    return true;
+  }
+
+  /** A page filled with one byte (a zero page: fill 0); false when it does not fit. */
+  zero(block: string, offset: number, fill = 0): boolean {
+    if (!Number.isInteger(fill) || fill < 0 || fill > 255) throw new RangeError(`fill byte ${fill} is not a u8`);
+    const at = this.header(block, offset, RamFlag.ZERO, 1);
+    if (at < 0) return false;
+    this.buf[at] = fill;
+    this.at += 1;
+    return true;
+  }
+
+  /** Ends the payload with EOS and returns it (a view of the buffer); the writer starts afresh. */
+  take(): Uint8Array {
+    this.view.setUint32(this.at, 0, false);
+    this.view.setUint32(this.at + 4, RamFlag.EOS, false);
+    const out = this.buf.subarray(0, this.at + 8);
+    this.at = 0;
+    this.lastBlock = null;
+    this.records = 0;
+    return out;
+  }
+}
+
 export type RamRecord =
   | { kind: 'mem-size'; total: bigint; blocks: { name: string; usedLength: bigint }[] }
   | { kind: 'page'; block: string; offset: bigint; data: Uint8Array }
@@ -299,4 +394,76 @@ export function decodeRamPayload(payload: Uint8Array, ctx: RamDecodeContext = {}
   }
   recordAt = at;
   return fail('payload ends without EOS');
+}
+
+/** The page records of a payload as scanRamPages leaves them: parallel arrays, reused from call to call. */
+export class RamPageScan {
+  /** Records in the arrays. */
+  count = 0;
+  /** Each record's byte offset in the block (a multiple of 4096). */
+  offsets = new Float64Array(1024);
+  /** Where each page's 4096 bytes start in the payload, or -1 - fill for a page filled with one byte. */
+  data = new Int32Array(1024);
+
+  push(offset: number, data: number): void {
+    if (this.count === this.offsets.length) {
+      const o = new Float64Array(this.count * 2);
+      o.set(this.offsets);
+      this.offsets = o;
+      const d = new Int32Array(this.count * 2);
+      d.set(this.data);
+      this.data = d;
+    }
+    this.offsets[this.count] = offset;
+    this.data[this.count] = data;
+    this.count++;
+  }
+}
+
+/**
+ * The common PART payload, scanned without an object or a BigInt per record (the loader's hot path):
+ * PAGE and ZERO records of the one block `block` (the first record names it, later ones CONTINUE or
+ * name it again), each inside the block's `blockSize` bytes, then EOS as the last 8 bytes. Returns false
+ * for anything else, with `scan` in no defined state: the caller then decodes the payload with
+ * decodeRamPayload, which handles every other valid payload (MEM_SIZE, several blocks) and says what is
+ * wrong with an invalid one. Whatever this accepts, decodeRamPayload accepts with the same records.
+ */
+export function scanRamPages(payload: Uint8Array, block: Uint8Array, blockSize: number, scan: RamPageScan): boolean {
+  const dv = new DataView(payload.buffer, payload.byteOffset, payload.byteLength);
+  const n = payload.byteLength;
+  scan.count = 0;
+  let at = 0;
+  let named = false;
+  while (at + 8 <= n) {
+    const hi = dv.getUint32(at, false);
+    const lo = dv.getUint32(at + 4, false);
+    at += 8;
+    const flags = lo & (TARGET_PAGE_SIZE - 1);
+    if (flags === RamFlag.EOS) return hi === 0 && lo === RamFlag.EOS && at === n;
+    const kind = flags & ~RamFlag.CONTINUE;
+    if (kind !== RamFlag.PAGE && kind !== RamFlag.ZERO) return false;
+    if (flags & RamFlag.CONTINUE) {
+      if (!named) return false;
+    } else {
+      // u8 length, then the name's bytes: it must be `block`.
+      if (at + 1 + block.byteLength > n || payload[at] !== block.byteLength) return false;
+      for (let i = 0; i < block.byteLength; i++) if (payload[at + 1 + i] !== block[i]) return false;
+      at += 1 + block.byteLength;
+      named = true;
+    }
+    // hi < 2^21 keeps the offset a safe integer; anything that large is outside any block anyway.
+    if (hi >= 0x200000) return false;
+    const offset = hi * 0x100000000 + (lo - flags);
+    if (offset + TARGET_PAGE_SIZE > blockSize) return false;
+    if (kind === RamFlag.PAGE) {
+      if (at + TARGET_PAGE_SIZE > n) return false;
+      scan.push(offset, at);
+      at += TARGET_PAGE_SIZE;
+    } else {
+      if (at + 1 > n) return false;
+      scan.push(offset, -1 - payload[at]!);
+      at += 1;
+    }
+  }
+  return false;
 }

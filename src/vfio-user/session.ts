@@ -72,6 +72,9 @@ export const MAX_PENDING_BYTES = 8 << 20;
 /** Replies not yet taken by a client past which no more of its requests are read. */
 export const MAX_UNSENT_REPLY_BYTES = 4 << 20;
 
+/** The commands that may carry fds (each handler checks how many); any other with fds is refused. */
+const TAKES_FDS: ReadonlySet<number> = new Set([Command.DMA_MAP, Command.DEVICE_SET_IRQS]);
+
 /**
  * A reply payload, optionally with fds to send along (they stay owned by whoever owned them), or a whole
  * reply message built in place (see replyBuffer).
@@ -93,6 +96,7 @@ export class Session {
   /** Requests received and not yet answered, and their bytes (see MAX_PENDING_REQUESTS). */
   private pendingCount = 0;
   private pendingBytes = 0;
+  private readPaused = false;
   /** Requests refused with EBUSY for being over the bound (for tests and diagnostics). */
   busyRefusals = 0;
 
@@ -153,7 +157,10 @@ export class Session {
     if (this.ended || this.conn.isClosed) return;
     const full = this.pendingCount >= MAX_PENDING_REQUESTS || this.pendingBytes >= MAX_PENDING_BYTES;
     const backedUp = this.conn.socket.writableLength > MAX_UNSENT_REPLY_BYTES;
-    if (backedUp || (full && this.conn.pendingRequests === 0)) this.conn.socket.pause();
+    const pause = backedUp || (full && this.conn.pendingRequests === 0);
+    if (pause === this.readPaused) return; // each change is a poller update: only on a change
+    this.readPaused = pause;
+    if (pause) this.conn.socket.pause();
     else this.conn.socket.resume();
   }
 
@@ -167,6 +174,9 @@ export class Session {
       if (!handler) throw einval(`${commandName(m.header.cmd)} is not supported by this device`);
       if (m.header.cmd !== Command.VERSION && !this.client) throw einval(`${commandName(m.header.cmd)} before VERSION`);
       this.checkGate(m.header.cmd);
+      if (m.fds.length > 0 && !TAKES_FDS.has(m.header.cmd)) {
+        throw einval(`${commandName(m.header.cmd)} takes no fds, ${m.fds.length} came with it`);
+      }
       const reply = await handler(m);
       if (reply instanceof Uint8Array || reply === undefined) this.conn.reply(m, reply);
       else if ('built' in reply) this.conn.sendReply(m, reply.built);
@@ -181,11 +191,14 @@ export class Session {
     }
   }
 
-  /** v1-era rule: a stopped or stop-and-copy device takes only region accesses. */
+  /**
+   * v1-era rule: a stopped or stop-and-copy device takes only region accesses. VERSION is the connection's,
+   * not the device's: a client that left the device stopped (a crashed VMM) must not lock the next one out.
+   */
   private checkGate(cmd: number): void {
     const s = this.host.migration.state;
     const stopped = (s & (DeviceState.RUNNING | DeviceState.RESUMING)) === 0;
-    if (stopped && cmd !== Command.REGION_READ && cmd !== Command.REGION_WRITE) {
+    if (stopped && cmd !== Command.REGION_READ && cmd !== Command.REGION_WRITE && cmd !== Command.VERSION) {
       throw einval(`${commandName(cmd)} is not accepted while the device is stopped`);
     }
   }

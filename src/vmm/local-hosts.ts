@@ -64,10 +64,13 @@ function startProcess(
   wrap: string[],
   log?: (l: string) => void,
   timeoutMs = 30_000,
+  spawned?: Proc[],
 ): Promise<Proc & { match: RegExpExecArray }> {
   const cmd = [...wrap, process.execPath, BIN, ...args];
   const child = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   const proc: Proc = { role, child, stdout: '' };
+  // Known at once, so a failed start of one process also stops the others still starting.
+  spawned?.push(proc);
   let errText = '';
   child.stderr!.setEncoding('utf8').on('data', (d: string) => {
     errText += d;
@@ -115,7 +118,7 @@ async function startDestination(
   paused: boolean,
   path: (n: string) => string,
   tag: string,
-  started: (p: Proc) => void,
+  spawned: Proc[],
 ): Promise<DestinationHost> {
   const listen = o.listen ?? '127.0.0.1:0';
   const device = await startProcess(
@@ -125,8 +128,8 @@ async function startDestination(
     o.destinationWrap ?? [],
     o.log,
     o.startTimeoutMs,
+    spawned,
   );
-  started(device);
   const vmm = await startProcess(
     'dst-vmm',
     [
@@ -146,8 +149,8 @@ async function startDestination(
     o.destinationWrap ?? [],
     o.log,
     o.startTimeoutMs,
+    spawned,
   );
-  started(vmm);
   return { device, vmm };
 }
 
@@ -159,7 +162,6 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
   const path = (n: string) => join(dir, n);
   const listen = o.listen ?? '127.0.0.1:0';
   const host = listen.slice(0, listen.lastIndexOf(':'));
-  const track = (p: Proc) => all.push(p);
   try {
     const [srcVmm, dst] = await Promise.all([
       (async () => {
@@ -178,8 +180,8 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
           o.sourceWrap ?? [],
           o.log,
           o.startTimeoutMs,
+          all,
         );
-        track(srcDevice);
         procs.srcDevice = srcDevice;
         const vmm = await startProcess(
           'src-vmm',
@@ -197,11 +199,11 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
           o.sourceWrap ?? [],
           o.log,
           o.startTimeoutMs,
+          all,
         );
-        track(vmm);
         return vmm;
       })(),
-      startDestination(o, o.destination, o.paused ?? false, path, '', track),
+      startDestination(o, o.destination, o.paused ?? false, path, '', all),
     ]);
     procs.srcVmm = srcVmm;
     procs.dstDevice = dst.device;
@@ -219,7 +221,7 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
         pair.dst.close();
         await Promise.all([stopProcess(pair.procs.dstVmm), stopProcess(pair.procs.dstDevice)]);
         const h = { ...o.destination, ...overrides };
-        const next = await startDestination(o, h, overrides.paused ?? o.paused ?? false, path, tag, track);
+        const next = await startDestination(o, h, overrides.paused ?? o.paused ?? false, path, tag, all);
         pair.procs.dstDevice = next.device;
         pair.procs.dstVmm = next.vmm;
         pair.dst = await QmpClient.connect(path(`dst${tag}.qmp`));

@@ -8,7 +8,6 @@ import {
   assertSourceIntact,
   ended,
   faultMatrix,
-  fillGuest,
   kill,
   quiesce,
   retryToFreshDestination,
@@ -23,7 +22,7 @@ describe('destination VMM killed (SIGKILL) mid-migration', { concurrency: 2 }, (
   test('during the RAM bulk pass', async () => {
     const pair = await startFaultPair();
     try {
-      const before = await fillGuest(pair.src);
+      const before = await quiesce(pair.src);
       await pair.src.execute('migrate-set-parameters', { 'max-bandwidth': 16 * MiB });
       await pair.src.execute('migrate', { uri: pair.uri });
       const at = await waitForPhase(
@@ -117,7 +116,7 @@ describe('destination VMM killed (SIGKILL) mid-migration', { concurrency: 2 }, (
     const pair = await startFaultPair();
     const proxy = await TcpProxy.start(pair.uri);
     try {
-      const before = await fillGuest(pair.src);
+      const before = await quiesce(pair.src);
       await pair.src.execute('migrate', { uri: proxy.uri });
       // Let the destination load part of the stream, then keep the rest in the proxy: the source finishes
       // (EOF written, VM stopped, waiting for READY) while the destination is still loading.

@@ -72,12 +72,13 @@ describe('live migration across processes', () => {
       paused: true,
       source: {
         device: 'large-memory',
-        deviceArgs: ['--device-mem', '32M', '--work-rate', '20000', '--data-section', 'trapped'],
-        vmmArgs: ['--dirty-rate', '5000'],
+        // Modest rates: the device must re-dirty blocks between rounds, yet converge on a slow machine too.
+        deviceArgs: ['--device-mem', '32M', '--work-rate', '2000', '--data-section', 'trapped'],
+        vmmArgs: ['--dirty-rate', '2000'],
       },
       destination: {
         device: 'large-memory',
-        deviceArgs: ['--device-mem', '32M', '--work-rate', '20000', '--data-section', 'trapped'],
+        deviceArgs: ['--device-mem', '32M', '--work-rate', '2000', '--data-section', 'trapped'],
       },
     });
     try {

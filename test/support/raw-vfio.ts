@@ -71,7 +71,10 @@ export class RawVfioPeer {
         { msgId: p.id(), cmd: Command.VERSION },
         encodeVersionRequest({ major: 0, minor: 2, capabilities: { maxMsgFds: 8, migration: { pgsize: 4096 } } }),
       );
-      if (!r || r.header.error) throw new Error(`VERSION refused: ${r?.header.errorNo}`);
+      if (!r || r.header.error) {
+        p.close();
+        throw new Error(`VERSION refused: ${r?.header.errorNo}`);
+      }
     }
     return p;
   }

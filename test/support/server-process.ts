@@ -45,7 +45,10 @@ export async function startServer(args: string[]): Promise<ServerProcess> {
       if (proc.exitCode === null && proc.signalCode === null) {
         const exited = new Promise((r) => proc.once('exit', r));
         proc.kill('SIGTERM');
+        // A server that cannot take SIGTERM (its event loop stuck) must not hang the test run.
+        const kill = setTimeout(() => proc.kill('SIGKILL'), 5000);
         await exited;
+        clearTimeout(kill);
       }
       rmSync(dir, { recursive: true, force: true });
     },

@@ -1,11 +1,9 @@
 // The device server as a separate process, driven by a scripted client over a real UNIX socket with real
 // fd passing: negotiation, device/region/IRQ info, the migration region's caps and mmappable data section,
 // DMA with and without fds, bad requests (answered with an errno, server keeps serving), a second client,
-// reconnects, lost framing, and bounded fuzzing.
+// reconnects and lost framing. Fuzzing, limits and leak checks: server-fuzz.test.ts.
 import assert from 'node:assert/strict';
-import { readdirSync } from 'node:fs';
 import { after, afterEach, before, describe, test } from 'node:test';
-import fc from 'fast-check';
 import { Errno } from '../../src/abi/errno.ts';
 import { readField, writeField } from '../../src/abi/fields.ts';
 import { DeviceState, SEED_MIGRATION_INFO } from '../../src/abi/migration.ts';
@@ -287,46 +285,6 @@ describe('vfio-user server (register-file device, mmapped data section)', () => 
     const next = await rawConnect(srv.path);
     assert.equal(new TextDecoder().decode(await regionRead(next, 0, 0, 4)), 'UART');
     next.close();
-  });
-
-  test('fuzzed requests (random payloads for every command) are all answered; the server survives', async () => {
-    const c = await rawConnect(srv.path);
-    const cmds = Object.values(Command).filter(
-      (x) => x !== Command.VERSION && x !== Command.DMA_READ && x !== Command.DMA_WRITE,
-    );
-    await fc.assert(
-      fc.asyncProperty(fc.constantFrom(...cmds), fc.uint8Array({ maxLength: 96 }), async (cmd, payload) => {
-        try {
-          await c.request(cmd, payload);
-        } catch (e) {
-          assert.ok(e instanceof VfioError && e.errno > 0, String(e));
-          assert.notEqual(e.errno, Errno.ECONNRESET, 'the server must not drop the connection on a bad payload');
-        }
-      }),
-      { numRuns: 300 },
-    );
-    // A device reset (a legal fuzz outcome) leaves it running; the server answers normally.
-    assert.equal(new TextDecoder().decode(await regionRead(c, 0, 0, 4)), 'UART');
-    c.close();
-  });
-
-  test('many bad requests leave the server fd count flat', async () => {
-    const fdsOf = () => readdirSync(`/proc/${srv.proc.pid}/fd`).length;
-    const c = await rawConnect(srv.path);
-    const badRound = async () => {
-      const efd = native().eventfd(0, true);
-      // An fd on a command that takes none: the server must close it.
-      await rejectsWith(c.request(Command.DEVICE_GET_INFO, new Uint8Array(3), { fds: [efd] }), Errno.EINVAL);
-      native().close(efd);
-    };
-    for (let i = 0; i < 5; i++) await badRound(); // one-time allocations in the server happen here
-    const before = fdsOf();
-    for (let i = 0; i < 200; i++) await badRound();
-    // A leak would show as ~200 fds (one per round). A couple of transient fds of the server's own (a
-    // client's socket still being torn down, libuv internals) must not make the test flaky.
-    const grew = fdsOf() - before;
-    assert.ok(grew <= 2, `server fd count grew by ${grew} over 200 rounds each sending an fd`);
-    c.close();
   });
 });
 

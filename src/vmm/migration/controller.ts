@@ -9,6 +9,7 @@ import type { GuestDirtyBitmap } from '../dirty-bitmap.ts';
 import type { MigrationInfo } from '../qmp/commands.ts';
 import type { RunState } from '../run-state.ts';
 import type { VfioMigration } from '../vfio-migration.ts';
+import { SwitchoverEstimator } from './convergence.ts';
 import type { MigrationHandler } from './handler.ts';
 import { fileConnection, IncomingListener, runIncoming } from './incoming.ts';
 import {
@@ -17,6 +18,7 @@ import {
   type MigrationParameters,
   type OutgoingProgress,
   runOutgoing,
+  type SwitchoverPhases,
 } from './outgoing.ts';
 import type { RamHandler } from './ram-handler.ts';
 import { type MigrationStatus, statusIsActive, statusTransitionAllowed } from './status.ts';
@@ -46,6 +48,9 @@ export class MigrationController {
   private totalMs = 0;
   private setupMs = 0;
   private downtimeMs = 0;
+  private phases: SwitchoverPhases | null = null;
+  /** Switch-over costs measured here, kept from one migration to the next. */
+  private readonly estimator = new SwitchoverEstimator();
   private errorDesc: string | undefined;
   private progress: OutgoingProgress | null = null;
   /** The outgoing migration passed its commit point (GO on its way): no cancel, no resume. */
@@ -96,6 +101,7 @@ export class MigrationController {
     this.pagesRate = 0;
     this.lastSyncPages = 0;
     this.downtimeMs = 0;
+    this.phases = null;
     this.setStatus('setup');
     this.done = this.runSource(uri, this.abort.signal);
   }
@@ -129,6 +135,7 @@ export class MigrationController {
           this.committed = true;
         },
         signal,
+        estimator: this.estimator,
         onProgress: (p) => {
           this.progress = p;
           if (p.phase === 'active' && this.status === 'setup') this.setStatus('active');
@@ -148,13 +155,17 @@ export class MigrationController {
       });
       this.setupMs = result.setupMs;
       this.downtimeMs = result.downtimeMs;
+      this.phases = result.phases;
       this.totalMs = performance.now() - this.started;
       // Committed: the destination runs the VM (or the file holds it); this side never resumes it.
       await this.d.runState.transition('postmigrate', 'migration completed');
       this.setStatus('completed');
       if (result.afterCommitError) this.d.log(`migration committed, then: ${result.afterCommitError}`);
+      const ph = result.phases;
       this.d.log(
-        `migration completed: ${result.iterations} iterations, ${result.bytesSent} bytes, downtime ${result.downtimeMs.toFixed(1)} ms`,
+        `migration completed: ${result.iterations} iterations, ${result.bytesSent} bytes, downtime ${result.downtimeMs.toFixed(1)} ms ` +
+          `(expected ${ph.expectedMs?.toFixed(1) ?? '-'} ms; stop ${ph.stopMs.toFixed(1)}, sync ${ph.syncMs.toFixed(1)}, ` +
+          `complete ${ph.completeMs.toFixed(1)}, state ${ph.stateMs.toFixed(1)}, finish ${ph.finishMs.toFixed(1)})`,
       );
     } catch (err) {
       transport?.destroy();
@@ -244,6 +255,7 @@ export class MigrationController {
         handlers,
         connection,
         handshake: uri.kind === 'tcp',
+        stallTimeoutMs: uri.kind === 'tcp' ? (this.d.stallTimeoutMs ?? 10_000) : undefined,
         autostart,
         startVm: async () => {
           const errors = await this.d.runState.transition('running', 'migration');
@@ -279,8 +291,22 @@ export class MigrationController {
     info['total-time'] = Math.round(active ? performance.now() - this.started : this.totalMs);
     info['setup-time'] = Math.round(this.setupMs);
     const p = this.progress;
-    if (p && active) info['expected-downtime'] = Math.round(p.expectedDowntimeMs);
-    if (this.status === 'completed') info.downtime = Math.round(this.downtimeMs);
+    // Left out until the bandwidth was measured, as QEMU does.
+    if (p && active && p.expectedDowntimeMs !== undefined) info['expected-downtime'] = Math.round(p.expectedDowntimeMs);
+    if (this.status === 'completed') {
+      info.downtime = Math.round(this.downtimeMs);
+      if (this.phases) {
+        const ph = this.phases;
+        info['x-switchover'] = {
+          ...(ph.expectedMs !== undefined ? { expected: round1(ph.expectedMs) } : {}),
+          stop: round1(ph.stopMs),
+          sync: round1(ph.syncMs),
+          complete: round1(ph.completeMs),
+          state: round1(ph.stateMs),
+          finish: round1(ph.finishMs),
+        };
+      }
+    }
     const s = this.d.ram.stats;
     info.ram = {
       transferred: s.transferred,
@@ -290,6 +316,7 @@ export class MigrationController {
       normal: s.normal,
       'normal-bytes': s.normal * 4096,
       'dirty-pages-rate': Math.round(this.dirtyRate),
+      // 0 until a full window was measured (never a partial window's guess).
       mbps: p ? (p.bandwidth * 1000 * 8) / 1e6 : 0,
       'dirty-sync-count': this.syncs,
       'page-size': 4096,
@@ -301,4 +328,8 @@ export class MigrationController {
     if (this.errorDesc) info['error-desc'] = this.errorDesc;
     return info;
   }
+}
+
+function round1(v: number): number {
+  return Math.round(v * 10) / 10;
 }

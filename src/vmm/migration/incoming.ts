@@ -83,6 +83,11 @@ export interface IncomingOptions {
   autostart: boolean;
   /** How long to wait for GO after READY before giving up (the VM then stays stopped). */
   goTimeoutMs?: number;
+  /**
+   * A stream that brings no data for this long is dead (a link that died without a FIN or RST, a source
+   * that hangs): the load fails rather than waiting forever. Unset: no limit.
+   */
+  stallTimeoutMs?: number;
   maxSectionBytes?: number;
   onSection?: (idstr: string, bytes: number) => void;
 }
@@ -93,7 +98,11 @@ export interface IncomingResult {
   started: boolean;
 }
 
-async function nextChunk(it: AsyncIterator<Uint8Array>, timeoutMs?: number): Promise<Uint8Array | null> {
+async function nextChunk(
+  it: AsyncIterator<Uint8Array>,
+  timeoutMs?: number,
+  what = `no GO from the source within ${timeoutMs} ms`,
+): Promise<Uint8Array | null> {
   let timer: NodeJS.Timeout | undefined;
   try {
     const next = it.next();
@@ -101,10 +110,7 @@ async function nextChunk(it: AsyncIterator<Uint8Array>, timeoutMs?: number): Pro
       ? await Promise.race([
           next,
           new Promise<never>((_, reject) => {
-            timer = setTimeout(
-              () => reject(new VfioError(Errno.ETIMEDOUT, `no GO from the source within ${timeoutMs} ms`)),
-              timeoutMs,
-            );
+            timer = setTimeout(() => reject(new VfioError(Errno.ETIMEDOUT, what)), timeoutMs);
           }),
         ])
       : await next;
@@ -133,7 +139,8 @@ async function loadNamed(h: MigrationHandler, s: DecodedSection): Promise<void> 
 }
 
 export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
-  const decoder = new StreamDecoder({ maxSectionBytes: o.maxSectionBytes });
+  // Every section is applied before the next chunk is pushed, so the decoder may reuse its buffers.
+  const decoder = new StreamDecoder({ maxSectionBytes: o.maxSectionBytes, reusePayloadBuffers: true });
   const byKey = new Map(o.handlers.map((h) => [`${h.idstr}\u0000${h.instanceId}`, h]));
   const bySection = new Map<number, MigrationHandler>();
   let bytes = 0;
@@ -142,7 +149,11 @@ export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
   try {
     for (const h of o.handlers) await h.loadSetup();
     while (!decoder.ended) {
-      const chunk = await nextChunk(o.connection.chunks);
+      const chunk = await nextChunk(
+        o.connection.chunks,
+        o.stallTimeoutMs,
+        `no data from the source for ${o.stallTimeoutMs} ms: stalled link`,
+      );
       if (!chunk) break;
       bytes += chunk.byteLength;
       for (const s of decoder.push(chunk)) {

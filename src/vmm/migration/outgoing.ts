@@ -7,7 +7,15 @@ import { Errno } from '../../abi/errno.ts';
 import { VfioError } from '../../errors.ts';
 import { StreamEncoder } from '../../stream/encoder.ts';
 import { ReturnPathType } from '../../stream/return-path.ts';
-import { BandwidthMeter, canSwitchOver, expectedDowntimeMs, switchoverThreshold } from './convergence.ts';
+import {
+  BandwidthMeter,
+  canSwitchOver,
+  expectedDowntimeMs,
+  type PendingWork,
+  type SwitchoverCosts,
+  SwitchoverEstimator,
+  switchoverThreshold,
+} from './convergence.ts';
 import type { MigrationHandler, SectionWriter } from './handler.ts';
 import type { OutgoingStream } from './transport.ts';
 
@@ -29,11 +37,34 @@ export const DEFAULT_PARAMETERS: MigrationParameters = {
 export interface OutgoingProgress {
   phase: 'setup' | 'active' | 'device' | 'handshake';
   iteration: number;
+  /** All handlers' pending bytes (RAM and devices). */
   pendingBytes: number;
+  /** Each handler's pending bytes and pre-copy rate, as the expected downtime counts them. */
+  pending: PendingWork[];
   bytesSent: number;
+  /** bytes per ms over about the last second of full 100 ms windows; 0 until one was measured */
   bandwidth: number;
   thresholdBytes: number;
-  expectedDowntimeMs: number;
+  /** The fixed costs the expected downtime includes. */
+  costs: SwitchoverCosts;
+  /** Unknown (undefined) until the bandwidth was measured; see convergence.ts for what it counts. */
+  expectedDowntimeMs: number | undefined;
+}
+
+/** Where the downtime went, measured at the switch-over (ms). */
+export interface SwitchoverPhases {
+  /** stopVm: vCPUs paused, devices' RUNNING cleared */
+  stopMs: number;
+  /** the final log sync */
+  syncMs: number;
+  /** each handler's stop-and-copy (its END section included) */
+  completeMs: number;
+  /** non-iterative state (FULL sections) and EOF */
+  stateMs: number;
+  /** from EOF sent to GO sent: the destination's validation and the handshake */
+  finishMs: number;
+  /** what the switch-over was expected to take when it was decided */
+  expectedMs: number | undefined;
 }
 
 export interface OutgoingOptions {
@@ -57,6 +88,8 @@ export interface OutgoingOptions {
   iterationChunk?: number;
   onProgress?: (p: OutgoingProgress) => void;
   onPass?: (pass: number) => void;
+  /** Fixed switch-over costs as measured so far (kept by the caller across migrations); a fresh one if absent. */
+  estimator?: SwitchoverEstimator;
 }
 
 export interface OutgoingResult {
@@ -64,8 +97,9 @@ export interface OutgoingResult {
   bytesSent: number;
   setupMs: number;
   totalMs: number;
-  /** From the VM stop to the commit (READY received, GO sent). */
+  /** From the VM stop to the commit (GO sent over TCP; a file closed): the sum of `phases`. */
   downtimeMs: number;
+  phases: SwitchoverPhases;
   converged: boolean;
   /**
    * Set when something failed after the commit point (e.g. GO could not be sent). The source must still
@@ -86,6 +120,7 @@ export async function runOutgoing(o: OutgoingOptions): Promise<OutgoingResult> {
   const t0 = performance.now();
   const encoder = new StreamEncoder();
   const meter = new BandwidthMeter();
+  const estimator = o.estimator ?? new SwitchoverEstimator();
   const chunk = o.iterationChunk ?? 64 << 20;
   const check = () => {
     if (o.signal?.aborted) throw new MigrationCancelled();
@@ -98,25 +133,52 @@ export async function runOutgoing(o: OutgoingOptions): Promise<OutgoingResult> {
     meter.sent(n);
   };
   const ids = new Map(o.handlers.map((h, i) => [h, i]));
+  /** Payload bytes each handler handed to the transport, and its rate over its last sizeable iterate step. */
+  const handed = o.handlers.map(() => 0);
+  const rates = o.handlers.map(() => 0);
   const writerFor = (h: MigrationHandler): SectionWriter => ({
-    part: (pieces) => send(encoder.part(ids.get(h)!, pieces as Uint8Array[])),
+    part: (pieces) => {
+      for (const p of pieces) handed[ids.get(h)!]! += p.byteLength;
+      return send(encoder.part(ids.get(h)!, pieces as Uint8Array[]));
+    },
   });
-  const progress = (phase: OutgoingProgress['phase'], iteration: number, pendingBytes: number) => {
+  const bandwidth = () => meter.smoothed();
+  const pendingWork = async (): Promise<PendingWork[]> => {
+    const q0 = performance.now();
+    const out: PendingWork[] = [];
+    for (const [i, h] of o.handlers.entries())
+      out.push({ idstr: h.idstr, bytes: await h.pendingBytes(), rate: rates[i]! });
+    estimator.noteDeviceQuery(performance.now() - q0);
+    return out;
+  };
+  const downtimeInput = (pending: PendingWork[]) => {
     const p = o.parameters();
-    const bandwidth = meter.current();
+    return {
+      pending,
+      bandwidth: bandwidth(),
+      availSwitchoverBandwidth: p.availSwitchoverBandwidth,
+      costs: estimator.costs(),
+      downtimeLimitMs: p.downtimeLimit,
+    };
+  };
+  const progress = (phase: OutgoingProgress['phase'], iteration: number, pending: PendingWork[]) => {
+    const input = downtimeInput(pending);
     o.onProgress?.({
       phase,
       iteration,
-      pendingBytes,
+      pendingBytes: pending.reduce((n, w) => n + w.bytes, 0),
+      pending,
       bytesSent: o.transport.bytes,
-      bandwidth,
-      thresholdBytes: switchoverThreshold({
-        bandwidth,
-        downtimeLimitMs: p.downtimeLimit,
-        availSwitchoverBandwidth: p.availSwitchoverBandwidth,
-      }),
-      expectedDowntimeMs: expectedDowntimeMs(pendingBytes, bandwidth),
+      bandwidth: input.bandwidth,
+      thresholdBytes: switchoverThreshold(input),
+      costs: input.costs,
+      expectedDowntimeMs: expectedDowntimeMs(input),
     });
+  };
+  const logSync = async () => {
+    const s0 = performance.now();
+    await o.logSync();
+    return performance.now() - s0;
   };
 
   await send(encoder.header());
@@ -133,48 +195,60 @@ export async function runOutgoing(o: OutgoingOptions): Promise<OutgoingResult> {
 
   let iterations = 0;
   let converged = false;
+  let expectedMs: number | undefined;
   for (;;) {
     check();
-    await o.logSync();
+    estimator.noteSync(await logSync());
     o.onPass?.(iterations + 1);
-    let pending = 0;
-    for (const h of o.handlers) pending += await h.pendingBytes();
+    const pending = await pendingWork();
     progress('active', iterations, pending);
-    const p = o.parameters();
-    if (
-      iterations > 0 &&
-      canSwitchOver({
-        pendingBytes: pending,
-        bandwidth: meter.current(),
-        downtimeLimitMs: p.downtimeLimit,
-        availSwitchoverBandwidth: p.availSwitchoverBandwidth,
-      })
-    ) {
+    const input = downtimeInput(pending);
+    if (iterations > 0 && canSwitchOver(input)) {
+      expectedMs = expectedDowntimeMs(input);
       converged = true;
       break;
     }
     // One pass: every handler sends what it has (in bounded calls), so the next check sees a fresh sync.
-    for (const h of o.handlers) {
+    for (const [i, h] of o.handlers.entries()) {
       for (let done = false; !done; ) {
         check();
+        const before = handed[i]!;
+        const s0 = performance.now();
         done = await h.saveIterate(writerFor(h), chunk);
+        const moved = handed[i]! - before;
+        // Sizeable steps only: a few bytes say nothing about how fast this handler's data goes.
+        if (moved >= RATE_MIN_BYTES) rates[i] = moved / Math.max(0.001, performance.now() - s0);
       }
     }
     iterations++;
   }
 
   check();
-  progress('device', iterations, 0);
-  const stopAt = performance.now();
+  progress('device', iterations, await pendingWork());
+  // One clock reading per boundary, so the phases add up to the downtime exactly.
+  const tStop = performance.now();
   await o.stopVm();
+  const tStopped = performance.now();
   // The last sync runs with the devices stopped but still saving, so their final DMA is reported.
   await o.logSync();
-  for (const h of o.handlers) {
+  const tSynced = performance.now();
+  let deviceFixedMs = 0;
+  for (const [i, h] of o.handlers.entries()) {
+    const h0 = performance.now();
+    const before = handed[i]!;
     const payload = await h.saveComplete(writerFor(h));
     await send(encoder.end(ids.get(h)!, payload));
+    if (h.saveState) {
+      // A device (it has non-iterative state): the part of its stop-and-copy that is not data transfer
+      // (state changes) counts as fixed in the next estimate.
+      const rate = Math.min(rates[i]! || Number.POSITIVE_INFINITY, bandwidth() || Number.POSITIVE_INFINITY);
+      deviceFixedMs += Math.max(0, performance.now() - h0 - (handed[i]! - before) / rate);
+    }
   }
+  const tCompleted = performance.now();
   for (const h of o.handlers) {
     if (!h.saveState) continue;
+    const st0 = performance.now();
     const payload = await h.saveState();
     await send(
       encoder.full(
@@ -182,11 +256,13 @@ export async function runOutgoing(o: OutgoingOptions): Promise<OutgoingResult> {
         payload,
       ),
     );
+    deviceFixedMs += performance.now() - st0;
   }
   await send(encoder.eof());
+  const tEof = performance.now();
 
   if (o.handshake) {
-    progress('handshake', iterations, 0);
+    progress('handshake', iterations, []);
     const reply = await o.transport.nextMessage(o.handshakeTimeoutMs ?? 30_000);
     if (reply.type === ReturnPathType.ERROR) {
       // The destination's text already ends in its errno name: one "(EIO)" more would only confuse.
@@ -201,24 +277,44 @@ export async function runOutgoing(o: OutgoingOptions): Promise<OutgoingResult> {
       throw new VfioError(Errno.EPROTO, `unexpected return-path message ${reply.type}`);
   }
   // Commit point: from here on the source never resumes this VM, whatever happens next. A cancel that
-  // came while we waited for READY still wins here: no GO, and the destination never starts.
+  // came while we waited for READY still wins here: no GO, and the destination never starts. Over TCP
+  // the downtime ends when GO is sent (the destination starts on it); for a file, once it is closed.
   check();
   o.onCommit?.();
   let afterCommitError: string | undefined;
+  let tCommit = performance.now();
   try {
-    if (o.handshake) await o.transport.sendMessage({ type: ReturnPathType.GO, text: '' });
+    if (o.handshake) {
+      await o.transport.sendMessage({ type: ReturnPathType.GO, text: '' });
+      tCommit = performance.now();
+    }
     await o.transport.end();
   } catch (err) {
     afterCommitError = (err as Error).message;
   }
-  const downtimeMs = performance.now() - stopAt;
+  if (!o.handshake) tCommit = performance.now();
+  const phases: SwitchoverPhases = {
+    stopMs: tStopped - tStop,
+    syncMs: tSynced - tStopped,
+    completeMs: tCompleted - tSynced,
+    stateMs: tEof - tCompleted,
+    finishMs: tCommit - tEof,
+    expectedMs,
+  };
+  estimator.noteSwitchover({ stopMs: phases.stopMs, deviceMs: deviceFixedMs, finishMs: phases.finishMs });
   return {
     iterations,
     bytesSent: o.transport.bytes,
     setupMs,
     totalMs: performance.now() - t0,
-    downtimeMs,
+    // From the VM stop to the commit: the time no VM runs (the destination starts on GO). The phases
+    // partition it.
+    downtimeMs: tCommit - tStop,
+    phases,
     converged,
     afterCommitError,
   };
 }
+
+/** Iterate steps that moved at least this much measure a handler's rate. */
+const RATE_MIN_BYTES = 256 << 10;

@@ -29,7 +29,10 @@ export function parseMigrationUri(uri: string, forListen = false): MigrationUri 
 }
 
 export interface OutgoingStream {
-  /** Writes the pieces in order; resolves when the transport can take more. */
+  /**
+   * Writes the pieces; resolves once the transport took them (the memory behind them may be reused).
+   * Writes go out in the order of the calls, also when a call is made before the previous one resolved.
+   */
   write(pieces: readonly Uint8Array[]): Promise<void>;
   /** Bytes written so far. */
   readonly bytes: number;
@@ -141,13 +144,14 @@ class TcpOutgoing implements OutgoingStream {
           () => reject(new VfioError(Errno.ETIMEDOUT, `the destination took no data for ${stall} ms: stalled link`)),
           stall,
         );
+        // Corked, the pieces go out in one writev; the last one's callback says all of them were taken
+        // (a failed write calls every pending callback with the error).
         this.socket.cork();
-        list.forEach((p, i) => {
-          const last = i === list.length - 1;
-          this.socket.write(p, (err) => {
-            if (err) reject(new VfioError(Errno.ECONNRESET, `migration connection: ${err.message}`));
-            else if (last) resolve();
-          });
+        const last = list.length - 1;
+        for (let i = 0; i < last; i++) this.socket.write(list[i]!);
+        this.socket.write(list[last]!, (err) => {
+          if (err) reject(new VfioError(Errno.ECONNRESET, `migration connection: ${err.message}`));
+          else resolve();
         });
         this.socket.uncork();
       });
@@ -203,7 +207,16 @@ class FileOutgoing implements OutgoingStream {
     this.limiter = new RateLimiter(options.maxBandwidth ?? (() => 0), options.signal);
   }
 
-  async write(pieces: readonly Uint8Array[]): Promise<void> {
+  /** Writes are chained: a caller may issue the next before the last resolved, and the file keeps their order. */
+  private tail: Promise<void> = Promise.resolve();
+
+  write(pieces: readonly Uint8Array[]): Promise<void> {
+    const run = this.tail.then(() => this.writeNow(pieces));
+    this.tail = run.catch(() => {});
+    return run;
+  }
+
+  private async writeNow(pieces: readonly Uint8Array[]): Promise<void> {
     let n = 0;
     for (const p of pieces) n += p.byteLength;
     // writev may write short; keep going until every piece is out.
@@ -234,6 +247,7 @@ class FileOutgoing implements OutgoingStream {
   }
 
   async end(): Promise<void> {
+    await this.tail;
     await this.fh.sync();
     await this.fh.close();
   }

@@ -94,6 +94,8 @@ export interface MigrationInfo {
   'cpu-throttle-percentage'?: number;
   'error-desc'?: string;
   'blocked-reasons'?: string[];
+  /** Vendor extension: where the downtime went (ms), once completed; `expected` as decided. */
+  'x-switchover'?: Record<string, number>;
 }
 
 /** The MigrationParameters this VMM has (query-migrate-parameters). */

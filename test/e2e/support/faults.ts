@@ -38,13 +38,17 @@ export interface FaultPairOptions {
   deviceMem?: string;
   /** Source VMM extra arguments (e.g. --stall-timeout). */
   sourceArgs?: string[];
+  /** Destination VMM extra arguments. */
+  destinationArgs?: string[];
   /** Keep every process's stderr (trace lines) here. */
   lines?: string[];
+  /** The destination starts the VM after GO (default: it stays paused, to be compared). */
+  autostart?: boolean;
 }
 
 /**
- * A pair for fault tests: an idle guest (dirty rate 0, the `random` pattern for when a test turns it on)
- * on 1 vCPU, and a large-memory device with random contents and no background work, so the source's
+ * A pair for fault tests: an idle guest with random RAM (dirty rate 0, the `random` pattern for when a
+ * test turns it on) on 1 vCPU, and a large-memory device with random contents and no background work, so the source's
  * state changes only when a test makes it. Destinations stay paused after loading so they can be
  * compared with the source.
  */
@@ -54,11 +58,12 @@ export async function startFaultPair(o: FaultPairOptions = {}): Promise<LocalPai
     deviceArgs: ['--device-mem', o.deviceMem ?? '16M', '--work-rate', '0', '--device-fill', 'random'],
   };
   const guest = ['--dirty-rate', '0', '--pattern', 'random', '--vcpus', '1'];
+  // The source's RAM starts random (every pass carries real pages); the destination's is overwritten.
   const options: LocalPairOptions = {
     memSize: o.memSize ?? '64M',
-    paused: true,
-    source: { ...device, vmmArgs: [...guest, ...(o.sourceArgs ?? [])] },
-    destination: { ...device, vmmArgs: guest },
+    paused: !o.autostart,
+    source: { ...device, vmmArgs: [...guest, '--fill', 'random', ...(o.sourceArgs ?? [])] },
+    destination: { ...device, vmmArgs: [...guest, ...(o.destinationArgs ?? [])] },
     log: o.lines ? (l) => o.lines!.push(l) : undefined,
   };
   return startLocalPair(options);
@@ -105,22 +110,6 @@ export function pagesDiffering(a: Snapshot, b: Snapshot): number {
   return n;
 }
 
-/**
- * Makes at least half the guest pages non-zero (so RAM passes carry real data), then idles the guest
- * again and waits until two snapshots in a row agree: from then on nothing changes the source unless a
- * test does. (The vCPU threads may still be starting: wait for their writes, not for a time.)
- */
-export async function fillGuest(qmp: QmpClient, timeoutMs = 30_000): Promise<Snapshot> {
-  const empty = await snapshot(qmp);
-  await qmp.execute('x-guest-dirty-rate', { 'pages-per-second': 200_000 });
-  const deadline = Date.now() + timeoutMs;
-  while (pagesDiffering(empty, await snapshot(qmp)) < empty.pages.byteLength / 16 / 2) {
-    if (Date.now() > deadline) throw new Error('the guest did not write half its pages');
-    await sleep(100);
-  }
-  return quiesce(qmp);
-}
-
 /** Stops the guest's writes (rate 0) and returns a snapshot once two in a row agree. */
 export async function quiesce(qmp: QmpClient): Promise<Snapshot> {
   await qmp.execute('x-guest-dirty-rate', { 'pages-per-second': 0 });
@@ -132,6 +121,17 @@ export async function quiesce(qmp: QmpClient): Promise<Snapshot> {
     last = next;
   }
   throw new Error('the guest did not become idle');
+}
+
+/** Resolves once a line matching `re` has been logged (the pair's `lines`). */
+export async function waitForLine(lines: string[], re: RegExp, timeoutMs = 30_000): Promise<string> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const hit = lines.find((l) => re.test(l));
+    if (hit) return hit;
+    if (Date.now() > deadline) throw new Error(`no line matching ${re} within ${timeoutMs} ms`);
+    await sleep(10);
+  }
 }
 
 /** Waits for the migration to end and returns its final answer. */
@@ -167,12 +167,12 @@ export async function assertSourceIntact(pair: LocalPair, before: Snapshot): Pro
 }
 
 /** The destination of a failed attempt never runs the VM. */
-export async function assertDestinationNotRunning(qmp: QmpClient): Promise<string> {
+export async function assertDestinationNotRunning(qmp: QmpClient): Promise<{ status: string; error: string }> {
   const info = await ended(qmp, 60_000);
   assert.equal(info.status, 'failed', 'the destination gave up on the migration');
   const st = await qmp.execute<{ status: string; running: boolean }>('query-status');
   assert.equal(st.running, false, `the destination VM must not run (it is ${st.status})`);
-  return st.status;
+  return { status: st.status, error: info['error-desc'] ?? '' };
 }
 
 /**
@@ -200,9 +200,17 @@ export async function retryToFreshDestination(pair: LocalPair, expect?: Snapshot
 }
 
 /** One machine-readable line per injected fault, cited by docs/reliability.md. */
-export function faultMatrix(fields: { fault: string; phase: string; outcome: string; pagesLost: number }): void {
+export function faultMatrix(fields: {
+  fault: string;
+  phase: string;
+  outcome: string;
+  pagesLost: number;
+  /** More key=value figures (printed, never asserted), e.g. how long detection took. */
+  extra?: Record<string, string | number>;
+}): void {
+  const extra = Object.entries(fields.extra ?? {}).map(([k, v]) => ` ${k}=${v}`);
   console.log(
-    `FAULT-MATRIX fault=${fields.fault} phase=${fields.phase} outcome=${fields.outcome} pages_lost=${fields.pagesLost}`,
+    `FAULT-MATRIX fault=${fields.fault} phase=${fields.phase} outcome=${fields.outcome} pages_lost=${fields.pagesLost}${extra.join('')}`,
   );
 }
 

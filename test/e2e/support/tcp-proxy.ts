@@ -36,6 +36,8 @@ export class TcpProxy {
   private waiters: (() => void)[] = [];
   /** Bytes the source sent after its EOF (its GO). */
   upAfterEof = 0;
+  /** What to do with source bytes after its EOF (the GO): forward, or keep them here. */
+  afterEof: 'forward' | 'buffer' = 'forward';
   closed = false;
 
   private constructor(
@@ -105,7 +107,8 @@ export class TcpProxy {
       this.tail = new Uint8Array(all.subarray(Math.max(0, all.byteLength - 64)));
       if (endsWithEof(this.tail)) this.eofAt = this.upReceived;
     }
-    if (this.up === 'buffer') this.upHeld.push(b);
+    if (this.up === 'buffer' || (this.eofAt >= 0 && this.eofAt < this.upReceived && this.afterEof === 'buffer'))
+      this.upHeld.push(b);
     else this.sendUp(b);
     this.notify();
   }
@@ -141,6 +144,19 @@ export class TcpProxy {
     this.down = mode;
     if (mode === 'forward') for (const b of this.downHeld.splice(0)) this.src?.write(b);
     if (mode === 'drop') this.downHeld = [];
+  }
+
+  /**
+   * Delivers what the proxy holds from the source (e.g. the GO) to the destination, waits until the
+   * kernel took it, then resets the source's connection: the destination got everything, the source
+   * sees its link die right after.
+   */
+  async deliverThenResetSource(): Promise<void> {
+    const held = Buffer.concat(this.upHeld.splice(0));
+    this.afterEof = 'forward';
+    this.upForwarded += held.byteLength;
+    await new Promise<void>((resolve, reject) => this.dst!.write(held, (err) => (err ? reject(err) : resolve())));
+    this.src?.resetAndDestroy();
   }
 
   /** A TCP reset on both connections (RST, not FIN): what a dead middlebox or a rebooted peer produces. */
