@@ -35,11 +35,13 @@ describe('the source device refuses a transition or fails while saving', () => {
       sourceFaults: [
         'fail-transition@pre-copy',
         'fail-data@pre-copy,after=1M',
+        'fail-transition@stop-and-copy',
         'fail-transition@stopped',
-        // The fourth attempt: the stop is refused, and so is the notifier's return to running (the third
-        // transition into running, after those of attempts 2 and 3).
+        // The fifth attempt: the stop is refused (the second such fault, after the fourth attempt's stop
+        // went through), and so is the notifier's return to running (the fourth transition into running,
+        // after those of attempts 2, 3 and 4).
         'fail-transition@stop-and-copy,after=1',
-        'fail-transition@running,after=2',
+        'fail-transition@running,after=3',
       ],
     });
   });
@@ -74,6 +76,19 @@ describe('the source device refuses a transition or fails while saving', () => {
     faultMatrix({ fault: 'device-save-error', phase: 'pre-copy', outcome: 'failed,source-resumed', pagesLost });
   });
 
+  test('at stop-and-copy: pre-copy -> stop-and-copy refused (the VM stop fails)', async () => {
+    const pagesLost = await faulted(
+      /x-fault fail-transition@stop-and-copy: refuses pre-copy -> stop-and-copy/,
+      /stopping the VM failed: 0000:00:05\.0: the device refused device_state pre-copy -> stop-and-copy/,
+    );
+    faultMatrix({
+      fault: 'device-refuses-transition',
+      phase: 'stop-and-copy',
+      outcome: 'failed,source-resumed',
+      pagesLost,
+    });
+  });
+
   test('at the end of stop-and-copy: stop-and-copy -> stopped refused, all data already sent', async () => {
     const pagesLost = await faulted(
       /x-fault fail-transition@stopped: refuses stop-and-copy -> stopped/,
@@ -87,7 +102,7 @@ describe('the source device refuses a transition or fails while saving', () => {
     });
   });
 
-  test('at stop-and-copy: pre-copy -> stop-and-copy refused, and then the return to running too', async () => {
+  test('at stop-and-copy again, and then the return to running refused too: the device stays saving', async () => {
     await pair.freshDestination();
     const info = await attempt(pair, pair.uri);
     assert.equal(info.status, 'failed');

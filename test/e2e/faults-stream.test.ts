@@ -1,10 +1,9 @@
 // Stream corruption end to end: a TCP proxy between the source and the destination VMM
 // (support/stream-proxy.ts) damages the migration stream on its way — one flipped byte, a truncated stream,
 // a duplicated or reordered section — or re-encodes it so that framing and checksums are valid but the
-// content is wrong (a VFIO data chunk cut in half; a repeated chunk, re-encoded, is refused the same way by
-// the device's loader, left out to keep these tests within their time budget). The destination must refuse
-// each by its checksums, framing or loaders, name the section in its error, and never start a half-loaded
-// VM; the source resumes with every page and its device state as before, the device in RUNNING.
+// content is wrong (a VFIO data chunk cut in half, or sent twice). The destination must refuse each by its
+// checksums, framing or loaders, name the section in its error, and never start a half-loaded VM; the
+// source resumes with every page and its device state as before, the device in RUNNING.
 //
 // One source serves every attempt (four processes per case would cost more than these tests' budget);
 // each attempt goes to a fresh destination, and the last one, through the same proxy re-encoding every
@@ -157,6 +156,14 @@ describe('a damaged migration stream is refused by the destination; the source r
       renumber: true,
     });
     // Framing and checksums are valid here: only the device's loader can tell, and it does.
+    assert.doesNotMatch(desc, /checksum|sequence/);
+  });
+
+  test('re-encoded, checksums valid: a device data chunk sent twice is refused by the device loader', async () => {
+    const edit = at(isVfioPart, 2, (_s, raw) => ({ out: [raw, raw] }));
+    const desc = await damaged('stream-duplicated-vfio-chunk', edit, new RegExp(VFIO.split('/')[0]!), {
+      renumber: true,
+    });
     assert.doesNotMatch(desc, /checksum|sequence/);
   });
 
