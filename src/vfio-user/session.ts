@@ -178,17 +178,27 @@ export class Session {
         throw einval(`${commandName(m.header.cmd)} takes no fds, ${m.fds.length} came with it`);
       }
       const reply = await handler(m);
+      this.releaseFds(m);
       if (reply instanceof Uint8Array || reply === undefined) this.conn.reply(m, reply);
       else if ('built' in reply) this.conn.sendReply(m, reply.built);
       else this.conn.reply(m, reply.payload, reply.fds);
     } catch (err) {
+      this.releaseFds(m);
       const e = asVfioError(err, Errno.EINVAL);
       this.log(`${commandName(m.header.cmd)} #${m.header.msgId}: ${e.message}`);
       this.conn.replyError(m, e.errno);
     } finally {
-      // fds a handler did not take are not ours to keep.
-      closeFds(m.fds);
+      this.releaseFds(m);
     }
+  }
+
+  /**
+   * Closes the fds a handler did not take (they are not ours to keep), before the reply goes out: a client
+   * that has its answer may count on the server holding none of them.
+   */
+  private releaseFds(m: ReceivedMessage): void {
+    closeFds(m.fds);
+    m.fds = [];
   }
 
   /**
