@@ -75,7 +75,7 @@ describe('migration link faults', { concurrency: 2 }, () => {
         phase: 'ram-bulk',
         outcome: 'failed-source-resumed',
         pagesLost: lost + retryLost,
-        extra: { detect_ms: detectMs, stall_timeout_ms: STALL_MS },
+        extra: { failed_after_pause_ms: detectMs, stall_timeout_ms: STALL_MS },
       });
     } finally {
       await proxy.close();
