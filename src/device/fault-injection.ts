@@ -4,14 +4,15 @@
 // fault as it would meet a real device's: an errno on the real region access over vfio-user, or a
 // connection that goes dead in the middle of one.
 //
-// SPEC = WHAT@STATE[,count=N][,after=SIZE][,errno=NAME]
+// SPEC = WHAT@STATE[,count=N][,after=N|SIZE][,errno=NAME]
 //   WHAT  fail-transition  a device_state write into STATE is refused (the region keeps its old state)
 //         kill-transition  the server process SIGKILLs itself when asked to enter STATE
 //         fail-data        producing (saving states) or consuming (resuming) data in STATE fails
 //         kill-data        the server process SIGKILLs itself there
 //   STATE stopped | running | stop-and-copy | pre-copy | resuming, or its number 0-4
 //   count how many times the fault fires (default 1; 0 = every time)
-//   after data faults only: bytes that pass in STATE first (default 0), e.g. 4M
+//   after transition faults: transitions into STATE let through first (default 0);
+//         data faults: bytes that pass in STATE first (default 0), e.g. 4M
 //   errno the errno of a fail-* fault (default EIO)
 
 import { Errno, type ErrnoName } from '../abi/errno.ts';
@@ -29,7 +30,8 @@ export interface FaultSpec {
   state: number;
   /** Times it fires; 0 = unlimited. */
   count: number;
-  /** Data faults: bytes produced or consumed in `state` before the fault fires. */
+  /** Transition faults: transitions into `state` let through first; data faults: bytes produced or
+   * consumed in `state` before the fault fires. */
   after: number;
   errno: number;
 }
@@ -60,8 +62,9 @@ export function parseFaultSpec(text: string): FaultSpec {
     const [key, value = ''] = opt.split('=');
     if (key === 'count' && /^\d+$/.test(value)) spec.count = Number(value);
     else if (key === 'after' && kind.endsWith('-data')) spec.after = parseBytes(value);
+    else if (key === 'after' && /^\d+$/.test(value)) spec.after = Number(value);
     else if (key === 'errno' && kind.startsWith('fail-') && value in Errno) spec.errno = Errno[value as ErrnoName];
-    else throw new RangeError(`fault "${text}": bad option "${opt}" (count=N, after=SIZE for data, errno=NAME)`);
+    else throw new RangeError(`fault "${text}": bad option "${opt}" (count=N, after=N or SIZE for data, errno=NAME)`);
   }
   return spec;
 }
@@ -73,6 +76,8 @@ const sigkillSelf: KillFn = () => process.kill(process.pid, 'SIGKILL');
 /** A MigrationBackend that passes everything to `inner` except where a fault fires. */
 export class FaultInjectingBackend implements MigrationBackend {
   private readonly left: number[];
+  /** Transitions into each fault's state seen so far (for `after`). */
+  private readonly passed: number[];
   /** Bytes produced or consumed since the device entered its current state. */
   private bytesInState = 0;
   /** The state the last accepted transition set (null: the power-on state, before any). */
@@ -85,17 +90,21 @@ export class FaultInjectingBackend implements MigrationBackend {
     private readonly log: (line: string) => void = () => {},
   ) {
     this.left = faults.map((f) => (f.count === 0 ? Number.POSITIVE_INFINITY : f.count));
+    this.passed = faults.map(() => 0);
   }
 
   get dirtyLog() {
     return this.inner.dirtyLog;
   }
 
-  /** The first armed fault of `kinds` for `state`, consumed. */
-  private fire(kinds: readonly FaultKind[], state: number, bytes?: number): FaultSpec | undefined {
+  /** The first armed fault of `kinds` for `state` that is `ready` (asked only of armed ones), consumed. */
+  private fire(
+    kinds: readonly FaultKind[],
+    state: number,
+    ready: (f: FaultSpec, j: number) => boolean,
+  ): FaultSpec | undefined {
     const i = this.faults.findIndex(
-      (f, j) =>
-        kinds.includes(f.kind) && f.state === state && this.left[j]! > 0 && (bytes === undefined || bytes >= f.after),
+      (f, j) => kinds.includes(f.kind) && f.state === state && this.left[j]! > 0 && ready(f, j),
     );
     if (i < 0) return undefined;
     this.left[i]!--;
@@ -110,7 +119,8 @@ export class FaultInjectingBackend implements MigrationBackend {
   }
 
   transition(from: number, to: number): void {
-    const f = this.fire(['fail-transition', 'kill-transition'], to);
+    // Each transition into the state counts towards `after`; the one past it fires.
+    const f = this.fire(['fail-transition', 'kill-transition'], to, (x, j) => this.passed[j]!++ >= x.after);
     if (f) this.act(f, `refuses ${deviceStateName(from)} -> ${deviceStateName(to)}`);
     this.inner.transition(from, to);
     this.state = to;
@@ -142,7 +152,7 @@ export class FaultInjectingBackend implements MigrationBackend {
 
   private dataFault(what: string): void {
     if (this.state === null) return;
-    const f = this.fire(['fail-data', 'kill-data'], this.state, this.bytesInState);
+    const f = this.fire(['fail-data', 'kill-data'], this.state, (x) => this.bytesInState >= x.after);
     if (f) this.act(f, `fails ${what} in ${deviceStateName(this.state)} after ${this.bytesInState} bytes`);
   }
 }

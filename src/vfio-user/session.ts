@@ -178,17 +178,27 @@ export class Session {
         throw einval(`${commandName(m.header.cmd)} takes no fds, ${m.fds.length} came with it`);
       }
       const reply = await handler(m);
+      this.releaseFds(m);
       if (reply instanceof Uint8Array || reply === undefined) this.conn.reply(m, reply);
       else if ('built' in reply) this.conn.sendReply(m, reply.built);
       else this.conn.reply(m, reply.payload, reply.fds);
     } catch (err) {
+      this.releaseFds(m);
       const e = asVfioError(err, Errno.EINVAL);
       this.log(`${commandName(m.header.cmd)} #${m.header.msgId}: ${e.message}`);
       this.conn.replyError(m, e.errno);
     } finally {
-      // fds a handler did not take are not ours to keep.
-      closeFds(m.fds);
+      this.releaseFds(m);
     }
+  }
+
+  /**
+   * Closes the fds a handler did not take (they are not ours to keep), before the reply goes out: a client
+   * that has its answer may count on the server holding none of them.
+   */
+  private releaseFds(m: ReceivedMessage): void {
+    closeFds(m.fds);
+    m.fds = [];
   }
 
   /**
@@ -416,13 +426,18 @@ export class Session {
       closeFds(vectors.filter((fd): fd is number => fd !== undefined));
       vectors.fill(undefined);
     }
+    // A device the client left saving, stopped or resuming would refuse most of the next client's commands
+    // (a stopped device takes only region accesses): it runs again, with its state when it can, else reset
+    // (libvfio-user resets a device whose client is lost).
     const s = this.host.migration.state;
-    if (s & DeviceState.SAVING) {
+    if (s !== DeviceState.RUNNING) {
+      const what = s & DeviceState.SAVING ? 'during a save' : s & DeviceState.RESUMING ? 'during a resume' : 'stopped';
       try {
         this.host.migration.write(0, Uint8Array.of(DeviceState.RUNNING, 0, 0, 0));
-        this.log('client left during a save: device returned to running');
+        this.log(`client left ${what}: device returned to running`);
       } catch (err) {
-        this.log(`client left during a save and the device could not return to running: ${(err as Error).message}`);
+        this.host.reset();
+        this.log(`client left ${what}; the device could not return to running (${(err as Error).message}): reset`);
       }
     }
     if (reason) this.log(`client disconnected: ${reason}`);

@@ -54,6 +54,11 @@ export interface LocalPair {
    * are stopped if still alive; `dst`, `uri` and `procs.dst*` then refer to the new ones.
    */
   freshDestination(overrides?: Partial<HostOptions> & { paused?: boolean }): Promise<void>;
+  /**
+   * Starts the next destination host now, in the background (e.g. while a test's first attempt runs),
+   * for the next freshDestination() to take over (unless that one asks for other overrides).
+   */
+  prepareDestination(overrides?: Partial<HostOptions> & { paused?: boolean }): void;
   stop(): Promise<void>;
 }
 
@@ -210,24 +215,43 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
     procs.dstVmm = dst.vmm;
     const [src, dstQmp] = await Promise.all([QmpClient.connect(path('src.qmp')), QmpClient.connect(path('dst.qmp'))]);
     let generation = 0;
+    let prepared: Promise<{ host: DestinationHost; tag: string }> | null = null;
     const pair: LocalPair = {
       dir,
       src,
       dst: dstQmp,
       uri: o.incoming ?? `tcp:${host}:${dst.vmm.match[1]}`,
       procs: procs as LocalPair['procs'],
-      freshDestination: async (overrides = {}) => {
-        const tag = `-${++generation}`;
+      freshDestination: async (overrides) => {
+        if (prepared && overrides) {
+          // Asked for a different host than the one prepared: that one goes.
+          const stale = prepared;
+          prepared = null;
+          void stale.then(({ host: d }) => Promise.all([stopProcess(d.vmm), stopProcess(d.device)])).catch(() => {});
+        }
+        if (!prepared) pair.prepareDestination(overrides);
+        const next = prepared!;
+        prepared = null;
+        const { host: h, tag } = await next;
         pair.dst.close();
         await Promise.all([stopProcess(pair.procs.dstVmm), stopProcess(pair.procs.dstDevice)]);
-        const h = { ...o.destination, ...overrides };
-        const next = await startDestination(o, h, overrides.paused ?? o.paused ?? false, path, tag, all);
-        pair.procs.dstDevice = next.device;
-        pair.procs.dstVmm = next.vmm;
+        pair.procs.dstDevice = h.device;
+        pair.procs.dstVmm = h.vmm;
         pair.dst = await QmpClient.connect(path(`dst${tag}.qmp`));
-        pair.uri = o.incoming ?? `tcp:${host}:${next.vmm.match[1]}`;
+        pair.uri = o.incoming ?? `tcp:${host}:${h.vmm.match[1]}`;
+      },
+      prepareDestination: (overrides = {}) => {
+        if (prepared) throw new Error('a destination is already being prepared');
+        const tag = `-${++generation}`;
+        const h = { ...o.destination, ...overrides };
+        prepared = startDestination(o, h, overrides.paused ?? o.paused ?? false, path, tag, all).then((d) => ({
+          host: d,
+          tag,
+        }));
+        prepared.catch(() => {}); // reported by freshDestination(); stop() must not see it unhandled
       },
       stop: async () => {
+        await prepared?.catch(() => {});
         src.close();
         pair.dst.close();
         await Promise.all(all.map((p) => stopProcess(p)));

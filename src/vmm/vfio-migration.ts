@@ -151,10 +151,20 @@ export class VfioMigration {
     this.precopyRounds = 0;
   }
 
-  /** save_setup: SAVING set (running → pre-copy, stopped → stop-and-copy). */
+  /**
+   * save_setup: SAVING set (running → pre-copy, stopped → stop-and-copy). A device still SAVING from an
+   * earlier migration (whose notifier could not end the session: the device refused to return to
+   * running) first has that session ended, else setting SAVING again would change nothing and this
+   * migration would go on from where the old one stopped, without the data that one already sent.
+   */
   async saveSetup(): Promise<void> {
     this.trace.event('vfio_save_setup', { name: this.name });
     this.resetCounters();
+    const state = await this.named(this.region.deviceState(), 'reading device_state: ');
+    if (state & SAVING) {
+      this.trace.event('vfio_save_setup_stale_session', { name: this.name, state: deviceStateName(state) });
+      await this.setState(~SAVING, 0);
+    }
     await this.setState(MASK, SAVING);
   }
 

@@ -68,6 +68,16 @@ describe('fault injection (serve --x-fault)', () => {
     assert.equal(await client.setDeviceState(~SAVING, RUNNING), RUNNING);
   });
 
+  test('a transition fault with after=N lets N transitions into its state through first', async () => {
+    const { client } = setup(['fail-transition@running,after=1']);
+    await client.setDeviceState(~0, RUNNING | SAVING);
+    assert.equal(await client.setDeviceState(~SAVING, RUNNING), RUNNING);
+    await client.setDeviceState(~0, RUNNING | SAVING);
+    await rejects(client.setDeviceState(~SAVING, RUNNING), Errno.EIO, /pre-copy -> running/);
+    assert.equal(await client.deviceState(), RUNNING | SAVING);
+    assert.equal(await client.setDeviceState(~SAVING, RUNNING), RUNNING);
+  });
+
   test('a data fault fires in its state after `after` bytes, and the device state is untouched', async () => {
     const { client, device } = setup(['fail-data@pre-copy,after=128K']);
     const digest = device.stateDigest();

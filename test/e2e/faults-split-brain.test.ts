@@ -12,11 +12,11 @@ import {
   assertSourceIntact,
   ended,
   faultMatrix,
-  quiesce,
   retryToFreshDestination,
   sleep,
   snapshot,
   startFaultPair,
+  waitUntil,
 } from './support/faults.ts';
 import { TcpProxy } from './support/tcp-proxy.ts';
 
@@ -27,10 +27,10 @@ describe('no split brain around the READY/GO switch-over', { concurrency: 2 }, (
     const pair = await startFaultPair({ autostart: true });
     const proxy = await TcpProxy.start(pair.uri);
     try {
-      const before = await quiesce(pair.src);
+      const before = await snapshot(pair.src);
       proxy.setDown('hold');
       await pair.src.execute('migrate', { uri: proxy.uri });
-      await proxy.until(() => proxy.sawEof && proxy.downReceived > 0, 'the destination sent READY');
+      await waitUntil(pair.src, () => proxy.sawEof && proxy.downReceived > 0, 'the destination sent READY');
       proxy.reset();
       const info = await ended(pair.src);
       assert.equal(info.status, 'failed');
@@ -52,13 +52,12 @@ describe('no split brain around the READY/GO switch-over', { concurrency: 2 }, (
   });
 
   test("the source's link resets right after its GO was delivered", async () => {
-    const pair = await startFaultPair({ autostart: true });
+    const pair = await startFaultPair({ autostart: true, spare: false });
     const proxy = await TcpProxy.start(pair.uri);
     try {
-      await quiesce(pair.src);
       proxy.afterEof = 'buffer';
       await pair.src.execute('migrate', { uri: proxy.uri });
-      await proxy.until(() => proxy.upAfterEof > 0, 'the source sent GO');
+      await waitUntil(pair.src, () => proxy.upAfterEof > 0, 'the source sent GO');
       await proxy.deliverThenResetSource();
       const info = await ended(pair.src);
       assert.equal(info.status, 'completed');
@@ -83,10 +82,10 @@ describe('no split brain around the READY/GO switch-over', { concurrency: 2 }, (
     const pair = await startFaultPair({ autostart: true });
     const proxy = await TcpProxy.start(pair.uri);
     try {
-      const before = await quiesce(pair.src);
+      const before = await snapshot(pair.src);
       proxy.afterEof = 'buffer'; // the GO stays in the proxy
       await pair.src.execute('migrate', { uri: proxy.uri });
-      await proxy.until(() => proxy.upAfterEof > 0, 'the source sent GO');
+      await waitUntil(pair.src, () => proxy.upAfterEof > 0, 'the source sent GO');
       proxy.reset();
       // The source committed when it sent GO: it must not resume on its own.
       const info = await ended(pair.src);

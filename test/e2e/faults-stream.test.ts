@@ -1,7 +1,7 @@
 // Stream corruption end to end: a TCP proxy between the source and the destination VMM
 // (support/stream-proxy.ts) damages the migration stream on its way — one flipped byte, a truncated stream,
 // a duplicated or reordered section — or re-encodes it so that framing and checksums are valid but the
-// content is wrong (a truncated or repeated VFIO data chunk). The destination must refuse each by its
+// content is wrong (a VFIO data chunk cut in half, or sent twice). The destination must refuse each by its
 // checksums, framing or loaders, name the section in its error, and never start a half-loaded VM; the
 // source resumes with every page and its device state as before, the device in RUNNING.
 //
@@ -83,6 +83,7 @@ describe('a damaged migration stream is refused by the destination; the source r
       assert.ok(edit.hit, 'the proxy found the section to damage');
       assert.equal(info.status, 'failed');
       const desc = await assertDestinationRefused(pair.dst, why);
+      console.log(`  destination: ${desc}`);
       const pagesLost = await assertSourceIntact(pair, pair.start);
       const s = edit.hit;
       faultMatrix({

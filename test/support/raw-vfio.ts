@@ -3,7 +3,8 @@
 // the server sends (message DMA) are answered with an error, as a client that maps nothing would.
 import { Errno } from '../../src/abi/errno.ts';
 import { Command, HeaderFlag, MessageType } from '../../src/abi/vfio-user/commands.ts';
-import { encodeErrorReply } from '../../src/abi/vfio-user/header.ts';
+import { decodeDmaWriteRequest, encodeDmaWriteReply } from '../../src/abi/vfio-user/dma-access.ts';
+import { encodeErrorReply, encodeMessage } from '../../src/abi/vfio-user/header.ts';
 import { HEADER_SIZE } from '../../src/abi/vfio-user/limits.ts';
 import { encodeVersionRequest } from '../../src/abi/vfio-user/version.ts';
 import { native } from '../../src/native/addon.ts';
@@ -123,11 +124,37 @@ export class RawVfioPeer {
     this.socket.destroy();
   }
 
+  /** While set, server commands are kept unanswered (see releaseServerCommands). */
+  holdServerCommands = false;
+  private held: ReceivedMessage[] = [];
+
+  /** Answers the held server commands: DMA_WRITE acknowledged as done, anything else EFAULT. */
+  releaseServerCommands(): void {
+    this.holdServerCommands = false;
+    for (const m of this.held.splice(0)) this.answer(m, true);
+  }
+
+  private answer(m: ReceivedMessage, ack: boolean): void {
+    if (m.header.noReply || this.closed) return;
+    if (ack && m.header.cmd === Command.DMA_WRITE) {
+      const w = decodeDmaWriteRequest(m.payload);
+      this.socket.write(
+        encodeMessage(
+          { msgId: m.header.msgId, cmd: m.header.cmd, type: MessageType.REPLY },
+          encodeDmaWriteReply({ address: w.address, count: BigInt(w.data.byteLength) }),
+        ),
+      );
+    } else {
+      this.socket.write(encodeErrorReply(m.header, Errno.EFAULT));
+    }
+  }
+
   private onMessage(m: ReceivedMessage): void {
     for (const fd of m.fds) closeQuietly(fd);
     if ((m.header.type as number) === MessageType.COMMAND) {
       this.serverCommands++;
-      if (!m.header.noReply && !this.closed) this.socket.write(encodeErrorReply(m.header, Errno.EFAULT));
+      if (this.holdServerCommands) this.held.push(m);
+      else this.answer(m, false);
       return;
     }
     const w = this.waiting.get(m.header.msgId);

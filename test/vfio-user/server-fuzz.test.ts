@@ -24,6 +24,7 @@ import {
 } from '../../src/abi/vfio-user/region-access.ts';
 import { decodeRegionInfoReply, encodeRegionInfoRequest } from '../../src/abi/vfio-user/region-info.ts';
 import { encodeVersionRequest } from '../../src/abi/vfio-user/version.ts';
+import { CONTROL_DMA, CONTROL_WORK, LargeMemoryRegs } from '../../src/device/samples/large-memory.ts';
 import { native } from '../../src/native/addon.ts';
 import { MAX_PENDING_REQUESTS } from '../../src/vfio-user/session.ts';
 import { fdCount, fuzzFigures, fuzzParams, fuzzRounds, statusKib } from '../support/fuzz.ts';
@@ -373,20 +374,31 @@ describe('vfio-user server under hostile input (register-file device)', () => {
     await peer.whenClosed;
   });
 
-  test('found by fuzzing: a client that leaves the device stopped does not lock the next one out', async () => {
-    const first = await connectRetry(srv.path);
-    const stop = await first.request(
-      { msgId: first.id(), cmd: Command.REGION_WRITE },
-      encodeRegionWriteRequest({ offset: 0n, region: MIG, data: u32(DeviceState.STOPPED) }),
-    );
-    assert.ok(stop && !stop.header.error);
-    first.close(); // as a VMM that dies with its device stopped
-    await first.whenClosed;
-    // VERSION used to be refused (EINVAL, "not accepted while the device is stopped"): no client could
-    // ever use the device again.
-    const next = await connectRetry(srv.path);
-    await running(next);
-    await alive(next);
+  test('found by fuzzing: a client that leaves the device stopped or resuming does not lock the next one out', async () => {
+    for (const state of [DeviceState.STOPPED, DeviceState.RESUMING]) {
+      const first = await connectRetry(srv.path);
+      const set = await first.request(
+        { msgId: first.id(), cmd: Command.REGION_WRITE },
+        encodeRegionWriteRequest({ offset: 0n, region: MIG, data: u32(state) }),
+      );
+      assert.ok(set && !set.header.error);
+      first.close(); // as a VMM that dies (or quits after migrating out) with its device stopped
+      await first.whenClosed;
+      // VERSION, then DMA_MAP and every other non-region command, used to be refused (EINVAL, "not
+      // accepted while the device is stopped"): no client could ever use the device again.
+      const next = await connectRetry(srv.path);
+      const info = await next.request({ msgId: next.id(), cmd: Command.DEVICE_GET_INFO }, encodeDeviceInfoRequest());
+      assert.ok(info && !info.header.error, `device usable after a client left it in state ${state}`);
+      const r = await next.request(
+        { msgId: next.id(), cmd: Command.REGION_READ },
+        encodeRegionReadRequest({ offset: 0n, region: MIG, count: 4 }),
+      );
+      const d = decodeRegionReadReply(r!.payload).data;
+      assert.equal(new DataView(d.buffer, d.byteOffset, 4).getUint32(0, true), DeviceState.RUNNING);
+      await alive(next);
+      next.close();
+      await next.whenClosed;
+    }
   });
 
   test('limits: a message over the size limit ends that connection only; fds beyond what a command takes are refused and closed', async () => {
@@ -436,7 +448,8 @@ describe('vfio-user server under hostile input (register-file device)', () => {
         assert.equal(r.header.errorNo, Errno.EINVAL);
       }
     }
-    assert.ok(fdCount(pid) - fd0 <= 2, 'every refused fd was closed');
+    const grew = fdCount(pid) - fd0;
+    assert.ok(grew <= 2, `every refused fd was closed (fd count grew by ${grew})`);
     await alive(peer);
     peer.close();
     await peer.whenClosed;
@@ -564,3 +577,71 @@ async function connectRetry(path: string): Promise<RawVfioPeer> {
     }
   }
 }
+
+describe('vfio-user server: the pending bound while the server waits for the client (large-memory device)', () => {
+  let srv: ServerProcess;
+  before(async () => {
+    srv = await startServer(['--device', 'large-memory', '--device-mem', '1M', '--work-rate', '20000']);
+  });
+  after(async () => srv.stop());
+
+  test(`requests beyond ${MAX_PENDING_REQUESTS} pending are answered EBUSY at once while a DMA reply is due; the rest are served`, async () => {
+    const peer = await connectRetry(srv.path);
+    try {
+      const ask = (cmd: number, payload: Uint8Array) => peer.request({ msgId: peer.id(), cmd }, payload, [], 30_000);
+      const iova = 0x8000_0000n;
+      // Message DMA (no fd): the device's writes come to us as DMA_WRITE commands, which we hold.
+      assert.ok(
+        !(await ask(
+          Command.DMA_MAP,
+          encodeDmaMapRequest({ flags: DmaMapFlag.READ | DmaMapFlag.WRITE, offset: 0n, address: iova, size: 65536n }),
+        ))!.header.error,
+      );
+      peer.holdServerCommands = true;
+      const reg = (off: number, v: bigint, w: 4 | 8) => {
+        const b = new Uint8Array(w);
+        if (w === 4) new DataView(b.buffer).setUint32(0, Number(v), true);
+        else new DataView(b.buffer).setBigUint64(0, v, true);
+        return ask(Command.REGION_WRITE, encodeRegionWriteRequest({ offset: BigInt(off), region: 0, data: b }));
+      };
+      await reg(LargeMemoryRegs.DMA_BASE, iova, 8);
+      await reg(LargeMemoryRegs.DMA_SIZE, 4096n, 8);
+      await reg(LargeMemoryRegs.CONTROL, BigInt(CONTROL_WORK | CONTROL_DMA), 4);
+      while (peer.serverCommands === 0) await new Promise((r) => setTimeout(r, 10));
+      // Stopping the device waits until its DMA in flight is acknowledged: the queue stands still behind it.
+      const stop = ask(
+        Command.REGION_WRITE,
+        encodeRegionWriteRequest({ offset: 0n, region: MIG, data: u32(DeviceState.STOPPED) }),
+      );
+      const n = 200;
+      const reads = Array.from({ length: n }, () =>
+        ask(Command.REGION_READ, encodeRegionReadRequest({ offset: 0n, region: 0, count: 4 })),
+      );
+      // The refusals come while we still hold the DMA replies: the server read on and answered at once.
+      const early = await Promise.race([
+        Promise.all(reads.slice(MAX_PENDING_REQUESTS)),
+        new Promise<null>((r) => setTimeout(() => r(null), 20_000)),
+      ]);
+      assert.ok(early, 'the requests over the bound were answered while the server waited for us');
+      assert.ok(early.every((r) => r?.header.error && r.header.errorNo === Errno.EBUSY));
+      peer.releaseServerCommands();
+      assert.ok(!(await stop)!.header.error, 'the stop completes once its DMA is acknowledged');
+      const answers = await Promise.all(reads);
+      const served = answers.filter((r) => r && !r.header.error).length;
+      const busy = answers.filter((r) => r?.header.error && r.header.errorNo === Errno.EBUSY).length;
+      fuzzFigures({ target: 'vfio-user-pending-while-dma', inputs: n, crashes: 0 });
+      console.log(`pending bound: ${served} served, ${busy} EBUSY of ${n}`);
+      assert.ok(busy >= n - MAX_PENDING_REQUESTS, `${busy} EBUSY refusals`);
+      assert.equal(served + busy, n, 'every request was either served or refused EBUSY');
+      assert.ok(served > 0);
+      await ask(
+        Command.REGION_WRITE,
+        encodeRegionWriteRequest({ offset: 0n, region: MIG, data: u32(DeviceState.RUNNING) }),
+      );
+    } finally {
+      peer.releaseServerCommands();
+      peer.close();
+      await peer.whenClosed;
+    }
+  });
+});

@@ -63,6 +63,7 @@ export class MigrationController {
   private lastSyncPages = 0;
   /** RAM bytes sent before the VM stopped for the switch-over (null: it has not stopped). */
   private precopyBytes: number | null = null;
+  /** The destination's listener while it waits for the source. */
   private listener: IncomingListener | null = null;
   /** Resolves when the current outgoing or incoming migration has finished, whatever the outcome. */
   done: Promise<void> = Promise.resolve();
@@ -147,7 +148,10 @@ export class MigrationController {
           this.setStatus('device');
           const errors = await this.d.runState.transition('finish-migrate', 'finish-migrate');
           if (errors.length > 0)
-            throw new VfioError(Errno.EIO, `stopping the VM failed: ${errors.map((e) => e.message).join('; ')}`);
+            throw new VfioError(
+              errors[0] instanceof VfioError ? errors[0].errno : Errno.EIO,
+              `stopping the VM failed: ${errors.map((e) => e.message.replace(/ \(E[A-Z0-9]+\)$/, '')).join('; ')}`,
+            );
         },
       });
       this.setupMs = result.setupMs;
@@ -274,10 +278,10 @@ export class MigrationController {
     }
   }
 
-  /** The VMM is quitting: a destination still waiting for its migration stops listening (else the open
-   * server kept the process alive after SIGTERM). */
+  /** The VMM is going away: stop listening for a migration that has not come (it would keep the process alive). */
   close(): void {
     this.listener?.close();
+    this.listener = null;
   }
 
   info(): MigrationInfo {

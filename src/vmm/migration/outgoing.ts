@@ -265,7 +265,13 @@ export async function runOutgoing(o: OutgoingOptions): Promise<OutgoingResult> {
     progress('handshake', iterations, []);
     const reply = await o.transport.nextMessage(o.handshakeTimeoutMs ?? 30_000);
     if (reply.type === ReturnPathType.ERROR) {
-      throw new VfioError(Errno.EIO, `the destination could not load the VM: ${reply.text}`);
+      // The destination's text already ends in its errno name: one "(EIO)" more would only confuse.
+      const m = / \((E[A-Z0-9]+)\)$/.exec(reply.text);
+      const errno = m && m[1]! in Errno ? Errno[m[1] as keyof typeof Errno] : Errno.EIO;
+      throw new VfioError(
+        errno,
+        `the destination could not load the VM: ${m ? reply.text.slice(0, m.index) : reply.text}`,
+      );
     }
     if (reply.type !== ReturnPathType.READY)
       throw new VfioError(Errno.EPROTO, `unexpected return-path message ${reply.type}`);

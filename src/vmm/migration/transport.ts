@@ -92,6 +92,8 @@ class RateLimiter {
 
 class TcpOutgoing implements OutgoingStream {
   bytes = 0;
+  /** Bytes of writes the kernel has taken in full (stall detection). */
+  private completed = 0;
   private readonly decoder = new ReturnPathDecoder();
   private readonly inbox: ReturnPathMessage[] = [];
   private waiter: (() => void) | null = null;
@@ -155,10 +157,6 @@ class TcpOutgoing implements OutgoingStream {
       await new Promise<void>((resolve, reject) => {
         onClose = () => reject(this.closedError ?? new VfioError(Errno.ECONNRESET, 'migration connection closed'));
         this.socket.once('close', onClose);
-        timer = setTimeout(
-          () => reject(new VfioError(Errno.ETIMEDOUT, `the destination took no data for ${stall} ms: stalled link`)),
-          stall,
-        );
         // Corked, the pieces go out in one writev; the last one's callback says all of them were taken
         // (a failed write calls every pending callback with the error).
         this.socket.cork();
@@ -166,9 +164,26 @@ class TcpOutgoing implements OutgoingStream {
         for (let i = 0; i < last; i++) this.socket.write(list[i]!);
         this.socket.write(list[last]!, (err) => {
           if (err) reject(this.refusal ?? new VfioError(Errno.ECONNRESET, `migration connection: ${err.message}`));
-          else resolve();
+          else {
+            this.completed += n;
+            resolve();
+          }
         });
         this.socket.uncork();
+        // A stall is no progress, not a slow write: the timer re-arms while the kernel takes bytes (some
+        // write completed, or libuv's queue of the one in flight shrank). A 4 MiB section queued behind
+        // others on a slow or busy link is not a dead link.
+        let seen = this.progress();
+        const arm = () => {
+          timer = setTimeout(() => {
+            const now = this.progress();
+            if (now.completed > seen.completed || now.inFlight < seen.inFlight) {
+              seen = now;
+              arm();
+            } else reject(new VfioError(Errno.ETIMEDOUT, `the destination took no data for ${stall} ms: stalled link`));
+          }, stall);
+        };
+        arm();
       });
     } finally {
       clearTimeout(timer);
@@ -176,6 +191,12 @@ class TcpOutgoing implements OutgoingStream {
     }
     this.bytes += n;
     await this.limiter.take(n);
+  }
+
+  /** Bytes of completed writes, and what libuv still holds of the write in flight. */
+  private progress(): { completed: number; inFlight: number } {
+    const handle = (this.socket as unknown as { _handle?: { writeQueueSize?: number } })._handle;
+    return { completed: this.completed, inFlight: handle?.writeQueueSize ?? 0 };
   }
 
   async nextMessage(timeoutMs: number): Promise<ReturnPathMessage> {

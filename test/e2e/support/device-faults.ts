@@ -33,8 +33,9 @@ export async function startDevicePair(
     source: {
       ...DEVICE,
       deviceArgs: [...DEVICE_ARGS, ...(o.sourceFaults ?? []).flatMap((f) => ['--x-fault', f])],
-      // Guest RAM starts random (as the other fault tests' guests do), so every page carries data.
-      vmmArgs: [...GUEST, '--fill', 'random'],
+      // Guest RAM starts random (as the other fault tests' guests do), so every page carries data. The one
+      // trace event these tests look for: a save session left over from a failed attempt.
+      vmmArgs: [...GUEST, '--fill', 'random', '--trace', 'vfio_save_setup_stale_session'],
     },
     destination: { vmmArgs: GUEST, ...(o.destination ?? DEVICE) },
     log: (l) => lines.push(l),

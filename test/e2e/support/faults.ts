@@ -6,6 +6,7 @@
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
+import { basename } from 'node:path';
 import {
   type LocalPair,
   type LocalPairOptions,
@@ -34,7 +35,7 @@ export const DEVICE_RUNNING = 1;
 
 export interface FaultPairOptions {
   memSize?: string;
-  /** large-memory device memory (random contents), e.g. '16M' */
+  /** large-memory device memory (random contents; default 8M) */
   deviceMem?: string;
   /** Source VMM extra arguments (e.g. --stall-timeout). */
   sourceArgs?: string[];
@@ -44,6 +45,8 @@ export interface FaultPairOptions {
   lines?: string[];
   /** The destination starts the VM after GO (default: it stays paused, to be compared). */
   autostart?: boolean;
+  /** Start the retry's fresh destination at once, in the background (default true). */
+  spare?: boolean;
 }
 
 /**
@@ -55,7 +58,7 @@ export interface FaultPairOptions {
 export async function startFaultPair(o: FaultPairOptions = {}): Promise<LocalPair> {
   const device = {
     device: 'large-memory',
-    deviceArgs: ['--device-mem', o.deviceMem ?? '16M', '--work-rate', '0', '--device-fill', 'random'],
+    deviceArgs: ['--device-mem', o.deviceMem ?? '8M', '--work-rate', '0', '--device-fill', 'random'],
   };
   const guest = ['--dirty-rate', '0', '--pattern', 'random', '--vcpus', '1'];
   // The source's RAM starts random (every pass carries real pages); the destination's is overwritten.
@@ -66,7 +69,10 @@ export async function startFaultPair(o: FaultPairOptions = {}): Promise<LocalPai
     destination: { ...device, vmmArgs: [...guest, ...(o.destinationArgs ?? [])] },
     log: o.lines ? (l) => o.lines!.push(l) : undefined,
   };
-  return startLocalPair(options);
+  const pair = await startLocalPair(options);
+  // The retry's destination starts while the first attempt runs (it waits on throttled links and faults).
+  if (o.spare !== false) pair.prepareDestination();
+  return pair;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -90,9 +96,12 @@ export async function waitForPhase(qmp: QmpClient, pred: (i: Info) => boolean, w
 }
 
 export async function snapshot(qmp: QmpClient): Promise<Snapshot> {
-  const d = await qmp.execute<{ ram: string; pages: string; devices: { digest: string }[] }>('x-query-digests', {
-    pages: true,
-  });
+  // Hashing every page and a device's memory can take long on a loaded machine (2 cores, many processes).
+  const d = await qmp.execute<{ ram: string; pages: string; devices: { digest: string }[] }>(
+    'x-query-digests',
+    { pages: true },
+    { timeoutMs: 120_000 },
+  );
   const vfio = await qmp.execute<{ 'device-state': number }[]>('x-query-vfio');
   return {
     ram: d.ram,
@@ -121,6 +130,22 @@ export async function quiesce(qmp: QmpClient): Promise<Snapshot> {
     last = next;
   }
   throw new Error('the guest did not become idle');
+}
+
+/**
+ * Waits until `cond` holds (e.g. a proxy saw the source's EOF); fails at once, with the migration's own
+ * error, if the migration ended first.
+ */
+export async function waitUntil(qmp: QmpClient, cond: () => boolean, what: string, timeoutMs = 90_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    const info = await query(qmp);
+    if (cond()) return;
+    if (['completed', 'failed', 'cancelled'].includes(info.status))
+      throw new Error(`migration ended ${info.status} before ${what}: ${info['error-desc'] ?? ''}`);
+    if (Date.now() > deadline) throw new Error(`no ${what} within ${timeoutMs} ms (status ${info.status})`);
+    await sleep(15);
+  }
 }
 
 /** Resolves once a line matching `re` has been logged (the pair's `lines`). */
@@ -208,7 +233,11 @@ export function faultMatrix(fields: {
   /** More key=value figures (printed, never asserted), e.g. how long detection took. */
   extra?: Record<string, string | number>;
 }): void {
-  const extra = Object.entries(fields.extra ?? {}).map(([k, v]) => ` ${k}=${v}`);
+  // The test file that proved the cell (node --test runs each file as its own process).
+  const file = basename(process.argv[1] ?? '');
+  const extra = Object.entries({ ...fields.extra, ...(file.endsWith('.test.ts') ? { test: file } : {}) }).map(
+    ([k, v]) => ` ${k}=${v}`,
+  );
   console.log(
     `FAULT-MATRIX fault=${fields.fault} phase=${fields.phase} outcome=${fields.outcome} pages_lost=${fields.pagesLost}${extra.join('')}`,
   );

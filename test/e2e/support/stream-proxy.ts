@@ -157,9 +157,12 @@ export async function startStreamProxy(
     dst.on('data', (b: Buffer) => {
       if (!src.destroyed) src.write(b);
     });
-    // Either side hanging up ends the other once what is in flight is written; errors end both.
+    // Either side hanging up ends the other once what is in flight is written; errors end both. A
+    // destination that closed its socket makes the source's next write fail, as it would without a proxy
+    // in between (else the source would stream on into a proxy that only discards).
     src.on('end', () => dst.end());
     dst.on('end', () => src.end());
+    dst.on('close', () => src.end(() => src.destroy()));
     src.on('error', () => dst.destroy());
     dst.on('error', () => src.destroy());
     src.on('close', () => sockets.delete(src));

@@ -39,6 +39,9 @@ export class TcpProxy {
   /** What to do with source bytes after its EOF (the GO): forward, or keep them here. */
   afterEof: 'forward' | 'buffer' = 'forward';
   closed = false;
+  private srcEnded = false;
+  /** The destination's connection outlives the source's (it closes it itself). */
+  private keepDestination = false;
 
   private constructor(
     private readonly server: Server,
@@ -83,13 +86,17 @@ export class TcpProxy {
     });
     s.on('data', (b: Buffer) => this.fromSource(b));
     d.on('data', (b: Buffer) => this.fromDestination(b));
-    s.on('end', () => d.end());
+    // The source's FIN follows its data: while the proxy holds source bytes (or the GO), it holds the FIN.
+    s.on('end', () => {
+      this.srcEnded = true;
+      if (this.upHeld.length === 0 && this.up !== 'buffer' && this.afterEof !== 'buffer') d.end();
+    });
     d.on('end', () => s.end());
     // Either side going away takes the other with it, as a dead link would.
     const close = () => {
       this.closed = true;
       s.destroy();
-      d.destroy();
+      if (!this.keepDestination) d.destroy();
       this.notify();
     };
     s.on('close', close);
@@ -136,6 +143,7 @@ export class TcpProxy {
     else this.src?.resume();
     if (mode === 'forward') {
       for (const b of this.upHeld.splice(0)) this.sendUp(b);
+      if (this.srcEnded) this.dst?.end();
     }
   }
 
@@ -156,6 +164,8 @@ export class TcpProxy {
     this.afterEof = 'forward';
     this.upForwarded += held.byteLength;
     await new Promise<void>((resolve, reject) => this.dst!.write(held, (err) => (err ? reject(err) : resolve())));
+    if (this.srcEnded) this.dst?.end();
+    this.keepDestination = true;
     this.src?.resetAndDestroy();
   }
 

@@ -1,0 +1,122 @@
+// The QMP wire parser and request checks on hostile input: arbitrary bytes never throw from the stream
+// splitter, the message parser throws only QmpParseError, and the request checks and argument visitor
+// throw only QmpError (a class and a message for the reply), whatever the JSON. The server over a real
+// socket is fuzzed in server.test.ts, a real VMM's in test/e2e/vmm-fuzz.test.ts.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import fc from 'fast-check';
+import { MIGRATE_ARGS, MIGRATE_SET_PARAMETERS_ARGS, QMP_CAPABILITIES_ARGS } from '../../src/vmm/qmp/commands.ts';
+import {
+  type ArgsSchema,
+  checkRequest,
+  JsonMessageStream,
+  parseMessage,
+  QmpError,
+  QmpParseError,
+  visitArgs,
+} from '../../src/vmm/qmp/protocol.ts';
+import { fuzzFigures, fuzzParams } from '../support/fuzz.ts';
+
+let inputs = 0;
+
+/** Every message the splitter yields for `bytes`, then end of input. */
+function messages(bytes: Uint8Array): Buffer[] {
+  const s = new JsonMessageStream();
+  s.push(Buffer.from(bytes));
+  s.end();
+  const out: Buffer[] = [];
+  for (let it = s.next(); it; it = s.next()) if (it.kind === 'message') out.push(it.bytes);
+  return out;
+}
+
+test('arbitrary bytes never throw from the stream, and the parser throws only QmpParseError', () => {
+  const text = fc.oneof(
+    fc.uint8Array({ maxLength: 400 }),
+    fc.json({ maxDepth: 4 }).map((s) => new Uint8Array(Buffer.from(s))),
+    fc.tuple(fc.json({ maxDepth: 3 }), fc.nat(), fc.uint8Array({ minLength: 1, maxLength: 4 })).map(([s, at, junk]) => {
+      const b = Buffer.from(s);
+      const i = at % (b.byteLength + 1);
+      return new Uint8Array(Buffer.concat([b.subarray(0, i), junk, b.subarray(i)]));
+    }),
+  );
+  fc.assert(
+    fc.property(text, (bytes) => {
+      inputs++;
+      for (const m of messages(bytes)) {
+        try {
+          parseMessage(m);
+        } catch (err) {
+          assert.ok(err instanceof QmpParseError, String(err));
+          assert.match(err.message, /^JSON parse error, /);
+        }
+      }
+    }),
+    fuzzParams('QMP parser', 500),
+  );
+});
+
+test('request checks and argument visitors throw only QmpError, for any JSON', () => {
+  const schemas: ArgsSchema[] = [
+    QMP_CAPABILITIES_ARGS,
+    MIGRATE_ARGS,
+    MIGRATE_SET_PARAMETERS_ARGS,
+    { n: { type: 'int', min: 0, max: 10 }, e: { type: { enum: ['a', 'b'] }, optional: true } },
+    { list: { type: { array: 'uint64' } }, x: { type: 'number', optional: true }, y: { type: 'any', optional: true } },
+  ];
+  const names = [
+    'execute',
+    'arguments',
+    'id',
+    'uri',
+    'detach',
+    'enable',
+    'downtime-limit',
+    'max-bandwidth',
+    'n',
+    'e',
+    'list',
+    'x',
+  ];
+  const value = fc.jsonValue({ maxDepth: 3 });
+  const request = fc.oneof(
+    value.map((v) => JSON.stringify(v)),
+    fc.dictionary(fc.constantFrom(...names), value).map((d) => JSON.stringify(d)),
+    fc
+      .tuple(fc.string({ maxLength: 10 }), fc.dictionary(fc.constantFrom(...names), value), value)
+      .map(([execute, args, id]) => JSON.stringify({ execute, arguments: args, id })),
+    // Numbers QEMU treats specially: beyond 2^53, beyond u64, negative, float tokens.
+    fc
+      .tuple(
+        fc.constantFrom(...names),
+        fc.constantFrom('18446744073709551616', '-1', '1.0', '9007199254740993', '1e400', '-0'),
+      )
+      .map(([k, n]) => `{"execute": "x", "arguments": {"${k}": ${n}}}`),
+  );
+  fc.assert(
+    fc.property(request, fc.nat(schemas.length - 1), (text, which) => {
+      inputs++;
+      for (const m of messages(new Uint8Array(Buffer.from(text)))) {
+        let req: ReturnType<typeof checkRequest>;
+        try {
+          req = checkRequest(parseMessage(m));
+        } catch (err) {
+          assert.ok(err instanceof QmpError || err instanceof QmpParseError, String(err));
+          continue;
+        }
+        try {
+          // The visitor is the one each command's arguments go through.
+          visitArgs(schemas[which]!, req.arguments);
+        } catch (err) {
+          assert.ok(err instanceof QmpError, String(err));
+          assert.ok(err.desc.length > 0);
+        }
+      }
+    }),
+    fuzzParams('QMP request checks', 500),
+  );
+});
+
+test('figures', () => {
+  assert.ok(inputs > 0);
+  fuzzFigures({ target: 'qmp-parser-and-checks', inputs });
+});
