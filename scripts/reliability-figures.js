@@ -9,7 +9,7 @@ const root = new URL('..', import.meta.url).pathname;
 const doc = `${root}docs/reliability.md`;
 const BEGIN = '<!-- figures:begin (written by npm run reliability) -->';
 const END = '<!-- figures:end -->';
-const filters = process.argv.length > 2 ? process.argv.slice(2) : ['faults', 'fuzz', 'limits'];
+const filters = process.argv.length > 2 ? process.argv.slice(2) : ['faults', 'fuzz', 'dest-memory'];
 
 /** `KIND a=1 b="x y"` → { a: '1', b: 'x y' }. */
 function fields(text) {
