@@ -29,6 +29,18 @@ const SLAB_BYTES = 64 << 10;
 const MAX_RECORD_HEAD = 8 + 1 + 255 + 8;
 const encoder = new TextEncoder();
 
+/** A RAM block name's bytes (1 to 255, as the stream's length byte allows), encoded once per writer. */
+function blockNameBytes(cache: Map<string, Uint8Array>, name: string): Uint8Array {
+  let bytes = cache.get(name);
+  if (!bytes) {
+    bytes = encoder.encode(name);
+    if (bytes.byteLength === 0 || bytes.byteLength > 255)
+      throw new RangeError(`RAM block name "${name}" must be 1 to 255 bytes`);
+    cache.set(name, bytes);
+  }
+  return bytes;
+}
+
 export class RamPayloadBuilder {
   private pieces: Uint8Array[] = [];
   private length = 0;
@@ -76,14 +88,7 @@ export class RamPayloadBuilder {
   }
 
   private nameBytes(name: string): Uint8Array {
-    let bytes = this.names.get(name);
-    if (!bytes) {
-      bytes = encoder.encode(name);
-      if (bytes.byteLength === 0 || bytes.byteLength > 255)
-        throw new RangeError(`RAM block name "${name}" must be 1 to 255 bytes`);
-      this.names.set(name, bytes);
-    }
-    return bytes;
+    return blockNameBytes(this.names, name);
   }
 
   private writeName(at: number, name: string): number {
@@ -209,14 +214,7 @@ export class RamPayloadWriter {
   }
 
   private nameBytes(name: string): Uint8Array {
-    let bytes = this.names.get(name);
-    if (!bytes) {
-      bytes = encoder.encode(name);
-      if (bytes.byteLength === 0 || bytes.byteLength > 255)
-        throw new RangeError(`RAM block name "${name}" must be 1 to 255 bytes`);
-      this.names.set(name, bytes);
-    }
-    return bytes;
+    return blockNameBytes(this.names, name);
   }
 
   /** Writes a page record's header if `extra` more bytes fit after it (EOS room kept); -1 when full. */
