@@ -34,13 +34,18 @@ export function mbps(r: Rate): number {
   return r.bytes / r.ms / 1000;
 }
 
-/** A child process writes `total` bytes in 1 MiB writes into a loopback TCP socket; we read and count. */
-export async function rawTcp(total: number): Promise<Rate> {
+/**
+ * A child process connects to `target` (a loopback TCP port or a UNIX socket path) and writes `total` bytes
+ * in 1 MiB writes; we read and count. The baseline every transport figure is a ratio to.
+ */
+export async function rawStream(total: number, target: { port: number } | { path: string }): Promise<Rate> {
   const server = createServer();
-  server.listen(0, '127.0.0.1');
+  if ('port' in target) server.listen(target.port, '127.0.0.1');
+  else server.listen(target.path);
   await once(server, 'listening');
-  const port = (server.address() as { port: number }).port;
-  const writer = `const s=require('net').connect(${port},'127.0.0.1');const b=Buffer.alloc(1<<20,7);let left=${total};
+  const to =
+    'port' in target ? `${(server.address() as { port: number }).port},'127.0.0.1'` : JSON.stringify(target.path);
+  const writer = `const s=require('net').connect(${to});const b=Buffer.alloc(1<<20,7);let left=${total};
     function go(){while(left>0){left-=b.length;if(!s.write(b)){s.once('drain',go);return}}s.end()}s.on('connect',go)`;
   const child = spawn(process.execPath, ['-e', writer], { stdio: 'inherit' });
   const [sock] = (await once(server, 'connection')) as [Socket];
@@ -54,6 +59,11 @@ export async function rawTcp(total: number): Promise<Rate> {
   await once(child, 'exit');
   server.close();
   return { bytes: got, ms };
+}
+
+/** Raw Node loopback TCP between two processes. */
+export function rawTcp(total: number): Promise<Rate> {
+  return rawStream(total, { port: 0 });
 }
 
 type RamInfo = { transferred: number; normal: number; duplicate: number };

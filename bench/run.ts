@@ -8,10 +8,7 @@
 //   trapped       stop-and-copy of the device through the region, data read with REGION_READ messages
 //   mmapped       the same, data read through the mmapped data section (zero copies on the VMM side)
 
-import { spawn } from 'node:child_process';
-import { once } from 'node:events';
 import { mkdtempSync, rmSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -22,7 +19,7 @@ import { VfioUserClient } from '../src/vfio-user/client.ts';
 import { findMigrationRegion, openRegionPort } from '../src/vfio-user/region-port.ts';
 import { SeedRegionClient } from '../src/vmm/seed-region-client.ts';
 import { startServer } from '../test/support/server-process.ts';
-import { ramBench } from './ram.ts';
+import { ramBench, rawStream } from './ram.ts';
 
 const { values } = parseArgs({
   options: {
@@ -59,25 +56,11 @@ async function rounds(name: string, fn: () => Promise<{ bytes: number; ms: numbe
 
 async function rawUnix(total: number): Promise<{ bytes: number; ms: number }> {
   const dir = mkdtempSync(join(tmpdir(), 'vfio-migrate-bench-'));
-  const path = join(dir, 'raw.sock');
-  const server = createServer();
-  server.listen(path);
-  await once(server, 'listening');
-  const writer = `const s=require('net').connect(${JSON.stringify(path)});const b=Buffer.alloc(1<<20,7);let left=${total};
-    function go(){while(left>0){left-=b.length;if(!s.write(b)){s.once('drain',go);return}}s.end()}s.on('connect',go)`;
-  const child = spawn(process.execPath, ['-e', writer], { stdio: 'inherit' });
-  const [sock] = (await once(server, 'connection')) as [import('node:net').Socket];
-  let got = 0;
-  const t0 = performance.now();
-  sock.on('data', (d: Buffer) => {
-    got += d.byteLength;
-  });
-  await once(sock, 'end');
-  const ms = performance.now() - t0;
-  await once(child, 'exit');
-  server.close();
-  rmSync(dir, { recursive: true, force: true });
-  return { bytes: got, ms };
+  try {
+    return await rawStream(total, { path: join(dir, 'raw.sock') });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
 }
 
 async function deviceProduce(): Promise<{ bytes: number; ms: number }> {
