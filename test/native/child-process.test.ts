@@ -7,14 +7,14 @@ import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { native } from '../../src/native/addon.ts';
 import { FdServer, type FdSocket } from '../../src/native/fd-socket.ts';
-import { openFdCount, pattern, receive, tempDir } from './support.ts';
+import { fdsOpenedSince, openFds, pattern, receive, tempDir } from './support.ts';
 
 const fixture = fileURLToPath(new URL('./fixtures/child-mmap-writer.ts', import.meta.url));
 
 describe('fd passing to another process', () => {
   test('the child maps the memfd it received and its writes show in the parent mapping', async () => {
     const { dir, cleanup } = tempDir();
-    const before = openFdCount();
+    const before = openFds();
     const n = native();
     const size = 1024 * 1024;
     const memfd = n.memfdCreate('to-child', size);
@@ -45,6 +45,6 @@ describe('fd passing to another process', () => {
       n.close(memfd);
       cleanup();
     }
-    assert.equal(openFdCount(), before);
+    assert.deepEqual(fdsOpenedSince(before), []);
   });
 });

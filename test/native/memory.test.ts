@@ -6,7 +6,7 @@ import { setImmediate as tick } from 'node:timers/promises';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import { type NativeError, native } from '../../src/native/addon.ts';
-import { fdFlags, O_CLOEXEC, openFdCount } from './support.ts';
+import { fdFlags, fdsOpenedSince, O_CLOEXEC, openFds } from './support.ts';
 
 const GiB = 2 ** 30;
 const PAGE = 4096;
@@ -144,7 +144,7 @@ describe('memfd and mmap', () => {
 
   test('mappings and memfds leak no fd; dup gives an independent close-on-exec fd', () => {
     const n = native();
-    const before = openFdCount();
+    const before = openFds();
     for (let i = 0; i < 20; i++) {
       const fd = n.memfdCreate(`leak${i}`, PAGE);
       const ab = n.mmap(fd, 0, PAGE, true);
@@ -157,7 +157,7 @@ describe('memfd and mmap', () => {
       new Uint8Array(ab)[0] = 1; // the mapping outlives both fds
       n.munmap(ab);
     }
-    assert.equal(openFdCount(), before);
+    assert.deepEqual(fdsOpenedSince(before), []);
     assert.throws(
       () => n.close(999999),
       (e: NativeError) => e.code === 'EBADF',

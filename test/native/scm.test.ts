@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { type NativeError, native } from '../../src/native/addon.ts';
-import { fdFlags, O_CLOEXEC, O_NONBLOCK, openFdCount } from './support.ts';
+import { fdFlags, fdsOpenedSince, O_CLOEXEC, O_NONBLOCK, openFds } from './support.ts';
 
 const PAGE = 4096;
 
@@ -80,7 +80,7 @@ describe('sendmsg/recvmsg with SCM_RIGHTS', () => {
     const n = native();
     withPair((a, b) => {
       const sent = [n.memfdCreate('t0', 1), n.memfdCreate('t1', 1), n.memfdCreate('t2', 1)];
-      const before = openFdCount();
+      const before = openFds();
       for (const maxFds of [0, 1, 2]) {
         assert.equal(n.sendmsg(a, new Uint8Array([maxFds]), sent), 1);
         const buf = new Uint8Array(8);
@@ -90,7 +90,7 @@ describe('sendmsg/recvmsg with SCM_RIGHTS', () => {
         assert.deepEqual(r.fds, []);
         assert.equal(r.bytes, 1, 'the data byte still arrives');
         assert.equal(buf[0], maxFds);
-        assert.equal(openFdCount(), before, `no fd leaked with maxFds ${maxFds}`);
+        assert.deepEqual(fdsOpenedSince(before), [], `no fd leaked with maxFds ${maxFds}`);
       }
       // Exactly maxFds fits.
       n.sendmsg(a, new Uint8Array([9]), sent);

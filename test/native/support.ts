@@ -1,13 +1,32 @@
 // Helpers for the native tests: real fds, real sockets, real files; nothing mocked.
 import { once } from 'node:events';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { FdSocket } from '../../src/native/fd-socket.ts';
 
-/** How many fds this process has open right now. */
-export function openFdCount(): number {
-  return readdirSync('/proc/self/fd').length;
+/** This process's open fds and what each refers to (the listing's own directory fd left out). */
+export function openFds(): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const name of readdirSync('/proc/self/fd')) {
+    try {
+      const target = readlinkSync(`/proc/self/fd/${name}`);
+      if (!/^\/proc\/\d+\/fd$/.test(target)) out.set(Number(name), target);
+    } catch {
+      // closed while we looked: the listing's own fd, or one another part of the process just closed
+    }
+  }
+  return out;
+}
+
+/**
+ * The fds open now that were not open (to the same thing) in `before`: what a test left behind. Fds the
+ * test runner or the loader close meanwhile do not count, which a bare count would mistake for a change.
+ */
+export function fdsOpenedSince(before: Map<number, string>): string[] {
+  const left: string[] = [];
+  for (const [fd, target] of openFds()) if (before.get(fd) !== target) left.push(`${fd} -> ${target}`);
+  return left;
 }
 
 /** The open-file flags of fd, from /proc (O_CLOEXEC is 0o2000000, O_NONBLOCK 0o4000). */
