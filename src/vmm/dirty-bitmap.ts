@@ -61,8 +61,7 @@ export class GuestDirtyBitmap {
     Atomics.or(this.words, page >>> 5, 1 << (page & 31));
   }
 
-  /** Marks pages [first, first+count), a word at a time. */
-  setRange(first: number, count: number): void {
+  private checkRange(first: number, count: number): void {
     if (
       !Number.isSafeInteger(first) ||
       !Number.isSafeInteger(count) ||
@@ -71,6 +70,11 @@ export class GuestDirtyBitmap {
       first + count > this.pages
     )
       throw new RangeError(`pages ${first}+${count} are outside the ${this.pages}-page log`);
+  }
+
+  /** Marks pages [first, first+count), a word at a time. */
+  setRange(first: number, count: number): void {
+    this.checkRange(first, count);
     let page = first;
     const end = first + count;
     while (page < end) {
@@ -209,14 +213,7 @@ export class GuestDirtyBitmap {
    * this log at a time, whatever the alignment of `first`.
    */
   orBits(first: number, count: number, bitmap: Uint8Array): void {
-    if (
-      !Number.isSafeInteger(first) ||
-      !Number.isSafeInteger(count) ||
-      first < 0 ||
-      count < 0 ||
-      first + count > this.pages
-    )
-      throw new RangeError(`pages ${first}+${count} are outside the ${this.pages}-page log`);
+    this.checkRange(first, count);
     if (bitmap.byteLength * 8 < count)
       throw new RangeError(`a bitmap of ${bitmap.byteLength} bytes for ${count} pages`);
     const w = this.words;
