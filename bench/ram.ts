@@ -21,7 +21,7 @@ import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { bytes } from '../src/cli/format.ts';
-import { startLocalPair, waitForMigration } from '../src/vmm/local-hosts.ts';
+import { startLocalPair, waitForMigration } from '../src/harness/local-hosts.ts';
 import { QmpClient } from '../src/vmm/qmp/client.ts';
 
 export interface Rate {

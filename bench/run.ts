@@ -17,7 +17,7 @@ import { bytes } from '../src/cli/format.ts';
 import { LargeMemoryDevice } from '../src/device/samples/large-memory.ts';
 import { VfioUserClient } from '../src/vfio-user/client.ts';
 import { findMigrationRegion, openRegionPort } from '../src/vfio-user/region-port.ts';
-import { SeedRegionClient } from '../src/vmm/seed-region-client.ts';
+import { SeedRegionClient } from '../src/vmm/vfio/seed-region-client.ts';
 import { startServer } from '../test/support/server-process.ts';
 import { ramBench, rawStream } from './ram.ts';
 

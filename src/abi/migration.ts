@@ -4,6 +4,15 @@
 
 import type { StructSpec } from './fields.ts';
 
+/**
+ * The generations of the device's migration interface: the seed's 2019 region (`seed`), Linux 5.8's region
+ * (`v1`), and Linux 5.18+'s DEVICE_FEATURE state machine (`v2`).
+ */
+export type MigrationFlavor = 'seed' | 'v1' | 'v2';
+export const MIGRATION_FLAVORS: readonly MigrationFlavor[] = ['seed', 'v1', 'v2'];
+/** The flavors found through a migration region's TYPE cap. */
+export type RegionFlavor = Exclude<MigrationFlavor, 'v2'>;
+
 /** device_state bits. SAVING|RESUMING (110b) is invalid in the seed; 5.8 reuses it as the error state. */
 export const DeviceState = {
   STOPPED: 0,

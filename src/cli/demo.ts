@@ -4,8 +4,8 @@
 // the source's at the stop point, and the guest goes on at the destination.
 
 import { parseArgs } from 'node:util';
-import { differingPages } from '../vmm/guest-memory.ts';
-import { startLocalPair, waitForMigration } from '../vmm/local-hosts.ts';
+import { startLocalPair, waitForMigration } from '../harness/local-hosts.ts';
+import { differingPages } from '../vmm/guest/guest-memory.ts';
 import { bytes, ms, ProgressLine, parseSize } from './format.ts';
 
 export const demoUsage = `usage: vfio-migrate demo [options]            (npm start)

@@ -2,6 +2,8 @@
 // the negotiated protocol, device info, every region with its caps, every IRQ index, and which migration
 // flavor the device offers. `--json` prints the same as one JSON object.
 import { parseArgs } from 'node:util';
+import type { RegionFlavor } from '../abi/migration.ts';
+import { MigrationFlag } from '../abi/migration-v2.ts';
 import { DeviceInfoFlag } from '../abi/vfio-user/device-info.ts';
 import { IrqInfoFlag } from '../abi/vfio-user/irq.ts';
 import { type RegionCap, RegionInfoFlag } from '../abi/vfio-user/region-info.ts';
@@ -9,7 +11,8 @@ import type { Capabilities } from '../abi/vfio-user/version.ts';
 import { VfioError } from '../errors.ts';
 import { native } from '../native/addon.ts';
 import { VfioUserClient } from '../vfio-user/client.ts';
-import { type MigrationFlavor, migrationFlavorOf } from '../vfio-user/region-port.ts';
+import { migrationFeatureFlags } from '../vfio-user/migration-discovery.ts';
+import { migrationFlavorOf } from '../vfio-user/region-port.ts';
 import { bytes } from './format.ts';
 
 export const probeUsage = `usage: vfio-migrate probe --socket PATH [options]
@@ -103,8 +106,19 @@ export interface ProbeReport {
   device: { flags: number; flagNames: string[]; numRegions: number; numIrqs: number };
   regions: RegionReport[];
   irqs: IrqReport[];
-  migration: { flavor: MigrationFlavor; region: number; type: number; subtype: number } | null;
+  /** Every migration interface the device offers (empty: none). */
+  migration: MigrationOfferReport[];
 }
+
+export type MigrationOfferReport =
+  | { flavor: RegionFlavor; region: number; type: number; subtype: number }
+  | { flavor: 'v2'; flags: number; flagNames: string[] };
+
+const V2_MIGRATION_FLAGS: readonly [number, string][] = [
+  [Number(MigrationFlag.STOP_COPY), 'STOP_COPY'],
+  [Number(MigrationFlag.P2P), 'P2P'],
+  [Number(MigrationFlag.PRE_COPY), 'PRE_COPY'],
+];
 
 /** Capabilities under their wire names (defaults applied), as VERSION carries them. */
 function wireCaps(c: Capabilities, withPeerOnly: boolean): Record<string, unknown> {
@@ -139,7 +153,7 @@ function message(err: unknown): string {
 export async function probeDevice(client: VfioUserClient): Promise<ProbeReport> {
   const dev = await client.deviceInfo();
   const regions: RegionReport[] = [];
-  let migration: ProbeReport['migration'] = null;
+  const migration: MigrationOfferReport[] = [];
   for (let index = 0; index < dev.numRegions; index++) {
     const base = { index, name: regionName(index) };
     try {
@@ -156,7 +170,8 @@ export async function probeDevice(client: VfioUserClient): Promise<ProbeReport> 
         caps: r.caps.map(capReport),
       });
       const flavor = index >= REGION_NAMES.length ? migrationFlavorOf(r.type) : null;
-      if (flavor && !migration && r.type) migration = { flavor, region: index, ...r.type };
+      if (flavor && r.type && !migration.some((m) => m.flavor === flavor))
+        migration.push({ flavor, region: index, ...r.type });
     } catch (err) {
       if (client.isClosed) throw err;
       regions.push({
@@ -171,6 +186,14 @@ export async function probeDevice(client: VfioUserClient): Promise<ProbeReport> 
         error: message(err),
       });
     }
+  }
+  const v2 = await migrationFeatureFlags(client).catch((err) => {
+    if (client.isClosed) throw err;
+    return null;
+  });
+  if (v2 !== null) {
+    const flags = Number(v2);
+    migration.push({ flavor: 'v2', flags, flagNames: flagNames(flags, V2_MIGRATION_FLAGS) });
   }
   const irqs: IrqReport[] = [];
   for (let index = 0; index < dev.numIrqs; index++) {
@@ -267,11 +290,15 @@ export function formatProbe(p: ProbeReport): string {
     if (q.error) out.push(`${head} (no info: ${q.error})`);
     else out.push(`${head} count=${q.count} [${q.flagNames.join(',')}]`);
   }
-  if (p.migration) {
-    const m = p.migration;
-    out.push(`\tMigration: ${m.flavor} flavor (region ${m.region}, type ${m.type} subtype ${m.subtype})`);
-  } else {
-    out.push('\tMigration: none (no region with a migration TYPE cap)');
+  for (const m of p.migration) {
+    if (m.flavor === 'v2') {
+      out.push(`\tMigration: v2 flavor (DEVICE_FEATURE MIGRATION, flags ${hex(m.flags)} [${m.flagNames.join(',')}])`);
+    } else {
+      out.push(`\tMigration: ${m.flavor} flavor (region ${m.region}, type ${m.type} subtype ${m.subtype})`);
+    }
+  }
+  if (p.migration.length === 0) {
+    out.push('\tMigration: none (no region with a migration TYPE cap, no DEVICE_FEATURE MIGRATION)');
   }
   return out.join('\n');
 }

@@ -11,10 +11,10 @@ import { LargeMemoryDevice } from '../device/samples/large-memory.ts';
 import { RegisterFileDevice } from '../device/samples/register-file.ts';
 import type { SampleDevice } from '../device/samples/sample-device.ts';
 import { SeedMigrationRegion } from '../device/seed-region.ts';
-import { type LiveSaveStats, saveDeviceLive } from '../vmm/device-live-save.ts';
-import { GuestDirtyBitmap } from '../vmm/dirty-bitmap.ts';
-import { localRegionPort } from '../vmm/local-region-port.ts';
-import { SeedRegionClient } from '../vmm/seed-region-client.ts';
+import { GuestDirtyBitmap } from '../vmm/guest/dirty-bitmap.ts';
+import { type LiveSaveStats, saveDeviceLive } from '../vmm/vfio/device-live-save.ts';
+import { localRegionPort } from '../vmm/vfio/local-region-port.ts';
+import { SeedRegionClient } from '../vmm/vfio/seed-region-client.ts';
 import { bytes, ms, ProgressLine, parseSize, rate } from './format.ts';
 
 const PAGE = 4096;

@@ -1,15 +1,18 @@
 // `vfio-migrate vmm`: a VMM process: guest RAM, a synthetic guest, vfio-user devices, a QMP socket, and
 // live migration out (QMP `migrate`) or in (`--incoming`).
 import { parseArgs } from 'node:util';
+import type { WritePattern } from '../vmm/guest/workload-control.ts';
 import { QmpServer } from '../vmm/qmp/server.ts';
 import { vendorCommands, vmmBackend } from '../vmm/qmp-commands.ts';
 import { Tracer } from '../vmm/trace.ts';
+import { FLAVOR_CHOICES, type FlavorChoice } from '../vmm/vfio/attach.ts';
 import { Vmm } from '../vmm/vmm.ts';
-import type { WritePattern } from '../vmm/workload-control.ts';
 import { parseSize } from './format.ts';
 
 export const vmmUsage = `usage: vfio-migrate vmm --device-socket PATH --qmp PATH [options]
   --device-socket PATH  a vfio-user device (repeat for several)
+  --flavor F            migration interface to drive on each device: auto (default: the newest one the
+                        device offers), seed, v1 or v2 (refused if the device does not offer it)
   --qmp PATH            QMP control socket to create (mode 0600)
   --incoming URI        wait for a migration: tcp:HOST:PORT (port 0 picks one) or file:PATH
   --paused              after an incoming migration, stay paused until QMP 'cont' (QEMU's -S)
@@ -28,6 +31,7 @@ export async function runVmm(argv: string[]): Promise<number> {
     args: argv,
     options: {
       'device-socket': { type: 'string', multiple: true, default: [] },
+      flavor: { type: 'string', default: 'auto' },
       qmp: { type: 'string' },
       incoming: { type: 'string' },
       paused: { type: 'boolean', default: false },
@@ -50,6 +54,8 @@ export async function runVmm(argv: string[]): Promise<number> {
   const pattern = values.pattern as WritePattern;
   if (!['random', 'hot', 'sequential'].includes(pattern))
     throw new Error('--pattern must be random, hot or sequential');
+  const flavor = values.flavor as FlavorChoice;
+  if (!FLAVOR_CHOICES.includes(flavor)) throw new Error(`--flavor must be one of ${FLAVOR_CHOICES.join(', ')}`);
   if (values.fill !== 'zero' && values.fill !== 'random') throw new Error('--fill must be zero or random');
   const log = (line: string) => process.stderr.write(`vmm[${process.pid}]: ${line}\n`);
   const rate = Number(values['dirty-rate']);
@@ -63,6 +69,7 @@ export async function runVmm(argv: string[]): Promise<number> {
     stallTimeoutMs: Number(values['stall-timeout']),
     fill: values.fill as 'zero' | 'random',
     prefault: values.prefault,
+    flavor,
   });
   let quit: () => void = () => {};
   const quitting = new Promise<void>((r) => {

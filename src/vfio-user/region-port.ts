@@ -1,16 +1,37 @@
-// A RegionPort (src/vmm/seed-region-client.ts) for one region of a vfio-user device: reads and writes are
+// The RegionPort seam (how a VMM-side migration driver reaches one region of a device), and its
+// implementation for one region of a vfio-user device: reads and writes are
 // trapped (REGION_READ/REGION_WRITE through the client); if the server sent the region's fd with sparse-mmap
 // areas, each area is mmapped and `mapped()` serves views of it, as QEMU maps a region's mmappable parts and
 // traps the rest. An area that cannot be mapped stays trapped (with a warning), as QEMU carries on with a
 // slow path rather than failing the device.
 
 import { Errno } from '../abi/errno.ts';
-import { SEED_REGION_SUBTYPE, SEED_REGION_TYPE, V1_REGION_SUBTYPE, V1_REGION_TYPE } from '../abi/migration.ts';
+import {
+  type RegionFlavor,
+  SEED_REGION_SUBTYPE,
+  SEED_REGION_TYPE,
+  V1_REGION_SUBTYPE,
+  V1_REGION_TYPE,
+} from '../abi/migration.ts';
 import { NUM_REGIONS_V2 } from '../abi/vfio-user/device-info.ts';
 import { VfioError } from '../errors.ts';
 import { native } from '../native/addon.ts';
-import type { RegionPort } from '../vmm/seed-region-client.ts';
 import type { RegionInfo, VfioUserClient } from './client.ts';
+
+/** How the VMM reaches one region of a device. */
+export interface RegionPort {
+  readonly size: number;
+  read(offset: number, length: number): Promise<Uint8Array>;
+  /**
+   * Reads `dest.byteLength` bytes at `offset` straight into `dest`, in pieces of at most `pieceSize` with
+   * up to `inFlight` of them outstanding (hints; a port may ignore them). Optional: without it, read() is
+   * used and copied.
+   */
+  readInto?(offset: number, dest: Uint8Array, options?: { pieceSize?: number; inFlight?: number }): Promise<void>;
+  write(offset: number, data: Uint8Array): Promise<void>;
+  /** A direct view of [offset, offset + length) when that range is mmapped; undefined when it is trapped. */
+  mapped(offset: number, length: number): Uint8Array | undefined;
+}
 
 /** One mmapped sparse area: region-relative offset and size, and the mapping. */
 export interface MappedArea {
@@ -125,17 +146,15 @@ export async function openRegionPort(
   }
 }
 
-export type MigrationFlavor = 'seed' | 'v1';
-
 export interface MigrationRegionFound {
   index: number;
-  flavor: MigrationFlavor;
+  flavor: RegionFlavor;
   /** Its region info (any fd that came with it has been closed; openRegionPort asks again). */
   info: RegionInfo;
 }
 
 /** The flavor a TYPE cap stands for: seed 2/1 (the 2019 draft), v1 3/1 (Linux 5.8). */
-export function migrationFlavorOf(type: { type: number; subtype: number } | undefined): MigrationFlavor | null {
+export function migrationFlavorOf(type: { type: number; subtype: number } | undefined): RegionFlavor | null {
   if (type?.type === SEED_REGION_TYPE && type.subtype === SEED_REGION_SUBTYPE) return 'seed';
   if (type?.type === V1_REGION_TYPE && type.subtype === V1_REGION_SUBTYPE) return 'v1';
   return null;

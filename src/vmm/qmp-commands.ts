@@ -81,7 +81,8 @@ export function vendorCommands(vmm: Vmm): Record<string, QmpCommand> {
           return {};
         }),
     },
-    // Each device's migration-region device_state as the device reports it right now, and what moved.
+    // Each device's migration state as the device reports it right now (its flavor's number and name), and
+    // what moved.
     'x-query-vfio': {
       args: {},
       run: () =>
@@ -89,13 +90,19 @@ export function vendorCommands(vmm: Vmm): Record<string, QmpCommand> {
           Promise.all(
             vmm.devices.map(async (d) => {
               const counters = {
+                flavor: d.driver.flavor,
                 transferred: d.driver.transferred,
                 chunks: d.driver.chunks,
                 'precopy-rounds': d.driver.precopyRounds,
               };
               return d.driver.lost
                 ? { name: d.name, 'device-state': null, lost: d.driver.lost, ...counters }
-                : { name: d.name, 'device-state': await d.driver.deviceState(), ...counters };
+                : await d.driver.deviceState().then((s) => ({
+                    name: d.name,
+                    'device-state': s,
+                    'device-state-name': d.driver.stateName(s),
+                    ...counters,
+                  }));
             }),
           ),
         ),

@@ -6,16 +6,17 @@ import { createHash, randomFillSync } from 'node:crypto';
 import { LargeMemoryRegs } from '../device/samples/large-memory.ts';
 import { native } from '../native/addon.ts';
 import { VfioUserClient } from '../vfio-user/client.ts';
-import { GuestDirtyBitmap } from './dirty-bitmap.ts';
-import { bootGuestDriver } from './guest-driver.ts';
-import { GuestMemory } from './guest-memory.ts';
+import { GuestDirtyBitmap } from './guest/dirty-bitmap.ts';
+import { bootGuestDriver } from './guest/guest-driver.ts';
+import { GuestMemory } from './guest/guest-memory.ts';
+import { Workload, type WorkloadOptions } from './guest/workload.ts';
 import { MigrationController } from './migration/controller.ts';
 import { RamHandler } from './migration/ram-handler.ts';
 import { VfioHandler } from './migration/vfio-handler.ts';
 import { RunState } from './run-state.ts';
 import { noTrace, type Tracer } from './trace.ts';
-import { VfioMigration } from './vfio-migration.ts';
-import { Workload, type WorkloadOptions } from './workload.ts';
+import { attachMigrationDriver, type FlavorChoice } from './vfio/attach.ts';
+import type { VfioMigrationDriver } from './vfio/driver.ts';
 
 export interface VmmOptions {
   memSize: number;
@@ -31,12 +32,14 @@ export interface VmmOptions {
   fill?: 'zero' | 'random';
   /** Fault every page in at startup (QEMU's -mem-prealloc) rather than on first use. */
   prefault?: boolean;
+  /** Which migration interface to drive on each device (default auto: the newest one it offers). */
+  flavor?: FlavorChoice;
 }
 
 export interface VmmDevice {
   name: string;
   client: VfioUserClient;
-  driver: VfioMigration;
+  driver: VfioMigrationDriver;
   handler: VfioHandler;
   /** BAR0's size, read at startup (a stopped device answers only region accesses). */
   bar0Size: number;
@@ -121,16 +124,27 @@ export class Vmm {
     const devices: VmmDevice[] = [];
     try {
       for (const [i, path] of o.deviceSockets.entries()) {
-        const client = await VfioUserClient.connect(path);
-        await client.dmaMap({ iova: 0n, size: BigInt(memory.size), fd: memory.fd });
         const name = deviceName(i);
-        const driver = await VfioMigration.probe(client, name, o.trace ?? noTrace);
-        const bar0 = await client.regionInfo(0);
-        if (bar0.fd !== undefined) native().close(bar0.fd);
-        devices.push({ name, client, driver, handler: new VfioHandler(driver), bar0Size: Number(bar0.size) });
+        const client = await VfioUserClient.connect(path);
+        let driver: VfioMigrationDriver | undefined;
+        try {
+          await client.dmaMap({ iova: 0n, size: BigInt(memory.size), fd: memory.fd });
+          driver = await attachMigrationDriver(client, name, { flavor: o.flavor, trace: o.trace ?? noTrace });
+          const bar0 = await client.regionInfo(0);
+          if (bar0.fd !== undefined) native().close(bar0.fd);
+          devices.push({ name, client, driver, handler: new VfioHandler(driver), bar0Size: Number(bar0.size) });
+        } catch (err) {
+          // This device is not in `devices` yet: release what was opened for it before the others.
+          driver?.close();
+          client.close();
+          throw err;
+        }
       }
     } catch (err) {
-      for (const d of devices) d.client.close();
+      for (const d of devices) {
+        d.driver.close();
+        d.client.close();
+      }
       memory.close();
       throw err;
     }

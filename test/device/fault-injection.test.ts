@@ -10,7 +10,7 @@ import { type FaultSpec, parseFaultSpec, withFaults } from '../../src/device/fau
 import { LargeMemoryDevice } from '../../src/device/samples/large-memory.ts';
 import { SeedMigrationRegion } from '../../src/device/seed-region.ts';
 import { VfioError } from '../../src/errors.ts';
-import { SeedRegionClient } from '../../src/vmm/seed-region-client.ts';
+import { SeedRegionClient } from '../../src/vmm/vfio/seed-region-client.ts';
 import { regionPort } from '../support/region-port.ts';
 
 const { RUNNING, SAVING } = DeviceState;

@@ -10,8 +10,8 @@ import type { DataSectionKind } from '../../src/device/region-layout.ts';
 import { LargeMemoryDevice, LargeMemoryRegs } from '../../src/device/samples/large-memory.ts';
 import { RegisterFileDevice, RegisterFileRegs } from '../../src/device/samples/register-file.ts';
 import { SeedMigrationRegion } from '../../src/device/seed-region.ts';
-import { recoverRunning, resumeDevice, saveDeviceLive } from '../../src/vmm/device-live-save.ts';
-import { SeedRegionClient } from '../../src/vmm/seed-region-client.ts';
+import { recoverRunning, resumeDevice, saveDeviceLive } from '../../src/vmm/vfio/device-live-save.ts';
+import { SeedRegionClient } from '../../src/vmm/vfio/seed-region-client.ts';
 import { regionPort } from '../support/region-port.ts';
 
 const GUEST_PAGES = 256;

@@ -9,11 +9,11 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { test } from 'node:test';
+import { startLocalPair } from '../../src/harness/local-hosts.ts';
 import { type DecodedSection, StreamDecoder } from '../../src/stream/decoder.ts';
 import { StreamEncoder } from '../../src/stream/encoder.ts';
 import { decodeRamPayload, RamPayloadBuilder } from '../../src/stream/ram.ts';
 import { encodeReturnPath, ReturnPathType } from '../../src/stream/return-path.ts';
-import { startLocalPair } from '../../src/vmm/local-hosts.ts';
 import type { QmpClient } from '../../src/vmm/qmp/client.ts';
 import { fuzzFigures, statusKib } from '../support/fuzz.ts';
 

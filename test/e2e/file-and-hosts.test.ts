@@ -3,7 +3,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
-import { type LocalPair, startLocalPair, waitForMigration } from '../../src/vmm/local-hosts.ts';
+import { type LocalPair, startLocalPair, waitForMigration } from '../../src/harness/local-hosts.ts';
 
 type Digests = { ram: string; devices: { name: string; digest: string }[] };
 const device = { device: 'large-memory', deviceArgs: ['--device-mem', '8M', '--work-rate', '5000'] };

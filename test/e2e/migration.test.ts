@@ -3,7 +3,7 @@
 // destination (kept paused after loading) equal the source's at its stop point.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { type LocalPair, startLocalPair, waitForMigration } from '../../src/vmm/local-hosts.ts';
+import { type LocalPair, startLocalPair, waitForMigration } from '../../src/harness/local-hosts.ts';
 
 type Digests = { ram: string; devices: { name: string; digest: string }[] };
 

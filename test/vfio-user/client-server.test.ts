@@ -11,9 +11,14 @@ import { RegisterFileRegs } from '../../src/device/samples/register-file.ts';
 import { VfioError } from '../../src/errors.ts';
 import { native } from '../../src/native/addon.ts';
 import { VfioUserClient } from '../../src/vfio-user/client.ts';
-import { findMigrationRegion, openRegionPort, type VfioRegionPort } from '../../src/vfio-user/region-port.ts';
-import { resumeDevice, saveDeviceLive } from '../../src/vmm/device-live-save.ts';
-import { type RegionPort, SeedRegionClient } from '../../src/vmm/seed-region-client.ts';
+import {
+  findMigrationRegion,
+  openRegionPort,
+  type RegionPort,
+  type VfioRegionPort,
+} from '../../src/vfio-user/region-port.ts';
+import { resumeDevice, saveDeviceLive } from '../../src/vmm/vfio/device-live-save.ts';
+import { SeedRegionClient } from '../../src/vmm/vfio/seed-region-client.ts';
 import { runCli, ScriptedServer, type ServeProcess, startServe, until } from './client-support.ts';
 
 const MIG = 9;
@@ -372,7 +377,7 @@ describe('vfio-migrate probe', () => {
     assert.equal(p.regions[9].caps[0].kind, 'type');
     assert.deepEqual(p.regions[9].caps[1].areas[0].offset, 4096);
     assert.deepEqual(p.irqs[2], { index: 2, name: 'MSI-X', count: 4, flags: 1, flagNames: ['EVENTFD'] });
-    assert.deepEqual(p.migration, { flavor: 'seed', region: 9, type: 2, subtype: 1 });
+    assert.deepEqual(p.migration, [{ flavor: 'seed', region: 9, type: 2, subtype: 1 }]);
   });
 
   test('errors are one line and exit code 1: busy device, no socket, missing option', async () => {

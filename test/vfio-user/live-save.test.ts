@@ -9,9 +9,9 @@ import { CONTROL_DMA, CONTROL_WORK, LargeMemoryRegs } from '../../src/device/sam
 import { native } from '../../src/native/addon.ts';
 import { VfioUserClient } from '../../src/vfio-user/client.ts';
 import { findMigrationRegion, openRegionPort } from '../../src/vfio-user/region-port.ts';
-import { resumeDevice, saveDeviceLive } from '../../src/vmm/device-live-save.ts';
-import { GuestDirtyBitmap } from '../../src/vmm/dirty-bitmap.ts';
-import { SeedRegionClient } from '../../src/vmm/seed-region-client.ts';
+import { GuestDirtyBitmap } from '../../src/vmm/guest/dirty-bitmap.ts';
+import { resumeDevice, saveDeviceLive } from '../../src/vmm/vfio/device-live-save.ts';
+import { SeedRegionClient } from '../../src/vmm/vfio/seed-region-client.ts';
 import { type ServerProcess, startServer } from '../support/server-process.ts';
 
 const PAGE = 4096;

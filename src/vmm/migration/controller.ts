@@ -5,10 +5,10 @@
 
 import { Errno } from '../../abi/errno.ts';
 import { VfioError } from '../../errors.ts';
-import type { GuestDirtyBitmap } from '../dirty-bitmap.ts';
+import type { GuestDirtyBitmap } from '../guest/dirty-bitmap.ts';
 import type { MigrationInfo } from '../qmp/commands.ts';
 import type { RunState } from '../run-state.ts';
-import type { VfioMigration } from '../vfio-migration.ts';
+import type { VfioMigrationDriver } from '../vfio/driver.ts';
 import { SwitchoverEstimator } from './convergence.ts';
 import type { MigrationHandler } from './handler.ts';
 import { fileConnection, IncomingListener, runIncoming } from './incoming.ts';
@@ -29,7 +29,7 @@ export interface ControllerDeps {
   ram: RamHandler;
   dirty: GuestDirtyBitmap;
   ramSize: number;
-  devices: readonly { driver: VfioMigration; handler: MigrationHandler }[];
+  devices: readonly { driver: VfioMigrationDriver; handler: MigrationHandler }[];
   /** DMA ranges mapped into the devices (for their dirty-page queries). */
   dmaRanges: readonly { iova: bigint; size: bigint }[];
   emit: (event: string, data?: Record<string, unknown>) => void;

@@ -14,8 +14,8 @@
 import { Errno } from '../../abi/errno.ts';
 import { VfioError } from '../../errors.ts';
 import { decodeRamPayload, RamPageScan, RamPayloadBuilder, RamPayloadWriter, scanRamPages } from '../../stream/ram.ts';
-import type { GuestDirtyBitmap } from '../dirty-bitmap.ts';
-import type { GuestMemory } from '../guest-memory.ts';
+import type { GuestDirtyBitmap } from '../guest/dirty-bitmap.ts';
+import type { GuestMemory } from '../guest/guest-memory.ts';
 import type { MigrationHandler, SectionKind, SectionWriter } from './handler.ts';
 
 export const RAM_BLOCK = 'pc.ram';

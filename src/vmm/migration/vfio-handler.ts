@@ -12,7 +12,7 @@ import {
   vfioEndPayload,
   vfioSetupPayload,
 } from '../../stream/vfio.ts';
-import type { VfioMigration } from '../vfio-migration.ts';
+import type { VfioMigrationDriver } from '../vfio/driver.ts';
 import type { MigrationHandler, SectionKind, SectionWriter } from './handler.ts';
 
 export class VfioHandler implements MigrationHandler {
@@ -21,7 +21,7 @@ export class VfioHandler implements MigrationHandler {
   readonly versionId = 1;
   private configLoaded = false;
 
-  constructor(readonly driver: VfioMigration) {
+  constructor(readonly driver: VfioMigrationDriver) {
     this.idstr = `${driver.name}/vfio`;
   }
 

@@ -4,7 +4,7 @@
 // and the destination-side checks (it failed, says why, and never started a VM).
 
 import assert from 'node:assert/strict';
-import { type HostOptions, type LocalPair, startLocalPair } from '../../../src/vmm/local-hosts.ts';
+import { type HostOptions, type LocalPair, startLocalPair } from '../../../src/harness/local-hosts.ts';
 import type { QmpClient } from '../../../src/vmm/qmp/client.ts';
 import { ended, type Info, pagesDiffering, type Snapshot, sleep, snapshot } from './faults.ts';
 

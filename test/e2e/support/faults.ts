@@ -12,7 +12,7 @@ import {
   type LocalPairOptions,
   startLocalPair,
   waitForMigration,
-} from '../../../src/vmm/local-hosts.ts';
+} from '../../../src/harness/local-hosts.ts';
 import type { QmpClient } from '../../../src/vmm/qmp/client.ts';
 
 export type Info = {

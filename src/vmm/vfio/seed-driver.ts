@@ -1,18 +1,19 @@
-// The VMM's VFIO migration driver for one device (the role of QEMU's hw/vfio/migration.c in the series the
-// seed opens): find the migration region through its region-type capability and map its data section
-// when the device offers that; a VM run-state handler that sets or clears RUNNING; a migration-state
-// notifier that returns the device to RUNNING when a migration is cancelled or fails; the save and load
-// steps; and the dirty-page query at each log sync. Stream framing is not done here: the save handler
-// (vfio-save-handler.ts) turns these steps into stream sections.
+// The VMM's VFIO migration driver for a device that speaks the seed's 2019 region (the role of QEMU's
+// hw/vfio/migration.c in the series the seed opens): the migration region's data section mapped when the
+// device offers that; a VM run-state handler that sets or clears RUNNING; a migration-state notifier that
+// returns the device to RUNNING when a migration is cancelled or fails; the save and load steps; and the
+// dirty-page query through the region at each log sync. Stream framing is not done here: the migration
+// handler (../migration/vfio-handler.ts) turns these steps into stream sections.
 
-import { Errno } from '../abi/errno.ts';
-import { DeviceState, deviceStateName } from '../abi/migration.ts';
-import { asVfioError, VfioError } from '../errors.ts';
-import type { VfioUserClient } from '../vfio-user/client.ts';
-import { findMigrationRegion, openRegionPort, type VfioRegionPort } from '../vfio-user/region-port.ts';
-import type { DirtyBitmapSink } from './seed-region-client.ts';
+import { Errno } from '../../abi/errno.ts';
+import { DeviceState, deviceStateName } from '../../abi/migration.ts';
+import { asVfioError, VfioError } from '../../errors.ts';
+import type { VfioUserClient } from '../../vfio-user/client.ts';
+import { type MigrationRegionFound, openRegionPort, type VfioRegionPort } from '../../vfio-user/region-port.ts';
+import type { DirtyBitmapSink } from '../guest/dirty-bitmap.ts';
+import { noTrace, type Tracer } from '../trace.ts';
+import type { DeviceDataSink, DmaRangeRef, VfioMigrationDriver } from './driver.ts';
 import { SeedRegionClient } from './seed-region-client.ts';
-import { noTrace, type Tracer } from './trace.ts';
 
 const { RUNNING, SAVING, RESUMING, MASK } = DeviceState;
 
@@ -23,12 +24,8 @@ const CONFIG_STATE_BYTES = 256;
 /** Migration statuses that make the notifier put the device back to running (QEMU's v1 behaviour). */
 const FAILED_STATUSES = new Set(['cancelling', 'cancelled', 'failed']);
 
-export interface DmaRangeRef {
-  iova: bigint;
-  size: bigint;
-}
-
-export class VfioMigration {
+export class SeedMigrationDriver implements VfioMigrationDriver {
+  readonly flavor = 'seed' as const;
   /** Device data bytes moved (both directions), for query-migrate's vfio.transferred. */
   transferred = 0;
   /** Data chunks moved in this migration (each one data_offset/data_size/data round on the region). */
@@ -51,21 +48,17 @@ export class VfioMigration {
     });
   }
 
-  /** Finds the migration region (vfio_migration_probe). A device without one cannot be migrated. */
-  static async probe(client: VfioUserClient, name: string, trace: Tracer = noTrace): Promise<VfioMigration> {
-    const found = await findMigrationRegion(client);
-    if (!found)
-      throw new VfioError(Errno.ENOTSUP, `${name}: the device has no migration region; it cannot be migrated`);
-    if (found.flavor !== 'seed') {
-      throw new VfioError(
-        Errno.ENOTSUP,
-        `${name}: migration region flavor ${found.flavor} is not driven yet (seed only)`,
-      );
-    }
+  /** Opens the driver on the migration region discovery found (vfio_migration_probe, seed flavor). */
+  static async open(
+    client: VfioUserClient,
+    name: string,
+    found: MigrationRegionFound,
+    trace: Tracer = noTrace,
+  ): Promise<SeedMigrationDriver> {
     if (found.info.size === 0n) throw new VfioError(Errno.EINVAL, `${name}: zero-sized migration region`);
     const port = await openRegionPort(client, found.index);
     trace.event('vfio_migration_probe', { name, index: found.index });
-    return new VfioMigration(name, client, port, new SeedRegionClient(port), trace);
+    return new SeedMigrationDriver(name, client, port, new SeedRegionClient(port), trace);
   }
 
   /**
@@ -85,7 +78,7 @@ export class VfioMigration {
   /** Runs a save loop; its device errors are named, while a failure of `onData` (the stream's) passes unchanged. */
   private async dataPath<T>(
     what: string,
-    onData: (chunk: Uint8Array) => Promise<void> | void,
+    onData: DeviceDataSink,
     run: (sink: (chunk: Uint8Array) => Promise<void>) => Promise<T>,
   ): Promise<T> {
     let sinkError: { err: unknown } | undefined;
@@ -106,6 +99,10 @@ export class VfioMigration {
 
   async deviceState(): Promise<number> {
     return this.region.deviceState();
+  }
+
+  stateName(state: number): string {
+    return deviceStateName(state);
   }
 
   /** new = (old & mask) | value, as vfio_migration_set_state does. */
@@ -179,7 +176,7 @@ export class VfioMigration {
    * save_live_iterate: chunks while pending, up to `budget` bytes. `onData` gets each chunk (a view valid
    * until it settles). Returns the bytes moved.
    */
-  async saveIterate(budget: number, onData: (chunk: Uint8Array) => Promise<void> | void): Promise<number> {
+  async saveIterate(budget: number, onData: DeviceDataSink): Promise<number> {
     // Counted per chunk, so query-migrate shows device data moving during a long pass.
     const r = await this.dataPath('saving device data: ', onData, (sink) =>
       this.region.iterate(budget, async (chunk) => {
@@ -198,7 +195,7 @@ export class VfioMigration {
    * save_live_complete_precopy: the device is stopped and saving (RUNNING cleared, SAVING kept); drain
    * until pending_bytes is 0, then clear SAVING.
    */
-  async saveComplete(onData: (chunk: Uint8Array) => Promise<void> | void): Promise<number> {
+  async saveComplete(onData: DeviceDataSink): Promise<number> {
     await this.setState(~RUNNING, SAVING);
     const r = await this.dataPath('stop-and-copy: ', onData, (sink) =>
       this.region.drain(async (chunk) => {

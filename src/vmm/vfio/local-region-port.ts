@@ -2,8 +2,8 @@
 // and for an mmapped data section `mapped` returns a view of the memory the region uses, as a client's
 // mmap of it would. For the in-process region demo and for tests.
 
-import type { SeedMigrationRegion } from '../device/seed-region.ts';
-import type { RegionPort } from './seed-region-client.ts';
+import type { SeedMigrationRegion } from '../../device/seed-region.ts';
+import type { RegionPort } from '../../vfio-user/region-port.ts';
 
 export interface PortStats {
   /** trapped accesses */

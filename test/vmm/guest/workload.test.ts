@@ -4,10 +4,10 @@
 // vCPU fails pause() at once. Rates are printed, never asserted.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { GuestDirtyBitmap } from '../../src/vmm/dirty-bitmap.ts';
-import { compareDigests, GuestMemory, PAGE_SIZE } from '../../src/vmm/guest-memory.ts';
-import { Workload, type WorkloadOptions } from '../../src/vmm/workload.ts';
-import { sleep } from './support.ts';
+import { GuestDirtyBitmap } from '../../../src/vmm/guest/dirty-bitmap.ts';
+import { compareDigests, GuestMemory, PAGE_SIZE } from '../../../src/vmm/guest/guest-memory.ts';
+import { Workload, type WorkloadOptions } from '../../../src/vmm/guest/workload.ts';
+import { sleep } from '../support.ts';
 
 const MiB = 2 ** 20;
 

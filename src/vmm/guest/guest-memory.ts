@@ -8,7 +8,7 @@
 // adversary who controls both sides). Zero pages short-cut to a precomputed digest after a memcmp.
 
 import * as crypto from 'node:crypto';
-import { MADV, native } from '../native/addon.ts';
+import { MADV, native } from '../../native/addon.ts';
 
 export const PAGE_SIZE = 4096;
 export const PAGE_SHIFT = 12;

@@ -4,7 +4,7 @@
 // On any failure before the end the migration-state-notifier rule applies: the device goes back to
 // RUNNING, so the source carries on as if nothing happened.
 
-import { DeviceState } from '../abi/migration.ts';
+import { DeviceState } from '../../abi/migration.ts';
 import type { SeedRegionClient } from './seed-region-client.ts';
 
 const { RUNNING, SAVING, RESUMING, MASK } = DeviceState;

@@ -2,8 +2,8 @@
 // device's DMA ring at a guest buffer and turn DMA on, so the device dirties guest pages while it runs.
 // A destination VMM does not do this: the device's registers arrive with its migrated state.
 
-import { CONTROL_DMA, CONTROL_WORK, LargeMemoryRegs } from '../device/samples/large-memory.ts';
-import type { VfioUserClient } from '../vfio-user/client.ts';
+import { CONTROL_DMA, CONTROL_WORK, LargeMemoryRegs } from '../../device/samples/large-memory.ts';
+import type { VfioUserClient } from '../../vfio-user/client.ts';
 
 const ID_LMEM = 0x4d454d4c;
 

@@ -6,8 +6,8 @@
 // handshake).
 
 import { Worker } from 'node:worker_threads';
-import { Errno } from '../abi/errno.ts';
-import { VfioError } from '../errors.ts';
+import { Errno } from '../../abi/errno.ts';
+import { VfioError } from '../../errors.ts';
 import type { GuestDirtyBitmap } from './dirty-bitmap.ts';
 import type { GuestMemory } from './guest-memory.ts';
 import {

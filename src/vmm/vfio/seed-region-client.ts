@@ -2,34 +2,18 @@
 // to, over any port that can read and write region offsets (vfio-user messages, or an mmap of the data
 // section where the device offers one). Nothing here knows what the device's bytes mean.
 
-import { Errno } from '../abi/errno.ts';
-import { fieldNamed, readField, writeField } from '../abi/fields.ts';
+import { Errno } from '../../abi/errno.ts';
+import { fieldNamed, readField, writeField } from '../../abi/fields.ts';
 import {
   DIRTY_PFNS_ALL,
   DIRTY_PFNS_NONE,
   deviceStateName,
   SEED_MIGRATION_INFO,
   type SeedField,
-} from '../abi/migration.ts';
-import { asVfioError, VfioError } from '../errors.ts';
-
-/** How the VMM reaches one region of a device. */
-export interface RegionPort {
-  readonly size: number;
-  read(offset: number, length: number): Promise<Uint8Array>;
-  /**
-   * Reads `dest.byteLength` bytes at `offset` straight into `dest`, in pieces of at most `pieceSize` with
-   * up to `inFlight` of them outstanding (hints; a port may ignore them). Optional: without it, read() is
-   * used and copied.
-   */
-  readInto?(offset: number, dest: Uint8Array, options?: { pieceSize?: number; inFlight?: number }): Promise<void>;
-  write(offset: number, data: Uint8Array): Promise<void>;
-  /** A direct view of [offset, offset + length) when that range is mmapped; undefined when it is trapped. */
-  mapped(offset: number, length: number): Uint8Array | undefined;
-}
-
-/** Called for each bitmap chunk: bit i of `bitmap` (LSB first) is pfn `firstPfn + i`, for `count` pfns. */
-export type DirtyBitmapSink = (firstPfn: bigint, count: number, bitmap: Uint8Array | 'all') => void;
+} from '../../abi/migration.ts';
+import { asVfioError, VfioError } from '../../errors.ts';
+import type { RegionPort } from '../../vfio-user/region-port.ts';
+import type { DirtyBitmapSink } from '../guest/dirty-bitmap.ts';
 
 export interface DirtyQueryResult {
   /** copied_pfns reads it took. */

@@ -12,7 +12,8 @@
 //   log (8192 words) scans in a few microseconds.
 // - Device-reported dirty pages are ORed in through `sink` at each log sync.
 
-import type { DirtyBitmapSink } from './seed-region-client.ts';
+/** Called for each bitmap chunk: bit i of `bitmap` (LSB first) is pfn `firstPfn + i`, for `count` pfns. */
+export type DirtyBitmapSink = (firstPfn: bigint, count: number, bitmap: Uint8Array | 'all') => void;
 
 /** A run of consecutive dirty pages: [first, first+count). */
 export interface DirtyRun {

@@ -5,8 +5,8 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
-import { type DirtyRun, GuestDirtyBitmap, popcount32 } from '../../src/vmm/dirty-bitmap.ts';
-import { sleep, tsWorker } from './support.ts';
+import { type DirtyRun, GuestDirtyBitmap, popcount32 } from '../../../src/vmm/guest/dirty-bitmap.ts';
+import { sleep, tsWorker } from '../support.ts';
 
 function pagesOf(b: GuestDirtyBitmap): number[] {
   const out: number[] = [];

@@ -4,8 +4,14 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
-import { native } from '../../src/native/addon.ts';
-import { compareDigests, DIGEST_SIZE, differingPages, GuestMemory, PAGE_SIZE } from '../../src/vmm/guest-memory.ts';
+import { native } from '../../../src/native/addon.ts';
+import {
+  compareDigests,
+  DIGEST_SIZE,
+  differingPages,
+  GuestMemory,
+  PAGE_SIZE,
+} from '../../../src/vmm/guest/guest-memory.ts';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;

@@ -6,7 +6,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { QmpClient } from './qmp/client.ts';
+import { QmpClient } from '../vmm/qmp/client.ts';
 
 const BIN = new URL('../../bin/vfio-migrate.js', import.meta.url).pathname;
 

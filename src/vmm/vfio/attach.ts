@@ -1,0 +1,64 @@
+// Attaching a device's migration driver: find what the device offers (a migration region's TYPE cap, or
+// DEVICE_FEATURE MIGRATION) and open the driver of the flavor chosen, as QEMU's vfio_migration_init picks
+// between its v1 and v2 code from what the kernel offers. `auto` takes the newest interface offered; a
+// forced flavor the device lacks is refused, naming what it offers.
+
+import { Errno } from '../../abi/errno.ts';
+import type { MigrationFlavor } from '../../abi/migration.ts';
+import { VfioError } from '../../errors.ts';
+import type { VfioUserClient } from '../../vfio-user/client.ts';
+import { describeOffered, discoverMigration, type OfferedMigration } from '../../vfio-user/migration-discovery.ts';
+import { noTrace, type Tracer } from '../trace.ts';
+import type { VfioMigrationDriver } from './driver.ts';
+import { SeedMigrationDriver } from './seed-driver.ts';
+
+export type FlavorChoice = MigrationFlavor | 'auto';
+export const FLAVOR_CHOICES: readonly FlavorChoice[] = ['auto', 'seed', 'v1', 'v2'];
+
+/** `auto` prefers the newest interface when a device offers several. */
+const AUTO_ORDER: readonly MigrationFlavor[] = ['v2', 'v1', 'seed'];
+
+export interface AttachOptions {
+  flavor?: FlavorChoice;
+  trace?: Tracer;
+}
+
+export function chooseFlavor(
+  name: string,
+  offered: readonly OfferedMigration[],
+  flavor: FlavorChoice,
+): OfferedMigration {
+  if (offered.length === 0) {
+    throw new VfioError(
+      Errno.ENOTSUP,
+      `${name}: the device offers no migration interface (no migration region, no DEVICE_FEATURE MIGRATION); it cannot be migrated`,
+    );
+  }
+  const pick =
+    flavor === 'auto'
+      ? AUTO_ORDER.map((f) => offered.find((o) => o.flavor === f)).find((o) => o !== undefined)
+      : offered.find((o) => o.flavor === flavor);
+  if (!pick) {
+    throw new VfioError(
+      Errno.ENOTSUP,
+      `${name}: migration flavor ${flavor} was asked for, but the device offers ${describeOffered(offered)}`,
+    );
+  }
+  return pick;
+}
+
+export async function attachMigrationDriver(
+  client: VfioUserClient,
+  name: string,
+  options: AttachOptions = {},
+): Promise<VfioMigrationDriver> {
+  const pick = chooseFlavor(name, await discoverMigration(client), options.flavor ?? 'auto');
+  const trace = options.trace ?? noTrace;
+  switch (pick.flavor) {
+    case 'seed':
+      return SeedMigrationDriver.open(client, name, pick.region, trace);
+    case 'v1':
+    case 'v2':
+      throw new VfioError(Errno.ENOTSUP, `${name}: migration flavor ${pick.flavor} is not driven yet (seed only)`);
+  }
+}
