@@ -309,14 +309,15 @@ export class SeedMigrationRegion {
    */
   private copyDirtyBitmap(): bigint {
     const log = this.backend.dirtyLog;
-    if (!log) throw new VfioError(Errno.ENOTSUP, 'this device does no DMA and reports no dirty pages');
-    if (!this.isSaving() || !log.isTracking) {
+    if (!this.isSaving() || (log && !log.isTracking)) {
       throw einval(`dirty pages are tracked only while saving (device is ${stateName(this.deviceState)})`);
     }
     const end = this.startPfn + this.totalPfns;
     if (end > MAX_U64 || end * this.pageSize > MAX_U64 + 1n) {
       throw einval(`pfn range ${this.startPfn}+${this.totalPfns} at page size ${this.pageSize} overflows 64 bits`);
     }
+    // A device without a dirty log does no DMA (backend.ts): it never dirties a page.
+    if (!log) return DIRTY_PFNS_NONE;
     if (this.cursor >= end) this.cursor = this.startPfn;
     const remaining = end - this.cursor;
     if (remaining === 0n) return DIRTY_PFNS_NONE;

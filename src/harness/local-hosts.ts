@@ -11,8 +11,14 @@ import { QmpClient } from '../vmm/qmp/client.ts';
 const BIN = new URL('../../bin/vfio-migrate.js', import.meta.url).pathname;
 
 export interface HostOptions {
+  /** A sample device name for `vfio-migrate serve --device`. */
   device: string;
   deviceArgs?: string[];
+  /**
+   * Another device server instead of `serve`: its command line for a socket path. It must create the
+   * socket and print "serving" on stdout once it accepts (examples/stopwatch-device.ts does).
+   */
+  deviceCommand?: (socket: string) => string[];
   vmmArgs?: string[];
 }
 
@@ -71,7 +77,7 @@ function startProcess(
   timeoutMs = 30_000,
   spawned?: Proc[],
 ): Promise<Proc & { match: RegExpExecArray }> {
-  const cmd = [...wrap, process.execPath, BIN, ...args];
+  const cmd = [...wrap, ...args];
   const child = spawn(cmd[0]!, cmd.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   const proc: Proc = { role, child, stdout: '' };
   // Known at once, so a failed start of one process also stops the others still starting.
@@ -101,6 +107,16 @@ function startProcess(
   });
 }
 
+/** `vfio-migrate ARGS` as this checkout (or installed package) runs it. */
+function vfioMigrate(...args: string[]): string[] {
+  return [process.execPath, BIN, ...args];
+}
+
+function deviceCommand(h: HostOptions, socket: string): string[] {
+  if (h.deviceCommand) return h.deviceCommand(socket);
+  return vfioMigrate('serve', '--device', h.device, '--socket', socket, '--quiet', ...(h.deviceArgs ?? []));
+}
+
 async function stopProcess(p: Proc | undefined): Promise<void> {
   if (!p || p.child.exitCode !== null || p.child.signalCode !== null) return;
   const exited = new Promise((r) => p.child.once('exit', r));
@@ -128,7 +144,7 @@ async function startDestination(
   const listen = o.listen ?? '127.0.0.1:0';
   const device = await startProcess(
     'dst-device',
-    ['serve', '--device', h.device, '--socket', path(`dst-dev${tag}.sock`), '--quiet', ...(h.deviceArgs ?? [])],
+    deviceCommand(h, path(`dst-dev${tag}.sock`)),
     /serving/,
     o.destinationWrap ?? [],
     o.log,
@@ -137,7 +153,7 @@ async function startDestination(
   );
   const vmm = await startProcess(
     'dst-vmm',
-    [
+    vfioMigrate(
       'vmm',
       '--device-socket',
       path(`dst-dev${tag}.sock`),
@@ -149,7 +165,7 @@ async function startDestination(
       o.incoming ?? `tcp:${listen}`,
       ...(paused ? ['--paused'] : []),
       ...(h.vmmArgs ?? []),
-    ],
+    ),
     o.incoming ? /vmm ready/ : /listening on port (\d+)/,
     o.destinationWrap ?? [],
     o.log,
@@ -172,15 +188,7 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
       (async () => {
         const srcDevice = await startProcess(
           'src-device',
-          [
-            'serve',
-            '--device',
-            o.source.device,
-            '--socket',
-            path('src-dev.sock'),
-            '--quiet',
-            ...(o.source.deviceArgs ?? []),
-          ],
+          deviceCommand(o.source, path('src-dev.sock')),
           /serving/,
           o.sourceWrap ?? [],
           o.log,
@@ -190,7 +198,7 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
         procs.srcDevice = srcDevice;
         const vmm = await startProcess(
           'src-vmm',
-          [
+          vfioMigrate(
             'vmm',
             '--device-socket',
             path('src-dev.sock'),
@@ -199,7 +207,7 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
             '--mem',
             o.memSize,
             ...(o.source.vmmArgs ?? []),
-          ],
+          ),
           /vmm ready/,
           o.sourceWrap ?? [],
           o.log,

@@ -49,10 +49,20 @@ export interface WorkloadStats {
   runningMs: number;
 }
 
-const workerUrl = new URL('./vcpu-worker.ts', import.meta.url).href;
-const tsxApi = import.meta.resolve('tsx/esm/api');
-// Workers do not inherit the tsx loader: register it in each, then load the vCPU code.
-const bootstrap = `import(${JSON.stringify(tsxApi)}).then(({ register }) => { register(); return import(${JSON.stringify(workerUrl)}); });`;
+/**
+ * How a vCPU thread starts. Compiled (dist/, an installed package), the vCPU code is plain JavaScript. From
+ * the TypeScript sources (a checkout) it needs tsx, whose loader workers do not inherit: each worker
+ * registers it first.
+ */
+function vcpuBootstrap(): string {
+  if (import.meta.url.endsWith('.js')) {
+    return `import(${JSON.stringify(new URL('./vcpu-worker.js', import.meta.url).href)});`;
+  }
+  const workerUrl = new URL('./vcpu-worker.ts', import.meta.url).href;
+  const tsxApi = import.meta.resolve('tsx/esm/api');
+  return `import(${JSON.stringify(tsxApi)}).then(({ register }) => { register(); return import(${JSON.stringify(workerUrl)}); });`;
+}
+const bootstrap = vcpuBootstrap();
 
 type AtomicsWithWaitAsync = typeof Atomics & {
   waitAsync(
