@@ -1,7 +1,8 @@
 // npm run bench: RAM migration between two VMM processes (bench/ram.ts), then the throughput of device
 // migration data through the migration region over vfio-user, as
 // ratios to a raw UNIX socket stream between two processes measured in the same run (these machines are
-// noisy, so only ratios within one run mean anything). Each figure is the median of several rounds.
+// noisy, so only ratios within one run mean anything). Each figure is the median of several rounds. First,
+// a command's start-up time against bare node (bench/startup.ts).
 //
 //   raw-unix      a child process writes into a UNIX stream socket, this process reads and counts
 //   device        the sample device producing its state in-process (no transport): the device's own ceiling
@@ -20,6 +21,7 @@ import { findMigrationRegion, openRegionPort } from '../src/vfio-user/region-por
 import { SeedRegionClient } from '../src/vmm/vfio/seed-region-client.ts';
 import { startServer } from '../test/support/server-process.ts';
 import { ramBench, rawStream } from './ram.ts';
+import { startupBench } from './startup.ts';
 
 const { values } = parseArgs({
   options: {
@@ -30,7 +32,8 @@ const { values } = parseArgs({
     only: { type: 'string' },
   },
 });
-if (values.only && values.only !== 'ram' && values.only !== 'device') throw new Error('--only takes ram or device');
+if (values.only && !['ram', 'device', 'startup'].includes(values.only))
+  throw new Error('--only takes ram, device or startup');
 const MEM = Number(values['device-mem']) << 20;
 const ROUNDS = Number(values.rounds);
 
@@ -117,6 +120,11 @@ async function throughRegion(
 
 const rounds_cleanup: (() => Promise<void>)[] = [];
 
+if (!values.only || values.only === 'startup') {
+  startupBench();
+  console.log('');
+  if (values.only) process.exit(0);
+}
 if (values.only !== 'device') {
   await ramBench(Number(values['ram-mem']), ROUNDS, Number(values['ram-rounds']));
   console.log('');
