@@ -23,6 +23,8 @@ import { join } from 'node:path';
 import { bytes } from '../src/cli/format.ts';
 import { startLocalPair, waitForMigration } from '../src/harness/local-hosts.ts';
 import { QmpClient } from '../src/vmm/qmp/client.ts';
+import { type Figure, measure, ratio, say } from './figures.ts';
+import type { BenchRun } from './results.ts';
 
 export interface Rate {
   bytes: number;
@@ -214,58 +216,43 @@ export async function qemuOnce(memMiB: number, warm: boolean): Promise<Rate & { 
   }
 }
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
-
-async function measure(name: string, rounds: number, fn: () => Promise<Rate & { downtime?: number }>): Promise<number> {
-  const rates: number[] = [];
-  let moved = 0;
-  let ms = 0;
-  let downtime: number | undefined;
-  for (let i = 0; i < rounds; i++) {
-    const r = await fn();
-    moved = r.bytes;
-    ms = r.ms;
-    downtime = r.downtime;
-    rates.push(mbps(r));
-  }
-  const m = median(rates);
-  console.log(
-    `${name.padEnd(10)} ${m.toFixed(0).padStart(6)} MB/s   (${bytes(moved)} in ${ms.toFixed(0)} ms, rounds ${rates.map((r) => r.toFixed(0)).join(' ')}` +
-      `${downtime !== undefined ? `; downtime ${downtime} ms` : ''})`,
-  );
-  return m;
-}
-
-/** The RAM part of `npm run bench`. */
-export async function ramBench(memMiB: number, rounds: number, migrationRounds: number): Promise<void> {
+/** The RAM part of `npm run bench`: every figure `rounds` times. */
+export async function ramBench(memMiB: number, rounds: number, run: BenchRun): Promise<void> {
   const total = memMiB * (1 << 20);
-  console.log(
-    `RAM migration: a ${bytes(total)} guest of random bytes, idle, between two VMM processes over loopback TCP`,
-  );
-  const raw = await measure('raw-tcp', rounds, () => rawTcp(total));
-  const warm = await measure('ours-warm', migrationRounds, () => oursOnce(memMiB, true));
-  const cold = await measure('ours-cold', migrationRounds, () => oursOnce(memMiB, false));
-  const missing = qemuMissing();
-  let qemu: { warm: number; cold: number } | null = null;
-  if (missing) {
-    console.log(`qemu       skipped: ${missing} (apt-get install qemu-system-x86 to compare)`);
-  } else {
-    console.log(`qemu       ${qemuVersion()}`);
-    qemu = {
-      warm: await measure('qemu-warm', migrationRounds, () => qemuOnce(memMiB, true)),
-      cold: await measure('qemu-cold', migrationRounds, () => qemuOnce(memMiB, false)),
+  say(`RAM migration: a ${bytes(total)} guest of random bytes, idle, between two VMM processes over loopback TCP`);
+  const asRate = async (r: Promise<Rate & { downtime?: number }>) => {
+    const x = await r;
+    return {
+      value: mbps(x),
+      per: `${bytes(x.bytes)} in ${x.ms.toFixed(0)} ms`,
+      note: x.downtime !== undefined ? `downtime ${x.downtime} ms` : undefined,
     };
-  }
-  console.log('');
-  console.log(`ours-warm / raw-tcp     ${(warm / raw).toFixed(2)}   (aim: >= 0.80)`);
-  console.log(`ours-cold / raw-tcp     ${(cold / raw).toFixed(2)}`);
-  if (qemu) {
-    console.log(`ours-warm / qemu-warm   ${(warm / qemu.warm).toFixed(2)}   (aim: > 1)`);
-    console.log(`ours-cold / qemu-cold   ${(cold / qemu.cold).toFixed(2)}   (aim: > 1)`);
+  };
+  const raw = await measure('raw-tcp', 'MB/s', rounds, () => asRate(rawTcp(total)));
+  const warm = await measure('ours-warm', 'MB/s', rounds, () => asRate(oursOnce(memMiB, true)));
+  const cold = await measure('ours-cold', 'MB/s', rounds, () => asRate(oursOnce(memMiB, false)));
+  run.figures.push(raw, warm, cold);
+  const missing = qemuMissing();
+  let qemu: { warm: Figure; cold: Figure } | null = null;
+  if (missing) {
+    say(`qemu       skipped: ${missing} (apt-get install qemu-system-x86 to compare)`);
+    run.skipped.push({ name: 'qemu', why: missing });
   } else {
-    console.log('ours / qemu             skipped (no QEMU here)');
+    say(`qemu       ${qemuVersion()}`);
+    qemu = {
+      warm: await measure('qemu-warm', 'MB/s', rounds, () => asRate(qemuOnce(memMiB, true))),
+      cold: await measure('qemu-cold', 'MB/s', rounds, () => asRate(qemuOnce(memMiB, false))),
+    };
+    run.figures.push(qemu.warm, qemu.cold);
+  }
+  say();
+  run.ratios.push(ratio('ours-warm / raw-tcp', warm, raw, '>= 0.80'), ratio('ours-cold / raw-tcp', cold, raw));
+  if (qemu) {
+    run.ratios.push(
+      ratio('ours-warm / qemu-warm', warm, qemu.warm, '>= 1.5'),
+      ratio('ours-cold / qemu-cold', cold, qemu.cold, '>= 1.5'),
+    );
+  } else {
+    say('ours / qemu                      skipped (no QEMU here)');
   }
 }

@@ -1,13 +1,16 @@
-// npm run bench: RAM migration between two VMM processes (bench/ram.ts), then the throughput of device
-// migration data through the migration region over vfio-user, as
-// ratios to a raw UNIX socket stream between two processes measured in the same run (these machines are
-// noisy, so only ratios within one run mean anything). Each figure is the median of several rounds. First,
-// a command's start-up time against bare node (bench/startup.ts).
+// npm run bench: a command's start-up (bench/startup.ts), RAM migration between two VMM processes
+// (bench/ram.ts), then the throughput of device migration data through the migration region over
+// vfio-user, each as a ratio to a baseline measured in the same run (these machines are noisy, so only
+// ratios within one run mean anything). Every figure is measured the same number of rounds (--rounds,
+// default 3) and reported as its median with the spread; `--json` prints the run as JSON, and every run is
+// appended to bench/results/history.jsonl with the machine and the commit.
 //
 //   raw-unix      a child process writes into a UNIX stream socket, this process reads and counts
 //   device        the sample device producing its state in-process (no transport): the device's own ceiling
 //   trapped       stop-and-copy of the device through the region, data read with REGION_READ messages
 //   mmapped       the same, data read through the mmapped data section (zero copies on the VMM side)
+// The trapped and mmapped rounds keep what they read and resume it into a second device server afterwards
+// (not timed): its state digest must equal the source's, or the run is void.
 
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -15,12 +18,14 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DeviceState } from '../src/abi/migration.ts';
 import { bytes } from '../src/cli/format.ts';
-import { LargeMemoryDevice } from '../src/device/samples/large-memory.ts';
+import { LargeMemoryDevice, LargeMemoryRegs } from '../src/device/samples/large-memory.ts';
 import { VfioUserClient } from '../src/vfio-user/client.ts';
-import { findMigrationRegion, openRegionPort } from '../src/vfio-user/region-port.ts';
+import { findMigrationRegion, openRegionPort, type VfioRegionPort } from '../src/vfio-user/region-port.ts';
 import { SeedRegionClient } from '../src/vmm/vfio/seed-region-client.ts';
-import { startServer } from '../test/support/server-process.ts';
+import { type ServerProcess, startServer } from '../test/support/server-process.ts';
+import { measure, ratio, say, sayTo } from './figures.ts';
 import { ramBench, rawStream } from './ram.ts';
+import { newRun, saveRun } from './results.ts';
 import { startupBench } from './startup.ts';
 
 const { values } = parseArgs({
@@ -28,45 +33,31 @@ const { values } = parseArgs({
     'device-mem': { type: 'string', default: '256' },
     rounds: { type: 'string', default: '3' },
     'ram-mem': { type: 'string', default: '1024' },
-    'ram-rounds': { type: 'string', default: '1' },
     only: { type: 'string' },
+    json: { type: 'boolean', default: false },
   },
 });
-if (values.only && !['ram', 'device', 'startup'].includes(values.only))
-  throw new Error('--only takes ram, device or startup');
+const PARTS = ['startup', 'ram', 'device'] as const;
+if (values.only && !PARTS.includes(values.only as (typeof PARTS)[number]))
+  throw new Error(`--only takes ${PARTS.join(', ')}`);
+const want = (part: (typeof PARTS)[number]) => !values.only || values.only === part;
 const MEM = Number(values['device-mem']) << 20;
 const ROUNDS = Number(values.rounds);
+if (!(ROUNDS >= 1)) throw new Error('--rounds must be at least 1');
+if (values.json) sayTo((line) => process.stderr.write(`${line}\n`));
+const run = newRun(ROUNDS);
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
-}
-
-async function rounds(name: string, fn: () => Promise<{ bytes: number; ms: number }>): Promise<number> {
-  const rates: number[] = [];
-  let moved = 0;
-  for (let i = 0; i < ROUNDS; i++) {
-    const r = await fn();
-    moved = r.bytes;
-    rates.push(r.bytes / r.ms / 1000);
-  }
-  const m = median(rates);
-  console.log(
-    `${name.padEnd(10)} ${m.toFixed(0).padStart(6)} MB/s   (${bytes(moved)} per round, rounds ${rates.map((r) => r.toFixed(0)).join(' ')})`,
-  );
-  return m;
-}
-
-async function rawUnix(total: number): Promise<{ bytes: number; ms: number }> {
+async function rawUnix(total: number): Promise<{ value: number; per: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'vfio-migrate-bench-'));
   try {
-    return await rawStream(total, { path: join(dir, 'raw.sock') });
+    const r = await rawStream(total, { path: join(dir, 'raw.sock') });
+    return { value: r.bytes / r.ms / 1000, per: bytes(r.bytes) };
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 }
 
-async function deviceProduce(): Promise<{ bytes: number; ms: number }> {
+async function deviceProduce(): Promise<{ value: number; per: string }> {
   const dev = new LargeMemoryDevice({ memSize: MEM, workRate: 0, fill: 'random' });
   const out = new Uint8Array(1 << 20);
   dev.transition(DeviceState.RUNNING, DeviceState.SAVING);
@@ -75,73 +66,92 @@ async function deviceProduce(): Promise<{ bytes: number; ms: number }> {
   for (let k = dev.produce(out); k > 0; k = dev.produce(out)) n += k;
   const ms = performance.now() - t0;
   dev.close();
-  return { bytes: n, ms };
+  return { value: n / ms / 1000, per: bytes(n) };
 }
 
-async function throughRegion(
-  dataSection: 'trapped' | 'mmapped',
-): Promise<() => Promise<{ bytes: number; ms: number }>> {
-  const srv = await startServer([
-    '--device',
-    'large-memory',
-    '--device-mem',
-    `${MEM >> 20}M`,
-    '--device-fill',
-    'random',
-    '--work-rate',
-    '0',
-    '--data-section',
-    dataSection,
-    '--quiet',
-  ]);
-  const client = await VfioUserClient.connect(srv.path);
+interface Attached {
+  server: ServerProcess;
+  client: VfioUserClient;
+  port: VfioRegionPort;
+  region: SeedRegionClient;
+}
+
+async function attach(args: string[]): Promise<Attached> {
+  const server = await startServer(['--device', 'large-memory', '--device-mem', `${MEM >> 20}M`, '--quiet', ...args]);
+  const client = await VfioUserClient.connect(server.path);
   const found = await findMigrationRegion(client);
   if (!found) throw new Error('no migration region');
   const port = await openRegionPort(client, found.index);
-  const region = new SeedRegionClient(port);
-  rounds_cleanup.push(async () => {
-    port.close();
-    client.close();
-    await srv.stop();
-  });
+  return { server, client, port, region: new SeedRegionClient(port) };
+}
+
+async function detach(a: Attached): Promise<void> {
+  a.port.close();
+  a.client.close();
+  await a.server.stop();
+}
+
+async function digest(a: Attached): Promise<string> {
+  return Buffer.from(await a.client.regionRead(0, LargeMemoryRegs.DIGEST, 32)).toString('hex');
+}
+
+/** Device data through the region: each round a whole stop-and-copy, kept, then resumed elsewhere and checked. */
+async function throughRegion(
+  dataSection: 'trapped' | 'mmapped',
+): Promise<() => Promise<{ value: number; per: string }>> {
+  const args = ['--device-fill', 'random', '--work-rate', '0', '--data-section', dataSection];
+  const src = await attach(args);
+  const dst = await attach(['--work-rate', '0', '--data-section', dataSection]);
+  cleanup.push(
+    () => detach(src),
+    () => detach(dst),
+  );
+  const kept = new Uint8Array(MEM + (64 << 20));
   return async () => {
-    // Straight to stop-and-copy: the whole device state, then cancel back to running for the next round.
-    await region.writeField('device_state', BigInt(DeviceState.SAVING));
+    // Straight to stop-and-copy: the whole device state, then back to running for the next round.
+    await src.region.writeField('device_state', BigInt(DeviceState.SAVING));
     let n = 0;
     const t0 = performance.now();
-    await region.drain((chunk) => {
+    await src.region.drain((chunk) => {
+      kept.set(chunk, n); // one memcpy per chunk, the price of checking what was read
       n += chunk.byteLength;
     });
     const ms = performance.now() - t0;
-    await region.writeField('device_state', BigInt(DeviceState.RUNNING));
-    return { bytes: n, ms };
+    await src.region.writeField('device_state', BigInt(DeviceState.RUNNING));
+    await dst.region.writeField('device_state', BigInt(DeviceState.RESUMING));
+    await dst.region.loadBuffer(kept.subarray(0, n));
+    await dst.region.writeField('device_state', BigInt(DeviceState.RUNNING));
+    const [a, b] = await Promise.all([digest(src), digest(dst)]);
+    if (a !== b) throw new Error(`${dataSection}: the resumed device's digest differs: the benchmark run is void`);
+    return { value: n / ms / 1000, per: `${bytes(n)}, resumed and verified` };
   };
 }
 
-const rounds_cleanup: (() => Promise<void>)[] = [];
+const cleanup: (() => Promise<void>)[] = [];
 
-if (!values.only || values.only === 'startup') {
-  startupBench();
-  console.log('');
-  if (values.only) process.exit(0);
+if (want('startup')) {
+  await startupBench(ROUNDS, run);
+  say();
 }
-if (values.only !== 'device') {
-  await ramBench(Number(values['ram-mem']), ROUNDS, Number(values['ram-rounds']));
-  console.log('');
+if (want('ram')) {
+  await ramBench(Number(values['ram-mem']), ROUNDS, run);
+  say();
 }
-if (values.only === 'ram') process.exit(0);
-
-console.log(`vfio-migrate bench: large-memory device of ${bytes(MEM)} (random contents), ${ROUNDS} rounds each`);
-const raw = await rounds('raw-unix', () => rawUnix(MEM));
-const dev = await rounds('device', deviceProduce);
-const trapped = await rounds('trapped', await throughRegion('trapped'));
-const mmapped = await rounds('mmapped', await throughRegion('mmapped'));
-for (const c of rounds_cleanup) await c();
-const ceiling = Math.min(raw, dev);
-console.log('');
-console.log(`mmapped / raw-unix      ${(mmapped / raw).toFixed(2)}`);
-console.log(`trapped / raw-unix      ${(trapped / raw).toFixed(2)}`);
-console.log(
-  `mmapped / min(raw, device) ${(mmapped / ceiling).toFixed(2)}   (transport efficiency against the slower of the two ends)`,
-);
-console.log(`trapped / min(raw, device) ${(trapped / ceiling).toFixed(2)}`);
+if (want('device')) {
+  say(`device data: a large-memory device of ${bytes(MEM)} (random contents), stop-and-copy through its region`);
+  const raw = await measure('raw-unix', 'MB/s', ROUNDS, () => rawUnix(MEM));
+  const dev = await measure('device', 'MB/s', ROUNDS, deviceProduce);
+  const trapped = await measure('trapped', 'MB/s', ROUNDS, await throughRegion('trapped'));
+  const mmapped = await measure('mmapped', 'MB/s', ROUNDS, await throughRegion('mmapped'));
+  for (const c of cleanup) await c();
+  run.figures.push(raw, dev, trapped, mmapped);
+  const ceiling = dev.median < raw.median ? dev : raw;
+  say();
+  run.ratios.push(
+    ratio('mmapped / raw-unix', mmapped, raw),
+    ratio('trapped / raw-unix', trapped, raw, '>= 0.8'),
+    ratio('mmapped / min(raw, device)', mmapped, ceiling),
+    ratio('trapped / min(raw, device)', trapped, ceiling),
+  );
+}
+saveRun(run, values.json);

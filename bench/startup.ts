@@ -1,40 +1,36 @@
 // Start-up time of a command: `vfio-migrate --version` and `vfio-migrate help vmm` from the compiled
 // package (dist/, as an installed package runs them) and from the sources through tsx (a checkout), against
-// bare `node -e ''` measured in the same run. Median of several runs each.
+// bare `node -e ''` measured in the same run, each as many rounds as every other figure.
 
 import { spawnSync } from 'node:child_process';
+import { measure, ratio, say } from './figures.ts';
+import type { BenchRun } from './results.ts';
 
 const root = new URL('..', import.meta.url).pathname;
 const BIN = new URL('../bin/vfio-migrate.js', import.meta.url).pathname;
 
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)]!;
+/** One start, timed from spawn to exit; a failed start fails the bench. */
+async function once(args: string[], env: NodeJS.ProcessEnv): Promise<{ value: number }> {
+  const t0 = performance.now();
+  const r = spawnSync(process.execPath, args, { env, stdio: 'ignore' });
+  if (r.status !== 0) throw new Error(`node ${args.join(' ')} exited ${r.status ?? r.signal}`);
+  return { value: performance.now() - t0 };
 }
 
-function timeRuns(args: string[], env: NodeJS.ProcessEnv, runs: number): number {
-  const ms: number[] = [];
-  for (let i = 0; i < runs; i++) {
-    const t0 = performance.now();
-    const r = spawnSync(process.execPath, args, { env, stdio: 'ignore' });
-    if (r.status !== 0) throw new Error(`node ${args.join(' ')} exited ${r.status ?? r.signal}`);
-    ms.push(performance.now() - t0);
-  }
-  return median(ms);
-}
-
-export function startupBench(runs = 9): void {
+export async function startupBench(rounds: number, run: BenchRun): Promise<void> {
   const built = spawnSync('npm', ['run', 'build'], { cwd: root, stdio: 'ignore' });
   if (built.status !== 0) throw new Error('npm run build failed');
   const compiled = { ...process.env, VFIO_MIGRATE_COMPILED: '1' };
-  const bare = timeRuns(['-e', ''], process.env, runs);
-  const rows: [string, number][] = [
-    ['compiled --version', timeRuns([BIN, '--version'], compiled, runs)],
-    ['compiled help vmm', timeRuns([BIN, 'help', 'vmm'], compiled, runs)],
-    ['sources (tsx) help vmm', timeRuns([BIN, 'help', 'vmm'], process.env, runs)],
-  ];
-  console.log(`start-up, median of ${runs} runs: bare node -e '' ${bare.toFixed(0)} ms`);
-  for (const [name, ms] of rows) {
-    console.log(`${name.padEnd(24)} ${ms.toFixed(0).padStart(5)} ms   ${(ms / bare).toFixed(2)}x bare node`);
-  }
+  say('start-up: a command from spawn to exit');
+  const bare = await measure("bare node -e ''", 'ms', rounds, () => once(['-e', ''], process.env));
+  const version = await measure('compiled --version', 'ms', rounds, () => once([BIN, '--version'], compiled));
+  const help = await measure('compiled help vmm', 'ms', rounds, () => once([BIN, 'help', 'vmm'], compiled));
+  const tsx = await measure('sources (tsx) help vmm', 'ms', rounds, () => once([BIN, 'help', 'vmm'], process.env));
+  run.figures.push(bare, version, help, tsx);
+  say();
+  run.ratios.push(
+    ratio('compiled --version / bare node', version, bare, 'about 1'),
+    ratio('compiled help vmm / bare node', help, bare),
+    ratio('sources help vmm / bare node', tsx, bare),
+  );
 }
