@@ -32,6 +32,10 @@ const COMMANDS: Record<string, Command> = {
     summary: 'show what the device behind a vfio-user socket offers (like lspci -vv)',
     load: async () => import('./probe.ts').then((m) => ({ run: m.runProbe, usage: m.probeUsage })),
   },
+  conform: {
+    summary: "check a device's migration interface against its flavor's rules (two devices: A saves, B resumes)",
+    load: async () => import('./conform.ts').then((m) => ({ run: m.runConform, usage: m.conformUsage })),
+  },
   analyze: {
     summary: 'check a saved migration stream (migrate file:PATH) and summarize it',
     load: async () => import('./analyze.ts').then((m) => ({ run: m.runAnalyze, usage: m.analyzeUsage })),
