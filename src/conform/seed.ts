@@ -329,30 +329,28 @@ export const SEED_RULES: readonly Rule<SeedContext>[] = [
       await toRunning(a);
       if (!(await ctx.startDma())) throw new RuleSkipped('the device does no DMA this check knows how to start');
       await write(a, PRE_COPY);
-      try {
-        const before = guest.pageDigests();
-        const deadline = performance.now() + ctx.dmaWaitMs;
-        let after = guest.pageDigests();
-        while (Buffer.compare(before, after) === 0 && performance.now() < deadline) {
-          await new Promise((r) => setTimeout(r, 20));
-          after = guest.pageDigests();
-        }
-        const changed = changedPages(before, after);
-        if (changed.length === 0) throw new RuleSkipped(`the device wrote no guest page within ${ctx.dmaWaitMs} ms`);
-        const reported = new Set<number>();
-        const sink: DirtyBitmapSink = (first, count, bitmap) => {
-          for (let i = 0; i < count; i++) {
-            if (bitmap === 'all' || (bitmap[i >>> 3]! >>> (i & 7)) & 1) reported.add(Number(first) + i);
-          }
-        };
-        await a.region.dirtyBitmap(0n, 4096n, BigInt(guest.pages), sink);
-        const missed = changed.filter((p) => !reported.has(p));
-        if (missed.length)
-          fail(`${missed.length} of ${changed.length} written pages not reported (first: pfn ${missed[0]})`);
-        return `${changed.length} written pages, all among the ${reported.size} reported`;
-      } finally {
-        await write(a, RUNNING).catch(() => {});
+      const before = guest.pageDigests();
+      const deadline = performance.now() + ctx.dmaWaitMs;
+      let after = guest.pageDigests();
+      while (Buffer.compare(before, after) === 0 && performance.now() < deadline) {
+        await new Promise((r) => setTimeout(r, 20));
+        after = guest.pageDigests();
       }
+      const changed = changedPages(before, after);
+      if (changed.length === 0) throw new RuleSkipped(`the device wrote no guest page within ${ctx.dmaWaitMs} ms`);
+      const reported = new Set<number>();
+      const sink: DirtyBitmapSink = (first, count, bitmap) => {
+        for (let i = 0; i < count; i++) {
+          if (bitmap === 'all' || (bitmap[i >>> 3]! >>> (i & 7)) & 1) reported.add(Number(first) + i);
+        }
+      };
+      await a.region.dirtyBitmap(0n, 4096n, BigInt(guest.pages), sink);
+      const missed = changed.filter((p) => !reported.has(p));
+      if (missed.length)
+        fail(`${missed.length} of ${changed.length} written pages not reported (first: pfn ${missed[0]})`);
+      // The save ends here; a rule that failed above leaves that to the next rule's return to running.
+      await write(a, RUNNING);
+      return `${changed.length} written pages, all among the ${reported.size} reported`;
     },
   },
   {

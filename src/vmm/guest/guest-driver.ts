@@ -2,7 +2,9 @@
 // device's DMA ring at a guest buffer and turn DMA on, so the device dirties guest pages while it runs.
 // A destination VMM does not do this: the device's registers arrive with its migrated state.
 
+import { Errno } from '../../abi/errno.ts';
 import { CONTROL_DMA, CONTROL_WORK, LargeMemoryRegs } from '../../device/samples/large-memory.ts';
+import { VfioError } from '../../errors.ts';
 import type { VfioUserClient } from '../../vfio-user/client.ts';
 
 const ID_LMEM = 0x4d454d4c;
@@ -13,7 +15,12 @@ export async function bootGuestDriver(
   ringIova: bigint,
   ringSize: bigint,
 ): Promise<string | null> {
-  const id = await client.regionRead(0, LargeMemoryRegs.ID, 4).catch(() => null);
+  // A device without a BAR0 that large (not one of ours) refuses the read: it is simply not this device.
+  // Anything else (the connection failing) is the caller's to hear.
+  const id = await client.regionRead(0, LargeMemoryRegs.ID, 4).catch((err: unknown) => {
+    if (err instanceof VfioError && err.errno === Errno.EINVAL) return null;
+    throw err;
+  });
   if (!id || new DataView(id.buffer, id.byteOffset, 4).getUint32(0, true) !== ID_LMEM) return null;
   const u64 = (v: bigint) => {
     const b = new Uint8Array(8);
