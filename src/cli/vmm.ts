@@ -10,7 +10,9 @@ import { Vmm } from '../vmm/vmm.ts';
 import { parseSize } from './format.ts';
 
 export const vmmUsage = `usage: vfio-migrate vmm --device-socket PATH --qmp PATH [options]
-  --device-socket PATH  a vfio-user device (repeat for several)
+  --device-socket PATH[,precopy=off]
+                        a vfio-user device (repeat for several); precopy=off leaves a v2 device's
+                        PRE_COPY unused (stop-copy only)
   --flavor F            migration interface to drive on each device: auto (default: the newest one the
                         device offers), seed, v1 or v2 (refused if the device does not offer it)
   --qmp PATH            QMP control socket to create (mode 0600)

@@ -16,10 +16,12 @@ import { VfioHandler } from './migration/vfio-handler.ts';
 import { RunState } from './run-state.ts';
 import { noTrace, type Tracer } from './trace.ts';
 import { attachMigrationDriver, type FlavorChoice } from './vfio/attach.ts';
+import { parseDeviceSpec } from './vfio/device-spec.ts';
 import type { VfioMigrationDriver } from './vfio/driver.ts';
 
 export interface VmmOptions {
   memSize: number;
+  /** `PATH[,precopy=on|off]` per device (vfio/device-spec.ts). */
   deviceSockets: readonly string[];
   /** Wait for an incoming migration instead of booting the guest. */
   incoming: boolean;
@@ -123,13 +125,19 @@ export class Vmm {
     }
     const devices: VmmDevice[] = [];
     try {
-      for (const [i, path] of o.deviceSockets.entries()) {
+      for (const [i, text] of o.deviceSockets.entries()) {
         const name = deviceName(i);
-        const client = await VfioUserClient.connect(path);
+        const spec = parseDeviceSpec(text);
+        const client = await VfioUserClient.connect(spec.path);
         let driver: VfioMigrationDriver | undefined;
         try {
           await client.dmaMap({ iova: 0n, size: BigInt(memory.size), fd: memory.fd });
-          driver = await attachMigrationDriver(client, name, { flavor: o.flavor, trace: o.trace ?? noTrace });
+          driver = await attachMigrationDriver(client, name, {
+            flavor: o.flavor,
+            trace: o.trace ?? noTrace,
+            precopy: spec.precopy,
+            dmaRanges: [{ iova: 0n, size: BigInt(memory.size) }],
+          });
           const bar0 = await client.regionInfo(0);
           if (bar0.fd !== undefined) native().close(bar0.fd);
           devices.push({ name, client, driver, handler: new VfioHandler(driver), bar0Size: Number(bar0.size) });
