@@ -193,8 +193,9 @@ export class Vmm {
         devices.push({ name: d.name, digest: null, lost: d.driver.lost });
         continue;
       }
-      const id = await d.client.regionRead(0, 0, 4);
-      const isLmem = new DataView(id.buffer, id.byteOffset, 4).getUint32(0, true) === 0x4d454d4c;
+      // A device whose BAR0 refuses a 4-byte read (libvfio-user's sample takes only 8) is not large-memory.
+      const id = await d.client.regionRead(0, 0, 4).catch(() => null);
+      const isLmem = id !== null && new DataView(id.buffer, id.byteOffset, 4).getUint32(0, true) === 0x4d454d4c;
       const bytes = isLmem
         ? await d.client.regionRead(0, LargeMemoryRegs.DIGEST, 32)
         : await d.client.regionRead(0, 0, d.bar0Size);
