@@ -160,7 +160,8 @@ export class V2MigrationDriver implements VfioMigrationDriver {
   async vmStateChange(running: boolean, reason: string): Promise<void> {
     if (this.lost) return;
     // QEMU saves its own emulated copy of config space; ours is the device's, taken while it still answers.
-    this.stoppedConfig = running ? undefined : await named(this.name, this.readConfig(), 'reading config space: ');
+    // Not fatal here (the VM must still stop): saveConfig then asks again, and fails saying why.
+    this.stoppedConfig = running ? undefined : await this.readConfig().catch(() => undefined);
     const target = running
       ? MigState.RUNNING
       : SAVING.has(this.state) && reason === 'finish-migrate'
