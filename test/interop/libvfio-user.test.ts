@@ -4,15 +4,23 @@
 // "v2" DEVICE_FEATURE state machine, MIG_DATA_READ/WRITE, DMA logging). Per era: two sample servers, our
 // two VMM processes (flavor forced, so a fallback cannot pass for the flavor under test), QMP `migrate`
 // between them over TCP, then: guest RAM equal page by page, the device's BAR1 pattern (written through
-// the source VMM before migrating) read back through the destination VMM after it started the VM, the
-// device's dirty-page query answered at every log sync, and the sample's DMA timer armed during pre-copy.
-// The destination starts paused so RAM is compared before its guest runs; `cont` then takes the device to
-// RUNNING, which the sample accepts only with a future BAR0 time: the migrated BAR0 arrived.
+// the source VMM before migrating) read back through the destination VMM after it started the VM, and the
+// sample's DMA timer firing during pre-copy: its direct DMA reported by the device's dirty log at a log
+// sync, its message DMA served (and logged) by our VMM. The destination starts paused so RAM is compared
+// before its guest runs; `cont` then takes the device to RUNNING, which the sample accepts only with a
+// future BAR0 time: the migrated BAR0 arrived.
 //
-// What the sample allows (its quirks, not the protocol's): v2 resumes only its stop-copy data, so the v2
-// source VMM leaves PRE_COPY unused for it (`precopy=off`); its timer, when it fires, does DMA through two
-// DMA regions (one by messages) and raises INTx, which our VMM does not set up, so the timer is armed a day
-// ahead and never fires here (the device's dirty log is queried, and reports what the device wrote: none).
+// How pre-copy is held while the timer fires: guest RAM is random (every page costs 4 KiB on the wire)
+// and max-bandwidth is 1 MiB/s, so the first pass over 16 MiB lasts at least 16 s whatever the machine's
+// speed, and the guest's writes keep it from converging after that; the test lifts the limit once the
+// device's dirty pages were seen. The timer (BAR0: a time in epoch seconds, armed by a write while the
+// device runs) is set 2 s ahead (v2: once the migration is active) or 4 s ahead just before `migrate` (v1:
+// its sample arms only in RUNNING, which pre-copy is not), then moved a day ahead for the destination.
+//
+// What the sample needs (its quirks, not the protocol's): v2 resumes only its stop-copy data, so the v2
+// VMMs leave PRE_COPY unused for it (`precopy=off`); its timer does DMA through two DMA regions, the first
+// by DMA_WRITE/DMA_READ messages, and raises INTx, so the VMMs map guest RAM as two regions and wire INTx
+// (`--dma-regions 2 --intx`).
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -53,7 +61,21 @@ function host(server: string, era: Era): HostOptions {
     device: `libvfio-user ${era}`,
     deviceCommand: (socket) => [process.execPath, WRAPPER, server, socket],
     deviceProps: era === 'v2' ? 'precopy=off' : undefined,
-    vmmArgs: ['--flavor', era, '--dirty-rate', '500', '--vcpus', '1', '--trace', 'vfio_get_dirty_bitmap,vfio_save_*'],
+    vmmArgs: [
+      '--flavor',
+      era,
+      '--dirty-rate',
+      '500',
+      '--vcpus',
+      '1',
+      '--fill',
+      'random',
+      '--dma-regions',
+      '2',
+      '--intx',
+      '--trace',
+      'vfio_get_dirty_bitmap,vfio_save_*',
+    ],
   };
 }
 
@@ -64,6 +86,15 @@ async function regionWrite(pair: LocalPair, region: number, data: Uint8Array): P
     offset: 0,
     data: Buffer.from(data).toString('hex'),
   });
+}
+
+/** Polls `cond` (a safety net of `ms`, never the thing tested). */
+async function until(cond: () => boolean, what: string, lines: string[], ms = 120_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`no ${what} within ${ms} ms:\n${lines.slice(-30).join('\n')}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
 }
 
 /** BAR0 of the sample: a time in seconds since the epoch (little-endian time_t). */
@@ -89,12 +120,33 @@ describe('interop: our VMM drives libvfio-user sample servers', { skip: peers.sk
       try {
         const pattern = randomBytes(BAR1_SIZE);
         await regionWrite(pair, 1, pattern);
-        // Arms the sample's timer (it re-arms from BAR0 when the device returns to RUNNING); see the header.
-        await regionWrite(pair, 0, epochSeconds(86_400));
         const before = await pair.src.execute<VfioInfo>('x-query-vfio');
         assert.equal(before[0]!.flavor, era);
 
+        // Pre-copy held (see the header), the timer armed to fire inside it.
+        await pair.src.execute('migrate-set-parameters', { 'max-bandwidth': 1 << 20 });
+        if (era === 'v1') await regionWrite(pair, 0, epochSeconds(4));
         await pair.src.execute('migrate', { uri: pair.uri });
+        if (era === 'v2') {
+          await until(() => lines.some((l) => l.includes('dirty pages: started logging')), 'DMA logging', lines);
+          await regionWrite(pair, 0, epochSeconds(2));
+        }
+        const src = (needle: string | RegExp) => () =>
+          lines.some(
+            (l) => l.startsWith('src-device:') && (typeof needle === 'string' ? l.includes(needle) : needle.test(l)),
+          );
+        await until(src('do_dma_io: DIRECT success'), 'direct DMA by the device', lines);
+        await until(src('do_dma_io: MESSAGE success'), 'DMA by messages (served by our VMM)', lines);
+        // The direct DMA wrote the first page of the second DMA region (iova 8 MiB): the device's log says so.
+        await until(
+          () => lines.some((l) => /^src-vmm: .*vfio_get_dirty_bitmap .*iova=0x800000 .*dirty_pages=0x[1-9a-f]/.test(l)),
+          "the device's dirty log reporting its DMA",
+          lines,
+        );
+        assert.equal((await pair.src.execute<{ status: string }>('query-migrate')).status, 'active', 'still pre-copy');
+        // The destination starts the device from BAR0: a day ahead. Then let the migration converge.
+        await regionWrite(pair, 0, epochSeconds(86_400));
+        await pair.src.execute('migrate-set-parameters', { 'max-bandwidth': 1 << 30, 'downtime-limit': 60_000 });
         const info = await waitForMigration(pair.src, { timeoutMs: 120_000 });
         assert.equal(info.status, 'completed', `${String(info['error-desc'] ?? '')}\n${lines.slice(-30).join('\n')}`);
         assert.equal((await waitForMigration(pair.dst)).status, 'completed');
@@ -112,8 +164,6 @@ describe('interop: our VMM drives libvfio-user sample servers', { skip: peers.sk
         const moved = (info.vfio as { transferred: number }).transferred;
         assert.ok(moved >= BAR1_SIZE + 8, `device data sent: ${moved} bytes`);
         if (era === 'v2') assert.equal(moved, BAR1_SIZE + 8, 'stop-copy only: BAR1 + BAR0');
-        const syncs = lines.filter((l) => l.startsWith('src-vmm:') && l.includes('vfio_get_dirty_bitmap'));
-        assert.ok(syncs.length > 0, 'the device answered dirty-page queries at the log syncs');
 
         // The destination runs the VM: the device goes to RUNNING, which the sample refuses unless the
         // migrated BAR0 holds a future time (a fresh device has 0 there).
