@@ -14,6 +14,7 @@ import {
   encodeDmaLoggingReportReply,
 } from '../../src/abi/vfio-user/feature-dma-logging.ts';
 import { decodeMigStateData, encodeMigStateData } from '../../src/abi/vfio-user/feature-migration.ts';
+import { decodeMigDataReadRequest, encodeMigDataReadReply } from '../../src/abi/vfio-user/mig-data.ts';
 import {
   decodeRegionReadRequest,
   decodeRegionWriteRequest,
@@ -148,6 +149,46 @@ describe('v2 driver', () => {
       .map((s) => decodeDeviceFeatureRequest(s.payload).feature)
       .filter((f) => f !== FeatureId.MIG_DEVICE_STATE);
     assert.deepEqual(features, [FeatureId.DMA_LOGGING_START, FeatureId.DMA_LOGGING_REPORT]);
+  });
+});
+
+describe('v2 driver: data', () => {
+  test('pre-copy reads until a short read; the VM stop moves PRE_COPY to STOP_COPY, drained until 0 bytes', async (t) => {
+    const state = { now: MigState.RUNNING as number, resets: 0, sets: [] as number[] };
+    // PRE_COPY offers 2.5 reads' worth, then nothing more; STOP_COPY offers 1.5 reads' worth, then EOF.
+    let left = 0;
+    const handlers = {
+      ...v2Device(state, (target) => {
+        if (target === MigState.PRE_COPY) left = 4096 * 2 + 2048;
+        if (target === MigState.STOP_COPY) left = 4096 + 2048;
+        return null;
+      }),
+      [Command.MIG_DATA_READ]: (m, conn) => {
+        const { size } = decodeMigDataReadRequest(m.payload);
+        const n = Math.min(size, left);
+        left -= n;
+        conn.reply(m, encodeMigDataReadReply({ data: new Uint8Array(n).fill(state.now) }));
+      },
+    } satisfies ScriptOptions['handlers'];
+    const { client } = await connect(t, { offer: { maxDataXferSize: 4096 }, handlers });
+    const driver = await V2MigrationDriver.open(client, 'dev0', 5n);
+    await driver.saveSetup();
+    assert.equal(state.now, MigState.PRE_COPY);
+    assert.equal(await driver.savePending(), 4096n, 'more may come: one read');
+    const got: number[] = [];
+    assert.equal(await driver.saveIterate(1 << 20, (c) => void got.push(c.byteLength)), 4096 * 2 + 2048);
+    assert.deepEqual(got, [4096, 4096, 2048]);
+    assert.equal(await driver.savePending(), 0n, 'the short read said nothing more now');
+    await driver.vmStateChange(false, 'finish-migrate');
+    assert.equal(state.now, MigState.STOP_COPY, 'the same transfer goes on');
+    got.length = 0;
+    const bytes: number[] = [];
+    assert.equal(await driver.saveComplete((c) => void bytes.push(...c)), 4096 + 2048);
+    assert.ok(bytes.every((b) => b === MigState.STOP_COPY));
+    await driver.saveCleanup();
+    assert.equal(state.now, MigState.STOP);
+    assert.deepEqual(state.sets, [MigState.PRE_COPY, MigState.STOP_COPY, MigState.STOP]);
+    assert.equal(driver.transferred, 4096 * 3 + 2048 * 2);
   });
 });
 
