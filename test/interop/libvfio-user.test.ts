@@ -136,6 +136,13 @@ describe('interop: our VMM drives libvfio-user sample servers', { skip: peers.sk
             (l) => l.startsWith('src-device:') && (typeof needle === 'string' ? l.includes(needle) : needle.test(l)),
           );
         await until(src('do_dma_io: DIRECT success'), 'direct DMA by the device', lines);
+        const devLines = lines.filter((l) => l.startsWith('src-device:'));
+        const logStart = devLines.findIndex((l) => l.includes('dirty pages: started logging'));
+        const dmaAt = devLines.findIndex((l) => l.includes('do_dma_io: DIRECT WRITE'));
+        assert.ok(
+          logStart >= 0 && logStart < dmaAt,
+          'the timer fired before dirty logging started (the VMM took longer than the lead to start migrating)',
+        );
         await until(src('do_dma_io: MESSAGE success'), 'DMA by messages (served by our VMM)', lines);
         // The direct DMA wrote the first page of the second DMA region (iova 8 MiB): the device's log says so.
         await until(
