@@ -14,8 +14,10 @@
 // and max-bandwidth is 1 MiB/s, so the first pass over 16 MiB lasts at least 16 s whatever the machine's
 // speed, and the guest's writes keep it from converging after that; the test lifts the limit once the
 // device's dirty pages were seen. The timer (BAR0: a time in epoch seconds, armed by a write while the
-// device runs) is set 2 s ahead (v2: once the migration is active) or 4 s ahead just before `migrate` (v1:
-// its sample arms only in RUNNING, which pre-copy is not), then moved a day ahead for the destination.
+// device runs) is set 2 s ahead (v2: once the migration is active) or 20 s ahead just before `migrate` (v1:
+// its sample arms only in RUNNING, which pre-copy is not; the lead covers the VMM's start of the migration
+// and its dirty logging on a busy machine, and pre-copy is held for as long as the test needs), then moved a
+// day ahead for the destination.
 //
 // What the sample needs (its quirks, not the protocol's): v2 resumes only its stop-copy data, so the v2
 // VMMs leave PRE_COPY unused for it (`precopy=off`); its timer does DMA through two DMA regions, the first
@@ -125,7 +127,7 @@ describe('interop: our VMM drives libvfio-user sample servers', { skip: peers.sk
 
         // Pre-copy held (see the header), the timer armed to fire inside it.
         await pair.src.execute('migrate-set-parameters', { 'max-bandwidth': 1 << 20 });
-        if (era === 'v1') await regionWrite(pair, 0, epochSeconds(4));
+        if (era === 'v1') await regionWrite(pair, 0, epochSeconds(20));
         await pair.src.execute('migrate', { uri: pair.uri });
         if (era === 'v2') {
           await until(() => lines.some((l) => l.includes('dirty pages: started logging')), 'DMA logging', lines);
