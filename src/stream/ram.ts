@@ -1,4 +1,4 @@
-// RAM section payloads, QEMU's ram.c encoding (spec/qemu-stream.md, "RAM section payload"). Every record
+// RAM section payloads, QEMU's migration/ram.c encoding (docs/stream.md, "RAM"). Every record
 // starts with a be64 whose low 12 bits are flags and whose high bits are a page-aligned offset (or, for
 // MEM_SIZE, the total RAM size):
 //
