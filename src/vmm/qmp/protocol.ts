@@ -13,6 +13,8 @@
 // Stage 1 and 2 run as bytes arrive and keep only the message in progress (bounded); stage 3 runs when the
 // message is dispatched, so a peer's queued requests cost their bytes (and token offsets) and nothing more.
 
+import { ByteQueue } from '../../byte-queue.ts';
+
 /** QEMU's QapiErrorClass values. */
 export type QmpErrorClass = 'GenericError' | 'CommandNotFound' | 'DeviceNotActive' | 'DeviceNotFound' | 'KVMMissingCap';
 
@@ -152,16 +154,16 @@ const STRAY_QUOTE_BYTES = 256;
  * queue is full and the unread bytes wait here), and call end() at end of input.
  */
 export class JsonMessageStream {
-  private readonly chunks: Buffer[] = [];
+  /** Bytes pushed and not yet lexed past: the chunk being lexed is its front, at `pos`. */
+  private readonly input = new ByteQueue();
   private pos = 0;
   private unread = 0;
   private state = ST_START;
   private braces = 0;
   private brackets = 0;
-  /** A message is in progress: it starts at msgStart in chunks[0], after `parts` from earlier chunks. */
+  /** A message is in progress: it starts at msgStart in the front chunk, after `parts` from earlier chunks. */
   private open = false;
-  private parts: Buffer[] = [];
-  private partsBytes = 0;
+  private readonly parts = new ByteQueue();
   private msgStart = 0;
   /** Offset of the token in progress from the start of its message. */
   private tokStart = 0;
@@ -174,9 +176,8 @@ export class JsonMessageStream {
 
   push(chunk: Uint8Array): void {
     if (this.dead || this.ended || chunk.length === 0) return;
-    const b = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length);
-    this.chunks.push(b);
-    this.unread += b.length;
+    this.input.push(chunk);
+    this.unread += chunk.byteLength;
   }
 
   /** Bytes pushed and not yet lexed. */
@@ -196,8 +197,8 @@ export class JsonMessageStream {
 
   next(): StreamItem | undefined {
     if (this.dead) return undefined;
-    while (this.chunks.length > 0) {
-      const chunk = this.chunks[0]!;
+    while (this.input.length > 0) {
+      const chunk = this.input.front();
       while (this.pos < chunk.length) {
         const item = this.step(chunk, chunk[this.pos]!);
         if (item) return item;
@@ -205,18 +206,17 @@ export class JsonMessageStream {
       if (this.open) {
         // The message goes on in the next chunk, from its first byte.
         this.parts.push(chunk.subarray(this.msgStart));
-        this.partsBytes += chunk.length - this.msgStart;
         this.msgStart = 0;
       }
-      this.chunks.shift();
+      this.input.consume(chunk.length);
       this.pos = 0;
     }
     return this.ended ? this.flush() : undefined;
   }
 
-  /** Length of the message in progress up to position `end` (exclusive) of chunks[0]. */
+  /** Length of the message in progress up to position `end` (exclusive) of the front chunk. */
   private messageLength(end: number): number {
-    return this.partsBytes + end - this.msgStart;
+    return this.parts.length + end - this.msgStart;
   }
 
   private beginToken(): void {
@@ -230,7 +230,7 @@ export class JsonMessageStream {
   }
 
   /** Consumes one byte; returns an item when this byte completes or breaks something. */
-  private step(chunk: Buffer, c: number): StreamItem | undefined {
+  private step(chunk: Uint8Array, c: number): StreamItem | undefined {
     switch (this.state) {
       case ST_START:
         if (isWs(c)) {
@@ -341,7 +341,7 @@ export class JsonMessageStream {
   }
 
   /** A number or keyword ended at the current byte, which is not part of it. */
-  private lookaheadDone(chunk: Buffer): StreamItem | undefined {
+  private lookaheadDone(chunk: Uint8Array): StreamItem | undefined {
     this.endWord();
     return this.tokenDone(chunk, this.pos);
   }
@@ -359,7 +359,7 @@ export class JsonMessageStream {
   }
 
   /** A token ended just before `end`: apply the limits and see whether it completes the message. */
-  private tokenDone(chunk: Buffer, end: number): StreamItem | undefined {
+  private tokenDone(chunk: Uint8Array, end: number): StreamItem | undefined {
     if (this.braces < 0 || this.brackets < 0 || (this.braces === 0 && this.brackets === 0)) {
       const tokens = this.tokens;
       return { kind: 'message', bytes: this.takeMessage(chunk, end), tokens };
@@ -371,13 +371,13 @@ export class JsonMessageStream {
     return undefined;
   }
 
-  /** Takes the message in progress, ending at `end` of `chunk` (chunks[0]; none at end of input). */
-  private takeMessage(chunk: Buffer | undefined, end: number): Buffer {
-    const tail = chunk ? chunk.subarray(this.msgStart, end) : Buffer.alloc(0);
-    const bytes = this.parts.length === 0 ? Buffer.from(tail) : Buffer.concat([...this.parts, tail]);
+  /** Takes (copies) the message in progress, ending at `end` of `chunk` (the front one; none at end of input). */
+  private takeMessage(chunk: Uint8Array | undefined, end: number): Buffer {
+    if (chunk) this.parts.push(chunk.subarray(this.msgStart, end));
+    const bytes = Buffer.allocUnsafe(this.parts.length);
+    this.parts.copyTo(bytes);
+    this.parts.clear();
     this.open = false;
-    this.parts = [];
-    this.partsBytes = 0;
     this.msgStart = 0;
     this.braces = 0;
     this.brackets = 0;
@@ -386,7 +386,7 @@ export class JsonMessageStream {
   }
 
   /** The current byte cannot continue the token: QEMU's JSON_ERROR, then recovery. */
-  private lexError(chunk: Buffer): StreamItem {
+  private lexError(chunk: Uint8Array): StreamItem {
     this.pos++;
     this.unread--;
     const msg = this.takeMessage(chunk, this.pos);
@@ -402,9 +402,9 @@ export class JsonMessageStream {
 
   private overflow(): StreamItem {
     this.dead = true;
-    this.chunks.length = 0;
+    this.input.clear();
     this.open = false;
-    this.parts = [];
+    this.parts.clear();
     this.unread = 0;
     return { kind: 'overflow', desc: 'JSON token size limit exceeded' };
   }
