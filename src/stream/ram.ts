@@ -87,19 +87,33 @@ class RamRecordEncoder {
     return n;
   }
 
-  /** Checks a page record's offset and block; returns its header's length were it written now. */
-  pageHeadLength(block: string, offset: number): number {
+  /**
+   * Writes a PAGE or ZERO record's header at `at` if it takes at most `room` bytes; returns its length,
+   * or -1 (nothing written) when it does not fit.
+   */
+  pageHead(
+    buf: Uint8Array,
+    view: DataView,
+    at: number,
+    room: number,
+    block: string,
+    offset: number,
+    flag: number,
+  ): number {
     if (!Number.isSafeInteger(offset) || offset < 0 || offset % TARGET_PAGE_SIZE !== 0)
       throw new RangeError(`RAM page offset ${offset} is not a multiple of ${TARGET_PAGE_SIZE}`);
-    return this.lastBlock === block ? 8 : 9 + this.name(block).byteLength;
-  }
-
-  /** Writes a PAGE or ZERO record's header checked by pageHeadLength; returns its length. */
-  writePageHead(buf: Uint8Array, view: DataView, at: number, block: string, offset: number, flag: number): number {
-    const cont = this.lastBlock === block;
-    writeBe64(view, at, offset + flag + (cont ? RamFlag.CONTINUE : 0));
+    if (this.lastBlock === block) {
+      if (room < 8) return -1;
+      writeBe64(view, at, offset + flag + RamFlag.CONTINUE);
+      return 8;
+    }
+    const name = this.name(block);
+    if (room < 9 + name.byteLength) return -1;
+    writeBe64(view, at, offset + flag);
+    buf[at + 8] = name.byteLength;
+    buf.set(name, at + 9);
     this.lastBlock = block;
-    return cont ? 8 : 8 + this.writeName(buf, at + 8, block);
+    return 9 + name.byteLength;
   }
 
   writeEos(view: DataView, at: number): number {
@@ -149,21 +163,23 @@ export class RamPayloadBuilder {
     return this.records === 0;
   }
 
-  /** Room for `n` more header bytes in the slab; the open piece ends when a new slab starts. */
-  private reserve(n: number): number {
+  /**
+   * Where up to `n` header bytes can be written in the slab (the open piece ends when a new slab starts);
+   * nothing is taken until commit(), so a record refused while being written leaves no gap.
+   */
+  private room(n: number): number {
     if (this.slabUsed + n > this.slab.byteLength) {
       this.slab = new Uint8Array(Math.max(SLAB_BYTES, n));
       this.slabView = new DataView(this.slab.buffer);
       this.slabUsed = 0;
       this.openAt = -1;
     }
-    const at = this.slabUsed;
-    this.slabUsed += n;
-    return at;
+    return this.slabUsed;
   }
 
   /** Header bytes [at, at+n) just written to the slab join the last piece when they follow it. */
   private commit(at: number, n: number): void {
+    this.slabUsed = at + n;
     if (this.openAt >= 0 && this.pieces.length > 0) {
       this.pieces[this.pieces.length - 1] = this.slab.subarray(this.openAt, at + n);
     } else {
@@ -176,15 +192,15 @@ export class RamPayloadBuilder {
 
   /** The START record: total RAM size and each block's name and used length (which must add up). */
   memSize(total: number, blocks: readonly RamBlockInfo[]): void {
-    const at = this.reserve(this.enc.memSizeLength(total, blocks));
+    const at = this.room(this.enc.memSizeLength(total, blocks));
     this.commit(at, this.enc.writeMemSize(this.slab, this.slabView, at, total, blocks));
   }
 
   /** A page with its contents; `data` (4096 bytes) is referenced, not copied: keep it unchanged until sent. */
   page(block: string, offset: number, data: Uint8Array): void {
     checkPage(data);
-    const at = this.reserve(this.enc.pageHeadLength(block, offset));
-    this.commit(at, this.enc.writePageHead(this.slab, this.slabView, at, block, offset, RamFlag.PAGE));
+    const at = this.room(MAX_RECORD_HEAD);
+    this.commit(at, this.enc.pageHead(this.slab, this.slabView, at, MAX_RECORD_HEAD, block, offset, RamFlag.PAGE));
     this.pieces.push(data);
     this.length += data.byteLength;
     this.openAt = -1;
@@ -193,15 +209,15 @@ export class RamPayloadBuilder {
   /** A page filled with one byte (a zero page: fill 0); costs 9 bytes, plus the name after a switch. */
   zero(block: string, offset: number, fill = 0): void {
     checkFill(fill);
-    const at = this.reserve(this.enc.pageHeadLength(block, offset) + 1);
-    const n = this.enc.writePageHead(this.slab, this.slabView, at, block, offset, RamFlag.ZERO);
+    const at = this.room(MAX_RECORD_HEAD);
+    const n = this.enc.pageHead(this.slab, this.slabView, at, MAX_RECORD_HEAD, block, offset, RamFlag.ZERO);
     this.slab[at + n] = fill;
     this.commit(at, n + 1);
   }
 
   /** Ends the payload (every RAM payload ends with EOS). */
   eos(): void {
-    const at = this.reserve(8);
+    const at = this.room(8);
     this.commit(at, this.enc.writeEos(this.slabView, at));
   }
 
@@ -248,9 +264,10 @@ export class RamPayloadWriter {
 
   /** Writes a page record's header if `extra` more bytes fit after it (EOS room kept); -1 when full. */
   private header(block: string, offset: number, flag: number, extra: number): number {
-    const head = this.enc.pageHeadLength(block, offset);
-    if (this.at + head + extra + 8 > this.buf.byteLength) return -1;
-    this.at += this.enc.writePageHead(this.buf, this.view, this.at, block, offset, flag);
+    const room = this.buf.byteLength - this.at - extra - 8;
+    const n = this.enc.pageHead(this.buf, this.view, this.at, room, block, offset, flag);
+    if (n < 0) return -1;
+    this.at += n;
     this.records++;
     return this.at;
   }
