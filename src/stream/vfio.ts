@@ -1,4 +1,4 @@
-// VFIO device section payloads (QEMU hw/vfio/migration.c; spec/qemu-stream.md, "VFIO device section").
+// VFIO device section payloads (QEMU hw/vfio/migration.c; docs/stream.md, "VFIO").
 // Tags are be64 0xFFFFFFFF_EF10_xxxx:
 //
 //   START   DEV_SETUP_STATE, END_OF_STATE

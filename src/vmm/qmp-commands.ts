@@ -3,13 +3,15 @@
 // commands (QEMU's prefix for unstable ones) that tests and the demo use to prove two VMs equal.
 
 import { VfioError } from '../errors.ts';
+import { MigrationError } from './migration/errors.ts';
 import type { QmpCommand, QmpVmmBackend } from './qmp/commands.ts';
-import { QmpError } from './qmp/errors.ts';
+import { QmpError } from './qmp/protocol.ts';
 import { deviceLostMessage, type Vmm } from './vmm.ts';
 
-/** A VMM refusal as QMP sends it: GenericError with the message, without our errno suffix. */
+/** A VMM refusal as QMP sends it: its class with the reason alone (no errno name, which QEMU never sends). */
 function qmpError(err: unknown): unknown {
-  if (err instanceof VfioError) return new QmpError('GenericError', err.message.replace(/ \(E[A-Z0-9]+\)$/, ''));
+  if (err instanceof MigrationError) return new QmpError(err.qmpClass, err.desc);
+  if (err instanceof VfioError) return new QmpError('GenericError', err.detail);
   return err;
 }
 

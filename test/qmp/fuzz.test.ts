@@ -9,6 +9,7 @@ import { MIGRATE_ARGS, MIGRATE_SET_PARAMETERS_ARGS, QMP_CAPABILITIES_ARGS } from
 import {
   type ArgsSchema,
   checkRequest,
+  type JsonMessage,
   JsonMessageStream,
   parseMessage,
   QmpError,
@@ -20,12 +21,12 @@ import { fuzzFigures, fuzzParams } from '../support/fuzz.ts';
 let inputs = 0;
 
 /** Every message the splitter yields for `bytes`, then end of input. */
-function messages(bytes: Uint8Array): Buffer[] {
+function messages(bytes: Uint8Array): JsonMessage[] {
   const s = new JsonMessageStream();
   s.push(Buffer.from(bytes));
   s.end();
-  const out: Buffer[] = [];
-  for (let it = s.next(); it; it = s.next()) if (it.kind === 'message') out.push(it.bytes);
+  const out: JsonMessage[] = [];
+  for (let it = s.next(); it; it = s.next()) if (it.kind === 'message') out.push(it);
   return out;
 }
 

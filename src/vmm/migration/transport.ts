@@ -8,13 +8,13 @@ import { type FileHandle, open } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Errno } from '../../abi/errno.ts';
-import { VfioError } from '../../errors.ts';
 import {
   encodeReturnPath,
   ReturnPathDecoder,
   type ReturnPathMessage,
   ReturnPathType,
 } from '../../stream/return-path.ts';
+import { MigrationError } from './errors.ts';
 
 export type MigrationUri = { kind: 'tcp'; host: string; port: number } | { kind: 'file'; path: string };
 
@@ -22,14 +22,14 @@ export type MigrationUri = { kind: 'tcp'; host: string; port: number } | { kind:
 export function parseMigrationUri(uri: string, forListen = false): MigrationUri {
   if (uri.startsWith('file:')) {
     const path = uri.slice(5);
-    if (!path) throw new VfioError(Errno.EINVAL, `migration URI "${uri}" has no path`);
+    if (!path) throw new MigrationError(Errno.EINVAL, `migration URI "${uri}" has no path`);
     return { kind: 'file', path };
   }
   const m = /^tcp:(\[[^\]]+\]|[^:]+):(\d+)$/.exec(uri);
-  if (!m) throw new VfioError(Errno.EINVAL, `migration URI "${uri}" is not tcp:HOST:PORT or file:PATH`);
+  if (!m) throw new MigrationError(Errno.EINVAL, `migration URI "${uri}" is not tcp:HOST:PORT or file:PATH`);
   const port = Number(m[2]);
   if (port < (forListen ? 0 : 1) || port > 65535)
-    throw new VfioError(Errno.EINVAL, `migration URI "${uri}": port out of range`);
+    throw new MigrationError(Errno.EINVAL, `migration URI "${uri}": port out of range`);
   return { kind: 'tcp', host: m[1]!.replace(/^\[|\]$/g, ''), port };
 }
 
@@ -99,7 +99,7 @@ class TcpOutgoing implements OutgoingStream {
   private waiter: (() => void) | null = null;
   private closedError: Error | null = null;
   /** The destination said ERROR on the return path. */
-  private refusal: VfioError | null = null;
+  private refusal: MigrationError | null = null;
   private readonly limiter: RateLimiter;
 
   constructor(
@@ -114,7 +114,7 @@ class TcpOutgoing implements OutgoingStream {
           // The destination's reason, if it gives up mid-stream: every later failure of this link
           // reports it rather than the reset that follows.
           if (m.type === ReturnPathType.ERROR)
-            this.refusal ??= new VfioError(Errno.EIO, `the destination could not load the VM: ${m.text}`);
+            this.refusal ??= new MigrationError(Errno.EIO, `the destination could not load the VM: ${m.text}`);
         }
       } catch (err) {
         socket.destroy(err as Error);
@@ -124,11 +124,11 @@ class TcpOutgoing implements OutgoingStream {
     });
     socket.on('close', () => {
       this.closedError ??=
-        this.refusal ?? new VfioError(Errno.ECONNRESET, 'the destination closed the migration connection');
+        this.refusal ?? new MigrationError(Errno.ECONNRESET, 'the destination closed the migration connection');
       this.wake();
     });
     socket.on('error', (err) => {
-      this.closedError = this.refusal ?? new VfioError(Errno.ECONNRESET, `migration connection: ${err.message}`);
+      this.closedError = this.refusal ?? new MigrationError(Errno.ECONNRESET, `migration connection: ${err.message}`);
       this.wake();
     });
   }
@@ -155,7 +155,7 @@ class TcpOutgoing implements OutgoingStream {
     let onClose: (() => void) | undefined;
     try {
       await new Promise<void>((resolve, reject) => {
-        onClose = () => reject(this.closedError ?? new VfioError(Errno.ECONNRESET, 'migration connection closed'));
+        onClose = () => reject(this.closedError ?? new MigrationError(Errno.ECONNRESET, 'migration connection closed'));
         this.socket.once('close', onClose);
         // Corked, the pieces go out in one writev; the last one's callback says all of them were taken
         // (a failed write calls every pending callback with the error).
@@ -163,7 +163,7 @@ class TcpOutgoing implements OutgoingStream {
         const last = list.length - 1;
         for (let i = 0; i < last; i++) this.socket.write(list[i]!);
         this.socket.write(list[last]!, (err) => {
-          if (err) reject(this.refusal ?? new VfioError(Errno.ECONNRESET, `migration connection: ${err.message}`));
+          if (err) reject(this.refusal ?? new MigrationError(Errno.ECONNRESET, `migration connection: ${err.message}`));
           else {
             this.completed += n;
             resolve();
@@ -180,7 +180,8 @@ class TcpOutgoing implements OutgoingStream {
             if (now.completed > seen.completed || now.inFlight < seen.inFlight) {
               seen = now;
               arm();
-            } else reject(new VfioError(Errno.ETIMEDOUT, `the destination took no data for ${stall} ms: stalled link`));
+            } else
+              reject(new MigrationError(Errno.ETIMEDOUT, `the destination took no data for ${stall} ms: stalled link`));
           }, stall);
         };
         arm();
@@ -206,7 +207,7 @@ class TcpOutgoing implements OutgoingStream {
       if (m) return m;
       if (this.closedError) throw this.closedError;
       const left = deadline - performance.now();
-      if (left <= 0) throw new VfioError(Errno.ETIMEDOUT, `no answer from the destination within ${timeoutMs} ms`);
+      if (left <= 0) throw new MigrationError(Errno.ETIMEDOUT, `no answer from the destination within ${timeoutMs} ms`);
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, left);
         this.waiter = () => {
@@ -275,11 +276,11 @@ class FileOutgoing implements OutgoingStream {
   }
 
   nextMessage(): Promise<ReturnPathMessage> {
-    return Promise.reject(new VfioError(Errno.ENOTSUP, 'a file has no return path'));
+    return Promise.reject(new MigrationError(Errno.ENOTSUP, 'a file has no return path'));
   }
 
   async sendMessage(): Promise<void> {
-    throw new VfioError(Errno.ENOTSUP, 'a file has no return path');
+    throw new MigrationError(Errno.ENOTSUP, 'a file has no return path');
   }
 
   async end(): Promise<void> {
@@ -301,7 +302,7 @@ export async function openOutgoing(uri: MigrationUri, options: TransportOptions 
   const timeout = options.connectTimeoutMs ?? 10_000;
   let timer: NodeJS.Timeout | undefined;
   // A cancel ends the connect, and later any write or wait: the socket is destroyed with this error.
-  const cancelled = () => new VfioError(Errno.ECONNRESET, 'migration cancelled');
+  const cancelled = () => new MigrationError(Errno.ECONNRESET, 'migration cancelled');
   const onAbort = () => socket.destroy(cancelled());
   if (options.signal?.aborted) onAbort();
   options.signal?.addEventListener('abort', onAbort, { once: true });
@@ -310,7 +311,7 @@ export async function openOutgoing(uri: MigrationUri, options: TransportOptions 
       once(socket, 'connect'),
       new Promise((_, reject) => {
         timer = setTimeout(
-          () => reject(new VfioError(Errno.ETIMEDOUT, `connecting to ${uri.host}:${uri.port} timed out`)),
+          () => reject(new MigrationError(Errno.ETIMEDOUT, `connecting to ${uri.host}:${uri.port} timed out`)),
           timeout,
         );
       }),
@@ -319,9 +320,9 @@ export async function openOutgoing(uri: MigrationUri, options: TransportOptions 
     options.signal?.removeEventListener('abort', onAbort);
     socket.destroy();
     const e = err as NodeJS.ErrnoException;
-    throw err instanceof VfioError
+    throw err instanceof MigrationError
       ? err
-      : new VfioError(Errno.ECONNREFUSED, `cannot connect to ${uri.host}:${uri.port}: ${e.message}`);
+      : new MigrationError(Errno.ECONNREFUSED, `cannot connect to ${uri.host}:${uri.port}: ${e.message}`);
   } finally {
     clearTimeout(timer);
   }
