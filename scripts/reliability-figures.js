@@ -3,14 +3,18 @@
 // docs/reliability.md and docs/fuzzing.md between their figures markers, so the documents' numbers are the
 // tests' own output. Extra arguments replace the default test filters. Nothing is written when a test
 // fails, or when a figure the documents need is missing from the output: a missing figure is an error,
-// never a blank or a zero.
+// never a blank or a zero. `--from-log FILE` renders the output of an earlier run (this script's own
+// stdout, saved) instead of running the tests again.
 import { spawn } from 'node:child_process';
 import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 
 const root = new URL('..', import.meta.url).pathname;
 const BEGIN = '<!-- figures:begin (written by npm run reliability) -->';
 const END = '<!-- figures:end -->';
-const filters = process.argv.length > 2 ? process.argv.slice(2) : ['faults', 'fuzz', 'dest-memory'];
+const args = process.argv.slice(2);
+const fromLog = args[0] === '--from-log' ? args[1] : undefined;
+if (args[0] === '--from-log' && !fromLog) throw new Error('--from-log needs a file');
+const filters = fromLog || args.length === 0 ? ['faults', 'fuzz', 'dest-memory'] : args;
 
 /** Fields every FAULT-MATRIX line carries (printed by test/e2e/support/fault-table.ts). */
 const FAULT_FIELDS = [
@@ -75,17 +79,30 @@ function between(path, body) {
   return current.slice(0, a) + [BEGIN, '', body, '', END].join('\n') + current.slice(b + END.length);
 }
 
-const child = spawn(process.execPath, [`${root}scripts/run-tests.js`, ...filters], {
-  cwd: root,
-  stdio: ['ignore', 'pipe', 'inherit'],
-});
-let text = '';
-child.stdout.setEncoding('utf8').on('data', (d) => {
-  text += d;
-  process.stdout.write(d);
-});
-const code = await new Promise((r) => child.on('close', r));
-if (code !== 0) fail(`tests failed (exit ${code})`);
+async function run() {
+  const child = spawn(process.execPath, [`${root}scripts/run-tests.js`, ...filters], {
+    cwd: root,
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let out = '';
+  child.stdout.setEncoding('utf8').on('data', (d) => {
+    out += d;
+    process.stdout.write(d);
+  });
+  const code = await new Promise((r) => child.on('close', r));
+  if (code !== 0) fail(`tests failed (exit ${code})`);
+  return out;
+}
+
+// A saved run counts only if its tests passed: the runner's summary says so.
+function saved(path) {
+  const out = readFileSync(path, 'utf8');
+  const failed = /^ℹ fail (\d+)$/m.exec(out);
+  if (failed?.[1] !== '0') fail(`${path} is not the output of a passing run`);
+  return out;
+}
+
+const text = fromLog ? saved(fromLog) : await run();
 
 const faults = [];
 const fuzz = [];
@@ -107,7 +124,9 @@ if (incomplete.length) fail(`incomplete figures for ${incomplete.map((r) => r.ta
 
 const sum = (rows, k, what) => rows.reduce((n, r) => n + num(r, k, `${what} ${r.target ?? r.fault}`), 0);
 const pagesLost = sum(faults, 'pages_lost', 'fault');
-const devicesChanged = sum(faults, 'device_changed', 'fault');
+const kept = faults.filter((r) => r.device_state !== 'lost');
+const devicesChanged = sum(kept, 'device_changed', 'fault');
+const devicesLost = faults.length - kept.length;
 const retried = faults.filter((r) => r.retry_pages_lost !== undefined);
 const retryLost = sum(retried, 'retry_pages_lost', 'fault');
 const badInputs = sum(fuzz, 'inputs', 'target');
@@ -119,7 +138,8 @@ const faultCols = [...new Set(faults.flatMap(Object.keys))];
 const fuzzCols = [...new Set(fuzz.flatMap(Object.keys))];
 const reliability = [
   `Faults injected: ${faults.length}; guest pages lost on the source: ${pagesLost}; ` +
-    `device states changed: ${devicesChanged}; retries to a fresh destination: ${retried.length}, ` +
+    `device states changed: ${devicesChanged} (and ${devicesLost} devices lost with their killed server, ` +
+    `as those rows expect); retries to a fresh destination: ${retried.length}, ` +
     `pages differing there: ${retryLost}. ` +
     `Bad inputs tried: ${badInputs}; valid requests sent as load: ${validLoad}; crashes: ${crashes}. (${stamp})`,
   '',
