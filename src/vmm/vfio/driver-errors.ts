@@ -6,7 +6,7 @@ import { asVfioError, VfioError } from '../../errors.ts';
 /** `err` as a VfioError whose message starts with the device name and step. */
 export function nameError(name: string, err: unknown, what = ''): VfioError {
   const e = asVfioError(err);
-  const bare = e.message.replace(/ \(E[A-Z0-9]+\)$/, '');
+  const bare = e.detail;
   return new VfioError(e.errno, `${name}: ${what}${bare}`, { cause: err });
 }
 

@@ -110,7 +110,7 @@ export class V1MigrationDriver implements VfioMigrationDriver {
       const e = asVfioError(err);
       const failure = new VfioError(
         e.errno,
-        `${this.name}: the device refused device_state ${deviceStateName(old)} -> ${deviceStateName(next)}: ${e.message.replace(/ \(E[A-Z0-9]+\)$/, '')}`,
+        `${this.name}: the device refused device_state ${deviceStateName(old)} -> ${deviceStateName(next)}: ${e.detail}`,
         { cause: err },
       );
       if (!this.lost) {

@@ -119,7 +119,7 @@ export class V2MigrationDriver implements VfioMigrationDriver {
       const from = migStateName(this.state);
       const failure = new VfioError(
         e.errno,
-        `${this.name}: the device refused MIG_DEVICE_STATE ${from} -> ${migStateName(target)}: ${e.message.replace(/ \(E[A-Z0-9]+\)$/, '')}`,
+        `${this.name}: the device refused MIG_DEVICE_STATE ${from} -> ${migStateName(target)}: ${e.detail}`,
         { cause: err },
       );
       if (this.lost) throw failure;
