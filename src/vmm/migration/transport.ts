@@ -90,10 +90,15 @@ class RateLimiter {
   }
 }
 
+/** Bytes per corked write: the granularity at which a slow link is seen to make progress. */
+const WRITE_GROUP = 512 * 1024;
+
 class TcpOutgoing implements OutgoingStream {
   bytes = 0;
-  /** Bytes of writes the kernel has taken in full (stall detection). */
+  /** Bytes of write groups the kernel has taken in full (stall detection). */
   private completed = 0;
+  /** The last write in call order: each call's groups go out after the previous call's. */
+  private tail: Promise<void> = Promise.resolve();
   private readonly decoder = new ReturnPathDecoder();
   private readonly inbox: ReturnPathMessage[] = [];
   private waiter: (() => void) | null = null;
@@ -141,7 +146,10 @@ class TcpOutgoing implements OutgoingStream {
 
   /**
    * Resolves once the socket has taken every piece (its write callback), so the caller may reuse the
-   * memory behind them; a link that takes nothing for `stallTimeoutMs` fails the write.
+   * memory behind them; a link that takes nothing for `stallTimeoutMs` fails the write. Calls are written
+   * one after the other, in call order, each in groups of at most WRITE_GROUP bytes: a group's write
+   * callback is the progress a stall is measured against, with public means only (a 4 MiB section queued
+   * behind others on a slow or busy link is not a dead link while its groups keep going out).
    */
   async write(pieces: readonly Uint8Array[]): Promise<void> {
     if (this.refusal) throw this.refusal;
@@ -150,54 +158,83 @@ class TcpOutgoing implements OutgoingStream {
     if (list.length === 0) return;
     let n = 0;
     for (const p of list) n += p.byteLength;
-    const stall = this.options.stallTimeoutMs ?? 10_000;
-    let timer: NodeJS.Timeout | undefined;
-    let onClose: (() => void) | undefined;
-    try {
-      await new Promise<void>((resolve, reject) => {
-        onClose = () => reject(this.closedError ?? new MigrationError(Errno.ECONNRESET, 'migration connection closed'));
-        this.socket.once('close', onClose);
-        // Corked, the pieces go out in one writev; the last one's callback says all of them were taken
-        // (a failed write calls every pending callback with the error).
-        this.socket.cork();
-        const last = list.length - 1;
-        for (let i = 0; i < last; i++) this.socket.write(list[i]!);
-        this.socket.write(list[last]!, (err) => {
-          if (err) reject(this.refusal ?? new MigrationError(Errno.ECONNRESET, `migration connection: ${err.message}`));
-          else {
-            this.completed += n;
-            resolve();
-          }
-        });
-        this.socket.uncork();
-        // A stall is no progress, not a slow write: the timer re-arms while the kernel takes bytes (some
-        // write completed, or libuv's queue of the one in flight shrank). A 4 MiB section queued behind
-        // others on a slow or busy link is not a dead link.
-        let seen = this.progress();
-        const arm = () => {
-          timer = setTimeout(() => {
-            const now = this.progress();
-            if (now.completed > seen.completed || now.inFlight < seen.inFlight) {
-              seen = now;
-              arm();
-            } else
-              reject(new MigrationError(Errno.ETIMEDOUT, `the destination took no data for ${stall} ms: stalled link`));
-          }, stall);
-        };
-        arm();
-      });
-    } finally {
-      clearTimeout(timer);
-      if (onClose) this.socket.off('close', onClose);
-    }
+    const run = this.tail.then(() => this.writeGroups(list));
+    this.tail = run.catch(() => {});
+    await this.watch(run);
     this.bytes += n;
     await this.limiter.take(n);
   }
 
-  /** Bytes of completed writes, and what libuv still holds of the write in flight. */
-  private progress(): { completed: number; inFlight: number } {
-    const handle = (this.socket as unknown as { _handle?: { writeQueueSize?: number } })._handle;
-    return { completed: this.completed, inFlight: handle?.writeQueueSize ?? 0 };
+  /** Writes `list` as corked groups of at most WRITE_GROUP bytes, each waited for before the next. */
+  private async writeGroups(list: readonly Uint8Array[]): Promise<void> {
+    let group: Uint8Array[] = [];
+    let size = 0;
+    for (const piece of list) {
+      for (let at = 0; at < piece.byteLength; ) {
+        const take = Math.min(piece.byteLength - at, WRITE_GROUP - size);
+        group.push(at === 0 && take === piece.byteLength ? piece : piece.subarray(at, at + take));
+        size += take;
+        at += take;
+        if (size === WRITE_GROUP) {
+          await this.writeGroup(group, size);
+          group = [];
+          size = 0;
+        }
+      }
+    }
+    if (size > 0) await this.writeGroup(group, size);
+  }
+
+  private writeGroup(group: readonly Uint8Array[], size: number): Promise<void> {
+    if (this.closedError) return Promise.reject(this.closedError);
+    return new Promise<void>((resolve, reject) => {
+      // Corked, the pieces go out in one writev; the last one's callback says all of them were taken
+      // (a failed write calls every pending callback with the error).
+      this.socket.cork();
+      const last = group.length - 1;
+      for (let i = 0; i < last; i++) this.socket.write(group[i]!);
+      this.socket.write(group[last]!, (err) => {
+        if (err) reject(this.refusal ?? new MigrationError(Errno.ECONNRESET, `migration connection: ${err.message}`));
+        else {
+          this.completed += size;
+          resolve();
+        }
+      });
+      this.socket.uncork();
+    });
+  }
+
+  /** Waits for `run`; fails if the link closes, or if no group completes for `stallTimeoutMs`. */
+  private async watch(run: Promise<void>): Promise<void> {
+    const stall = this.options.stallTimeoutMs ?? 10_000;
+    let timer: NodeJS.Timeout | undefined;
+    let onClose: (() => void) | undefined;
+    try {
+      await Promise.race([
+        run,
+        new Promise<never>((_, reject) => {
+          onClose = () =>
+            reject(this.closedError ?? new MigrationError(Errno.ECONNRESET, 'migration connection closed'));
+          this.socket.once('close', onClose);
+          let seen = this.completed;
+          const arm = () => {
+            timer = setTimeout(() => {
+              if (this.completed > seen) {
+                seen = this.completed;
+                arm();
+              } else
+                reject(
+                  new MigrationError(Errno.ETIMEDOUT, `the destination took no data for ${stall} ms: stalled link`),
+                );
+            }, stall);
+          };
+          arm();
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+      if (onClose) this.socket.off('close', onClose);
+    }
   }
 
   async nextMessage(timeoutMs: number): Promise<ReturnPathMessage> {
