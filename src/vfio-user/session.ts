@@ -41,6 +41,7 @@ import {
 import {
   decodeRegionInfoRequest,
   encodeRegionInfoReplyFor,
+  REGION_INFO_SIZE,
   type RegionCap,
   RegionInfoFlag,
 } from '../abi/vfio-user/region-info.ts';
@@ -284,7 +285,7 @@ export class Session {
   }
 
   private regionInfo(m: ReceivedMessage): Reply {
-    const req = decodeRegionInfoRequest(m.payload);
+    const req = decodeRegionInfoRequest(regionInfoRequestHead(m.payload));
     if (req.index >= NUM_REGIONS) throw einval(`region index ${req.index} >= ${NUM_REGIONS}`);
     const r = this.host.regions[req.index];
     const caps: RegionCap[] = [];
@@ -442,6 +443,15 @@ export class Session {
     }
     if (reason) this.log(`client disconnected: ${reason}`);
   }
+}
+
+/**
+ * libvfio-user's handle_device_get_region_info takes any request of at least the 32-byte struct (its own
+ * client sends `argsz` bytes, the rest zero); only the struct is read. A shorter one is still refused by the
+ * codec, and the message size limit still bounds the whole request.
+ */
+function regionInfoRequestHead(payload: Uint8Array): Uint8Array {
+  return payload.byteLength > REGION_INFO_SIZE ? payload.subarray(0, REGION_INFO_SIZE) : payload;
 }
 
 function checkRegionRange(offset: bigint, count: number, size: number): void {
