@@ -1,12 +1,18 @@
 // A device as the vfio-user server presents it: PCI-like regions at their indexes (BAR0-5, config space at
 // 7, the migration region at 9 as the v1-era libvfio-user places it), each with its flags, capabilities
-// and, where mmappable, the fd a client maps.
+// and, where mmappable, the fd a client maps. The migration flavor's module (seed or v1) is picked here;
+// the device behind it is the same MigrationBackend in every flavor.
 
-import { SEED_REGION_SUBTYPE, SEED_REGION_TYPE } from '../abi/migration.ts';
 import type { DeviceModel } from '../device/device-model.ts';
+import {
+  type MigrationRegion,
+  REGION_FLAVOR_MODULES,
+  type RegionFlavor,
+  type RegionFlavorModule,
+} from '../device/migration-flavor.ts';
 import { PciConfigSpace } from '../device/pci-config.ts';
 import type { DataSectionKind } from '../device/region-layout.ts';
-import { SeedMigrationRegion, seedRegionLayout } from '../device/seed-region.ts';
+import { V1DirtyTracking } from '../device/v1-dirty-pages.ts';
 import { einval } from '../errors.ts';
 import { native } from '../native/addon.ts';
 
@@ -36,6 +42,8 @@ export interface ServedRegion {
 }
 
 export interface HostOptions {
+  /** Migration flavor the device is served in (default seed). */
+  flavor?: RegionFlavor;
   dataSection: DataSectionKind;
   /** Room for one device-data chunk (default 1 MiB). */
   dataSize?: number;
@@ -45,7 +53,10 @@ export interface HostOptions {
 
 export class HostedDevice {
   readonly regions: readonly (ServedRegion | undefined)[];
-  readonly migration: SeedMigrationRegion;
+  readonly migration: MigrationRegion;
+  readonly flavor: RegionFlavorModule;
+  /** v1: the DIRTY_PAGES / unmap-bitmap side; null when dirty pages go through the region (seed). */
+  readonly dirtyTracking: V1DirtyTracking | null;
   private readonly config: PciConfigSpace;
   private readonly memfd: number | null = null;
   private readonly mapping: ArrayBuffer | null = null;
@@ -59,7 +70,10 @@ export class HostedDevice {
       dataSize: options.dataSize ?? 1024 * 1024,
       bitmapSize: options.bitmapSize ?? (options.dataSection === 'mmapped' ? 64 * 1024 : 4096),
     };
-    const layout = seedRegionLayout(regionOptions);
+    this.flavor = REGION_FLAVOR_MODULES[options.flavor ?? 'seed'];
+    if (!this.flavor) throw einval(`migration flavor ${options.flavor} is not served by this host`);
+    this.dirtyTracking = this.flavor.dirtyPagesInRegion ? null : new V1DirtyTracking(device.migration.dirtyLog);
+    const layout = this.flavor.layout(regionOptions);
     let sectionMemory: Uint8Array | undefined;
     if (options.dataSection === 'mmapped') {
       // The data section lives in a memfd mapped here and, by the client, there: zero copies between them.
@@ -67,7 +81,7 @@ export class HostedDevice {
       this.mapping = native().mmap(this.memfd, 0, layout.size, true);
       sectionMemory = new Uint8Array(this.mapping, layout.sectionOffset);
     }
-    this.migration = new SeedMigrationRegion({ backend: device.migration, ...regionOptions, sectionMemory });
+    this.migration = this.flavor.create({ backend: device.migration, ...regionOptions, sectionMemory });
     this.config = new PciConfigSpace(
       device.config,
       device.bars.map((b) => b?.size ?? 0),
@@ -107,7 +121,7 @@ export class HostedDevice {
       fd: this.memfd,
       fdOffset: 0n,
       sparse: m.layout.mmapAreas,
-      type: { type: SEED_REGION_TYPE, subtype: SEED_REGION_SUBTYPE },
+      type: this.flavor.type,
       read: (o, n) => m.read(o, n),
       readInto: (o, dest) => m.readInto(o, dest),
       write: (o, d) => m.write(o, d),

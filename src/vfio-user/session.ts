@@ -13,6 +13,14 @@ import {
   NUM_IRQS,
 } from '../abi/vfio-user/device-info.ts';
 import { decodeDeviceResetRequest } from '../abi/vfio-user/device-reset.ts';
+import {
+  DIRTY_PAGES_BITMAP_OFFSET,
+  DirtyPagesFlag,
+  decodeDirtyPagesRequest,
+  encodeDirtyPagesBitmapReply,
+  encodeDirtyPagesControlReply,
+  encodeDirtyPagesShortReply,
+} from '../abi/vfio-user/dirty-pages.ts';
 import { decodeDmaWriteReply, encodeDmaWriteRequest } from '../abi/vfio-user/dma-access.ts';
 import { DmaMapFlag, decodeDmaMapRequest } from '../abi/vfio-user/dma-map.ts';
 import { DmaUnmapFlag, decodeDmaUnmapRequest, encodeDmaUnmapReply } from '../abi/vfio-user/dma-unmap.ts';
@@ -120,6 +128,8 @@ export class Session {
       [Command.REGION_WRITE]: (m) => this.regionWrite(m),
       [Command.DEVICE_RESET]: (m) => this.reset(m),
     };
+    // v1: dirty pages leave the region for a command of their own (libvfio-user's v1 era).
+    if (host.dirtyTracking) this.handlers[Command.DIRTY_PAGES] = (m) => this.dirtyPages(m);
     conn.on('command', (m) => this.accept(m));
     conn.socket.on('drain', () => this.flow());
     conn.on('close', (reason) => this.end(reason?.message));
@@ -209,7 +219,13 @@ export class Session {
   private checkGate(cmd: number): void {
     const s = this.host.migration.state;
     const stopped = (s & (DeviceState.RUNNING | DeviceState.RESUMING)) === 0;
-    if (stopped && cmd !== Command.REGION_READ && cmd !== Command.REGION_WRITE && cmd !== Command.VERSION) {
+    const allowed =
+      cmd === Command.REGION_READ ||
+      cmd === Command.REGION_WRITE ||
+      cmd === Command.VERSION ||
+      // v1: the VMM fetches the last dirty bitmaps while the device is stopped and saving.
+      (cmd === Command.DIRTY_PAGES && this.host.dirtyTracking !== null);
+    if (stopped && !allowed) {
       throw einval(`${commandName(cmd)} is not accepted while the device is stopped`);
     }
   }
@@ -266,13 +282,47 @@ export class Session {
 
   private async dmaUnmap(m: ReceivedMessage): Promise<Uint8Array> {
     const req = decodeDmaUnmapRequest(m.payload);
-    if (req.flags & DmaUnmapFlag.GET_DIRTY_BITMAP) {
-      throw new VfioError(Errno.ENOTSUP, 'this device reports dirty pages through its migration region');
-    }
-    // In-flight message DMA may target the range: it must be finished before the range goes away.
+    let bitmap: Uint8Array | undefined;
+    // In-flight message DMA may target the range: it must be finished before the range goes away (and
+    // before its dirty bits are read).
     await this.dma.flush();
+    if (req.flags & DmaUnmapFlag.GET_DIRTY_BITMAP) {
+      const tracking = this.host.dirtyTracking;
+      if (!tracking) throw new VfioError(Errno.ENOTSUP, 'this device reports dirty pages through its migration region');
+      const b = req.bitmap!;
+      // libvfio-user reads the bitmap first: a refused query unmaps nothing.
+      bitmap = tracking.bitmap(
+        { iova: req.address, size: req.size, pgsize: b.pgsize, bitmapSize: b.size },
+        this.dma.find(req.address, 1),
+      );
+    }
     this.dma.unmap(req.address, req.size, (req.flags & DmaUnmapFlag.ALL) !== 0);
-    return encodeDmaUnmapReply({ flags: req.flags, address: req.address, size: req.size });
+    return encodeDmaUnmapReply({
+      flags: req.flags,
+      address: req.address,
+      size: req.size,
+      bitmap: bitmap && { pgsize: req.bitmap!.pgsize, data: bitmap },
+    });
+  }
+
+  /** v1 DIRTY_PAGES: START/STOP the log at the negotiated page size, or GET_BITMAP of one DMA region. */
+  private dirtyPages(m: ReceivedMessage): Uint8Array {
+    const tracking = this.host.dirtyTracking!;
+    const req = decodeDirtyPagesRequest(m.payload);
+    if (req.flags === DirtyPagesFlag.START) {
+      tracking.start(BigInt(MIGRATION_PGSIZE));
+      return encodeDirtyPagesControlReply();
+    }
+    if (req.flags === DirtyPagesFlag.STOP) {
+      tracking.stop();
+      return encodeDirtyPagesControlReply();
+    }
+    const range = req.range!;
+    const needed = DIRTY_PAGES_BITMAP_OFFSET + Number(range.bitmapSize);
+    // Too small a reply buffer: say how much is needed; nothing is read or cleared (libvfio-user).
+    if (req.argsz < needed) return encodeDirtyPagesShortReply(needed, req.argsz);
+    const bitmap = tracking.bitmap(range, this.dma.find(range.iova, 1));
+    return encodeDirtyPagesBitmapReply({ range, bitmap });
   }
 
   private deviceInfo(m: ReceivedMessage): Uint8Array {
@@ -423,6 +473,8 @@ export class Session {
     this.ended = true;
     this.host.device.attachDma(null);
     this.dma.unmap(0n, 0n, true);
+    // Dirty logging the lost client started would go on marking pages nobody will ask for.
+    this.host.dirtyTracking?.stop();
     for (const vectors of this.irqFds) {
       closeFds(vectors.filter((fd): fd is number => fd !== undefined));
       vectors.fill(undefined);
