@@ -1,10 +1,9 @@
 // `vfio-migrate serve`: host one sample device behind a vfio-user socket until SIGINT/SIGTERM.
 import { parseArgs } from 'node:util';
 import { parseFaultSpec, withFaults } from '../device/fault-injection.ts';
-import { REGION_FLAVORS, type RegionFlavor } from '../device/migration-flavor.ts';
 import type { DataSectionKind } from '../device/region-layout.ts';
 import { createSampleDevice, SAMPLE_DEVICES } from '../device/samples/index.ts';
-import { HostedDevice } from '../vfio-user/hosted-device.ts';
+import { HostedDevice, SERVED_FLAVORS, type ServedFlavor } from '../vfio-user/hosted-device.ts';
 import { VfioUserServer } from '../vfio-user/server.ts';
 import { parseSize } from './format.ts';
 
@@ -12,7 +11,8 @@ export const serveUsage = `usage: vfio-migrate serve --device NAME --socket PATH
   --device NAME         ${SAMPLE_DEVICES.join(' | ')}
   --socket PATH         UNIX socket to create (mode 0600)
   --flavor FLAVOR       migration protocol flavor: seed (default; the 2019 region with its dirty bitmap)
-                        or v1 (the Linux 5.8 region, dirty pages through DIRTY_PAGES)
+                        v1 (the Linux 5.8 region, dirty pages through DIRTY_PAGES) or v2 (DEVICE_FEATURE
+                        state machine, MIG_DATA_READ/WRITE; 9 regions; DMA logging not served yet)
   --data-section KIND   mmapped (default) or trapped
   --device-mem SIZE     large-memory device memory (default 256M)
   --work-rate N         large-memory device writes per second while running (default 2000)
@@ -44,9 +44,9 @@ export async function runServe(argv: string[]): Promise<number> {
     return 0;
   }
   if (!values.device || !values.socket) throw new Error(`--device and --socket are required\n${serveUsage}`);
-  const flavor = values.flavor as RegionFlavor;
-  if (!REGION_FLAVORS.includes(flavor)) {
-    throw new Error(`flavor "${values.flavor}" is not served (supported: ${REGION_FLAVORS.join(', ')})`);
+  const flavor = values.flavor as ServedFlavor;
+  if (!SERVED_FLAVORS.includes(flavor)) {
+    throw new Error(`flavor "${values.flavor}" is not served (supported: ${SERVED_FLAVORS.join(', ')})`);
   }
   const kind = values['data-section'] as DataSectionKind;
   if (kind !== 'mmapped' && kind !== 'trapped') throw new Error('--data-section must be mmapped or trapped');

@@ -5,7 +5,14 @@
 
 import { Errno } from '../abi/errno.ts';
 import { DeviceState } from '../abi/migration.ts';
+import { FeatureId, featureName, MigrationFlag, MigState, migStateName } from '../abi/migration-v2.ts';
 import { Command, commandName } from '../abi/vfio-user/commands.ts';
+import {
+  DEVICE_FEATURE_HEADER_SIZE,
+  decodeDeviceFeatureRequest,
+  encodeDeviceFeatureEcho,
+  encodeDeviceFeatureReply,
+} from '../abi/vfio-user/device-feature.ts';
 import {
   DeviceInfoFlag,
   decodeDeviceInfoRequest,
@@ -25,6 +32,12 @@ import { decodeDmaWriteReply, encodeDmaWriteRequest } from '../abi/vfio-user/dma
 import { DmaMapFlag, decodeDmaMapRequest } from '../abi/vfio-user/dma-map.ts';
 import { DmaUnmapFlag, decodeDmaUnmapRequest, encodeDmaUnmapReply } from '../abi/vfio-user/dma-unmap.ts';
 import {
+  decodeMigStateData,
+  encodeMigrationData,
+  encodeMigStateData,
+  MIGRATION_DATA_SIZE,
+} from '../abi/vfio-user/feature-migration.ts';
+import {
   decodeIrqInfoRequest,
   decodeIrqSetRequest,
   encodeIrqInfoReply,
@@ -39,6 +52,12 @@ import {
   SERVER_MAX_DATA_XFER_SIZE,
   SERVER_MAX_MSG_FDS,
 } from '../abi/vfio-user/limits.ts';
+import {
+  decodeMigDataReadRequest,
+  decodeMigDataWriteRequest,
+  encodeMigDataReadReply,
+  encodeMigDataWriteReply,
+} from '../abi/vfio-user/mig-data.ts';
 import {
   decodeRegionReadRequest,
   decodeRegionWriteRequest,
@@ -65,7 +84,7 @@ import { asVfioError, einval, VfioError } from '../errors.ts';
 import { type Connection, closeFds, type ReplyBuffer } from './connection.ts';
 import { DmaTable } from './dma-table.ts';
 import type { ReceivedMessage } from './framing.ts';
-import { type HostedDevice, IRQ_COUNTS, NUM_REGIONS } from './hosted-device.ts';
+import { type HostedDevice, IRQ_COUNTS } from './hosted-device.ts';
 
 /** The most DMA ranges one client may map (libvfio-user defaults to far more; guests need a handful). */
 export const MAX_DMA_RANGES = 1024;
@@ -130,6 +149,12 @@ export class Session {
     };
     // v1: dirty pages leave the region for a command of their own (libvfio-user's v1 era).
     if (host.dirtyTracking) this.handlers[Command.DIRTY_PAGES] = (m) => this.dirtyPages(m);
+    // v2: migration through DEVICE_FEATURE and MIG_DATA_* (libvfio-user HEAD).
+    if (host.v2) {
+      this.handlers[Command.DEVICE_FEATURE] = (m) => this.deviceFeature(m);
+      this.handlers[Command.MIG_DATA_READ] = (m) => this.migDataRead(m);
+      this.handlers[Command.MIG_DATA_WRITE] = (m) => this.migDataWrite(m);
+    }
     conn.on('command', (m) => this.accept(m));
     conn.socket.on('drain', () => this.flow());
     conn.on('close', (reason) => this.end(reason?.message));
@@ -213,12 +238,26 @@ export class Session {
   }
 
   /**
-   * v1-era rule: a stopped or stop-and-copy device takes only region accesses. VERSION is the connection's,
-   * not the device's: a client that left the device stopped (a crashed VMM) must not lock the next one out.
+   * libvfio-user's gate: a stopped or stop-and-copy device takes only some commands (v1: region accesses and
+   * DIRTY_PAGES; v2: DEVICE_FEATURE, MIG_DATA_READ and region accesses, but no region access in STOP_COPY).
+   * VERSION is the connection's, not the device's: a client that left the device stopped (a crashed VMM)
+   * must not lock the next one out.
    */
   private checkGate(cmd: number): void {
-    const s = this.host.migration.state;
-    const stopped = (s & (DeviceState.RUNNING | DeviceState.RESUMING)) === 0;
+    const v2 = this.host.v2;
+    if (v2) {
+      const s = v2.state;
+      if (s !== MigState.STOP && s !== MigState.STOP_COPY) return;
+      const region = cmd === Command.REGION_READ || cmd === Command.REGION_WRITE;
+      const ok =
+        cmd === Command.VERSION ||
+        cmd === Command.DEVICE_FEATURE ||
+        cmd === Command.MIG_DATA_READ ||
+        (region && s === MigState.STOP);
+      if (!ok) throw einval(`${commandName(cmd)} is not accepted while the device is ${migStateName(s)}`);
+      return;
+    }
+    const stopped = this.host.stopped;
     const allowed =
       cmd === Command.REGION_READ ||
       cmd === Command.REGION_WRITE ||
@@ -325,18 +364,72 @@ export class Session {
     return encodeDirtyPagesBitmapReply({ range, bitmap });
   }
 
+  /**
+   * v2 DEVICE_FEATURE as libvfio-user HEAD serves it: MIGRATION GET|PROBE (STOP_COPY|PRE_COPY), and
+   * MIG_DEVICE_STATE GET|SET|PROBE. SET and PROBE replies echo the request; GET replies carry the data.
+   * DMA logging (features 6-8) is not served yet: EINVAL, as for any unsupported feature.
+   */
+  private async deviceFeature(m: ReceivedMessage): Promise<Uint8Array> {
+    const fsm = this.host.v2!;
+    const req = decodeDeviceFeatureRequest(m.payload);
+    const ops = { get: req.get, set: req.set };
+    const allowed =
+      req.feature === FeatureId.MIGRATION ? !ops.set : req.feature === FeatureId.MIG_DEVICE_STATE ? true : false;
+    if (!allowed) {
+      throw einval(`DEVICE_FEATURE ${featureName(req.feature)} with these operations is not supported by this device`);
+    }
+    if (req.probe || (!req.get && !req.set)) {
+      if (!req.probe) throw einval('DEVICE_FEATURE needs GET, SET or PROBE');
+      return encodeDeviceFeatureEcho(m.payload);
+    }
+    const replyLen = DEVICE_FEATURE_HEADER_SIZE + (req.feature === FeatureId.MIGRATION ? MIGRATION_DATA_SIZE : 8);
+    if (req.get) {
+      if (req.argsz < replyLen) throw einval(`DEVICE_FEATURE GET argsz ${req.argsz} < ${replyLen}`);
+      const data =
+        req.feature === FeatureId.MIGRATION
+          ? encodeMigrationData({ flags: MigrationFlag.STOP_COPY | MigrationFlag.PRE_COPY })
+          : encodeMigStateData({ deviceState: fsm.state, dataFd: 0 });
+      return encodeDeviceFeatureReply({ feature: req.feature, get: true, data, argsz: replyLen });
+    }
+    const target = decodeMigStateData(req.data).deviceState;
+    const wasRunning = (this.host.migrationState & DeviceState.RUNNING) !== 0;
+    try {
+      fsm.set(target);
+    } finally {
+      // A device that stopped must have no message DMA in flight when the reply goes out.
+      if (wasRunning && (this.host.migrationState & DeviceState.RUNNING) === 0) await this.dma.flush();
+    }
+    return encodeDeviceFeatureEcho(m.payload);
+  }
+
+  /** v2 MIG_DATA_READ: up to `size` bytes (at most the client's max_data_xfer_size) of the saving stream. */
+  private migDataRead(m: ReceivedMessage): Uint8Array {
+    const limits = { maxSize: this.client?.maxDataXferSize ?? SERVER_MAX_DATA_XFER_SIZE };
+    const req = decodeMigDataReadRequest(m.payload, limits);
+    return encodeMigDataReadReply({ data: this.host.v2!.read(req.size) }, limits);
+  }
+
+  /** v2 MIG_DATA_WRITE: the device takes all of it or the write fails. */
+  private migDataWrite(m: ReceivedMessage): Uint8Array {
+    const limits = { maxSize: this.client?.maxDataXferSize ?? SERVER_MAX_DATA_XFER_SIZE };
+    const req = decodeMigDataWriteRequest(m.payload, limits);
+    this.host.v2!.write(req.data);
+    return encodeMigDataWriteReply();
+  }
+
   private deviceInfo(m: ReceivedMessage): Uint8Array {
     decodeDeviceInfoRequest(m.payload);
     return encodeDeviceInfoReply({
       flags: DeviceInfoFlag.RESET | DeviceInfoFlag.PCI,
-      numRegions: NUM_REGIONS,
+      numRegions: this.host.numRegions,
       numIrqs: NUM_IRQS,
     });
   }
 
   private regionInfo(m: ReceivedMessage): Reply {
     const req = decodeRegionInfoRequest(regionInfoRequestHead(m.payload));
-    if (req.index >= NUM_REGIONS) throw einval(`region index ${req.index} >= ${NUM_REGIONS}`);
+    const n = this.host.numRegions;
+    if (req.index >= n) throw einval(`region index ${req.index} >= ${n}`);
     const r = this.host.regions[req.index];
     const caps: RegionCap[] = [];
     if (r?.type) caps.push({ kind: 'type', type: r.type.type, subtype: r.type.subtype });
@@ -429,11 +522,11 @@ export class Session {
     const req = decodeRegionWriteRequest(m.payload);
     const r = this.host.region(req.region);
     checkRegionRange(req.offset, req.data.byteLength, r.size);
-    const wasRunning = (this.host.migration.state & DeviceState.RUNNING) !== 0;
+    const wasRunning = (this.host.migrationState & DeviceState.RUNNING) !== 0;
     if (req.data.byteLength > 0) r.write(Number(req.offset), req.data);
     // A device that just stopped must have no DMA in flight when the write returns (the region rule);
     // message-based DMA is in flight until the client acknowledged it.
-    if (wasRunning && (this.host.migration.state & DeviceState.RUNNING) === 0) await this.dma.flush();
+    if (wasRunning && (this.host.migrationState & DeviceState.RUNNING) === 0) await this.dma.flush();
     return encodeRegionWriteReply({ offset: req.offset, region: req.region, count: req.data.byteLength });
   }
 
@@ -482,16 +575,11 @@ export class Session {
     // A device the client left saving, stopped or resuming would refuse most of the next client's commands
     // (a stopped device takes only region accesses): it runs again, with its state when it can, else reset
     // (libvfio-user resets a device whose client is lost).
-    const s = this.host.migration.state;
+    const s = this.host.migrationState;
     if (s !== DeviceState.RUNNING) {
       const what = s & DeviceState.SAVING ? 'during a save' : s & DeviceState.RESUMING ? 'during a resume' : 'stopped';
-      try {
-        this.host.migration.write(0, Uint8Array.of(DeviceState.RUNNING, 0, 0, 0));
-        this.log(`client left ${what}: device returned to running`);
-      } catch (err) {
-        this.host.reset();
-        this.log(`client left ${what}; the device could not return to running (${(err as Error).message}): reset`);
-      }
+      if (this.host.returnToRunning() === 'running') this.log(`client left ${what}: device returned to running`);
+      else this.log(`client left ${what}; the device could not return to running: reset`);
     }
     if (reason) this.log(`client disconnected: ${reason}`);
   }
