@@ -12,7 +12,7 @@ export const serveUsage = `usage: vfio-migrate serve --device NAME --socket PATH
   --socket PATH         UNIX socket to create (mode 0600)
   --flavor FLAVOR       migration protocol flavor: seed (default; the 2019 region with its dirty bitmap)
                         v1 (the Linux 5.8 region, dirty pages through DIRTY_PAGES) or v2 (DEVICE_FEATURE
-                        state machine, MIG_DATA_READ/WRITE; 9 regions; DMA logging not served yet)
+                        state machine, MIG_DATA_READ/WRITE; 9 regions)
   --data-section KIND   mmapped (default) or trapped
   --device-mem SIZE     large-memory device memory (default 256M)
   --work-rate N         large-memory device writes per second while running (default 2000)

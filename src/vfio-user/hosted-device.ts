@@ -15,6 +15,7 @@ import {
 import { PciConfigSpace } from '../device/pci-config.ts';
 import type { DataSectionKind } from '../device/region-layout.ts';
 import { V1DirtyTracking } from '../device/v1-dirty-pages.ts';
+import { V2DmaLogging } from '../device/v2-dma-logging.ts';
 import { V2MigrationFsm } from '../device/v2-fsm.ts';
 import { einval } from '../errors.ts';
 import { native } from '../native/addon.ts';
@@ -66,8 +67,10 @@ export class HostedDevice {
   readonly flavor: RegionFlavorModule | null;
   /** v2: the state machine behind DEVICE_FEATURE and MIG_DATA_*; null in the region flavors. */
   readonly v2: V2MigrationFsm | null;
-  /** v1 and v2: the dirty-page side (DIRTY_PAGES / unmap bitmap); null when it is in the region (seed). */
+  /** v1: the dirty-page side (DIRTY_PAGES / unmap bitmap); null in seed (in the region) and v2. */
   readonly dirtyTracking: V1DirtyTracking | null;
+  /** v2: DMA_LOGGING_START/STOP/REPORT; null in the region flavors. */
+  readonly dmaLogging: V2DmaLogging | null;
   /** 10 regions in the region flavors (migration at 9), 9 in v2 (libvfio-user's two eras). */
   readonly numRegions: number;
   private readonly config: PciConfigSpace;
@@ -88,7 +91,7 @@ export class HostedDevice {
     const module = flavor === 'v2' ? null : REGION_FLAVOR_MODULES[flavor];
     this.flavor = module;
     this.v2 = module ? null : new V2MigrationFsm(device.migration, { preCopy: true, p2p: false });
-    // v2's DMA logging features are not served yet: no dirty-page side there.
+    this.dmaLogging = module ? null : new V2DmaLogging(device.migration.dirtyLog);
     this.dirtyTracking = module && !module.dirtyPagesInRegion ? new V1DirtyTracking(device.migration.dirtyLog) : null;
     this.numRegions = module ? NUM_REGIONS : NUM_REGIONS - 1;
     const layout = module?.layout(regionOptions);

@@ -32,11 +32,12 @@ import { decodeDmaWriteReply, encodeDmaWriteRequest } from '../abi/vfio-user/dma
 import { DmaMapFlag, decodeDmaMapRequest } from '../abi/vfio-user/dma-map.ts';
 import { DmaUnmapFlag, decodeDmaUnmapRequest, encodeDmaUnmapReply } from '../abi/vfio-user/dma-unmap.ts';
 import {
-  decodeMigStateData,
-  encodeMigrationData,
-  encodeMigStateData,
-  MIGRATION_DATA_SIZE,
-} from '../abi/vfio-user/feature-migration.ts';
+  DMA_LOGGING_REPORT_SIZE,
+  decodeDmaLoggingControl,
+  decodeDmaLoggingReportRequest,
+  encodeDmaLoggingReportReply,
+} from '../abi/vfio-user/feature-dma-logging.ts';
+import { decodeMigStateData, encodeMigrationData, encodeMigStateData } from '../abi/vfio-user/feature-migration.ts';
 import {
   decodeIrqInfoRequest,
   decodeIrqSetRequest,
@@ -101,6 +102,15 @@ export const MAX_PENDING_BYTES = 8 << 20;
 export const MAX_UNSENT_REPLY_BYTES = 4 << 20;
 
 /** The commands that may carry fds (each handler checks how many); any other with fds is refused. */
+/** v2 features served and the operations each allows (libvfio-user HEAD); PROBE goes with any of them. */
+const FEATURE_OPS: Readonly<Record<number, { get: boolean; set: boolean }>> = {
+  [FeatureId.MIGRATION]: { get: true, set: false },
+  [FeatureId.MIG_DEVICE_STATE]: { get: true, set: true },
+  [FeatureId.DMA_LOGGING_START]: { get: false, set: true },
+  [FeatureId.DMA_LOGGING_STOP]: { get: false, set: true },
+  [FeatureId.DMA_LOGGING_REPORT]: { get: true, set: false },
+};
+
 const TAKES_FDS: ReadonlySet<number> = new Set([Command.DMA_MAP, Command.DEVICE_SET_IRQS]);
 
 /**
@@ -365,41 +375,63 @@ export class Session {
   }
 
   /**
-   * v2 DEVICE_FEATURE as libvfio-user HEAD serves it: MIGRATION GET|PROBE (STOP_COPY|PRE_COPY), and
-   * MIG_DEVICE_STATE GET|SET|PROBE. SET and PROBE replies echo the request; GET replies carry the data.
-   * DMA logging (features 6-8) is not served yet: EINVAL, as for any unsupported feature.
+   * v2 DEVICE_FEATURE as libvfio-user HEAD serves it: MIGRATION GET (STOP_COPY|PRE_COPY), MIG_DEVICE_STATE
+   * GET|SET, DMA_LOGGING_START/STOP SET, DMA_LOGGING_REPORT GET; PROBE with any of those. SET and PROBE
+   * replies echo the request; GET replies carry the data.
    */
   private async deviceFeature(m: ReceivedMessage): Promise<Uint8Array> {
     const fsm = this.host.v2!;
+    const logging = this.host.dmaLogging!;
     const req = decodeDeviceFeatureRequest(m.payload);
-    const ops = { get: req.get, set: req.set };
-    const allowed =
-      req.feature === FeatureId.MIGRATION ? !ops.set : req.feature === FeatureId.MIG_DEVICE_STATE ? true : false;
-    if (!allowed) {
+    const ops = FEATURE_OPS[req.feature];
+    if (!ops || (req.get && !ops.get) || (req.set && !ops.set)) {
       throw einval(`DEVICE_FEATURE ${featureName(req.feature)} with these operations is not supported by this device`);
     }
-    if (req.probe || (!req.get && !req.set)) {
-      if (!req.probe) throw einval('DEVICE_FEATURE needs GET, SET or PROBE');
-      return encodeDeviceFeatureEcho(m.payload);
+    if (req.probe) return encodeDeviceFeatureEcho(m.payload);
+    if (!req.get && !req.set) throw einval('DEVICE_FEATURE needs GET, SET or PROBE');
+    switch (req.feature) {
+      case FeatureId.MIGRATION: {
+        const data = encodeMigrationData({ flags: MigrationFlag.STOP_COPY | MigrationFlag.PRE_COPY });
+        return this.featureGetReply(req.feature, req.argsz, data);
+      }
+      case FeatureId.MIG_DEVICE_STATE: {
+        if (req.get) {
+          return this.featureGetReply(
+            req.feature,
+            req.argsz,
+            encodeMigStateData({ deviceState: fsm.state, dataFd: 0 }),
+          );
+        }
+        const target = decodeMigStateData(req.data).deviceState;
+        const wasRunning = (this.host.migrationState & DeviceState.RUNNING) !== 0;
+        try {
+          fsm.set(target);
+        } finally {
+          // A device that stopped must have no message DMA in flight when the reply goes out.
+          if (wasRunning && (this.host.migrationState & DeviceState.RUNNING) === 0) await this.dma.flush();
+        }
+        return encodeDeviceFeatureEcho(m.payload);
+      }
+      case FeatureId.DMA_LOGGING_START:
+        logging.start(decodeDmaLoggingControl(req.data).pageSize);
+        return encodeDeviceFeatureEcho(m.payload);
+      case FeatureId.DMA_LOGGING_STOP:
+        logging.stop();
+        return encodeDeviceFeatureEcho(m.payload);
+      default: {
+        // DMA_LOGGING_REPORT: in-flight message DMA lands (and is logged) before the bits are read.
+        await this.dma.flush();
+        const r = decodeDmaLoggingReportRequest(req.data.subarray(0, DMA_LOGGING_REPORT_SIZE));
+        const bitmap = logging.report(r, this.dma.find(r.iova, 1));
+        return this.featureGetReply(req.feature, req.argsz, encodeDmaLoggingReportReply({ ...r, bitmap }));
+      }
     }
-    const replyLen = DEVICE_FEATURE_HEADER_SIZE + (req.feature === FeatureId.MIGRATION ? MIGRATION_DATA_SIZE : 8);
-    if (req.get) {
-      if (req.argsz < replyLen) throw einval(`DEVICE_FEATURE GET argsz ${req.argsz} < ${replyLen}`);
-      const data =
-        req.feature === FeatureId.MIGRATION
-          ? encodeMigrationData({ flags: MigrationFlag.STOP_COPY | MigrationFlag.PRE_COPY })
-          : encodeMigStateData({ deviceState: fsm.state, dataFd: 0 });
-      return encodeDeviceFeatureReply({ feature: req.feature, get: true, data, argsz: replyLen });
-    }
-    const target = decodeMigStateData(req.data).deviceState;
-    const wasRunning = (this.host.migrationState & DeviceState.RUNNING) !== 0;
-    try {
-      fsm.set(target);
-    } finally {
-      // A device that stopped must have no message DMA in flight when the reply goes out.
-      if (wasRunning && (this.host.migrationState & DeviceState.RUNNING) === 0) await this.dma.flush();
-    }
-    return encodeDeviceFeatureEcho(m.payload);
+  }
+
+  private featureGetReply(feature: number, argsz: number, data: Uint8Array): Uint8Array {
+    const len = DEVICE_FEATURE_HEADER_SIZE + data.byteLength;
+    if (argsz < len) throw einval(`DEVICE_FEATURE GET argsz ${argsz} < the ${len}-byte reply`);
+    return encodeDeviceFeatureReply({ feature, get: true, data, argsz: len });
   }
 
   /** v2 MIG_DATA_READ: up to `size` bytes (at most the client's max_data_xfer_size) of the saving stream. */
@@ -568,6 +600,7 @@ export class Session {
     this.dma.unmap(0n, 0n, true);
     // Dirty logging the lost client started would go on marking pages nobody will ask for.
     this.host.dirtyTracking?.stop();
+    this.host.dmaLogging?.stop();
     for (const vectors of this.irqFds) {
       closeFds(vectors.filter((fd): fd is number => fd !== undefined));
       vectors.fill(undefined);
