@@ -3,14 +3,16 @@ import { parseArgs } from 'node:util';
 import { parseFaultSpec, withFaults } from '../device/fault-injection.ts';
 import type { DataSectionKind } from '../device/region-layout.ts';
 import { createSampleDevice, SAMPLE_DEVICES } from '../device/samples/index.ts';
-import { HostedDevice } from '../vfio-user/hosted-device.ts';
+import { HostedDevice, SERVED_FLAVORS, type ServedFlavor } from '../vfio-user/hosted-device.ts';
 import { VfioUserServer } from '../vfio-user/server.ts';
 import { parseSize } from './format.ts';
 
 export const serveUsage = `usage: vfio-migrate serve --device NAME --socket PATH [options]
   --device NAME         ${SAMPLE_DEVICES.join(' | ')}
   --socket PATH         UNIX socket to create (mode 0600)
-  --flavor seed         migration protocol flavor (seed: the 2019 region with the dirty bitmap)
+  --flavor FLAVOR       migration protocol flavor: seed (default; the 2019 region with its dirty bitmap)
+                        v1 (the Linux 5.8 region, dirty pages through DIRTY_PAGES) or v2 (DEVICE_FEATURE
+                        state machine, MIG_DATA_READ/WRITE; 9 regions)
   --data-section KIND   mmapped (default) or trapped
   --device-mem SIZE     large-memory device memory (default 256M)
   --work-rate N         large-memory device writes per second while running (default 2000)
@@ -42,7 +44,10 @@ export async function runServe(argv: string[]): Promise<number> {
     return 0;
   }
   if (!values.device || !values.socket) throw new Error(`--device and --socket are required\n${serveUsage}`);
-  if (values.flavor !== 'seed') throw new Error(`flavor "${values.flavor}" is not served yet (supported: seed)`);
+  const flavor = values.flavor as ServedFlavor;
+  if (!SERVED_FLAVORS.includes(flavor)) {
+    throw new Error(`flavor "${values.flavor}" is not served (supported: ${SERVED_FLAVORS.join(', ')})`);
+  }
   const kind = values['data-section'] as DataSectionKind;
   if (kind !== 'mmapped' && kind !== 'trapped') throw new Error('--data-section must be mmapped or trapped');
   const faults = values['x-fault']!.map(parseFaultSpec);
@@ -58,7 +63,7 @@ export async function runServe(argv: string[]): Promise<number> {
   const device = withFaults(sample, faults, {
     log: (line) => process.stderr.write(`serve[${process.pid}]: ${line}\n`),
   });
-  const host = new HostedDevice(device, { dataSection: kind });
+  const host = new HostedDevice(device, { flavor, dataSection: kind });
   const server = new VfioUserServer(host, { log }).listen(values.socket);
   console.log(`serving ${device.model} on ${server.path} (flavor ${values.flavor}, ${kind} data section)`);
   await new Promise<void>((resolve) => {

@@ -1,12 +1,22 @@
 // A device as the vfio-user server presents it: PCI-like regions at their indexes (BAR0-5, config space at
 // 7, the migration region at 9 as the v1-era libvfio-user places it), each with its flags, capabilities
-// and, where mmappable, the fd a client maps.
+// and, where mmappable, the fd a client maps. The migration flavor's module (seed or v1) is picked here;
+// the device behind it is the same MigrationBackend in every flavor.
 
-import { SEED_REGION_SUBTYPE, SEED_REGION_TYPE } from '../abi/migration.ts';
+import { DeviceState } from '../abi/migration.ts';
+import { MigState } from '../abi/migration-v2.ts';
 import type { DeviceModel } from '../device/device-model.ts';
+import {
+  type MigrationRegion,
+  REGION_FLAVOR_MODULES,
+  type RegionFlavor,
+  type RegionFlavorModule,
+} from '../device/migration-flavor.ts';
 import { PciConfigSpace } from '../device/pci-config.ts';
 import type { DataSectionKind } from '../device/region-layout.ts';
-import { SeedMigrationRegion, seedRegionLayout } from '../device/seed-region.ts';
+import { V1DirtyTracking } from '../device/v1-dirty-pages.ts';
+import { V2DmaLogging } from '../device/v2-dma-logging.ts';
+import { V2MigrationFsm } from '../device/v2-fsm.ts';
 import { einval } from '../errors.ts';
 import { native } from '../native/addon.ts';
 
@@ -35,7 +45,13 @@ export interface ServedRegion {
   write(offset: number, data: Uint8Array): void;
 }
 
+/** Every flavor a device can be served in: a region flavor, or v2 (DEVICE_FEATURE, no region). */
+export type ServedFlavor = RegionFlavor | 'v2';
+export const SERVED_FLAVORS: readonly ServedFlavor[] = ['seed', 'v1', 'v2'];
+
 export interface HostOptions {
+  /** Migration flavor the device is served in (default seed). */
+  flavor?: ServedFlavor;
   dataSection: DataSectionKind;
   /** Room for one device-data chunk (default 1 MiB). */
   dataSize?: number;
@@ -45,7 +61,18 @@ export interface HostOptions {
 
 export class HostedDevice {
   readonly regions: readonly (ServedRegion | undefined)[];
-  readonly migration: SeedMigrationRegion;
+  /** The migration region (seed, v1); null in v2, where migration goes through DEVICE_FEATURE. */
+  readonly migration: MigrationRegion | null;
+  /** The region flavor's module; null in v2. */
+  readonly flavor: RegionFlavorModule | null;
+  /** v2: the state machine behind DEVICE_FEATURE and MIG_DATA_*; null in the region flavors. */
+  readonly v2: V2MigrationFsm | null;
+  /** v1: the dirty-page side (DIRTY_PAGES / unmap bitmap); null in seed (in the region) and v2. */
+  readonly dirtyTracking: V1DirtyTracking | null;
+  /** v2: DMA_LOGGING_START/STOP/REPORT; null in the region flavors. */
+  readonly dmaLogging: V2DmaLogging | null;
+  /** 10 regions in the region flavors (migration at 9), 9 in v2 (libvfio-user's two eras). */
+  readonly numRegions: number;
   private readonly config: PciConfigSpace;
   private readonly memfd: number | null = null;
   private readonly mapping: ArrayBuffer | null = null;
@@ -59,15 +86,23 @@ export class HostedDevice {
       dataSize: options.dataSize ?? 1024 * 1024,
       bitmapSize: options.bitmapSize ?? (options.dataSection === 'mmapped' ? 64 * 1024 : 4096),
     };
-    const layout = seedRegionLayout(regionOptions);
+    const flavor = options.flavor ?? 'seed';
+    if (!SERVED_FLAVORS.includes(flavor)) throw einval(`migration flavor ${flavor} is not served by this host`);
+    const module = flavor === 'v2' ? null : REGION_FLAVOR_MODULES[flavor];
+    this.flavor = module;
+    this.v2 = module ? null : new V2MigrationFsm(device.migration, { preCopy: true, p2p: false });
+    this.dmaLogging = module ? null : new V2DmaLogging(device.migration.dirtyLog);
+    this.dirtyTracking = module && !module.dirtyPagesInRegion ? new V1DirtyTracking(device.migration.dirtyLog) : null;
+    this.numRegions = module ? NUM_REGIONS : NUM_REGIONS - 1;
+    const layout = module?.layout(regionOptions);
     let sectionMemory: Uint8Array | undefined;
-    if (options.dataSection === 'mmapped') {
+    if (layout && options.dataSection === 'mmapped') {
       // The data section lives in a memfd mapped here and, by the client, there: zero copies between them.
       this.memfd = native().memfdCreate(`vfio-migrate:${device.model}:migration`, layout.size);
       this.mapping = native().mmap(this.memfd, 0, layout.size, true);
       sectionMemory = new Uint8Array(this.mapping, layout.sectionOffset);
     }
-    this.migration = new SeedMigrationRegion({ backend: device.migration, ...regionOptions, sectionMemory });
+    this.migration = module?.create({ backend: device.migration, ...regionOptions, sectionMemory }) ?? null;
     this.config = new PciConfigSpace(
       device.config,
       device.bars.map((b) => b?.size ?? 0),
@@ -99,20 +134,46 @@ export class HostedDevice {
       write: (o, d) => this.config.write(o, d),
     };
     const m = this.migration;
-    regions[MIGRATION_REGION_INDEX] = {
-      index: MIGRATION_REGION_INDEX,
-      size: m.layout.size,
-      readable: true,
-      writable: true,
-      fd: this.memfd,
-      fdOffset: 0n,
-      sparse: m.layout.mmapAreas,
-      type: { type: SEED_REGION_TYPE, subtype: SEED_REGION_SUBTYPE },
-      read: (o, n) => m.read(o, n),
-      readInto: (o, dest) => m.readInto(o, dest),
-      write: (o, d) => m.write(o, d),
-    };
+    if (m && module)
+      regions[MIGRATION_REGION_INDEX] = {
+        index: MIGRATION_REGION_INDEX,
+        size: m.layout.size,
+        readable: true,
+        writable: true,
+        fd: this.memfd,
+        fdOffset: 0n,
+        sparse: m.layout.mmapAreas,
+        type: module.type,
+        read: (o, n) => m.read(o, n),
+        readInto: (o, dest) => m.readInto(o, dest),
+        write: (o, d) => m.write(o, d),
+      };
     this.regions = regions;
+  }
+
+  /** The migration state in the backend's bits (v1/seed values; v2 mapped, its ERROR as stopped). */
+  get migrationState(): number {
+    return this.migration?.state ?? this.v2!.backendState;
+  }
+
+  /**
+   * The device took its client's requests while stopped or saving: only what libvfio-user's gate lets
+   * through is accepted then. True when the gate is closed (v1 bits: neither RUNNING nor RESUMING).
+   */
+  get stopped(): boolean {
+    return (this.migrationState & (DeviceState.RUNNING | DeviceState.RESUMING)) === 0;
+  }
+
+  /** After a lost client: back to running if the flavor's rules allow, else reset. Returns what happened. */
+  returnToRunning(): 'running' | 'reset' {
+    try {
+      if (this.migration) this.migration.write(0, Uint8Array.of(DeviceState.RUNNING, 0, 0, 0));
+      else this.v2!.set(MigState.RUNNING);
+      return 'running';
+    } catch {
+      this.reset();
+      return 'reset';
+    }
   }
 
   region(index: number): ServedRegion {
@@ -123,7 +184,8 @@ export class HostedDevice {
 
   reset(): void {
     this.device.reset();
-    this.migration.reset();
+    this.migration?.reset();
+    this.v2?.reset();
   }
 
   close(): void {

@@ -5,7 +5,14 @@
 
 import { Errno } from '../abi/errno.ts';
 import { DeviceState } from '../abi/migration.ts';
+import { FeatureId, featureName, MigrationFlag, MigState, migStateName } from '../abi/migration-v2.ts';
 import { Command, commandName } from '../abi/vfio-user/commands.ts';
+import {
+  DEVICE_FEATURE_HEADER_SIZE,
+  decodeDeviceFeatureRequest,
+  encodeDeviceFeatureEcho,
+  encodeDeviceFeatureReply,
+} from '../abi/vfio-user/device-feature.ts';
 import {
   DeviceInfoFlag,
   decodeDeviceInfoRequest,
@@ -13,9 +20,24 @@ import {
   NUM_IRQS,
 } from '../abi/vfio-user/device-info.ts';
 import { decodeDeviceResetRequest } from '../abi/vfio-user/device-reset.ts';
+import {
+  DIRTY_PAGES_BITMAP_OFFSET,
+  DirtyPagesFlag,
+  decodeDirtyPagesRequest,
+  encodeDirtyPagesBitmapReply,
+  encodeDirtyPagesControlReply,
+  encodeDirtyPagesShortReply,
+} from '../abi/vfio-user/dirty-pages.ts';
 import { decodeDmaWriteReply, encodeDmaWriteRequest } from '../abi/vfio-user/dma-access.ts';
 import { DmaMapFlag, decodeDmaMapRequest } from '../abi/vfio-user/dma-map.ts';
 import { DmaUnmapFlag, decodeDmaUnmapRequest, encodeDmaUnmapReply } from '../abi/vfio-user/dma-unmap.ts';
+import {
+  DMA_LOGGING_REPORT_SIZE,
+  decodeDmaLoggingControl,
+  decodeDmaLoggingReportRequest,
+  encodeDmaLoggingReportReply,
+} from '../abi/vfio-user/feature-dma-logging.ts';
+import { decodeMigStateData, encodeMigrationData, encodeMigStateData } from '../abi/vfio-user/feature-migration.ts';
 import {
   decodeIrqInfoRequest,
   decodeIrqSetRequest,
@@ -32,6 +54,12 @@ import {
   SERVER_MAX_MSG_FDS,
 } from '../abi/vfio-user/limits.ts';
 import {
+  decodeMigDataReadRequest,
+  decodeMigDataWriteRequest,
+  encodeMigDataReadReply,
+  encodeMigDataWriteReply,
+} from '../abi/vfio-user/mig-data.ts';
+import {
   decodeRegionReadRequest,
   decodeRegionWriteRequest,
   encodeRegionReadReplyInPlace,
@@ -41,6 +69,7 @@ import {
 import {
   decodeRegionInfoRequest,
   encodeRegionInfoReplyFor,
+  REGION_INFO_SIZE,
   type RegionCap,
   RegionInfoFlag,
 } from '../abi/vfio-user/region-info.ts';
@@ -56,7 +85,7 @@ import { asVfioError, einval, VfioError } from '../errors.ts';
 import { type Connection, closeFds, type ReplyBuffer } from './connection.ts';
 import { DmaTable } from './dma-table.ts';
 import type { ReceivedMessage } from './framing.ts';
-import { type HostedDevice, IRQ_COUNTS, NUM_REGIONS } from './hosted-device.ts';
+import { type HostedDevice, IRQ_COUNTS } from './hosted-device.ts';
 
 /** The most DMA ranges one client may map (libvfio-user defaults to far more; guests need a handful). */
 export const MAX_DMA_RANGES = 1024;
@@ -73,6 +102,15 @@ export const MAX_PENDING_BYTES = 8 << 20;
 export const MAX_UNSENT_REPLY_BYTES = 4 << 20;
 
 /** The commands that may carry fds (each handler checks how many); any other with fds is refused. */
+/** v2 features served and the operations each allows (libvfio-user HEAD); PROBE goes with any of them. */
+const FEATURE_OPS: Readonly<Record<number, { get: boolean; set: boolean }>> = {
+  [FeatureId.MIGRATION]: { get: true, set: false },
+  [FeatureId.MIG_DEVICE_STATE]: { get: true, set: true },
+  [FeatureId.DMA_LOGGING_START]: { get: false, set: true },
+  [FeatureId.DMA_LOGGING_STOP]: { get: false, set: true },
+  [FeatureId.DMA_LOGGING_REPORT]: { get: true, set: false },
+};
+
 const TAKES_FDS: ReadonlySet<number> = new Set([Command.DMA_MAP, Command.DEVICE_SET_IRQS]);
 
 /**
@@ -119,6 +157,14 @@ export class Session {
       [Command.REGION_WRITE]: (m) => this.regionWrite(m),
       [Command.DEVICE_RESET]: (m) => this.reset(m),
     };
+    // v1: dirty pages leave the region for a command of their own (libvfio-user's v1 era).
+    if (host.dirtyTracking) this.handlers[Command.DIRTY_PAGES] = (m) => this.dirtyPages(m);
+    // v2: migration through DEVICE_FEATURE and MIG_DATA_* (libvfio-user HEAD).
+    if (host.v2) {
+      this.handlers[Command.DEVICE_FEATURE] = (m) => this.deviceFeature(m);
+      this.handlers[Command.MIG_DATA_READ] = (m) => this.migDataRead(m);
+      this.handlers[Command.MIG_DATA_WRITE] = (m) => this.migDataWrite(m);
+    }
     conn.on('command', (m) => this.accept(m));
     conn.socket.on('drain', () => this.flow());
     conn.on('close', (reason) => this.end(reason?.message));
@@ -202,13 +248,33 @@ export class Session {
   }
 
   /**
-   * v1-era rule: a stopped or stop-and-copy device takes only region accesses. VERSION is the connection's,
-   * not the device's: a client that left the device stopped (a crashed VMM) must not lock the next one out.
+   * libvfio-user's gate: a stopped or stop-and-copy device takes only some commands (v1: region accesses and
+   * DIRTY_PAGES; v2: DEVICE_FEATURE, MIG_DATA_READ and region accesses, but no region access in STOP_COPY).
+   * VERSION is the connection's, not the device's: a client that left the device stopped (a crashed VMM)
+   * must not lock the next one out.
    */
   private checkGate(cmd: number): void {
-    const s = this.host.migration.state;
-    const stopped = (s & (DeviceState.RUNNING | DeviceState.RESUMING)) === 0;
-    if (stopped && cmd !== Command.REGION_READ && cmd !== Command.REGION_WRITE && cmd !== Command.VERSION) {
+    const v2 = this.host.v2;
+    if (v2) {
+      const s = v2.state;
+      if (s !== MigState.STOP && s !== MigState.STOP_COPY) return;
+      const region = cmd === Command.REGION_READ || cmd === Command.REGION_WRITE;
+      const ok =
+        cmd === Command.VERSION ||
+        cmd === Command.DEVICE_FEATURE ||
+        cmd === Command.MIG_DATA_READ ||
+        (region && s === MigState.STOP);
+      if (!ok) throw einval(`${commandName(cmd)} is not accepted while the device is ${migStateName(s)}`);
+      return;
+    }
+    const stopped = this.host.stopped;
+    const allowed =
+      cmd === Command.REGION_READ ||
+      cmd === Command.REGION_WRITE ||
+      cmd === Command.VERSION ||
+      // v1: the VMM fetches the last dirty bitmaps while the device is stopped and saving.
+      (cmd === Command.DIRTY_PAGES && this.host.dirtyTracking !== null);
+    if (stopped && !allowed) {
       throw einval(`${commandName(cmd)} is not accepted while the device is stopped`);
     }
   }
@@ -265,27 +331,137 @@ export class Session {
 
   private async dmaUnmap(m: ReceivedMessage): Promise<Uint8Array> {
     const req = decodeDmaUnmapRequest(m.payload);
-    if (req.flags & DmaUnmapFlag.GET_DIRTY_BITMAP) {
-      throw new VfioError(Errno.ENOTSUP, 'this device reports dirty pages through its migration region');
-    }
-    // In-flight message DMA may target the range: it must be finished before the range goes away.
+    let bitmap: Uint8Array | undefined;
+    // In-flight message DMA may target the range: it must be finished before the range goes away (and
+    // before its dirty bits are read).
     await this.dma.flush();
+    if (req.flags & DmaUnmapFlag.GET_DIRTY_BITMAP) {
+      const tracking = this.host.dirtyTracking;
+      if (!tracking) throw new VfioError(Errno.ENOTSUP, 'this device reports dirty pages through its migration region');
+      const b = req.bitmap!;
+      // libvfio-user reads the bitmap first: a refused query unmaps nothing.
+      bitmap = tracking.bitmap(
+        { iova: req.address, size: req.size, pgsize: b.pgsize, bitmapSize: b.size },
+        this.dma.find(req.address, 1),
+      );
+    }
     this.dma.unmap(req.address, req.size, (req.flags & DmaUnmapFlag.ALL) !== 0);
-    return encodeDmaUnmapReply({ flags: req.flags, address: req.address, size: req.size });
+    return encodeDmaUnmapReply({
+      flags: req.flags,
+      address: req.address,
+      size: req.size,
+      bitmap: bitmap && { pgsize: req.bitmap!.pgsize, data: bitmap },
+    });
+  }
+
+  /** v1 DIRTY_PAGES: START/STOP the log at the negotiated page size, or GET_BITMAP of one DMA region. */
+  private dirtyPages(m: ReceivedMessage): Uint8Array {
+    const tracking = this.host.dirtyTracking!;
+    const req = decodeDirtyPagesRequest(m.payload);
+    if (req.flags === DirtyPagesFlag.START) {
+      tracking.start(BigInt(MIGRATION_PGSIZE));
+      return encodeDirtyPagesControlReply();
+    }
+    if (req.flags === DirtyPagesFlag.STOP) {
+      tracking.stop();
+      return encodeDirtyPagesControlReply();
+    }
+    const range = req.range!;
+    const needed = DIRTY_PAGES_BITMAP_OFFSET + Number(range.bitmapSize);
+    // Too small a reply buffer: say how much is needed; nothing is read or cleared (libvfio-user).
+    if (req.argsz < needed) return encodeDirtyPagesShortReply(needed, req.argsz);
+    const bitmap = tracking.bitmap(range, this.dma.find(range.iova, 1));
+    return encodeDirtyPagesBitmapReply({ range, bitmap });
+  }
+
+  /**
+   * v2 DEVICE_FEATURE as libvfio-user HEAD serves it: MIGRATION GET (STOP_COPY|PRE_COPY), MIG_DEVICE_STATE
+   * GET|SET, DMA_LOGGING_START/STOP SET, DMA_LOGGING_REPORT GET; PROBE with any of those. SET and PROBE
+   * replies echo the request; GET replies carry the data.
+   */
+  private async deviceFeature(m: ReceivedMessage): Promise<Uint8Array> {
+    const fsm = this.host.v2!;
+    const logging = this.host.dmaLogging!;
+    const req = decodeDeviceFeatureRequest(m.payload);
+    const ops = FEATURE_OPS[req.feature];
+    if (!ops || (req.get && !ops.get) || (req.set && !ops.set)) {
+      throw einval(`DEVICE_FEATURE ${featureName(req.feature)} with these operations is not supported by this device`);
+    }
+    if (req.probe) return encodeDeviceFeatureEcho(m.payload);
+    if (!req.get && !req.set) throw einval('DEVICE_FEATURE needs GET, SET or PROBE');
+    switch (req.feature) {
+      case FeatureId.MIGRATION: {
+        const data = encodeMigrationData({ flags: MigrationFlag.STOP_COPY | MigrationFlag.PRE_COPY });
+        return this.featureGetReply(req.feature, req.argsz, data);
+      }
+      case FeatureId.MIG_DEVICE_STATE: {
+        if (req.get) {
+          return this.featureGetReply(
+            req.feature,
+            req.argsz,
+            encodeMigStateData({ deviceState: fsm.state, dataFd: 0 }),
+          );
+        }
+        const target = decodeMigStateData(req.data).deviceState;
+        const wasRunning = (this.host.migrationState & DeviceState.RUNNING) !== 0;
+        try {
+          fsm.set(target);
+        } finally {
+          // A device that stopped must have no message DMA in flight when the reply goes out.
+          if (wasRunning && (this.host.migrationState & DeviceState.RUNNING) === 0) await this.dma.flush();
+        }
+        return encodeDeviceFeatureEcho(m.payload);
+      }
+      case FeatureId.DMA_LOGGING_START:
+        logging.start(decodeDmaLoggingControl(req.data).pageSize);
+        return encodeDeviceFeatureEcho(m.payload);
+      case FeatureId.DMA_LOGGING_STOP:
+        logging.stop();
+        return encodeDeviceFeatureEcho(m.payload);
+      default: {
+        // DMA_LOGGING_REPORT: in-flight message DMA lands (and is logged) before the bits are read.
+        await this.dma.flush();
+        const r = decodeDmaLoggingReportRequest(req.data.subarray(0, DMA_LOGGING_REPORT_SIZE));
+        const bitmap = logging.report(r, this.dma.find(r.iova, 1));
+        return this.featureGetReply(req.feature, req.argsz, encodeDmaLoggingReportReply({ ...r, bitmap }));
+      }
+    }
+  }
+
+  private featureGetReply(feature: number, argsz: number, data: Uint8Array): Uint8Array {
+    const len = DEVICE_FEATURE_HEADER_SIZE + data.byteLength;
+    if (argsz < len) throw einval(`DEVICE_FEATURE GET argsz ${argsz} < the ${len}-byte reply`);
+    return encodeDeviceFeatureReply({ feature, get: true, data, argsz: len });
+  }
+
+  /** v2 MIG_DATA_READ: up to `size` bytes (at most the client's max_data_xfer_size) of the saving stream. */
+  private migDataRead(m: ReceivedMessage): Uint8Array {
+    const limits = { maxSize: this.client?.maxDataXferSize ?? SERVER_MAX_DATA_XFER_SIZE };
+    const req = decodeMigDataReadRequest(m.payload, limits);
+    return encodeMigDataReadReply({ data: this.host.v2!.read(req.size) }, limits);
+  }
+
+  /** v2 MIG_DATA_WRITE: the device takes all of it or the write fails. */
+  private migDataWrite(m: ReceivedMessage): Uint8Array {
+    const limits = { maxSize: this.client?.maxDataXferSize ?? SERVER_MAX_DATA_XFER_SIZE };
+    const req = decodeMigDataWriteRequest(m.payload, limits);
+    this.host.v2!.write(req.data);
+    return encodeMigDataWriteReply();
   }
 
   private deviceInfo(m: ReceivedMessage): Uint8Array {
     decodeDeviceInfoRequest(m.payload);
     return encodeDeviceInfoReply({
       flags: DeviceInfoFlag.RESET | DeviceInfoFlag.PCI,
-      numRegions: NUM_REGIONS,
+      numRegions: this.host.numRegions,
       numIrqs: NUM_IRQS,
     });
   }
 
   private regionInfo(m: ReceivedMessage): Reply {
-    const req = decodeRegionInfoRequest(m.payload);
-    if (req.index >= NUM_REGIONS) throw einval(`region index ${req.index} >= ${NUM_REGIONS}`);
+    const req = decodeRegionInfoRequest(regionInfoRequestHead(m.payload));
+    const n = this.host.numRegions;
+    if (req.index >= n) throw einval(`region index ${req.index} >= ${n}`);
     const r = this.host.regions[req.index];
     const caps: RegionCap[] = [];
     if (r?.type) caps.push({ kind: 'type', type: r.type.type, subtype: r.type.subtype });
@@ -378,11 +554,11 @@ export class Session {
     const req = decodeRegionWriteRequest(m.payload);
     const r = this.host.region(req.region);
     checkRegionRange(req.offset, req.data.byteLength, r.size);
-    const wasRunning = (this.host.migration.state & DeviceState.RUNNING) !== 0;
+    const wasRunning = (this.host.migrationState & DeviceState.RUNNING) !== 0;
     if (req.data.byteLength > 0) r.write(Number(req.offset), req.data);
     // A device that just stopped must have no DMA in flight when the write returns (the region rule);
     // message-based DMA is in flight until the client acknowledged it.
-    if (wasRunning && (this.host.migration.state & DeviceState.RUNNING) === 0) await this.dma.flush();
+    if (wasRunning && (this.host.migrationState & DeviceState.RUNNING) === 0) await this.dma.flush();
     return encodeRegionWriteReply({ offset: req.offset, region: req.region, count: req.data.byteLength });
   }
 
@@ -422,6 +598,9 @@ export class Session {
     this.ended = true;
     this.host.device.attachDma(null);
     this.dma.unmap(0n, 0n, true);
+    // Dirty logging the lost client started would go on marking pages nobody will ask for.
+    this.host.dirtyTracking?.stop();
+    this.host.dmaLogging?.stop();
     for (const vectors of this.irqFds) {
       closeFds(vectors.filter((fd): fd is number => fd !== undefined));
       vectors.fill(undefined);
@@ -429,19 +608,23 @@ export class Session {
     // A device the client left saving, stopped or resuming would refuse most of the next client's commands
     // (a stopped device takes only region accesses): it runs again, with its state when it can, else reset
     // (libvfio-user resets a device whose client is lost).
-    const s = this.host.migration.state;
+    const s = this.host.migrationState;
     if (s !== DeviceState.RUNNING) {
       const what = s & DeviceState.SAVING ? 'during a save' : s & DeviceState.RESUMING ? 'during a resume' : 'stopped';
-      try {
-        this.host.migration.write(0, Uint8Array.of(DeviceState.RUNNING, 0, 0, 0));
-        this.log(`client left ${what}: device returned to running`);
-      } catch (err) {
-        this.host.reset();
-        this.log(`client left ${what}; the device could not return to running (${(err as Error).message}): reset`);
-      }
+      if (this.host.returnToRunning() === 'running') this.log(`client left ${what}: device returned to running`);
+      else this.log(`client left ${what}; the device could not return to running: reset`);
     }
     if (reason) this.log(`client disconnected: ${reason}`);
   }
+}
+
+/**
+ * libvfio-user's handle_device_get_region_info takes any request of at least the 32-byte struct (its own
+ * client sends `argsz` bytes, the rest zero); only the struct is read. A shorter one is still refused by the
+ * codec, and the message size limit still bounds the whole request.
+ */
+function regionInfoRequestHead(payload: Uint8Array): Uint8Array {
+  return payload.byteLength > REGION_INFO_SIZE ? payload.subarray(0, REGION_INFO_SIZE) : payload;
 }
 
 function checkRegionRange(offset: bigint, count: number, size: number): void {

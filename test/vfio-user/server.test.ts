@@ -143,6 +143,34 @@ describe('vfio-user server (register-file device, mmapped data section)', () => 
     c.close();
   });
 
+  test('a DEVICE_GET_REGION_INFO request longer than 32 bytes is served as libvfio-user does; shorter is EINVAL', async () => {
+    const c = await rawConnect(srv.path);
+    const s = decodeRegionInfoReply(
+      (await c.request(Command.DEVICE_GET_REGION_INFO, encodeRegionInfoRequest({ index: MIG, argsz: 32 }))).payload,
+    );
+    // libvfio-user's client sends argsz bytes: the 32-byte struct, then zeros up to argsz.
+    const long = new Uint8Array(s.argsz);
+    long.set(encodeRegionInfoRequest({ index: MIG, argsz: s.argsz }));
+    const full = await c.request(Command.DEVICE_GET_REGION_INFO, long);
+    const f = decodeRegionInfoReply(full.payload);
+    assert.equal(f.argsz, s.argsz);
+    assert.ok(f.flags & RegionInfoFlag.CAPS, 'caps sent');
+    assert.equal(full.fds.length, 1, 'and the region fd with them');
+    const short = encodeRegionInfoRequest({ index: MIG, argsz: 32 }).subarray(0, 24);
+    await rejectsWith(c.request(Command.DEVICE_GET_REGION_INFO, short), Errno.EINVAL);
+    // A long request still names its region: a bad index in it is refused.
+    const badIndex = new Uint8Array(64);
+    badIndex.set(encodeRegionInfoRequest({ index: 0, argsz: 64 }));
+    new DataView(badIndex.buffer).setUint32(8, 10, true);
+    await rejectsWith(c.request(Command.DEVICE_GET_REGION_INFO, badIndex), Errno.EINVAL);
+    const longBar0 = new Uint8Array(64);
+    longBar0.set(encodeRegionInfoRequest({ index: 0, argsz: 64 }));
+    const bar0 = decodeRegionInfoReply((await c.request(Command.DEVICE_GET_REGION_INFO, longBar0)).payload);
+    assert.equal(bar0.index, 0);
+    assert.equal(bar0.size, 4096n);
+    for (const f of full.fds) native().close(f);
+  });
+
   test('the migration region: TYPE cap 2/1, sparse-mmap cap and its fd only when argsz allows the caps', async () => {
     const c = await rawConnect(srv.path);
     const short = await c.request(Command.DEVICE_GET_REGION_INFO, encodeRegionInfoRequest({ index: MIG, argsz: 32 }));
