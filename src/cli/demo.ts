@@ -4,6 +4,7 @@
 // the source's at the stop point, and the guest goes on at the destination.
 
 import { parseArgs } from 'node:util';
+import { MIGRATION_FLAVORS, type MigrationFlavor } from '../abi/migration.ts';
 import { startLocalPair, waitForMigration } from '../harness/local-hosts.ts';
 import { differingPages } from '../vmm/guest/guest-memory.ts';
 import { bytes, ms, ProgressLine, parseSize } from './format.ts';
@@ -16,7 +17,8 @@ export const demoUsage = `usage: vfio-migrate demo [options]            (npm sta
   --device-rate N       device writes per second while running, each also a DMA write (default 5000)
   --downtime-limit MS   switch-over downtime budget (default 300)
   --data-section KIND   mmapped (default) or trapped
-  --flavor seed         migration protocol flavor (seed)`;
+  --flavor F            the devices' migration interface: seed (default; the 2019 region), v1 (Linux 5.8's
+                        region) or v2 (Linux 5.18+'s DEVICE_FEATURE state machine); both VMMs drive it`;
 
 type Digests = { ram: string; devices: { name: string; digest: string }[]; pages?: string };
 type Info = {
@@ -59,20 +61,20 @@ export async function runDemo(argv: string[]): Promise<number> {
     console.log(demoUsage);
     return 0;
   }
-  if (values.flavor !== 'seed') throw new Error(`flavor "${values.flavor}" is not available yet (seed)`);
+  if (!MIGRATION_FLAVORS.includes(values.flavor as MigrationFlavor))
+    throw new Error(`--flavor must be one of ${MIGRATION_FLAVORS.join(', ')}`);
   parseSize(values.mem!);
-  const deviceArgs =
-    values.device === 'large-memory'
-      ? [
-          '--device-mem',
-          values['device-mem']!,
-          '--work-rate',
-          values['device-rate']!,
-          '--data-section',
-          values['data-section']!,
-        ]
-      : ['--data-section', values['data-section']!];
-  const vmmArgs = ['--dirty-rate', values['dirty-rate']!];
+  const deviceArgs = [
+    '--flavor',
+    values.flavor!,
+    '--data-section',
+    values['data-section']!,
+    ...(values.device === 'large-memory'
+      ? ['--device-mem', values['device-mem']!, '--work-rate', values['device-rate']!]
+      : []),
+  ];
+  // The flavor is forced on the VMMs too, so that a fallback cannot pass for the flavor asked for.
+  const vmmArgs = ['--dirty-rate', values['dirty-rate']!, '--flavor', values.flavor!];
   console.log(
     `vfio-migrate demo: a ${values.mem} guest writing ${values['dirty-rate']} pages/s, with a ${values.device} device` +
       `${values.device === 'large-memory' ? ` (${values['device-mem']}, ${values['device-rate']} writes/s, each also a DMA write into the guest)` : ''}` +
