@@ -221,8 +221,29 @@ describe('client ↔ serve: large-memory device', () => {
   let dst: ServeProcess;
   before(async () => {
     [src, dst] = await Promise.all([
-      startServe(['--device', 'large-memory', '--device-mem', '1M', '--work-rate', '5000', '--quiet']),
-      startServe(['--device', 'large-memory', '--device-mem', '1M', '--work-rate', '5000', '--quiet']),
+      // Random memory: pre-copy moves every block whole, whatever work the device did before the save.
+      startServe([
+        '--device',
+        'large-memory',
+        '--device-mem',
+        '1M',
+        '--device-fill',
+        'random',
+        '--work-rate',
+        '5000',
+        '--quiet',
+      ]),
+      startServe([
+        '--device',
+        'large-memory',
+        '--device-mem',
+        '1M',
+        '--device-fill',
+        'random',
+        '--work-rate',
+        '5000',
+        '--quiet',
+      ]),
     ]);
   });
   after(async () => {
