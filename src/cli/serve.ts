@@ -18,6 +18,8 @@ export const serveUsage = `usage: vfio-migrate serve --device NAME --socket PATH
   --work-rate N         large-memory device writes per second while running (default 2000)
   --device-fill KIND    large-memory initial memory: zero (default) or random
   --quiet               no log lines on stderr
+  --x-precopy-quota SIZE (testing) large-memory: release at most SIZE of state per pre-copy round
+                        (then an empty chunk ends the round), so a migration takes several rounds
   --x-fault SPEC        (testing) inject a device fault; repeatable. SPEC = WHAT@STATE[,count=N][,after=SIZE]
                         WHAT: fail-transition | kill-transition | fail-data | kill-data (kill = SIGKILL self)
                         STATE: stopped | running | stop-and-copy | pre-copy | resuming; see
@@ -36,6 +38,7 @@ export async function runServe(argv: string[]): Promise<number> {
       'device-fill': { type: 'string', default: 'zero' },
       quiet: { type: 'boolean', default: false },
       'x-fault': { type: 'string', multiple: true, default: [] },
+      'x-precopy-quota': { type: 'string', default: '0' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -55,6 +58,7 @@ export async function runServe(argv: string[]): Promise<number> {
     memSize: parseSize(values['device-mem']!),
     workRate: Number(values['work-rate']),
     fill: values['device-fill'] === 'random' ? 'random' : 'zero',
+    precopyQuota: parseSize(values['x-precopy-quota']!),
   });
   if (values['device-fill'] !== 'random' && values['device-fill'] !== 'zero')
     throw new Error('--device-fill must be zero or random');

@@ -381,6 +381,44 @@ describe('sample devices: save and resume through MigrationBackend', () => {
     assert.equal(rr.precopyBytes, RECORD_HEADER_SIZE + rrecs[0]!.h.length, 'only BEGIN goes in pre-copy');
   });
 
+  test('large-memory: a pre-copy quota releases at most that much per round, ends each round with an empty chunk, never holds back stop-and-copy', () => {
+    const quota = 200_000;
+    const d = new LargeMemoryDevice({ memSize: MEM, workRate: 0, fill: 'random', precopyQuota: quota });
+    d.migration.transition(RUNNING, PRECOPY);
+    const total = d.migration.pendingBytes();
+    const stream: Uint8Array[] = [];
+    const rounds: number[] = [];
+    for (let round = 0; round < 3; round++) {
+      let n = 0;
+      for (;;) {
+        const out = new Uint8Array(64 << 10);
+        const k = d.migration.produce(out);
+        if (k === 0) break;
+        stream.push(out.slice(0, k));
+        n += k;
+      }
+      rounds.push(n);
+      // pending_bytes still counts everything not yet released: the VMM sees the whole state.
+      assert.equal(d.migration.pendingBytes(), total - rounds.reduce((a, b) => a + b, 0));
+    }
+    assert.deepEqual(rounds, [quota, quota, quota]);
+    d.migration.transition(PRECOPY, SAVING);
+    for (let k = 1; k > 0; ) {
+      const out = new Uint8Array(1 << 20);
+      k = d.migration.produce(out);
+      stream.push(out.slice(0, k));
+    }
+    assert.equal(d.migration.pendingBytes(), 0, 'stop-and-copy drained the rest in one go');
+    const dst = large();
+    dst.migration.transition(RUNNING, RESUMING);
+    for (const c of stream) dst.migration.consume(c);
+    dst.migration.transition(RESUMING, RUNNING);
+    assert.equal(dst.stateDigest(), d.stateDigest());
+    assert.throws(() => d.setPrecopyQuota(-1), RangeError);
+    d.close();
+    dst.close();
+  });
+
   test('large-memory: a stopped device with all-zero memory reports as pending only what it will produce', () => {
     // The interface promises pendingBytes() is exact once the device is stopped. All-zero blocks go out
     // as 24-byte ZERO records without payload, so they must not count as 24 + blockSize bytes.

@@ -79,8 +79,8 @@ export class RawPeer {
     this.socket.write(data);
   }
 
-  /** The next message (events included), waiting up to timeoutMs. */
-  async next(timeoutMs = 5000): Promise<Msg> {
+  /** The next message (events included), waiting up to timeoutMs (a safety net against a hang). */
+  async next(timeoutMs = 60_000): Promise<Msg> {
     const deadline = Date.now() + timeoutMs;
     while (this.messages.length === 0) {
       if (this.closed) throw new Error('connection closed');
@@ -99,7 +99,7 @@ export class RawPeer {
   }
 
   /** The next reply (return or error), skipping events. */
-  async reply(timeoutMs = 5000): Promise<Msg> {
+  async reply(timeoutMs = 60_000): Promise<Msg> {
     for (;;) {
       const m = await this.next(timeoutMs);
       if (!('event' in m)) return m;

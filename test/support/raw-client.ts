@@ -16,7 +16,8 @@ export async function rawConnect(
   path: string,
   options: { version?: boolean; timeoutMs?: number; busyRetryMs?: number } = {},
 ): Promise<Connection> {
-  const deadline = Date.now() + (options.busyRetryMs ?? 2000);
+  // Generous: a loaded machine can take seconds to get the server to the hangup.
+  const deadline = Date.now() + (options.busyRetryMs ?? 30_000);
   for (;;) {
     try {
       return await connectOnce(path, options);

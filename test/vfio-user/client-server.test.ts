@@ -221,8 +221,29 @@ describe('client ↔ serve: large-memory device', () => {
   let dst: ServeProcess;
   before(async () => {
     [src, dst] = await Promise.all([
-      startServe(['--device', 'large-memory', '--device-mem', '1M', '--work-rate', '5000', '--quiet']),
-      startServe(['--device', 'large-memory', '--device-mem', '1M', '--work-rate', '5000', '--quiet']),
+      // Random memory: pre-copy moves every block whole, whatever work the device did before the save.
+      startServe([
+        '--device',
+        'large-memory',
+        '--device-mem',
+        '1M',
+        '--device-fill',
+        'random',
+        '--work-rate',
+        '5000',
+        '--quiet',
+      ]),
+      startServe([
+        '--device',
+        'large-memory',
+        '--device-mem',
+        '1M',
+        '--device-fill',
+        'random',
+        '--work-rate',
+        '5000',
+        '--quiet',
+      ]),
     ]);
   });
   after(async () => {
@@ -238,7 +259,7 @@ describe('client ↔ serve: large-memory device', () => {
       await c.regionWrite(0, LargeMemoryRegs.DMA_BASE, u64(0x100000n));
       await c.regionWrite(0, LargeMemoryRegs.DMA_SIZE, u64(65536n));
       await c.regionWrite(0, LargeMemoryRegs.CONTROL, u32(CONTROL_WORK | CONTROL_DMA));
-      await until(() => c.dmaStats.writes >= 20, 10_000, 'DMA_WRITE commands');
+      await until(() => c.dmaStats.writes >= 20, 'DMA_WRITE commands');
       await c.regionWrite(0, LargeMemoryRegs.CONTROL, u32(CONTROL_WORK)); // DMA off
       const records = le(await c.regionRead(0, LargeMemoryRegs.DMA_COUNT, 8));
       // The server finishes its message DMA before it answers DMA_UNMAP: every record has arrived by then.
@@ -264,7 +285,7 @@ describe('client ↔ serve: large-memory device', () => {
       await c.regionWrite(0, LargeMemoryRegs.DMA_BASE, u64(0x200000n));
       await c.regionWrite(0, LargeMemoryRegs.DMA_SIZE, u64(65536n));
       await c.regionWrite(0, LargeMemoryRegs.CONTROL, u32(CONTROL_WORK | CONTROL_DMA));
-      await until(() => guest.some((x) => x !== 0), 10_000, 'DMA into the memfd');
+      await until(() => guest.some((x) => x !== 0), 'DMA into the memfd');
       await c.regionWrite(0, LargeMemoryRegs.CONTROL, u32(CONTROL_WORK));
       assert.equal(c.dmaStats.writes, before, 'no message DMA for an fd-backed range');
       await c.dmaUnmap({ all: true });

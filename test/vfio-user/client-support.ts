@@ -119,8 +119,11 @@ const defaultVersion: ScriptHandler = (m, conn, srv) => {
   conn.reply(m, encodeVersionReply(n.reply));
 };
 
-/** Waits for `cond` to hold, polling (fails after `ms`). */
-export async function until(cond: () => boolean, ms = 5000, what = 'condition'): Promise<void> {
+/**
+ * Waits for `cond` to hold, polling. `ms` is a safety net against a hang, never what is tested: generous,
+ * because a loaded machine may take seconds to do what a quiet one does in milliseconds.
+ */
+export async function until(cond: () => boolean, what = 'condition', ms = 60_000): Promise<void> {
   const end = Date.now() + ms;
   while (!cond()) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);

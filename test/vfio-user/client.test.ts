@@ -177,7 +177,7 @@ describe('client: VERSION negotiation', () => {
           assert.match(err.message, text);
           return true;
         });
-        await until(() => conn?.isClosed === true, 2000, 'the client to hang up');
+        await until(() => conn?.isClosed === true, 'the client to hang up');
       } finally {
         srv.close();
       }
@@ -243,8 +243,9 @@ describe('client: a dead, absent or silent server never hangs it', () => {
         return true;
       });
       const took = performance.now() - t0;
-      assert.ok(took >= 290 && took < 2000, `took ${took} ms`);
-      await until(() => srv.conn.isClosed, 2000, 'the client to hang up');
+      // Not before the configured timeout; how long after is the machine's business (the error names 300 ms).
+      assert.ok(took >= 290, `took ${took} ms`);
+      await until(() => srv.conn.isClosed, 'the client to hang up');
     } finally {
       srv.close();
     }
@@ -292,9 +293,7 @@ describe('client: a dead, absent or silent server never hangs it', () => {
       },
       { timeoutMs: 200 },
     );
-    const t0 = performance.now();
     await assert.rejects(client.deviceInfo(), errno(Errno.ETIMEDOUT));
-    assert.ok(performance.now() - t0 < 1500);
     held!(); // the late reply arrives now and must be ignored
     assert.equal((await client.deviceInfo()).numRegions, 10);
     assert.equal(client.isClosed, false);
@@ -322,7 +321,7 @@ describe('client: a dead, absent or silent server never hangs it', () => {
     await assert.rejects(client.deviceInfo(), errno(Errno.EPROTO));
     assert.equal((await closed)?.errno, Errno.EPROTO);
     await assert.rejects(client.deviceInfo(), errno(Errno.ENOTCONN));
-    await until(() => srv.conn.isClosed, 2000, 'the server to see the hangup');
+    await until(() => srv.conn.isClosed, 'the server to see the hangup');
   });
 });
 

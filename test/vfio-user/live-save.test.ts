@@ -14,6 +14,15 @@ import { resumeDevice, saveDeviceLive } from '../../src/vmm/vfio/device-live-sav
 import { SeedRegionClient } from '../../src/vmm/vfio/seed-region-client.ts';
 import { type ServerProcess, startServer } from '../support/server-process.ts';
 
+/** Polls `cond` until it holds; the deadline is a safety net against a hang, not what is tested. */
+async function until(cond: () => Promise<boolean>, what: string, ms = 60_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
 const PAGE = 4096;
 const GUEST = 1 << 20;
 const IOVA = 0x1_0000_0000n;
@@ -39,6 +48,9 @@ for (const kind of ['trapped', 'mmapped'] as const) {
       '20000',
       '--data-section',
       kind,
+      // 1 MiB per pre-copy round of a 2 MiB state: a second iteration is certain, however fast the machine.
+      '--x-precopy-quota',
+      '1M',
       '--quiet',
     ];
     before(async () => {
@@ -74,6 +86,10 @@ for (const kind of ['trapped', 'mmapped'] as const) {
           await a.regionWrite(0, LargeMemoryRegs.DMA_SIZE, le(BigInt(GUEST), 8));
           await a.regionWrite(0, LargeMemoryRegs.CONTROL, le(BigInt(CONTROL_WORK | CONTROL_DMA), 4));
           await new Promise((r) => setTimeout(r, 50));
+          const dmaCount = async () => {
+            const b = await a.regionRead(0, LargeMemoryRegs.DMA_COUNT, 8);
+            return new DataView(b.buffer, b.byteOffset, 8).getBigUint64(0, true);
+          };
           const client = new SeedRegionClient(srcPort);
           const dirty = new GuestDirtyBitmap(GUEST / PAGE, IOVA / BigInt(PAGE));
           let guestAtStart: Uint8Array = new Uint8Array(0);
@@ -84,7 +100,12 @@ for (const kind of ['trapped', 'mmapped'] as const) {
             switchoverBytes: 0,
             maxIterations: 3,
             onChunk: (c) => void chunks.push(c.slice()),
-            between: () => new Promise((r) => setTimeout(r, 30)),
+            // The device does DMA on its own ticker (another process): wait until it did some since the
+            // last sync, so that a page changed after the first sync is certain rather than hoped for.
+            between: async () => {
+              const before = await dmaCount();
+              await until(async () => (await dmaCount()) > before, 'device DMA between pre-copy iterations');
+            },
             logSync: async () => {
               if (guestAtStart.byteLength === 0) guestAtStart = guest.slice();
               await client.dirtyBitmap(IOVA / BigInt(PAGE), BigInt(PAGE), BigInt(GUEST / PAGE), dirty.sink);
@@ -94,7 +115,7 @@ for (const kind of ['trapped', 'mmapped'] as const) {
               digestAtStop = await a.regionRead(0, LargeMemoryRegs.DIGEST, 32);
             },
           });
-          assert.ok(save.iterations >= 2);
+          assert.ok(save.iterations >= 2, `${save.iterations} pre-copy iterations`);
           const dstClient = new SeedRegionClient(dstPort);
           await resumeDevice(dstClient, chunks);
           assert.deepEqual(

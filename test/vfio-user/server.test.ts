@@ -31,6 +31,7 @@ import { native } from '../../src/native/addon.ts';
 import type { Connection } from '../../src/vfio-user/connection.ts';
 import { closed, rawConnect as connect } from '../support/raw-client.ts';
 import { type ServerProcess, startServer } from '../support/server-process.ts';
+import { until } from './client-support.ts';
 
 const MIG = 9;
 const OFF = Object.fromEntries(SEED_MIGRATION_INFO.fields.map((f) => [f.name, f.offset])) as Record<string, number>;
@@ -344,11 +345,8 @@ describe('vfio-user server: device DMA (large-memory device)', () => {
     );
     await regionWrite(c, MIG, 0, u32(DeviceState.SAVING | DeviceState.RUNNING)); // dirty logging on
     await startDma(c, iova, 65536n);
-    await new Promise((r) => setTimeout(r, 150));
-    assert.ok(
-      guest.subarray(0, 65536).some((b) => b !== 0),
-      'the device wrote guest memory',
-    );
+    // The device (another process) writes on its own ticker: wait for it rather than for a fixed time.
+    await until(() => guest.subarray(0, 65536).some((b) => b !== 0), 'the device to write guest memory');
     await regionWrite(c, MIG, 0, u32(DeviceState.SAVING)); // stop: no more DMA after this returns
     const snapshot = guest.slice();
     await regionWrite(c, MIG, OFF.start_pfn!, u64(iova / 4096n));
@@ -392,8 +390,7 @@ describe('vfio-user server: device DMA (large-memory device)', () => {
       encodeDmaMapRequest({ flags: DmaMapFlag.READ | DmaMapFlag.WRITE, offset: 0n, address: iova, size: 65536n }),
     );
     await startDma(c, iova, 4096n);
-    await new Promise((r) => setTimeout(r, 150));
-    assert.ok(writes > 0 && guest.some((b) => b !== 0));
+    await until(() => writes > 0 && guest.some((b) => b !== 0), 'DMA_WRITE commands from the device');
     // Stopping the device waits for every DMA_WRITE in flight, so none arrives after the reply.
     await regionWrite(c, MIG, 0, u32(DeviceState.STOPPED));
     const after = writes;

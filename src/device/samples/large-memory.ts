@@ -43,6 +43,8 @@ export interface LargeMemoryOptions {
   seed?: number;
   /** Initial memory: all zero (default), or random bytes, as a device that has been busy for a while. */
   fill?: 'zero' | 'random';
+  /** Testing control: bytes of state released per pre-copy round (default 0: no limit); see setPrecopyQuota. */
+  precopyQuota?: number;
 }
 
 export class LargeMemoryDevice extends SampleDevice {
@@ -87,6 +89,7 @@ export class LargeMemoryDevice extends SampleDevice {
       }),
     ];
     this.setWorkRate(options.workRate ?? 2000);
+    this.setPrecopyQuota(options.precopyQuota ?? 0);
   }
 
   /** Configures the DMA ring and enables DMA (the VMM's driver would do this through BAR0). */

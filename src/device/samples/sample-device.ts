@@ -29,6 +29,10 @@ export abstract class SampleDevice implements DeviceModel, MigrationBackend {
 
   /** Units of work the ticker does per second while running (0 = none). */
   protected workRate = 0;
+  /** Testing control (serve --x-precopy-quota): bytes released per pre-copy round, 0 = no limit. */
+  private precopyQuota = 0;
+  /** Bytes released in the current pre-copy round. */
+  private roundBytes = 0;
 
   get migration(): MigrationBackend {
     return this;
@@ -61,6 +65,18 @@ export abstract class SampleDevice implements DeviceModel, MigrationBackend {
   setWorkRate(unitsPerSecond: number): void {
     this.workRate = unitsPerSecond;
     this.syncTicker();
+  }
+
+  /**
+   * Testing control: while the device runs and saves (pre-copy), release at most `bytes` of state per
+   * round, then one empty chunk, which ends the VMM's pass (QEMU's save_live_iterate stops at a chunk of
+   * data_size 0 too); the next chunk asked for opens the next round. pending_bytes still counts
+   * everything, so a migration takes at least (state - switch-over threshold) / `bytes` pre-copy rounds
+   * whatever the machine's speed. Stop-and-copy is never held back. 0 turns it off.
+   */
+  setPrecopyQuota(bytes: number): void {
+    if (!Number.isSafeInteger(bytes) || bytes < 0) throw new RangeError(`pre-copy quota ${bytes} must be >= 0`);
+    this.precopyQuota = bytes;
   }
 
   attachDma(port: DmaPort | null): void {
@@ -108,6 +124,7 @@ export abstract class SampleDevice implements DeviceModel, MigrationBackend {
     }
     if (saving && (from & DeviceState.SAVING) === 0) {
       this.saver = new StateSaver(this.image(), () => !this.running);
+      this.roundBytes = 0;
     }
     if (!saving) this.saver = null;
     this.state = to;
@@ -121,7 +138,12 @@ export abstract class SampleDevice implements DeviceModel, MigrationBackend {
 
   produce(out: Uint8Array): number {
     if (!this.saver) throw einval('not saving');
-    return this.saver.produce(out);
+    if (this.precopyQuota === 0 || !this.running) return this.saver.produce(out);
+    const room = this.precopyQuota - this.roundBytes;
+    const n = room > 0 ? this.saver.produce(out.subarray(0, Math.min(out.byteLength, room))) : 0;
+    // Any empty chunk ends the VMM's pass, so it ends the round too.
+    this.roundBytes = n === 0 ? 0 : this.roundBytes + n;
+    return n;
   }
 
   consume(data: Uint8Array): void {

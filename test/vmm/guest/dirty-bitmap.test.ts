@@ -8,6 +8,15 @@ import fc from 'fast-check';
 import { type DirtyRun, GuestDirtyBitmap, popcount32 } from '../../../src/vmm/guest/dirty-bitmap.ts';
 import { sleep, tsWorker } from '../support.ts';
 
+/** Polls `cond`; the deadline is a safety net (threads on a loaded machine run late), not what is tested. */
+async function waitFor(cond: () => boolean, what: string, ms = 120_000): Promise<void> {
+  const end = performance.now() + ms;
+  while (!cond()) {
+    if (performance.now() > end) assert.fail(`${what}: not within ${ms} ms`);
+    await sleep(1);
+  }
+}
+
 function pagesOf(b: GuestDirtyBitmap): number[] {
   const out: number[] = [];
   for (let p = 0; p < b.pages; p++) if (b.has(p)) out.push(p);
@@ -270,6 +279,8 @@ describe('GuestDirtyBitmap', () => {
       writes: () => workers.reduce((n, _, id) => n + Atomics.load(control, 8 + id), 0),
       stop: async () => {
         Atomics.store(control, 0, 1);
+        Atomics.store(control, 15, 1); // open the gate, should a test have failed before it did
+        Atomics.notify(control, 15);
         await Promise.all(workers.map((w) => w.terminate()));
         await Promise.all(exits);
       },
@@ -285,7 +296,14 @@ describe('GuestDirtyBitmap', () => {
       const taken = new Uint8Array(pages);
       let takes = 0;
       let during = 0;
-      while (h.contents[0] === 0 && !h.done()) await sleep(1);
+      // Both writers wait half-way: a take now finds their marks while they are not done.
+      await waitFor(() => Atomics.load(h.control, 12) === 1 && Atomics.load(h.control, 13) === 1, 'writers half-way');
+      takeAll(h.b, takes++ % 3, (p) => {
+        taken[p]!++;
+        during++;
+      });
+      Atomics.store(h.control, 15, 1);
+      Atomics.notify(h.control, 15);
       while (!h.done()) {
         takeAll(h.b, takes++ % 3, (p) => {
           taken[p]!++;
@@ -324,8 +342,11 @@ describe('GuestDirtyBitmap', () => {
         };
         while (h.contents.every((v) => v === 0)) await sleep(5);
         let takes = 0;
-        const until = performance.now() + 300;
-        while (performance.now() < until) {
+        // At least 300 ms, and on until both sides did enough (a loaded machine runs threads late).
+        const minimum = performance.now() + 300;
+        const deadline = performance.now() + 120_000;
+        while (performance.now() < minimum || takes <= 100 || h.writes() <= 1000) {
+          assert.ok(performance.now() < deadline, `after 120 s: ${takes} takes, ${h.writes()} writes`);
           for (let k = 0; k < 50; k++) takeAll(h.b, takes++ % 3, copyPage);
           await sleep(0);
         }
