@@ -152,7 +152,7 @@ describe('serve --flavor v1: dirty pages through DIRTY_PAGES and DMA_UNMAP', () 
       await c.regionWrite(0, LargeMemoryRegs.DMA_BASE, u64(iova));
       await c.regionWrite(0, LargeMemoryRegs.DMA_SIZE, u64(65536n));
       await c.regionWrite(0, LargeMemoryRegs.CONTROL, u32(CONTROL_WORK | CONTROL_DMA));
-      await until(() => guest.subarray(0, 65536).some((x) => x !== 0), 10_000, 'a DMA write');
+      await until(() => guest.subarray(0, 65536).some((x) => x !== 0), 'a DMA write');
       await setState(c, DeviceState.STOPPED); // no DMA after this returns
       // Stopped: libvfio-user's v1 gate takes region accesses and DIRTY_PAGES only.
       await assert.rejects(c.dmaMap({ iova: 0x9000_0000n, size: 0x1000n }), errno(Errno.EINVAL));
