@@ -90,14 +90,18 @@ export function plotSpecs(d: ReportData): Record<string, Spec> {
     ...base,
     width: WIDTH - 40, // room for the second axis
     data: { values: d.passes },
-    transform: [toMiB('remainingBytes')],
+    transform: [toMiB('remainingBytes'), toMiB('sentBytes')],
     encoding: { x: { field: 'pass', type: 'ordinal', title: 'pass (dirty-log sync)', axis: { labelAngle: 0 } } },
     layer: [
       {
         mark: { type: 'bar', color: COLORS.ram, opacity: 0.8 },
         encoding: {
           y: mib('remainingBytes', 'RAM dirty at the pass start (MiB)'),
-          tooltip: [{ field: 'pass' }, { field: 'remainingBytesMiB', title: 'MiB remaining', format: '.1f' }],
+          tooltip: [
+            { field: 'pass' },
+            { field: 'remainingBytesMiB', title: 'MiB dirty at start', format: '.1f' },
+            { field: 'sentBytesMiB', title: 'MiB sent in the pass', format: '.1f' },
+          ],
         },
       },
       {

@@ -173,10 +173,9 @@ export function reportData(rec: Recording, verification?: Verification, windowMs
   for (const s of samples) {
     if (s.pass === 0) continue;
     const last = passes.at(-1);
-    if (last?.pass === s.pass) {
-      last.sentBytes = s.ram.transferred - (passStart.get(s.pass) ?? 0);
-      continue;
-    }
+    if (last?.pass === s.pass) continue;
+    // A pass sent what went out from its first sample to the next pass's first one.
+    if (last) last.sentBytes = s.ram.transferred - passStart.get(last.pass)!;
     passStart.set(s.pass, s.ram.transferred);
     // The rate measured at a sync in the switch-over covers the moments the VM was stopping: not the guest's.
     const rate = s.status === 'active' ? s.ram.dirtyRate : null;
