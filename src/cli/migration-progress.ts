@@ -69,11 +69,26 @@ export function progressText(s: MigrationSnapshot): string {
   return `${s.status} pass ${s.pass}: RAM ${bytes(s.ramSent)} sent, ${bytes(s.ramRemaining)} left, ${device}, ${rate}, ${downtime}`;
 }
 
+/** The bar's words, shortest first-things-first: on a narrow terminal the end is what gets cut. */
+export function barText(s: MigrationSnapshot): string {
+  const rate = s.mbps > 0 ? `${s.mbps.toFixed(s.mbps < 10 ? 1 : 0)} Mbit/s` : 'rate ?';
+  const downtime = TERMINAL.has(s.status)
+    ? s.status
+    : s.expectedDowntimeMs !== undefined
+      ? `downtime ~${s.expectedDowntimeMs} ms`
+      : 'downtime ?';
+  const pending = s.devicePending === null ? '' : `, ${bytes(s.devicePending)} pending`;
+  return (
+    `pass ${s.pass} | ${rate} | ${downtime} | RAM ${bytes(s.ramRemaining)} left, ${bytes(s.ramSent)} sent` +
+    ` | device ${bytes(s.deviceSent)} sent${pending}`
+  );
+}
+
 /** One terminal line of at most `columns - 1` characters: percentage, bar, then as much text as fits. */
 export function barLine(s: MigrationSnapshot, columns: number): string {
   const f = fractionDone(s);
   const pct = `${Math.floor(f * 100)}%`.padStart(4);
-  const text = progressText(s);
+  const text = barText(s);
   const room = Math.max(10, columns - 1);
   // The bar takes what the text leaves, between 10 and 30 cells; a narrow terminal cuts the text instead.
   const width = Math.max(10, Math.min(30, room - pct.length - 3 - text.length - 1));

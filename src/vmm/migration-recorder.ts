@@ -128,7 +128,8 @@ export class MigrationRecorder {
   }
 
   private write(line: Record<string, unknown>): void {
-    if (this.failed) return;
+    // After close() (the VMM quitting), a result still queued has nowhere to go.
+    if (this.failed || this.out.writableEnded) return;
     try {
       this.out.write(`${JSON.stringify(line)}\n`);
     } catch (err) {
