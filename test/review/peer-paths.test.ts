@@ -15,6 +15,7 @@ const OPENS =
 /** file → what it opens and where the path comes from (reviewed). */
 const REVIEWED: Record<string, string> = {
   'src/cli/analyze.ts': 'the file named on the command line',
+  'src/cli/main.ts': "the package's own package.json (--version)",
   'src/native/fd-socket.ts': 'the socket path given to listen()/connect() by the CLI or a test; stale-socket removal',
   'src/native/addon.ts': 'declarations of connectUnix/listenUnix',
   'src/vfio-user/client.ts': 'the device socket path from --device-socket',
