@@ -7,12 +7,15 @@ import { Errno, type ErrnoName, errnoName } from './abi/errno.ts';
 export class VfioError extends Error {
   readonly errno: number;
   readonly code: string;
+  /** The message without its errno name, for a caller that quotes it in its own error. */
+  readonly detail: string;
 
   constructor(errno: number, message: string, options?: { cause?: unknown }) {
     super(`${message} (${errnoName(errno)})`, options);
     this.name = 'VfioError';
     this.errno = errno;
     this.code = errnoName(errno);
+    this.detail = message;
   }
 
   static of(name: ErrnoName, message: string, options?: { cause?: unknown }): VfioError {

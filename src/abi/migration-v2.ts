@@ -1,6 +1,6 @@
 // VFIO migration v2 constants (Linux 5.18+ uAPI, carried unchanged by vfio-user's DEVICE_FEATURE).
 // Constants only: the state machine and its next-step table live with the device/VMM code.
-// Facts: spec/migration-v2.md (include/uapi/linux/vfio.h; libvfio-user include/vfio-user.h).
+// Facts: docs/migration-v2.md (from Linux include/uapi/linux/vfio.h; libvfio-user include/vfio-user.h).
 
 /** `enum vfio_device_mig_state`. The numbering is not a bit set, unlike the v1 region's device_state. */
 export const MigState = {

@@ -11,7 +11,9 @@ import { Vmm } from '../vmm/vmm.ts';
 import { parseSize } from './format.ts';
 
 export const vmmUsage = `usage: vfio-migrate vmm --device-socket PATH --qmp PATH [options]
-  --device-socket PATH  a vfio-user device (repeat for several)
+  --device-socket PATH[,precopy=off]
+                        a vfio-user device (repeat for several); precopy=off leaves a v2 device's
+                        PRE_COPY unused (stop-copy only)
   --flavor F            migration interface to drive on each device: auto (default: the newest one the
                         device offers), seed, v1 or v2 (refused if the device does not offer it)
   --qmp PATH            QMP control socket to create (mode 0600)
@@ -24,6 +26,9 @@ export const vmmUsage = `usage: vfio-migrate vmm --device-socket PATH --qmp PATH
   --fill KIND           zero (default) or random: guest RAM contents at boot (a non-zero guest to migrate)
   --prefault            fault all of guest RAM in at startup (QEMU's -mem-prealloc), not on first use
   --trace PATTERN       trace events, e.g. 'vfio_*' (to stderr)
+  --dma-regions N       map guest RAM into each device as N equal DMA regions (default 1), as QEMU maps
+                        one per RAM section
+  --intx                wire each device's INTx to an eventfd (SET_IRQS)
   --stall-timeout MS    a migration link that moves no data this long fails, on either side, as does
                         a destination that does not answer READY within it (default 10000)
   --record FILE         write this VMM's migrations as JSON lines: QMP events, query-migrate samples,
@@ -47,6 +52,8 @@ export async function runVmm(argv: string[]): Promise<number> {
       prefault: { type: 'boolean', default: false },
       trace: { type: 'string', default: '' },
       'stall-timeout': { type: 'string', default: '10000' },
+      'dma-regions': { type: 'string', default: '1' },
+      intx: { type: 'boolean', default: false },
       record: { type: 'string' },
       'record-interval': { type: 'string', default: '100' },
       help: { type: 'boolean', short: 'h' },
@@ -76,6 +83,8 @@ export async function runVmm(argv: string[]): Promise<number> {
     fill: values.fill as 'zero' | 'random',
     prefault: values.prefault,
     flavor,
+    dmaRegions: Number(values['dma-regions']),
+    intx: values.intx,
   });
   let quit: () => void = () => {};
   const quitting = new Promise<void>((r) => {

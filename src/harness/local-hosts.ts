@@ -19,6 +19,8 @@ export interface HostOptions {
    * socket and print "serving" on stdout once it accepts (examples/stopwatch-device.ts does).
    */
   deviceCommand?: (socket: string) => string[];
+  /** Properties appended to the VMM's --device-socket value, e.g. `precopy=off`. */
+  deviceProps?: string;
   vmmArgs?: string[];
 }
 
@@ -117,6 +119,12 @@ function deviceCommand(h: HostOptions, socket: string): string[] {
   return vfioMigrate('serve', '--device', h.device, '--socket', socket, '--quiet', ...(h.deviceArgs ?? []));
 }
 
+/** The VMM's --device-socket value: the path (commas doubled, QEMU style) and any properties. */
+function deviceSocketArg(h: HostOptions, socket: string): string {
+  const path = socket.replaceAll(',', ',,');
+  return h.deviceProps ? `${path},${h.deviceProps}` : path;
+}
+
 async function stopProcess(p: Proc | undefined): Promise<void> {
   if (!p || p.child.exitCode !== null || p.child.signalCode !== null) return;
   const exited = new Promise((r) => p.child.once('exit', r));
@@ -156,7 +164,7 @@ async function startDestination(
     vfioMigrate(
       'vmm',
       '--device-socket',
-      path(`dst-dev${tag}.sock`),
+      deviceSocketArg(h, path(`dst-dev${tag}.sock`)),
       '--qmp',
       path(`dst${tag}.qmp`),
       '--mem',
@@ -201,7 +209,7 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
           vfioMigrate(
             'vmm',
             '--device-socket',
-            path('src-dev.sock'),
+            deviceSocketArg(o.source, path('src-dev.sock')),
             '--qmp',
             path('src.qmp'),
             '--mem',

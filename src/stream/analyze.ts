@@ -330,14 +330,14 @@ export class StreamAnalyzer {
       }
       flush();
       if (r.kind === 'config') out.configBytes = r.data.byteLength;
-      out.tags.push(TAG_OF[r.kind]);
+      out.tags.push(r.kind === 'flavor' ? `X_DEV_FLAVOR(${r.flavor})` : TAG_OF[r.kind]);
     }
     flush();
     return out;
   }
 }
 
-const TAG_OF: Record<Exclude<VfioRecord['kind'], 'data'>, string> = {
+const TAG_OF: Record<Exclude<VfioRecord['kind'], 'data' | 'flavor'>, string> = {
   setup: 'DEV_SETUP_STATE',
   config: 'DEV_CONFIG_STATE',
   'init-data-sent': 'DEV_INIT_DATA_SENT',

@@ -1,6 +1,6 @@
-// Record types, RAM flags, VFIO tags and limits of the migration stream. The QEMU values are from
-// spec/qemu-stream.md (migration/savevm.c, ram.c, hw/vfio/migration.c); the ones marked "ours" belong to
-// the checksummed format described in docs/stream.md. Every integer in the stream is big-endian.
+// Record types, RAM flags, VFIO tags and limits of the migration stream. The QEMU values are those of
+// migration/savevm.c, migration/ram.c and hw/vfio/migration.c (docs/stream.md, "QEMU's values"); the ones
+// marked "ours" belong to the checksummed format docs/stream.md describes. Every integer is big-endian.
 
 /** Stream header: "QEVM" and QEMU_VM_FILE_VERSION. */
 export const QEVM_MAGIC = 0x5145564d;

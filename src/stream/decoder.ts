@@ -17,6 +17,7 @@
 // Pushed chunks are kept by reference until their bytes are consumed, and a delivered payload may be a
 // view into one of them: hand over chunks you will not reuse (socket and file reads are).
 
+import { ByteQueue } from '../byte-queue.ts';
 import {
   DEFAULT_MAX_SECTION_BYTES,
   EOF_RECORD_BYTES,
@@ -105,10 +106,8 @@ interface SectionState {
 const utf8 = new TextDecoder();
 
 export class StreamDecoder {
-  private chunks: Uint8Array[] = [];
-  /** Index of the first live chunk in `chunks`. */
-  private head = 0;
-  private buffered = 0;
+  /** Pushed bytes not yet consumed. */
+  private readonly q = new ByteQueue();
   /** Stream offset of the first buffered byte. */
   private base = 0;
   private headerDone = false;
@@ -157,12 +156,12 @@ export class StreamDecoder {
 
   /** Bytes pushed but not yet consumed (a partial record, or what followed EOF). */
   get pendingBytes(): number {
-    return this.buffered;
+    return this.q.length;
   }
 
   /** Bytes that followed EOF (a return-path message on a TCP connection), handed over once. */
   takeRemainder(): Uint8Array {
-    return this.take(this.buffered);
+    return this.take(this.q.length);
   }
 
   /**
@@ -178,15 +177,13 @@ export class StreamDecoder {
       const k = Math.min(chunk.byteLength, g.total - g.len);
       g.buf.set(k === chunk.byteLength ? chunk : chunk.subarray(0, k), g.len);
       g.len += k;
-      this.chunks[this.head] = g.buf.subarray(0, g.len);
-      this.buffered += k;
+      // The section being gathered is the only buffered chunk: it grows to the new length.
+      this.q.clear();
+      this.q.push(g.buf.subarray(0, g.len));
       if (g.len === g.total) this.gathering = null;
       chunk = chunk.subarray(k);
     }
-    if (chunk.byteLength > 0) {
-      this.chunks.push(chunk);
-      this.buffered += chunk.byteLength;
-    }
+    this.q.push(chunk);
     const out: DecodedSection[] = [];
     try {
       if (!this.headerDone && !this.readHeader()) return out;
@@ -207,18 +204,19 @@ export class StreamDecoder {
   /** The input is over: anything but a complete stream ending in its EOF record is an error. */
   finish(): void {
     if (this.failed) throw this.failed;
-    const at = this.base + this.buffered;
+    const buffered = this.q.length;
+    const at = this.base + buffered;
     if (!this.headerDone) {
       this.failed = new StreamError(
-        this.buffered === 0 ? 'empty stream' : `stream ends inside its header (${at} bytes)`,
+        buffered === 0 ? 'empty stream' : `stream ends inside its header (${at} bytes)`,
         at,
         undefined,
         'truncated',
       );
     } else if (!this.eof) {
       this.failed = new StreamError(
-        this.buffered > 0
-          ? `stream ends inside a record that starts at byte ${this.base} (${this.buffered} bytes of it)`
+        buffered > 0
+          ? `stream ends inside a record that starts at byte ${this.base} (${buffered} bytes of it)`
           : 'stream ends without its EOF record',
         at,
         this.pendingRef(),
@@ -231,7 +229,7 @@ export class StreamDecoder {
   /** What the record at the read position claims to be, for an error about it. */
   private pendingRef(): SectionRef {
     const ref: SectionRef = { seq: this.seq };
-    const p = this.peek(Math.min(this.buffered, 6));
+    const p = this.peek(Math.min(this.q.length, 6));
     if (p && p.byteLength >= 5 && TYPES[p[0]!]) {
       ref.sectionId = new DataView(p.buffer, p.byteOffset, 5).getUint32(1, false);
       const known = this.sections.get(ref.sectionId);
@@ -242,21 +240,7 @@ export class StreamDecoder {
 
   /** The first `n` buffered bytes as one array (copies only when they span chunks), or null. */
   private peek(n: number): Uint8Array | null {
-    if (this.buffered < n) return null;
-    if (n === 0) return new Uint8Array(0);
-    const first = this.chunks[this.head]!;
-    if (first.byteLength >= n) return first.subarray(0, n);
-    // Not zero-filled first: every byte is written below. (A section's payload is assembled here once.)
-    const raw = Buffer.allocUnsafeSlow(n);
-    const out = new Uint8Array(raw.buffer, raw.byteOffset, n);
-    let at = 0;
-    for (let i = this.head; at < n; i++) {
-      const c = this.chunks[i]!;
-      const k = Math.min(c.byteLength, n - at);
-      out.set(k === c.byteLength ? c : c.subarray(0, k), at);
-      at += k;
-    }
-    return out;
+    return this.q.peek(n);
   }
 
   /** Moves the buffered start of a `total`-byte section into a gather buffer, which then takes the rest. */
@@ -268,35 +252,16 @@ export class StreamDecoder {
       buf = new Uint8Array(total);
       this.gather[i] = buf;
     }
-    let len = 0;
-    for (let c = this.head; c < this.chunks.length; c++) {
-      buf.set(this.chunks[c]!, len);
-      len += this.chunks[c]!.byteLength;
-    }
-    this.chunks = [buf.subarray(0, len)];
-    this.head = 0;
+    const len = this.q.length;
+    this.q.copyTo(buf);
+    this.q.clear();
+    this.q.push(buf.subarray(0, len));
     this.gathering = { buf, len, total };
   }
 
   /** Consumes `n` buffered bytes and returns them (a view of a pushed chunk when they lie in one). */
   private take(n: number): Uint8Array {
-    const out = this.peek(n)!;
-    let left = n;
-    while (left > 0) {
-      const c = this.chunks[this.head]!;
-      if (c.byteLength <= left) {
-        this.chunks[this.head++] = EMPTY;
-        left -= c.byteLength;
-      } else {
-        this.chunks[this.head] = c.subarray(left);
-        left = 0;
-      }
-    }
-    if (this.head > 64 && this.head * 2 > this.chunks.length) {
-      this.chunks = this.chunks.slice(this.head);
-      this.head = 0;
-    }
-    this.buffered -= n;
+    const out = this.q.take(n)!;
     this.base += n;
     return out;
   }
@@ -307,7 +272,7 @@ export class StreamDecoder {
 
   /** Magic, version, configuration record and format subsection: fixed bytes, compared as they arrive. */
   private readHeader(): boolean {
-    const have = this.peek(Math.min(this.buffered, HEADER.byteLength))!;
+    const have = this.peek(Math.min(this.q.length, HEADER.byteLength))!;
     let i = 0;
     while (i < have.byteLength && have[i] === HEADER[i]) i++;
     if (i === HEADER.byteLength) {
@@ -427,7 +392,7 @@ export class StreamDecoder {
         ref,
       );
     }
-    if (this.buffered < total) {
+    if (this.q.length < total) {
       if (this.reuse && total >= GATHER_MIN_BYTES && !this.gathering) this.startGathering(total);
       return null;
     }
@@ -557,8 +522,6 @@ export class StreamDecoder {
     this.eof = true;
   }
 }
-
-const EMPTY = new Uint8Array(0);
 
 function hex32(v: number): string {
   return v.toString(16).padStart(8, '0');

@@ -1,4 +1,4 @@
-// RAM section payloads, QEMU's ram.c encoding (spec/qemu-stream.md, "RAM section payload"). Every record
+// RAM section payloads, QEMU's migration/ram.c encoding (docs/stream.md, "RAM"). Every record
 // starts with a be64 whose low 12 bits are flags and whose high bits are a page-aligned offset (or, for
 // MEM_SIZE, the total RAM size):
 //
@@ -29,29 +29,129 @@ const SLAB_BYTES = 64 << 10;
 const MAX_RECORD_HEAD = 8 + 1 + 255 + 8;
 const encoder = new TextEncoder();
 
-/** A RAM block name's bytes (1 to 255, as the stream's length byte allows), encoded once per writer. */
-function blockNameBytes(cache: Map<string, Uint8Array>, name: string): Uint8Array {
-  let bytes = cache.get(name);
-  if (!bytes) {
-    bytes = encoder.encode(name);
-    if (bytes.byteLength === 0 || bytes.byteLength > 255)
-      throw new RangeError(`RAM block name "${name}" must be 1 to 255 bytes`);
-    cache.set(name, bytes);
-  }
-  return bytes;
+function writeBe64(view: DataView, at: number, v: number): void {
+  // Offsets stay below 2^53; split so no BigInt is made per record.
+  view.setUint32(at, Math.floor(v / 0x100000000), false);
+  view.setUint32(at + 4, v >>> 0, false);
 }
 
+/**
+ * The one encoder of RAM records (everything but a page's contents): checks, the CONTINUE rule and block
+ * names. Both payload writers below put their record bytes through it and differ only in where the bytes
+ * go (header slabs beside referenced pages, or one contiguous buffer).
+ */
+class RamRecordEncoder {
+  private lastBlock: string | null = null;
+  private readonly names = new Map<string, Uint8Array>();
+
+  /** A new payload: its first page record names its block, so every section decodes on its own. */
+  reset(): void {
+    this.lastBlock = null;
+  }
+
+  /** A RAM block name's bytes (1 to 255, as the stream's length byte allows), encoded once. */
+  private name(name: string): Uint8Array {
+    let bytes = this.names.get(name);
+    if (!bytes) {
+      bytes = encoder.encode(name);
+      if (bytes.byteLength === 0 || bytes.byteLength > 255)
+        throw new RangeError(`RAM block name "${name}" must be 1 to 255 bytes`);
+      this.names.set(name, bytes);
+    }
+    return bytes;
+  }
+
+  /** Checks a MEM_SIZE record (block lengths must add up to `total`); returns its length in bytes. */
+  memSizeLength(total: number, blocks: readonly RamBlockInfo[]): number {
+    let sum = 0;
+    let n = 8;
+    for (const b of blocks) {
+      n += 1 + this.name(b.name).byteLength + 8;
+      if (!Number.isSafeInteger(b.usedLength) || b.usedLength <= 0 || b.usedLength % TARGET_PAGE_SIZE !== 0)
+        throw new RangeError(`RAM block "${b.name}": used length ${b.usedLength} is not a positive multiple of 4096`);
+      sum += b.usedLength;
+    }
+    if (sum !== total) throw new RangeError(`RAM blocks add up to ${sum} bytes, total says ${total}`);
+    return n;
+  }
+
+  /** Writes a MEM_SIZE record checked by memSizeLength; returns its length. */
+  writeMemSize(buf: Uint8Array, view: DataView, at: number, total: number, blocks: readonly RamBlockInfo[]): number {
+    writeBe64(view, at, total + RamFlag.MEM_SIZE);
+    let n = 8;
+    for (const b of blocks) {
+      n += this.writeName(buf, at + n, b.name);
+      writeBe64(view, at + n, b.usedLength);
+      n += 8;
+    }
+    return n;
+  }
+
+  /**
+   * Writes a PAGE or ZERO record's header at `at` if it takes at most `room` bytes; returns its length,
+   * or -1 (nothing written) when it does not fit.
+   */
+  pageHead(
+    buf: Uint8Array,
+    view: DataView,
+    at: number,
+    room: number,
+    block: string,
+    offset: number,
+    flag: number,
+  ): number {
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset % TARGET_PAGE_SIZE !== 0)
+      throw new RangeError(`RAM page offset ${offset} is not a multiple of ${TARGET_PAGE_SIZE}`);
+    if (this.lastBlock === block) {
+      if (room < 8) return -1;
+      writeBe64(view, at, offset + flag + RamFlag.CONTINUE);
+      return 8;
+    }
+    const name = this.name(block);
+    if (room < 9 + name.byteLength) return -1;
+    writeBe64(view, at, offset + flag);
+    buf[at + 8] = name.byteLength;
+    buf.set(name, at + 9);
+    this.lastBlock = block;
+    return 9 + name.byteLength;
+  }
+
+  writeEos(view: DataView, at: number): number {
+    writeBe64(view, at, RamFlag.EOS);
+    return 8;
+  }
+
+  private writeName(buf: Uint8Array, at: number, name: string): number {
+    const bytes = this.name(name);
+    buf[at] = bytes.byteLength;
+    buf.set(bytes, at + 1);
+    return 1 + bytes.byteLength;
+  }
+}
+
+function checkPage(data: Uint8Array): void {
+  if (data.byteLength !== TARGET_PAGE_SIZE)
+    throw new RangeError(`a RAM page is ${TARGET_PAGE_SIZE} bytes, got ${data.byteLength}`);
+}
+
+function checkFill(fill: number): void {
+  if (!Number.isInteger(fill) || fill < 0 || fill > 255) throw new RangeError(`fill byte ${fill} is not a u8`);
+}
+
+/**
+ * Builds a RAM payload as pieces without copying page contents: record headers go to a slab, each page
+ * is the caller's view. For payloads whose pages are not copied anyway (setup, tests, stream tools).
+ */
 export class RamPayloadBuilder {
   private pieces: Uint8Array[] = [];
   private length = 0;
-  private lastBlock: string | null = null;
   private records = 0;
   private slab = new Uint8Array(SLAB_BYTES);
   private slabView = new DataView(this.slab.buffer);
   private slabUsed = 0;
   /** Where the last piece starts in the slab, if the last piece is a slab piece that may still grow. */
   private openAt = -1;
-  private readonly names = new Map<string, Uint8Array>();
+  private readonly enc = new RamRecordEncoder();
 
   /** Payload bytes so far. */
   get byteLength(): number {
@@ -63,21 +163,23 @@ export class RamPayloadBuilder {
     return this.records === 0;
   }
 
-  /** Room for `n` more header bytes in the slab; the open piece ends when a new slab starts. */
-  private reserve(n: number): number {
+  /**
+   * Where up to `n` header bytes can be written in the slab (the open piece ends when a new slab starts);
+   * nothing is taken until commit(), so a record refused while being written leaves no gap.
+   */
+  private room(n: number): number {
     if (this.slabUsed + n > this.slab.byteLength) {
-      this.slab = new Uint8Array(SLAB_BYTES);
+      this.slab = new Uint8Array(Math.max(SLAB_BYTES, n));
       this.slabView = new DataView(this.slab.buffer);
       this.slabUsed = 0;
       this.openAt = -1;
     }
-    const at = this.slabUsed;
-    this.slabUsed += n;
-    return at;
+    return this.slabUsed;
   }
 
   /** Header bytes [at, at+n) just written to the slab join the last piece when they follow it. */
   private commit(at: number, n: number): void {
+    this.slabUsed = at + n;
     if (this.openAt >= 0 && this.pieces.length > 0) {
       this.pieces[this.pieces.length - 1] = this.slab.subarray(this.openAt, at + n);
     } else {
@@ -85,71 +187,20 @@ export class RamPayloadBuilder {
       this.pieces.push(this.slab.subarray(at, at + n));
     }
     this.length += n;
-  }
-
-  private nameBytes(name: string): Uint8Array {
-    return blockNameBytes(this.names, name);
-  }
-
-  private writeName(at: number, name: string): number {
-    const bytes = this.nameBytes(name);
-    this.slab[at] = bytes.byteLength;
-    this.slab.set(bytes, at + 1);
-    return 1 + bytes.byteLength;
-  }
-
-  private writeBe64(at: number, v: number): void {
-    // Offsets stay below 2^53; split so no BigInt is made per record.
-    this.slabView.setUint32(at, Math.floor(v / 0x100000000), false);
-    this.slabView.setUint32(at + 4, v >>> 0, false);
+    this.records++;
   }
 
   /** The START record: total RAM size and each block's name and used length (which must add up). */
   memSize(total: number, blocks: readonly RamBlockInfo[]): void {
-    let sum = 0;
-    for (const b of blocks) {
-      this.nameBytes(b.name);
-      if (!Number.isSafeInteger(b.usedLength) || b.usedLength <= 0 || b.usedLength % TARGET_PAGE_SIZE !== 0)
-        throw new RangeError(`RAM block "${b.name}": used length ${b.usedLength} is not a positive multiple of 4096`);
-      sum += b.usedLength;
-    }
-    if (sum !== total) throw new RangeError(`RAM blocks add up to ${sum} bytes, total says ${total}`);
-    let at = this.reserve(8);
-    this.writeBe64(at, total + RamFlag.MEM_SIZE);
-    this.commit(at, 8);
-    for (const b of blocks) {
-      at = this.reserve(MAX_RECORD_HEAD);
-      let n = this.writeName(at, b.name);
-      this.writeBe64(at + n, b.usedLength);
-      n += 8;
-      this.slabUsed = at + n;
-      this.commit(at, n);
-    }
-    this.records++;
-  }
-
-  /** Writes a page record's header into the slab, leaving `extra` bytes after it; returns where and how long. */
-  private pageHeader(block: string, offset: number, flag: number, extra: number): { at: number; n: number } {
-    if (!Number.isSafeInteger(offset) || offset < 0 || offset % TARGET_PAGE_SIZE !== 0)
-      throw new RangeError(`RAM page offset ${offset} is not a multiple of ${TARGET_PAGE_SIZE}`);
-    const cont = this.lastBlock === block;
-    if (!cont) this.nameBytes(block);
-    const at = this.reserve(MAX_RECORD_HEAD);
-    this.writeBe64(at, offset + flag + (cont ? RamFlag.CONTINUE : 0));
-    let n = 8;
-    if (!cont) n += this.writeName(at + 8, block);
-    this.slabUsed = at + n + extra;
-    this.lastBlock = block;
-    this.records++;
-    return { at, n };
+    const at = this.room(this.enc.memSizeLength(total, blocks));
+    this.commit(at, this.enc.writeMemSize(this.slab, this.slabView, at, total, blocks));
   }
 
   /** A page with its contents; `data` (4096 bytes) is referenced, not copied: keep it unchanged until sent. */
   page(block: string, offset: number, data: Uint8Array): void {
-    if (data.byteLength !== TARGET_PAGE_SIZE)
-      throw new RangeError(`a RAM page is ${TARGET_PAGE_SIZE} bytes, got ${data.byteLength}`);
-    const { at, n } = this.pageHeader(block, offset, RamFlag.PAGE, 0);
-    this.commit(at, n);
+    checkPage(data);
+    const at = this.room(MAX_RECORD_HEAD);
+    this.commit(at, this.enc.pageHead(this.slab, this.slabView, at, MAX_RECORD_HEAD, block, offset, RamFlag.PAGE));
     this.pieces.push(data);
     this.length += data.byteLength;
     this.openAt = -1;
@@ -157,18 +208,17 @@ export class RamPayloadBuilder {
 
   /** A page filled with one byte (a zero page: fill 0); costs 9 bytes, plus the name after a switch. */
   zero(block: string, offset: number, fill = 0): void {
-    if (!Number.isInteger(fill) || fill < 0 || fill > 255) throw new RangeError(`fill byte ${fill} is not a u8`);
-    const { at, n } = this.pageHeader(block, offset, RamFlag.ZERO, 1);
+    checkFill(fill);
+    const at = this.room(MAX_RECORD_HEAD);
+    const n = this.enc.pageHead(this.slab, this.slabView, at, MAX_RECORD_HEAD, block, offset, RamFlag.ZERO);
     this.slab[at + n] = fill;
     this.commit(at, n + 1);
   }
 
   /** Ends the payload (every RAM payload ends with EOS). */
   eos(): void {
-    const at = this.reserve(8);
-    this.writeBe64(at, RamFlag.EOS);
-    this.commit(at, 8);
-    this.records++;
+    const at = this.room(8);
+    this.commit(at, this.enc.writeEos(this.slabView, at));
   }
 
   /** The pieces so far; the builder starts afresh (and names the block again on its next page). */
@@ -176,7 +226,7 @@ export class RamPayloadBuilder {
     const out = { pieces: this.pieces, byteLength: this.length };
     this.pieces = [];
     this.length = 0;
-    this.lastBlock = null;
+    this.enc.reset();
     this.records = 0;
     this.openAt = -1;
     return out;
@@ -186,15 +236,14 @@ export class RamPayloadBuilder {
 /**
  * Writes a RAM payload into one contiguous buffer, copying each page's contents in after its header: for
  * a sender that copies pages anyway (to checksum exactly what goes out), the payload is then one piece
- * instead of two per page, one iovec for the socket and one run for the CRC. The bytes are the same as
- * RamPayloadBuilder's for the same records. Room for the closing EOS is always kept.
+ * instead of two per page, one iovec for the socket and one run for the CRC. Same records, same encoder
+ * as RamPayloadBuilder. Room for the closing EOS is always kept.
  */
 export class RamPayloadWriter {
   private at = 0;
-  private lastBlock: string | null = null;
   private records = 0;
   private readonly view: DataView;
-  private readonly names = new Map<string, Uint8Array>();
+  private readonly enc = new RamRecordEncoder();
 
   /** `buf`: where the payload is written (at least 4 KiB + 280 bytes, to hold one page record). */
   constructor(readonly buf: Uint8Array) {
@@ -213,35 +262,19 @@ export class RamPayloadWriter {
     return this.records === 0;
   }
 
-  private nameBytes(name: string): Uint8Array {
-    return blockNameBytes(this.names, name);
-  }
-
   /** Writes a page record's header if `extra` more bytes fit after it (EOS room kept); -1 when full. */
   private header(block: string, offset: number, flag: number, extra: number): number {
-    if (!Number.isSafeInteger(offset) || offset < 0 || offset % TARGET_PAGE_SIZE !== 0)
-      throw new RangeError(`RAM page offset ${offset} is not a multiple of ${TARGET_PAGE_SIZE}`);
-    const cont = this.lastBlock === block;
-    const name = cont ? null : this.nameBytes(block);
-    const head = 8 + (name ? 1 + name.byteLength : 0);
-    if (this.at + head + extra + 8 > this.buf.byteLength) return -1;
-    const v = offset + flag + (cont ? RamFlag.CONTINUE : 0);
-    this.view.setUint32(this.at, Math.floor(v / 0x100000000), false);
-    this.view.setUint32(this.at + 4, v >>> 0, false);
-    if (name) {
-      this.buf[this.at + 8] = name.byteLength;
-      this.buf.set(name, this.at + 9);
-    }
-    this.at += head;
-    this.lastBlock = block;
+    const room = this.buf.byteLength - this.at - extra - 8;
+    const n = this.enc.pageHead(this.buf, this.view, this.at, room, block, offset, flag);
+    if (n < 0) return -1;
+    this.at += n;
     this.records++;
     return this.at;
   }
 
   /** A page record with a copy of `data` (4096 bytes); false (nothing written) when it does not fit. */
   page(block: string, offset: number, data: Uint8Array): boolean {
-    if (data.byteLength !== TARGET_PAGE_SIZE)
-      throw new RangeError(`a RAM page is ${TARGET_PAGE_SIZE} bytes, got ${data.byteLength}`);
+    checkPage(data);
     const at = this.header(block, offset, RamFlag.PAGE, TARGET_PAGE_SIZE);
     if (at < 0) return false;
     this.buf.set(data, at);
@@ -251,7 +284,7 @@ export class RamPayloadWriter {
 
   /** A page filled with one byte (a zero page: fill 0); false when it does not fit. */
   zero(block: string, offset: number, fill = 0): boolean {
-    if (!Number.isInteger(fill) || fill < 0 || fill > 255) throw new RangeError(`fill byte ${fill} is not a u8`);
+    checkFill(fill);
     const at = this.header(block, offset, RamFlag.ZERO, 1);
     if (at < 0) return false;
     this.buf[at] = fill;
@@ -261,11 +294,9 @@ export class RamPayloadWriter {
 
   /** Ends the payload with EOS and returns it (a view of the buffer); the writer starts afresh. */
   take(): Uint8Array {
-    this.view.setUint32(this.at, 0, false);
-    this.view.setUint32(this.at + 4, RamFlag.EOS, false);
-    const out = this.buf.subarray(0, this.at + 8);
+    const out = this.buf.subarray(0, this.at + this.enc.writeEos(this.view, this.at));
     this.at = 0;
-    this.lastBlock = null;
+    this.enc.reset();
     this.records = 0;
     return out;
   }

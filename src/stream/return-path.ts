@@ -13,6 +13,7 @@
 // Wire: 'RP' magic (2 bytes), u8 type, be32 length, `length` bytes of UTF-8 text. 7-byte header.
 
 import { Errno } from '../abi/errno.ts';
+import { ByteQueue } from '../byte-queue.ts';
 import { VfioError } from '../errors.ts';
 
 export const ReturnPathType = {
@@ -56,29 +57,22 @@ function protocolError(message: string): VfioError {
 
 /** Incremental decoder; throws a VfioError (EPROTO) on anything that is not a return-path message. */
 export class ReturnPathDecoder {
-  private buf = new Uint8Array(0);
+  private readonly q = new ByteQueue();
 
   push(chunk: Uint8Array): ReturnPathMessage[] {
-    const joined = new Uint8Array(this.buf.byteLength + chunk.byteLength);
-    joined.set(this.buf);
-    joined.set(chunk, this.buf.byteLength);
+    this.q.push(chunk);
     const out: ReturnPathMessage[] = [];
-    let at = 0;
-    while (joined.byteLength - at >= HEADER) {
-      if (joined[at] !== MAGIC0 || joined[at + 1] !== MAGIC1) throw protocolError('return path: bad magic');
-      const type = joined[at + 2]!;
+    for (let head = this.q.peek(HEADER); head; head = this.q.peek(HEADER)) {
+      if (head[0] !== MAGIC0 || head[1] !== MAGIC1) throw protocolError('return path: bad magic');
+      const type = head[2]!;
       if (type < ReturnPathType.READY || type > ReturnPathType.ERROR)
         throw protocolError(`return path: unknown message type ${type}`);
-      const len = new DataView(joined.buffer, joined.byteOffset + at + 3, 4).getUint32(0, false);
+      const len = new DataView(head.buffer, head.byteOffset + 3, 4).getUint32(0, false);
       if (len > RETURN_PATH_MAX_TEXT * 4) throw protocolError(`return path: message of ${len} bytes is too long`);
-      if (joined.byteLength - at < HEADER + len) break;
-      out.push({
-        type: type as ReturnPathTypeValue,
-        text: new TextDecoder().decode(joined.subarray(at + HEADER, at + HEADER + len)),
-      });
-      at += HEADER + len;
+      const m = this.q.take(HEADER + len);
+      if (!m) break;
+      out.push({ type: type as ReturnPathTypeValue, text: new TextDecoder().decode(m.subarray(HEADER)) });
     }
-    this.buf = joined.slice(at);
     return out;
   }
 }

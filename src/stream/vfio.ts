@@ -1,4 +1,4 @@
-// VFIO device section payloads (QEMU hw/vfio/migration.c; spec/qemu-stream.md, "VFIO device section").
+// VFIO device section payloads (QEMU hw/vfio/migration.c; docs/stream.md, "VFIO").
 // Tags are be64 0xFFFFFFFF_EF10_xxxx:
 //
 //   START   DEV_SETUP_STATE, END_OF_STATE
@@ -7,10 +7,16 @@
 //   END     [DEV_DATA_STATE blocks], END_OF_STATE
 //   FULL    DEV_CONFIG_STATE, config blob, END_OF_STATE
 //
+// Ours, not QEMU's: a START for a device driven as Linux 5.8 "v1" or 5.18+ "v2" opens with X_DEV_FLAVOR +
+// be64 code (1 = v1, 2 = v2) before DEV_SETUP_STATE, so a destination refuses another flavor's state by
+// name before feeding it to its device (a kernel device would only fail on the opaque bytes). Seed
+// streams carry no such record, byte for byte as before.
+//
 // The config blob has no length of its own (in QEMU it is the PCI device's vmstate): it runs up to the
 // END_OF_STATE that closes the payload, so a CONFIG block is always last. Device data is never copied:
 // a DATA block is a 16-byte header piece plus the caller's view.
 
+import type { MigrationFlavor } from '../abi/migration.ts';
 import { be64 } from './bytes.ts';
 import { VfioTag } from './constants.ts';
 import type { DecodedSection } from './decoder.ts';
@@ -34,9 +40,17 @@ function dataBlocks(chunks: Uint8Array | readonly Uint8Array[]): Uint8Array[] {
   return list.flatMap(vfioDataBlock);
 }
 
-/** START: DEV_SETUP_STATE, END_OF_STATE (the spec's example: FF FF FF FF EF 10 00 03 | … 00 01). */
-export function vfioSetupPayload(): Uint8Array[] {
-  return [tag(VfioTag.DEV_SETUP_STATE), tag(VfioTag.END_OF_STATE)];
+/** Our vendor tag naming the flavor whose device produced the state (outside QEMU's 0x0001-0x0006). */
+export const X_DEV_FLAVOR = 0xffffffffef10f000n;
+const FLAVOR_CODES: Record<Exclude<MigrationFlavor, 'seed'>, bigint> = { v1: 1n, v2: 2n };
+
+/**
+ * START: DEV_SETUP_STATE, END_OF_STATE (QEMU's: FF FF FF FF EF 10 00 03 | … 00 01); for a v1 or v2
+ * device, X_DEV_FLAVOR + be64 code first.
+ */
+export function vfioSetupPayload(flavor: MigrationFlavor = 'seed'): Uint8Array[] {
+  const setup = [tag(VfioTag.DEV_SETUP_STATE), tag(VfioTag.END_OF_STATE)];
+  return flavor === 'seed' ? setup : [tag(X_DEV_FLAVOR), be64(FLAVOR_CODES[flavor]), ...setup];
 }
 
 /** PART: one DATA block per chunk, then END_OF_STATE. Chunks are referenced, not copied. */
@@ -61,6 +75,8 @@ export function vfioConfigPayload(blob: Uint8Array): Uint8Array[] {
 
 export type VfioRecord =
   | { kind: 'setup' }
+  /** X_DEV_FLAVOR: 'v1', 'v2', or `code N` for a code this build does not know. */
+  | { kind: 'flavor'; flavor: string }
   | { kind: 'data'; data: Uint8Array }
   | { kind: 'config'; data: Uint8Array }
   | { kind: 'init-data-sent' }
@@ -78,6 +94,7 @@ const TAG_NAMES = new Map<bigint, string>([
   [VfioTag.DEV_DATA_STATE, 'DEV_DATA_STATE'],
   [VfioTag.DEV_INIT_DATA_SENT, 'DEV_INIT_DATA_SENT'],
   [0xffffffffef100006n, 'DEV_CONFIG_LOAD_READY'],
+  [X_DEV_FLAVOR, 'X_DEV_FLAVOR'],
 ]);
 
 /** The tag's name, or its hex value. */
@@ -134,6 +151,14 @@ export function decodeVfioPayload(payload: Uint8Array, ctx: VfioDecodeContext = 
           fail('DEV_SETUP_STATE is not followed by END_OF_STATE');
         out.push({ kind: 'setup' });
         break;
+      case X_DEV_FLAVOR: {
+        if (at + 8 > end) fail('X_DEV_FLAVOR code runs past the end of the payload');
+        const code = dv.getBigUint64(at, false);
+        at += 8;
+        const name = Object.entries(FLAVOR_CODES).find(([, c]) => c === code)?.[0];
+        out.push({ kind: 'flavor', flavor: name ?? `code ${code}` });
+        break;
+      }
       case VfioTag.DEV_DATA_STATE: {
         if (at + 8 > end) fail('DEV_DATA_STATE size runs past the end of the payload');
         const size = dv.getBigUint64(at, false);

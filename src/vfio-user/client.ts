@@ -230,6 +230,11 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   server: Capabilities = effectiveCapabilities();
   /** What we proposed, defaults applied (our limits bind what the server sends). */
   readonly proposed: Capabilities;
+  /**
+   * Called after each DMA_WRITE this client served: the server wrote guest memory through us, so the VMM,
+   * not the server, knows those pages are dirty (libvfio-user leaves message DMA to the client's log).
+   */
+  onDmaWrite: ((iova: bigint, length: number) => void) | undefined;
   readonly dmaStats: DmaStats = { reads: 0, writes: 0, bytesRead: 0, bytesWritten: 0, refused: 0, lastRefusal: null };
   private readonly dmaMemory: DmaMemory[] = [];
   private readonly proposal: Version;
@@ -768,6 +773,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
           this.conn.reply(m, encodeDmaWriteReply({ address: req.address, count: BigInt(req.data.byteLength) }));
           this.dmaStats.writes++;
           this.dmaStats.bytesWritten += req.data.byteLength;
+          this.onDmaWrite?.(req.address, req.data.byteLength);
           return;
         }
         default:

@@ -3,13 +3,15 @@
 // commands (QEMU's prefix for unstable ones) that tests and the demo use to prove two VMs equal.
 
 import { VfioError } from '../errors.ts';
+import { MigrationError } from './migration/errors.ts';
 import type { QmpCommand, QmpVmmBackend } from './qmp/commands.ts';
-import { QmpError } from './qmp/errors.ts';
+import { QmpError } from './qmp/protocol.ts';
 import { deviceLostMessage, type Vmm } from './vmm.ts';
 
-/** A VMM refusal as QMP sends it: GenericError with the message, without our errno suffix. */
+/** A VMM refusal as QMP sends it: its class with the reason alone (no errno name, which QEMU never sends). */
 function qmpError(err: unknown): unknown {
-  if (err instanceof VfioError) return new QmpError('GenericError', err.message.replace(/ \(E[A-Z0-9]+\)$/, ''));
+  if (err instanceof MigrationError) return new QmpError(err.qmpClass, err.desc);
+  if (err instanceof VfioError) return new QmpError('GenericError', err.detail);
   return err;
 }
 
@@ -81,6 +83,41 @@ export function vendorCommands(vmm: Vmm): Record<string, QmpCommand> {
           return {};
         }),
     },
+    // What a guest driver does through a BAR: read or write a device region (hex bytes), so a test can put
+    // a pattern into a device and read it back after a migration. The device is named as in x-query-vfio.
+    'x-vfio-region-write': {
+      args: {
+        device: { type: 'str' },
+        region: { type: 'int', min: 0, max: 0xffff_ffff },
+        offset: { type: 'int', min: 0 },
+        data: { type: 'str' },
+      },
+      run: (a) =>
+        mapped(async () => {
+          const hex = a.data as string;
+          if (!/^([0-9a-fA-F]{2})*$/.test(hex)) throw new QmpError('GenericError', 'data must be hex bytes');
+          await deviceNamed(vmm, a.device as string).client.regionWrite(
+            a.region as number,
+            a.offset as number,
+            Buffer.from(hex, 'hex'),
+          );
+          return {};
+        }),
+    },
+    'x-vfio-region-read': {
+      args: {
+        device: { type: 'str' },
+        region: { type: 'int', min: 0, max: 0xffff_ffff },
+        offset: { type: 'int', min: 0 },
+        size: { type: 'int', min: 0, max: 1 << 20 },
+      },
+      run: (a) =>
+        mapped(async () => {
+          const d = deviceNamed(vmm, a.device as string);
+          const data = await d.client.regionRead(a.region as number, a.offset as number, a.size as number);
+          return { data: Buffer.from(data).toString('hex') };
+        }),
+    },
     // Each device's migration state as the device reports it right now (its flavor's number and name), and
     // what moved.
     'x-query-vfio': {
@@ -108,4 +145,11 @@ export function vendorCommands(vmm: Vmm): Record<string, QmpCommand> {
         ),
     },
   };
+}
+
+function deviceNamed(vmm: Vmm, name: string) {
+  const d = vmm.devices.find((x) => x.name === name);
+  if (!d)
+    throw new QmpError('DeviceNotFound', `no device ${name} (devices: ${vmm.devices.map((x) => x.name).join(', ')})`);
+  return d;
 }

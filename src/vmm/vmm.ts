@@ -16,10 +16,12 @@ import { VfioHandler } from './migration/vfio-handler.ts';
 import { RunState } from './run-state.ts';
 import { noTrace, type Tracer } from './trace.ts';
 import { attachMigrationDriver, type FlavorChoice } from './vfio/attach.ts';
-import type { VfioMigrationDriver } from './vfio/driver.ts';
+import { parseDeviceSpec } from './vfio/device-spec.ts';
+import type { DmaRangeRef, VfioMigrationDriver } from './vfio/driver.ts';
 
 export interface VmmOptions {
   memSize: number;
+  /** `PATH[,precopy=on|off]` per device (vfio/device-spec.ts). */
   deviceSockets: readonly string[];
   /** Wait for an incoming migration instead of booting the guest. */
   incoming: boolean;
@@ -34,6 +36,13 @@ export interface VmmOptions {
   prefault?: boolean;
   /** Which migration interface to drive on each device (default auto: the newest one it offers). */
   flavor?: FlavorChoice;
+  /**
+   * Guest RAM is DMA-mapped into each device as this many equal regions (default 1), as QEMU maps one per
+   * RAM section; some devices address their DMA by region (libvfio-user's sample uses two).
+   */
+  dmaRegions?: number;
+  /** Wire each device's INTx to an eventfd (SET_IRQS), as a VMM does for a device that raises INTx. */
+  intx?: boolean;
 }
 
 export interface VmmDevice {
@@ -43,6 +52,8 @@ export interface VmmDevice {
   handler: VfioHandler;
   /** BAR0's size, read at startup (a stopped device answers only region accesses). */
   bar0Size: number;
+  /** eventfds given to the device for its interrupts (closed with the VMM). */
+  irqFds: number[];
 }
 
 /** What the user is told once a device is lost. */
@@ -54,6 +65,17 @@ export function deviceLostMessage(d: VmmDevice): string {
 }
 
 /** PCI-style names for the devices, as QEMU's idstr would carry them: 0000:00:05.0, 0000:00:06.0, … */
+/** Guest RAM as `n` page-aligned DMA ranges covering it (the last takes the remainder). */
+export function dmaSlices(size: number, n: number): DmaRangeRef[] {
+  const pages = size / 4096;
+  if (!Number.isInteger(n) || n < 1 || n > pages) throw new RangeError(`DMA regions must be 1 to ${pages}, not ${n}`);
+  const each = Math.floor(pages / n) * 4096;
+  return Array.from({ length: n }, (_, i) => ({
+    iova: BigInt(i * each),
+    size: BigInt(i === n - 1 ? size - i * each : each),
+  }));
+}
+
 function deviceName(i: number): string {
   return `0000:00:${(5 + i).toString(16).padStart(2, '0')}.0`;
 }
@@ -71,10 +93,19 @@ export class Vmm {
     readonly options: VmmOptions,
     memory: GuestMemory,
     devices: VmmDevice[],
+    dmaRanges: DmaRangeRef[],
   ) {
     this.memory = memory;
     this.devices = devices;
     this.dirty = new GuestDirtyBitmap(memory.pages);
+    // A device's DMA_WRITE messages write guest RAM through our client: we log those pages ourselves.
+    for (const d of devices) {
+      d.client.onDmaWrite = (iova, length) => {
+        const first = iova / 4096n;
+        const last = (iova + BigInt(Math.max(length, 1)) - 1n) / 4096n;
+        this.dirty.sink(first, Number(last - first + 1n), 'all');
+      };
+    }
     this.runState = new RunState(options.incoming ? 'inmigrate' : 'prelaunch');
     this.emitFn = options.emit ?? (() => {});
     const log = options.log ?? (() => {});
@@ -99,7 +130,7 @@ export class Vmm {
       dirty: this.dirty,
       ramSize: memory.size,
       devices,
-      dmaRanges: [{ iova: 0n, size: BigInt(memory.size) }],
+      dmaRanges,
       emit: (e, d) => this.emit(e, d),
       log,
       stallTimeoutMs: options.stallTimeoutMs,
@@ -122,21 +153,36 @@ export class Vmm {
       o.log?.(`prefaulted ${r.pages} pages (populate ${r.populateMs.toFixed(0)} ms, touch ${r.touchMs.toFixed(0)} ms)`);
     }
     const devices: VmmDevice[] = [];
+    const dmaRanges = dmaSlices(memory.size, o.dmaRegions ?? 1);
     try {
-      for (const [i, path] of o.deviceSockets.entries()) {
+      for (const [i, text] of o.deviceSockets.entries()) {
         const name = deviceName(i);
-        const client = await VfioUserClient.connect(path);
+        const spec = parseDeviceSpec(text);
+        const client = await VfioUserClient.connect(spec.path);
         let driver: VfioMigrationDriver | undefined;
+        const irqFds: number[] = [];
         try {
-          await client.dmaMap({ iova: 0n, size: BigInt(memory.size), fd: memory.fd });
-          driver = await attachMigrationDriver(client, name, { flavor: o.flavor, trace: o.trace ?? noTrace });
+          for (const r of dmaRanges) await client.dmaMap({ iova: r.iova, size: r.size, fd: memory.fd, offset: r.iova });
+          // The device may also reach guest RAM by DMA_READ/DMA_WRITE messages (libvfio-user's vfu_sgl_read/write).
+          for (const v of memory.pieceViews()) client.registerDmaMemory(BigInt(v.offset), v.bytes);
+          driver = await attachMigrationDriver(client, name, {
+            flavor: o.flavor,
+            trace: o.trace ?? noTrace,
+            precopy: spec.precopy,
+            dmaRanges,
+          });
+          if (o.intx) {
+            irqFds.push(native().eventfd(0, true));
+            await client.setIrqs({ index: 0, start: 0, count: 1, action: 'trigger', eventfds: irqFds });
+          }
           const bar0 = await client.regionInfo(0);
           if (bar0.fd !== undefined) native().close(bar0.fd);
-          devices.push({ name, client, driver, handler: new VfioHandler(driver), bar0Size: Number(bar0.size) });
+          devices.push({ name, client, driver, handler: new VfioHandler(driver), bar0Size: Number(bar0.size), irqFds });
         } catch (err) {
           // This device is not in `devices` yet: release what was opened for it before the others.
           driver?.close();
           client.close();
+          for (const fd of irqFds) native().close(fd);
           throw err;
         }
       }
@@ -144,11 +190,12 @@ export class Vmm {
       for (const d of devices) {
         d.driver.close();
         d.client.close();
+        for (const fd of d.irqFds) native().close(fd);
       }
       memory.close();
       throw err;
     }
-    const vmm = new Vmm(o, memory, devices);
+    const vmm = new Vmm(o, memory, devices, dmaRanges);
     if (o.incoming) {
       // The vCPUs exist from the start but write nothing until the migrated VM starts here.
       if (o.workload) vmm.workload = new Workload(memory, vmm.dirty, { ...o.workload, startPaused: true });
@@ -185,8 +232,9 @@ export class Vmm {
         devices.push({ name: d.name, digest: null, lost: d.driver.lost });
         continue;
       }
-      const id = await d.client.regionRead(0, 0, 4);
-      const isLmem = new DataView(id.buffer, id.byteOffset, 4).getUint32(0, true) === 0x4d454d4c;
+      // A device whose BAR0 refuses a 4-byte read (libvfio-user's sample takes only 8) is not large-memory.
+      const id = await d.client.regionRead(0, 0, 4).catch(() => null);
+      const isLmem = id !== null && new DataView(id.buffer, id.byteOffset, 4).getUint32(0, true) === 0x4d454d4c;
       const bytes = isLmem
         ? await d.client.regionRead(0, LargeMemoryRegs.DIGEST, 32)
         : await d.client.regionRead(0, 0, d.bar0Size);
@@ -211,6 +259,7 @@ export class Vmm {
     for (const d of this.devices) {
       d.driver.close();
       d.client.close();
+      for (const fd of d.irqFds) native().close(fd);
     }
     this.memory.close();
   }

@@ -10,18 +10,12 @@
 // section, completes with identical pages and device: the proxy itself is faithful, the edits are the
 // only damage.
 import assert from 'node:assert/strict';
-import { after, before, describe, test } from 'node:test';
 import { concat } from '../../src/stream/bytes.ts';
 import type { DecodedSection } from '../../src/stream/decoder.ts';
 import { decodeVfioPayload, vfioDataPayload } from '../../src/stream/vfio.ts';
-import {
-  assertDestinationRefused,
-  attempt,
-  type DevicePair,
-  retryTo,
-  startDevicePair,
-} from './support/device-faults.ts';
-import { assertSourceIntact, faultMatrix } from './support/faults.ts';
+import { startDeviceBench } from './support/device-faults.ts';
+import { checkRetry, type FaultRow, faultTable, retryToFresh } from './support/fault-table.ts';
+import type { Info } from './support/faults.ts';
 import {
   type EditResult,
   passThrough,
@@ -59,127 +53,157 @@ function flipMiddle(s: DecodedSection, raw: Uint8Array): EditResult {
   return { out: [out] };
 }
 
-describe('a damaged migration stream is refused by the destination; the source resumes', () => {
-  let pair: DevicePair;
-  let first = true;
-  before(async () => {
-    pair = await startDevicePair();
-  });
-  after(() => pair?.stop());
+type Edit = SectionEdit & { hit: DecodedSection | null };
 
-  /** One attempt through a proxy applying `edit` (to a fresh destination after the first); returns the
-   * destination's error. */
-  async function damaged(
-    fault: string,
-    edit: SectionEdit & { hit: DecodedSection | null },
-    why: RegExp,
-    options: { renumber?: boolean } = {},
-  ): Promise<string> {
-    if (!first) await pair.freshDestination();
-    first = false;
-    const proxy = await startStreamProxy(pair.uri, edit, options);
-    try {
-      const info = await attempt(pair, proxy.uri);
+/**
+ * A row: the attempt goes through a stream proxy applying `edit`; the destination refuses it for `why`,
+ * and `check` looks at its error. The FAULT-MATRIX line names the section that was damaged.
+ */
+function damaged(
+  name: string,
+  fault: string,
+  edit: Edit,
+  why: RegExp,
+  check: (desc: string) => void,
+  options: { renumber?: boolean } = {},
+): FaultRow {
+  return {
+    name,
+    fault,
+    phase: 'stream',
+    inject: async (ctx) => {
+      const proxy = await startStreamProxy(ctx.pair.uri, edit, options);
+      ctx.defer(() => proxy.close());
+      await ctx.pair.src.execute('migrate', { uri: proxy.uri });
+      return undefined;
+    },
+    after: async (ctx) => {
       assert.ok(edit.hit, 'the proxy found the section to damage');
-      assert.equal(info.status, 'failed');
-      const desc = await assertDestinationRefused(pair.dst, why);
+      const desc = (await ctx.pair.dst.execute<Info>('query-migrate'))['error-desc'] ?? '';
       console.log(`  destination: ${desc}`);
-      const pagesLost = await assertSourceIntact(pair, pair.start);
+      check(desc);
       const s = edit.hit;
-      faultMatrix({
-        fault,
-        phase: `${s.idstr === 'ram' ? 'ram' : 'vfio'}-${s.type}-seq${s.seq}`,
-        outcome: 'destination-refused,source-resumed',
-        pagesLost,
-      });
-      return desc;
-    } finally {
-      await proxy.close();
-    }
-  }
+      return { section: `${s.idstr === 'ram' ? 'ram' : 'vfio'}-${s.type}-seq${s.seq}` };
+    },
+    expect: { status: 'failed', destination: { refused: why }, retry: false },
+  };
+}
 
-  test('one flipped byte in a device data section: checksum mismatch naming the section', async () => {
-    const edit = at(isVfioPart, 2, flipMiddle);
-    const desc = await damaged('stream-flipped-byte', edit, /checksum mismatch/);
-    assert.ok(desc.includes(`in "${VFIO}", section id 1, seq ${edit.hit!.seq}`), desc);
-  });
+/** The error names the damaged section. */
+const names = (edit: Edit, where: string) => (desc: string) =>
+  assert.ok(desc.includes(`in ${where}, seq ${edit.hit!.seq}`), desc);
+/** Framing and checksums are valid here: only the device's loader can tell, and it does. */
+const notFraming = (desc: string) => assert.doesNotMatch(desc, /checksum|sequence/);
 
-  test('one flipped byte in a RAM section: checksum mismatch naming "ram"', async () => {
-    const edit = at(isRamPages, 1, flipMiddle);
-    const desc = await damaged('stream-flipped-byte', edit, /checksum mismatch/);
-    assert.ok(desc.includes(`in "ram", section id 0, seq ${edit.hit!.seq}`), desc);
-  });
+const flippedVfio = at(isVfioPart, 2, flipMiddle);
+const flippedRam = at(isRamPages, 1, flipMiddle);
+const cut = at(isVfioPart, 1, (_s, raw) => ({ out: [raw.subarray(0, raw.byteLength >> 1)], end: true }));
+const twice = at(isRamPages, 1, (_s, raw) => ({ out: [raw, raw] }));
 
-  test('the stream cut in the middle of a section: truncated, naming the section', async () => {
-    const edit = at(isVfioPart, 1, (_s, raw) => ({ out: [raw.subarray(0, raw.byteLength >> 1)], end: true }));
-    const desc = await damaged('stream-truncated', edit, /stream ends inside a record/);
-    assert.ok(desc.includes(`in "${VFIO}", section id 1, seq ${edit.hit!.seq}`), desc);
-  });
-
-  test('a section sent twice: sequence error naming the section', async () => {
-    const edit = at(isRamPages, 1, (_s, raw) => ({ out: [raw, raw] }));
-    const desc = await damaged('stream-duplicated-section', edit, /a section repeated or out of order/);
-    assert.ok(desc.includes(`in "ram", section id 0, seq ${edit.hit!.seq}`), desc);
-  });
-
-  test('two sections swapped: sequence error naming the one that came early', async () => {
-    // The first VFIO PART is held back and sent after the section that followed it.
-    let held: Uint8Array | null = null;
-    let early: DecodedSection | null = null;
-    const hold = at(isVfioPart, 1, (_s, raw) => {
-      held = raw;
-      return { out: [] };
-    });
-    const edit = (s: DecodedSection, raw: Uint8Array): EditResult => {
-      if (!held) return hold(s, raw);
-      const out = [raw, held];
-      held = null;
-      early = s;
-      edit.hit = hold.hit;
-      return { out };
-    };
-    edit.hit = null as DecodedSection | null;
-    const desc = await damaged('stream-reordered-sections', edit, /section\(s\) before it are missing/);
-    assert.ok(early, 'a section was moved ahead');
-    assert.ok(desc.includes(`seq ${hold.hit!.seq + 1}`), desc);
-  });
-
-  test('re-encoded, checksums valid: a device data chunk cut in half is refused by the device loader', async () => {
-    const edit = at(isVfioPart, 2, (s, raw) => {
-      const recs = decodeVfioPayload(s.payload);
-      const data = recs.find((r) => r.kind === 'data');
-      assert.ok(data && data.kind === 'data' && data.data.byteLength > 2);
-      const half = data.data.subarray(0, data.data.byteLength >> 1);
-      return { out: [withPayload(s, raw, concat(vfioDataPayload(half)))] };
-    });
-    const desc = await damaged('stream-truncated-vfio-chunk', edit, new RegExp(`"${VFIO}"|${VFIO.split('/')[0]}`), {
-      renumber: true,
-    });
-    // Framing and checksums are valid here: only the device's loader can tell, and it does.
-    assert.doesNotMatch(desc, /checksum|sequence/);
-  });
-
-  test('re-encoded, checksums valid: a device data chunk sent twice is refused by the device loader', async () => {
-    const edit = at(isVfioPart, 2, (_s, raw) => ({ out: [raw, raw] }));
-    const desc = await damaged('stream-duplicated-vfio-chunk', edit, new RegExp(VFIO.split('/')[0]!), {
-      renumber: true,
-    });
-    assert.doesNotMatch(desc, /checksum|sequence/);
-  });
-
-  test('then the same proxy, re-encoding every section unchanged, carries a migration that succeeds', async () => {
-    let proxy: StreamProxy | undefined;
-    try {
-      const lost = await retryTo(pair, {
-        via: async (uri) => {
-          proxy = await startStreamProxy(uri, passThrough, { renumber: true });
-          return proxy.uri;
-        },
-      });
-      assert.equal(lost, 0);
-      assert.ok(proxy!.seen.some(isVfioPart) && proxy!.seen.some(isRamPages), 'RAM and device data went through');
-    } finally {
-      await proxy?.close();
-    }
-  });
+// Two sections swapped: the first VFIO PART is held back and sent after the section that followed it.
+let held: Uint8Array | null = null;
+let early: DecodedSection | null = null;
+const hold = at(isVfioPart, 1, (_s, raw) => {
+  held = raw;
+  return { out: [] };
 });
+const swapped: Edit = Object.assign(
+  (s: DecodedSection, raw: Uint8Array): EditResult => {
+    if (!held) return hold(s, raw);
+    const out = [raw, held];
+    held = null;
+    early = s;
+    swapped.hit = hold.hit;
+    return { out };
+  },
+  { hit: null as DecodedSection | null },
+);
+
+const halfChunk = at(isVfioPart, 2, (s, raw) => {
+  const recs = decodeVfioPayload(s.payload);
+  const data = recs.find((r) => r.kind === 'data');
+  assert.ok(data && data.kind === 'data' && data.data.byteLength > 2);
+  const half = data.data.subarray(0, data.data.byteLength >> 1);
+  return { out: [withPayload(s, raw, concat(vfioDataPayload(half)))] };
+});
+const chunkTwice = at(isVfioPart, 2, (_s, raw) => ({ out: [raw, raw] }));
+const DEVICE = VFIO.split('/')[0]!;
+
+faultTable(
+  'a damaged migration stream is refused by the destination; the source resumes',
+  [
+    damaged(
+      'one flipped byte in a device data section: checksum mismatch naming the section',
+      'stream-flipped-byte',
+      flippedVfio,
+      /checksum mismatch/,
+      names(flippedVfio, `"${VFIO}", section id 1`),
+    ),
+    damaged(
+      'one flipped byte in a RAM section: checksum mismatch naming "ram"',
+      'stream-flipped-byte',
+      flippedRam,
+      /checksum mismatch/,
+      names(flippedRam, '"ram", section id 0'),
+    ),
+    damaged(
+      'the stream cut in the middle of a section: truncated, naming the section',
+      'stream-truncated',
+      cut,
+      /stream ends inside a record/,
+      names(cut, `"${VFIO}", section id 1`),
+    ),
+    damaged(
+      'a section sent twice: sequence error naming the section',
+      'stream-duplicated-section',
+      twice,
+      /a section repeated or out of order/,
+      names(twice, '"ram", section id 0'),
+    ),
+    damaged(
+      'two sections swapped: sequence error naming the one that came early',
+      'stream-reordered-sections',
+      swapped,
+      /section\(s\) before it are missing/,
+      (desc) => {
+        assert.ok(early, 'a section was moved ahead');
+        assert.ok(desc.includes(`seq ${hold.hit!.seq + 1}`), desc);
+      },
+    ),
+    damaged(
+      're-encoded, checksums valid: a device data chunk cut in half is refused by the device loader',
+      'stream-truncated-vfio-chunk',
+      halfChunk,
+      new RegExp(`"${VFIO}"|${DEVICE}`),
+      notFraming,
+      { renumber: true },
+    ),
+    damaged(
+      're-encoded, checksums valid: a device data chunk sent twice is refused by the device loader',
+      'stream-duplicated-vfio-chunk',
+      chunkTwice,
+      new RegExp(DEVICE),
+      notFraming,
+      { renumber: true },
+    ),
+  ],
+  {
+    bench: () => startDeviceBench(),
+    last: {
+      name: 'then the same proxy, re-encoding every section unchanged, carries a migration that succeeds',
+      run: async (bench) => {
+        let proxy: StreamProxy | undefined;
+        try {
+          const via = async (uri: string) => {
+            proxy = await startStreamProxy(uri, passThrough, { renumber: true });
+            return proxy.uri;
+          };
+          checkRetry(await retryToFresh(bench.pair, bench.start, { via }));
+          assert.ok(proxy!.seen.some(isVfioPart) && proxy!.seen.some(isRamPages), 'RAM and device data went through');
+        } finally {
+          await proxy?.close();
+        }
+      },
+    },
+  },
+);

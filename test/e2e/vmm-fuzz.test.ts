@@ -17,7 +17,7 @@ import { StreamEncoder } from '../../src/stream/encoder.ts';
 import { encodeReturnPath, ReturnPathType } from '../../src/stream/return-path.ts';
 import { QmpClient } from '../../src/vmm/qmp/client.ts';
 import { type Msg, RawPeer } from '../qmp/support.ts';
-import { FUZZ_SEED, fdCount, fuzzFigures, fuzzParams, fuzzRounds, LONG_FUZZ, statusKib } from '../support/fuzz.ts';
+import { FUZZ_SEED, FuzzTally, fdCount, fuzzParams, fuzzRounds, LONG_FUZZ, statusKib } from '../support/fuzz.ts';
 import { type ServerProcess, startServer } from '../support/server-process.ts';
 
 const BIN = new URL('../../bin/vfio-migrate.js', import.meta.url).pathname;
@@ -80,17 +80,26 @@ function isAlive(p: ChildProcess): boolean {
 describe('VMM under hostile input', () => {
   let device: ServerProcess;
   let dir: string;
+  const qmpFigures = new FuzzTally('qmp-vmm');
+  const streamFigures = new FuzzTally('migration-stream-destination');
   before(async () => {
     device = await startServer(['--device', 'register-file']);
     dir = device.path.slice(0, device.path.lastIndexOf('/'));
+    qmpFigures.watch(device.proc, 'device server');
+    streamFigures.watch(device.proc, 'device server');
   });
   after(async () => {
     if (process.env.H4_DEBUG) console.log(device.log.slice(-20).join('\n'));
+    for (const f of [qmpFigures, streamFigures]) {
+      f.flush();
+      f.expectExit(device.proc);
+    }
     await device.stop();
   });
 
   test('QMP: bad JSON, wrong types, unknown commands and oversize messages draw QMP errors; fds and RSS stay flat; sockets are 0600', async () => {
     const vmm = await startVmm(dir, 'qmp-fuzz', device.path);
+    qmpFigures.watch(vmm.proc, 'vmm');
     try {
       const pid = vmm.proc.pid!;
       assert.equal(lstatSync(device.path).mode & 0o777, 0o600, 'the device socket is 0600');
@@ -130,10 +139,9 @@ describe('VMM under hostile input', () => {
         ),
       );
       let sentinel = 0;
-      let inputs = 0;
       const errorClasses = new Map<string, number>();
       const one = async (text: string) => {
-        inputs++;
+        qmpFigures.inputs++;
         const id = `s${sentinel++}`;
         // 0xFF then a newline put QEMU's parser (and ours) back in a known state.
         p.send(Buffer.concat([Buffer.from(text, 'utf8'), Buffer.from([0xff, 0x0a])]));
@@ -179,7 +187,7 @@ describe('VMM under hostile input', () => {
       console.log(`QMP rounds, fd/RSS KiB growth after each: ${perRound.join(' ')}`);
       const fdDelta = fdCount(pid) - fd0;
       const rssDelta = statusKib(pid, 'VmRSS') - rss0;
-      fuzzFigures({ target: 'qmp-vmm', inputs, fdDelta, rssDeltaKib: rssDelta });
+      qmpFigures.printAndCheck({ fdDelta, rssDeltaKib: rssDelta });
       console.log(`QMP error classes: ${JSON.stringify(Object.fromEntries(errorClasses))}`);
       assert.ok(isAlive(vmm.proc));
       assert.ok(fdDelta <= 2, `VMM fd count grew by ${fdDelta} over ${rounds} rounds of bad input`);
@@ -190,6 +198,7 @@ describe('VMM under hostile input', () => {
       assert.ok(['running', 'paused'].includes(status.status));
       p.close();
     } finally {
+      qmpFigures.expectExit(vmm.proc);
       await vmm.stop();
     }
   });
@@ -217,6 +226,7 @@ describe('VMM under hostile input', () => {
   test('hostile streams on a destination VMM: refused with a reason, the VM never starts, QMP keeps serving', async () => {
     // A real stream to damage: a source VMM saves its VM to a file.
     const src = await startVmm(dir, 'src', device.path);
+    streamFigures.watch(src.proc, 'source vmm');
     const file = join(dir, 'saved.vm');
     try {
       const q = await QmpClient.connect(src.qmpPath);
@@ -225,6 +235,7 @@ describe('VMM under hostile input', () => {
       assert.equal(info.status, 'completed', String(info['error-desc'] ?? ''));
       q.close();
     } finally {
+      streamFigures.expectExit(src.proc);
       await src.stop();
     }
     const valid = new Uint8Array(readFileSync(file));
@@ -313,7 +324,6 @@ describe('VMM under hostile input', () => {
       b[at]! ^= mask;
       named.push([`random damage ${i}`, b]);
     }
-    let inputs = 0;
     // The control: the undamaged stream, with GO, loads and starts the VM (so the inputs reach a real load).
     const cases: [string, Uint8Array, boolean][] = [
       ['the valid stream', valid, true],
@@ -321,6 +331,7 @@ describe('VMM under hostile input', () => {
     ];
     for (const [name, bytes, good] of cases) {
       const dst = await startVmm(dir, 'dst', device.path, 'tcp:127.0.0.1:0');
+      streamFigures.watch(dst.proc, `destination vmm (${name})`);
       try {
         const sock = connect(dst.port!, '127.0.0.1');
         sock.on('error', () => {}); // the destination may close first
@@ -339,8 +350,9 @@ describe('VMM under hostile input', () => {
         if (good) {
           assert.equal(info.status, 'completed', `${name}: ${String(info['error-desc'] ?? '')}`);
           assert.equal(status.running, true);
+          streamFigures.valid++;
         } else {
-          inputs++;
+          streamFigures.inputs++;
           assert.equal(info.status, 'failed', `${name} must be refused`);
           assert.ok(typeof info['error-desc'] === 'string' && (info['error-desc'] as string).length > 0);
           console.log(`stream "${name}": ${info['error-desc']}`);
@@ -359,6 +371,7 @@ describe('VMM under hostile input', () => {
           );
         }
         assert.ok(isAlive(dst.proc), `${name}: the VMM is alive`);
+        streamFigures.expectExit(dst.proc);
         await q.execute('quit');
         q.close();
         const code = await new Promise((r) =>
@@ -367,9 +380,10 @@ describe('VMM under hostile input', () => {
         assert.equal(code, 0, `${name}: the VMM quits cleanly`);
         sock.destroy();
       } finally {
+        streamFigures.expectExit(dst.proc);
         await dst.stop();
       }
     }
-    fuzzFigures({ target: 'migration-stream-destination', inputs });
+    streamFigures.printAndCheck();
   });
 });

@@ -9,23 +9,24 @@ import { MIGRATE_ARGS, MIGRATE_SET_PARAMETERS_ARGS, QMP_CAPABILITIES_ARGS } from
 import {
   type ArgsSchema,
   checkRequest,
+  type JsonMessage,
   JsonMessageStream,
   parseMessage,
   QmpError,
   QmpParseError,
   visitArgs,
 } from '../../src/vmm/qmp/protocol.ts';
-import { fuzzFigures, fuzzParams } from '../support/fuzz.ts';
+import { FuzzTally, fuzzParams } from '../support/fuzz.ts';
 
-let inputs = 0;
+const tally = new FuzzTally('qmp-parser-and-checks');
 
 /** Every message the splitter yields for `bytes`, then end of input. */
-function messages(bytes: Uint8Array): Buffer[] {
+function messages(bytes: Uint8Array): JsonMessage[] {
   const s = new JsonMessageStream();
   s.push(Buffer.from(bytes));
   s.end();
-  const out: Buffer[] = [];
-  for (let it = s.next(); it; it = s.next()) if (it.kind === 'message') out.push(it.bytes);
+  const out: JsonMessage[] = [];
+  for (let it = s.next(); it; it = s.next()) if (it.kind === 'message') out.push(it);
   return out;
 }
 
@@ -41,11 +42,12 @@ test('arbitrary bytes never throw from the stream, and the parser throws only Qm
   );
   fc.assert(
     fc.property(text, (bytes) => {
-      inputs++;
+      tally.inputs++;
       for (const m of messages(bytes)) {
         try {
           parseMessage(m);
         } catch (err) {
+          tally.thrown(err, [QmpParseError]);
           assert.ok(err instanceof QmpParseError, String(err));
           assert.match(err.message, /^JSON parse error, /);
         }
@@ -94,12 +96,13 @@ test('request checks and argument visitors throw only QmpError, for any JSON', (
   );
   fc.assert(
     fc.property(request, fc.nat(schemas.length - 1), (text, which) => {
-      inputs++;
+      tally.inputs++;
       for (const m of messages(new Uint8Array(Buffer.from(text)))) {
         let req: ReturnType<typeof checkRequest>;
         try {
           req = checkRequest(parseMessage(m));
         } catch (err) {
+          tally.thrown(err, [QmpError, QmpParseError]);
           assert.ok(err instanceof QmpError || err instanceof QmpParseError, String(err));
           continue;
         }
@@ -107,6 +110,7 @@ test('request checks and argument visitors throw only QmpError, for any JSON', (
           // The visitor is the one each command's arguments go through.
           visitArgs(schemas[which]!, req.arguments);
         } catch (err) {
+          tally.thrown(err, [QmpError]);
           assert.ok(err instanceof QmpError, String(err));
           assert.ok(err.desc.length > 0);
         }
@@ -117,6 +121,6 @@ test('request checks and argument visitors throw only QmpError, for any JSON', (
 });
 
 test('figures', () => {
-  assert.ok(inputs > 0);
-  fuzzFigures({ target: 'qmp-parser-and-checks', inputs });
+  assert.ok(tally.inputs > 0);
+  tally.printAndCheck();
 });

@@ -47,7 +47,7 @@ function parse(text: string | Uint8Array): QValue {
   assert.equal(list.length, 1, `one item expected from ${String(text)}: ${describeItems(list)}`);
   const item = list[0]!;
   if (item.kind !== 'message') throw new QmpParseError(item.desc);
-  return parseMessage(item.bytes);
+  return parseMessage(item);
 }
 
 function parseError(text: string | Uint8Array): string {

@@ -16,7 +16,7 @@ import { StreamError } from '../../src/stream/errors.ts';
 import { decodeRamPayload, RamPayloadBuilder } from '../../src/stream/ram.ts';
 import { encodeReturnPath, ReturnPathDecoder, ReturnPathType } from '../../src/stream/return-path.ts';
 import { decodeVfioPayload, vfioConfigPayload, vfioDataPayload, vfioSetupPayload } from '../../src/stream/vfio.ts';
-import { fuzzFigures, fuzzParams } from '../support/fuzz.ts';
+import { FuzzTally, fuzzParams } from '../support/fuzz.ts';
 import { buildStream, pageOf, RAM_BLOCKS, sampleStream, streamPlanArb } from './support.ts';
 
 /** Runs `fn`; anything thrown must be an instance of `type`. */
@@ -24,11 +24,7 @@ function onlyThrows(type: new (...a: never[]) => Error, fn: () => unknown, input
   try {
     fn();
   } catch (err) {
-    if (!(err instanceof type)) {
-      assert.fail(
-        `threw ${(err as Error)?.stack ?? String(err)} for ${Buffer.from(input.subarray(0, 64)).toString('hex')}`,
-      );
-    }
+    tally.thrown(err, [type], Buffer.from(input.subarray(0, 64)).toString('hex'));
   }
 }
 
@@ -62,7 +58,7 @@ function decodeAll(bytes: Uint8Array, chunk: number): void {
   d.finish();
 }
 
-let inputs = 0;
+const tally = new FuzzTally('stream-decoders');
 
 describe('stream readers only ever throw their typed errors', () => {
   const sample = sampleStream().bytes;
@@ -77,10 +73,10 @@ describe('stream readers only ever throw their typed errors', () => {
     );
     fc.assert(
       fc.property(anyStream, fc.integer({ min: 1, max: 4096 }), (bytes, chunk) => {
-        inputs++;
+        tally.inputs++;
         onlyThrows(StreamError, () => decodeAll(bytes, chunk), bytes);
         // The analyzer reads through the decoder and must report, not throw.
-        inputs++;
+        tally.inputs++;
         const a = analyzeBytes(bytes, { maxSectionBytes: 1 << 20 });
         assert.ok(a.complete || a.error !== null);
       }),
@@ -124,7 +120,7 @@ describe('stream readers only ever throw their typed errors', () => {
     );
     fc.assert(
       fc.property(payload, section, fc.boolean(), (p, sec, withBlocks) => {
-        inputs++;
+        tally.inputs++;
         onlyThrows(
           StreamError,
           () => decodeRamPayload(p, { section: sec, blocks: withBlocks ? RAM_BLOCKS : undefined }),
@@ -144,7 +140,7 @@ describe('stream readers only ever throw their typed errors', () => {
     const payload = fc.oneof(fc.uint8Array({ maxLength: 200 }), ...valids.map((v) => mutated(v)));
     fc.assert(
       fc.property(payload, (p) => {
-        inputs++;
+        tally.inputs++;
         onlyThrows(StreamError, () => decodeVfioPayload(p), p);
       }),
       fuzzParams('VFIO payload', 600),
@@ -164,7 +160,7 @@ describe('stream readers only ever throw their typed errors', () => {
         fc.oneof(mutated(ramValid), fc.uint8Array({ maxLength: 100 })),
         fc.oneof(mutated(vfioValid), fc.uint8Array({ maxLength: 100 })),
         (ramPayload, vfioPayload) => {
-          inputs++;
+          tally.inputs++;
           const e = new StreamEncoder();
           const bytes = concat([
             ...e.header(),
@@ -196,7 +192,7 @@ describe('stream readers only ever throw their typed errors', () => {
     ]);
     fc.assert(
       fc.property(fc.oneof(fc.uint8Array({ maxLength: 100 }), mutated(valid)), fc.nat(20), (bytes, cut) => {
-        inputs++;
+        tally.inputs++;
         const d = new ReturnPathDecoder();
         onlyThrows(
           VfioError,
@@ -212,7 +208,7 @@ describe('stream readers only ever throw their typed errors', () => {
   });
 
   test('figures', () => {
-    assert.ok(inputs > 0);
-    fuzzFigures({ target: 'stream-decoders', inputs });
+    assert.ok(tally.inputs > 0);
+    tally.printAndCheck();
   });
 });

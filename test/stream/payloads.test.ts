@@ -7,7 +7,13 @@ import { be64, concat } from '../../src/stream/bytes.ts';
 import { VfioTag } from '../../src/stream/constants.ts';
 import { StreamError } from '../../src/stream/errors.ts';
 import { decodeRamPayload, RamPayloadBuilder } from '../../src/stream/ram.ts';
-import { decodeVfioPayload, vfioConfigPayload, vfioDataPayload, vfioSetupPayload } from '../../src/stream/vfio.ts';
+import {
+  decodeVfioPayload,
+  vfioConfigPayload,
+  vfioDataPayload,
+  vfioSetupPayload,
+  X_DEV_FLAVOR,
+} from '../../src/stream/vfio.ts';
 import { pageOf, RAM_BLOCKS } from './support.ts';
 
 const rec = (v: bigint) => be64(v);
@@ -190,6 +196,20 @@ describe('VFIO payloads', () => {
       { kind: 'end' },
     ]);
     assert.deepEqual(decodeVfioPayload(concat([tag(T.DEV_INIT_DATA_SENT)])), [{ kind: 'init-data-sent' }]);
+  });
+
+  test('a v1 or v2 START names its flavor first (our X_DEV_FLAVOR); a seed START is as before', () => {
+    const v2 = concat(vfioSetupPayload('v2'));
+    assert.deepEqual(v2.subarray(0, 16), concat([tag(X_DEV_FLAVOR), be64(2n)]));
+    assert.deepEqual(decodeVfioPayload(v2), [{ kind: 'flavor', flavor: 'v2' }, { kind: 'setup' }, { kind: 'end' }]);
+    assert.deepEqual(decodeVfioPayload(concat(vfioSetupPayload('v1')))[0], { kind: 'flavor', flavor: 'v1' });
+    assert.deepEqual(concat(vfioSetupPayload('seed')), concat(vfioSetupPayload()));
+    assert.equal(concat(vfioSetupPayload('seed')).byteLength, 16);
+    assert.deepEqual(decodeVfioPayload(concat([tag(X_DEV_FLAVOR), be64(9n), tag(T.END_OF_STATE)]))[0], {
+      kind: 'flavor',
+      flavor: 'code 9',
+    });
+    refused(vfio(tag(X_DEV_FLAVOR), Uint8Array.of(0, 2)), /X_DEV_FLAVOR code runs past the end/);
   });
 
   test('refused: unknown tags, a tag we do not support, stray bytes', () => {

@@ -341,6 +341,38 @@ describe('client: errors from the server', () => {
     assert.equal(client.isClosed, false, 'an error reply is an answer, not a broken connection');
   });
 
+  test('an error reply with a payload (libvfio-user sends them): its bytes skipped, the errno reported, the connection kept', async (t) => {
+    let reads = 0;
+    const mem = pattern(64);
+    const { client } = await setup(t, {
+      handlers: {
+        [Command.REGION_READ]: (m, conn) => {
+          const r = decodeRegionReadRequest(m.payload);
+          if (reads++ === 0) {
+            // Raw bytes, as libvfio-user writes a refused REGION_READ: ERROR set, error_no EINVAL, and the
+            // reply it had allocated (the 16-byte access header + count bytes) still attached.
+            const raw = new Uint8Array(16 + 16 + r.count).fill(0xa5);
+            const dv = new DataView(raw.buffer);
+            dv.setUint16(0, m.header.msgId, true);
+            dv.setUint16(2, Command.REGION_READ, true);
+            dv.setUint32(4, raw.byteLength, true);
+            dv.setUint32(8, 0x21, true); // REPLY | ERROR
+            dv.setUint32(12, Errno.EINVAL, true);
+            conn.send(raw);
+            return;
+          }
+          conn.reply(
+            m,
+            encodeRegionReadReply({ ...r, data: mem.subarray(Number(r.offset), Number(r.offset) + r.count) }),
+          );
+        },
+      },
+    });
+    await assert.rejects(client.regionRead(9, 0, 40), errno(Errno.EINVAL));
+    assert.equal(client.isClosed, false, 'the payload was skipped, not taken for a broken stream');
+    assert.deepEqual(await client.regionRead(9, 8, 24), mem.subarray(8, 32), 'the next reply is read in step');
+  });
+
   test('a command the server does not handle: EINVAL', async (t) => {
     const { client } = await setup(t);
     await assert.rejects(client.dirtyPages('start'), errno(Errno.EINVAL));

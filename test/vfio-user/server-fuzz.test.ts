@@ -27,7 +27,7 @@ import { encodeVersionRequest } from '../../src/abi/vfio-user/version.ts';
 import { CONTROL_DMA, CONTROL_WORK, LargeMemoryRegs } from '../../src/device/samples/large-memory.ts';
 import { native } from '../../src/native/addon.ts';
 import { MAX_PENDING_REQUESTS } from '../../src/vfio-user/session.ts';
-import { fdCount, fuzzFigures, fuzzParams, fuzzRounds, statusKib } from '../support/fuzz.ts';
+import { FuzzTally, fdCount, fuzzParams, fuzzRounds, statusKib } from '../support/fuzz.ts';
 import { RawVfioPeer, rawMessage } from '../support/raw-vfio.ts';
 import { type ServerProcess, startServer } from '../support/server-process.ts';
 
@@ -184,11 +184,22 @@ function headerOf(input: Input, msgId: number) {
 describe('vfio-user server under hostile input (register-file device)', () => {
   let srv: ServerProcess;
   let pid: number;
+  const figures = {
+    requests: new FuzzTally('vfio-user-server'),
+    regions: new FuzzTally('vfio-user-region-access'),
+    pipelining: new FuzzTally('vfio-user-pipelining'),
+    bad: new FuzzTally('vfio-user-bad-requests'),
+  };
   before(async () => {
     srv = await startServer(['--device', 'register-file']);
     pid = srv.proc.pid!;
+    for (const f of Object.values(figures)) f.watch(srv.proc, 'device server');
   });
   after(async () => {
+    for (const f of Object.values(figures)) {
+      f.flush();
+      f.expectExit(srv.proc);
+    }
     if (process.env.H4_DEBUG)
       console.log(
         srv.log
@@ -261,7 +272,7 @@ describe('vfio-user server under hostile input (register-file device)', () => {
   test('random and mutated requests, fds where none belong, broken framing: answered or dropped, never fatal', async () => {
     let peer = await connectRetry(srv.path);
     const counts = { reply: 0, errno: 0, dropped: 0, silent: 0 };
-    let inputs = 0;
+    const tally = figures.requests;
     // Warm up (one-time allocations in the server), then count fds and memory.
     for (const [cmd, payload] of VALID.slice(0, 8))
       await send(peer, { cmd, payload, fds: 1, memfds: false, noReply: false });
@@ -270,7 +281,7 @@ describe('vfio-user server under hostile input (register-file device)', () => {
     const rss0 = statusKib(pid, 'VmRSS');
     await fc.assert(
       fc.asyncProperty(inputArb, async (input) => {
-        inputs++;
+        tally.inputs++;
         const how = await send(peer, input);
         counts[how]++;
         if (how === 'dropped') {
@@ -296,11 +307,11 @@ describe('vfio-user server under hostile input (register-file device)', () => {
     peer = await connectRetry(srv.path);
     const fdDelta = fdCount(pid) - fd0;
     const rssDelta = statusKib(pid, 'VmRSS') - rss0;
-    fuzzFigures({ target: 'vfio-user-server', inputs, fdDelta, rssDeltaKib: rssDelta });
+    tally.printAndCheck({ fdDelta, rssDeltaKib: rssDelta });
     console.log(`vfio-user fuzz outcomes: ${JSON.stringify(counts)}`);
     assert.ok(counts.reply > 0 && counts.errno > 0, 'both outcomes were exercised');
     // A leak would be one or more fds per input (most inputs carry fds).
-    assert.ok(fdDelta <= 2, `server fd count grew by ${fdDelta} over ${inputs} inputs`);
+    assert.ok(fdDelta <= 2, `server fd count grew by ${fdDelta} over ${tally.inputs} inputs`);
     await alive(peer);
     peer.close();
   });
@@ -325,7 +336,7 @@ describe('vfio-user server under hostile input (register-file device)', () => {
       write: fc.boolean(),
       fill: fc.nat(255),
     });
-    let inputs = 0;
+    const tally = figures.regions;
     const states = [0, 1, 2, 3, 4, 5, 6, 7];
     const fd0 = fdCount(pid);
     for (const state of states) {
@@ -339,7 +350,7 @@ describe('vfio-user server under hostile input (register-file device)', () => {
       }
       await fc.assert(
         fc.asyncProperty(access, async (a) => {
-          inputs++;
+          tally.inputs++;
           const size = sizes[a.region] ?? 4096;
           const e = edges(size);
           // The seed header's fields, and the data section (where a resuming device parses what it gets).
@@ -369,7 +380,7 @@ describe('vfio-user server under hostile input (register-file device)', () => {
     }
     await running(peer);
     await alive(peer);
-    fuzzFigures({ target: 'vfio-user-region-access', inputs, fdDelta: fdCount(pid) - fd0 });
+    tally.printAndCheck({ fdDelta: fdCount(pid) - fd0 });
     peer.close();
     await peer.whenClosed;
   });
@@ -493,7 +504,9 @@ describe('vfio-user server under hostile input (register-file device)', () => {
     }
     assert.ok(last > 0, 'the server stopped reading: requests wait in our queue, not in its memory');
     const grew = peakRss - rss0;
-    fuzzFigures({ target: 'vfio-user-pipelining', inputs: n, rssDeltaKib: grew });
+    // Valid reads, sent as load: counted apart from the bad inputs.
+    figures.pipelining.valid = n;
+    figures.pipelining.printAndCheck({ rssDeltaKib: grew });
     // Without the bound the server would hold ~48 MiB of replies here; with it, a few MiB plus GC slack.
     assert.ok(grew < 24 * 1024, `server RSS grew by ${grew} KiB while a client did not read`);
     const t0 = performance.now();
@@ -550,7 +563,8 @@ describe('vfio-user server under hostile input (register-file device)', () => {
     }
     const fdDelta = fdCount(pid) - fd0;
     const rssDelta = statusKib(pid, 'VmRSS') - rss0;
-    fuzzFigures({ target: 'vfio-user-bad-requests', inputs: rounds * 4, fdDelta, rssDeltaKib: rssDelta });
+    figures.bad.inputs = rounds * 4;
+    figures.bad.printAndCheck({ fdDelta, rssDeltaKib: rssDelta });
     console.log(`RSS growth (KiB) every 50 rounds: ${samples.join(' ')}`);
     assert.ok(fdDelta <= 2, `server fd count grew by ${fdDelta} over ${rounds} rounds each sending 2 fds`);
     // Each round pushes 512 KiB through the server (~150 MiB in all): a leak of the payloads would show
@@ -580,10 +594,16 @@ async function connectRetry(path: string): Promise<RawVfioPeer> {
 
 describe('vfio-user server: the pending bound while the server waits for the client (large-memory device)', () => {
   let srv: ServerProcess;
+  const tally = new FuzzTally('vfio-user-pending-while-dma');
   before(async () => {
     srv = await startServer(['--device', 'large-memory', '--device-mem', '1M', '--work-rate', '20000']);
+    tally.watch(srv.proc, 'device server');
   });
-  after(async () => srv.stop());
+  after(async () => {
+    tally.flush();
+    tally.expectExit(srv.proc);
+    await srv.stop();
+  });
 
   test(`requests beyond ${MAX_PENDING_REQUESTS} pending are answered EBUSY at once while a DMA reply is due; the rest are served`, async () => {
     const peer = await connectRetry(srv.path);
@@ -629,7 +649,9 @@ describe('vfio-user server: the pending bound while the server waits for the cli
       const answers = await Promise.all(reads);
       const served = answers.filter((r) => r && !r.header.error).length;
       const busy = answers.filter((r) => r?.header.error && r.header.errorNo === Errno.EBUSY).length;
-      fuzzFigures({ target: 'vfio-user-pending-while-dma', inputs: n, crashes: 0 });
+      // Valid reads, sent as load while the server waits on us: counted apart from the bad inputs.
+      tally.valid = n;
+      tally.printAndCheck();
       console.log(`pending bound: ${served} served, ${busy} EBUSY of ${n}`);
       assert.ok(busy >= n - MAX_PENDING_REQUESTS, `${busy} EBUSY refusals`);
       assert.equal(served + busy, n, 'every request was either served or refused EBUSY');

@@ -1,4 +1,4 @@
-// vfio-user command numbers and header flag bits (spec/vfio-user.md "Command numbers", "Header").
+// vfio-user command numbers and header flag bits (libvfio-user include/vfio-user.h; docs/vfio-user.md "Header", "Commands").
 // Per-message flag bits live beside their codecs (dma-map.ts, irq.ts, …); index.ts re-exports them all.
 
 export const Command = {

@@ -47,8 +47,9 @@ function check(h: Header, maxMsgSize: number): void {
     if (h.errorNo !== 0) fail(MSG, 'error_no', `is ${h.errorNo} in a command, must be 0`);
   } else {
     if (h.noReply) fail(MSG, 'flags', `has NO_REPLY set on a reply (${commandName(h.cmd)})`);
-    // An error reply is header only; a payload would be misread as the success layout.
-    if (h.error && h.msgSize !== HEADER_SIZE) fail(MSG, 'msg_size', `is ${h.msgSize} in an error reply, must be 16`);
+    // An error reply may carry a payload: libvfio-user allocates the reply before its handler fails and
+    // sends it with ERROR set (lib/libvfio-user.c, e.g. a refused REGION_READ). The receiver reads those
+    // msg_size - 16 bytes (still within maxMsgSize) and discards them; only error_no is the answer.
     if (!h.error && h.errorNo !== 0) fail(MSG, 'error_no', `is ${h.errorNo} without ERROR, must be 0`);
   }
 }
@@ -119,7 +120,7 @@ export function replyTo(request: Pick<Header, 'msgId' | 'cmd'>): HeaderInit {
   return { msgId: request.msgId, cmd: request.cmd, type: MessageType.REPLY };
 }
 
-/** A header-only error reply to `request` carrying `errno`. */
+/** A header-only error reply to `request` carrying `errno` (what we send; peers may add a payload). */
 export function encodeErrorReply(request: Pick<Header, 'msgId' | 'cmd'>, errno: number): Uint8Array {
   return encodeMessage({ ...replyTo(request), error: true, errorNo: errno });
 }

@@ -1,5 +1,5 @@
-// Sizes and limits of the vfio-user protocol as libvfio-user HEAD enforces them (spec/vfio-user.md "Limits",
-// "VERSION"). Negotiated values (the peer's max_data_xfer_size, max_msg_fds) override the defaults at run time.
+// Sizes and limits of the vfio-user protocol as libvfio-user HEAD enforces them (docs/vfio-user.md "Limits",
+// "Capability negotiation"). Negotiated values (the peer's max_data_xfer_size, max_msg_fds) override the defaults at run time.
 
 export const HEADER_SIZE = 16;
 

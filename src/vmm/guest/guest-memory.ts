@@ -114,6 +114,11 @@ export class GuestMemory {
     return this.isClosed;
   }
 
+  /** Guest RAM as its mapped pieces (guest-physical offset, view), e.g. to serve a device's DMA messages. */
+  pieceViews(): { offset: number; bytes: Uint8Array }[] {
+    return this.pieces.map((bytes, i) => ({ offset: i * this.pieceSize, bytes }));
+  }
+
   /** Page `i` as a view into guest RAM: writes through it are guest writes (nobody marks them dirty). */
   page(i: number): Uint8Array {
     if (!(i >= 0 && i < this.pages) || this.isClosed) this.badPage(i);

@@ -4,17 +4,16 @@
 // and a VM the migration stopped is started again, with its memory and device state intact.
 
 import { Errno } from '../../abi/errno.ts';
-import { VfioError } from '../../errors.ts';
 import type { GuestDirtyBitmap } from '../guest/dirty-bitmap.ts';
 import type { MigrationInfo } from '../qmp/commands.ts';
 import type { RunState } from '../run-state.ts';
 import type { VfioMigrationDriver } from '../vfio/driver.ts';
 import { SwitchoverEstimator } from './convergence.ts';
+import { errnoOf, MigrationCancelled, MigrationError, reasonOf } from './errors.ts';
 import type { MigrationHandler } from './handler.ts';
 import { fileConnection, IncomingListener, runIncoming } from './incoming.ts';
 import {
   DEFAULT_PARAMETERS,
-  MigrationCancelled,
   type MigrationParameters,
   type OutgoingProgress,
   runOutgoing,
@@ -88,9 +87,9 @@ export class MigrationController {
 
   /** Starts an outgoing migration and returns at once (QMP's `migrate`); progress via query-migrate. */
   migrate(uriText: string): void {
-    if (statusIsActive(this.status)) throw new VfioError(Errno.EBUSY, "There's a migration process in progress");
+    if (statusIsActive(this.status)) throw new MigrationError(Errno.EBUSY, "There's a migration process in progress");
     if (this.d.runState.state === 'inmigrate')
-      throw new VfioError(Errno.EBUSY, 'this VM is waiting for an incoming migration');
+      throw new MigrationError(Errno.EBUSY, 'this VM is waiting for an incoming migration');
     const uri = parseMigrationUri(uriText);
     this.abort = new AbortController();
     this.started = performance.now();
@@ -148,10 +147,7 @@ export class MigrationController {
           this.setStatus('device');
           const errors = await this.d.runState.transition('finish-migrate', 'finish-migrate');
           if (errors.length > 0)
-            throw new VfioError(
-              errors[0] instanceof VfioError ? errors[0].errno : Errno.EIO,
-              `stopping the VM failed: ${errors.map((e) => e.message.replace(/ \(E[A-Z0-9]+\)$/, '')).join('; ')}`,
-            );
+            throw new MigrationError(errnoOf(errors[0]), `stopping the VM failed: ${errors.map(reasonOf).join('; ')}`);
         },
       });
       this.setupMs = result.setupMs;

@@ -7,7 +7,6 @@ import { once } from 'node:events';
 import { createReadStream } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { Errno } from '../../abi/errno.ts';
-import { asVfioError, VfioError } from '../../errors.ts';
 import { type DecodedSection, StreamDecoder } from '../../stream/decoder.ts';
 import {
   encodeReturnPath,
@@ -15,6 +14,7 @@ import {
   type ReturnPathMessage,
   ReturnPathType,
 } from '../../stream/return-path.ts';
+import { errnoOf, MigrationError, reasonOf } from './errors.ts';
 import type { MigrationHandler } from './handler.ts';
 
 export interface IncomingConnection {
@@ -133,7 +133,7 @@ async function nextChunk(
       ? await Promise.race([
           next,
           new Promise<never>((_, reject) => {
-            timer = setTimeout(() => reject(new VfioError(Errno.ETIMEDOUT, what)), timeoutMs);
+            timer = setTimeout(() => reject(new MigrationError(Errno.ETIMEDOUT, what)), timeoutMs);
           }),
         ])
       : await next;
@@ -151,11 +151,9 @@ async function loadNamed(h: MigrationHandler, s: DecodedSection): Promise<void> 
   try {
     await h.loadSection(s.type, s.payload, s.versionId);
   } catch (err) {
-    const e = asVfioError(err, Errno.EINVAL);
-    const bare = e.message.replace(/ \(E[A-Z0-9]+\)$/, '');
-    throw new VfioError(
-      e.errno,
-      `${s.type.toUpperCase()} section "${s.idstr}" (section id ${s.sectionId}, seq ${s.seq}, byte ${s.offset}) refused: ${bare}`,
+    throw new MigrationError(
+      errnoOf(err, Errno.EINVAL),
+      `${s.type.toUpperCase()} section "${s.idstr}" (section id ${s.sectionId}, seq ${s.seq}, byte ${s.offset}) refused: ${reasonOf(err)}`,
       { cause: err },
     );
   }
@@ -185,12 +183,12 @@ export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
         if (s.type === 'start' || s.type === 'full') {
           h = byKey.get(`${s.idstr}\u0000${s.instanceId}`);
           if (!h)
-            throw new VfioError(
+            throw new MigrationError(
               Errno.EINVAL,
               `stream section "${s.idstr}" instance ${s.instanceId} matches nothing in this VM`,
             );
           if ((s.versionId ?? 0) > h.versionId) {
-            throw new VfioError(
+            throw new MigrationError(
               Errno.EINVAL,
               `section "${s.idstr}" has version ${s.versionId}, this VM loads up to ${h.versionId}`,
             );
@@ -199,7 +197,7 @@ export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
         } else {
           h = bySection.get(s.sectionId);
         }
-        if (!h) throw new VfioError(Errno.EINVAL, `section id ${s.sectionId} was never started`);
+        if (!h) throw new MigrationError(Errno.EINVAL, `section id ${s.sectionId} was never started`);
         await loadNamed(h, s);
         o.onSection?.(h.idstr, s.payload.byteLength);
       }
@@ -227,12 +225,12 @@ export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
   const pending: ReturnPathMessage[] = rest && rest.byteLength > 0 ? rp.push(rest) : [];
   while (pending.length === 0) {
     const chunk = await nextChunk(o.connection.chunks, o.goTimeoutMs ?? 30_000);
-    if (!chunk) throw new VfioError(Errno.ECONNRESET, 'the source went away before GO: the VM stays stopped here');
+    if (!chunk) throw new MigrationError(Errno.ECONNRESET, 'the source went away before GO: the VM stays stopped here');
     pending.push(...rp.push(chunk));
   }
   const go = pending[0]!;
   if (go.type !== ReturnPathType.GO)
-    throw new VfioError(Errno.EPROTO, `expected GO from the source, got message ${go.type}`);
+    throw new MigrationError(Errno.EPROTO, `expected GO from the source, got message ${go.type}`);
   o.connection.close();
   if (o.autostart) await o.startVm();
   return { bytes, sections, started: o.autostart };

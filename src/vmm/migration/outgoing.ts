@@ -4,7 +4,6 @@
 // did to the VM: the engine's caller resumes the VM and the devices' notifiers set them running.
 
 import { Errno } from '../../abi/errno.ts';
-import { VfioError } from '../../errors.ts';
 import { StreamEncoder } from '../../stream/encoder.ts';
 import { ReturnPathType } from '../../stream/return-path.ts';
 import {
@@ -16,6 +15,7 @@ import {
   SwitchoverEstimator,
   switchoverThreshold,
 } from './convergence.ts';
+import { MigrationCancelled, MigrationError } from './errors.ts';
 import type { MigrationHandler, SectionWriter } from './handler.ts';
 import type { OutgoingStream } from './transport.ts';
 
@@ -106,14 +106,6 @@ export interface OutgoingResult {
    * not resume: the destination may have received GO and be running the VM.
    */
   afterCommitError?: string;
-}
-
-/** Thrown when the migration was cancelled; the caller reports status cancelled rather than failed. */
-export class MigrationCancelled extends VfioError {
-  constructor() {
-    super(Errno.ECONNRESET, 'migration cancelled');
-    this.name = 'MigrationCancelled';
-  }
 }
 
 export async function runOutgoing(o: OutgoingOptions): Promise<OutgoingResult> {
@@ -268,13 +260,13 @@ export async function runOutgoing(o: OutgoingOptions): Promise<OutgoingResult> {
       // The destination's text already ends in its errno name: one "(EIO)" more would only confuse.
       const m = / \((E[A-Z0-9]+)\)$/.exec(reply.text);
       const errno = m && m[1]! in Errno ? Errno[m[1] as keyof typeof Errno] : Errno.EIO;
-      throw new VfioError(
+      throw new MigrationError(
         errno,
         `the destination could not load the VM: ${m ? reply.text.slice(0, m.index) : reply.text}`,
       );
     }
     if (reply.type !== ReturnPathType.READY)
-      throw new VfioError(Errno.EPROTO, `unexpected return-path message ${reply.type}`);
+      throw new MigrationError(Errno.EPROTO, `unexpected return-path message ${reply.type}`);
   }
   // Commit point: from here on the source never resumes this VM, whatever happens next. A cancel that
   // came while we waited for READY still wins here: no GO, and the destination never starts. Over TCP

@@ -12,10 +12,10 @@
 // destination for data).
 
 import { Errno } from '../../abi/errno.ts';
-import { VfioError } from '../../errors.ts';
 import { decodeRamPayload, RamPageScan, RamPayloadBuilder, RamPayloadWriter, scanRamPages } from '../../stream/ram.ts';
 import type { GuestDirtyBitmap } from '../guest/dirty-bitmap.ts';
 import type { GuestMemory } from '../guest/guest-memory.ts';
+import { MigrationError } from './errors.ts';
 import type { MigrationHandler, SectionKind, SectionWriter } from './handler.ts';
 
 export const RAM_BLOCK = 'pc.ram';
@@ -204,30 +204,32 @@ export class RamHandler implements MigrationHandler {
         const at = data[r]!;
         if (at >= 0) this.memory.page(i).set(payload.subarray(at, at + PAGE));
         else if (at !== -1 || !this.memory.isZeroPage(i)) this.memory.page(i).fill(-1 - at);
-        if (this.received![i] === 0) {
-          this.received![i] = 1;
-          this.receivedCount++;
-        }
+        this.markReceived(i);
       }
       return;
     }
     for (const rec of decodeRamPayload(payload, this.decodeCtx)) {
       switch (rec.kind) {
         case 'mem-size':
-          if (kind !== 'start') throw new VfioError(Errno.EINVAL, 'RAM size record outside the START section');
+          if (kind !== 'start') throw new MigrationError(Errno.EINVAL, 'RAM size record outside the START section');
           if (rec.total !== BigInt(this.memory.size)) {
-            throw new VfioError(Errno.EINVAL, `the source has ${rec.total} bytes of RAM, this VM ${this.memory.size}`);
+            throw new MigrationError(
+              Errno.EINVAL,
+              `the source has ${rec.total} bytes of RAM, this VM ${this.memory.size}`,
+            );
           }
           break;
-        case 'page':
-          this.memory.page(this.pageIndex(rec.offset)).set(rec.data);
-          this.markReceived(rec.offset);
+        case 'page': {
+          const i = this.pageIndex(rec.offset);
+          this.memory.page(i).set(rec.data);
+          this.markReceived(i);
           break;
+        }
         case 'zero': {
           const i = this.pageIndex(rec.offset);
           // Writing fresh memory faults it in; a zero page that already reads as zeroes is left alone.
           if (rec.fill !== 0 || !this.memory.isZeroPage(i)) this.memory.page(i).fill(rec.fill);
-          this.markReceived(rec.offset);
+          this.markReceived(i);
           break;
         }
         case 'eos':
@@ -252,19 +254,22 @@ export class RamHandler implements MigrationHandler {
   async loadComplete(): Promise<void> {
     const missing = this.memory.pages - this.receivedCount;
     if (missing > 0)
-      throw new VfioError(Errno.EINVAL, `RAM incomplete: ${missing} of ${this.memory.pages} pages never arrived`);
+      throw new MigrationError(Errno.EINVAL, `RAM incomplete: ${missing} of ${this.memory.pages} pages never arrived`);
   }
 
   private pageIndex(offset: bigint): number {
     const i = Number(offset / BigInt(PAGE));
     if (offset % BigInt(PAGE) !== 0n || i >= this.memory.pages) {
-      throw new VfioError(Errno.EINVAL, `RAM page at offset ${offset} is outside this VM's ${this.memory.size} bytes`);
+      throw new MigrationError(
+        Errno.EINVAL,
+        `RAM page at offset ${offset} is outside this VM's ${this.memory.size} bytes`,
+      );
     }
     return i;
   }
 
-  private markReceived(offset: bigint): void {
-    const i = Number(offset / BigInt(PAGE));
+  /** Counts page `i` as loaded (once, however often it arrives): loadComplete checks that all were. */
+  private markReceived(i: number): void {
     if (this.received![i] === 0) {
       this.received![i] = 1;
       this.receivedCount++;

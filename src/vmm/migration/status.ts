@@ -1,4 +1,6 @@
-// Migration status (QEMU's MigrationStatus names) and its transitions, in one place.
+// Migration status and its transitions, in one place: the members of QEMU's MigrationStatus (qapi/migration.json)
+// this VMM enters, the type query-migrate and the MIGRATION event carry. QEMU's others (postcopy-*, colo,
+// pre-switchover, wait-unplug) belong to features this VMM does not have, so it never reports them.
 //
 //  none ─► setup ─► active ─► device ─► completed        (device: VM stopped, final sections, handshake)
 //            │        │         │

@@ -8,13 +8,13 @@ import { type FileHandle, open } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Errno } from '../../abi/errno.ts';
-import { VfioError } from '../../errors.ts';
 import {
   encodeReturnPath,
   ReturnPathDecoder,
   type ReturnPathMessage,
   ReturnPathType,
 } from '../../stream/return-path.ts';
+import { MigrationError } from './errors.ts';
 
 export type MigrationUri = { kind: 'tcp'; host: string; port: number } | { kind: 'file'; path: string };
 
@@ -22,14 +22,14 @@ export type MigrationUri = { kind: 'tcp'; host: string; port: number } | { kind:
 export function parseMigrationUri(uri: string, forListen = false): MigrationUri {
   if (uri.startsWith('file:')) {
     const path = uri.slice(5);
-    if (!path) throw new VfioError(Errno.EINVAL, `migration URI "${uri}" has no path`);
+    if (!path) throw new MigrationError(Errno.EINVAL, `migration URI "${uri}" has no path`);
     return { kind: 'file', path };
   }
   const m = /^tcp:(\[[^\]]+\]|[^:]+):(\d+)$/.exec(uri);
-  if (!m) throw new VfioError(Errno.EINVAL, `migration URI "${uri}" is not tcp:HOST:PORT or file:PATH`);
+  if (!m) throw new MigrationError(Errno.EINVAL, `migration URI "${uri}" is not tcp:HOST:PORT or file:PATH`);
   const port = Number(m[2]);
   if (port < (forListen ? 0 : 1) || port > 65535)
-    throw new VfioError(Errno.EINVAL, `migration URI "${uri}": port out of range`);
+    throw new MigrationError(Errno.EINVAL, `migration URI "${uri}": port out of range`);
   return { kind: 'tcp', host: m[1]!.replace(/^\[|\]$/g, ''), port };
 }
 
@@ -90,16 +90,21 @@ class RateLimiter {
   }
 }
 
+/** Bytes per corked write: the granularity at which a slow link is seen to make progress. */
+const WRITE_GROUP = 512 * 1024;
+
 class TcpOutgoing implements OutgoingStream {
   bytes = 0;
-  /** Bytes of writes the kernel has taken in full (stall detection). */
+  /** Bytes of write groups the kernel has taken in full (stall detection). */
   private completed = 0;
+  /** The last write in call order: each call's groups go out after the previous call's. */
+  private tail: Promise<void> = Promise.resolve();
   private readonly decoder = new ReturnPathDecoder();
   private readonly inbox: ReturnPathMessage[] = [];
   private waiter: (() => void) | null = null;
   private closedError: Error | null = null;
   /** The destination said ERROR on the return path. */
-  private refusal: VfioError | null = null;
+  private refusal: MigrationError | null = null;
   private readonly limiter: RateLimiter;
 
   constructor(
@@ -114,7 +119,7 @@ class TcpOutgoing implements OutgoingStream {
           // The destination's reason, if it gives up mid-stream: every later failure of this link
           // reports it rather than the reset that follows.
           if (m.type === ReturnPathType.ERROR)
-            this.refusal ??= new VfioError(Errno.EIO, `the destination could not load the VM: ${m.text}`);
+            this.refusal ??= new MigrationError(Errno.EIO, `the destination could not load the VM: ${m.text}`);
         }
       } catch (err) {
         socket.destroy(err as Error);
@@ -124,11 +129,11 @@ class TcpOutgoing implements OutgoingStream {
     });
     socket.on('close', () => {
       this.closedError ??=
-        this.refusal ?? new VfioError(Errno.ECONNRESET, 'the destination closed the migration connection');
+        this.refusal ?? new MigrationError(Errno.ECONNRESET, 'the destination closed the migration connection');
       this.wake();
     });
     socket.on('error', (err) => {
-      this.closedError = this.refusal ?? new VfioError(Errno.ECONNRESET, `migration connection: ${err.message}`);
+      this.closedError = this.refusal ?? new MigrationError(Errno.ECONNRESET, `migration connection: ${err.message}`);
       this.wake();
     });
   }
@@ -141,7 +146,10 @@ class TcpOutgoing implements OutgoingStream {
 
   /**
    * Resolves once the socket has taken every piece (its write callback), so the caller may reuse the
-   * memory behind them; a link that takes nothing for `stallTimeoutMs` fails the write.
+   * memory behind them; a link that takes nothing for `stallTimeoutMs` fails the write. Calls are written
+   * one after the other, in call order, each in groups of at most WRITE_GROUP bytes: a group's write
+   * callback is the progress a stall is measured against, with public means only (a 4 MiB section queued
+   * behind others on a slow or busy link is not a dead link while its groups keep going out).
    */
   async write(pieces: readonly Uint8Array[]): Promise<void> {
     if (this.refusal) throw this.refusal;
@@ -150,53 +158,83 @@ class TcpOutgoing implements OutgoingStream {
     if (list.length === 0) return;
     let n = 0;
     for (const p of list) n += p.byteLength;
-    const stall = this.options.stallTimeoutMs ?? 10_000;
-    let timer: NodeJS.Timeout | undefined;
-    let onClose: (() => void) | undefined;
-    try {
-      await new Promise<void>((resolve, reject) => {
-        onClose = () => reject(this.closedError ?? new VfioError(Errno.ECONNRESET, 'migration connection closed'));
-        this.socket.once('close', onClose);
-        // Corked, the pieces go out in one writev; the last one's callback says all of them were taken
-        // (a failed write calls every pending callback with the error).
-        this.socket.cork();
-        const last = list.length - 1;
-        for (let i = 0; i < last; i++) this.socket.write(list[i]!);
-        this.socket.write(list[last]!, (err) => {
-          if (err) reject(this.refusal ?? new VfioError(Errno.ECONNRESET, `migration connection: ${err.message}`));
-          else {
-            this.completed += n;
-            resolve();
-          }
-        });
-        this.socket.uncork();
-        // A stall is no progress, not a slow write: the timer re-arms while the kernel takes bytes (some
-        // write completed, or libuv's queue of the one in flight shrank). A 4 MiB section queued behind
-        // others on a slow or busy link is not a dead link.
-        let seen = this.progress();
-        const arm = () => {
-          timer = setTimeout(() => {
-            const now = this.progress();
-            if (now.completed > seen.completed || now.inFlight < seen.inFlight) {
-              seen = now;
-              arm();
-            } else reject(new VfioError(Errno.ETIMEDOUT, `the destination took no data for ${stall} ms: stalled link`));
-          }, stall);
-        };
-        arm();
-      });
-    } finally {
-      clearTimeout(timer);
-      if (onClose) this.socket.off('close', onClose);
-    }
+    const run = this.tail.then(() => this.writeGroups(list));
+    this.tail = run.catch(() => {});
+    await this.watch(run);
     this.bytes += n;
     await this.limiter.take(n);
   }
 
-  /** Bytes of completed writes, and what libuv still holds of the write in flight. */
-  private progress(): { completed: number; inFlight: number } {
-    const handle = (this.socket as unknown as { _handle?: { writeQueueSize?: number } })._handle;
-    return { completed: this.completed, inFlight: handle?.writeQueueSize ?? 0 };
+  /** Writes `list` as corked groups of at most WRITE_GROUP bytes, each waited for before the next. */
+  private async writeGroups(list: readonly Uint8Array[]): Promise<void> {
+    let group: Uint8Array[] = [];
+    let size = 0;
+    for (const piece of list) {
+      for (let at = 0; at < piece.byteLength; ) {
+        const take = Math.min(piece.byteLength - at, WRITE_GROUP - size);
+        group.push(at === 0 && take === piece.byteLength ? piece : piece.subarray(at, at + take));
+        size += take;
+        at += take;
+        if (size === WRITE_GROUP) {
+          await this.writeGroup(group, size);
+          group = [];
+          size = 0;
+        }
+      }
+    }
+    if (size > 0) await this.writeGroup(group, size);
+  }
+
+  private writeGroup(group: readonly Uint8Array[], size: number): Promise<void> {
+    if (this.closedError) return Promise.reject(this.closedError);
+    return new Promise<void>((resolve, reject) => {
+      // Corked, the pieces go out in one writev; the last one's callback says all of them were taken
+      // (a failed write calls every pending callback with the error).
+      this.socket.cork();
+      const last = group.length - 1;
+      for (let i = 0; i < last; i++) this.socket.write(group[i]!);
+      this.socket.write(group[last]!, (err) => {
+        if (err) reject(this.refusal ?? new MigrationError(Errno.ECONNRESET, `migration connection: ${err.message}`));
+        else {
+          this.completed += size;
+          resolve();
+        }
+      });
+      this.socket.uncork();
+    });
+  }
+
+  /** Waits for `run`; fails if the link closes, or if no group completes for `stallTimeoutMs`. */
+  private async watch(run: Promise<void>): Promise<void> {
+    const stall = this.options.stallTimeoutMs ?? 10_000;
+    let timer: NodeJS.Timeout | undefined;
+    let onClose: (() => void) | undefined;
+    try {
+      await Promise.race([
+        run,
+        new Promise<never>((_, reject) => {
+          onClose = () =>
+            reject(this.closedError ?? new MigrationError(Errno.ECONNRESET, 'migration connection closed'));
+          this.socket.once('close', onClose);
+          let seen = this.completed;
+          const arm = () => {
+            timer = setTimeout(() => {
+              if (this.completed > seen) {
+                seen = this.completed;
+                arm();
+              } else
+                reject(
+                  new MigrationError(Errno.ETIMEDOUT, `the destination took no data for ${stall} ms: stalled link`),
+                );
+            }, stall);
+          };
+          arm();
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+      if (onClose) this.socket.off('close', onClose);
+    }
   }
 
   async nextMessage(timeoutMs: number): Promise<ReturnPathMessage> {
@@ -206,7 +244,7 @@ class TcpOutgoing implements OutgoingStream {
       if (m) return m;
       if (this.closedError) throw this.closedError;
       const left = deadline - performance.now();
-      if (left <= 0) throw new VfioError(Errno.ETIMEDOUT, `no answer from the destination within ${timeoutMs} ms`);
+      if (left <= 0) throw new MigrationError(Errno.ETIMEDOUT, `no answer from the destination within ${timeoutMs} ms`);
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, left);
         this.waiter = () => {
@@ -275,11 +313,11 @@ class FileOutgoing implements OutgoingStream {
   }
 
   nextMessage(): Promise<ReturnPathMessage> {
-    return Promise.reject(new VfioError(Errno.ENOTSUP, 'a file has no return path'));
+    return Promise.reject(new MigrationError(Errno.ENOTSUP, 'a file has no return path'));
   }
 
   async sendMessage(): Promise<void> {
-    throw new VfioError(Errno.ENOTSUP, 'a file has no return path');
+    throw new MigrationError(Errno.ENOTSUP, 'a file has no return path');
   }
 
   async end(): Promise<void> {
@@ -301,7 +339,7 @@ export async function openOutgoing(uri: MigrationUri, options: TransportOptions 
   const timeout = options.connectTimeoutMs ?? 10_000;
   let timer: NodeJS.Timeout | undefined;
   // A cancel ends the connect, and later any write or wait: the socket is destroyed with this error.
-  const cancelled = () => new VfioError(Errno.ECONNRESET, 'migration cancelled');
+  const cancelled = () => new MigrationError(Errno.ECONNRESET, 'migration cancelled');
   const onAbort = () => socket.destroy(cancelled());
   if (options.signal?.aborted) onAbort();
   options.signal?.addEventListener('abort', onAbort, { once: true });
@@ -310,7 +348,7 @@ export async function openOutgoing(uri: MigrationUri, options: TransportOptions 
       once(socket, 'connect'),
       new Promise((_, reject) => {
         timer = setTimeout(
-          () => reject(new VfioError(Errno.ETIMEDOUT, `connecting to ${uri.host}:${uri.port} timed out`)),
+          () => reject(new MigrationError(Errno.ETIMEDOUT, `connecting to ${uri.host}:${uri.port} timed out`)),
           timeout,
         );
       }),
@@ -319,9 +357,9 @@ export async function openOutgoing(uri: MigrationUri, options: TransportOptions 
     options.signal?.removeEventListener('abort', onAbort);
     socket.destroy();
     const e = err as NodeJS.ErrnoException;
-    throw err instanceof VfioError
+    throw err instanceof MigrationError
       ? err
-      : new VfioError(Errno.ECONNREFUSED, `cannot connect to ${uri.host}:${uri.port}: ${e.message}`);
+      : new MigrationError(Errno.ECONNREFUSED, `cannot connect to ${uri.host}:${uri.port}: ${e.message}`);
   } finally {
     clearTimeout(timer);
   }

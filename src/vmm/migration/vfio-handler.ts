@@ -1,7 +1,11 @@
-// The VFIO device's part of the stream, in the QEMU v1 layout (spec/qemu-stream.md): START carries
-// DEV_SETUP_STATE + END_OF_STATE; each device-data chunk goes in its own PART as DEV_DATA_STATE + size +
-// bytes + END_OF_STATE; END carries END_OF_STATE after the stop-and-copy chunks; FULL carries the config
-// space (DEV_CONFIG_STATE + blob + END_OF_STATE). idstr `<device>/vfio`, instance 0, version 1.
+// The VFIO device's part of the stream, in the layout QEMU's hw/vfio/migration.c writes for the device's
+// flavor (spec: the VFIO device section of QEMU's migration stream): START carries DEV_SETUP_STATE +
+// END_OF_STATE (for a v1 or v2 device, our X_DEV_FLAVOR record first, see stream/vfio.ts); device data
+// goes in PART sections as DEV_DATA_STATE + size + bytes + END_OF_STATE (a v1 pass that found nothing
+// pending writes DEV_DATA_STATE with size 0, as QEMU 5.2-7.2 does); stop-and-copy data too, in PARTs
+// (bounded memory) before an END of END_OF_STATE; FULL carries the config space (DEV_CONFIG_STATE + blob +
+// END_OF_STATE). idstr `<device>/vfio`, instance 0, version 1. The destination refuses state saved from a
+// device of another flavor.
 
 import { Errno } from '../../abi/errno.ts';
 import { VfioError } from '../../errors.ts';
@@ -27,7 +31,7 @@ export class VfioHandler implements MigrationHandler {
 
   async saveSetup(): Promise<Uint8Array[]> {
     await this.driver.saveSetup();
-    return vfioSetupPayload();
+    return vfioSetupPayload(this.driver.flavor);
   }
 
   async pendingBytes(): Promise<number> {
@@ -40,7 +44,8 @@ export class VfioHandler implements MigrationHandler {
    * valid until out.part() resolves (once the transport took the bytes): no copy on the way out.
    */
   async saveIterate(out: SectionWriter, budget: number): Promise<boolean> {
-    await this.driver.saveIterate(budget, (chunk) => out.part(vfioDataPayload(chunk)));
+    const moved = await this.driver.saveIterate(budget, (chunk) => out.part(vfioDataPayload(chunk)));
+    if (moved === 0 && this.driver.flavor === 'v1') await out.part(vfioDataPayload(new Uint8Array(0)));
     return true;
   }
 
@@ -53,12 +58,18 @@ export class VfioHandler implements MigrationHandler {
     return vfioConfigPayload(await this.driver.saveConfig());
   }
 
+  async saveCleanup(): Promise<void> {
+    await this.driver.saveCleanup?.();
+  }
+
   async loadSetup(): Promise<void> {
     await this.driver.loadSetup();
   }
 
-  async loadSection(_kind: SectionKind, payload: Uint8Array): Promise<void> {
-    for (const rec of decodeVfioPayload(payload)) {
+  async loadSection(kind: SectionKind, payload: Uint8Array): Promise<void> {
+    const records = decodeVfioPayload(payload);
+    if (kind === 'start') this.checkFlavor(records.find((r) => r.kind === 'flavor')?.flavor ?? 'seed');
+    for (const rec of records) {
       if (rec.kind === 'data') await this.driver.loadData(rec.data);
       else if (rec.kind === 'config') {
         await this.driver.loadConfig(rec.data);
@@ -67,7 +78,18 @@ export class VfioHandler implements MigrationHandler {
     }
   }
 
-  /** EOF: the device validates what it loaded (resuming → stopped) before the destination says READY. */
+  /** The source's device spoke the same interface as ours, or its opaque state means nothing here. */
+  private checkFlavor(streamFlavor: string): void {
+    if (streamFlavor === this.driver.flavor) return;
+    throw new VfioError(
+      Errno.EINVAL,
+      `${this.idstr}: the stream carries device state saved through the ${streamFlavor} migration interface, ` +
+        `but this device is driven as ${this.driver.flavor}: state of one flavor cannot be loaded into another ` +
+        '(start the destination with a device of the same kind, or --flavor to match)',
+    );
+  }
+
+  /** EOF: the device validates what it loaded before the destination says READY. */
   async loadComplete(): Promise<void> {
     if (!this.configLoaded) throw new VfioError(Errno.EINVAL, `${this.idstr}: the stream carried no config state`);
     await this.driver.loadFinish();

@@ -198,7 +198,7 @@ export class QmpClient extends EventEmitter<{ event: [QmpEvent]; close: [Error |
     }
     let msg: Record<string, unknown>;
     try {
-      const v = toJs(parseMessage(item.bytes));
+      const v = toJs(parseMessage(item));
       if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new Error('a message is not a JSON object');
       msg = v as Record<string, unknown>;
     } catch (err) {

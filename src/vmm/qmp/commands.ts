@@ -2,6 +2,7 @@
 // announces): argument schemas, result types, the backend interface the server calls, and the checks QEMU
 // makes before it acts (migration URIs, parameter ranges), with its error texts.
 
+import type { MigrationStatus } from '../migration/status.ts';
 import { RUN_STATES, type RunStateName } from '../run-state.ts';
 import {
   type ArgsSchema,
@@ -12,30 +13,10 @@ import {
   type VersionTriple,
 } from './protocol.ts';
 
-export type { QmpErrorClass, QmpEvent, VersionInfo, VersionTriple };
-export { QmpError };
+export type { MigrationStatus, QmpErrorClass, QmpEvent, VersionInfo, VersionTriple };
 
 // ---------------------------------------------------------------------------------------------------
 // QAPI types
-
-/** QEMU's MigrationStatus (8.2). */
-export const MIGRATION_STATUSES = [
-  'none',
-  'setup',
-  'cancelling',
-  'cancelled',
-  'active',
-  'postcopy-active',
-  'postcopy-paused',
-  'postcopy-recover',
-  'completed',
-  'failed',
-  'colo',
-  'pre-switchover',
-  'device',
-  'wait-unplug',
-] as const;
-export type MigrationStatus = (typeof MIGRATION_STATUSES)[number];
 
 /** QEMU's RunState (the names and their transition table live in run-state.ts). */
 export { RUN_STATES };

@@ -8,9 +8,12 @@
 //     again. Clients use a 0xFF byte or a newline to force a known-good state, as with QEMU.
 //  2. a message splitter that counts braces and brackets: a message ends with the token that brings both
 //     counts back to zero (or below), so a top-level scalar is a message of its own.
-//  3. a parser for one message's bytes, with QEMU's messages ("expecting value", "duplicate key", ...).
+//  3. a parser for one message, with QEMU's messages ("expecting value", "duplicate key", ...). It reads
+//     the tokens stage 1 recorded (type and byte range each), so there is one lexer, not two to keep in step.
 // Stage 1 and 2 run as bytes arrive and keep only the message in progress (bounded); stage 3 runs when the
-// message is dispatched, so a peer's queued requests cost their bytes and nothing more.
+// message is dispatched, so a peer's queued requests cost their bytes (and token offsets) and nothing more.
+
+import { ByteQueue } from '../../byte-queue.ts';
 
 /** QEMU's QapiErrorClass values. */
 export type QmpErrorClass = 'GenericError' | 'CommandNotFound' | 'DeviceNotActive' | 'DeviceNotFound' | 'KVMMissingCap';
@@ -111,10 +114,32 @@ const isStructural = (c: number) =>
 /** Bytes allowed inside a string and right after a backslash (QEMU's lexer: 0x20..0xFD). */
 const isStringByte = (c: number) => c >= 0x20 && c <= 0xfd;
 
-/** What the stream hands out: a message's bytes to parse, or an error to answer. */
+// Token types, as the lexer hands them to the parser with each message.
+const T_LBRACE = 1;
+const T_RBRACE = 2;
+const T_LBRACKET = 3;
+const T_RBRACKET = 4;
+const T_COLON = 5;
+const T_COMMA = 6;
+const T_STRING = 7;
+const T_INTEGER = 8;
+const T_FLOAT = 9;
+const T_KEYWORD = 10;
+
+/**
+ * A complete message: lexically valid tokens with balanced (or over-closed) braces and brackets. The
+ * lexer's tokens come with it (type, start, end per token, offsets into `bytes`), so the parser never
+ * lexes the bytes again.
+ */
+export interface JsonMessage {
+  kind: 'message';
+  bytes: Buffer;
+  tokens: readonly number[];
+}
+
+/** What the stream hands out: a message to parse, or an error to answer. */
 export type StreamItem =
-  /** A complete message: lexically valid tokens with balanced (or over-closed) braces and brackets. */
-  | { kind: 'message'; bytes: Buffer }
+  | JsonMessage
   /** A lexical error or the nesting limit: answer it; the stream continues. */
   | { kind: 'error'; desc: string }
   /** A message grew past the size limit: answer it and give up on the peer (the stream stops). */
@@ -129,19 +154,21 @@ const STRAY_QUOTE_BYTES = 256;
  * queue is full and the unread bytes wait here), and call end() at end of input.
  */
 export class JsonMessageStream {
-  private readonly chunks: Buffer[] = [];
+  /** Bytes pushed and not yet lexed past: the chunk being lexed is its front, at `pos`. */
+  private readonly input = new ByteQueue();
   private pos = 0;
   private unread = 0;
   private state = ST_START;
   private braces = 0;
   private brackets = 0;
-  /** A message is in progress: it starts at msgStart in chunks[0], after `parts` from earlier chunks. */
+  /** A message is in progress: it starts at msgStart in the front chunk, after `parts` from earlier chunks. */
   private open = false;
-  private parts: Buffer[] = [];
-  private partsBytes = 0;
+  private readonly parts = new ByteQueue();
   private msgStart = 0;
   /** Offset of the token in progress from the start of its message. */
   private tokStart = 0;
+  /** The message's tokens so far: type, start, end. */
+  private tokens: number[] = [];
   private ended = false;
   private dead = false;
 
@@ -149,9 +176,8 @@ export class JsonMessageStream {
 
   push(chunk: Uint8Array): void {
     if (this.dead || this.ended || chunk.length === 0) return;
-    const b = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.length);
-    this.chunks.push(b);
-    this.unread += b.length;
+    this.input.push(chunk);
+    this.unread += chunk.byteLength;
   }
 
   /** Bytes pushed and not yet lexed. */
@@ -171,8 +197,8 @@ export class JsonMessageStream {
 
   next(): StreamItem | undefined {
     if (this.dead) return undefined;
-    while (this.chunks.length > 0) {
-      const chunk = this.chunks[0]!;
+    while (this.input.length > 0) {
+      const chunk = this.input.front();
       while (this.pos < chunk.length) {
         const item = this.step(chunk, chunk[this.pos]!);
         if (item) return item;
@@ -180,18 +206,17 @@ export class JsonMessageStream {
       if (this.open) {
         // The message goes on in the next chunk, from its first byte.
         this.parts.push(chunk.subarray(this.msgStart));
-        this.partsBytes += chunk.length - this.msgStart;
         this.msgStart = 0;
       }
-      this.chunks.shift();
+      this.input.consume(chunk.length);
       this.pos = 0;
     }
     return this.ended ? this.flush() : undefined;
   }
 
-  /** Length of the message in progress up to position `end` (exclusive) of chunks[0]. */
+  /** Length of the message in progress up to position `end` (exclusive) of the front chunk. */
   private messageLength(end: number): number {
-    return this.partsBytes + end - this.msgStart;
+    return this.parts.length + end - this.msgStart;
   }
 
   private beginToken(): void {
@@ -205,7 +230,7 @@ export class JsonMessageStream {
   }
 
   /** Consumes one byte; returns an item when this byte completes or breaks something. */
-  private step(chunk: Buffer, c: number): StreamItem | undefined {
+  private step(chunk: Uint8Array, c: number): StreamItem | undefined {
     switch (this.state) {
       case ST_START:
         if (isWs(c)) {
@@ -222,10 +247,21 @@ export class JsonMessageStream {
         if (isStructural(c)) {
           const over = this.consume();
           if (over) return over;
-          if (c === LBRACE) this.braces++;
-          else if (c === RBRACE) this.braces--;
-          else if (c === LBRACKET) this.brackets++;
-          else if (c === RBRACKET) this.brackets--;
+          let t = T_COLON;
+          if (c === LBRACE) {
+            this.braces++;
+            t = T_LBRACE;
+          } else if (c === RBRACE) {
+            this.braces--;
+            t = T_RBRACE;
+          } else if (c === LBRACKET) {
+            this.brackets++;
+            t = T_LBRACKET;
+          } else if (c === RBRACKET) {
+            this.brackets--;
+            t = T_RBRACKET;
+          } else if (c === COMMA) t = T_COMMA;
+          this.token(t);
           return this.tokenDone(chunk, this.pos);
         }
         return this.lexError(chunk);
@@ -243,6 +279,7 @@ export class JsonMessageStream {
           const over = this.consume();
           if (over) return over;
           this.state = ST_START;
+          this.token(T_STRING);
           return this.tokenDone(chunk, this.pos);
         }
         if (c === BACKSLASH) return this.consumeInto(this.state === ST_DQ ? ST_DQ_ESC : ST_SQ_ESC);
@@ -304,16 +341,28 @@ export class JsonMessageStream {
   }
 
   /** A number or keyword ended at the current byte, which is not part of it. */
-  private lookaheadDone(chunk: Buffer): StreamItem | undefined {
-    this.state = ST_START;
+  private lookaheadDone(chunk: Uint8Array): StreamItem | undefined {
+    this.endWord();
     return this.tokenDone(chunk, this.pos);
   }
 
+  /** Records the token that ends at the current position. */
+  private token(type: number): void {
+    this.tokens.push(type, this.tokStart, this.messageLength(this.pos));
+  }
+
+  /** A number or keyword ends here (the state says which); the lexer starts afresh. */
+  private endWord(): void {
+    const s = this.state;
+    this.token(s === ST_KEYWORD ? T_KEYWORD : s === ST_ZERO || s === ST_DIGITS ? T_INTEGER : T_FLOAT);
+    this.state = ST_START;
+  }
+
   /** A token ended just before `end`: apply the limits and see whether it completes the message. */
-  private tokenDone(chunk: Buffer, end: number): StreamItem | undefined {
+  private tokenDone(chunk: Uint8Array, end: number): StreamItem | undefined {
     if (this.braces < 0 || this.brackets < 0 || (this.braces === 0 && this.brackets === 0)) {
-      const bytes = this.takeMessage(chunk, end);
-      return { kind: 'message', bytes };
+      const tokens = this.tokens;
+      return { kind: 'message', bytes: this.takeMessage(chunk, end), tokens };
     }
     if (this.braces + this.brackets > MAX_NESTING) {
       this.takeMessage(chunk, end);
@@ -322,21 +371,22 @@ export class JsonMessageStream {
     return undefined;
   }
 
-  /** Takes the message in progress, ending at `end` of `chunk` (chunks[0]; none at end of input). */
-  private takeMessage(chunk: Buffer | undefined, end: number): Buffer {
-    const tail = chunk ? chunk.subarray(this.msgStart, end) : Buffer.alloc(0);
-    const bytes = this.parts.length === 0 ? Buffer.from(tail) : Buffer.concat([...this.parts, tail]);
+  /** Takes (copies) the message in progress, ending at `end` of `chunk` (the front one; none at end of input). */
+  private takeMessage(chunk: Uint8Array | undefined, end: number): Buffer {
+    if (chunk) this.parts.push(chunk.subarray(this.msgStart, end));
+    const bytes = Buffer.allocUnsafe(this.parts.length);
+    this.parts.copyTo(bytes);
+    this.parts.clear();
     this.open = false;
-    this.parts = [];
-    this.partsBytes = 0;
     this.msgStart = 0;
     this.braces = 0;
     this.brackets = 0;
+    this.tokens = [];
     return bytes;
   }
 
   /** The current byte cannot continue the token: QEMU's JSON_ERROR, then recovery. */
-  private lexError(chunk: Buffer): StreamItem {
+  private lexError(chunk: Uint8Array): StreamItem {
     this.pos++;
     this.unread--;
     const msg = this.takeMessage(chunk, this.pos);
@@ -352,9 +402,9 @@ export class JsonMessageStream {
 
   private overflow(): StreamItem {
     this.dead = true;
-    this.chunks.length = 0;
+    this.input.clear();
     this.open = false;
-    this.parts = [];
+    this.parts.clear();
     this.unread = 0;
     return { kind: 'overflow', desc: 'JSON token size limit exceeded' };
   }
@@ -365,11 +415,13 @@ export class JsonMessageStream {
     if (s === ST_RECOVERY || s === ST_START) {
       this.state = ST_START;
       if (!this.open) return undefined;
-      return { kind: 'message', bytes: this.takeMessage(undefined, 0) };
+      const tokens = this.tokens;
+      return { kind: 'message', bytes: this.takeMessage(undefined, 0), tokens };
     }
     if (s === ST_ZERO || s === ST_DIGITS || s === ST_MANTISSA_DIGITS || s === ST_EXP_DIGITS || s === ST_KEYWORD) {
-      this.state = ST_START;
-      return { kind: 'message', bytes: this.takeMessage(undefined, 0) };
+      this.endWord();
+      const tokens = this.tokens;
+      return { kind: 'message', bytes: this.takeMessage(undefined, 0), tokens };
     }
     // An unfinished string, or a number cut short: QEMU's flush makes that a lexical error.
     const msg = this.takeMessage(undefined, 0);
@@ -392,96 +444,50 @@ export class QmpParseError extends Error {
   override readonly name = 'QmpParseError';
 }
 
-const T_LBRACE = 1;
-const T_RBRACE = 2;
-const T_LBRACKET = 3;
-const T_RBRACKET = 4;
-const T_COLON = 5;
-const T_COMMA = 6;
-const T_STRING = 7;
-const T_INTEGER = 8;
-const T_FLOAT = 9;
-const T_KEYWORD = 10;
-
 const INT64_MIN = -(1n << 63n);
 const INT64_MAX = (1n << 63n) - 1n;
 const UINT64_MAX = (1n << 64n) - 1n;
 
 /**
- * Parses one message from JsonMessageStream (its bytes are lexically valid). Throws QmpParseError with
+ * Parses one message from JsonMessageStream, from the tokens its lexer found. Throws QmpParseError with
  * QEMU's description for a syntax error.
  */
-export function parseMessage(bytes: Uint8Array): QValue {
-  const p = new MessageParser(bytes);
+export function parseMessage(message: JsonMessage): QValue {
+  const p = new MessageParser(message.bytes, message.tokens);
   return p.value();
 }
 
 class MessageParser {
+  /** Index of the next token's triple in `tokens`. */
   private i = 0;
   private type = 0;
   private start = 0;
   private end = 0;
   private peeked = false;
 
-  constructor(private readonly b: Uint8Array) {}
+  constructor(
+    private readonly b: Uint8Array,
+    private readonly tokens: readonly number[],
+  ) {}
 
   private fail(msg: string): never {
     throw new QmpParseError(`JSON parse error, ${msg}`);
   }
 
-  /** Reads the next token into type/start/end; type 0 at the end of the message. */
+  /** Takes the next token into type/start/end; type 0 at the end of the message. */
   private lex(): number {
-    const b = this.b;
-    let i = this.i;
-    while (i < b.length && isWs(b[i]!)) i++;
-    this.start = i;
-    if (i >= b.length) {
-      this.i = i;
-      this.end = i;
+    const t = this.tokens;
+    const i = this.i;
+    if (i >= t.length) {
       this.type = 0;
+      this.start = this.end = this.b.length;
       return 0;
     }
-    const c = b[i]!;
-    let t: number;
-    if (c === LBRACE) t = T_LBRACE;
-    else if (c === RBRACE) t = T_RBRACE;
-    else if (c === LBRACKET) t = T_LBRACKET;
-    else if (c === RBRACKET) t = T_RBRACKET;
-    else if (c === COLON) t = T_COLON;
-    else if (c === COMMA) t = T_COMMA;
-    else t = 0;
-    if (t !== 0) {
-      i++;
-    } else if (c === DQUOTE || c === SQUOTE) {
-      i++;
-      while (i < b.length && b[i] !== c) i += b[i] === BACKSLASH ? 2 : 1;
-      i++;
-      t = T_STRING;
-    } else if (isLower(c)) {
-      while (i < b.length && isLower(b[i]!)) i++;
-      t = T_KEYWORD;
-    } else {
-      // -?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?, token for token what the stream's lexer took
-      t = T_INTEGER;
-      if (b[i] === 0x2d) i++;
-      if (b[i] === 0x30) i++;
-      else while (i < b.length && isDigit(b[i]!)) i++;
-      if (b[i] === 0x2e) {
-        t = T_FLOAT;
-        i++;
-        while (i < b.length && isDigit(b[i]!)) i++;
-      }
-      if (b[i] === 0x65 || b[i] === 0x45) {
-        t = T_FLOAT;
-        i++;
-        if (b[i] === 0x2b || b[i] === 0x2d) i++;
-        while (i < b.length && isDigit(b[i]!)) i++;
-      }
-    }
-    this.i = i;
-    this.end = i;
-    this.type = t;
-    return t;
+    this.type = t[i]!;
+    this.start = t[i + 1]!;
+    this.end = t[i + 2]!;
+    this.i = i + 3;
+    return this.type;
   }
 
   private peek(): number {

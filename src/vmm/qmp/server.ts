@@ -391,7 +391,7 @@ export class QmpServer {
     }
     let req: QmpRequest;
     try {
-      req = checkRequest(parseMessage(item.bytes));
+      req = checkRequest(parseMessage(item));
     } catch (err) {
       const r = err instanceof QmpRequestError ? err : undefined;
       this.reply(p, r?.hasId ?? false, r?.id ?? null, { error: errorBody(err) });

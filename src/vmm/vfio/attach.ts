@@ -9,8 +9,10 @@ import { VfioError } from '../../errors.ts';
 import type { VfioUserClient } from '../../vfio-user/client.ts';
 import { describeOffered, discoverMigration, type OfferedMigration } from '../../vfio-user/migration-discovery.ts';
 import { noTrace, type Tracer } from '../trace.ts';
-import type { VfioMigrationDriver } from './driver.ts';
+import type { DmaRangeRef, VfioMigrationDriver } from './driver.ts';
 import { SeedMigrationDriver } from './seed-driver.ts';
+import { V1MigrationDriver } from './v1-driver.ts';
+import { V2MigrationDriver } from './v2-driver.ts';
 
 export type FlavorChoice = MigrationFlavor | 'auto';
 export const FLAVOR_CHOICES: readonly FlavorChoice[] = ['auto', 'seed', 'v1', 'v2'];
@@ -21,6 +23,10 @@ const AUTO_ORDER: readonly MigrationFlavor[] = ['v2', 'v1', 'seed'];
 export interface AttachOptions {
   flavor?: FlavorChoice;
   trace?: Tracer;
+  /** v2: use PRE_COPY when the device offers it (default true). */
+  precopy?: boolean;
+  /** v2: the guest ranges mapped into the device, named when dirty logging starts. */
+  dmaRanges?: readonly DmaRangeRef[];
 }
 
 export function chooseFlavor(
@@ -58,7 +64,12 @@ export async function attachMigrationDriver(
     case 'seed':
       return SeedMigrationDriver.open(client, name, pick.region, trace);
     case 'v1':
+      return V1MigrationDriver.open(client, name, pick.region, trace);
     case 'v2':
-      throw new VfioError(Errno.ENOTSUP, `${name}: migration flavor ${pick.flavor} is not driven yet (seed only)`);
+      return V2MigrationDriver.open(client, name, pick.flags, {
+        precopy: options.precopy,
+        dmaRanges: options.dmaRanges,
+        trace,
+      });
   }
 }

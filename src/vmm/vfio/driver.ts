@@ -1,8 +1,8 @@
 // What the VMM asks of the VFIO migration driver of one device, whatever interface the device speaks: the
 // role of QEMU's VFIOMigration and the SaveVMHandlers/VMChangeStateHandler/notifier functions of
-// hw/vfio/migration.c. One implementation per flavor (seed-driver.ts for the 2019 region; the Linux 5.8
-// "v1" region and the 5.18+ "v2" state machine follow); the migration handler (../migration/vfio-handler.ts)
-// and the controller use only this.
+// hw/vfio/migration.c. One implementation per flavor (seed-driver.ts for the 2019 region, v1-driver.ts for
+// the Linux 5.8 region, v2-driver.ts for the 5.18+ state machine); the migration handler
+// (../migration/vfio-handler.ts) and the controller use only this.
 
 import type { MigrationFlavor } from '../../abi/migration.ts';
 import type { VfioUserClient } from '../../vfio-user/client.ts';
@@ -52,6 +52,8 @@ export interface VfioMigrationDriver {
   saveComplete(onData: DeviceDataSink): Promise<number>;
   /** The device's config space, sent as DEV_CONFIG_STATE. */
   saveConfig(): Promise<Uint8Array>;
+  /** save_cleanup: after the migration, whatever its outcome (dirty tracking stops, saving ends). */
+  saveCleanup?(): Promise<void>;
 
   // ---- destination ----
   /** load_setup: the device starts resuming. */

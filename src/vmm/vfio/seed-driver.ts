@@ -7,12 +7,13 @@
 
 import { Errno } from '../../abi/errno.ts';
 import { DeviceState, deviceStateName } from '../../abi/migration.ts';
-import { asVfioError, VfioError } from '../../errors.ts';
+import { VfioError } from '../../errors.ts';
 import type { VfioUserClient } from '../../vfio-user/client.ts';
 import { type MigrationRegionFound, openRegionPort, type VfioRegionPort } from '../../vfio-user/region-port.ts';
 import type { DirtyBitmapSink } from '../guest/dirty-bitmap.ts';
 import { noTrace, type Tracer } from '../trace.ts';
 import type { DeviceDataSink, DmaRangeRef, VfioMigrationDriver } from './driver.ts';
+import { dataPath, named } from './driver-errors.ts';
 import { SeedRegionClient } from './seed-region-client.ts';
 
 const { RUNNING, SAVING, RESUMING, MASK } = DeviceState;
@@ -61,40 +62,16 @@ export class SeedMigrationDriver implements VfioMigrationDriver {
     return new SeedMigrationDriver(name, client, port, new SeedRegionClient(port), trace);
   }
 
-  /**
-   * Errors from the device name it and what was being done: "REGION_READ failed at the peer (EIO)" alone
-   * does not tell a user which device failed or when.
-   */
-  private async named<T>(p: Promise<T>, what = ''): Promise<T> {
-    try {
-      return await p;
-    } catch (err) {
-      const e = asVfioError(err);
-      const bare = e.message.replace(/ \(E[A-Z0-9]+\)$/, '');
-      throw new VfioError(e.errno, `${this.name}: ${what}${bare}`, { cause: err });
-    }
+  private named<T>(p: Promise<T>, what = ''): Promise<T> {
+    return named(this.name, p, what);
   }
 
-  /** Runs a save loop; its device errors are named, while a failure of `onData` (the stream's) passes unchanged. */
-  private async dataPath<T>(
+  private dataPath<T>(
     what: string,
     onData: DeviceDataSink,
     run: (sink: (chunk: Uint8Array) => Promise<void>) => Promise<T>,
   ): Promise<T> {
-    let sinkError: { err: unknown } | undefined;
-    const sink = async (chunk: Uint8Array) => {
-      try {
-        await onData(chunk);
-      } catch (err) {
-        sinkError = { err };
-        throw err;
-      }
-    };
-    try {
-      return await this.named(run(sink), what);
-    } catch (err) {
-      throw sinkError ? sinkError.err : err;
-    }
+    return dataPath(this.name, what, onData, run);
   }
 
   async deviceState(): Promise<number> {

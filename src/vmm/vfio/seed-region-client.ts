@@ -81,7 +81,7 @@ export class SeedRegionClient {
       const e = asVfioError(err);
       throw new VfioError(
         e.errno,
-        `the device refused device_state ${deviceStateName(old)} -> ${deviceStateName(next)}: ${e.message.replace(/ \(E[A-Z0-9]+\)$/, '')}`,
+        `the device refused device_state ${deviceStateName(old)} -> ${deviceStateName(next)}: ${e.detail}`,
         { cause: err },
       );
     }

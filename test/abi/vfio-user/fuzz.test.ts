@@ -11,7 +11,7 @@ import { decodeEmpty } from '../../../src/abi/vfio-user/wire.ts';
 import { StateStreamReader } from '../../../src/device/state-reader.ts';
 import { decodeRecordHeader } from '../../../src/device/state-stream.ts';
 import { VfioError } from '../../../src/errors.ts';
-import { fuzzFigures, fuzzParams } from '../../support/fuzz.ts';
+import { FuzzTally, fuzzParams } from '../../support/fuzz.ts';
 
 type Decoder = (bytes: Uint8Array) => unknown;
 
@@ -172,7 +172,7 @@ function onlyVfioError(decode: Decoder, bytes: Uint8Array): void {
   try {
     decode(bytes);
   } catch (err) {
-    if (!(err instanceof VfioError)) assert.fail(`threw ${String(err)} for ${Buffer.from(bytes).toString('hex')}`);
+    tally.thrown(err, [VfioError], Buffer.from(bytes).toString('hex'));
   }
 }
 
@@ -195,7 +195,7 @@ const mutation = (base: Uint8Array) =>
       return b;
     });
 
-let inputs = 0;
+const tally = new FuzzTally('abi-decoders');
 
 describe('decoders only ever throw VfioError', () => {
   for (const [name, [decode, valid]] of Object.entries(DECODERS)) {
@@ -203,14 +203,14 @@ describe('decoders only ever throw VfioError', () => {
       decode(valid); // the seed itself is valid
       fc.assert(
         fc.property(fc.uint8Array({ maxLength: 160 }), (bytes) => {
-          inputs++;
+          tally.inputs++;
           onlyVfioError(decode, bytes);
         }),
         fuzzParams(`${name} (random)`, 250),
       );
       fc.assert(
         fc.property(mutation(valid), (bytes) => {
-          inputs++;
+          tally.inputs++;
           onlyVfioError(decode, bytes);
         }),
         fuzzParams(`${name} (mutated)`, 250),
@@ -218,7 +218,7 @@ describe('decoders only ever throw VfioError', () => {
     });
   }
   it('figures', () => {
-    assert.ok(inputs > 0);
-    fuzzFigures({ target: 'abi-decoders', inputs });
+    assert.ok(tally.inputs > 0);
+    tally.printAndCheck();
   });
 });

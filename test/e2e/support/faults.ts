@@ -1,12 +1,10 @@
-// Helpers shared by the fault-injection tests (test/e2e/faults-*.test.ts): start a pair whose guest and
-// device can be held still, wait for a migration phase, take a snapshot (every page's digest, the
-// device's digest and device_state), check the source came through a fault intact, retry to a fresh
-// destination, and print one FAULT-MATRIX line per fault for docs/reliability.md.
+// Helpers shared by the fault-injection tests (test/e2e/faults-*.test.ts, run by support/fault-table.ts):
+// start a pair whose guest and device can be held still, wait for a migration phase, and take a snapshot
+// (every page's digest, the device's digest and device_state).
 
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { basename } from 'node:path';
 import {
   type LocalPair,
   type LocalPairOptions,
@@ -26,8 +24,9 @@ export interface Snapshot {
   ram: string;
   /** 16 bytes per guest page */
   pages: Buffer;
-  devices: string[];
-  deviceStates: number[];
+  /** null: a device that is lost (its server gone) */
+  devices: (string | null)[];
+  deviceStates: (number | null)[];
 }
 
 /** Device-state value RUNNING (DeviceState.RUNNING). */
@@ -97,12 +96,12 @@ export async function waitForPhase(qmp: QmpClient, pred: (i: Info) => boolean, w
 
 export async function snapshot(qmp: QmpClient): Promise<Snapshot> {
   // Hashing every page and a device's memory can take long on a loaded machine (2 cores, many processes).
-  const d = await qmp.execute<{ ram: string; pages: string; devices: { digest: string }[] }>(
+  const d = await qmp.execute<{ ram: string; pages: string; devices: { digest: string | null }[] }>(
     'x-query-digests',
     { pages: true },
     { timeoutMs: 120_000 },
   );
-  const vfio = await qmp.execute<{ 'device-state': number }[]>('x-query-vfio');
+  const vfio = await qmp.execute<{ 'device-state': number | null }[]>('x-query-vfio');
   return {
     ram: d.ram,
     pages: Buffer.from(d.pages, 'base64'),
@@ -169,78 +168,6 @@ export async function kill(p: { child: ChildProcess }, signal: NodeJS.Signals = 
   const exited = gone ? Promise.resolve() : once(p.child, 'exit');
   p.child.kill(signal);
   if (signal === 'SIGKILL') await exited;
-}
-
-/**
- * What every fault before the commit point must leave: the source VM running, every guest page and the
- * device's state as in `before`, the device in RUNNING. Returns the number of pages that differ (0).
- */
-export async function assertSourceIntact(pair: LocalPair, before: Snapshot): Promise<number> {
-  const status = await pair.src.execute<{ status: string; running: boolean }>('query-status');
-  assert.equal(status.status, 'running', 'the source VM runs again');
-  const after = await snapshot(pair.src);
-  const lost = pagesDiffering(before, after);
-  assert.equal(lost, 0, `${lost} guest pages changed on the source`);
-  assert.equal(after.ram, before.ram);
-  assert.deepEqual(after.devices, before.devices, 'the device state is as before the attempt');
-  assert.deepEqual(
-    after.deviceStates,
-    before.deviceStates.map(() => DEVICE_RUNNING),
-    'the device is in RUNNING',
-  );
-  return lost;
-}
-
-/** The destination of a failed attempt never runs the VM. */
-export async function assertDestinationNotRunning(qmp: QmpClient): Promise<{ status: string; error: string }> {
-  const info = await ended(qmp, 60_000);
-  assert.equal(info.status, 'failed', 'the destination gave up on the migration');
-  const st = await qmp.execute<{ status: string; running: boolean }>('query-status');
-  assert.equal(st.running, false, `the destination VM must not run (it is ${st.status})`);
-  return { status: st.status, error: info['error-desc'] ?? '' };
-}
-
-/**
- * A second migration, unthrottled, to a fresh destination (new device server and VMM): it completes,
- * and the destination's pages and device equal the source's at its stop point, and `expect` when given
- * (the state from before the failed attempt, for an idle guest). Returns pages that differ (0).
- */
-export async function retryToFreshDestination(pair: LocalPair, expect?: Snapshot): Promise<number> {
-  await pair.freshDestination();
-  await pair.src.execute('migrate-set-parameters', { 'max-bandwidth': 0, 'downtime-limit': 300 });
-  await pair.src.execute('migrate', { uri: pair.uri });
-  const info = await ended(pair.src);
-  assert.equal(info.status, 'completed', `the retry ended ${info.status}: ${info['error-desc'] ?? ''}`);
-  assert.equal((await ended(pair.dst)).status, 'completed');
-  const [src, dst] = await Promise.all([snapshot(pair.src), snapshot(pair.dst)]);
-  const lost = pagesDiffering(src, dst);
-  assert.equal(lost, 0, `${lost} pages differ at the retry's destination`);
-  assert.equal(dst.ram, src.ram);
-  assert.deepEqual(dst.devices, src.devices, 'device state equal at the retry destination');
-  if (expect) {
-    assert.equal(dst.ram, expect.ram, 'the retry carried the guest as it was before the failed attempt');
-    assert.deepEqual(dst.devices, expect.devices);
-  }
-  return lost;
-}
-
-/** One machine-readable line per injected fault, cited by docs/reliability.md. */
-export function faultMatrix(fields: {
-  fault: string;
-  phase: string;
-  outcome: string;
-  pagesLost: number;
-  /** More key=value figures (printed, never asserted), e.g. how long detection took. */
-  extra?: Record<string, string | number>;
-}): void {
-  // The test file that proved the cell (node --test runs each file as its own process).
-  const file = basename(process.argv[1] ?? '');
-  const extra = Object.entries({ ...fields.extra, ...(file.endsWith('.test.ts') ? { test: file } : {}) }).map(
-    ([k, v]) => ` ${k}=${v}`,
-  );
-  console.log(
-    `FAULT-MATRIX fault=${fields.fault} phase=${fields.phase} outcome=${fields.outcome} pages_lost=${fields.pagesLost}${extra.join('')}`,
-  );
 }
 
 export { sleep };

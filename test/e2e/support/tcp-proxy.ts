@@ -7,6 +7,7 @@ import { once } from 'node:events';
 import { connect, createServer, type Server, type Socket } from 'node:net';
 import { EOF_RECORD_BYTES, RecordType } from '../../../src/stream/constants.ts';
 import { crc32c } from '../../../src/stream/crc32c.ts';
+import { ReturnPathDecoder, type ReturnPathTypeValue } from '../../../src/stream/return-path.ts';
 
 export type UpMode = 'forward' | 'pause' | 'buffer';
 export type DownMode = 'forward' | 'hold' | 'drop';
@@ -25,6 +26,11 @@ export class TcpProxy {
   upForwarded = 0;
   /** Destination → source bytes received (READY/ERROR/…). */
   downReceived = 0;
+  /** The destination's return-path messages, decoded, with what the proxy did with each. */
+  readonly downMessages: { type: ReturnPathTypeValue; fate: DownMode }[] = [];
+  private readonly downDecoder = new ReturnPathDecoder();
+  /** Source → destination: switch to `mode` once this many bytes came from the source (see upAt). */
+  private upSwitch: { bytes: number; mode: UpMode } | null = null;
   private src: Socket | null = null;
   private dst: Socket | null = null;
   private up: UpMode = 'forward';
@@ -91,7 +97,13 @@ export class TcpProxy {
       this.srcEnded = true;
       if (this.upHeld.length === 0 && this.up !== 'buffer' && this.afterEof !== 'buffer') d.end();
     });
-    d.on('end', () => s.end());
+    // The destination closed its side. Source bytes the proxy still holds (or will not read) can never
+    // reach it: a closed peer answers those with an RST, and so does the proxy, so that the source's
+    // blocked write fails as it would on a direct link (a paused, half-open proxy would leave it waiting).
+    d.on('end', () => {
+      if (this.up === 'forward') s.end();
+      else s.resetAndDestroy();
+    });
     // Either side going away takes the other with it, as a dead link would.
     const close = () => {
       this.closed = true;
@@ -106,8 +118,22 @@ export class TcpProxy {
     this.notify();
   }
 
+  /**
+   * Switches source → destination to `mode` ('pause' or 'buffer') as soon as `bytes` have come from the
+   * source, inside the proxy's own data handler: the migration is held at that point of its stream
+   * however fast or slow the machine runs.
+   */
+  upAt(bytes: number, mode: UpMode): void {
+    this.upSwitch = { bytes, mode };
+  }
+
   private fromSource(b: Buffer): void {
     this.upReceived += b.byteLength;
+    if (this.upSwitch && this.upReceived >= this.upSwitch.bytes) {
+      const { mode } = this.upSwitch;
+      this.upSwitch = null;
+      this.setUp(mode);
+    }
     if (this.eofAt >= 0) this.upAfterEof += b.byteLength;
     else {
       const all = Buffer.concat([this.tail, b.subarray(Math.max(0, b.byteLength - 64))]);
@@ -122,11 +148,19 @@ export class TcpProxy {
 
   private sendUp(b: Buffer): void {
     this.upForwarded += b.byteLength;
-    this.dst?.write(b);
+    // A link holds only what its buffers hold: while the destination does not take the bytes, the proxy
+    // stops reading the source too (no unbounded queue here that a stopped destination would hide).
+    if (this.dst && !this.dst.write(b) && this.up === 'forward') {
+      this.src?.pause();
+      this.dst.once('drain', () => {
+        if (this.up === 'forward') this.src?.resume();
+      });
+    }
   }
 
   private fromDestination(b: Buffer): void {
     this.downReceived += b.byteLength;
+    for (const m of this.downDecoder.push(b)) this.downMessages.push({ type: m.type, fate: this.down });
     if (this.down === 'hold') this.downHeld.push(b);
     else if (this.down === 'forward') this.src?.write(b);
     this.notify();
