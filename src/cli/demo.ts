@@ -3,11 +3,16 @@
 // progress bar; then proof: the digest of every guest page and of the device at the destination equals
 // the source's at the stop point, and the guest goes on at the destination.
 
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { MIGRATION_FLAVORS, type MigrationFlavor } from '../abi/migration.ts';
 import { startLocalPair, waitForMigration } from '../harness/local-hosts.ts';
+import type { Verification } from '../report/report-data.ts';
 import { differingPages } from '../vmm/guest/guest-memory.ts';
-import { bytes, ms, ProgressLine, parseSize } from './format.ts';
+import { bytes, ms, parseSize } from './format.ts';
+import { MigrationProgress, snapshotOf } from './migration-progress.ts';
 
 export const demoUsage = `usage: vfio-migrate demo [options]            (npm start)
   --mem SIZE            guest RAM (default 1G)
@@ -18,7 +23,9 @@ export const demoUsage = `usage: vfio-migrate demo [options]            (npm sta
   --downtime-limit MS   switch-over downtime budget (default 300)
   --data-section KIND   mmapped (default) or trapped
   --flavor F            the devices' migration interface: seed (default; the 2019 region), v1 (Linux 5.8's
-                        region) or v2 (Linux 5.18+'s DEVICE_FEATURE state machine); both VMMs drive it`;
+                        region) or v2 (Linux 5.18+'s DEVICE_FEATURE state machine); both VMMs drive it
+  --report FILE         record the source VMM and write an HTML report of the migration and its
+                        verification (vfio-migrate report; docs/report.md)`;
 
 type Digests = { ram: string; devices: { name: string; digest: string }[]; pages?: string };
 type Info = {
@@ -54,6 +61,7 @@ export async function runDemo(argv: string[]): Promise<number> {
       'data-section': { type: 'string', default: 'mmapped' },
       flavor: { type: 'string', default: 'seed' },
       verbose: { type: 'boolean', default: false },
+      report: { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -75,6 +83,10 @@ export async function runDemo(argv: string[]): Promise<number> {
   ];
   // The flavor is forced on the VMMs too, so that a fallback cannot pass for the flavor asked for.
   const vmmArgs = ['--dirty-rate', values['dirty-rate']!, '--flavor', values.flavor!];
+  // The recording lives outside the pair's directory: it is read once the source VMM has exited.
+  const recordDir = values.report ? mkdtempSync(join(tmpdir(), 'vfio-migrate-record-')) : undefined;
+  const recording = recordDir ? join(recordDir, 'source.jsonl') : undefined;
+  const verification: Verification = { ok: false, checks: [] };
   console.log(
     `vfio-migrate demo: a ${values.mem} guest writing ${values['dirty-rate']} pages/s, with a ${values.device} device` +
       `${values.device === 'large-memory' ? ` (${values['device-mem']}, ${values['device-rate']} writes/s, each also a DMA write into the guest)` : ''}` +
@@ -84,7 +96,11 @@ export async function runDemo(argv: string[]): Promise<number> {
   const pair = await startLocalPair({
     memSize: values.mem!,
     paused: true,
-    source: { device: values.device!, deviceArgs, vmmArgs },
+    source: {
+      device: values.device!,
+      deviceArgs,
+      vmmArgs: [...vmmArgs, ...(recording ? ['--record', recording] : [])],
+    },
     destination: { device: values.device!, deviceArgs, vmmArgs },
     log: values.verbose ? (l) => process.stderr.write(`${l}\n`) : undefined,
   });
@@ -95,31 +111,18 @@ export async function runDemo(argv: string[]): Promise<number> {
     await new Promise((r) => setTimeout(r, 1000)); // let the guest and the device run for a moment
     await pair.src.execute('migrate-set-parameters', { 'downtime-limit': Number(values['downtime-limit']) });
     await pair.src.execute('migrate', { uri: pair.uri });
-    const bar = new ProgressLine(process.stderr, 500);
+    const bar = new MigrationProgress(process.stderr, { everyMs: 500 });
     const info = (await waitForMigration(pair.src, {
       intervalMs: 100,
       onInfo: (raw) => {
-        const i = raw as Info;
-        if (!i.ram) return;
-        const done = i.ram.total > 0 ? 1 - i.ram.remaining / i.ram.total : 0;
-        // Rate and expected downtime only once measured (the first 100 ms window): never a guess.
-        const rate = i.ram.mbps > 0 ? `${i.ram.mbps.toFixed(0)} Mbit/s` : 'rate not measured yet';
-        const active = i.status !== 'completed' && i.status !== 'failed' && i.status !== 'cancelled';
-        const expected = !active
-          ? i.status
-          : i['expected-downtime'] !== undefined
-            ? `expected downtime ${i['expected-downtime']} ms`
-            : 'expected downtime unknown';
-        bar.update(
-          done,
-          `${i.status} pass ${i.ram['dirty-sync-count']}: RAM ${bytes(i.ram.remaining)} left, device ${bytes(i.vfio?.transferred ?? 0)} sent, ` +
-            `${rate}, ${expected}`,
-        );
+        const snapshot = snapshotOf(raw);
+        if (snapshot) bar.update(snapshot);
       },
     })) as Info;
     bar.done();
     if (info.status !== 'completed') {
       console.error(`FAILED: the migration ended ${info.status}: ${info['error-desc'] ?? ''}`);
+      verification.checks.push({ name: 'migration', ok: false, detail: `ended ${info.status}` });
       return 1;
     }
     await waitForMigration(pair.dst);
@@ -138,11 +141,22 @@ export async function runDemo(argv: string[]): Promise<number> {
       const diff = differingPages(Buffer.from(pa.pages!, 'base64'), Buffer.from(pb.pages!, 'base64'));
       console.error(`FAILED: guest RAM differs at the destination, first differing pages: ${diff.join(', ')}`);
     }
+    verification.checks.push({
+      name: 'guest RAM',
+      ok: a.ram === b.ram,
+      detail: a.ram === b.ram ? 'page digests equal at the stop point' : 'differs at the destination',
+    });
     for (const [i, d] of a.devices.entries()) {
       if (b.devices[i]?.digest !== d.digest) {
         ok = false;
         console.error(`FAILED: device ${d.name} state differs at the destination`);
       }
+      const equal = b.devices[i]?.digest === d.digest;
+      verification.checks.push({
+        name: `device ${d.name}`,
+        ok: equal,
+        detail: equal ? 'state digest equal at the stop point' : 'state differs at the destination',
+      });
     }
     if (!ok) return 1;
     // The guest goes on at the destination.
@@ -151,6 +165,12 @@ export async function runDemo(argv: string[]): Promise<number> {
     const status = await pair.dst.execute<{ status: string }>('query-status');
     const after = await pair.dst.execute<Digests>('x-query-digests');
     const goesOn = status.status === 'running' && after.ram !== b.ram;
+    verification.checks.push({
+      name: 'destination',
+      ok: goesOn,
+      detail: goesOn ? 'running on, its guest writing memory' : `not running on (${status.status})`,
+    });
+    verification.ok = verification.checks.every((c) => c.ok);
     const ram = info.ram!;
     const sent = ram.transferred + (info.vfio?.transferred ?? 0);
     const totalMs = info['total-time'] ?? 0;
@@ -180,6 +200,16 @@ export async function runDemo(argv: string[]): Promise<number> {
     );
     return goesOn ? 0 : 1;
   } finally {
+    // The source VMM has flushed its recording once it has exited.
     await pair.stop();
+    if (values.report && recording) {
+      try {
+        const { writeReport } = await import('./report.ts');
+        writeReport(recording, values.report, { verification });
+        console.log(`report:        ${values.report}`);
+      } finally {
+        rmSync(recordDir!, { recursive: true, force: true });
+      }
+    }
   }
 }

@@ -36,6 +36,10 @@ const COMMANDS: Record<string, Command> = {
     summary: "check a device's migration interface against its flavor's rules (two devices: A saves, B resumes)",
     load: async () => import('./conform.ts').then((m) => ({ run: m.runConform, usage: m.conformUsage })),
   },
+  report: {
+    summary: 'render a recorded migration (vmm --record) as a self-contained HTML page with plots',
+    load: async () => import('./report.ts').then((m) => ({ run: m.runReport, usage: m.reportUsage })),
+  },
   analyze: {
     summary: 'check a saved migration stream (migrate file:PATH) and summarize it',
     load: async () => import('./analyze.ts').then((m) => ({ run: m.runAnalyze, usage: m.analyzeUsage })),

@@ -2,6 +2,7 @@
 // live migration out (QMP `migrate`) or in (`--incoming`).
 import { parseArgs } from 'node:util';
 import type { WritePattern } from '../vmm/guest/workload-control.ts';
+import { MigrationRecorder } from '../vmm/migration-recorder.ts';
 import { QmpServer } from '../vmm/qmp/server.ts';
 import { vendorCommands, vmmBackend } from '../vmm/qmp-commands.ts';
 import { Tracer } from '../vmm/trace.ts';
@@ -29,7 +30,10 @@ export const vmmUsage = `usage: vfio-migrate vmm --device-socket PATH --qmp PATH
                         one per RAM section
   --intx                wire each device's INTx to an eventfd (SET_IRQS)
   --stall-timeout MS    a migration link that moves no data this long fails, on either side, as does
-                        a destination that does not answer READY within it (default 10000)`;
+                        a destination that does not answer READY within it (default 10000)
+  --record FILE         write this VMM's migrations as JSON lines: QMP events, query-migrate samples,
+                        results (vfio-migrate report FILE renders them; docs/report.md)
+  --record-interval MS  sampling interval of --record while a migration is active (default 100)`;
 
 export async function runVmm(argv: string[]): Promise<number> {
   const { values } = parseArgs({
@@ -50,6 +54,8 @@ export async function runVmm(argv: string[]): Promise<number> {
       'stall-timeout': { type: 'string', default: '10000' },
       'dma-regions': { type: 'string', default: '1' },
       intx: { type: 'boolean', default: false },
+      record: { type: 'string' },
+      'record-interval': { type: 'string', default: '100' },
       help: { type: 'boolean', short: 'h' },
     },
   });
@@ -85,7 +91,13 @@ export async function runVmm(argv: string[]): Promise<number> {
     quit = r;
   });
   const qmp = await QmpServer.listen(values.qmp, vmmBackend(vmm, quit), { commands: vendorCommands(vmm), log });
-  vmm.eventSink = (e, d) => qmp.emitEvent(e, d);
+  const recorder = values.record
+    ? MigrationRecorder.open(values.record, vmm.migration, { intervalMs: Number(values['record-interval']), log })
+    : undefined;
+  vmm.eventSink = (e, d) => {
+    qmp.emitEvent(e, d);
+    recorder?.event(e, d);
+  };
   console.log(`vmm ready: ${vmm.memory.size} bytes of guest RAM, ${vmm.devices.length} device(s), QMP on ${qmp.path}`);
   if (values.incoming) {
     vmm.migration
@@ -100,5 +112,6 @@ export async function runVmm(argv: string[]): Promise<number> {
   await quitting;
   await qmp.close();
   await vmm.close();
+  await recorder?.close();
   return 0;
 }

@@ -23,6 +23,10 @@ const REVIEWED: Record<string, string> = {
   'src/vmm/qmp/server.ts': 'the QMP socket path from --qmp, a private temp dir beside it, package.json',
   'src/vmm/migration/transport.ts': 'migrate file:PATH from QMP (owner-only socket), created 0600',
   'src/vmm/migration/incoming.ts': '--incoming file:PATH from the command line',
+  'src/cli/demo.ts': 'its own temporary directory for the recording (demo --report)',
+  'src/cli/report.ts': 'the recording and the HTML file named on the command line (or by demo --report)',
+  'src/report/html.ts': 'the vega, vega-lite and vega-embed bundles, resolved in node_modules',
+  'src/vmm/migration-recorder.ts': '--record FILE from the command line',
 };
 
 function walk(dir: string): string[] {

@@ -322,6 +322,8 @@ export class MigrationController {
       'downtime-bytes': this.precopyBytes === null ? 0 : s.transferred - this.precopyBytes,
     };
     info.vfio = { transferred: this.d.devices.reduce((n, x) => n + x.driver.transferred, 0) };
+    // The devices' pending bytes as the last pass counted them (save_live_pending), for progress displays.
+    if (p && active) info.vfio['x-pending'] = p.pending.reduce((n, w) => (w.idstr === 'ram' ? n : n + w.bytes), 0);
     if (this.errorDesc) info['error-desc'] = this.errorDesc;
     return info;
   }

@@ -57,6 +57,8 @@ export interface MigrationStats {
 /** VfioStats (query-migrate's `vfio`): bytes the VFIO devices sent. */
 export interface VfioStats {
   transferred: number;
+  /** Vendor extension: the devices' pending bytes at the last pass, while a migration is active. */
+  'x-pending'?: number;
 }
 
 /**
