@@ -6,6 +6,7 @@
 import { parseArgs } from 'node:util';
 import { startLocalPair, waitForMigration } from '../harness/local-hosts.ts';
 import { differingPages } from '../vmm/guest/guest-memory.ts';
+import { type DeviceDigest, deviceMismatches } from './device-verdict.ts';
 import { bytes, ms, ProgressLine, parseSize } from './format.ts';
 
 export const demoUsage = `usage: vfio-migrate demo [options]            (npm start)
@@ -18,7 +19,7 @@ export const demoUsage = `usage: vfio-migrate demo [options]            (npm sta
   --data-section KIND   mmapped (default) or trapped
   --flavor seed         migration protocol flavor (seed)`;
 
-type Digests = { ram: string; devices: { name: string; digest: string }[]; pages?: string };
+type Digests = { ram: string; devices: DeviceDigest[]; pages?: string };
 type Info = {
   status: string;
   'total-time'?: number;
@@ -136,11 +137,9 @@ export async function runDemo(argv: string[]): Promise<number> {
       const diff = differingPages(Buffer.from(pa.pages!, 'base64'), Buffer.from(pb.pages!, 'base64'));
       console.error(`FAILED: guest RAM differs at the destination, first differing pages: ${diff.join(', ')}`);
     }
-    for (const [i, d] of a.devices.entries()) {
-      if (b.devices[i]?.digest !== d.digest) {
-        ok = false;
-        console.error(`FAILED: device ${d.name} state differs at the destination`);
-      }
+    for (const problem of deviceMismatches(a.devices, b.devices)) {
+      ok = false;
+      console.error(`FAILED: ${problem}`);
     }
     if (!ok) return 1;
     // The guest goes on at the destination.
