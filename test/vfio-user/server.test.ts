@@ -3,6 +3,7 @@
 // DMA with and without fds, bad requests (answered with an errno, server keeps serving), a second client,
 // reconnects and lost framing. Fuzzing, limits and leak checks: server-fuzz.test.ts.
 import assert from 'node:assert/strict';
+import { readdirSync, readlinkSync } from 'node:fs';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { Errno } from '../../src/abi/errno.ts';
 import { readField, writeField } from '../../src/abi/fields.ts';
@@ -48,6 +49,26 @@ afterEach(async () => {
     await closed(c);
   }
 });
+
+/** Another process's open fds and what each refers to (Linux /proc/PID/fd), as in test/native/support.ts. */
+function processFds(pid: number): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const name of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      out.set(Number(name), readlinkSync(`/proc/${pid}/fd/${name}`));
+    } catch {
+      // closed while we looked: not open, so not counted
+    }
+  }
+  return out;
+}
+/** The fds in `now` that were not open, to the same thing, in `then`, as "fd -> target". */
+function fdsAdded(then: Map<number, string>, now: Map<number, string>): string[] {
+  return [...now].filter(([fd, target]) => then.get(fd) !== target).map(([fd, target]) => `${fd} -> ${target}`);
+}
+function eventfds(fds: Map<number, string>): number {
+  return [...fds.values()].filter((t) => t === 'anon_inode:[eventfd]').length;
+}
 
 function le32(b: Uint8Array): number {
   return new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(0, true);
@@ -215,6 +236,10 @@ describe('vfio-user server (register-file device, mmapped data section)', () => 
 
   test('IRQ eventfds are taken, replaced and released without leaking', async () => {
     const c = await rawConnect(srv.path);
+    await regionRead(c, 0, 0, 4); // the connection fully served before the count starts
+    const pid = srv.proc.pid!;
+    const before = processFds(pid);
+    const base = eventfds(before); // libuv's own eventfds
     for (let round = 0; round < 3; round++) {
       const efds = [native().eventfd(0, true), native().eventfd(0, true)];
       await c.request(
@@ -228,11 +253,23 @@ describe('vfio-user server (register-file device, mmapped data section)', () => 
         { fds: efds },
       );
       for (const fd of efds) native().close(fd);
+      // Taken: the server holds its own copies (ours are closed); replaced: the previous round's are gone.
+      const held = processFds(pid);
+      assert.equal(eventfds(held) - base, 2, `round ${round}: exactly the two vectors' eventfds held`);
+      assert.deepEqual(
+        fdsAdded(before, held).map((f) => f.replace(/^\d+ -> /, '')),
+        ['anon_inode:[eventfd]', 'anon_inode:[eventfd]'],
+        `round ${round}: nothing but the two eventfds added`,
+      );
     }
     await c.request(
       Command.DEVICE_SET_IRQS,
       encodeIrqSetRequest({ flags: IrqSetFlag.DATA_NONE | IrqSetFlag.ACTION_TRIGGER, index: 2, start: 0, count: 0 }),
     );
+    // Released: the server's fds are the same set, by number and target, as before the first eventfd.
+    const afterAll = processFds(pid);
+    assert.deepEqual(fdsAdded(before, afterAll), [], 'no fd left open');
+    assert.deepEqual(fdsAdded(afterAll, before), [], 'no fd of the server closed by mistake');
     c.close();
   });
 
