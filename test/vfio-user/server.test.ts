@@ -234,6 +234,67 @@ describe('vfio-user server (register-file device, mmapped data section)', () => 
     c.close();
   });
 
+  test('a session that refused a request answers the next valid ones exactly as a fresh session does', async () => {
+    // Reads only: what a fresh connection gets back is what the refused one must still get, byte for byte.
+    const probes: [number, Uint8Array][] = [
+      [Command.DEVICE_GET_INFO, encodeDeviceInfoRequest()],
+      [Command.DEVICE_GET_REGION_INFO, encodeRegionInfoRequest({ index: 0 })],
+      [Command.DEVICE_GET_REGION_INFO, encodeRegionInfoRequest({ index: MIG })],
+      [Command.DEVICE_GET_IRQ_INFO, encodeIrqInfoRequest({ index: 2 })],
+      [Command.REGION_READ, encodeRegionReadRequest({ offset: 0n, region: 0, count: 8 })],
+      // Past TICKS (0x8, advancing while the device runs): the rest of the register file's head.
+      [Command.REGION_READ, encodeRegionReadRequest({ offset: 0x10n, region: 0, count: 112 })],
+      [Command.REGION_READ, encodeRegionReadRequest({ offset: BigInt(OFF.device_state!), region: MIG, count: 4 })],
+    ];
+    const answers = async (c: Connection) => {
+      const out: string[] = [];
+      for (const [cmd, payload] of probes)
+        out.push(Buffer.from((await c.request(cmd, payload)).payload).toString('hex'));
+      return out;
+    };
+    const fresh = await rawConnect(srv.path);
+    const want = await answers(fresh);
+    fresh.close();
+    await closed(fresh);
+    const c = await rawConnect(srv.path);
+    const refused: [string, () => Promise<unknown>, number][] = [
+      ['read past the end of BAR0', () => regionRead(c, 0, 4090, 8), Errno.EINVAL],
+      ['read of a region that does not exist', () => regionRead(c, 8, 0, 4), Errno.EINVAL],
+      ['write to the read-only ID register', () => regionWrite(c, 0, 0, u32(1)), Errno.EINVAL],
+      ['misaligned migration header access', () => regionRead(c, MIG, 2, 4), Errno.EINVAL],
+      ['device_state SAVING|RESUMING', () => regionWrite(c, MIG, 0, u32(6)), Errno.EINVAL],
+      [
+        'unmap of nothing mapped',
+        () => c.request(Command.DMA_UNMAP, encodeDmaUnmapRequest({ flags: 0, address: 0x1000n, size: 0x1000n })),
+        Errno.ENOENT,
+      ],
+      [
+        'SET_IRQS past the vectors',
+        () =>
+          c.request(
+            Command.DEVICE_SET_IRQS,
+            encodeIrqSetRequest({
+              flags: IrqSetFlag.DATA_NONE | IrqSetFlag.ACTION_TRIGGER,
+              index: 0,
+              start: 0,
+              count: 2,
+            }),
+          ),
+        Errno.EINVAL,
+      ],
+      [
+        'DEVICE_GET_INFO with a short payload',
+        () => c.request(Command.DEVICE_GET_INFO, new Uint8Array(4)),
+        Errno.EINVAL,
+      ],
+    ];
+    for (const [what, send, errno] of refused) {
+      await rejectsWith(send(), errno);
+      assert.deepEqual(await answers(c), want, `after a refused ${what}`);
+    }
+    c.close();
+  });
+
   test('IRQ eventfds are taken, replaced and released without leaking', async () => {
     const c = await rawConnect(srv.path);
     await regionRead(c, 0, 0, 4); // the connection fully served before the count starts
