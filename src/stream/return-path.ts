@@ -59,19 +59,30 @@ function protocolError(message: string): VfioError {
 export class ReturnPathDecoder {
   private readonly q = new ByteQueue();
 
+  /**
+   * The messages completed by `chunk`. A refused chunk leaves the decoder holding what it held before it
+   * (at most one partial message, copied here), so the refused bytes cannot poison what comes next.
+   */
   push(chunk: Uint8Array): ReturnPathMessage[] {
+    const held = this.q.length > 0 ? this.q.peek(this.q.length)!.slice() : null;
     this.q.push(chunk);
     const out: ReturnPathMessage[] = [];
-    for (let head = this.q.peek(HEADER); head; head = this.q.peek(HEADER)) {
-      if (head[0] !== MAGIC0 || head[1] !== MAGIC1) throw protocolError('return path: bad magic');
-      const type = head[2]!;
-      if (type < ReturnPathType.READY || type > ReturnPathType.ERROR)
-        throw protocolError(`return path: unknown message type ${type}`);
-      const len = new DataView(head.buffer, head.byteOffset + 3, 4).getUint32(0, false);
-      if (len > RETURN_PATH_MAX_TEXT * 4) throw protocolError(`return path: message of ${len} bytes is too long`);
-      const m = this.q.take(HEADER + len);
-      if (!m) break;
-      out.push({ type: type as ReturnPathTypeValue, text: new TextDecoder().decode(m.subarray(HEADER)) });
+    try {
+      for (let head = this.q.peek(HEADER); head; head = this.q.peek(HEADER)) {
+        if (head[0] !== MAGIC0 || head[1] !== MAGIC1) throw protocolError('return path: bad magic');
+        const type = head[2]!;
+        if (type < ReturnPathType.READY || type > ReturnPathType.ERROR)
+          throw protocolError(`return path: unknown message type ${type}`);
+        const len = new DataView(head.buffer, head.byteOffset + 3, 4).getUint32(0, false);
+        if (len > RETURN_PATH_MAX_TEXT * 4) throw protocolError(`return path: message of ${len} bytes is too long`);
+        const m = this.q.take(HEADER + len);
+        if (!m) break;
+        out.push({ type: type as ReturnPathTypeValue, text: new TextDecoder().decode(m.subarray(HEADER)) });
+      }
+    } catch (err) {
+      this.q.clear();
+      if (held) this.q.push(held);
+      throw err;
     }
     return out;
   }

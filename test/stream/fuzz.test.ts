@@ -3,21 +3,24 @@
 // stream, VfioError for the return path — never a TypeError or RangeError from inside, never a hang.
 // Inputs: random bytes, valid streams mutated (bytes flipped, cut, spliced, lengths rewritten), and
 // sections re-encoded with a valid CRC around a mutated payload, so the payload parsers see hostile bytes
-// that passed the checksum.
+// that passed the checksum. Beyond typed errors: valid streams and return-path messages round-trip
+// (encode→decode gives the sections or messages back, decode→encode gives the bytes back, for mutated
+// streams too when they decode whole), and a return-path decoder that refused a chunk decodes the next
+// valid message as a fresh one would.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import { VfioError } from '../../src/errors.ts';
 import { analyzeBytes } from '../../src/stream/analyze.ts';
 import { concat } from '../../src/stream/bytes.ts';
-import { StreamDecoder } from '../../src/stream/decoder.ts';
+import { type DecodedSection, StreamDecoder } from '../../src/stream/decoder.ts';
 import { StreamEncoder } from '../../src/stream/encoder.ts';
 import { StreamError } from '../../src/stream/errors.ts';
 import { decodeRamPayload, RamPayloadBuilder } from '../../src/stream/ram.ts';
 import { encodeReturnPath, ReturnPathDecoder, ReturnPathType } from '../../src/stream/return-path.ts';
 import { decodeVfioPayload, vfioConfigPayload, vfioDataPayload, vfioSetupPayload } from '../../src/stream/vfio.ts';
 import { FuzzTally, fuzzParams } from '../support/fuzz.ts';
-import { buildStream, pageOf, RAM_BLOCKS, sampleStream, streamPlanArb } from './support.ts';
+import { buildStream, decodeChunked, pageOf, RAM_BLOCKS, sampleStream, streamPlanArb } from './support.ts';
 
 /** Runs `fn`; anything thrown must be an instance of `type`. */
 function onlyThrows(type: new (...a: never[]) => Error, fn: () => unknown, input: Uint8Array): void {
@@ -205,6 +208,118 @@ describe('stream readers only ever throw their typed errors', () => {
       }),
       fuzzParams('return path', 400),
     );
+  });
+
+  test('a refused return-path chunk leaves the decoder as it was: it goes on as if it had never seen it', () => {
+    const valid = encodeReturnPath({ type: ReturnPathType.ERROR, text: 'device 0000:00:05.0 refused its state' });
+    let refused = 0;
+    fc.assert(
+      fc.property(fc.oneof(fc.uint8Array({ maxLength: 100 }), mutated(valid)), fc.nat(6), (bytes, k) => {
+        tally.inputs++;
+        // Both have the first k bytes of a valid message (part of its header) buffered.
+        const d = new ReturnPathDecoder();
+        const kept = new ReturnPathDecoder();
+        assert.deepEqual(d.push(valid.subarray(0, k)), []);
+        kept.push(valid.subarray(0, k));
+        try {
+          d.push(bytes);
+        } catch (err) {
+          assert.ok(err instanceof VfioError);
+          refused++;
+          // Refused: the rest of the message then decodes exactly as in the decoder that never saw the chunk.
+          const rest = concat([valid.subarray(k), valid]);
+          const got = d.push(rest);
+          assert.deepEqual(got, kept.push(rest));
+          assert.equal(got.length, 2);
+        }
+      }),
+      fuzzParams('return path (refused, then valid)', 400),
+    );
+    assert.ok(refused > 0, 'some chunks were refused');
+  });
+
+  test('return path round trip: any messages, encoded and fed in any chunking, decode to themselves', () => {
+    const message = fc.record(
+      {
+        type: fc.constantFrom(...Object.values(ReturnPathType)),
+        text: fc.string({ maxLength: 40, unit: 'grapheme' }),
+      },
+      { noNullPrototype: true },
+    );
+    fc.assert(
+      fc.property(fc.array(message, { maxLength: 5 }), fc.integer({ min: 1, max: 16 }), (msgs, chunk) => {
+        tally.inputs++;
+        const bytes = concat(msgs.map((m) => encodeReturnPath(m)));
+        const d = new ReturnPathDecoder();
+        const got = [];
+        for (let at = 0; at < bytes.byteLength; at += chunk) got.push(...d.push(bytes.subarray(at, at + chunk)));
+        assert.deepEqual(got, msgs);
+      }),
+      fuzzParams('return path (round trip)', 300),
+    );
+  });
+
+  test('stream round trip: a valid stream decodes to its sections, and what decodes whole re-encodes to the same bytes', () => {
+    /** The sections re-encoded by a fresh encoder, as the source would have written them. */
+    const reencode = (sections: readonly DecodedSection[]): Uint8Array => {
+      const e = new StreamEncoder();
+      const out = [...e.header()];
+      for (const x of sections) {
+        const id = { sectionId: x.sectionId, idstr: x.idstr, instanceId: x.instanceId, versionId: x.versionId };
+        if (x.type === 'start') out.push(...e.start(id, [x.payload]));
+        else if (x.type === 'full') out.push(...e.full(id, [x.payload]));
+        else if (x.type === 'part') out.push(...e.part(x.sectionId, [x.payload]));
+        else out.push(...e.end(x.sectionId, [x.payload]));
+      }
+      out.push(...e.eof());
+      return concat(out);
+    };
+    fc.assert(
+      fc.property(
+        streamPlanArb,
+        fc.array(fc.integer({ min: 1, max: 4096 }), { minLength: 1, maxLength: 4 }),
+        (plan, sizes) => {
+          tally.inputs++;
+          // encode -> decode: the plan's sections, in order, whatever the chunking.
+          const built = buildStream(plan);
+          const r = decodeChunked(built.bytes, sizes, { maxSectionBytes: 1 << 20 });
+          assert.equal(r.error, null);
+          assert.deepEqual(
+            r.sections.map((x) => [x.type, x.sectionId, x.idstr, x.instanceId, x.versionId, Buffer.from(x.payload)]),
+            built.sections.map((x) => [
+              x.type,
+              x.sectionId,
+              x.idstr,
+              x.instanceId,
+              x.versionId,
+              Buffer.from(x.payload),
+            ]),
+          );
+          // decode -> encode: the decoded sections written again are the same bytes.
+          assert.deepEqual(Buffer.from(reencode(r.sections)), Buffer.from(built.bytes));
+        },
+      ),
+      fuzzParams('stream (round trip)', 200),
+    );
+    // And for mutated streams: whatever the decoder accepts as a whole stream re-encodes to exactly its input.
+    let whole = 0;
+    fc.assert(
+      fc.property(
+        fc.oneof(
+          mutated(sample),
+          streamPlanArb.chain((plan) => mutated(buildStream(plan).bytes)),
+        ),
+        (bytes) => {
+          tally.inputs++;
+          const r = decodeChunked(bytes, [bytes.byteLength], { maxSectionBytes: 1 << 20 });
+          if (r.error !== null) return;
+          whole++;
+          assert.deepEqual(Buffer.from(reencode(r.sections)), Buffer.from(bytes));
+        },
+      ),
+      fuzzParams('stream (mutated, decode -> encode)', 400),
+    );
+    console.log(`# ${whole} mutated streams decoded whole and re-encoded to their own bytes`);
   });
 
   test('figures', () => {

@@ -3,6 +3,7 @@
 // DMA with and without fds, bad requests (answered with an errno, server keeps serving), a second client,
 // reconnects and lost framing. Fuzzing, limits and leak checks: server-fuzz.test.ts.
 import assert from 'node:assert/strict';
+import { readdirSync, readlinkSync } from 'node:fs';
 import { after, afterEach, before, describe, test } from 'node:test';
 import { Errno } from '../../src/abi/errno.ts';
 import { readField, writeField } from '../../src/abi/fields.ts';
@@ -49,6 +50,26 @@ afterEach(async () => {
     await closed(c);
   }
 });
+
+/** Another process's open fds and what each refers to (Linux /proc/PID/fd), as in test/native/support.ts. */
+function processFds(pid: number): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const name of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      out.set(Number(name), readlinkSync(`/proc/${pid}/fd/${name}`));
+    } catch {
+      // closed while we looked: not open, so not counted
+    }
+  }
+  return out;
+}
+/** The fds in `now` that were not open, to the same thing, in `then`, as "fd -> target". */
+function fdsAdded(then: Map<number, string>, now: Map<number, string>): string[] {
+  return [...now].filter(([fd, target]) => then.get(fd) !== target).map(([fd, target]) => `${fd} -> ${target}`);
+}
+function eventfds(fds: Map<number, string>): number {
+  return [...fds.values()].filter((t) => t === 'anon_inode:[eventfd]').length;
+}
 
 function le32(b: Uint8Array): number {
   return new DataView(b.buffer, b.byteOffset, b.byteLength).getUint32(0, true);
@@ -242,8 +263,73 @@ describe('vfio-user server (register-file device, mmapped data section)', () => 
     c.close();
   });
 
+  test('a session that refused a request answers the next valid ones exactly as a fresh session does', async () => {
+    // Reads only: what a fresh connection gets back is what the refused one must still get, byte for byte.
+    const probes: [number, Uint8Array][] = [
+      [Command.DEVICE_GET_INFO, encodeDeviceInfoRequest()],
+      [Command.DEVICE_GET_REGION_INFO, encodeRegionInfoRequest({ index: 0 })],
+      [Command.DEVICE_GET_REGION_INFO, encodeRegionInfoRequest({ index: MIG })],
+      [Command.DEVICE_GET_IRQ_INFO, encodeIrqInfoRequest({ index: 2 })],
+      [Command.REGION_READ, encodeRegionReadRequest({ offset: 0n, region: 0, count: 8 })],
+      // Past TICKS (0x8, advancing while the device runs): the rest of the register file's head.
+      [Command.REGION_READ, encodeRegionReadRequest({ offset: 0x10n, region: 0, count: 112 })],
+      [Command.REGION_READ, encodeRegionReadRequest({ offset: BigInt(OFF.device_state!), region: MIG, count: 4 })],
+    ];
+    const answers = async (c: Connection) => {
+      const out: string[] = [];
+      for (const [cmd, payload] of probes)
+        out.push(Buffer.from((await c.request(cmd, payload)).payload).toString('hex'));
+      return out;
+    };
+    const fresh = await rawConnect(srv.path);
+    const want = await answers(fresh);
+    fresh.close();
+    await closed(fresh);
+    const c = await rawConnect(srv.path);
+    const refused: [string, () => Promise<unknown>, number][] = [
+      ['read past the end of BAR0', () => regionRead(c, 0, 4090, 8), Errno.EINVAL],
+      ['read of a region that does not exist', () => regionRead(c, 8, 0, 4), Errno.EINVAL],
+      ['write to the read-only ID register', () => regionWrite(c, 0, 0, u32(1)), Errno.EINVAL],
+      ['misaligned migration header access', () => regionRead(c, MIG, 2, 4), Errno.EINVAL],
+      ['device_state SAVING|RESUMING', () => regionWrite(c, MIG, 0, u32(6)), Errno.EINVAL],
+      [
+        'unmap of nothing mapped',
+        () => c.request(Command.DMA_UNMAP, encodeDmaUnmapRequest({ flags: 0, address: 0x1000n, size: 0x1000n })),
+        Errno.ENOENT,
+      ],
+      [
+        'SET_IRQS past the vectors',
+        () =>
+          c.request(
+            Command.DEVICE_SET_IRQS,
+            encodeIrqSetRequest({
+              flags: IrqSetFlag.DATA_NONE | IrqSetFlag.ACTION_TRIGGER,
+              index: 0,
+              start: 0,
+              count: 2,
+            }),
+          ),
+        Errno.EINVAL,
+      ],
+      [
+        'DEVICE_GET_INFO with a short payload',
+        () => c.request(Command.DEVICE_GET_INFO, new Uint8Array(4)),
+        Errno.EINVAL,
+      ],
+    ];
+    for (const [what, send, errno] of refused) {
+      await rejectsWith(send(), errno);
+      assert.deepEqual(await answers(c), want, `after a refused ${what}`);
+    }
+    c.close();
+  });
+
   test('IRQ eventfds are taken, replaced and released without leaking', async () => {
     const c = await rawConnect(srv.path);
+    await regionRead(c, 0, 0, 4); // the connection fully served before the count starts
+    const pid = srv.proc.pid!;
+    const before = processFds(pid);
+    const base = eventfds(before); // libuv's own eventfds
     for (let round = 0; round < 3; round++) {
       const efds = [native().eventfd(0, true), native().eventfd(0, true)];
       await c.request(
@@ -257,11 +343,23 @@ describe('vfio-user server (register-file device, mmapped data section)', () => 
         { fds: efds },
       );
       for (const fd of efds) native().close(fd);
+      // Taken: the server holds its own copies (ours are closed); replaced: the previous round's are gone.
+      const held = processFds(pid);
+      assert.equal(eventfds(held) - base, 2, `round ${round}: exactly the two vectors' eventfds held`);
+      assert.deepEqual(
+        fdsAdded(before, held).map((f) => f.replace(/^\d+ -> /, '')),
+        ['anon_inode:[eventfd]', 'anon_inode:[eventfd]'],
+        `round ${round}: nothing but the two eventfds added`,
+      );
     }
     await c.request(
       Command.DEVICE_SET_IRQS,
       encodeIrqSetRequest({ flags: IrqSetFlag.DATA_NONE | IrqSetFlag.ACTION_TRIGGER, index: 2, start: 0, count: 0 }),
     );
+    // Released: the server's fds are the same set, by number and target, as before the first eventfd.
+    const afterAll = processFds(pid);
+    assert.deepEqual(fdsAdded(before, afterAll), [], 'no fd left open');
+    assert.deepEqual(fdsAdded(afterAll, before), [], 'no fd of the server closed by mistake');
     c.close();
   });
 
