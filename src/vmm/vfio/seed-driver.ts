@@ -12,18 +12,12 @@ import type { VfioUserClient } from '../../vfio-user/client.ts';
 import { type MigrationRegionFound, openRegionPort, type VfioRegionPort } from '../../vfio-user/region-port.ts';
 import type { DirtyBitmapSink } from '../guest/dirty-bitmap.ts';
 import { noTrace, type Tracer } from '../trace.ts';
+import { FAILED_STATUSES, readConfigSpace, restoreConfigSpace } from './config-space.ts';
 import type { DeviceDataSink, DmaRangeRef, VfioMigrationDriver } from './driver.ts';
 import { dataPath, named } from './driver-errors.ts';
 import { SeedRegionClient } from './seed-region-client.ts';
 
 const { RUNNING, SAVING, RESUMING, MASK } = DeviceState;
-
-/** PCI config space is region 7; its first 64 bytes are the type-0 header the VMM saves. */
-const CONFIG_REGION = 7;
-const CONFIG_STATE_BYTES = 256;
-
-/** Migration statuses that make the notifier put the device back to running (QEMU's v1 behaviour). */
-const FAILED_STATUSES = new Set(['cancelling', 'cancelled', 'failed']);
 
 export class SeedMigrationDriver implements VfioMigrationDriver {
   readonly flavor = 'seed' as const;
@@ -189,7 +183,7 @@ export class SeedMigrationDriver implements VfioMigrationDriver {
   /** The device's config space, sent as DEV_CONFIG_STATE. */
   async saveConfig(): Promise<Uint8Array> {
     this.trace.event('vfio_save_device_config_state', { name: this.name });
-    return this.client.regionRead(CONFIG_REGION, 0, CONFIG_STATE_BYTES);
+    return readConfigSpace(this.client);
   }
 
   /** load_setup: the destination device goes to RESUMING. */
@@ -219,14 +213,7 @@ export class SeedMigrationDriver implements VfioMigrationDriver {
   /** DEV_CONFIG_STATE: restore what the driver may write (command register, BARs). */
   async loadConfig(blob: Uint8Array): Promise<void> {
     this.trace.event('vfio_load_device_config_state', { name: this.name });
-    if (blob.byteLength !== CONFIG_STATE_BYTES) {
-      throw new VfioError(
-        Errno.EINVAL,
-        `${this.name}: config state is ${blob.byteLength} bytes, expected ${CONFIG_STATE_BYTES}`,
-      );
-    }
-    await this.client.regionWrite(CONFIG_REGION, 0x04, blob.subarray(0x04, 0x06));
-    await this.client.regionWrite(CONFIG_REGION, 0x10, blob.subarray(0x10, 0x28));
+    await restoreConfigSpace(this.client, this.name, blob);
   }
 
   /**

@@ -25,13 +25,11 @@ import type { VfioUserClient } from '../../vfio-user/client.ts';
 import type { MigrationRegionFound } from '../../vfio-user/region-port.ts';
 import type { DirtyBitmapSink } from '../guest/dirty-bitmap.ts';
 import { noTrace, type Tracer } from '../trace.ts';
+import { FAILED_STATUSES, readConfigSpace, restoreConfigSpace } from './config-space.ts';
 import type { DeviceDataSink, DmaRangeRef, VfioMigrationDriver } from './driver.ts';
 import { countBits, dataPath, named, nameError } from './driver-errors.ts';
 
 const { RUNNING, SAVING, RESUMING, MASK } = DeviceState;
-const CONFIG_REGION = 7;
-const CONFIG_STATE_BYTES = 256;
-const FAILED_STATUSES = new Set(['cancelling', 'cancelled', 'failed']);
 const DIRTY_PAGE_SIZE = 4096n;
 
 export class V1MigrationDriver implements VfioMigrationDriver {
@@ -251,7 +249,7 @@ export class V1MigrationDriver implements VfioMigrationDriver {
 
   async saveConfig(): Promise<Uint8Array> {
     this.trace.event('vfio_save_device_config_state', { name: this.name });
-    return this.client.regionRead(CONFIG_REGION, 0, CONFIG_STATE_BYTES);
+    return readConfigSpace(this.client);
   }
 
   /** load_setup: RESUMING alone. */
@@ -299,14 +297,7 @@ export class V1MigrationDriver implements VfioMigrationDriver {
 
   async loadConfig(blob: Uint8Array): Promise<void> {
     this.trace.event('vfio_load_device_config_state', { name: this.name });
-    if (blob.byteLength !== CONFIG_STATE_BYTES) {
-      throw new VfioError(
-        Errno.EINVAL,
-        `${this.name}: config state is ${blob.byteLength} bytes, expected ${CONFIG_STATE_BYTES}`,
-      );
-    }
-    await this.client.regionWrite(CONFIG_REGION, 0x04, blob.subarray(0x04, 0x06));
-    await this.client.regionWrite(CONFIG_REGION, 0x10, blob.subarray(0x10, 0x28));
+    await restoreConfigSpace(this.client, this.name, blob);
   }
 
   /**
