@@ -189,7 +189,11 @@ export class MigrationController {
       }
       this.d.log(`migration ${this.status}${this.errorDesc ? `: ${this.errorDesc}` : ''}`);
     } finally {
-      for (const h of handlers) await h.saveCleanup?.().catch(() => {});
+      for (const h of handlers) {
+        await h
+          .saveCleanup?.()
+          .catch((e: Error) => this.d.log(`${h.idstr}: cleanup after the migration: ${e.message}`));
+      }
     }
   }
 
@@ -207,7 +211,11 @@ export class MigrationController {
     }
     if (!rs.running) {
       // The notifier set the devices running; a VM that stays paused keeps them stopped.
-      for (const { driver } of this.d.devices) await driver.vmStateChange(false, 'paused').catch(() => {});
+      for (const { driver } of this.d.devices) {
+        await driver
+          .vmStateChange(false, 'paused')
+          .catch((e: Error) => this.d.log(`${driver.name}: could not be stopped with the paused VM: ${e.message}`));
+      }
     }
   }
 

@@ -207,6 +207,8 @@ export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
     for (const h of o.handlers) await h.loadComplete();
   } catch (err) {
     const msg = (err as Error).message;
+    // Best effort on the way out: `err` is what the caller hears. The link may be what failed (then the
+    // ERROR cannot go), and a handler's cleanup failing cannot change the outcome.
     if (o.handshake) await o.connection.send({ type: ReturnPathType.ERROR, text: msg }).catch(() => {});
     if (o.handshake && o.connection.closeAfterError) o.connection.closeAfterError(ERROR_LINGER_MS);
     else o.connection.close();
