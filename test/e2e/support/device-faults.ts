@@ -49,7 +49,8 @@ export async function attempt(pair: LocalPair, uri: string): Promise<Info> {
 
 /** Waits for the stderr line a device server prints when an injected fault fires. */
 export async function faultFired(lines: string[], role: string, pattern: RegExp): Promise<void> {
-  for (let i = 0; i < 100; i++) {
+  // The line may trail the migration's failure on a busy machine: 60 s is a safety net, not a measure.
+  for (const end = performance.now() + 60_000; performance.now() < end; ) {
     if (lines.some((l) => l.startsWith(`${role}:`) && pattern.test(l))) return;
     await sleep(20);
   }
