@@ -1,5 +1,5 @@
 // The table-driven struct codec (src/abi/fields.ts) over both migration_info layouts, the device_state
-// constants, and 5.8's VALID / IS_ERROR / SET_ERROR as spec/migration-v1.md states them.
+// constants, and 5.8's VALID / IS_ERROR / SET_ERROR as Linux 5.8's include/uapi/linux/vfio.h defines them.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';

@@ -22,7 +22,7 @@ import {
 } from '../../../src/abi/vfio-user/index.ts';
 import { VfioError } from '../../../src/errors.ts';
 
-// Golden bytes are written from the spec's tables (spec/vfio-user.md), little-endian, field by field.
+// Golden bytes are written from the protocol tables in docs/vfio-user.md (libvfio-user include/vfio-user.h), little-endian, field by field.
 const hex = (...fields: string[]) => new Uint8Array(Buffer.from(fields.join(''), 'hex'));
 const einval = (fn: () => unknown, re: RegExp) =>
   assert.throws(fn, (e: unknown) => e instanceof VfioError && e.errno === Errno.EINVAL && re.test(e.message));
