@@ -26,8 +26,9 @@ import type { MigrationRegionFound } from '../../vfio-user/region-port.ts';
 import type { DirtyBitmapSink } from '../guest/dirty-bitmap.ts';
 import { noTrace, type Tracer } from '../trace.ts';
 import { FAILED_STATUSES, readConfigSpace, restoreConfigSpace } from './config-space.ts';
+import { syncDirtyRanges } from './dirty-sync.ts';
 import type { DeviceDataSink, DmaRangeRef, VfioMigrationDriver } from './driver.ts';
-import { countBits, dataPath, named, nameError } from './driver-errors.ts';
+import { dataPath, named } from './driver-errors.ts';
 
 const { RUNNING, SAVING, RESUMING, MASK } = DeviceState;
 const DIRTY_PAGE_SIZE = 4096n;
@@ -306,21 +307,10 @@ export class V1MigrationDriver implements VfioMigrationDriver {
    */
   async dirtySync(ranges: readonly DmaRangeRef[], sink: DirtyBitmapSink, pageSize = DIRTY_PAGE_SIZE): Promise<bigint> {
     if (!this.logging) return 0n;
-    let total = 0n;
-    for (const r of ranges) {
-      const pages = Number(r.size / pageSize);
-      try {
-        const bitmap = await this.client.dirtyPages('get-bitmap', { iova: r.iova, size: r.size, pgsize: pageSize });
-        sink(r.iova / pageSize, pages, bitmap);
-        const dirty = BigInt(countBits(bitmap, pages));
-        this.trace.event('vfio_get_dirty_bitmap', { name: this.name, iova: r.iova, size: r.size, dirty_pages: dirty });
-        total += dirty;
-      } catch (err) {
-        sink(r.iova / pageSize, pages, 'all');
-        throw nameError(this.name, err, 'DIRTY_PAGES GET_BITMAP: ');
-      }
-    }
-    return total;
+    const o = { name: this.name, trace: this.trace, what: 'DIRTY_PAGES GET_BITMAP' };
+    return syncDirtyRanges(o, ranges, sink, pageSize, (r) =>
+      this.client.dirtyPages('get-bitmap', { iova: r.iova, size: r.size, pgsize: pageSize }),
+    );
   }
 
   close(): void {

@@ -20,8 +20,9 @@ import type { VfioUserClient } from '../../vfio-user/client.ts';
 import type { DirtyBitmapSink } from '../guest/dirty-bitmap.ts';
 import { noTrace, type Tracer } from '../trace.ts';
 import { FAILED_STATUSES, readConfigSpace, restoreConfigSpace } from './config-space.ts';
+import { syncDirtyRanges } from './dirty-sync.ts';
 import type { DeviceDataSink, DmaRangeRef, VfioMigrationDriver } from './driver.ts';
-import { countBits, dataPath, named, nameError } from './driver-errors.ts';
+import { dataPath, named, nameError } from './driver-errors.ts';
 
 /** QEMU reads at most 1 MiB of device data per read(); vfio-user caps it further at max_data_xfer_size. */
 const READ_CHUNK = 1 << 20;
@@ -333,31 +334,21 @@ export class V2MigrationDriver implements VfioMigrationDriver {
    */
   async dirtySync(ranges: readonly DmaRangeRef[], sink: DirtyBitmapSink, pageSize = DIRTY_PAGE_SIZE): Promise<bigint> {
     if (!this.logging) return 0n;
-    let total = 0n;
-    for (const r of ranges) {
+    const o = { name: this.name, trace: this.trace, what: 'DMA_LOGGING_REPORT' };
+    return syncDirtyRanges(o, ranges, sink, pageSize, async (r, pages) => {
       const req = { iova: r.iova, length: r.size, pageSize };
-      const pages = Number(r.size / pageSize);
-      try {
-        const reply = await this.client.deviceFeature({
-          feature: FeatureId.DMA_LOGGING_REPORT,
-          get: true,
-          argsz: 8 + 24 + dmaLoggingBitmapSize(req),
-          data: encodeDmaLoggingReportRequest(req),
-        });
-        const rep = decodeDmaLoggingReportReply(reply.data);
-        if (rep.iova !== r.iova || rep.length !== r.size || rep.bitmap.byteLength * 8 < pages) {
-          throw new VfioError(Errno.EPROTO, `DMA_LOGGING_REPORT answered for ${rep.iova}+${rep.length}`);
-        }
-        sink(r.iova / pageSize, pages, rep.bitmap);
-        const dirty = BigInt(countBits(rep.bitmap, pages));
-        this.trace.event('vfio_get_dirty_bitmap', { name: this.name, iova: r.iova, size: r.size, dirty_pages: dirty });
-        total += dirty;
-      } catch (err) {
-        sink(r.iova / pageSize, pages, 'all');
-        throw nameError(this.name, err, 'DMA_LOGGING_REPORT: ');
+      const reply = await this.client.deviceFeature({
+        feature: FeatureId.DMA_LOGGING_REPORT,
+        get: true,
+        argsz: 8 + 24 + dmaLoggingBitmapSize(req),
+        data: encodeDmaLoggingReportRequest(req),
+      });
+      const rep = decodeDmaLoggingReportReply(reply.data);
+      if (rep.iova !== r.iova || rep.length !== r.size || rep.bitmap.byteLength * 8 < pages) {
+        throw new VfioError(Errno.EPROTO, `DMA_LOGGING_REPORT answered for ${rep.iova}+${rep.length}`);
       }
-    }
-    return total;
+      return rep.bitmap;
+    });
   }
 
   close(): void {
