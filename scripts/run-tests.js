@@ -23,8 +23,13 @@ if (files.length === 0) {
   console.error(`no test files match ${filters.join(' ')}`);
   process.exit(1);
 }
-const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', '--test-reporter=spec', ...files], {
-  cwd: root,
-  stdio: 'inherit',
-});
+// property-seed: every fast-check property runs from FUZZ_SEED (test/support/fuzz.ts), so failures replay.
+const r = spawnSync(
+  process.execPath,
+  ['--import', 'tsx', '--import', './test/support/property-seed.ts', '--test', '--test-reporter=spec', ...files],
+  {
+    cwd: root,
+    stdio: 'inherit',
+  },
+);
 process.exit(r.status ?? 1);
