@@ -3,11 +3,10 @@
 // page_size, total_pfns, copied_pfns) in front of a data section that is either trapped (every access goes
 // through read/write here) or mmapped (the client reads and writes the section's memory directly).
 //
-// This class knows nothing of sockets: a transport calls read()/write() with region offsets and turns a
-// thrown VfioError into an error reply. Every rule it enforces is written in docs/migration-region.md.
+// Access dispatch (bounds, header fields, the gap) is region-access.ts, shared with the v1 region; this
+// class holds the seed's field values and rules. Every rule it enforces is written in docs/migration-region.md.
 
 import { Errno } from '../abi/errno.ts';
-import { fieldAt, readField, writeField } from '../abi/fields.ts';
 import {
   DeviceState,
   DIRTY_PFNS_ALL,
@@ -19,6 +18,7 @@ import {
 import { asVfioError, einval, VfioError } from '../errors.ts';
 import type { MigrationBackend } from './backend.ts';
 import { LOG_PAGE_SIZE } from './dirty-log.ts';
+import { MigrationRegionAccess } from './region-access.ts';
 import { computeRegionLayout, type DataSectionKind, type RegionLayout } from './region-layout.ts';
 import { seedTransitionAllowed } from './seed-state-table.ts';
 
@@ -51,10 +51,8 @@ export function seedRegionLayout(options: Pick<SeedRegionOptions, 'kind' | 'data
   });
 }
 
-export class SeedMigrationRegion {
-  readonly layout: RegionLayout;
-  /** The data section's memory: bitmap area then data area. Offsets in it are region offsets minus sectionOffset. */
-  readonly sectionMemory: Uint8Array;
+/** The data section here is the bitmap area, then the data area. */
+export class SeedMigrationRegion extends MigrationRegionAccess<SeedField> {
   private readonly backend: MigrationBackend;
 
   private deviceState: number = DeviceState.RUNNING;
@@ -72,13 +70,8 @@ export class SeedMigrationRegion {
   private cursor = 0n;
 
   constructor(options: SeedRegionOptions) {
+    super(seedRegionLayout(options), SEED_MIGRATION_INFO, options.sectionMemory);
     this.backend = options.backend;
-    this.layout = seedRegionLayout(options);
-    const sectionBytes = this.layout.size - this.layout.sectionOffset;
-    if (options.sectionMemory && options.sectionMemory.byteLength !== sectionBytes) {
-      throw new RangeError(`sectionMemory must be ${sectionBytes} bytes, got ${options.sectionMemory.byteLength}`);
-    }
-    this.sectionMemory = options.sectionMemory ?? new Uint8Array(sectionBytes);
   }
 
   /**
@@ -96,28 +89,9 @@ export class SeedMigrationRegion {
     return this.deviceState;
   }
 
-  read(offset: number, length: number): Uint8Array {
-    this.checkBounds(offset, length);
-    if (offset < this.layout.headerSize) return this.readHeader(offset, length);
-    return this.section(offset, length, 'read').slice();
-  }
-
-  /**
-   * read(offset, dest.byteLength), delivered into `dest` instead of a new buffer: the same checks, rules and
-   * side effects, and one copy of the section's bytes (a transport reads straight into its reply).
-   */
-  readInto(offset: number, dest: Uint8Array): void {
-    this.checkBounds(offset, dest.byteLength);
-    if (offset < this.layout.headerSize) dest.set(this.readHeader(offset, dest.byteLength));
-    else dest.set(this.section(offset, dest.byteLength, 'read'));
-  }
-
-  write(offset: number, data: Uint8Array): void {
-    this.checkBounds(offset, data.byteLength);
-    if (offset < this.layout.headerSize) {
-      this.writeHeader(offset, data);
-      return;
-    }
+  /** The bitmap area is read-only; the data area is writable only while resuming. */
+  protected checkSection(offset: number, _length: number, what: 'read' | 'write'): void {
+    if (what === 'read') return;
     const inBitmap = offset < this.layout.dataOffset;
     if (inBitmap || this.deviceState !== DeviceState.RESUMING) {
       throw einval(
@@ -126,52 +100,9 @@ export class SeedMigrationRegion {
           : `the data section is writable only while resuming (device is ${stateName(this.deviceState)})`,
       );
     }
-    this.section(offset, data.byteLength, 'write').set(data);
   }
 
-  private checkBounds(offset: number, length: number): void {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-      throw einval(`bad access offset ${offset} length ${length}`);
-    }
-    if (offset + length > this.layout.size) {
-      throw einval(`access [${offset}, ${offset + length}) beyond the ${this.layout.size}-byte migration region`);
-    }
-  }
-
-  /** A view of the data section for an access that must lie wholly inside it (not in the header gap). */
-  private section(offset: number, length: number, what: string): Uint8Array {
-    if (offset < this.layout.sectionOffset) {
-      throw einval(`${what} at ${offset} falls between the header and the data section`);
-    }
-    const start = offset - this.layout.sectionOffset;
-    return this.sectionMemory.subarray(start, start + length);
-  }
-
-  private headerField(offset: number, length: number): SeedField {
-    const f = fieldAt(SEED_MIGRATION_INFO, offset, length);
-    if (!f) {
-      throw einval(
-        `header access at offset ${offset} width ${length} is not a field at its native width and alignment`,
-      );
-    }
-    if (f.name === 'reserved') throw einval('the reserved field may not be accessed');
-    return f.name;
-  }
-
-  private readHeader(offset: number, length: number): Uint8Array {
-    const name = this.headerField(offset, length);
-    const value = this.readValue(name);
-    const out = new Uint8Array(length);
-    writeField(out, 0, length as 4 | 8, value);
-    return out;
-  }
-
-  private writeHeader(offset: number, data: Uint8Array): void {
-    const name = this.headerField(offset, data.byteLength);
-    this.writeValue(name, readField(data, 0, data.byteLength as 4 | 8));
-  }
-
-  private readValue(name: SeedField): bigint {
+  protected readValue(name: SeedField): bigint {
     switch (name) {
       case 'device_state':
         return BigInt(this.deviceState);
@@ -193,7 +124,7 @@ export class SeedMigrationRegion {
     }
   }
 
-  private writeValue(name: SeedField, value: bigint): void {
+  protected writeValue(name: SeedField, value: bigint): void {
     switch (name) {
       case 'device_state':
         this.setDeviceState(Number(value));

@@ -11,10 +11,10 @@
 // Every rule here is written in docs/migration-region-v1.md.
 
 import { Errno } from '../abi/errno.ts';
-import { fieldAt, readField, writeField } from '../abi/fields.ts';
 import { DeviceState, deviceStateName, V1_MIGRATION_INFO, type V1Field } from '../abi/migration.ts';
 import { asVfioError, einval, VfioError } from '../errors.ts';
 import type { MigrationBackend } from './backend.ts';
+import { MigrationRegionAccess } from './region-access.ts';
 import { computeRegionLayout, type DataSectionKind, REGION_PAGE_SIZE, type RegionLayout } from './region-layout.ts';
 import { V1_ERROR_STATE, v1TransitionAllowed } from './v1-state-table.ts';
 
@@ -40,9 +40,7 @@ export function v1RegionLayout(options: Pick<V1RegionOptions, 'kind' | 'dataSize
   });
 }
 
-export class V1MigrationRegion {
-  readonly layout: RegionLayout;
-  readonly sectionMemory: Uint8Array;
+export class V1MigrationRegion extends MigrationRegionAccess<V1Field> {
   private readonly backend: MigrationBackend;
   private deviceState: number = DeviceState.RUNNING;
   private iteration: Iteration = 'initial';
@@ -51,13 +49,8 @@ export class V1MigrationRegion {
   private size = 0;
 
   constructor(options: V1RegionOptions) {
+    super(v1RegionLayout(options), V1_MIGRATION_INFO, options.sectionMemory);
     this.backend = options.backend;
-    this.layout = v1RegionLayout(options);
-    const sectionBytes = this.layout.size - this.layout.sectionOffset;
-    if (options.sectionMemory && options.sectionMemory.byteLength !== sectionBytes) {
-      throw new RangeError(`sectionMemory must be ${sectionBytes} bytes, got ${options.sectionMemory.byteLength}`);
-    }
-    this.sectionMemory = options.sectionMemory ?? new Uint8Array(sectionBytes);
   }
 
   get state(): number {
@@ -70,68 +63,14 @@ export class V1MigrationRegion {
     this.restartIteration();
   }
 
-  read(offset: number, length: number): Uint8Array {
-    this.checkBounds(offset, length);
-    if (offset < this.layout.sectionOffset) return this.readHeader(offset, length);
-    return this.section(offset, length, 'read').slice();
-  }
-
-  readInto(offset: number, dest: Uint8Array): void {
-    this.checkBounds(offset, dest.byteLength);
-    if (offset < this.layout.sectionOffset) dest.set(this.readHeader(offset, dest.byteLength));
-    else dest.set(this.section(offset, dest.byteLength, 'read'));
-  }
-
-  write(offset: number, data: Uint8Array): void {
-    this.checkBounds(offset, data.byteLength);
-    if (offset < this.layout.sectionOffset) {
-      const name = this.headerField(offset, data.byteLength);
-      this.writeValue(name, readField(data, 0, data.byteLength as 4 | 8));
-      return;
-    }
-    this.section(offset, data.byteLength, 'write').set(data);
-  }
-
-  private checkBounds(offset: number, length: number): void {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
-      throw einval(`bad access offset ${offset} length ${length}`);
-    }
-    if (offset + length > this.layout.size) {
-      throw einval(`access [${offset}, ${offset + length}) beyond the ${this.layout.size}-byte migration region`);
-    }
-  }
-
   /** Data section accesses: reads only while saving, writes only while resuming (libvfio-user's rule). */
-  private section(offset: number, length: number, what: 'read' | 'write'): Uint8Array {
-    const s = this.deviceState;
-    const ok = what === 'read' ? this.isSaving() : s === DeviceState.RESUMING;
+  protected checkSection(_offset: number, _length: number, what: 'read' | 'write'): void {
+    const ok = what === 'read' ? this.isSaving() : this.deviceState === DeviceState.RESUMING;
     if (!ok) {
       throw einval(
         `the data section is ${what === 'read' ? 'readable only while saving' : 'writable only while resuming'} (device is ${this.stateName()})`,
       );
     }
-    const start = offset - this.layout.sectionOffset;
-    return this.sectionMemory.subarray(start, start + length);
-  }
-
-  private headerField(offset: number, length: number): V1Field {
-    const f = offset < V1_MIGRATION_INFO.size ? fieldAt(V1_MIGRATION_INFO, offset, length) : undefined;
-    if (!f) {
-      throw einval(
-        offset >= V1_MIGRATION_INFO.size
-          ? `offset ${offset} is in the register area's unused gap`
-          : `header access at offset ${offset} width ${length} is not a field at its native width and alignment`,
-      );
-    }
-    if (f.name === 'reserved') throw einval('the reserved field may not be accessed');
-    return f.name;
-  }
-
-  private readHeader(offset: number, length: number): Uint8Array {
-    const value = this.readValue(this.headerField(offset, length));
-    const out = new Uint8Array(length);
-    writeField(out, 0, length as 4 | 8, value);
-    return out;
   }
 
   private isSaving(): boolean {
@@ -142,7 +81,7 @@ export class V1MigrationRegion {
     return this.deviceState === V1_ERROR_STATE ? 'error' : deviceStateName(this.deviceState);
   }
 
-  private readValue(name: V1Field): bigint {
+  protected readValue(name: V1Field): bigint {
     switch (name) {
       case 'device_state':
         return BigInt(this.deviceState);
@@ -162,7 +101,7 @@ export class V1MigrationRegion {
     }
   }
 
-  private writeValue(name: V1Field, value: bigint): void {
+  protected writeValue(name: V1Field, value: bigint): void {
     switch (name) {
       case 'device_state':
         this.setDeviceState(Number(value));
