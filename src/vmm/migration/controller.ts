@@ -62,6 +62,8 @@ export class MigrationController {
   private lastSyncPages = 0;
   /** RAM bytes sent before the VM stopped for the switch-over (null: it has not stopped). */
   private precopyBytes: number | null = null;
+  /** The current or last migration was this VMM's outgoing one (not an incoming one). */
+  private outgoing = false;
   /** The destination's listener while it waits for the source. */
   private listener: IncomingListener | null = null;
   /** Resolves when the current outgoing or incoming migration has finished, whatever the outcome. */
@@ -95,6 +97,7 @@ export class MigrationController {
     this.started = performance.now();
     this.errorDesc = undefined;
     this.progress = null;
+    this.outgoing = true;
     this.committed = false;
     this.syncs = 0;
     this.precopyBytes = null;
@@ -243,6 +246,7 @@ export class MigrationController {
     const uri = parseMigrationUri(uriText, true);
     const handlers: MigrationHandler[] = [this.d.ram, ...this.d.devices.map((x) => x.handler)];
     this.started = performance.now();
+    this.outgoing = false;
     this.setStatus('setup');
     let listener: IncomingListener | null = null;
     try {
@@ -296,8 +300,10 @@ export class MigrationController {
     info['total-time'] = Math.round(active ? performance.now() - this.started : this.totalMs);
     info['setup-time'] = Math.round(this.setupMs);
     const p = this.progress;
-    // Left out until the bandwidth was measured, as QEMU does.
-    if (p && active && p.expectedDowntimeMs !== undefined) info['expected-downtime'] = Math.round(p.expectedDowntimeMs);
+    // A source's estimate once the bandwidth was measured; before that the downtime limit, as QEMU
+    // (migration.c sets expected_downtime to the limit when the migration starts). A destination has none.
+    if (active && this.outgoing)
+      info['expected-downtime'] = Math.round(p?.expectedDowntimeMs ?? this.parameters.downtimeLimit);
     if (this.status === 'completed') {
       info.downtime = Math.round(this.downtimeMs);
       if (this.phases) {
