@@ -20,6 +20,8 @@ export function writeReport(
 export async function runReport(o: ReportOptions, [recording]: string[]): Promise<number> {
   if (recording === undefined) throw new UsageError('give one RECORDING');
   const d = writeReport(recording, o.output, { title: o.title });
-  console.log(`report: ${o.output} (migration ${d.status}, ${d.summary.samples} samples, ${d.passes.length} passes)`);
+  console.log(
+    `report: ${o.output} (${d.role}'s recording, migration ${d.status}, ${d.summary.samples} samples, ${d.passes.length} passes)`,
+  );
   return 0;
 }
