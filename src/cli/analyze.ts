@@ -4,57 +4,20 @@
 // section; `--json` prints the whole analysis as one JSON object. Exit status: 0 for a whole, valid
 // stream; 1 for a damaged or incomplete one (or an unreadable file); 2 for a usage error.
 import { createReadStream } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { analyzeChunks, type SectionSummary, type StreamAnalysis } from '../stream/analyze.ts';
 import { bytes } from './format.ts';
+import { UsageError } from './option-types.ts';
+import type { AnalyzeOptions } from './options/analyze.ts';
 
-export const analyzeUsage = `usage: vfio-migrate analyze FILE [options]
-  FILE                  a migration stream saved with migrate file:PATH
-  --sections            also list every section (offset, type, id, idstr, payload, contents)
-  --json                one JSON object instead of text
-  --max-section BYTES   largest section accepted (default 16777216, as a destination)`;
-
-export async function runAnalyze(argv: string[]): Promise<number> {
-  let parsed: ReturnType<typeof parse>;
-  try {
-    parsed = parse(argv);
-  } catch (err) {
-    console.error(`vfio-migrate analyze: ${(err as Error).message}\n${analyzeUsage}`);
-    return 2;
-  }
-  const { values, positionals } = parsed;
-  if (values.help) {
-    console.log(analyzeUsage);
-    return 0;
-  }
-  const maxSection = values['max-section'] === undefined ? undefined : Number(values['max-section']);
-  if (positionals.length !== 1 || (maxSection !== undefined && !(Number.isSafeInteger(maxSection) && maxSection > 0))) {
-    console.error(
-      `vfio-migrate analyze: ${positionals.length !== 1 ? 'give exactly one FILE' : '--max-section must be a positive integer'}\n${analyzeUsage}`,
-    );
-    return 2;
-  }
-  const file = positionals[0]!;
+export async function runAnalyze(o: AnalyzeOptions, [file]: string[]): Promise<number> {
+  if (file === undefined) throw new UsageError('give one FILE');
   const report = await analyzeChunks(createReadStream(file, { highWaterMark: 1 << 20 }), {
-    maxSectionBytes: maxSection,
-    keepSections: values.sections || values.json,
+    maxSectionBytes: o.maxSection,
+    keepSections: o.sections || o.json,
   });
-  if (values.json) console.log(JSON.stringify({ file, ...report }, null, 2));
-  else console.log(formatAnalysis(file, report, values.sections ?? false));
+  if (o.json) console.log(JSON.stringify({ file, ...report }, null, 2));
+  else console.log(formatAnalysis(file, report, o.sections ?? false));
   return report.complete ? 0 : 1;
-}
-
-function parse(argv: string[]) {
-  return parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      sections: { type: 'boolean', default: false },
-      json: { type: 'boolean', default: false },
-      'max-section': { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
 }
 
 /** The text report. */

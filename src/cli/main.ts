@@ -1,127 +1,114 @@
-// The vfio-migrate command line: one file per command; this file only dispatches. A command's module is
-// loaded only when that command runs, so `vfio-migrate vmm` does not pay for the demo's code (nor the other
-// way round) and `--version` loads none.
+// The vfio-migrate command line, on commander: each command's options are declared in options/NAME.ts
+// (light: commander and a few constants), its implementation sits in NAME.ts and is imported only when that
+// command runs, so `--version`, `help` and `COMMAND --help` load no command's code, and `vmm` does not pay
+// for the demo's (nor the other way round).
 //
-// Exit codes: 0 success; 1 the command failed (its message says why); 2 a usage error (unknown command or
-// option, bad value); analyze also uses 1 for a damaged stream.
+// Exit codes: 0 success; 1 the command failed (its message says why; analyze also for a damaged stream,
+// conform for a failed rule); 2 a usage error (unknown command or option, missing or bad value). Under
+// --json a failed command still prints one JSON object, {"error": …}, so stdout is always JSON.
 import { readFileSync } from 'node:fs';
+import { type Command, CommanderError, createCommand } from 'commander';
+import { UsageError } from './option-types.ts';
+import { type AnalyzeOptions, analyzeCommand } from './options/analyze.ts';
+import { type ConformOptions, conformCommand } from './options/conform.ts';
+import { type DemoOptions, demoCommand } from './options/demo.ts';
+import { type ProbeOptions, probeCommand } from './options/probe.ts';
+import { type RegionDemoOptions, regionDemoCommand } from './options/region-demo.ts';
+import { type ReportOptions, reportCommand } from './options/report.ts';
+import { type ServeOptions, serveCommand } from './options/serve.ts';
+import { type VmmOptions, vmmCommand } from './options/vmm.ts';
 
-interface Command {
-  summary: string;
-  load(): Promise<{ run(argv: string[]): Promise<number>; usage: string }>;
+/** A command's implementation: its parsed options and positional arguments in, an exit code out. */
+type Run<O> = (options: O, args: string[]) => Promise<number>;
+
+interface Entry<O> {
+  declare(program: Command): Command;
+  load(): Promise<Run<O>>;
 }
 
-const COMMANDS: Record<string, Command> = {
-  demo: {
-    summary: 'live migration of a VM with a device, four processes on this machine, verified (npm start)',
-    load: async () => import('./demo.ts').then((m) => ({ run: m.runDemo, usage: m.demoUsage })),
-  },
-  'region-demo': {
-    summary: 'live save and resume of one device through its migration region, in one process',
-    load: async () => import('./region-demo.ts').then((m) => ({ run: m.runRegionDemo, usage: m.regionDemoUsage })),
-  },
-  serve: {
-    summary: 'host a sample device behind a vfio-user socket',
-    load: async () => import('./serve.ts').then((m) => ({ run: m.runServe, usage: m.serveUsage })),
-  },
-  vmm: {
-    summary: 'a VMM: guest RAM, a synthetic guest, vfio-user devices, QMP, live migration',
-    load: async () => import('./vmm.ts').then((m) => ({ run: m.runVmm, usage: m.vmmUsage })),
-  },
-  probe: {
-    summary: 'show what the device behind a vfio-user socket offers (like lspci -vv)',
-    load: async () => import('./probe.ts').then((m) => ({ run: m.runProbe, usage: m.probeUsage })),
-  },
-  conform: {
-    summary: "check a device's migration interface against its flavor's rules (two devices: A saves, B resumes)",
-    load: async () => import('./conform.ts').then((m) => ({ run: m.runConform, usage: m.conformUsage })),
-  },
-  report: {
-    summary: 'render a recorded migration (vmm --record) as a self-contained HTML page with plots',
-    load: async () => import('./report.ts').then((m) => ({ run: m.runReport, usage: m.reportUsage })),
-  },
-  analyze: {
-    summary: 'check a saved migration stream (migrate file:PATH) and summarize it',
-    load: async () => import('./analyze.ts').then((m) => ({ run: m.runAnalyze, usage: m.analyzeUsage })),
-  },
-};
+const entry = <O>(e: Entry<O>) => e as Entry<unknown>;
 
-function overview(): string {
-  const width = Math.max(...Object.keys(COMMANDS).map((c) => c.length)) + 2;
-  return [
-    'usage: vfio-migrate <command> [options]',
-    "       vfio-migrate help [command]    the manual, or one command's options",
-    '       vfio-migrate --version',
-    '',
-    'commands:',
-    ...Object.entries(COMMANDS).map(([name, c]) => `  ${name.padEnd(width)}${c.summary}`),
-    '',
-    'exit codes: 0 success, 1 the command failed, 2 a usage error',
-  ].join('\n');
-}
+// In the order `help` lists them.
+const COMMANDS: Entry<unknown>[] = [
+  entry<DemoOptions>({ declare: demoCommand, load: () => import('./demo.ts').then((m) => m.runDemo) }),
+  entry<RegionDemoOptions>({
+    declare: regionDemoCommand,
+    load: () => import('./region-demo.ts').then((m) => m.runRegionDemo),
+  }),
+  entry<ServeOptions>({ declare: serveCommand, load: () => import('./serve.ts').then((m) => m.runServe) }),
+  entry<VmmOptions>({ declare: vmmCommand, load: () => import('./vmm.ts').then((m) => m.runVmm) }),
+  entry<ProbeOptions>({ declare: probeCommand, load: () => import('./probe.ts').then((m) => m.runProbe) }),
+  entry<ConformOptions>({ declare: conformCommand, load: () => import('./conform.ts').then((m) => m.runConform) }),
+  entry<ReportOptions>({ declare: reportCommand, load: () => import('./report.ts').then((m) => m.runReport) }),
+  entry<AnalyzeOptions>({ declare: analyzeCommand, load: () => import('./analyze.ts').then((m) => m.runAnalyze) }),
+];
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
   return pkg.version;
 }
 
-/** The known command closest to a mistyped one (edit distance at most 2), for "did you mean". */
-export function suggestCommand(typed: string, known: readonly string[] = Object.keys(COMMANDS)): string | undefined {
-  let best: { name: string; d: number } | undefined;
-  for (const name of known) {
-    const d = editDistance(typed, name);
-    if (d <= 2 && (!best || d < best.d)) best = { name, d };
-  }
-  return best?.name;
+/** What the command that ran answered; commander's own answers (help, version, usage errors) are thrown. */
+interface Outcome {
+  code: number;
 }
 
-function editDistance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const cur = [i];
-    for (let j = 1; j <= b.length; j++) {
-      cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-    }
-    prev = cur;
+function program(outcome: Outcome): Command {
+  const root = createCommand('vfio-migrate')
+    .description('Live migration of VMs that own vfio-user devices.')
+    .version(version(), '-V, --version', 'print the version')
+    .helpOption('-h, --help', 'print help')
+    .helpCommand('help [command]', "the manual, or one command's options")
+    // Throw instead of process.exit, so main() decides the exit code; subcommands inherit this.
+    .exitOverride()
+    .addHelpText('after', '\nExit codes: 0 success, 1 the command failed, 2 a usage error.\nDocs: docs/cli.md');
+  for (const e of COMMANDS) {
+    const command = e.declare(root);
+    command.action(async () => {
+      const options = command.opts();
+      const run = await e.load();
+      try {
+        outcome.code = await run(options, command.args);
+      } catch (err) {
+        if (err instanceof UsageError) command.error(`error: ${err.message}`, { exitCode: 2, code: 'usage' });
+        const msg = err instanceof Error ? err.message : String(err);
+        console.error(`vfio-migrate ${command.name()}: ${msg}`);
+        if (options.json) {
+          // A VfioError (or a Node system error) carries its errno and its name: a script branches on those.
+          const { errno, code } = err as { errno?: unknown; code?: unknown };
+          console.log(
+            JSON.stringify({
+              error: msg,
+              ...(typeof errno === 'number' ? { errno } : {}),
+              ...(typeof code === 'string' ? { code } : {}),
+            }),
+          );
+        }
+        outcome.code = 1;
+      }
+    });
   }
-  return prev[b.length]!;
+  return root;
 }
 
 export async function main(argv: string[]): Promise<number> {
-  const [command, ...rest] = argv;
-  if (command === '--version' || command === '-V' || command === 'version') {
-    console.log(version());
+  const outcome: Outcome = { code: 0 };
+  const cli = program(outcome);
+  if (argv.length === 0) {
+    cli.outputHelp();
     return 0;
   }
-  if (command === undefined || command === 'help' || command === '--help' || command === '-h') {
-    const topic = command === 'help' ? rest[0] : undefined;
-    if (topic && COMMANDS[topic]) {
-      console.log((await COMMANDS[topic].load()).usage);
-      return 0;
-    }
-    if (topic) {
-      console.error(unknown(topic));
-      return 2;
-    }
-    console.log(overview());
-    return 0;
-  }
-  const entry = COMMANDS[command];
-  if (!entry) {
-    console.error(unknown(command));
-    return 2;
-  }
+  // commander answers `help UNKNOWN` with the whole manual; parsing UNKNOWN as a command instead names it,
+  // with a suggestion, as for a mistyped command.
+  const known = cli.commands.map((c) => c.name());
+  const topic = argv[0] === 'help' ? argv[1] : undefined;
+  const args = topic !== undefined && !topic.startsWith('-') && !known.includes(topic) ? [topic] : argv;
   try {
-    return await (await entry.load()).run(rest);
+    await cli.parseAsync(args, { from: 'user' });
+    return outcome.code;
   } catch (err) {
-    const msg = err instanceof Error ? err.message : String(err);
-    console.error(`vfio-migrate ${command}: ${msg}`);
-    // parseArgs refuses an unknown or malformed option with ERR_PARSE_ARGS_*: that is a usage error.
-    return (err as { code?: string }).code?.startsWith('ERR_PARSE_ARGS') ? 2 : 1;
+    // commander has already printed its message (help, the version, or "error: … (Did you mean …?)").
+    if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
+    throw err;
   }
-}
-
-function unknown(command: string): string {
-  const hint = suggestCommand(command);
-  return `vfio-migrate: unknown command "${command}"${hint ? ` (did you mean "${hint}"?)` : ''}; "vfio-migrate help" lists the commands`;
 }

@@ -42,7 +42,9 @@ export function snapshotOf(info: Record<string, unknown>): MigrationSnapshot | u
     deviceSent: vfio?.transferred ?? 0,
     devicePending: vfio?.['x-pending'] ?? null,
     mbps: ram.mbps ?? 0,
-    expectedDowntimeMs: info['expected-downtime'] as number | undefined,
+    // Before the link was measured, query-migrate's expected-downtime is the limit (as QEMU's), not an
+    // estimate: the bar says unknown instead.
+    expectedDowntimeMs: (ram.mbps ?? 0) > 0 ? (info['expected-downtime'] as number | undefined) : undefined,
   };
 }
 

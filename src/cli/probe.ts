@@ -1,24 +1,18 @@
 // `vfio-migrate probe`: what `lspci -vv` shows for a PCI device, for the device behind a vfio-user socket:
 // the negotiated protocol, device info, every region with its caps, every IRQ index, and which migration
 // flavor the device offers. `--json` prints the same as one JSON object.
-import { parseArgs } from 'node:util';
 import type { RegionFlavor } from '../abi/migration.ts';
 import { MigrationFlag } from '../abi/migration-v2.ts';
 import { DeviceInfoFlag } from '../abi/vfio-user/device-info.ts';
 import { IrqInfoFlag } from '../abi/vfio-user/irq.ts';
 import { type RegionCap, RegionInfoFlag } from '../abi/vfio-user/region-info.ts';
 import type { Capabilities } from '../abi/vfio-user/version.ts';
-import { VfioError } from '../errors.ts';
 import { native } from '../native/addon.ts';
 import { VfioUserClient } from '../vfio-user/client.ts';
 import { migrationFeatureFlags } from '../vfio-user/migration-discovery.ts';
 import { migrationFlavorOf } from '../vfio-user/region-port.ts';
 import { bytes } from './format.ts';
-
-export const probeUsage = `usage: vfio-migrate probe --socket PATH [options]
-  --socket PATH         vfio-user socket of a device server
-  --json                one JSON object instead of text
-  --timeout MS          give up on an unanswered request after MS ms (default 5000)`;
+import type { ProbeOptions } from './options/probe.ts';
 
 const REGION_NAMES = ['BAR0', 'BAR1', 'BAR2', 'BAR3', 'BAR4', 'BAR5', 'ROM', 'CONFIG', 'VGA'];
 const IRQ_NAMES = ['INTx', 'MSI', 'MSI-X', 'ERR', 'REQ'];
@@ -303,45 +297,15 @@ export function formatProbe(p: ProbeReport): string {
   return out.join('\n');
 }
 
-export async function runProbe(argv: string[]): Promise<number> {
-  let values: { socket?: string; json?: boolean; timeout?: string; help?: boolean };
+export async function runProbe(o: ProbeOptions): Promise<number> {
+  // Not a usage error (exit 2) for historical reasons: a probe without a socket is a failed probe.
+  if (!o.socket) throw new Error('--socket is required');
+  const client = await VfioUserClient.connect(o.socket, { timeoutMs: o.timeout });
   try {
-    ({ values } = parseArgs({
-      args: argv,
-      options: {
-        socket: { type: 'string' },
-        json: { type: 'boolean', default: false },
-        timeout: { type: 'string', default: '5000' },
-        help: { type: 'boolean', short: 'h' },
-      },
-    }));
-  } catch (err) {
-    console.error(`vfio-migrate probe: ${message(err)}\n${probeUsage}`);
-    return 1;
-  }
-  if (values.help) {
-    console.log(probeUsage);
-    return 0;
-  }
-  const timeoutMs = Number(values.timeout);
-  if (!values.socket || !Number.isSafeInteger(timeoutMs) || timeoutMs <= 0) {
-    console.error(
-      `vfio-migrate probe: ${values.socket ? '--timeout must be a positive integer' : '--socket is required'}`,
-    );
-    console.error(probeUsage);
-    return 1;
-  }
-  let client: VfioUserClient | undefined;
-  try {
-    client = await VfioUserClient.connect(values.socket, { timeoutMs });
     const report = await probeDevice(client);
-    console.log(values.json ? JSON.stringify(report, null, 2) : formatProbe(report));
+    console.log(o.json ? JSON.stringify(report, null, 2) : formatProbe(report));
     return 0;
-  } catch (err) {
-    const text = err instanceof VfioError ? err.message : message(err);
-    console.error(`vfio-migrate probe: ${text.split('\n')[0]}`);
-    return 1;
   } finally {
-    client?.close();
+    client.close();
   }
 }

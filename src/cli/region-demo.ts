@@ -4,7 +4,6 @@
 // measured rate, resumes the copy, and proves the result: the resumed device equals the source at its
 // stop point, and every guest page the device's DMA changed was reported through the dirty bitmap.
 
-import { parseArgs } from 'node:util';
 import { DeviceState } from '../abi/migration.ts';
 import type { DataSectionKind } from '../device/region-layout.ts';
 import { LargeMemoryDevice } from '../device/samples/large-memory.ts';
@@ -15,48 +14,18 @@ import { GuestDirtyBitmap } from '../vmm/guest/dirty-bitmap.ts';
 import { type LiveSaveStats, saveDeviceLive } from '../vmm/vfio/device-live-save.ts';
 import { localRegionPort } from '../vmm/vfio/local-region-port.ts';
 import { SeedRegionClient } from '../vmm/vfio/seed-region-client.ts';
-import { bytes, ms, ProgressLine, parseSize, rate } from './format.ts';
+import { bytes, ms, ProgressLine, rate } from './format.ts';
+import type { RegionDemoOptions } from './options/region-demo.ts';
 
 const PAGE = 4096;
 
-export const regionDemoUsage = `usage: vfio-migrate region-demo [options]
-  --device NAME         large-memory (default) or register-file
-  --device-mem SIZE     large-memory device memory (default 256M)
-  --data-section KIND   mmapped (default) or trapped
-  --work-rate N         device writes per second while running (default 20000)
-  --guest SIZE          guest memory the device DMAs into (default 64M)
-  --downtime-limit MS   device downtime budget for switch-over (default 300)
-  --max-iterations N    pre-copy rounds before forcing switch-over (default 30)`;
-
-export async function runRegionDemo(argv: string[]): Promise<number> {
-  const { values } = parseArgs({
-    args: argv,
-    options: {
-      device: { type: 'string', default: 'large-memory' },
-      'device-mem': { type: 'string', default: '256M' },
-      'data-section': { type: 'string', default: 'mmapped' },
-      'work-rate': { type: 'string', default: '20000' },
-      guest: { type: 'string', default: '64M' },
-      'downtime-limit': { type: 'string', default: '300' },
-      'max-iterations': { type: 'string', default: '30' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
-  if (values.help) {
-    console.log(regionDemoUsage);
-    return 0;
-  }
-  const kind = values['data-section'] as DataSectionKind;
-  if (kind !== 'mmapped' && kind !== 'trapped') throw new RangeError(`--data-section must be mmapped or trapped`);
-  const workRate = Number(values['work-rate']);
-  const downtimeMs = Number(values['downtime-limit']);
-  const guestSize = parseSize(values.guest!);
-  const make = (): SampleDevice => {
-    if (values.device === 'register-file') return new RegisterFileDevice();
-    if (values.device === 'large-memory')
-      return new LargeMemoryDevice({ memSize: parseSize(values['device-mem']!), workRate });
-    throw new RangeError(`unknown device "${values.device}" (large-memory or register-file)`);
-  };
+export async function runRegionDemo(o: RegionDemoOptions): Promise<number> {
+  const kind: DataSectionKind = o.dataSection;
+  const workRate = o.workRate;
+  const downtimeMs = o.downtimeLimit;
+  const guestSize = o.guest;
+  const make = (): SampleDevice =>
+    o.device === 'register-file' ? new RegisterFileDevice() : new LargeMemoryDevice({ memSize: o.deviceMem, workRate });
 
   const src = make();
   const dst = make();
@@ -89,7 +58,7 @@ export async function runRegionDemo(argv: string[]): Promise<number> {
   const stats: LiveSaveStats = await saveDeviceLive(client, {
     // Switch over when what is pending moves within the downtime limit at the rate measured so far.
     switchoverBytes: (s) => (s.precopyMs > 0 ? (s.precopyBytes / s.precopyMs) * downtimeMs : 0),
-    maxIterations: Number(values['max-iterations']),
+    maxIterations: o.maxIterations,
     onChunk: async (c) => {
       const t = performance.now();
       await dstClient.loadBuffer(c);

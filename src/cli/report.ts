@@ -1,14 +1,10 @@
 // `vfio-migrate report FILE.jsonl -o FILE.html`: a migration recording (`vmm --record`) as one
 // self-contained HTML page with its plots (docs/report.md).
 import { readFileSync, writeFileSync } from 'node:fs';
-import { parseArgs } from 'node:util';
 import { renderReportHtml } from '../report/html.ts';
 import { parseRecording, reportData, type Verification } from '../report/report-data.ts';
-
-export const reportUsage = `usage: vfio-migrate report RECORDING.jsonl -o REPORT.html
-  RECORDING.jsonl       written by vfio-migrate vmm --record (or demo --report)
-  -o, --output FILE     the HTML report to write (one file, works offline)
-  --title TEXT          the report's title`;
+import { UsageError } from './option-types.ts';
+import type { ReportOptions } from './options/report.ts';
 
 /** Reads a recording and writes its report; the demo calls this with its verification. */
 export function writeReport(
@@ -21,27 +17,11 @@ export function writeReport(
   return data;
 }
 
-export async function runReport(argv: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args: argv,
-    allowPositionals: true,
-    options: {
-      output: { type: 'string', short: 'o' },
-      title: { type: 'string' },
-      help: { type: 'boolean', short: 'h' },
-    },
-  });
-  if (values.help) {
-    console.log(reportUsage);
-    return 0;
-  }
-  if (positionals.length !== 1 || !values.output) {
-    console.error(reportUsage);
-    return 2;
-  }
-  const d = writeReport(positionals[0]!, values.output, { title: values.title });
+export async function runReport(o: ReportOptions, [recording]: string[]): Promise<number> {
+  if (recording === undefined) throw new UsageError('give one RECORDING');
+  const d = writeReport(recording, o.output, { title: o.title });
   console.log(
-    `report: ${values.output} (migration ${d.status}, ${d.summary.samples} samples, ${d.passes.length} passes)`,
+    `report: ${o.output} (${d.role}'s recording, migration ${d.status}, ${d.summary.samples} samples, ${d.passes.length} passes)`,
   );
   return 0;
 }

@@ -60,7 +60,11 @@ export function plotSpecs(d: ReportData): Record<string, Spec> {
     view: { stroke: null },
   };
   const base = { $schema: 'https://vega.github.io/schema/vega-lite/v5.json', width: WIDTH, height: HEIGHT, config };
-  const time = { field: 't', type: 'quantitative', title: 'time since migrate (s)' };
+  const time = {
+    field: 't',
+    type: 'quantitative',
+    title: d.role === 'source' ? 'time since migrate (s)' : 'time since the incoming migration started (s)',
+  };
   /** Bytes shown in MiB (binary, as the rest of the tool prints sizes). */
   const toMiB = (field: string) => ({ calculate: `datum.${field} / 1048576`, as: `${field}MiB` });
   const mib = (field: string, title: string) => ({
@@ -80,7 +84,7 @@ export function plotSpecs(d: ReportData): Record<string, Spec> {
       color: {
         field: 'part',
         type: 'nominal',
-        title: 'sent',
+        title: d.role === 'source' ? 'sent' : 'received',
         scale: { domain: ['RAM', 'device'], range: [COLORS.ram, COLORS.device] },
       },
       tooltip: [time, { field: 'part' }, { field: 'mbPerS', format: '.1f', title: 'MB/s' }],
@@ -131,7 +135,10 @@ export function plotSpecs(d: ReportData): Record<string, Spec> {
         field: 'series',
         type: 'nominal',
         title: 'device',
-        scale: { domain: ['sent', 'pending'], range: [COLORS.device, COLORS.pending] },
+        scale:
+          d.role === 'source'
+            ? { domain: ['sent', 'pending'], range: [COLORS.device, COLORS.pending] }
+            : { domain: ['received'], range: [COLORS.device] },
       },
       tooltip: [time, { field: 'series' }, { field: 'bytesMiB', title: 'MiB', format: '.1f' }],
     },
@@ -204,8 +211,63 @@ export function plotSpecs(d: ReportData): Record<string, Spec> {
       })),
     ],
   };
+  if (d.role === 'destination') {
+    delete specs.passes;
+    delete specs.downtime;
+    specs.received = {
+      ...base,
+      data: { values: d.ramReceived },
+      transform: [toMiB('bytes')],
+      mark: {
+        type: 'area',
+        line: true,
+        interpolate: 'step-after',
+        color: COLORS.ram,
+        opacity: 0.6,
+        point: { size: 18 },
+      },
+      encoding: {
+        x: time,
+        y: mib('bytes', 'RAM received (MiB)'),
+        tooltip: [time, { field: 'bytesMiB', title: 'MiB', format: '.1f' }],
+      },
+    };
+    specs.timeline = {
+      $schema: base.$schema,
+      config,
+      width: WIDTH,
+      height: 90,
+      data: { values: d.timeline.map((p, i) => ({ ...p, order: i })) },
+      mark: { type: 'bar', height: 34 },
+      encoding: {
+        x: { field: 'ms', type: 'quantitative', stack: 'zero', title: 'ms since the incoming migration started' },
+        color: {
+          field: 'phase',
+          type: 'nominal',
+          title: 'phase',
+          sort: d.timeline.map((p) => p.phase),
+          legend: { columns: 3, direction: 'vertical' },
+          scale: { scheme: 'tableau10' },
+        },
+        order: { field: 'order' },
+        tooltip: [{ field: 'phase' }, { field: 'ms', format: '.1f' }],
+      },
+    };
+  }
   return specs;
 }
+
+/** The plots of a destination's recording: what arrived, and its own timeline. */
+const DESTINATION_PLOTS: [id: string, title: string, what: string][] = [
+  ['throughput', 'Throughput over time', 'RAM and device bytes received per second, between consecutive samples.'],
+  ['received', 'RAM received', 'Guest RAM payload received so far (pages and zero-page records).'],
+  ['device', 'Device data', 'Device bytes received so far.'],
+  [
+    'timeline',
+    'The migration as seen here',
+    'Waiting for the first section, receiving the stream, then from the last section to the VM started: the load’s checks, READY, GO. The source’s stop is not visible here; its switch-over ends inside the last two.',
+  ],
+];
 
 const PLOTS: [id: string, title: string, what: string][] = [
   ['throughput', 'Throughput over time', 'RAM and device bytes sent per second, between consecutive samples.'],
@@ -249,36 +311,60 @@ section.verify li { padding: 3px 0; }
 /** The report: a complete HTML document with everything inlined. */
 export function renderReportHtml(d: ReportData, title = 'vfio-migrate: migration report'): string {
   const specs = plotSpecs(d);
+  const plots = d.role === 'source' ? PLOTS : DESTINATION_PLOTS;
   const s = d.summary;
   const completed = d.status === 'completed';
   const withinLimit = d.downtimeMs !== null && d.downtimeLimitMs !== null ? d.downtimeMs <= d.downtimeLimitMs : null;
-  const cards: [string, string, string?][] = [
-    ['status', d.status, completed ? 'ok' : 'bad'],
-    ['total time', s.totalTimeMs !== null ? `${(s.totalTimeMs / 1000).toFixed(2)} s` : '-'],
-    [
-      'downtime',
-      d.downtimeMs !== null ? `${d.downtimeMs} ms${d.downtimeLimitMs !== null ? ` / ${d.downtimeLimitMs}` : ''}` : '-',
-      withinLimit === null ? undefined : withinLimit ? 'ok' : 'bad',
-    ],
-    ['passes', String(s.passes)],
-    ['guest RAM', size(s.ramBytes)],
-    ['RAM sent', size(s.ramSentBytes)],
-    ['device sent', size(s.deviceSentBytes)],
-  ];
+  const afterLast = d.timeline.at(-1);
+  const cards: [string, string, string?][] =
+    d.role === 'destination'
+      ? [
+          ['role', 'destination'],
+          ['status', d.status, completed ? 'ok' : 'bad'],
+          ['total time', s.totalTimeMs !== null ? `${(s.totalTimeMs / 1000).toFixed(2)} s` : '-'],
+          ['last section to start', afterLast ? `${afterLast.ms.toFixed(1)} ms` : '-'],
+          ['guest RAM', size(s.ramBytes)],
+          ['RAM received', size(s.ramSentBytes)],
+          ['device received', size(s.deviceSentBytes)],
+          ['sections', s.sections !== null ? String(s.sections) : '-'],
+        ]
+      : [
+          ['status', d.status, completed ? 'ok' : 'bad'],
+          ['total time', s.totalTimeMs !== null ? `${(s.totalTimeMs / 1000).toFixed(2)} s` : '-'],
+          [
+            'downtime',
+            d.downtimeMs !== null
+              ? `${d.downtimeMs} ms${d.downtimeLimitMs !== null ? ` / ${d.downtimeLimitMs}` : ''}`
+              : '-',
+            withinLimit === null ? undefined : withinLimit ? 'ok' : 'bad',
+          ],
+          ['passes', String(s.passes)],
+          ['guest RAM', size(s.ramBytes)],
+          ['RAM sent', size(s.ramSentBytes)],
+          ['device sent', size(s.deviceSentBytes)],
+        ];
   if (d.verification)
-    cards.push(['verified', d.verification.ok ? 'equal' : 'DIFFERS', d.verification.ok ? 'ok' : 'bad']);
+    cards.push(
+      d.role === 'source'
+        ? ['verified', d.verification.ok ? 'equal' : 'DIFFERS', d.verification.ok ? 'ok' : 'bad']
+        : ['checks', d.verification.ok ? 'passed' : 'FAILED', d.verification.ok ? 'ok' : 'bad'],
+    );
   const empty = (id: string) =>
     id === 'downtime' ? d.downtime.length === 0 : ((specs[id]!.data as { values: unknown[] }).values.length ?? 0) === 0;
   const verify = d.verification
     ? `<section class="verify" id="verification"><h2>Verification</h2>
-<p class="what">What the demo checked after the migration, source against destination.</p>
+<p class="what">${
+        d.role === 'source'
+          ? 'What the demo checked after the migration, source against destination.'
+          : 'What this destination checked as it loaded the migration (a load that fails a check answers ERROR, not READY).'
+      }</p>
 <ul>${d.verification.checks
         .map(
           (c) => `<li><b class="${c.ok ? 'ok' : 'bad'}">${c.ok ? '✔' : '✘'}</b> ${esc(c.name)}: ${esc(c.detail)}</li>`,
         )
         .join('\n')}</ul></section>`
     : '';
-  const data = JSON.stringify({ specs, empty: PLOTS.map(([id]) => id).filter(empty) }).replace(/</g, '\\u003c');
+  const data = JSON.stringify({ specs, empty: plots.map(([id]) => id).filter(empty) }).replace(/</g, '\\u003c');
   return `<!doctype html>
 <html lang="en">
 <head>
@@ -299,10 +385,12 @@ export function renderReportHtml(d: ReportData, title = 'vfio-migrate: migration
     )
     .join('')}</div>
 <div class="grid">
-${PLOTS.map(
-  ([id, h, what]) =>
-    `<section class="plot"><h2>${esc(h)}</h2><p class="what">${esc(what)}</p><div id="plot-${id}" data-plot="${id}"></div></section>`,
-).join('\n')}
+${plots
+  .map(
+    ([id, h, what]) =>
+      `<section class="plot"><h2>${esc(h)}</h2><p class="what">${esc(what)}</p><div id="plot-${id}" data-plot="${id}"></div></section>`,
+  )
+  .join('\n')}
 </div>
 ${verify}
 </main>

@@ -1,5 +1,6 @@
 // A migration recording (`vfio-migrate vmm --record`, JSON lines) turned into the tables the report's
-// plots draw. Pure: text in, data out, no I/O. No QEMU counterpart (QEMU's migration statistics end at
+// plots draw: a source's (what it sent, pass by pass, and where the downtime went) or a destination's
+// (what it received over time, and its own timeline up to starting the VM). Pure: text in, data out, no I/O. No QEMU counterpart (QEMU's migration statistics end at
 // query-migrate; this is what a management layer would chart from it).
 
 import { Errno } from '../abi/errno.ts';
@@ -13,6 +14,17 @@ export interface SampleLine {
   ram: { transferred: number; remaining: number; total: number; dirtyRate: number; mbps: number };
   device: { transferred: number; pending: number | null };
   expectedDowntime: number | null;
+  /** A destination's samples only. */
+  received?: Received;
+}
+
+/** What a destination received (its query-migrate x-incoming): payload bytes, sections, arrival times (ms). */
+export interface Received {
+  ram: number;
+  device: number;
+  sections: number;
+  firstSection: number | null;
+  lastSection: number | null;
 }
 
 export interface ResultLine {
@@ -36,6 +48,8 @@ export interface ResultLine {
   device: { transferred: number };
   droppedSamples: number;
   error?: string;
+  /** A destination's result only. */
+  received?: Received;
 }
 
 export interface EventLine {
@@ -109,14 +123,26 @@ export function parseRecording(text: string): Recording {
 
 export interface ReportData {
   startedAt: string;
+  /** Whose recording: the source's (`migrate`) or the destination's (`--incoming`). */
+  role: 'source' | 'destination';
   /** The migration the report shows: the last one recorded (its samples and result). */
   status: string;
-  /** Megabytes (10^6) per second between consecutive samples, per stream part, at the interval's end. */
+  /**
+   * Megabytes (10^6) per second between consecutive samples, per stream part, at the interval's end: sent
+   * (source) or received (destination).
+   */
   throughput: { t: number; part: 'RAM' | 'device'; mbPerS: number }[];
   /** Per dirty-sync pass: RAM still dirty when the pass began, the guest's dirty rate, RAM sent in it. */
   passes: { pass: number; remainingBytes: number; dirtyPagesPerS: number | null; sentBytes: number }[];
-  /** The device over time: bytes sent so far, and pending as the last pass counted it. */
-  device: { t: number; series: 'sent' | 'pending'; bytes: number }[];
+  /** The device over time: bytes sent so far, and pending as the last pass counted it (destination: received). */
+  device: { t: number; series: 'sent' | 'pending' | 'received'; bytes: number }[];
+  /** Destination: RAM payload bytes received so far, over time. */
+  ramReceived: { t: number; bytes: number }[];
+  /**
+   * Destination: its timeline (ms), from the migration's start to the VM's: waiting for the source's first
+   * section, receiving the stream, and after the last section (the load's checks, READY, GO, the start).
+   */
+  timeline: { phase: string; ms: number }[];
   /** Where the downtime went (ms), in switch-over order; empty unless the migration completed. */
   downtime: { phase: string; ms: number }[];
   downtimeMs: number | null;
@@ -128,6 +154,8 @@ export interface ReportData {
     ramBytes: number;
     ramSentBytes: number;
     deviceSentBytes: number;
+    /** Destination: sections loaded. */
+    sections: number | null;
     samples: number;
     events: number;
     error?: string;
@@ -155,6 +183,10 @@ export function reportData(rec: Recording, verification?: Verification, windowMs
 
   // Over windows of at least `windowMs`: samples taken at events come close after timed ones, and bytes
   // over a few milliseconds say more about when a chunk left than about the rate.
+  // A destination's samples carry what it received; a source's what it sent.
+  const role: ReportData['role'] = samples.some((s) => s.received) || result?.received ? 'destination' : 'source';
+  const ramBytes = (s: SampleLine) => s.received?.ram ?? s.ram.transferred;
+  const deviceBytes = (s: SampleLine) => s.received?.device ?? s.device.transferred;
   const throughput: ReportData['throughput'] = [];
   let a = samples[0];
   for (const b of samples.slice(1)) {
@@ -162,8 +194,8 @@ export function reportData(rec: Recording, verification?: Verification, windowMs
     if (dt * 1000 < windowMs && b !== samples.at(-1)) continue;
     if (dt <= 0) continue;
     const at = secs(b.t);
-    throughput.push({ t: at, part: 'RAM', mbPerS: (b.ram.transferred - a!.ram.transferred) / dt / 1e6 });
-    throughput.push({ t: at, part: 'device', mbPerS: (b.device.transferred - a!.device.transferred) / dt / 1e6 });
+    throughput.push({ t: at, part: 'RAM', mbPerS: (ramBytes(b) - ramBytes(a!)) / dt / 1e6 });
+    throughput.push({ t: at, part: 'device', mbPerS: (deviceBytes(b) - deviceBytes(a!)) / dt / 1e6 });
     a = b;
   }
 
@@ -187,11 +219,24 @@ export function reportData(rec: Recording, verification?: Verification, windowMs
     lastPass.sentBytes = result.ram.transferred - (passStart.get(lastPass.pass) ?? 0);
 
   const device: ReportData['device'] = [];
-  for (const s of samples) {
-    device.push({ t: secs(s.t), series: 'sent', bytes: s.device.transferred });
-    if (s.device.pending !== null) device.push({ t: secs(s.t), series: 'pending', bytes: s.device.pending });
+  const ramReceived: ReportData['ramReceived'] = [];
+  if (role === 'source') {
+    for (const s of samples) {
+      device.push({ t: secs(s.t), series: 'sent', bytes: s.device.transferred });
+      if (s.device.pending !== null) device.push({ t: secs(s.t), series: 'pending', bytes: s.device.pending });
+    }
+    if (result) device.push({ t: secs(result.t), series: 'sent', bytes: result.device.transferred });
+  } else {
+    const points = [
+      ...samples.filter((s) => s.received).map((s) => ({ t: s.t, r: s.received! })),
+      ...(result?.received ? [{ t: result.t, r: result.received }] : []),
+    ];
+    for (const { t, r } of points) {
+      device.push({ t: secs(t), series: 'received', bytes: r.device });
+      ramReceived.push({ t: secs(t), bytes: r.ram });
+    }
   }
-  if (result) device.push({ t: secs(result.t), series: 'sent', bytes: result.device.transferred });
+  const timeline = role === 'destination' ? destinationTimeline(result) : [];
 
   const sw = result?.switchover ?? null;
   const downtime = sw
@@ -199,8 +244,14 @@ export function reportData(rec: Recording, verification?: Verification, windowMs
     : [];
   const expected = sw?.expected ?? [...samples].reverse().find((s) => s.expectedDowntime !== null)?.expectedDowntime;
 
+  const received = result?.received ?? samples.at(-1)?.received;
+  const verified =
+    verification ?? (role === 'destination' && result ? destinationChecks(result, rec.events, from) : undefined);
   return {
     startedAt: rec.startedAt,
+    role,
+    ramReceived,
+    timeline,
     status: result?.status ?? samples.at(-1)?.status ?? 'none',
     throughput,
     passes,
@@ -213,12 +264,48 @@ export function reportData(rec: Recording, verification?: Verification, windowMs
       totalTimeMs: result?.totalTime ?? null,
       passes: result?.passes ?? samples.at(-1)?.pass ?? 0,
       ramBytes: result?.ram.total ?? samples.at(-1)?.ram.total ?? 0,
-      ramSentBytes: result?.ram.transferred ?? samples.at(-1)?.ram.transferred ?? 0,
-      deviceSentBytes: result?.device.transferred ?? samples.at(-1)?.device.transferred ?? 0,
+      ramSentBytes: received?.ram ?? result?.ram.transferred ?? samples.at(-1)?.ram.transferred ?? 0,
+      deviceSentBytes: received?.device ?? result?.device.transferred ?? samples.at(-1)?.device.transferred ?? 0,
+      sections: received?.sections ?? null,
       samples: samples.length,
       events: rec.events.length,
       ...(result?.error ? { error: result.error } : {}),
     },
-    ...(verification ? { verification } : {}),
+    ...(verified ? { verification: verified } : {}),
   };
+}
+
+/** A destination's timeline: until the first section, the stream, and from the last section to the end. */
+function destinationTimeline(result: ResultLine | undefined): ReportData['timeline'] {
+  const r = result?.received;
+  if (!result || !r || r.firstSection === null || r.lastSection === null || result.totalTime === null) return [];
+  return [
+    { phase: 'waiting for the source', ms: r.firstSection },
+    { phase: 'receiving the stream', ms: r.lastSection - r.firstSection },
+    { phase: 'load checks, READY/GO, start', ms: Math.max(0, result.totalTime - r.lastSection) },
+  ];
+}
+
+/**
+ * What a destination checked itself, from its result: a completed incoming migration has loaded every
+ * section, found every guest page among them and each device's state accepted (the load refuses
+ * otherwise, before READY), and got GO; then the VM started (RESUME) or waits for `cont` (-S).
+ */
+function destinationChecks(result: ResultLine, events: EventLine[], from: number): Verification {
+  const ok = result.status === 'completed';
+  const r = result.received;
+  const started = events.some((e) => e.event === 'RESUME' && e.t >= from && e.t <= result.t);
+  const why = result.error ?? `ended ${result.status}`;
+  const checks: Verification['checks'] = [
+    { name: 'stream', ok, detail: ok ? `${r?.sections ?? '?'} sections loaded, through EOF` : why },
+    { name: 'guest RAM', ok, detail: ok ? 'every page arrived (checked before READY)' : why },
+    { name: 'devices', ok, detail: ok ? "each device's state loaded and accepted" : why },
+  ];
+  if (ok)
+    checks.push({
+      name: 'VM',
+      ok: true,
+      detail: started ? 'started here after GO' : 'loaded, paused until cont (-S)',
+    });
+  return { ok, checks };
 }

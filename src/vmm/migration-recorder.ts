@@ -3,6 +3,10 @@
 // migration is active, and each migration's final result. No QEMU counterpart: QEMU leaves this to a
 // management layer polling query-migrate; here it is in the VMM so that no sample depends on a client.
 //
+// A destination's recording has the same lines; its samples and result also carry `received` (the
+// controller's x-incoming: payload bytes per kind, sections, first and last arrival), what a destination
+// sees of a migration.
+//
 // It must never slow or break a migration: it only reads the controller's info(), writes through an
 // asynchronous stream, drops samples (counted) while the disk lags, and on a write error reports once
 // and stops recording.
@@ -98,6 +102,7 @@ export class MigrationRecorder {
       },
       device: { transferred: i.vfio?.transferred ?? 0, pending: i.vfio?.['x-pending'] ?? null },
       expectedDowntime: i['expected-downtime'] ?? null,
+      ...received(i),
     });
   }
 
@@ -123,6 +128,7 @@ export class MigrationRecorder {
       },
       device: { transferred: i.vfio?.transferred ?? 0 },
       droppedSamples: this.dropped,
+      ...received(i),
       ...(i['error-desc'] ? { error: i['error-desc'] } : {}),
     });
   }
@@ -144,4 +150,19 @@ export class MigrationRecorder {
     this.log(`recording to ${this.path} stopped: ${err.message}`);
     this.out.destroy();
   }
+}
+
+/** A destination's view of the migration (query-migrate's x-incoming), in the recording's terms. */
+function received(i: MigrationInfo): { received?: Record<string, number | null> } {
+  const x = i['x-incoming'];
+  if (!x) return {};
+  return {
+    received: {
+      ram: x['ram-bytes'],
+      device: x['device-bytes'],
+      sections: x.sections,
+      firstSection: x['first-section'] ?? null,
+      lastSection: x['last-section'] ?? null,
+    },
+  };
 }

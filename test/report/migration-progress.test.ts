@@ -49,6 +49,9 @@ test('a query-migrate answer becomes a snapshot (device pending from vfio.x-pend
     expectedDowntimeMs: 41,
   });
   assert.equal(snapshotOf({ status: 'setup' }), undefined);
+  // Before the link was measured (mbps 0) query-migrate reports the limit there, which is no estimate.
+  const early = snapshotOf({ status: 'active', 'expected-downtime': 300, ram: { mbps: 0, 'dirty-sync-count': 1 } });
+  assert.equal(early?.expectedDowntimeMs, undefined);
 });
 
 test('the fraction done: none in setup, RAM across while active, all once completed', () => {

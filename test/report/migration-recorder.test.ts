@@ -153,3 +153,35 @@ test('a recording that cannot be opened is reported once; the VMM goes on', asyn
   assert.equal(logged.length, 1);
   assert.match(logged[0]!, /recording to \/nonexistent-dir\/r\.jsonl stopped: .*ENOENT/);
 });
+
+test("a destination's samples and result carry what it received (query-migrate's x-incoming)", async () => {
+  const dir = tmp();
+  try {
+    const file = join(dir, 'r.jsonl');
+    const src = new Source();
+    const r = MigrationRecorder.open(file, src, { intervalMs: 60_000 });
+    const incoming = (ram: number, sections: number) => ({
+      'x-incoming': { 'ram-bytes': ram, 'device-bytes': 7, sections, 'first-section': 3, 'last-section': 9 },
+    });
+    src.set('setup', 0, 0, { 'x-incoming': { 'ram-bytes': 0, 'device-bytes': 0, sections: 0 } });
+    r.event('MIGRATION', { status: 'setup' });
+    src.set('active', 0, 0, incoming(4096, 2));
+    r.event('MIGRATION', { status: 'active' });
+    src.set('completed', 0, 0, incoming(8192, 5));
+    r.event('MIGRATION', { status: 'completed' });
+    await new Promise((resolve) => setImmediate(resolve));
+    await r.close();
+    const rec = parseRecording(readFileSync(file, 'utf8'));
+    assert.deepEqual(
+      rec.samples.map((s) => s.received),
+      [
+        { ram: 0, device: 0, sections: 0, firstSection: null, lastSection: null },
+        { ram: 4096, device: 7, sections: 2, firstSection: 3, lastSection: 9 },
+      ],
+      'a sample at setup and at active; the end gets the result',
+    );
+    assert.deepEqual(rec.results[0]!.received, { ram: 8192, device: 7, sections: 5, firstSection: 3, lastSection: 9 });
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});

@@ -177,3 +177,103 @@ test('what is not a recording is refused with EINVAL naming the line', () => {
   const cut = `${text}{"kind":"sam`;
   assert.equal(parseRecording(cut).samples.length, 6);
 });
+
+// A destination's recording: samples and result carry `received` (its query-migrate x-incoming).
+function destinationLines(status: 'completed' | 'failed', resumed: boolean) {
+  const rec = (
+    t: number,
+    ram: number,
+    device: number,
+    sections: number,
+    first: number | null,
+    last: number | null,
+  ) => ({
+    kind: 'sample',
+    t,
+    status: t < 80 ? 'setup' : 'active',
+    pass: 0,
+    ram: { transferred: 0, remaining: 0, total: 64 * MiB, dirtyRate: 0, mbps: 0 },
+    device: { transferred: device, pending: null },
+    expectedDowntime: null,
+    received: { ram, device, sections, firstSection: first, lastSection: last },
+  });
+  // Times in `received` count from the incoming migration's start (the setup event at t = 0).
+  const received = { ram: 64 * MiB, device: 8 * MiB, sections: 30, firstSection: 90, lastSection: 1990 };
+  return [
+    { kind: 'start', version: 1, at: '2026-12-04T21:00:00.000Z', intervalMs: 100 },
+    { kind: 'event', t: 0, event: 'MIGRATION', data: { status: 'setup' } },
+    rec(0, 0, 0, 0, null, null),
+    { kind: 'event', t: 80, event: 'MIGRATION', data: { status: 'active' } },
+    rec(1000, 32 * MiB, 0, 14, 90, 990),
+    rec(2000, 64 * MiB, 8 * MiB, 30, 90, 1990),
+    ...(resumed ? [{ kind: 'event', t: 2008, event: 'RESUME' }] : []),
+    {
+      kind: 'result',
+      t: 2012,
+      status,
+      totalTime: 2010,
+      setupTime: 0,
+      downtime: 0,
+      downtimeLimit: 300,
+      switchover: null,
+      passes: 0,
+      ram: { transferred: 0, total: 64 * MiB, normal: 0, duplicate: 0, precopyBytes: 0, downtimeBytes: 0 },
+      device: { transferred: 8 * MiB },
+      droppedSamples: 0,
+      ...(status === 'failed' ? { error: 'RAM incomplete: 3 of 16384 pages never arrived' } : {}),
+      received,
+    },
+  ]
+    .map((l) => JSON.stringify(l))
+    .join('\n');
+}
+
+test("a destination's recording: bytes received over time, its timeline, its own checks", () => {
+  const d = reportData(parseRecording(destinationLines('completed', true)), undefined, 250);
+  assert.equal(d.role, 'destination');
+  // RAM received per second between samples (MB = 10^6): 32 MiB in each second; the device's 8 MiB in the second.
+  assert.deepEqual(
+    d.throughput.filter((p) => p.part === 'RAM').map((p) => [p.t, Math.round(p.mbPerS * 1e6)]),
+    [
+      [1, 32 * MiB],
+      [2, 32 * MiB],
+    ],
+  );
+  assert.deepEqual(
+    d.throughput.filter((p) => p.part === 'device').map((p) => Math.round(p.mbPerS * 1e6)),
+    [0, 8 * MiB],
+  );
+  assert.deepEqual(
+    d.ramReceived.map((p) => p.bytes),
+    [0, 32 * MiB, 64 * MiB, 64 * MiB],
+  );
+  assert.ok(d.device.every((p) => p.series === 'received'));
+  assert.equal(d.device.at(-1)!.bytes, 8 * MiB);
+  assert.deepEqual(d.passes, [], 'a destination sees no passes');
+  assert.deepEqual(d.downtime, []);
+  // 90 ms waiting, 1900 ms of stream, 2010 - 1990 = 20 ms from the last section to the start.
+  assert.deepEqual(
+    d.timeline.map((p) => p.ms),
+    [90, 1900, 20],
+  );
+  assert.equal(d.summary.ramSentBytes, 64 * MiB);
+  assert.equal(d.summary.sections, 30);
+  assert.deepEqual(
+    d.verification?.checks.map((c) => [c.name, c.ok, c.detail]),
+    [
+      ['stream', true, '30 sections loaded, through EOF'],
+      ['guest RAM', true, 'every page arrived (checked before READY)'],
+      ['devices', true, "each device's state loaded and accepted"],
+      ['VM', true, 'started here after GO'],
+    ],
+  );
+  const paused = reportData(parseRecording(destinationLines('completed', false)));
+  assert.equal(paused.verification?.checks.at(-1)?.detail, 'loaded, paused until cont (-S)');
+});
+
+test("a failed incoming migration: the destination's checks fail with its error", () => {
+  const d = reportData(parseRecording(destinationLines('failed', false)));
+  assert.equal(d.status, 'failed');
+  assert.equal(d.verification?.ok, false);
+  assert.ok(d.verification?.checks.every((c) => !c.ok && /3 of 16384 pages never arrived/.test(c.detail)));
+});

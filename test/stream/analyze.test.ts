@@ -196,7 +196,7 @@ describe('vfio-migrate analyze', () => {
     assert.match(missing.stdout, /UNREADABLE[\s\S]*error {4}io .*ENOENT/);
     const help = run('--help');
     assert.equal(help.status, 0);
-    assert.match(help.stdout, /usage: vfio-migrate analyze FILE/);
+    assert.match(help.stdout, /Usage: vfio-migrate analyze \[options\] <file>/);
     // The header alone: incomplete.
     const head = join(dir, 'head.stream');
     writeFileSync(head, encodeHeader());

@@ -62,6 +62,10 @@ export class MigrationController {
   private lastSyncPages = 0;
   /** RAM bytes sent before the VM stopped for the switch-over (null: it has not stopped). */
   private precopyBytes: number | null = null;
+  /** The current or last migration was this VMM's outgoing one (not an incoming one). */
+  private outgoing = false;
+  /** An incoming migration's view: payload bytes per kind, sections, first and last arrival (ms). */
+  private received = { ram: 0, device: 0, sections: 0, first: -1, last: -1 };
   /** The destination's listener while it waits for the source. */
   private listener: IncomingListener | null = null;
   /** Resolves when the current outgoing or incoming migration has finished, whatever the outcome. */
@@ -95,6 +99,7 @@ export class MigrationController {
     this.started = performance.now();
     this.errorDesc = undefined;
     this.progress = null;
+    this.outgoing = true;
     this.committed = false;
     this.syncs = 0;
     this.precopyBytes = null;
@@ -243,6 +248,8 @@ export class MigrationController {
     const uri = parseMigrationUri(uriText, true);
     const handlers: MigrationHandler[] = [this.d.ram, ...this.d.devices.map((x) => x.handler)];
     this.started = performance.now();
+    this.outgoing = false;
+    this.received = { ram: 0, device: 0, sections: 0, first: -1, last: -1 };
     this.setStatus('setup');
     let listener: IncomingListener | null = null;
     try {
@@ -262,6 +269,14 @@ export class MigrationController {
         handshake: uri.kind === 'tcp',
         stallTimeoutMs: uri.kind === 'tcp' ? (this.d.stallTimeoutMs ?? 10_000) : undefined,
         autostart,
+        onSection: (idstr, bytes) => {
+          const r = this.received;
+          if (idstr === this.d.ram.idstr) r.ram += bytes;
+          else r.device += bytes;
+          r.sections++;
+          r.last = performance.now() - this.started;
+          if (r.first < 0) r.first = r.last;
+        },
         startVm: async () => {
           const errors = await this.d.runState.transition('running', 'migration');
           for (const e of errors) this.d.log(`starting the VM: ${e.message}`);
@@ -296,8 +311,10 @@ export class MigrationController {
     info['total-time'] = Math.round(active ? performance.now() - this.started : this.totalMs);
     info['setup-time'] = Math.round(this.setupMs);
     const p = this.progress;
-    // Left out until the bandwidth was measured, as QEMU does.
-    if (p && active && p.expectedDowntimeMs !== undefined) info['expected-downtime'] = Math.round(p.expectedDowntimeMs);
+    // A source's estimate once the bandwidth was measured; before that the downtime limit, as QEMU
+    // (migration.c sets expected_downtime to the limit when the migration starts). A destination has none.
+    if (active && this.outgoing)
+      info['expected-downtime'] = Math.round(p?.expectedDowntimeMs ?? this.parameters.downtimeLimit);
     if (this.status === 'completed') {
       info.downtime = Math.round(this.downtimeMs);
       if (this.phases) {
@@ -332,6 +349,15 @@ export class MigrationController {
     info.vfio = { transferred: this.d.devices.reduce((n, x) => n + x.driver.transferred, 0) };
     // The devices' pending bytes as the last pass counted them (save_live_pending), for progress displays.
     if (p && active) info.vfio['x-pending'] = p.pending.reduce((n, w) => (w.idstr === 'ram' ? n : n + w.bytes), 0);
+    if (!this.outgoing) {
+      const r = this.received;
+      info['x-incoming'] = {
+        'ram-bytes': r.ram,
+        'device-bytes': r.device,
+        sections: r.sections,
+        ...(r.first >= 0 ? { 'first-section': round1(r.first), 'last-section': round1(r.last) } : {}),
+      };
+    }
     if (this.errorDesc) info['error-desc'] = this.errorDesc;
     return info;
   }

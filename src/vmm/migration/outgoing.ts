@@ -184,6 +184,7 @@ export async function runOutgoing(o: OutgoingOptions): Promise<OutgoingResult> {
     );
   }
   const setupMs = performance.now() - t0;
+  meter.restart(); // setup time is not transfer time (see BandwidthMeter.restart)
 
   let iterations = 0;
   let converged = false;

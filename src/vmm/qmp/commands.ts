@@ -79,6 +79,18 @@ export interface MigrationInfo {
   'blocked-reasons'?: string[];
   /** Vendor extension: where the downtime went (ms), once completed; `expected` as decided. */
   'x-switchover'?: Record<string, number>;
+  /**
+   * Vendor extension, a destination's view (QEMU's destination reports little more than its status):
+   * payload bytes received per kind, sections loaded, and when the first and last section arrived (ms
+   * since the incoming migration started; absent until one did).
+   */
+  'x-incoming'?: {
+    'ram-bytes': number;
+    'device-bytes': number;
+    sections: number;
+    'first-section'?: number;
+    'last-section'?: number;
+  };
 }
 
 /** The MigrationParameters this VMM has (query-migrate-parameters). */

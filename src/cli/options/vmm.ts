@@ -1,0 +1,97 @@
+// Options of `vfio-migrate vmm`, apart from its implementation (../vmm.ts) so that `help` and `--version`
+// load only this (the start-up bench times `help vmm`).
+import { type Command, Option } from 'commander';
+import { MIGRATION_FLAVORS } from '../../abi/migration.ts';
+import type { WritePattern } from '../../vmm/guest/workload-control.ts';
+import type { FlavorChoice } from '../../vmm/vfio/attach.ts';
+import { collect, integer, size } from '../option-types.ts';
+
+const PATTERNS = ['random', 'hot', 'sequential'] as const satisfies readonly WritePattern[];
+
+export interface VmmOptions {
+  deviceSocket?: string[];
+  flavor: FlavorChoice;
+  qmp: string;
+  incoming?: string;
+  paused?: boolean;
+  mem: number;
+  vcpus: number;
+  dirtyRate: number;
+  pattern: WritePattern;
+  fill: 'zero' | 'random';
+  prefault?: boolean;
+  trace: string;
+  dmaRegions: number;
+  intx?: boolean;
+  stallTimeout: number;
+  record?: string;
+  recordInterval: number;
+}
+
+export function vmmCommand(program: Command): Command {
+  return program
+    .command('vmm')
+    .summary('a VMM: guest RAM, a synthetic guest, vfio-user devices, QMP, live migration')
+    .addOption(
+      new Option(
+        '--device-socket <path[,precopy=off]>',
+        "a vfio-user device (repeat for several); precopy=off leaves a v2 device's PRE_COPY unused (stop-copy only)",
+      ).argParser(collect),
+    )
+    .addOption(
+      new Option(
+        '--flavor <f>',
+        'migration interface to drive on each device; auto: the newest one the device offers (others are refused if the device does not offer them)',
+      )
+        .choices(['auto', ...MIGRATION_FLAVORS])
+        .default('auto'),
+    )
+    .addOption(new Option('--qmp <path>', 'QMP control socket to create (mode 0600)').makeOptionMandatory())
+    .addOption(new Option('--incoming <uri>', 'wait for a migration: tcp:HOST:PORT (port 0 picks one) or file:PATH'))
+    .addOption(new Option('--paused', "after an incoming migration, stay paused until QMP 'cont' (QEMU's -S)"))
+    .addOption(new Option('--mem <size>', 'guest RAM').argParser(size).default(1 << 30, '1G'))
+    .addOption(new Option('--vcpus <n>', 'synthetic vCPUs').argParser(integer(1)).default(2))
+    .addOption(
+      new Option('--dirty-rate <n>', 'guest page writes per second, all vCPUs (0 = idle guest)')
+        .argParser(integer(0))
+        .default(20000),
+    )
+    .addOption(new Option('--pattern <p>', "the guest's write pattern").choices(PATTERNS).default('hot'))
+    .addOption(
+      new Option('--fill <kind>', 'guest RAM contents at boot (random: a non-zero guest to migrate)')
+        .choices(['zero', 'random'])
+        .default('zero'),
+    )
+    .addOption(
+      new Option('--prefault', "fault all of guest RAM in at startup (QEMU's -mem-prealloc), not on first use"),
+    )
+    .addOption(new Option('--trace <pattern>', "trace events, e.g. 'vfio_*' (to stderr)").default(''))
+    .addOption(
+      new Option(
+        '--dma-regions <n>',
+        'map guest RAM into each device as N equal DMA regions, as QEMU maps one per RAM section',
+      )
+        .argParser(integer(1))
+        .default(1),
+    )
+    .addOption(new Option('--intx', "wire each device's INTx to an eventfd (SET_IRQS)"))
+    .addOption(
+      new Option(
+        '--stall-timeout <ms>',
+        'a migration link that moves no data this long fails, on either side, as does a destination that does not answer READY within it',
+      )
+        .argParser(integer(1))
+        .default(10000),
+    )
+    .addOption(
+      new Option(
+        '--record <file>',
+        "write this VMM's migrations as JSON lines: QMP events, query-migrate samples, results (vfio-migrate report renders them)",
+      ),
+    )
+    .addOption(
+      new Option('--record-interval <ms>', 'sampling interval of --record while a migration is active')
+        .argParser(integer(1))
+        .default(100),
+    );
+}

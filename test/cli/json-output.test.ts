@@ -1,0 +1,94 @@
+// `--json` on demo, probe and analyze: stdout holds exactly one JSON object (parsed here), whatever the
+// outcome, with the exit code text mode gives; human-readable lines go to stderr. A usage error prints
+// nothing on stdout and exits 2, as in text mode.
+import assert from 'node:assert/strict';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, test } from 'node:test';
+import type { DemoResult } from '../../src/cli/demo.ts';
+import { type ServerProcess, startServer } from '../support/server-process.ts';
+import { runCli } from '../vfio-user/client-support.ts';
+
+let dir = '';
+let server: ServerProcess | undefined;
+
+before(async () => {
+  dir = mkdtempSync(join(tmpdir(), 'cli-json-'));
+  server = await startServer(['--device', 'register-file', '--quiet']);
+});
+
+after(async () => {
+  await server?.stop();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+test('demo --json: one result object on stdout, the story on stderr, exit 0 when verified', async () => {
+  // Generous safety net: four processes and a migration on a machine that may be saturated.
+  const r = await runCli(
+    ['demo', '--json', '--mem', '32M', '--device-mem', '4M', '--device-rate', '200', '--dirty-rate', '500'],
+    600_000,
+  );
+  assert.equal(r.code, 0, r.err);
+  const result = JSON.parse(r.out) as DemoResult;
+  assert.equal(result.verdict, 'verified');
+  assert.equal(result.status, 'completed');
+  assert.equal(result.ramDigestsEqual, true);
+  assert.equal(result.deviceDigestsEqual, true);
+  assert.equal(result.destinationRunsOn, true);
+  assert.equal(result.downtimeLimitMs, 300);
+  assert.ok(typeof result.downtimeMs === 'number' && result.downtimeMs >= 0);
+  assert.ok(result.passes! >= 1);
+  // All 32 MiB of guest RAM was accounted for, as pages sent or zero pages flagged.
+  assert.equal((result.ramPages!.normal + result.ramPages!.zero) * 4096 >= 32 << 20, true);
+  assert.equal(result.bytes!.total, result.bytes!.ram + result.bytes!.device);
+  assert.ok(result.bytes!.device > 0, 'the device sent its state');
+  assert.ok(result.throughputBytesPerSecond! > 0);
+  assert.deepEqual(
+    result.checks.map((c) => [c.name, c.ok]),
+    [
+      ['guest RAM', true],
+      ['device 0000:00:05.0', true],
+      ['destination', true],
+    ],
+  );
+  assert.match(r.err, /status: +completed/, 'the text summary went to stderr');
+});
+
+test('probe --json: the device as one object; a failed probe is {"error"} with its errno, exit 1', async () => {
+  const ok = await runCli(['probe', '--socket', server!.path, '--json']);
+  assert.equal(ok.code, 0, ok.err);
+  assert.equal(JSON.parse(ok.out).regions.length, 10);
+
+  const absent = await runCli(['probe', '--socket', join(dir, 'absent.sock'), '--json']);
+  assert.equal(absent.code, 1);
+  const e = JSON.parse(absent.out) as { error: string; errno: number; code: string };
+  assert.equal(e.code, 'ENOENT');
+  assert.equal(e.errno, 2);
+  assert.match(e.error, /no vfio-user socket at/);
+  assert.match(absent.err, /^vfio-migrate probe: no vfio-user socket/);
+});
+
+test('analyze --json: an unreadable file is a JSON analysis too, exit 1', async () => {
+  const empty = join(dir, 'empty.stream');
+  writeFileSync(empty, new Uint8Array(0));
+  const r = await runCli(['analyze', empty, '--json']);
+  assert.equal(r.code, 1);
+  const a = JSON.parse(r.out) as { file: string; complete: boolean; error?: { kind: string } };
+  assert.equal(a.file, empty);
+  assert.equal(a.complete, false);
+  assert.ok(a.error, 'the analysis says what is wrong');
+});
+
+test('a usage error under --json: nothing on stdout, exit 2, as in text mode', async () => {
+  for (const args of [
+    ['demo', '--json', '--mem', 'lots'],
+    ['probe', '--json', '--timeout', 'soon', '--socket', '/x'],
+    ['analyze', '--json'],
+  ]) {
+    const r = await runCli(args);
+    assert.equal(r.code, 2, args.join(' '));
+    assert.equal(r.out, '');
+    assert.match(r.err, /^error: /);
+  }
+});
