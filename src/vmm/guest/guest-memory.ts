@@ -175,9 +175,33 @@ export class GuestMemory {
     }
   }
 
-  /** Whether page i is all zeroes: one memcmp against a zero page (~0.25 µs a page in memory). */
+  /** Whether page i is all zeroes (the native block scan, native/src/zero.c). */
   isZeroPage(i: number): boolean {
-    return Buffer.compare(this.page(i), ZERO_PAGE) === 0;
+    return native().isZero(this.page(i));
+  }
+
+  /**
+   * Which of up to 32 pages from `first` are all zeroes: bit k of `mask` asks about page first+k, and the
+   * result has the bits of those that are. One native call when the run lies in one mapping piece (it
+   * does unless the pieces are smaller than 128 KiB, as only tests make them); else page by page.
+   */
+  zeroPageMask(first: number, mask: number): number {
+    if (mask === 0) return 0;
+    const last = first + 31 - Math.clz32(mask);
+    if (!(first >= 0 && last < this.pages) || this.isClosed) this.badPage(first < 0 ? first : last);
+    const at = first * PAGE_SIZE;
+    const end = (last + 1) * PAGE_SIZE;
+    const p = Math.floor(at / this.pieceSize);
+    if (Math.floor((end - 1) / this.pieceSize) === p) {
+      const off = at - p * this.pieceSize;
+      return native().zeroPages(this.pieces[p]!.subarray(off, end - p * this.pieceSize), mask) | 0;
+    }
+    let zero = 0;
+    for (let bits = mask; bits !== 0; bits &= bits - 1) {
+      const k = 31 - Math.clz32(bits & -bits);
+      if (native().isZero(this.page(first + k))) zero |= 1 << k;
+    }
+    return zero;
   }
 
   /** The 16-byte digest of page i. */
