@@ -64,6 +64,7 @@ NAPI_MODULE_INIT() {
       VN_FN("crc32cImplementation", vn_crc32c_implementation),
       VN_FN("isZero", vn_is_zero),
       VN_FN("zeroPages", vn_zero_pages),
+      VN_FN("holePages", vn_hole_pages),
   };
   VN_CALL(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   if (!vn_poller_define(env, exports)) return NULL;

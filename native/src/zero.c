@@ -5,10 +5,16 @@
  * non-zero block: a data page is usually rejected in its first block, a zero page costs one pass at
  * memory bandwidth. zeroPages() checks up to 32 pages per call (one dirty-log word), so the N-API call
  * is paid once per 128 KiB rather than once per page.
+ *
+ * holePages() answers the same question for pages that were never written, without reading them: a
+ * memfd (shmem) has no shared zero page, so reading a hole allocates a page; lseek(SEEK_DATA/SEEK_HOLE)
+ * finds the holes instead (a swapped-out page counts as data, so nothing non-zero is taken for a hole).
  */
+#include <errno.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
@@ -94,5 +100,65 @@ napi_value vn_zero_pages(napi_env env, napi_callback_info info) {
   }
   napi_value out;
   VN_CALL(env, napi_create_uint32(env, zero, &out));
+  return out;
+}
+
+/* Bit k set for each page k (4096 bytes at offset + k*4096) asked for in want and wholly inside a hole
+ * of fd. extent[0..1] gets the last run of data met, [start, end) (end where SEEK_HOLE found the next
+ * hole), or stays as it was when none was met. Returns -1 with errno set when lseek fails for another reason than
+ * "no more data". */
+static int64_t hole_pages(int fd, uint64_t offset, uint32_t want, double* extent) {
+  if (want == 0) return 0;
+  unsigned top = 31u - (unsigned)__builtin_clz(want);
+  off_t end = (off_t)(offset + (uint64_t)(top + 1) * ZERO_PAGE_SIZE);
+  off_t pos = (off_t)offset;
+  uint32_t holes = 0;
+  while (pos < end) {
+    off_t data = lseek(fd, pos, SEEK_DATA);
+    if (data < 0) {
+      if (errno != ENXIO) return -1;
+      data = end; /* no data from pos to the end of the file */
+    }
+    if (data > end) data = end;
+    /* [pos, data) is a hole: the pages wholly inside it. */
+    uint64_t first = ((uint64_t)pos - offset + ZERO_PAGE_SIZE - 1) / ZERO_PAGE_SIZE;
+    uint64_t last = ((uint64_t)data - offset) / ZERO_PAGE_SIZE; /* exclusive */
+    for (uint64_t k = first; k < last; k++) holes |= 1u << k;
+    if (data >= end) break;
+    /* SEEK_HOLE walks the whole data extent: the caller keeps its end, so a guest full of data costs
+     * one walk per extent rather than one per call. */
+    off_t hole = lseek(fd, data, SEEK_HOLE);
+    if (hole < 0) return -1;
+    if (hole <= data) break; /* cannot happen; never loop forever on a confused answer */
+    extent[0] = (double)data;
+    extent[1] = (double)hole;
+    pos = hole;
+  }
+  return holes & want;
+}
+
+napi_value vn_hole_pages(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  if (!vn_args(env, info, 4, argv, NULL)) return NULL;
+  int fd;
+  uint64_t offset;
+  int64_t mask;
+  if (!vn_get_fd(env, argv[0], "fd", &fd) || !vn_get_u64(env, argv[1], "offset", INT64_MAX / 2, &offset) ||
+      !vn_get_int(env, argv[2], "mask", INT32_MIN, UINT32_MAX, &mask))
+    return NULL;
+  bool is_ta = false;
+  napi_typedarray_type type;
+  size_t length = 0;
+  void* out_ptr = NULL;
+  if (napi_is_typedarray(env, argv[3], &is_ta) != napi_ok || !is_ta ||
+      napi_get_typedarray_info(env, argv[3], &type, &length, &out_ptr, NULL, NULL) != napi_ok ||
+      type != napi_float64_array || length < 2)
+    return vn_throw_type(env, "extent must be a Float64Array of at least 2 elements");
+  if (offset % ZERO_PAGE_SIZE != 0)
+    return vn_throw_range(env, "offset %llu is not a multiple of 4096", (unsigned long long)offset);
+  int64_t holes = hole_pages(fd, offset, (uint32_t)mask, (double*)out_ptr);
+  if (holes < 0) return vn_throw_errno(env, errno, "lseek", "(SEEK_DATA/SEEK_HOLE)");
+  napi_value out;
+  VN_CALL(env, napi_create_uint32(env, (uint32_t)holes, &out));
   return out;
 }

@@ -98,6 +98,14 @@ export interface NativeAddon {
    * wholly inside data.
    */
   zeroPages(data: Uint8Array, mask: number): number;
+  /**
+   * For each bit k set in `mask` (a u32), whether the 4096 bytes at `offset` + k*4096 of fd lie wholly in
+   * a hole (never written: they read as zeroes), found with lseek SEEK_DATA/SEEK_HOLE without touching
+   * them; returns those bits. `offset` is a multiple of 4096. A swapped-out page counts as data.
+   * extent[0..1] gets the last run of data met, [start, end) with end where the next hole starts (unchanged
+   * when none was met).
+   */
+  holePages(fd: number, offset: number, mask: number, extent: Float64Array): number;
   Poller: PollerConstructor;
 }
 

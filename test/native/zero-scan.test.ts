@@ -1,8 +1,10 @@
 // The native zero scan (native/src/zero.c) against a plain JS byte loop: single non-zero bytes at every
 // 8-byte word position and at the page edges, random pages, unaligned views and every length around the
-// 64-byte block size, and the per-word page mask the RAM saver uses (GuestMemory.zeroPageMask).
+// 64-byte block size, and the per-word page mask the RAM saver uses (GuestMemory.zeroPageMask), which
+// finds never-written pages of the memfd without reading (and so allocating) them.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
+import { fstatSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import { native } from '../../src/native/addon.ts';
@@ -106,6 +108,77 @@ describe('native zero scan', () => {
       } finally {
         m.close();
       }
+    }
+  });
+
+  test('pages never written are found in the memfd holes without being read: the scan allocates nothing', () => {
+    const pages = 4096; // 16 MiB
+    const m = GuestMemory.create(pages * PAGE, 'zero-holes');
+    const allocated = () => fstatSync(m.fd).blocks * 512;
+    try {
+      const written = new Set([0, 1, 31, 32, 100, 1000, 1001, 2047, 4095]);
+      for (const p of written) m.page(p)[(p * 13) % PAGE] = 1;
+      m.page(3000).fill(0); // written with zeroes: data in the memfd, zero to the scan
+      written.add(3000);
+      const before = allocated();
+      for (let w = 0; w < pages / 32; w++) {
+        const z = m.zeroPageMask(w * 32, -1);
+        for (let k = 0; k < 32; k++) {
+          const p = w * 32 + k;
+          const expectZero = !written.has(p) || p === 3000;
+          assert.equal((z >>> k) & 1, expectZero ? 1 : 0, `page ${p}`);
+        }
+      }
+      assert.equal(allocated(), before, 'no hole was allocated by the scan');
+      // The data run cache (every page data) and a second pass give the same answers.
+      const full = GuestMemory.create(64 * PAGE, 'zero-full');
+      try {
+        for (let p = 0; p < 64; p++) full.page(p)[0] = p === 40 ? 0 : 1;
+        for (let pass = 0; pass < 2; pass++) {
+          assert.equal(full.zeroPageMask(0, -1), 0);
+          assert.equal(full.zeroPageMask(32, -1), 1 << 8);
+        }
+      } finally {
+        full.close();
+      }
+    } finally {
+      m.close();
+    }
+  });
+
+  test('holePages: the holes of a memfd at page granularity; bad arguments are refused', () => {
+    const n = native();
+    const fd = n.memfdCreate('holes', 64 * PAGE);
+    const ab = n.mmap(fd, 0, 64 * PAGE, true);
+    try {
+      const b = new Uint8Array(ab);
+      b[5 * PAGE] = 1;
+      b[6 * PAGE + 100] = 1;
+      b[40 * PAGE + PAGE - 1] = 1;
+      const extent = new Float64Array(2);
+      const holes = n.holePages(fd, 0, -1, extent) >>> 0;
+      // A page with data is never reported as a hole (a kernel may report more data than was written).
+      for (const p of [5, 6]) assert.equal((holes >>> p) & 1, 0, `page ${p} holds data`);
+      assert.equal((holes >>> 0) & 1, 1, 'page 0 was never written');
+      assert.ok(extent[1]! > extent[0]! && extent[0]! <= 5 * PAGE, `a data run was met: ${extent[0]}-${extent[1]}`);
+      const upper = n.holePages(fd, 32 * PAGE, -1, extent) >>> 0;
+      assert.equal((upper >>> 8) & 1, 0, 'page 40 holds data');
+      assert.equal((upper >>> 31) & 1, 1, 'page 63 was never written');
+      assert.throws(() => n.holePages(fd, 100, 1, extent), RangeError);
+      assert.throws(() => n.holePages(fd, 0, 1, new Float64Array(1)), TypeError);
+      const [r, w] = n.socketpair();
+      try {
+        assert.throws(
+          () => n.holePages(r, 0, 1, extent),
+          (e: NodeJS.ErrnoException) => e.code === 'ESPIPE',
+        );
+      } finally {
+        n.close(r);
+        n.close(w);
+      }
+    } finally {
+      n.munmap(ab);
+      n.close(fd);
     }
   });
 });

@@ -59,6 +59,8 @@ export class GuestMemory {
   /** Int32 views of the pieces, for atomic touches (prefault). */
   private readonly words: Int32Array[] = [];
   private isClosed = false;
+  /** The run of data zeroPageMask last met in the memfd, [start, end) in bytes: all data then. */
+  private readonly dataExtent = new Float64Array(2);
 
   private constructor(
     /** The memfd: pass it with DMA_MAP (IOVA 0 = guest-physical 0) and to vCPU workers. */
@@ -182,13 +184,27 @@ export class GuestMemory {
 
   /**
    * Which of up to 32 pages from `first` are all zeroes: bit k of `mask` asks about page first+k, and the
-   * result has the bits of those that are. One native call when the run lies in one mapping piece (it
-   * does unless the pieces are smaller than 128 KiB, as only tests make them); else page by page.
+   * result has the bits of those that are. Pages never written (holes of the memfd) are found without
+   * reading them, since reading a hole would allocate it (the lseek this takes moves the memfd's file
+   * position, which nothing here uses: every user maps it); the rest are scanned, with one native call
+   * when the run lies in one mapping piece (it does unless the pieces are smaller than 128 KiB, as only
+   * tests make them), else page by page.
    */
   zeroPageMask(first: number, mask: number): number {
     if (mask === 0) return 0;
     const last = first + 31 - Math.clz32(mask);
     if (!(first >= 0 && last < this.pages) || this.isClosed) this.badPage(first < 0 ? first : last);
+    // Inside dataExtent the memfd was all data when last asked, and data never turns back into a hole
+    // here (nothing punches holes into guest RAM), so those pages need no lseek.
+    const at = first * PAGE_SIZE;
+    const inData = at >= this.dataExtent[0]! && (last + 1) * PAGE_SIZE <= this.dataExtent[1]!;
+    const holes = inData ? 0 : native().holePages(this.fd, at, mask, this.dataExtent) | 0;
+    const rest = mask & ~holes;
+    return rest === 0 ? holes : holes | this.scanZeroPages(first, last, rest);
+  }
+
+  /** zeroPageMask's scan of the pages that hold memory. */
+  private scanZeroPages(first: number, last: number, mask: number): number {
     const at = first * PAGE_SIZE;
     const end = (last + 1) * PAGE_SIZE;
     const p = Math.floor(at / this.pieceSize);
