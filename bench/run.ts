@@ -186,7 +186,7 @@ if (want('device')) {
     ratio('trapped / raw-unix', trapped, raw, '>= 0.8'),
     ratio('mmapped / min(raw, device)', mmapped, ceiling),
     ratio('trapped / min(raw, device)', trapped, ceiling),
-    ratio('mmapped / memcpy', mmapped, memcpy),
+    ratio('mmapped / memcpy', mmapped, memcpy, '>= 0.3'),
     ratio('trapped / memcpy', trapped, memcpy),
   );
 }
