@@ -2,11 +2,12 @@
 // every page dirty, so the first pass is the bulk copy; each later pass sends the pages dirtied since (by
 // vCPUs, or by device DMA merged in at log sync). Pages are taken from the dirty log a 32-page word at a
 // time with an atomic exchange, so a page written concurrently is either in this copy or marked again.
-// Zero pages go as a flag and a fill byte: the source finds them with a native block scan per dirty-log
-// word; the destination skips a zero page it never wrote when its memory is fresh (a memfd reads as
-// zeroes until written, so a mostly-zero guest costs the destination neither writes nor memory: QEMU's
-// ram_handle_zero() likewise leaves a page alone when buffer_is_zero() says it already is). Sections are bounded (SECTION_PAYLOAD), so neither side holds
-// more than a few MiB of RAM in flight.
+// Zero pages go as a flag and a fill byte: the source finds them with a native scan per dirty-log word
+// (never-written pages by the memfd's holes, the rest by a block scan); the destination skips a zero
+// page it never wrote when its memory is fresh (a memfd reads as zeroes until written, so a mostly-zero
+// guest costs the destination neither writes nor memory: QEMU's ram_handle_zero() likewise leaves a page
+// alone when buffer_is_zero() says it already is). Sections are bounded (SECTION_PAYLOAD), so neither
+// side holds more than a few MiB of RAM in flight.
 //
 // Pipelined: page copies are staged in a ring of STAGING_BUFFERS section buffers, and a section is not
 // awaited when it is handed to the transport: the next one is built while the earlier ones are on their
@@ -29,7 +30,7 @@ export const SECTION_PAYLOAD = 4 << 20;
 /**
  * Destination: a section's data pages are populated in one call when they are at least this dense over
  * the span they cover (the bulk pass of a full guest); sparse data pages, among zero pages that are never
- * written, fault in one by one instead, so populating never allocates a zero page.
+ * written, fault in one by one instead, so populating allocates at most as many zero pages as data pages.
  */
 const PREFAULT_DENSITY = 0.5;
 /** Section buffers in the staging ring: at most this many sections' pages in flight (16 MiB). */
@@ -282,8 +283,8 @@ export class RamHandler implements MigrationHandler {
   /**
    * Fresh destination memory costs a page fault per page on first write; populating it in one call
    * (MADV_POPULATE_WRITE) costs much less. Done for the span a scanned section's data pages cover when
-   * they are dense in it and lie past what was populated (the bulk pass arrives in page order), never
-   * for zero pages, which are not written at all. Later passes land on pages already there.
+   * they are dense in it (PREFAULT_DENSITY) and lie past what was populated (the bulk pass arrives in
+   * page order); a run of zero pages is never populated. Later passes land on pages already there.
    */
   private prefaultData(): void {
     const { offsets, data, count } = this.scan;
