@@ -84,6 +84,16 @@ function checkPages(who: string, ram: RamInfo, memMiB: number, fill: GuestFill):
   if (fill === 'zero' && ram.duplicate < pages * 0.99) throw new Error(`${who} sent only ${ram.duplicate} zero pages`);
 }
 
+/**
+ * Waits until the source's vCPU threads run: `stop` returns once every vCPU acknowledged the pause (which
+ * waits for the threads to start), then `cont`. A migration started at once would otherwise count the
+ * threads' start-up (module loading, hundreds of ms) as the VM stop of its downtime.
+ */
+export async function guestUp(q: QmpClient): Promise<void> {
+  await q.execute('stop', undefined, { timeoutMs: 120_000 });
+  await q.execute('cont', undefined, { timeoutMs: 120_000 });
+}
+
 /** KiB of a /proc/PID/status field. */
 function statusKib(pid: number, field: string): number {
   const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -117,6 +127,7 @@ export async function oursOnce(
   try {
     const dstPid = pair.procs.dstVmm.child.pid!;
     const shmemBefore = statusKib(dstPid, 'RssShmem');
+    await guestUp(pair.src);
     await pair.src.execute('migrate', { uri: pair.uri });
     // The source reports its own total-time: the poll interval only delays noticing the end.
     const info = await waitForMigration(pair.src, { intervalMs: 100, timeoutMs: 600_000 });
