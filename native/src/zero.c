@@ -119,6 +119,9 @@ static int64_t hole_pages(int fd, uint64_t offset, uint32_t want, double* extent
       if (errno != ENXIO) return -1;
       data = end; /* no data from pos to the end of the file */
     }
+    /* A file whose lseek answers without looking (a device's, say) may say "here" for anything before
+     * pos: no hole can be trusted then, so every page is left to the scan. */
+    if (data < pos) return 0;
     if (data > end) data = end;
     /* [pos, data) is a hole: the pages wholly inside it. */
     uint64_t first = ((uint64_t)pos - offset + ZERO_PAGE_SIZE - 1) / ZERO_PAGE_SIZE;

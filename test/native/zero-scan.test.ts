@@ -4,7 +4,7 @@
 // finds never-written pages of the memfd without reading (and so allocating) them.
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { fstatSync } from 'node:fs';
+import { closeSync, fstatSync, openSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import { native } from '../../src/native/addon.ts';
@@ -179,6 +179,23 @@ describe('native zero scan', () => {
     } finally {
       n.munmap(ab);
       n.close(fd);
+    }
+  });
+
+  test('a file whose lseek answers without looking (/dev/zero) has no trusted holes: its pages are scanned', () => {
+    const fd = openSync('/dev/zero', 'r+');
+    try {
+      const extent = new Float64Array(2);
+      assert.equal(native().holePages(fd, 0, -1, extent), 0);
+      assert.equal(native().holePages(fd, 4096, -1, extent), 0, 'lseek says "offset 0" for an offset past it');
+      const m = GuestMemory.map(fd, 64 * PAGE);
+      try {
+        assert.equal(m.zeroPageMask(32, -1), -1, 'every page read and found zero');
+      } finally {
+        m.close(true);
+      }
+    } finally {
+      closeSync(fd);
     }
   });
 });

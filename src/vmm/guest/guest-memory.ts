@@ -61,6 +61,8 @@ export class GuestMemory {
   private isClosed = false;
   /** The run of data zeroPageMask last met in the memfd, [start, end) in bytes: all data then. */
   private readonly dataExtent = new Float64Array(2);
+  /** Whether the memfd answers SEEK_DATA/SEEK_HOLE (every memfd does; a failure turns this off). */
+  private seekHoles = true;
 
   private constructor(
     /** The memfd: pass it with DMA_MAP (IOVA 0 = guest-physical 0) and to vCPU workers. */
@@ -198,9 +200,19 @@ export class GuestMemory {
     // here (nothing punches holes into guest RAM), so those pages need no lseek.
     const at = first * PAGE_SIZE;
     const inData = at >= this.dataExtent[0]! && (last + 1) * PAGE_SIZE <= this.dataExtent[1]!;
-    const holes = inData ? 0 : native().holePages(this.fd, at, mask, this.dataExtent) | 0;
+    const holes = inData || !this.seekHoles ? 0 : this.holePages(at, mask);
     const rest = mask & ~holes;
     return rest === 0 ? holes : holes | this.scanZeroPages(first, last, rest);
+  }
+
+  /** The pages of the mask in holes of the memfd; a file that cannot say (lseek fails) is scanned from then on. */
+  private holePages(at: number, mask: number): number {
+    try {
+      return native().holePages(this.fd, at, mask, this.dataExtent) | 0;
+    } catch {
+      this.seekHoles = false;
+      return 0;
+    }
   }
 
   /** zeroPageMask's scan of the pages that hold memory. */
