@@ -9,6 +9,9 @@
 //   ours-cold     a fresh destination (memory faulted in while loading, ahead of the stream)
 //   qemu-warm/-cold  QEMU 7+ `-machine none` guests: source RAM a prefilled file in /dev/shm (prealloc),
 //                 destination a memfd backend with or without prealloc, `-incoming tcp:`, QMP migrate
+//   ours-zero, qemu-zero  (zeroBench) a mostly-zero guest, 4 GiB by default: all zero pages, so the
+//                 figure is guest bytes per second of total-time (the zero scan and the record stream),
+//                 with the destination's mapped guest RAM afterwards (ours; it should stay near 0)
 //
 // Throughput = RAM bytes transferred / the source's total-time (QMP query-migrate, both for us and QEMU).
 // Each migration is verified (ours: page digests of both sides equal) so a broken run cannot pass for a
@@ -17,7 +20,7 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { once } from 'node:events';
-import { closeSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
 import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { bytes } from '../src/cli/format.ts';
@@ -71,27 +74,66 @@ export function rawTcp(total: number): Promise<Rate> {
 type RamInfo = { transferred: number; normal: number; duplicate: number };
 type Digests = { ram: string };
 
-/** One migration of a `memMiB` guest filled with random bytes between two VMM processes. */
+/** Guest contents for a RAM figure: random bytes (every page goes with data) or zeroes (zero pages). */
+export type GuestFill = 'random' | 'zero';
+
+/** Checks the pages went as the fill says (a run that sent zero pages of a random guest is void). */
+function checkPages(who: string, ram: RamInfo, memMiB: number, fill: GuestFill): void {
+  const pages = memMiB * 256;
+  if (fill === 'random' && ram.normal < pages * 0.99) throw new Error(`${who} sent only ${ram.normal} pages with data`);
+  if (fill === 'zero' && ram.duplicate < pages * 0.99) throw new Error(`${who} sent only ${ram.duplicate} zero pages`);
+}
+
+/**
+ * Waits until the source's vCPU threads run: `stop` returns once every vCPU acknowledged the pause (which
+ * waits for the threads to start), then `cont`. A migration started at once would otherwise count the
+ * threads' start-up (module loading, hundreds of ms) as the VM stop of its downtime.
+ */
+export async function guestUp(q: QmpClient): Promise<void> {
+  await q.execute('stop', undefined, { timeoutMs: 120_000 });
+  await q.execute('cont', undefined, { timeoutMs: 120_000 });
+}
+
+/** KiB of a /proc/PID/status field. */
+function statusKib(pid: number, field: string): number {
+  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) : Number.NaN;
+}
+
+/**
+ * One migration of a `memMiB` guest (random bytes, or all zeroes) between two VMM processes. `dstShmemMiB`:
+ * guest RAM the destination VMM maps afterwards (RssShmem growth), read before the digests touch it all.
+ */
 export async function oursOnce(
   memMiB: number,
   warm: boolean,
   wrap: string[] = [],
-): Promise<Rate & { downtime: number }> {
+  fill: GuestFill = 'random',
+): Promise<Rate & { downtime: number; dstShmemMiB: number }> {
   const pair = await startLocalPair({
     sourceWrap: wrap,
     destinationWrap: wrap,
     memSize: `${memMiB}M`,
     paused: true,
     startTimeoutMs: 300_000,
-    source: { device: 'register-file', vmmArgs: ['--dirty-rate', '0', '--fill', 'random'] },
+    // A zero guest's source is prefaulted, as QEMU's (prealloc=on) is: else the figure is the kernel
+    // allocating the source's pages on the scan's first read, not the migration.
+    source: {
+      device: 'register-file',
+      vmmArgs: ['--dirty-rate', '0', '--fill', fill, ...(fill === 'zero' ? ['--prefault'] : [])],
+    },
     destination: { device: 'register-file', vmmArgs: ['--dirty-rate', '0', ...(warm ? ['--prefault'] : [])] },
   });
   try {
+    const dstPid = pair.procs.dstVmm.child.pid!;
+    const shmemBefore = statusKib(dstPid, 'RssShmem');
+    await guestUp(pair.src);
     await pair.src.execute('migrate', { uri: pair.uri });
     // The source reports its own total-time: the poll interval only delays noticing the end.
     const info = await waitForMigration(pair.src, { intervalMs: 100, timeoutMs: 600_000 });
     if (info.status !== 'completed') throw new Error(`migration ${info.status}: ${info['error-desc'] ?? ''}`);
     await waitForMigration(pair.dst, { timeoutMs: 60_000 });
+    const dstShmemMiB = (statusKib(dstPid, 'RssShmem') - shmemBefore) / 1024;
     const [a, b] = await Promise.all([
       // Digests of a large guest take seconds on a busy machine: more than the default 10 s reply time.
       pair.src.execute<Digests>('x-query-digests', undefined, { timeoutMs: 300_000 }),
@@ -99,8 +141,8 @@ export async function oursOnce(
     ]);
     if (a.ram !== b.ram) throw new Error('guest RAM differs at the destination: the benchmark run is void');
     const ram = info.ram as RamInfo;
-    if (ram.normal * 4096 < memMiB * (1 << 20) * 0.99) throw new Error(`only ${ram.normal} pages went with data`);
-    return { bytes: ram.transferred, ms: info['total-time'] as number, downtime: info.downtime as number };
+    checkPages('our VMM', ram, memMiB, fill);
+    return { bytes: ram.transferred, ms: info['total-time'] as number, downtime: info.downtime as number, dstShmemMiB };
   } finally {
     await pair.stop();
   }
@@ -156,15 +198,23 @@ async function freePort(): Promise<number> {
  * (prealloc=on, so the source has its memory mapped as ours has), the destination a memfd backend,
  * prefaulted (`warm`, prealloc=on) or not. `-machine none`: RAM and nothing else, no CPU running.
  */
-export async function qemuOnce(memMiB: number, warm: boolean): Promise<Rate & { downtime: number }> {
+export async function qemuOnce(
+  memMiB: number,
+  warm: boolean,
+  fill: GuestFill = 'random',
+): Promise<Rate & { downtime: number }> {
   const dir = mkdtempSync('/dev/shm/vfio-migrate-bench-');
   const file = join(dir, 'ram');
   const procs: ReturnType<typeof startQemu>[] = [];
   const clients: QmpClient[] = [];
   try {
     const fd = openSync(file, 'w');
-    const buf = Buffer.allocUnsafe(1 << 20);
-    for (let i = 0; i < memMiB; i++) writeSync(fd, randomFillSync(buf));
+    if (fill === 'random') {
+      const buf = Buffer.allocUnsafe(1 << 20);
+      for (let i = 0; i < memMiB; i++) writeSync(fd, randomFillSync(buf));
+    } else {
+      ftruncateSync(fd, memMiB * (1 << 20)); // zeroes; prealloc=on below maps them in, as ours reads them
+    }
     closeSync(fd);
     const port = await freePort();
     const mem = `${memMiB}M`;
@@ -201,7 +251,7 @@ export async function qemuOnce(memMiB: number, warm: boolean): Promise<Rate & { 
     const info = await waitForMigration(qs, { intervalMs: 100, timeoutMs: 600_000 });
     if (info.status !== 'completed') throw new Error(`QEMU migration ${info.status}: ${info['error-desc'] ?? ''}`);
     const ram = info.ram as RamInfo;
-    if (ram.normal * 4096 < memMiB * (1 << 20) * 0.99) throw new Error(`QEMU sent only ${ram.normal} pages with data`);
+    checkPages('QEMU', ram, memMiB, fill);
     return { bytes: ram.transferred, ms: info['total-time'] as number, downtime: info.downtime as number };
   } finally {
     for (const c of clients) c.close();
@@ -255,4 +305,36 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
   } else {
     say('ours / qemu                      skipped (no QEMU here)');
   }
+}
+
+/** Guest MB/s: the guest's size over the migration's total-time (what a zero-page guest costs to move). */
+function guestRate(memMiB: number, r: Rate & { downtime: number; dstShmemMiB?: number }) {
+  const guest = memMiB * (1 << 20);
+  const shmem = r.dstShmemMiB !== undefined ? `; destination maps ${r.dstShmemMiB.toFixed(1)} MiB of it` : '';
+  return {
+    value: guest / r.ms / 1000,
+    per: `${bytes(guest)} guest, ${bytes(r.bytes)} sent in ${r.ms.toFixed(0)} ms`,
+    note: `downtime ${r.downtime} ms${shmem}`,
+  };
+}
+
+/** The zero-page part of `npm run bench`: a mostly-zero guest, ours and (when installed) QEMU's. */
+export async function zeroBench(memMiB: number, rounds: number, run: BenchRun): Promise<void> {
+  say(`zero pages: a ${bytes(memMiB * (1 << 20))} guest of zero pages, idle, over loopback TCP (guest MB/s)`);
+  const ours = await measure('ours-zero', 'MB/s', rounds, async () =>
+    guestRate(memMiB, await oursOnce(memMiB, false, [], 'zero')),
+  );
+  run.figures.push(ours);
+  const missing = qemuMissing();
+  if (missing) {
+    say(`qemu-zero  skipped: ${missing}`);
+    run.skipped.push({ name: 'qemu-zero', why: missing });
+    return;
+  }
+  const qemu = await measure('qemu-zero', 'MB/s', rounds, async () =>
+    guestRate(memMiB, await qemuOnce(memMiB, false, 'zero')),
+  );
+  run.figures.push(qemu);
+  say();
+  run.ratios.push(ratio('ours-zero / qemu-zero', ours, qemu, '>= 1.0'));
 }

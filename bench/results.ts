@@ -2,7 +2,7 @@
 // bench/results/history.jsonl with the machine and the commit, so trends across runs and commits show.
 
 import { execFileSync } from 'node:child_process';
-import { appendFileSync, mkdirSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { cpus, loadavg, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { type Figure, type Ratio, say } from './figures.ts';
@@ -49,9 +49,29 @@ export function newRun(rounds: number): BenchRun {
   };
 }
 
-export function saveRun(run: BenchRun, json: boolean): void {
+/** Prints the run (--json) and appends it to the history unless `record` is false (a smoke run). */
+export function saveRun(run: BenchRun, json: boolean, record = true): void {
+  if (json) console.log(JSON.stringify(run, null, 2));
+  if (!record) {
+    say('\nresults not recorded (--no-history)');
+    return;
+  }
   mkdirSync(join(root, 'bench', 'results'), { recursive: true });
   appendFileSync(HISTORY, `${JSON.stringify(run)}\n`);
-  if (json) console.log(JSON.stringify(run, null, 2));
   say(`\nresults appended to ${HISTORY}`);
+}
+
+/** Every run recorded in the history, oldest first; none when there is no history yet. */
+export function readHistory(path = HISTORY): BenchRun[] {
+  if (!existsSync(path)) return [];
+  return readFileSync(path, 'utf8')
+    .split('\n')
+    .filter((l) => l.trim() !== '')
+    .map((l, i) => {
+      try {
+        return JSON.parse(l) as BenchRun;
+      } catch (err) {
+        throw new Error(`${path}:${i + 1} is not a JSON run record: ${(err as Error).message}`);
+      }
+    });
 }

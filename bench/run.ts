@@ -1,17 +1,22 @@
 // npm run bench: a command's start-up (bench/startup.ts), RAM migration between two VMM processes
-// (bench/ram.ts), then the throughput of device migration data through the migration region over
+// (bench/ram.ts), a mostly-zero guest (bench/ram.ts zeroBench), the dirty-log sync inside a real run
+// (bench/dirty-log.ts), then the throughput of device migration data through the migration region over
 // vfio-user, each as a ratio to a baseline measured in the same run (these machines are noisy, so only
 // ratios within one run mean anything). Every figure is measured the same number of rounds (--rounds,
 // default 3) and reported as its median with the spread; `--json` prints the run as JSON, and every run is
-// appended to bench/results/history.jsonl with the machine and the commit.
+// appended to bench/results/history.jsonl with the machine and the commit (`--no-history`: not appended,
+// for a smoke run). `npm run bench -- --doc` runs nothing: it regenerates docs/performance.md's tables
+// from the history (bench/perf-doc.ts).
 //
 //   raw-unix      a child process writes into a UNIX stream socket, this process reads and counts
+//   memcpy        copying the same bytes from one buffer into another in-process: memory's own ceiling
 //   device        the sample device producing its state in-process (no transport): the device's own ceiling
 //   trapped       stop-and-copy of the device through the region, data read with REGION_READ messages
 //   mmapped       the same, data read through the mmapped data section (zero copies on the VMM side)
 // The trapped and mmapped rounds keep what they read and resume it into a second device server afterwards
 // (not timed): its state digest must equal the source's, or the run is void.
 
+import { randomFillSync } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -23,9 +28,11 @@ import { VfioUserClient } from '../src/vfio-user/client.ts';
 import { findMigrationRegion, openRegionPort, type VfioRegionPort } from '../src/vfio-user/region-port.ts';
 import { SeedRegionClient } from '../src/vmm/vfio/seed-region-client.ts';
 import { type ServerProcess, startServer } from '../test/support/server-process.ts';
+import { dirtySyncInRun } from './dirty-log.ts';
 import { measure, ratio, say, sayTo } from './figures.ts';
-import { ramBench, rawStream } from './ram.ts';
-import { newRun, saveRun } from './results.ts';
+import { writePerfDoc } from './perf-doc.ts';
+import { ramBench, rawStream, zeroBench } from './ram.ts';
+import { HISTORY, newRun, saveRun } from './results.ts';
 import { startupBench } from './startup.ts';
 
 const { values } = parseArgs({
@@ -33,11 +40,19 @@ const { values } = parseArgs({
     'device-mem': { type: 'string', default: '256' },
     rounds: { type: 'string', default: '3' },
     'ram-mem': { type: 'string', default: '1024' },
+    'zero-mem': { type: 'string', default: '4096' },
+    'sync-mem': { type: 'string', default: '4096' },
     only: { type: 'string' },
     json: { type: 'boolean', default: false },
+    'no-history': { type: 'boolean', default: false },
+    doc: { type: 'boolean', default: false },
   },
 });
-const PARTS = ['startup', 'ram', 'device'] as const;
+if (values.doc) {
+  say(`${writePerfDoc()} regenerated from ${HISTORY}`);
+  process.exit(0);
+}
+const PARTS = ['startup', 'ram', 'zero', 'dirty-log', 'device'] as const;
 if (values.only && !PARTS.includes(values.only as (typeof PARTS)[number]))
   throw new Error(`--only takes ${PARTS.join(', ')}`);
 const want = (part: (typeof PARTS)[number]) => !values.only || values.only === part;
@@ -55,6 +70,14 @@ async function rawUnix(total: number): Promise<{ value: number; per: string }> {
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+}
+
+/** One copy of MEM bytes between two buffers, 1 MiB at a time (the chunk size of the region paths). */
+function memcpyRound(src: Uint8Array, dst: Uint8Array): { value: number; per: string } {
+  const t0 = performance.now();
+  for (let at = 0; at < src.byteLength; at += 1 << 20) dst.set(src.subarray(at, at + (1 << 20)), at);
+  const ms = performance.now() - t0;
+  return { value: src.byteLength / ms / 1000, per: bytes(src.byteLength) };
 }
 
 async function deviceProduce(): Promise<{ value: number; per: string }> {
@@ -137,14 +160,25 @@ if (want('ram')) {
   await ramBench(Number(values['ram-mem']), ROUNDS, run);
   say();
 }
+if (want('zero')) {
+  await zeroBench(Number(values['zero-mem']), ROUNDS, run);
+  say();
+}
+if (want('dirty-log')) {
+  await dirtySyncInRun(Number(values['sync-mem']), ROUNDS, run);
+  say();
+}
 if (want('device')) {
   say(`device data: a large-memory device of ${bytes(MEM)} (random contents), stop-and-copy through its region`);
   const raw = await measure('raw-unix', 'MB/s', ROUNDS, () => rawUnix(MEM));
+  const copyFrom = randomFillSync(new Uint8Array(MEM));
+  const copyTo = new Uint8Array(MEM).fill(1); // touched: the rounds time copies, not first-write faults
+  const memcpy = await measure('memcpy', 'MB/s', ROUNDS, async () => memcpyRound(copyFrom, copyTo));
   const dev = await measure('device', 'MB/s', ROUNDS, deviceProduce);
   const trapped = await measure('trapped', 'MB/s', ROUNDS, await throughRegion('trapped'));
   const mmapped = await measure('mmapped', 'MB/s', ROUNDS, await throughRegion('mmapped'));
   for (const c of cleanup) await c();
-  run.figures.push(raw, dev, trapped, mmapped);
+  run.figures.push(raw, memcpy, dev, trapped, mmapped);
   const ceiling = dev.median < raw.median ? dev : raw;
   say();
   run.ratios.push(
@@ -152,6 +186,8 @@ if (want('device')) {
     ratio('trapped / raw-unix', trapped, raw, '>= 0.8'),
     ratio('mmapped / min(raw, device)', mmapped, ceiling),
     ratio('trapped / min(raw, device)', trapped, ceiling),
+    ratio('mmapped / memcpy', mmapped, memcpy, '>= 0.3'),
+    ratio('trapped / memcpy', trapped, memcpy),
   );
 }
-saveRun(run, values.json);
+saveRun(run, values.json, !values['no-history']);

@@ -13,7 +13,8 @@
         "src/socket.c",
         "src/scm.c",
         "src/poller.c",
-        "src/crc32c.c"
+        "src/crc32c.c",
+        "src/zero.c"
       ],
       # NAPI 8: instance data, detach_arraybuffer and async cleanup hooks; Node 20 has 9.
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"],

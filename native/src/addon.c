@@ -5,6 +5,7 @@
 #include "crc32c.h"
 #include "madvise.h"
 #include "vfio_native.h"
+#include "zero.h"
 
 static void instance_free(napi_env env, void* data, void* hint) {
   (void)env;
@@ -61,6 +62,9 @@ NAPI_MODULE_INIT() {
       VN_FN("recvmsg", vn_recvmsg),
       VN_FN("crc32c", vn_crc32c),
       VN_FN("crc32cImplementation", vn_crc32c_implementation),
+      VN_FN("isZero", vn_is_zero),
+      VN_FN("zeroPages", vn_zero_pages),
+      VN_FN("holePages", vn_hole_pages),
   };
   VN_CALL(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   if (!vn_poller_define(env, exports)) return NULL;

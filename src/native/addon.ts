@@ -90,6 +90,22 @@ export interface NativeAddon {
   crc32c(data: Uint8Array, seed?: number): number;
   /** Which crc32c code runs: 'sse4.2', or 'table' (no SSE4.2, or VFIO_NATIVE_CRC32C=table at load). */
   crc32cImplementation(): 'sse4.2' | 'table';
+  /** Whether every byte of data is 0 (a 64-byte-block scan that stops at the first non-zero block). */
+  isZero(data: Uint8Array): boolean;
+  /**
+   * Zero-page detection for one dirty-log word: for each bit k set in `mask` (a u32), whether the 4096
+   * bytes at data[k*4096] are all zero; returns those bits. A RangeError if a page asked for is not
+   * wholly inside data.
+   */
+  zeroPages(data: Uint8Array, mask: number): number;
+  /**
+   * For each bit k set in `mask` (a u32), whether the 4096 bytes at `offset` + k*4096 of fd lie wholly in
+   * a hole (never written: they read as zeroes), found with lseek SEEK_DATA/SEEK_HOLE without touching
+   * them; returns those bits. `offset` is a multiple of 4096. A swapped-out page counts as data.
+   * extent[0..1] gets the last run of data met, [start, end) with end where the next hole starts (unchanged
+   * when none was met).
+   */
+  holePages(fd: number, offset: number, mask: number, extent: Float64Array): number;
   Poller: PollerConstructor;
 }
 

@@ -126,7 +126,9 @@ export class Vmm {
     }
     this.migration = new MigrationController({
       runState: this.runState,
-      ram: new RamHandler(memory, this.dirty),
+      // An incoming VM's memfd is new and nothing runs on it before the load: it reads as zeroes wherever
+      // the load has not written, so zero pages need not touch it.
+      ram: new RamHandler(memory, this.dirty, { freshMemory: options.incoming }),
       dirty: this.dirty,
       ramSize: memory.size,
       devices,

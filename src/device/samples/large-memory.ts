@@ -171,8 +171,8 @@ export class LargeMemoryDevice extends SampleDevice {
     const dEnd = dStart + 32;
     if (offset < dEnd && offset + length > dStart) {
       const digest = createHash('sha256').update(this.memory).update(this.regs).digest();
-      for (let i = Math.max(offset, dStart); i < Math.min(offset + length, dEnd); i++)
-        out[i - offset] = digest[i - dStart]!;
+      const from = Math.max(offset, dStart);
+      out.set(digest.subarray(from - dStart, Math.min(offset + length, dEnd) - dStart), from - offset);
     }
     return out;
   }

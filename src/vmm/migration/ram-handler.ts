@@ -2,8 +2,12 @@
 // every page dirty, so the first pass is the bulk copy; each later pass sends the pages dirtied since (by
 // vCPUs, or by device DMA merged in at log sync). Pages are taken from the dirty log a 32-page word at a
 // time with an atomic exchange, so a page written concurrently is either in this copy or marked again.
-// Zero pages go as a flag and a fill byte. Sections are bounded (SECTION_PAYLOAD), so neither side holds
-// more than a few MiB of RAM in flight.
+// Zero pages go as a flag and a fill byte: the source finds them with a native scan per dirty-log word
+// (never-written pages by the memfd's holes, the rest by a block scan); the destination skips a zero
+// page it never wrote when its memory is fresh (a memfd reads as zeroes until written, so a mostly-zero
+// guest costs the destination neither writes nor memory: QEMU's ram_handle_zero() likewise leaves a page
+// alone when buffer_is_zero() says it already is). Sections are bounded (SECTION_PAYLOAD), so neither
+// side holds more than a few MiB of RAM in flight.
 //
 // Pipelined: page copies are staged in a ring of STAGING_BUFFERS section buffers, and a section is not
 // awaited when it is handed to the transport: the next one is built while the earlier ones are on their
@@ -23,8 +27,12 @@ const BLOCK_NAME = new TextEncoder().encode(RAM_BLOCK);
 const PAGE = 4096;
 /** Payload bytes per PART section (page records with their contents, and zero-page records). */
 export const SECTION_PAYLOAD = 4 << 20;
-/** Destination: pages populated ahead of the highest page loaded so far (64 MiB). */
-const PREFAULT_AHEAD = 16384;
+/**
+ * Destination: a section's data pages are populated in one call when they are at least this dense over
+ * the span they cover (the bulk pass of a full guest); sparse data pages, among zero pages that are never
+ * written, fault in one by one instead, so populating allocates at most as many zero pages as data pages.
+ */
+const PREFAULT_DENSITY = 0.5;
 /** Section buffers in the staging ring: at most this many sections' pages in flight (16 MiB). */
 export const STAGING_BUFFERS = 4;
 
@@ -58,12 +66,21 @@ export class RamHandler implements MigrationHandler {
   private readonly scan = new RamPageScan();
   /** Destination: pages below this were populated ahead of the stream. */
   private prefaultedTo = 0;
+  /**
+   * Destination: whether the memory reads as zero wherever this handler never wrote, and per page
+   * whether it wrote there (with data or a non-zero fill), across every load (a retried load included).
+   */
+  private readonly fresh: boolean;
+  private written: Uint8Array | null = null;
   private readonly decodeCtx = { block: null as string | null, blocks: new Map<string, number>() };
 
   constructor(
     private readonly memory: GuestMemory,
     private readonly dirty: GuestDirtyBitmap,
-  ) {}
+    options: { freshMemory?: boolean } = {},
+  ) {
+    this.fresh = options.freshMemory ?? false;
+  }
 
   async saveSetup(): Promise<Uint8Array[]> {
     this.dirty.setAll();
@@ -124,13 +141,18 @@ export class RamHandler implements MigrationHandler {
       let bits = this.dirty.takeWord(word);
       if (bits === 0) continue;
       this.passFound = true;
+      const first = word * 32;
+      // Bits past the end of RAM (a last partial word) name no page.
+      if (first + 32 > this.memory.pages) bits &= (1 << (this.memory.pages - first)) - 1;
+      // The word's zero pages in one native scan (QEMU: buffer_is_zero() per page in save_zero_page()).
+      const zeros = this.memory.zeroPageMask(first, bits);
       while (bits !== 0) {
-        const bit = 31 - Math.clz32(bits & -bits);
+        const low = bits & -bits;
+        const bit = 31 - Math.clz32(low);
         bits &= bits - 1;
-        const page = word * 32 + bit;
-        if (page >= this.memory.pages) continue;
+        const page = first + bit;
         const offset = page * PAGE;
-        if (this.memory.isZeroPage(page)) {
+        if ((zeros & low) !== 0) {
           if (!w.zero(RAM_BLOCK, offset)) {
             await flush();
             w.zero(RAM_BLOCK, offset);
@@ -188,6 +210,7 @@ export class RamHandler implements MigrationHandler {
   async loadSetup(): Promise<void> {
     this.received = new Uint8Array(this.memory.pages);
     this.receivedCount = 0;
+    this.written ??= new Uint8Array(this.memory.pages);
     this.prefaultedTo = 0;
     this.decodeCtx.block = null;
     this.decodeCtx.blocks = new Map([[RAM_BLOCK, this.memory.size]]);
@@ -198,12 +221,12 @@ export class RamHandler implements MigrationHandler {
     // every error, through the full decoder.
     if (scanRamPages(payload, BLOCK_NAME, this.memory.size, this.scan)) {
       const { offsets, data, count } = this.scan;
-      if (count > 0) this.prefaultAhead(offsets[count - 1]! / PAGE);
+      this.prefaultData();
       for (let r = 0; r < count; r++) {
         const i = offsets[r]! / PAGE;
         const at = data[r]!;
-        if (at >= 0) this.memory.page(i).set(payload.subarray(at, at + PAGE));
-        else if (at !== -1 || !this.memory.isZeroPage(i)) this.memory.page(i).fill(-1 - at);
+        if (at >= 0) this.writePage(i, payload.subarray(at, at + PAGE));
+        else this.fillPage(i, -1 - at);
         this.markReceived(i);
       }
       return;
@@ -221,14 +244,13 @@ export class RamHandler implements MigrationHandler {
           break;
         case 'page': {
           const i = this.pageIndex(rec.offset);
-          this.memory.page(i).set(rec.data);
+          this.writePage(i, rec.data);
           this.markReceived(i);
           break;
         }
         case 'zero': {
           const i = this.pageIndex(rec.offset);
-          // Writing fresh memory faults it in; a zero page that already reads as zeroes is left alone.
-          if (rec.fill !== 0 || !this.memory.isZeroPage(i)) this.memory.page(i).fill(rec.fill);
+          this.fillPage(i, rec.fill);
           this.markReceived(i);
           break;
         }
@@ -238,17 +260,48 @@ export class RamHandler implements MigrationHandler {
     }
   }
 
+  private writePage(i: number, data: Uint8Array): void {
+    this.memory.page(i).set(data);
+    this.written![i] = 1;
+  }
+
   /**
-   * Fresh destination memory costs a page fault per page on first write; populating it in large runs
-   * (MADV_POPULATE_WRITE) ahead of the bulk pass, which arrives in page order, costs much less. Later
-   * passes land on pages already there.
+   * A page filled with one byte. A zero page is left alone where it already reads as zeroes: never
+   * written into fresh memory (no read, no write, no page allocated), or found zero by a scan. A page
+   * written earlier in the load (say, non-zero in the bulk pass and zeroed since) is zeroed.
    */
-  private prefaultAhead(page: number): void {
-    if (page + PREFAULT_AHEAD / 2 < this.prefaultedTo || this.prefaultedTo >= this.memory.pages) return;
-    const from = Math.max(this.prefaultedTo, page);
-    const to = Math.min(this.memory.pages, page + PREFAULT_AHEAD);
-    if (to > from) this.memory.prefault(from, to - from, { touch: false });
-    this.prefaultedTo = to;
+  private fillPage(i: number, fill: number): void {
+    if (fill === 0) {
+      if (this.fresh && this.written![i] === 0) return;
+      if (this.memory.isZeroPage(i)) return;
+    }
+    this.memory.page(i).fill(fill);
+    // A zeroed page stays marked: it is allocated now, and cheaper to fill again than to scan.
+    this.written![i] = 1;
+  }
+
+  /**
+   * Fresh destination memory costs a page fault per page on first write; populating it in one call
+   * (MADV_POPULATE_WRITE) costs much less. Done for the span a scanned section's data pages cover when
+   * they are dense in it (PREFAULT_DENSITY) and lie past what was populated (the bulk pass arrives in
+   * page order); a run of zero pages is never populated. Later passes land on pages already there.
+   */
+  private prefaultData(): void {
+    const { offsets, data, count } = this.scan;
+    let lo = Number.POSITIVE_INFINITY;
+    let hi = -1;
+    let pages = 0;
+    for (let r = 0; r < count; r++) {
+      if (data[r]! < 0) continue;
+      const i = offsets[r]! / PAGE;
+      if (i < lo) lo = i;
+      if (i > hi) hi = i;
+      pages++;
+    }
+    const from = Math.max(lo, this.prefaultedTo);
+    if (pages === 0 || hi < from || pages < (hi - lo + 1) * PREFAULT_DENSITY) return;
+    this.memory.prefault(from, hi + 1 - from, { touch: false });
+    this.prefaultedTo = hi + 1;
   }
 
   async loadComplete(): Promise<void> {

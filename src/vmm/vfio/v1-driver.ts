@@ -40,6 +40,8 @@ export class V1MigrationDriver implements VfioMigrationDriver {
   precopyRounds = 0;
   lost: string | undefined;
   private logging = false;
+  /** Trapped chunks are read into this buffer, reused from chunk to chunk. */
+  private chunkBuffer = new Uint8Array(0);
   private readonly size: bigint;
   private readonly index: number;
 
@@ -177,7 +179,9 @@ export class V1MigrationDriver implements VfioMigrationDriver {
 
   /**
    * One buffer (vfio_save_buffer): data_offset makes the device prepare it, data_size says how much, then
-   * the bytes in one access when they fit a message. The next pending_bytes read releases it.
+   * the bytes, received straight into a buffer reused from chunk to chunk (a DeviceDataSink's view is
+   * valid until it settles), in pieces of at most a message with several REGION_READs in flight. The next
+   * pending_bytes read releases it.
    */
   private async nextChunk(): Promise<Uint8Array> {
     const offset = await this.read('data_offset');
@@ -189,7 +193,11 @@ export class V1MigrationDriver implements VfioMigrationDriver {
       );
     }
     if (size === 0n) return new Uint8Array(0);
-    return this.client.regionRead(this.index, offset, Number(size));
+    const n = Number(size);
+    if (this.chunkBuffer.byteLength < n) this.chunkBuffer = new Uint8Array(n);
+    const dest = this.chunkBuffer.subarray(0, n);
+    await this.client.regionReadInto(this.index, offset, dest);
+    return dest;
   }
 
   /** save_live_iterate: buffers while pending_bytes > 0, up to about `budget` bytes. */

@@ -1,0 +1,15 @@
+/* Zero-page detection for the RAM saver (zero.c). Registered by addon.c. */
+#ifndef VFIO_NATIVE_ZERO_H
+#define VFIO_NATIVE_ZERO_H
+
+#include <node_api.h>
+
+/* isZero(data: Uint8Array): boolean */
+napi_value vn_is_zero(napi_env env, napi_callback_info info);
+/* zeroPages(data: Uint8Array, mask: number): number (the mask's pages that are all zero) */
+napi_value vn_zero_pages(napi_env env, napi_callback_info info);
+
+/* holePages(fd, offset, mask, extent: Float64Array): number (the mask's pages in holes of fd) */
+napi_value vn_hole_pages(napi_env env, napi_callback_info info);
+
+#endif
