@@ -10,7 +10,8 @@ import { QmpClient } from '../vmm/qmp/client.ts';
 
 const BIN = new URL('../../bin/vfio-migrate.js', import.meta.url).pathname;
 
-export interface HostOptions {
+/** One device server of a host and how its VMM attaches it. */
+export interface DeviceOptions {
   /** A sample device name for `vfio-migrate serve --device`. */
   device: string;
   deviceArgs?: string[];
@@ -21,6 +22,15 @@ export interface HostOptions {
   deviceCommand?: (socket: string) => string[];
   /** Properties appended to the VMM's --device-socket value, e.g. `precopy=off`. */
   deviceProps?: string;
+}
+
+export interface HostOptions extends DeviceOptions {
+  /**
+   * Several device servers on this host, each its own process and socket, attached to the VMM in this
+   * order (0000:00:05.0, 0000:00:06.0, …), as QEMU takes several -device vfio-user-pci. When given, it
+   * replaces the single device of the fields above.
+   */
+  devices?: DeviceOptions[];
   vmmArgs?: string[];
 }
 
@@ -55,7 +65,8 @@ export interface LocalPair {
   dst: QmpClient;
   /** The destination's migration address, for `migrate`. */
   uri: string;
-  procs: Record<'srcDevice' | 'dstDevice' | 'srcVmm' | 'dstVmm', Proc>;
+  /** srcDevice and dstDevice are each host's first device server; srcDevices and dstDevices, all of them. */
+  procs: Record<'srcDevice' | 'dstDevice' | 'srcVmm' | 'dstVmm', Proc> & Record<'srcDevices' | 'dstDevices', Proc[]>;
   /**
    * Replaces the destination host with a fresh one (a new device server and a new VMM waiting with
    * `--incoming`, on new sockets), for a retry after a failed attempt: the old destination's processes
@@ -114,13 +125,13 @@ function vfioMigrate(...args: string[]): string[] {
   return [process.execPath, BIN, ...args];
 }
 
-function deviceCommand(h: HostOptions, socket: string): string[] {
+function deviceCommand(h: DeviceOptions, socket: string): string[] {
   if (h.deviceCommand) return h.deviceCommand(socket);
   return vfioMigrate('serve', '--device', h.device, '--socket', socket, '--quiet', ...(h.deviceArgs ?? []));
 }
 
 /** The VMM's --device-socket value: the path (commas doubled, QEMU style) and any properties. */
-function deviceSocketArg(h: HostOptions, socket: string): string {
+function deviceSocketArg(h: DeviceOptions, socket: string): string {
   const path = socket.replaceAll(',', ',,');
   return h.deviceProps ? `${path},${h.deviceProps}` : path;
 }
@@ -135,8 +146,45 @@ async function stopProcess(p: Proc | undefined): Promise<void> {
   clearTimeout(t);
 }
 
+/** The host's devices: the list when given, else the single device of the host's own fields. */
+function hostDevices(h: HostOptions): DeviceOptions[] {
+  return h.devices && h.devices.length > 0 ? h.devices : [h];
+}
+
+/** The first device keeps the socket name it always had; the others are numbered after it. */
+function deviceSocketName(prefix: string, i: number, tag: string): string {
+  return `${prefix}-dev${i === 0 ? '' : `${i}`}${tag}.sock`;
+}
+
+/** Starts a host's device servers (in parallel); returns them in attach order with the VMM's arguments. */
+async function startDevices(
+  role: string,
+  h: HostOptions,
+  socket: (i: number) => string,
+  wrap: string[],
+  o: LocalPairOptions,
+  spawned: Proc[],
+): Promise<{ devices: Proc[]; args: string[] }> {
+  const list = hostDevices(h);
+  const devices = await Promise.all(
+    list.map((d, i) =>
+      startProcess(
+        i === 0 ? role : `${role}${i}`,
+        deviceCommand(d, socket(i)),
+        /serving/,
+        wrap,
+        o.log,
+        o.startTimeoutMs,
+        spawned,
+      ),
+    ),
+  );
+  return { devices, args: list.flatMap((d, i) => ['--device-socket', deviceSocketArg(d, socket(i))]) };
+}
+
 interface DestinationHost {
   device: Proc;
+  devices: Proc[];
   vmm: Proc & { match: RegExpExecArray };
 }
 
@@ -150,21 +198,19 @@ async function startDestination(
   spawned: Proc[],
 ): Promise<DestinationHost> {
   const listen = o.listen ?? '127.0.0.1:0';
-  const device = await startProcess(
+  const { devices, args } = await startDevices(
     'dst-device',
-    deviceCommand(h, path(`dst-dev${tag}.sock`)),
-    /serving/,
+    h,
+    (i) => path(deviceSocketName('dst', i, tag)),
     o.destinationWrap ?? [],
-    o.log,
-    o.startTimeoutMs,
+    o,
     spawned,
   );
   const vmm = await startProcess(
     'dst-vmm',
     vfioMigrate(
       'vmm',
-      '--device-socket',
-      deviceSocketArg(h, path(`dst-dev${tag}.sock`)),
+      ...args,
       '--qmp',
       path(`dst${tag}.qmp`),
       '--mem',
@@ -180,7 +226,7 @@ async function startDestination(
     o.startTimeoutMs,
     spawned,
   );
-  return { device, vmm };
+  return { device: devices[0]!, devices, vmm };
 }
 
 export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
@@ -194,28 +240,19 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
   try {
     const [srcVmm, dst] = await Promise.all([
       (async () => {
-        const srcDevice = await startProcess(
+        const { devices, args } = await startDevices(
           'src-device',
-          deviceCommand(o.source, path('src-dev.sock')),
-          /serving/,
+          o.source,
+          (i) => path(deviceSocketName('src', i, '')),
           o.sourceWrap ?? [],
-          o.log,
-          o.startTimeoutMs,
+          o,
           all,
         );
-        procs.srcDevice = srcDevice;
+        procs.srcDevice = devices[0]!;
+        procs.srcDevices = devices;
         const vmm = await startProcess(
           'src-vmm',
-          vfioMigrate(
-            'vmm',
-            '--device-socket',
-            deviceSocketArg(o.source, path('src-dev.sock')),
-            '--qmp',
-            path('src.qmp'),
-            '--mem',
-            o.memSize,
-            ...(o.source.vmmArgs ?? []),
-          ),
+          vfioMigrate('vmm', ...args, '--qmp', path('src.qmp'), '--mem', o.memSize, ...(o.source.vmmArgs ?? [])),
           /vmm ready/,
           o.sourceWrap ?? [],
           o.log,
@@ -228,6 +265,7 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
     ]);
     procs.srcVmm = srcVmm;
     procs.dstDevice = dst.device;
+    procs.dstDevices = dst.devices;
     procs.dstVmm = dst.vmm;
     const [src, dstQmp] = await Promise.all([QmpClient.connect(path('src.qmp')), QmpClient.connect(path('dst.qmp'))]);
     let generation = 0;
@@ -243,15 +281,18 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
           // Asked for a different host than the one prepared: that one goes.
           const stale = prepared;
           prepared = null;
-          void stale.then(({ host: d }) => Promise.all([stopProcess(d.vmm), stopProcess(d.device)])).catch(() => {});
+          void stale
+            .then(({ host: d }) => Promise.all([stopProcess(d.vmm), ...d.devices.map((p) => stopProcess(p))]))
+            .catch(() => {});
         }
         if (!prepared) pair.prepareDestination(overrides);
         const next = prepared!;
         prepared = null;
         const { host: h, tag } = await next;
         pair.dst.close();
-        await Promise.all([stopProcess(pair.procs.dstVmm), stopProcess(pair.procs.dstDevice)]);
+        await Promise.all([stopProcess(pair.procs.dstVmm), ...pair.procs.dstDevices.map((p) => stopProcess(p))]);
         pair.procs.dstDevice = h.device;
+        pair.procs.dstDevices = h.devices;
         pair.procs.dstVmm = h.vmm;
         pair.dst = await QmpClient.connect(path(`dst${tag}.qmp`));
         pair.uri = o.incoming ?? `tcp:${host}:${h.vmm.match[1]}`;
