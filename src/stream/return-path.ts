@@ -23,6 +23,11 @@ export const ReturnPathType = {
   GO: 2,
   /** destination → source: the load failed; text says why */
   ERROR: 3,
+  /**
+   * destination → source, during pre-copy: every device that asked for it has loaded its initial data,
+   * the source may switch over (QEMU's MIG_RP_MSG_SWITCHOVER_ACK, with the switchover-ack capability)
+   */
+  SWITCHOVER_ACK: 4,
 } as const;
 
 export type ReturnPathTypeValue = (typeof ReturnPathType)[keyof typeof ReturnPathType];
@@ -71,7 +76,7 @@ export class ReturnPathDecoder {
       for (let head = this.q.peek(HEADER); head; head = this.q.peek(HEADER)) {
         if (head[0] !== MAGIC0 || head[1] !== MAGIC1) throw protocolError('return path: bad magic');
         const type = head[2]!;
-        if (type < ReturnPathType.READY || type > ReturnPathType.ERROR)
+        if (type < ReturnPathType.READY || type > ReturnPathType.SWITCHOVER_ACK)
           throw protocolError(`return path: unknown message type ${type}`);
         const len = new DataView(head.buffer, head.byteOffset + 3, 4).getUint32(0, false);
         if (len > RETURN_PATH_MAX_TEXT * 4) throw protocolError(`return path: message of ${len} bytes is too long`);

@@ -3,6 +3,7 @@
 // commands (QEMU's prefix for unstable ones) that tests and the demo use to prove two VMs equal.
 
 import { VfioError } from '../errors.ts';
+import { CAPABILITY_NAMES, type CapabilityName } from './migration/capabilities.ts';
 import { MigrationError } from './migration/errors.ts';
 import type { QmpCommand, QmpVmmBackend } from './qmp/commands.ts';
 import { QmpError } from './qmp/protocol.ts';
@@ -48,6 +49,11 @@ export function vmmBackend(vmm: Vmm, quit: () => void): QmpVmmBackend {
       'max-bandwidth': m.parameters.maxBandwidth,
       'avail-switchover-bandwidth': m.parameters.availSwitchoverBandwidth,
     }),
+    capabilityNames: CAPABILITY_NAMES,
+    setMigrationCapabilities: (changes) =>
+      mapped(() => m.setCapabilities(changes as { capability: CapabilityName; state: boolean }[])),
+    queryMigrationCapabilities: () =>
+      CAPABILITY_NAMES.map((capability) => ({ capability, state: m.capabilities[capability] })),
     queryStatus: () => ({ running: vmm.runState.running, status: vmm.runState.state }),
     stop: () => mapped(() => vmm.stop()),
     cont: () =>

@@ -8,6 +8,12 @@ import type { GuestDirtyBitmap } from '../guest/dirty-bitmap.ts';
 import type { MigrationInfo } from '../qmp/commands.ts';
 import type { RunState } from '../run-state.ts';
 import type { VfioMigrationDriver } from '../vfio/driver.ts';
+import {
+  type CapabilityName,
+  DEFAULT_CAPABILITIES,
+  type MigrationCapabilities,
+  withCapabilities,
+} from './capabilities.ts';
 import { SwitchoverEstimator } from './convergence.ts';
 import { errnoOf, MigrationCancelled, MigrationError, reasonOf } from './errors.ts';
 import type { MigrationHandler } from './handler.ts';
@@ -42,6 +48,7 @@ export type { MigrationInfo };
 export class MigrationController {
   status: MigrationStatus = 'none';
   readonly parameters: MigrationParameters = { ...DEFAULT_PARAMETERS };
+  capabilities: MigrationCapabilities = { ...DEFAULT_CAPABILITIES };
   private abort: AbortController | null = null;
   private started = 0;
   private totalMs = 0;
@@ -89,12 +96,31 @@ export class MigrationController {
     Object.assign(this.parameters, p);
   }
 
+  /**
+   * migrate-set-capabilities: refused while a migration runs, as in QEMU, except on a destination still
+   * waiting for its source (QEMU's -incoming: capabilities are set there before the source connects).
+   */
+  setCapabilities(changes: readonly { capability: CapabilityName; state: boolean }[]): void {
+    if (statusIsActive(this.status) && !this.listener)
+      throw new MigrationError(Errno.EBUSY, "There's a migration process in progress");
+    this.capabilities = withCapabilities(this.capabilities, changes);
+  }
+
+  /** Every device's handler learns whether switchover-ack is on for the migration starting now. */
+  private applySwitchoverAck(): boolean {
+    const on = this.capabilities['switchover-ack'];
+    for (const { handler } of this.d.devices) if ('switchoverAck' in handler) handler.switchoverAck = on;
+    return on;
+  }
+
   /** Starts an outgoing migration and returns at once (QMP's `migrate`); progress via query-migrate. */
   migrate(uriText: string): void {
     if (statusIsActive(this.status)) throw new MigrationError(Errno.EBUSY, "There's a migration process in progress");
     if (this.d.runState.state === 'inmigrate')
       throw new MigrationError(Errno.EBUSY, 'this VM is waiting for an incoming migration');
     const uri = parseMigrationUri(uriText);
+    if (uri.kind === 'file' && this.capabilities['switchover-ack'])
+      throw new MigrationError(Errno.EINVAL, 'switchover-ack needs a return path, which a file: migration has not');
     this.abort = new AbortController();
     this.started = performance.now();
     this.errorDesc = undefined;
@@ -129,9 +155,13 @@ export class MigrationController {
         signal,
       });
       if (signal.aborted) throw new MigrationCancelled();
+      const switchoverAck = this.applySwitchoverAck();
       const result = await runOutgoing({
         handlers,
         transport,
+        switchoverAck,
+        onAwaitingAck: () => this.d.log('switchover-ack: converged; pre-copy goes on until the destination acks'),
+        onSwitchoverAck: () => this.d.log('switchover-ack: the destination approved the switch-over'),
         parameters: () => this.parameters,
         handshake: uri.kind === 'tcp',
         // A destination that does not answer READY within the stall timeout is as dead as a stalled link.
@@ -263,10 +293,14 @@ export class MigrationController {
         connection = fileConnection(uri.path);
       }
       this.setStatus('active');
+      this.listener = null;
+      const switchoverAck = this.applySwitchoverAck();
       await runIncoming({
         handlers,
         connection,
         handshake: uri.kind === 'tcp',
+        switchoverAck,
+        onSwitchoverAck: () => this.d.log('switchover-ack: sent (every device that needs it has its initial data)'),
         stallTimeoutMs: uri.kind === 'tcp' ? (this.d.stallTimeoutMs ?? 10_000) : undefined,
         autostart,
         onSection: (idstr, bytes) => {

@@ -35,6 +35,12 @@ export interface MigrationHandler {
   /** After the migration, whatever its outcome. */
   saveCleanup?(): Promise<void>;
 
+  // ---- switchover-ack (QEMU 8.1's capability), on both sides ----
+  /** Whether the destination must see this handler's initial data loaded before the switch-over. */
+  switchoverAckNeeded?(): boolean;
+  /** Destination: this handler's initial data is loaded (its INIT_DATA_SENT arrived). */
+  switchoverApproved?(): boolean;
+
   // ---- destination ----
   loadSetup(): Promise<void>;
   /** One verified section of this handler, in stream order. */

@@ -113,6 +113,12 @@ export interface IncomingOptions {
   stallTimeoutMs?: number;
   maxSectionBytes?: number;
   onSection?: (idstr: string, bytes: number) => void;
+  /**
+   * The switchover-ack capability (QEMU 8.1): SWITCHOVER_ACK goes to the source once every handler that
+   * needs it has loaded its initial data (at once when none does), as QEMU's qemu_loadvm_approve_switchover.
+   */
+  switchoverAck?: boolean;
+  onSwitchoverAck?: () => void;
 }
 
 export interface IncomingResult {
@@ -167,8 +173,18 @@ export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
   let bytes = 0;
   let sections = 0;
   let rest: Uint8Array | null = null;
+  // Handlers whose approval the switch-over still waits for (empty once the ack went out).
+  const awaiting = new Set(o.switchoverAck && o.handshake ? o.handlers.filter((h) => h.switchoverAckNeeded?.()) : []);
+  let acked = !(o.switchoverAck && o.handshake);
+  const approve = async () => {
+    if (acked || awaiting.size > 0) return;
+    acked = true;
+    await o.connection.send({ type: ReturnPathType.SWITCHOVER_ACK, text: '' });
+    o.onSwitchoverAck?.();
+  };
   try {
     for (const h of o.handlers) await h.loadSetup();
+    await approve();
     while (!decoder.ended) {
       const chunk = await nextChunk(
         o.connection.chunks,
@@ -200,6 +216,10 @@ export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
         if (!h) throw new MigrationError(Errno.EINVAL, `section id ${s.sectionId} was never started`);
         await loadNamed(h, s);
         o.onSection?.(h.idstr, s.payload.byteLength);
+        if (awaiting.has(h) && h.switchoverApproved?.()) {
+          awaiting.delete(h);
+          await approve();
+        }
       }
       rest = decoder.ended ? decoder.takeRemainder() : null;
     }

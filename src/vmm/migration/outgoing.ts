@@ -90,6 +90,15 @@ export interface OutgoingOptions {
   onPass?: (pass: number) => void;
   /** Fixed switch-over costs as measured so far (kept by the caller across migrations); a fresh one if absent. */
   estimator?: SwitchoverEstimator;
+  /**
+   * The switchover-ack capability (QEMU 8.1): however small the pending data, the VM does not stop before
+   * the destination's SWITCHOVER_ACK arrived on the return path (transport.switchoverAcked).
+   */
+  switchoverAck?: boolean;
+  /** Called once, when convergence alone would switch over but the destination has not acked yet. */
+  onAwaitingAck?: () => void;
+  /** Called once, when the pass loop first sees the destination's ack. */
+  onSwitchoverAck?: () => void;
 }
 
 export interface OutgoingResult {
@@ -189,6 +198,8 @@ export async function runOutgoing(o: OutgoingOptions): Promise<OutgoingResult> {
   let iterations = 0;
   let converged = false;
   let expectedMs: number | undefined;
+  let ackSeen = false;
+  let awaitingAck = false;
   for (;;) {
     check();
     estimator.noteSync(await logSync());
@@ -196,10 +207,23 @@ export async function runOutgoing(o: OutgoingOptions): Promise<OutgoingResult> {
     const pending = await pendingWork();
     progress('active', iterations, pending);
     const input = downtimeInput(pending);
+    if (o.switchoverAck && !ackSeen && o.transport.switchoverAcked) {
+      ackSeen = true;
+      o.onSwitchoverAck?.();
+    }
     if (iterations > 0 && canSwitchOver(input)) {
-      expectedMs = expectedDowntimeMs(input);
-      converged = true;
-      break;
+      if (!o.switchoverAck || ackSeen) {
+        expectedMs = expectedDowntimeMs(input);
+        converged = true;
+        break;
+      }
+      // QEMU's migration_can_switchover: pre-copy goes on until the destination approves.
+      if (!awaitingAck) {
+        awaitingAck = true;
+        o.onAwaitingAck?.();
+      }
+      // Nothing else holds the switch-over: a short pause rather than back-to-back empty passes.
+      await new Promise((r) => setTimeout(r, ACK_POLL_MS));
     }
     // One pass: every handler sends what it has (in bounded calls), so the next check sees a fresh sync.
     for (const [i, h] of o.handlers.entries()) {
@@ -308,6 +332,9 @@ export async function runOutgoing(o: OutgoingOptions): Promise<OutgoingResult> {
     afterCommitError,
   };
 }
+
+/** Pause between passes while only the destination's switchover-ack is awaited. */
+const ACK_POLL_MS = 20;
 
 /** Iterate steps that moved at least this much measure a handler's rate. */
 const RATE_MIN_BYTES = 256 << 10;

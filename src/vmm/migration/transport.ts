@@ -45,6 +45,8 @@ export interface OutgoingStream {
   nextMessage(timeoutMs: number): Promise<ReturnPathMessage>;
   /** Sends a return-path-style message to the peer (the source's GO). */
   sendMessage(m: ReturnPathMessage): Promise<void>;
+  /** The destination sent SWITCHOVER_ACK (kept out of nextMessage's queue: it may come at any time). */
+  readonly switchoverAcked?: boolean;
   /** Flushes and closes. */
   end(): Promise<void>;
   /** Tears down at once (cancel, failure). */
@@ -106,6 +108,7 @@ class TcpOutgoing implements OutgoingStream {
   /** The destination said ERROR on the return path. */
   private refusal: MigrationError | null = null;
   private readonly limiter: RateLimiter;
+  switchoverAcked = false;
 
   constructor(
     private readonly socket: Socket,
@@ -115,6 +118,10 @@ class TcpOutgoing implements OutgoingStream {
     socket.on('data', (d: Buffer) => {
       try {
         for (const m of this.decoder.push(d)) {
+          if (m.type === ReturnPathType.SWITCHOVER_ACK) {
+            this.switchoverAcked = true;
+            continue;
+          }
           this.inbox.push(m);
           // The destination's reason, if it gives up mid-stream: every later failure of this link
           // reports it rather than the reset that follows.

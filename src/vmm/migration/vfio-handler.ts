@@ -16,6 +16,7 @@ import {
   vfioConfigPayload,
   vfioDataPayload,
   vfioEndPayload,
+  vfioInitDataSentPayload,
   vfioSetupPayload,
 } from '../../stream/vfio.ts';
 import type { VfioMigrationDriver } from '../vfio/driver.ts';
@@ -32,12 +33,17 @@ export class VfioHandler implements MigrationHandler {
   readonly instanceId = 0;
   readonly versionId = 1;
   private configLoaded = false;
+  /** The switchover-ack capability, for this migration (set by the controller on both sides). */
+  switchoverAck = false;
+  /** Source: INIT_DATA_SENT went out. Destination: it came in. */
+  private initDataSent = false;
 
   constructor(readonly driver: VfioMigrationDriver) {
     this.idstr = `${driver.name}/vfio`;
   }
 
   async saveSetup(): Promise<Uint8Array[]> {
+    this.initDataSent = false;
     await this.driver.saveSetup();
     return vfioSetupPayload(this.driver.flavor);
   }
@@ -54,7 +60,22 @@ export class VfioHandler implements MigrationHandler {
   async saveIterate(out: SectionWriter, budget: number): Promise<boolean> {
     const moved = await this.driver.saveIterate(budget, (chunk) => out.part(vfioDataPayload(chunk)));
     if (moved === 0 && this.driver.flavor === 'v1') await out.part(vfioDataPayload(new Uint8Array(0)));
+    // QEMU's vfio_save_iterate ends the pass's payload with INIT_DATA_SENT instead of END_OF_STATE, once,
+    // when the initial data is all out; each of our data chunks is already its own PART, so this one
+    // carries the tag alone.
+    if (this.switchoverAckNeeded() && this.driver.initialDataSent && !this.initDataSent) {
+      this.initDataSent = true;
+      await out.part(vfioInitDataSentPayload());
+    }
     return true;
+  }
+
+  switchoverAckNeeded(): boolean {
+    return this.switchoverAck && this.driver.switchoverAckNeeded === true;
+  }
+
+  switchoverApproved(): boolean {
+    return this.initDataSent;
   }
 
   async saveComplete(out: SectionWriter): Promise<Uint8Array[]> {
@@ -87,6 +108,7 @@ export class VfioHandler implements MigrationHandler {
   }
 
   async loadSetup(): Promise<void> {
+    this.initDataSent = false;
     await this.driver.loadSetup();
   }
 
@@ -98,6 +120,15 @@ export class VfioHandler implements MigrationHandler {
       else if (rec.kind === 'config') {
         await this.driver.loadConfig(rec.data);
         this.configLoaded = true;
+      } else if (rec.kind === 'init-data-sent') {
+        // As QEMU's vfio_load_state: only a device that uses pre-copy, with the capability on, approves.
+        if (!this.switchoverAckNeeded())
+          throw new VfioError(
+            Errno.EINVAL,
+            `${this.idstr}: INIT_DATA_SENT received, but switchover-ack is not in use for this device ` +
+              `(${this.switchoverAck ? 'it has no pre-copy' : 'the capability is off here: set it with migrate-set-capabilities on both sides'})`,
+          );
+        this.initDataSent = true;
       }
     }
   }

@@ -155,6 +155,14 @@ export interface QmpVmmBackend {
   setMigrationParameters(p: MigrateSetParameters): MaybePromise<void>;
   /** `query-migrate-parameters`. */
   queryMigrationParameters(): MaybePromise<MigrationParameters>;
+  /**
+   * `migrate-set-capabilities`, names checked against `capabilityNames`; the backend makes QEMU's checks
+   * between capabilities. Leave both out and the commands do not exist.
+   */
+  setMigrationCapabilities?(changes: { capability: string; state: boolean }[]): MaybePromise<void>;
+  /** `query-migrate-capabilities`: every capability this VMM knows, with its state. */
+  queryMigrationCapabilities?(): MaybePromise<{ capability: string; state: boolean }[]>;
+  capabilityNames?: readonly string[];
   /** `query-status` (the server adds `singlestep: false`). */
   queryStatus(): MaybePromise<{ running: boolean; status: RunState }>;
   /** `stop`: pause the vCPUs (QEMU emits STOP; the VMM's run state does, through server.emit). */
@@ -206,6 +214,25 @@ export const MIGRATE_SET_PARAMETERS_ARGS: ArgsSchema = {
 };
 
 const generic = (desc: string) => new QmpError('GenericError', desc);
+
+/** migrate-set-capabilities' list of MigrationCapabilityStatus, checked member by member as QAPI does. */
+function checkedCapabilities(list: unknown[], names: readonly string[]): { capability: string; state: boolean }[] {
+  return list.map((item, i) => {
+    const at = `capabilities[${i}]`;
+    if (typeof item !== 'object' || item === null || Array.isArray(item))
+      throw generic(`Invalid parameter type for '${at}', expected: object`);
+    const o = item as Record<string, unknown>;
+    if (!('capability' in o)) throw generic(`Parameter '${at}.capability' is missing`);
+    if (typeof o.capability !== 'string')
+      throw generic(`Invalid parameter type for '${at}.capability', expected: string`);
+    if (!names.includes(o.capability)) throw generic(`Parameter 'capability' does not accept value '${o.capability}'`);
+    if (!('state' in o)) throw generic(`Parameter '${at}.state' is missing`);
+    if (typeof o.state !== 'boolean') throw generic(`Invalid parameter type for '${at}.state', expected: boolean`);
+    for (const k of Object.keys(o))
+      if (k !== 'capability' && k !== 'state') throw generic(`Parameter '${at}.${k}' is unexpected`);
+    return { capability: o.capability, state: o.state };
+  });
+}
 
 const NOT_OFFERED = new Set(['unix', 'exec', 'fd', 'rdma', 'vsock']);
 
@@ -405,6 +432,19 @@ export function vmmCommands(backend: QmpVmmBackend): Record<string, QmpCommand> 
       },
     },
   };
+  if (backend.setMigrationCapabilities && backend.queryMigrationCapabilities && backend.capabilityNames) {
+    const set = backend.setMigrationCapabilities.bind(backend);
+    const query = backend.queryMigrationCapabilities.bind(backend);
+    const names = backend.capabilityNames;
+    commands['migrate-set-capabilities'] = {
+      args: { capabilities: { type: { array: 'any' } } },
+      run: async (a) => {
+        await set(checkedCapabilities(a.capabilities as unknown[], names));
+        return {};
+      },
+    };
+    commands['query-migrate-capabilities'] = { args: {}, run: async () => query() };
+  }
   if (backend.migrateIncoming) {
     const incoming = backend.migrateIncoming.bind(backend);
     commands['migrate-incoming'] = {

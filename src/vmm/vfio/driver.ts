@@ -30,6 +30,13 @@ export interface VfioMigrationDriver {
   readonly precopyRounds: number;
   /** Why the device server hung up on its own (crashed, killed): the device and its state are gone. */
   readonly lost: string | undefined;
+  /**
+   * The device has pre-copy data whose load the destination acknowledges before the switch-over, with the
+   * switchover-ack capability (QEMU's switchover_ack_needed: a v2 device using PRE_COPY). Absent: never.
+   */
+  readonly switchoverAckNeeded?: boolean;
+  /** Source, pre-copy: the device's initial data has all been read in this migration. */
+  readonly initialDataSent?: boolean;
 
   /** The device's migration state as its flavor numbers it (device_state, or v2's MIG_DEVICE_STATE). */
   deviceState(): Promise<number>;

@@ -53,6 +53,12 @@ export class V2MigrationDriver implements VfioMigrationDriver {
   private readonly precopy: boolean;
   /** A short MIG_DATA_READ in PRE_COPY said nothing more is ready now. */
   private precopyIdle = false;
+  /**
+   * The first short MIG_DATA_READ in PRE_COPY: the initial data is all read. The kernel counts initial
+   * bytes (VFIO_MIG_GET_PRECOPY_INFO); vfio-user has no such query, so the first "nothing more now" is
+   * the only sign the VMM gets.
+   */
+  initialDataSent = false;
   private logging = false;
   /** Config space read as the VM stopped: a device in STOP_COPY refuses region accesses (libvfio-user). */
   private stoppedConfig: Uint8Array | undefined;
@@ -83,6 +89,11 @@ export class V2MigrationDriver implements VfioMigrationDriver {
     const state = await named(name, getState(client), 'reading MIG_DEVICE_STATE: ');
     (options.trace ?? noTrace).event('vfio_migration_realize', { name, flags, state: migStateName(state) });
     return new V2MigrationDriver(name, client, flags, state, options);
+  }
+
+  /** QEMU's vfio_switchover_ack_needed: the device's pre-copy is in use. */
+  get switchoverAckNeeded(): boolean {
+    return this.precopy;
   }
 
   async deviceState(): Promise<number> {
@@ -198,6 +209,7 @@ export class V2MigrationDriver implements VfioMigrationDriver {
     this.trace.event('vfio_save_setup', { name: this.name, precopy: this.precopy });
     this.resetCounters();
     this.precopyIdle = false;
+    this.initialDataSent = false;
     await this.startLogging();
     if (this.precopy && this.state === MigState.RUNNING) await this.setState(MigState.PRE_COPY, MigState.RUNNING);
   }
@@ -251,6 +263,7 @@ export class V2MigrationDriver implements VfioMigrationDriver {
         const want = this.readSize();
         const chunk = await this.client.migDataRead(want);
         this.precopyIdle = chunk.byteLength < want;
+        if (this.precopyIdle) this.initialDataSent = true;
         if (chunk.byteLength > 0) {
           this.chunks++;
           await sink(chunk);
