@@ -6,7 +6,7 @@
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startLocalPair, waitForMigration } from '../harness/local-hosts.ts';
+import { type DeviceOptions, startLocalPair, waitForMigration } from '../harness/local-hosts.ts';
 import type { Verification } from '../report/report-data.ts';
 import { differingPages } from '../vmm/guest/guest-memory.ts';
 import { type DeviceDigest, deviceMismatches } from './device-verdict.ts';
@@ -63,15 +63,25 @@ export interface DemoResult {
 export async function runDemo(o: DemoOptions): Promise<number> {
   // Under --json stdout carries the one JSON object only; the story goes to stderr.
   const say = o.json ? (line: string) => process.stderr.write(`${line}\n`) : (line: string) => console.log(line);
-  const deviceArgs = [
+  const mixed = o.flavor === 'mixed';
+  const argsFor = (flavor: string, device: string) => [
     '--flavor',
-    o.flavor,
+    flavor,
     '--data-section',
     o.dataSection,
-    ...(o.device === 'large-memory' ? ['--device-mem', String(o.deviceMem), '--work-rate', String(o.deviceRate)] : []),
+    ...(device === 'large-memory' ? ['--device-mem', String(o.deviceMem), '--work-rate', String(o.deviceRate)] : []),
   ];
-  // The flavor is forced on the VMMs too, so that a fallback cannot pass for the flavor asked for.
-  const vmmArgs = ['--dirty-rate', String(o.dirtyRate), '--flavor', o.flavor];
+  const deviceArgs = argsFor(o.flavor, o.device);
+  // Mixed: one device per flavor in one VM, each VMM choosing every device's flavor from what it offers.
+  const devices: DeviceOptions[] | undefined = mixed
+    ? [
+        { device: o.device, deviceArgs: argsFor('seed', o.device) },
+        { device: 'register-file', deviceArgs: argsFor('v1', 'register-file') },
+        { device: o.device, deviceArgs: argsFor('v2', o.device) },
+      ]
+    : undefined;
+  // A single flavor is forced on the VMMs too, so that a fallback cannot pass for the flavor asked for.
+  const vmmArgs = ['--dirty-rate', String(o.dirtyRate), '--flavor', mixed ? 'auto' : o.flavor];
   // The recording lives outside the pair's directory: it is read once the source VMM has exited.
   const recordDir = o.report ? mkdtempSync(join(tmpdir(), 'vfio-migrate-record-')) : undefined;
   const recording = recordDir ? join(recordDir, 'source.jsonl') : undefined;
@@ -93,9 +103,9 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     checks: verification.checks,
   };
   say(
-    `vfio-migrate demo: a ${bytes(o.mem)} guest writing ${o.dirtyRate} pages/s, with a ${o.device} device` +
+    `vfio-migrate demo: a ${bytes(o.mem)} guest writing ${o.dirtyRate} pages/s, with ${mixed ? `three devices (seed ${o.device}, v1 register-file, v2 ${o.device})` : `a ${o.device} device`}` +
       `${o.device === 'large-memory' ? ` (${bytes(o.deviceMem)}, ${o.deviceRate} writes/s, each also a DMA write into the guest)` : ''}` +
-      `, migrating live over loopback TCP (flavor ${o.flavor}, ${o.dataSection} data section)`,
+      `, migrating live over loopback TCP (${mixed ? 'mixed flavors' : `flavor ${o.flavor}`}, ${o.dataSection} data section)`,
   );
   const t0 = performance.now();
   const pair = await startLocalPair({
@@ -104,15 +114,16 @@ export async function runDemo(o: DemoOptions): Promise<number> {
     source: {
       device: o.device,
       deviceArgs,
+      devices,
       vmmArgs: [...vmmArgs, ...(recording ? ['--record', recording] : [])],
     },
-    destination: { device: o.device, deviceArgs, vmmArgs },
+    destination: { device: o.device, deviceArgs, devices, vmmArgs },
     log: o.verbose ? (l) => process.stderr.write(`${l}\n`) : undefined,
   });
   let code: number;
   try {
     say(
-      `started: source device server, source VMM, destination device server, destination VMM (${ms(performance.now() - t0)})`,
+      `started: source device server${mixed ? 's' : ''}, source VMM, destination device server${mixed ? 's' : ''}, destination VMM (${ms(performance.now() - t0)})`,
     );
     code = await migrateAndVerify(pair, o, say, result, verification);
   } finally {
@@ -240,7 +251,7 @@ async function migrateAndVerify(
   );
   say(`throughput:    ${bytes((sent / Math.max(1, totalMs)) * 1000)}/s overall`);
   say(
-    `verified:      all ${bytes(ram.total)} of guest RAM (page digests) and the device state equal the source's at the stop point`,
+    `verified:      all ${bytes(ram.total)} of guest RAM (page digests) and ${a.devices.length === 1 ? 'the device state' : `the state of all ${a.devices.length} devices`} equal the source's at the stop point`,
   );
   say(
     `destination:   ${goesOn ? 'running, its guest and device writing memory' : `NOT running on (${status.status})`}`,

@@ -68,7 +68,7 @@ test('bad values are refused before anything runs: the option, the value and why
       /option '--vcpus <n>' argument '0' is invalid\. not a whole number of at least 1/,
     ],
     [['probe', '--socket', '/x', '--timeout', '1e3'], /'--timeout <ms>' argument '1e3' is invalid/],
-    [['demo', '--flavor', 'v3'], /argument 'v3' is invalid\. Allowed choices are seed, v1, v2\./],
+    [['demo', '--flavor', 'v3'], /argument 'v3' is invalid\. Allowed choices are seed, v1, v2, mixed\./],
     [['serve', '--socket', '/x'], /required option '--device <name>' not specified/],
     [['vmm'], /required option '--qmp <path>' not specified/],
     [['report', 'rec.jsonl'], /required option '-o, --output <file>' not specified/],

@@ -12,7 +12,8 @@ export interface DemoOptions {
   deviceRate: number;
   downtimeLimit: number;
   dataSection: 'mmapped' | 'trapped';
-  flavor: MigrationFlavor;
+  /** mixed: three devices in one VM, one per flavor. */
+  flavor: MigrationFlavor | 'mixed';
   report?: string;
   json?: boolean;
   verbose?: boolean;
@@ -50,9 +51,9 @@ export function demoCommand(program: Command): Command {
     .addOption(
       new Option(
         '--flavor <f>',
-        "the devices' migration interface: seed (the 2019 region), v1 (Linux 5.8's region) or v2 (Linux 5.18+'s DEVICE_FEATURE state machine); both VMMs drive it",
+        "the devices' migration interface: seed (the 2019 region), v1 (Linux 5.8's region) or v2 (Linux 5.18+'s DEVICE_FEATURE state machine); both VMMs drive it. mixed: three devices in one VM, a seed and a v2 --device and a v1 register-file, each VMM picking every device's flavor from what it offers",
       )
-        .choices(MIGRATION_FLAVORS)
+        .choices([...MIGRATION_FLAVORS, 'mixed'])
         .default('seed'),
     )
     .addOption(
