@@ -38,7 +38,7 @@ test("help lists every command; help COMMAND and COMMAND --help print that comma
   }
   const demo = cli('help', 'demo');
   assert.match(demo.out, /--json +one JSON object on stdout/);
-  assert.match(demo.out, /--flavor <f>[\s\S]*choices: "seed", "v1", "v2"/);
+  assert.match(demo.out, /--flavor <f>[\s\S]*choices: "seed",\s+"v1",\s+"v2",\s+"mixed"/);
 });
 
 test('an unknown command is named, with a suggestion, exit code 2, and no manual', () => {
