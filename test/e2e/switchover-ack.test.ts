@@ -85,8 +85,12 @@ describe('switchover-ack', () => {
     try {
       await pair.src.execute('migrate-set-capabilities', { capabilities: CAPS });
       await pair.dst.execute('migrate-set-capabilities', { capabilities: CAPS });
-      // Convergence alone would switch over after the first pass.
-      await pair.src.execute('migrate-set-parameters', { 'avail-switchover-bandwidth': 1 << 30 });
+      // Convergence alone would switch over after the first pass (a generous budget: fixed costs measured
+      // on a loaded machine cannot hold it back).
+      await pair.src.execute('migrate-set-parameters', {
+        'avail-switchover-bandwidth': 1 << 30,
+        'downtime-limit': 60_000,
+      });
       proxy.setDown('hold');
       await pair.src.execute('migrate', { uri: proxy.uri });
       // The destination acked (after its device loaded the initial data), and the proxy holds the ack.
@@ -137,7 +141,10 @@ describe('switchover-ack', () => {
     try {
       await pair.src.execute('migrate-set-capabilities', { capabilities: CAPS });
       await pair.dst.execute('migrate-set-capabilities', { capabilities: CAPS });
-      await pair.src.execute('migrate-set-parameters', { 'avail-switchover-bandwidth': 1 << 30 });
+      await pair.src.execute('migrate-set-parameters', {
+        'avail-switchover-bandwidth': 1 << 30,
+        'downtime-limit': 60_000,
+      });
       proxy.setDown('drop');
       await pair.src.execute('migrate', { uri: proxy.uri });
       await proxy.until(

@@ -38,6 +38,8 @@ test('a saved stream: v2 stop-copy data in END (bounded, the excess ahead in PAR
   });
   try {
     const file = `${pair.dir}/saved.vm`;
+    // A generous downtime budget: what is tested is where the data lands, not when the switch-over comes.
+    await pair.src.execute('migrate-set-parameters', { 'downtime-limit': 60_000 });
     await pair.src.execute('migrate', { uri: `file:${file}` });
     const info = await waitForMigration(pair.src, { timeoutMs: 120_000 });
     assert.equal(info.status, 'completed', String(info['error-desc'] ?? ''));
