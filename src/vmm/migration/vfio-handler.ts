@@ -2,10 +2,10 @@
 // flavor (spec: the VFIO device section of QEMU's migration stream): START carries DEV_SETUP_STATE +
 // END_OF_STATE (for a v1 or v2 device, our X_DEV_FLAVOR record first, see stream/vfio.ts); device data
 // goes in PART sections as DEV_DATA_STATE + size + bytes + END_OF_STATE (a v1 pass that found nothing
-// pending writes DEV_DATA_STATE with size 0, as QEMU 5.2-7.2 does). Stop-and-copy data: a seed or v1
-// device's goes in PARTs before an END of END_OF_STATE; a v2 device's goes in the END section itself, as
-// QEMU 8.x's save_live_complete_precopy writes it, up to END_DATA_LIMIT (more than that is sent ahead in
-// PARTs, so no section outgrows what a reader accepts). FULL carries the config space (DEV_CONFIG_STATE +
+// pending writes DEV_DATA_STATE with size 0, as QEMU 5.2-7.2 does). Stop-and-copy data: a seed device's
+// goes in PARTs before an END of END_OF_STATE (the seed layout); a v1 or v2 device's goes in the END
+// section itself, as QEMU 6.0-7.2's and 8.x's save_live_complete_precopy write it, up to END_DATA_LIMIT
+// (more than that is sent ahead in PARTs, so no section outgrows what a reader accepts). FULL carries the config space (DEV_CONFIG_STATE +
 // blob + END_OF_STATE). idstr `<device>/vfio`, instance 0, version 1. The destination refuses state saved
 // from a device of another flavor.
 
@@ -23,7 +23,7 @@ import type { VfioMigrationDriver } from '../vfio/driver.ts';
 import type { MigrationHandler, SectionKind, SectionWriter } from './handler.ts';
 
 /**
- * Most v2 stop-copy data carried in the END section: well under the reader's 16 MiB section limit. Data
+ * Most v1/v2 stop-copy data carried in the END section: well under the reader's 16 MiB section limit. Data
  * beyond it goes ahead in PART sections (QEMU's END has no bound; ours keeps each section bounded).
  */
 export const END_DATA_LIMIT = 4 << 20;
@@ -79,7 +79,7 @@ export class VfioHandler implements MigrationHandler {
   }
 
   async saveComplete(out: SectionWriter): Promise<Uint8Array[]> {
-    if (this.driver.flavor !== 'v2') {
+    if (this.driver.flavor === 'seed') {
       await this.driver.saveComplete((chunk) => out.part(vfioDataPayload(chunk)));
       return vfioEndPayload();
     }

@@ -1,6 +1,6 @@
-// Where a v2 device's stop-copy data sits in the stream: in its END section, as QEMU 8.x's
-// save_live_complete_precopy (hw/vfio/migration.c) writes it, while a seed device's stop-and-copy data
-// stays in PART sections before an END of END_OF_STATE. Checked on a stream saved with `migrate file:`,
+// Where a v1 or v2 device's stop-copy data sits in the stream: in its END section, as QEMU 6.0-7.2's and
+// 8.x's save_live_complete_precopy (hw/vfio/migration.c) write it, while a seed device's stop-and-copy
+// data stays in PART sections before an END of END_OF_STATE. Checked on a stream saved with `migrate file:`,
 // read back by the analyzer (the destination's own checks plus a per-section account of the records).
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
@@ -11,7 +11,7 @@ import { END_DATA_LIMIT } from '../../src/vmm/migration/vfio-handler.ts';
 
 const MiB = 1 << 20;
 
-test('a saved stream: v2 stop-copy data in END (bounded, the excess ahead in PARTs), seed stop-and-copy data in PARTs', async () => {
+test('a saved stream: v1 and v2 stop-copy data in END (bounded, the excess ahead in PARTs), seed stop-and-copy data in PARTs', async () => {
   // No pre-copy for the v2 devices (precopy=off) and an idle guest: all their state is stop-copy data, and
   // random memory makes every block go whole, so the sizes below follow from the device memory alone.
   const v2 = (mem: string) => ({
@@ -30,6 +30,12 @@ test('a saved stream: v2 stop-copy data in END (bounded, the excess ahead in PAR
         {
           device: 'large-memory',
           deviceArgs: ['--flavor', 'seed', '--device-mem', '2M', '--device-fill', 'random', '--work-rate', '0'],
+        },
+        // A v1 device that keeps writing its memory while the guest runs: whatever pre-copy sent, the
+        // stop-and-copy pass has data left to send (what it dirtied, and its closing digest).
+        {
+          device: 'large-memory',
+          deviceArgs: ['--flavor', 'v1', '--device-mem', '2M', '--device-fill', 'random', '--work-rate', '2000'],
         },
       ],
       vmmArgs: ['--dirty-rate', '0'],
@@ -75,6 +81,17 @@ test('a saved stream: v2 stop-copy data in END (bounded, the excess ahead in PAR
     assert.equal(seedEnd!.vfio!.dataBytes, 0);
     assert.deepEqual(seedEnd!.vfio!.tags, ['END_OF_STATE']);
     assert.ok(entry(seed).vfio!.dataBytes >= 2 * MiB, 'the seed device data went in its PARTs');
+
+    // The v1 device: its stop-and-copy data in END, after whatever pre-copy sent in PARTs.
+    const v1 = '0000:00:08.0/vfio';
+    const [v1End] = of(v1, 'end');
+    assert.ok(v1End!.vfio!.dataBytes > 0, 'the v1 stop-and-copy data went in END');
+    assert.ok(v1End!.vfio!.tags[0]!.startsWith('DEV_DATA_STATE'), v1End!.vfio!.tags.join(' '));
+    assert.equal(v1End!.vfio!.tags.at(-1), 'END_OF_STATE');
+    assert.equal(
+      v1End!.vfio!.dataBytes + of(v1, 'part').reduce((n, s) => n + s.vfio!.dataBytes, 0),
+      entry(v1).vfio!.dataBytes,
+    );
 
     // QEMU's order: every END (with the stop-copy data) before the FULL sections of device config.
     const lastEnd = Math.max(...a.sections.filter((s) => s.type === 'end').map((s) => s.seq));
