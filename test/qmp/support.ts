@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type {
   MigrateSetParameters,
+  MigrationCapabilityStatus,
   MigrationInfo,
   MigrationParameters,
   MigrationUri,
@@ -129,7 +130,13 @@ export class TestBackend implements QmpVmmBackend {
   calls: string[] = [];
   status: RunState = 'running';
   migration: MigrationInfo = {};
-  params: MigrationParameters = { 'downtime-limit': 300, 'max-bandwidth': 0, 'avail-switchover-bandwidth': 0 };
+  params: MigrationParameters = {
+    'downtime-limit': 300,
+    'max-bandwidth': 0,
+    'avail-switchover-bandwidth': 0,
+    'multifd-channels': 2,
+  };
+  caps: MigrationCapabilityStatus[] = [{ capability: 'multifd', state: false }];
   lastTarget: MigrationUri | undefined;
   quits = 0;
   /** Set to make stop() wait for this promise. */
@@ -169,6 +176,17 @@ export class TestBackend implements QmpVmmBackend {
 
   queryMigrationParameters(): MigrationParameters {
     return { ...this.params };
+  }
+
+  setMigrationCapabilities(caps: readonly MigrationCapabilityStatus[]): void {
+    this.calls.push(`caps ${JSON.stringify(caps)}`);
+    if (this.migration.status === 'active')
+      throw new QmpError('GenericError', "There's a migration process in progress");
+    for (const c of caps) this.caps.find((x) => x.capability === c.capability)!.state = c.state;
+  }
+
+  queryMigrationCapabilities(): MigrationCapabilityStatus[] {
+    return this.caps.map((c) => ({ ...c }));
   }
 
   queryStatus(): { running: boolean; status: RunState } {

@@ -47,7 +47,12 @@ export function vmmCommand(program: Command): Command {
         .default('auto'),
     )
     .addOption(new Option('--qmp <path>', 'QMP control socket to create (mode 0600)').makeOptionMandatory())
-    .addOption(new Option('--incoming <uri>', 'wait for a migration: tcp:HOST:PORT (port 0 picks one) or file:PATH'))
+    .addOption(
+      new Option(
+        '--incoming <uri>',
+        'wait for a migration: tcp:HOST:PORT (port 0 picks one), file:PATH, or defer (QMP migrate-incoming gives the URI, after migrate-set-capabilities)',
+      ),
+    )
     .addOption(new Option('--paused', "after an incoming migration, stay paused until QMP 'cont' (QEMU's -S)"))
     .addOption(new Option('--mem <size>', 'guest RAM').argParser(size).default(1 << 30, '1G'))
     .addOption(new Option('--vcpus <n>', 'synthetic vCPUs').argParser(integer(1)).default(2))

@@ -42,6 +42,7 @@ export type { MigrationInfo };
 export class MigrationController {
   status: MigrationStatus = 'none';
   readonly parameters: MigrationParameters = { ...DEFAULT_PARAMETERS };
+  readonly capabilities = { multifd: false };
   private abort: AbortController | null = null;
   private started = 0;
   private totalMs = 0;
@@ -86,7 +87,16 @@ export class MigrationController {
   }
 
   setParameters(p: Partial<MigrationParameters>): void {
+    // The channels are opened when a migration starts: changing their number under one is refused.
+    if (p.multifdChannels !== undefined && statusIsActive(this.status))
+      throw new MigrationError(Errno.EBUSY, "There's a migration process in progress");
     Object.assign(this.parameters, p);
+  }
+
+  /** migrate-set-capabilities: refused while a migration runs, as QEMU's migrate_caps_check. */
+  setCapability(name: 'multifd', state: boolean): void {
+    if (statusIsActive(this.status)) throw new MigrationError(Errno.EBUSY, "There's a migration process in progress");
+    this.capabilities[name] = state;
   }
 
   /** Starts an outgoing migration and returns at once (QMP's `migrate`); progress via query-migrate. */

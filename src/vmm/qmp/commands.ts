@@ -101,6 +101,17 @@ export interface MigrationParameters {
   'max-bandwidth': number;
   /** bytes/s; 0 = estimate */
   'avail-switchover-bandwidth': number;
+  /** Extra TCP connections for RAM when the `multifd` capability is on: 1..255, QEMU's default 2. */
+  'multifd-channels': number;
+}
+
+/** The migration capabilities this VMM offers (QEMU's MigrationCapability names). */
+export const MIGRATION_CAPABILITIES = ['multifd'] as const;
+export type MigrationCapability = (typeof MIGRATION_CAPABILITIES)[number];
+/** query-migrate-capabilities' elements and migrate-set-capabilities' `capabilities` elements. */
+export interface MigrationCapabilityStatus {
+  capability: MigrationCapability;
+  state: boolean;
 }
 
 /** migrate-set-parameters, after its checks: only the members given. */
@@ -155,6 +166,13 @@ export interface QmpVmmBackend {
   setMigrationParameters(p: MigrateSetParameters): MaybePromise<void>;
   /** `query-migrate-parameters`. */
   queryMigrationParameters(): MaybePromise<MigrationParameters>;
+  /**
+   * `migrate-set-capabilities`, with the elements given (names checked). While a migration runs, throw
+   * QEMU's `QmpError('GenericError', "There's a migration process in progress")`.
+   */
+  setMigrationCapabilities(caps: readonly MigrationCapabilityStatus[]): MaybePromise<void>;
+  /** `query-migrate-capabilities`: every capability offered, with its state. */
+  queryMigrationCapabilities(): MaybePromise<MigrationCapabilityStatus[]>;
   /** `query-status` (the server adds `singlestep: false`). */
   queryStatus(): MaybePromise<{ running: boolean; status: RunState }>;
   /** `stop`: pause the vCPUs (QEMU emits STOP; the VMM's run state does, through server.emit). */
@@ -203,7 +221,11 @@ export const MIGRATE_SET_PARAMETERS_ARGS: ArgsSchema = {
   'max-bandwidth': { type: 'size', optional: true },
   'avail-switchover-bandwidth': { type: 'size', optional: true },
   'downtime-limit': { type: 'uint64', optional: true },
+  'multifd-channels': { type: 'int', optional: true },
 };
+export const MIGRATE_SET_CAPABILITIES_ARGS: ArgsSchema = { capabilities: { type: { array: 'any' } } };
+/** QEMU's range for multifd-channels (a uint8, at least one channel). */
+export const MAX_MULTIFD_CHANNELS = 255;
 
 const generic = (desc: string) => new QmpError('GenericError', desc);
 
@@ -268,7 +290,31 @@ function checkedParameters(a: Record<string, unknown>): MigrateSetParameters {
       throw generic(`Parameter 'downtime_limit' expects an integer in the range of 0 to ${MAX_MIGRATE_DOWNTIME} ms`);
     p['downtime-limit'] = Number(dl);
   }
+  const ch = a['multifd-channels'] as number | undefined;
+  if (ch !== undefined) {
+    if (ch < 1 || ch > MAX_MULTIFD_CHANNELS)
+      throw generic(`Parameter 'multifd_channels' expects a value between 1 and ${MAX_MULTIFD_CHANNELS}`);
+    p['multifd-channels'] = ch;
+  }
   return p;
+}
+
+/** migrate-set-capabilities' list: each element {capability, state}, capability one this VMM offers. */
+function checkedCapabilities(list: unknown[]): MigrationCapabilityStatus[] {
+  return list.map((x, i) => {
+    const e = x as Record<string, unknown> | null;
+    if (!e || typeof e !== 'object' || Array.isArray(e))
+      throw generic(`Invalid parameter type for 'capabilities[${i}]', expected: object`);
+    for (const k of Object.keys(e))
+      if (k !== 'capability' && k !== 'state') throw generic(`Parameter 'capabilities[${i}].${k}' is unexpected`);
+    if (typeof e.capability !== 'string') throw generic(`Parameter 'capabilities[${i}].capability' is missing`);
+    if (typeof e.state !== 'boolean') throw generic(`Parameter 'capabilities[${i}].state' expects a boolean`);
+    if (!(MIGRATION_CAPABILITIES as readonly string[]).includes(e.capability))
+      throw generic(
+        `migration capability '${e.capability}' is not offered here (offered: ${MIGRATION_CAPABILITIES.join(', ')})`,
+      );
+    return { capability: e.capability as MigrationCapability, state: e.state };
+  });
 }
 
 const int = (v: unknown): unknown => (typeof v === 'number' && Number.isFinite(v) ? Math.round(v) : v);
@@ -370,9 +416,18 @@ export function vmmCommands(backend: QmpVmmBackend): Record<string, QmpCommand> 
           ['max-bandwidth', int],
           ['avail-switchover-bandwidth', int],
           ['downtime-limit', int],
+          ['multifd-channels', int],
         ]);
       },
     },
+    'migrate-set-capabilities': {
+      args: MIGRATE_SET_CAPABILITIES_ARGS,
+      run: async (a) => {
+        await backend.setMigrationCapabilities(checkedCapabilities(a.capabilities as unknown[]));
+        return {};
+      },
+    },
+    'query-migrate-capabilities': { args: {}, run: async () => backend.queryMigrationCapabilities() },
     'query-status': {
       args: {},
       run: async () => {
