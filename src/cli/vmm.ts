@@ -17,6 +17,7 @@ export async function runVmm(o: VmmOptions): Promise<number> {
     trace: new Tracer(o.trace),
     log,
     stallTimeoutMs: o.stallTimeout,
+    uuid: o.uuid,
     fill: o.fill,
     prefault: o.prefault ?? false,
     flavor: o.flavor,

@@ -41,6 +41,11 @@ export interface LocalPairOptions {
   log?: (line: string) => void;
   /** How long each process may take to say it is ready (default 30 s; a large filled guest takes longer). */
   startTimeoutMs?: number;
+  /**
+   * Multifd with this many channels: both VMMs get the capability and the parameter over QMP, the
+   * destination waiting with `--incoming defer` until migrate-incoming (as QEMU needs it).
+   */
+  multifd?: { channels: number };
 }
 
 export interface Proc {
@@ -109,6 +114,25 @@ function startProcess(
   });
 }
 
+/** The first stdout line from now on that matches `re`. */
+function stdoutLine(child: ChildProcess, re: RegExp): Promise<RegExpExecArray> {
+  let text = '';
+  return new Promise((resolve, reject) => {
+    const onData = (d: string) => {
+      text += d;
+      const m = re.exec(text);
+      if (m) {
+        child.stdout!.off('data', onData);
+        child.off('exit', onExit);
+        resolve(m);
+      }
+    };
+    const onExit = () => reject(new Error(`exited before printing ${re}`));
+    child.stdout!.on('data', onData);
+    child.once('exit', onExit);
+  });
+}
+
 /** `vfio-migrate ARGS` as this checkout (or installed package) runs it. */
 function vfioMigrate(...args: string[]): string[] {
   return [process.execPath, BIN, ...args];
@@ -170,11 +194,11 @@ async function startDestination(
       '--mem',
       o.memSize,
       '--incoming',
-      o.incoming ?? `tcp:${listen}`,
+      o.multifd ? 'defer' : (o.incoming ?? `tcp:${listen}`),
       ...(paused ? ['--paused'] : []),
       ...(h.vmmArgs ?? []),
     ),
-    o.incoming ? /vmm ready/ : /listening on port (\d+)/,
+    o.incoming || o.multifd ? /vmm ready/ : /listening on port (\d+)/,
     o.destinationWrap ?? [],
     o.log,
     o.startTimeoutMs,
@@ -230,6 +254,15 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
     procs.dstDevice = dst.device;
     procs.dstVmm = dst.vmm;
     const [src, dstQmp] = await Promise.all([QmpClient.connect(path('src.qmp')), QmpClient.connect(path('dst.qmp'))]);
+    if (o.multifd) {
+      for (const q of [src, dstQmp]) {
+        await q.execute('migrate-set-capabilities', { capabilities: [{ capability: 'multifd', state: true }] });
+        await q.execute('migrate-set-parameters', { 'multifd-channels': o.multifd.channels });
+      }
+      const listening = stdoutLine(dst.vmm.child, /listening on port (\d+)/);
+      await dstQmp.execute('migrate-incoming', { uri: `tcp:${listen}` });
+      dst.vmm.match = await listening;
+    }
     let generation = 0;
     let prepared: Promise<{ host: DestinationHost; tag: string }> | null = null;
     const pair: LocalPair = {

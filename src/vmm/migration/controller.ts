@@ -5,6 +5,7 @@
 
 import { Errno } from '../../abi/errno.ts';
 import type { GuestDirtyBitmap } from '../guest/dirty-bitmap.ts';
+import type { GuestMemory } from '../guest/guest-memory.ts';
 import type { MigrationInfo } from '../qmp/commands.ts';
 import type { RunState } from '../run-state.ts';
 import type { VfioMigrationDriver } from '../vfio/driver.ts';
@@ -12,6 +13,8 @@ import { SwitchoverEstimator } from './convergence.ts';
 import { errnoOf, MigrationCancelled, MigrationError, reasonOf } from './errors.ts';
 import type { MigrationHandler } from './handler.ts';
 import { fileConnection, IncomingListener, runIncoming } from './incoming.ts';
+import { MultifdReceiver } from './multifd-recv.ts';
+import { MultifdSender } from './multifd-send.ts';
 import {
   DEFAULT_PARAMETERS,
   type MigrationParameters,
@@ -26,6 +29,8 @@ import { openOutgoing, parseMigrationUri } from './transport.ts';
 export interface ControllerDeps {
   runState: RunState;
   ram: RamHandler;
+  /** Guest RAM: multifd channel threads map it from its memfd. */
+  memory: GuestMemory;
   dirty: GuestDirtyBitmap;
   ramSize: number;
   devices: readonly { driver: VfioMigrationDriver; handler: MigrationHandler }[];
@@ -34,6 +39,8 @@ export interface ControllerDeps {
   emit: (event: string, data?: Record<string, unknown>) => void;
   log: (line: string) => void;
   stallTimeoutMs?: number;
+  /** The VM's uuid (QEMU's -uuid): multifd channels carry it, and a destination with one checks it. */
+  uuid?: Uint8Array;
 }
 
 /** query-migrate's answer, in QEMU's MigrationInfo shape (ordered and made integral by the QMP layer). */
@@ -67,6 +74,9 @@ export class MigrationController {
   private outgoing = false;
   /** An incoming migration's view: payload bytes per kind, sections, first and last arrival (ms). */
   private received = { ram: 0, device: 0, sections: 0, first: -1, last: -1 };
+  /** Multifd: the source's channels while they run, and the bytes they wrote (query-migrate's multifd-bytes). */
+  private channelsOut: MultifdSender | null = null;
+  private multifdBytes = 0;
   /** The destination's listener while it waits for the source. */
   private listener: IncomingListener | null = null;
   /** Resolves when the current outgoing or incoming migration has finished, whatever the outcome. */
@@ -105,6 +115,11 @@ export class MigrationController {
     if (this.d.runState.state === 'inmigrate')
       throw new MigrationError(Errno.EBUSY, 'this VM is waiting for an incoming migration');
     const uri = parseMigrationUri(uriText);
+    if (this.capabilities.multifd && uri.kind === 'file')
+      throw new MigrationError(
+        Errno.EINVAL,
+        'multifd needs a tcp: migration; file: takes the one stream (turn multifd off)',
+      );
     this.abort = new AbortController();
     this.started = performance.now();
     this.errorDesc = undefined;
@@ -117,6 +132,7 @@ export class MigrationController {
     this.lastSyncPages = 0;
     this.downtimeMs = 0;
     this.phases = null;
+    this.multifdBytes = 0;
     this.setStatus('setup');
     this.done = this.runSource(uri, this.abort.signal);
   }
@@ -132,6 +148,7 @@ export class MigrationController {
     const wasRunning = this.d.runState.running;
     const handlers: MigrationHandler[] = [this.d.ram, ...this.d.devices.map((x) => x.handler)];
     let transport: Awaited<ReturnType<typeof openOutgoing>> | null = null;
+    let channels: MultifdSender | null = null;
     try {
       transport = await openOutgoing(uri, {
         stallTimeoutMs: this.d.stallTimeoutMs,
@@ -139,6 +156,19 @@ export class MigrationController {
         signal,
       });
       if (signal.aborted) throw new MigrationCancelled();
+      if (this.capabilities.multifd && uri.kind === 'tcp') {
+        // The channels connect after the main stream, so the destination takes that one first.
+        channels = await MultifdSender.open({
+          memory: this.d.memory,
+          host: uri.host,
+          port: uri.port,
+          channels: this.parameters.multifdChannels,
+          uuid: this.d.uuid ?? new Uint8Array(16),
+          stallTimeoutMs: this.d.stallTimeoutMs ?? 10_000,
+        });
+        this.d.ram.channelsOut = channels;
+        this.channelsOut = channels;
+      }
       const result = await runOutgoing({
         handlers,
         transport,
@@ -204,6 +234,10 @@ export class MigrationController {
       }
       this.d.log(`migration ${this.status}${this.errorDesc ? `: ${this.errorDesc}` : ''}`);
     } finally {
+      this.d.ram.channelsOut = null;
+      await channels?.close();
+      this.multifdBytes = channels?.bytes ?? 0;
+      this.channelsOut = null;
       for (const h of handlers) {
         await h
           .saveCleanup?.()
@@ -260,15 +294,31 @@ export class MigrationController {
     this.started = performance.now();
     this.outgoing = false;
     this.received = { ram: 0, device: 0, sections: 0, first: -1, last: -1 };
+    if (this.capabilities.multifd && uri.kind === 'file')
+      throw new MigrationError(
+        Errno.EINVAL,
+        'multifd needs a tcp: migration; file: takes the one stream (turn multifd off)',
+      );
     this.setStatus('setup');
     let listener: IncomingListener | null = null;
+    const channels =
+      this.capabilities.multifd && uri.kind === 'tcp'
+        ? new MultifdReceiver({
+            memory: this.d.memory,
+            channels: this.parameters.multifdChannels,
+            uuid: this.d.uuid ?? null,
+            maps: this.d.ram.sharedMaps,
+            stallTimeoutMs: this.d.stallTimeoutMs ?? 10_000,
+          })
+        : null;
+    this.d.ram.channelsIn = channels;
     try {
       let connection: Awaited<ReturnType<IncomingListener['accept']>>;
       if (uri.kind === 'tcp') {
         listener = await IncomingListener.listen(uri.host, uri.port);
         this.listener = listener;
         onListening?.(listener.port);
-        connection = await listener.accept();
+        connection = await listener.accept(channels ? (s) => channels.adopt(s) : undefined);
       } else {
         connection = fileConnection(uri.path);
       }
@@ -276,6 +326,7 @@ export class MigrationController {
       await runIncoming({
         handlers,
         connection,
+        failure: channels?.failed,
         handshake: uri.kind === 'tcp',
         stallTimeoutMs: uri.kind === 'tcp' ? (this.d.stallTimeoutMs ?? 10_000) : undefined,
         autostart,
@@ -304,6 +355,8 @@ export class MigrationController {
     } finally {
       listener?.close();
       this.listener = null;
+      this.d.ram.channelsIn = null;
+      await channels?.close();
     }
   }
 
@@ -355,6 +408,7 @@ export class MigrationController {
       'pages-per-second': Math.round(this.pagesRate),
       'precopy-bytes': this.precopyBytes ?? s.transferred,
       'downtime-bytes': this.precopyBytes === null ? 0 : s.transferred - this.precopyBytes,
+      'multifd-bytes': this.channelsOut?.bytes ?? this.multifdBytes,
     };
     info.vfio = { transferred: this.d.devices.reduce((n, x) => n + x.driver.transferred, 0) };
     // The devices' pending bytes as the last pass counted them (save_live_pending), for progress displays.

@@ -61,7 +61,8 @@ export class IncomingListener {
   private constructor(private readonly server: Server) {}
 
   static async listen(host: string, port: number): Promise<IncomingListener> {
-    const server = createServer({ noDelay: true });
+    // Paused: a multifd channel's connection is handed, unread, to the thread that receives on it.
+    const server = createServer({ noDelay: true, pauseOnConnect: true });
     server.listen(port, host);
     await once(server, 'listening');
     return new IncomingListener(server);
@@ -72,10 +73,13 @@ export class IncomingListener {
     return typeof a === 'object' && a ? a.port : 0;
   }
 
-  /** The first connection; later ones are refused (closed) while it lasts. */
-  async accept(): Promise<IncomingConnection> {
+  /**
+   * The first connection (the source opens its main stream first); later ones go to `extra` (multifd
+   * channels), or are refused (closed) without it.
+   */
+  async accept(extra?: (socket: Socket) => void): Promise<IncomingConnection> {
     const [socket] = (await once(this.server, 'connection')) as [Socket];
-    this.server.on('connection', (extra: Socket) => extra.destroy());
+    this.server.on('connection', extra ?? ((s: Socket) => s.destroy()));
     return socketConnection(socket);
   }
 
@@ -113,6 +117,8 @@ export interface IncomingOptions {
   stallTimeoutMs?: number;
   maxSectionBytes?: number;
   onSection?: (idstr: string, bytes: number) => void;
+  /** Rejects when something beside the main stream failed (a multifd channel): the load fails with it. */
+  failure?: Promise<never>;
 }
 
 export interface IncomingResult {
@@ -170,11 +176,12 @@ export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
   try {
     for (const h of o.handlers) await h.loadSetup();
     while (!decoder.ended) {
-      const chunk = await nextChunk(
+      const next = nextChunk(
         o.connection.chunks,
         o.stallTimeoutMs,
         `no data from the source for ${o.stallTimeoutMs} ms: stalled link`,
       );
+      const chunk = o.failure ? await Promise.race([next, o.failure]) : await next;
       if (!chunk) break;
       bytes += chunk.byteLength;
       for (const s of decoder.push(chunk)) {

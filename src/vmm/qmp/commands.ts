@@ -368,7 +368,7 @@ const INFO_MEMBERS = [
 ] as const;
 
 function migrationStats(ram: Record<string, unknown>): Record<string, unknown> {
-  // Mandatory in QAPI, always zero here: no postcopy, no multifd, no zero-copy send.
+  // Mandatory in QAPI; zero here unless the VMM says (multifd-bytes): no postcopy, no zero-copy send.
   const filled = { 'postcopy-requests': 0, 'multifd-bytes': 0, 'postcopy-bytes': 0, 'dirty-sync-missed-zero-copy': 0 };
   return shape({ ...filled, ...ram }, RAM_MEMBERS);
 }
