@@ -114,6 +114,25 @@ function startProcess(
   });
 }
 
+/** The multifd capability and channel count on a VMM. */
+async function setMultifd(q: QmpClient, channels: number): Promise<void> {
+  await q.execute('migrate-set-capabilities', { capabilities: [{ capability: 'multifd', state: true }] });
+  await q.execute('migrate-set-parameters', { 'multifd-channels': channels });
+}
+
+/** A destination waiting with `--incoming defer`: multifd set, then migrate-incoming; its port line. */
+async function deferredIncoming(
+  q: QmpClient,
+  child: ChildProcess,
+  channels: number,
+  listen: string,
+): Promise<RegExpExecArray> {
+  await setMultifd(q, channels);
+  const listening = stdoutLine(child, /listening on port (\d+)/);
+  await q.execute('migrate-incoming', { uri: `tcp:${listen}` });
+  return listening;
+}
+
 /** The first stdout line from now on that matches `re`. */
 function stdoutLine(child: ChildProcess, re: RegExp): Promise<RegExpExecArray> {
   let text = '';
@@ -255,13 +274,8 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
     procs.dstVmm = dst.vmm;
     const [src, dstQmp] = await Promise.all([QmpClient.connect(path('src.qmp')), QmpClient.connect(path('dst.qmp'))]);
     if (o.multifd) {
-      for (const q of [src, dstQmp]) {
-        await q.execute('migrate-set-capabilities', { capabilities: [{ capability: 'multifd', state: true }] });
-        await q.execute('migrate-set-parameters', { 'multifd-channels': o.multifd.channels });
-      }
-      const listening = stdoutLine(dst.vmm.child, /listening on port (\d+)/);
-      await dstQmp.execute('migrate-incoming', { uri: `tcp:${listen}` });
-      dst.vmm.match = await listening;
+      await setMultifd(src, o.multifd.channels);
+      dst.vmm.match = await deferredIncoming(dstQmp, dst.vmm.child, o.multifd.channels, listen);
     }
     let generation = 0;
     let prepared: Promise<{ host: DestinationHost; tag: string }> | null = null;
@@ -287,6 +301,7 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
         pair.procs.dstDevice = h.device;
         pair.procs.dstVmm = h.vmm;
         pair.dst = await QmpClient.connect(path(`dst${tag}.qmp`));
+        if (o.multifd) h.vmm.match = await deferredIncoming(pair.dst, h.vmm.child, o.multifd.channels, listen);
         pair.uri = o.incoming ?? `tcp:${host}:${h.vmm.match[1]}`;
       },
       prepareDestination: (overrides = {}) => {

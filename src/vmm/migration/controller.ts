@@ -209,7 +209,14 @@ export class MigrationController {
           `(expected ${ph.expectedMs?.toFixed(1) ?? '-'} ms; stop ${ph.stopMs.toFixed(1)}, sync ${ph.syncMs.toFixed(1)}, ` +
           `complete ${ph.completeMs.toFixed(1)}, state ${ph.stateMs.toFixed(1)}, finish ${ph.finishMs.toFixed(1)})`,
       );
-    } catch (err) {
+    } catch (caught) {
+      let err = caught;
+      if (channels && transport) {
+        // A channel the destination closed after refusing the stream: its ERROR on the main stream says
+        // why (it goes out before the channels close; let the main socket's pending input be read).
+        await new Promise((r) => setImmediate(r));
+        err = transport.refusal?.() ?? err;
+      }
       transport?.destroy();
       if (this.committed) {
         // Past the commit point the destination may be running the VM: never resume it here.
@@ -327,6 +334,7 @@ export class MigrationController {
         handlers,
         connection,
         failure: channels?.failed,
+        progress: channels ? () => channels.progress() : undefined,
         handshake: uri.kind === 'tcp',
         stallTimeoutMs: uri.kind === 'tcp' ? (this.d.stallTimeoutMs ?? 10_000) : undefined,
         autostart,

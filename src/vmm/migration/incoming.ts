@@ -119,6 +119,8 @@ export interface IncomingOptions {
   onSection?: (idstr: string, bytes: number) => void;
   /** Rejects when something beside the main stream failed (a multifd channel): the load fails with it. */
   failure?: Promise<never>;
+  /** A count that moves while data arrives beside the main stream (multifd channels), for the stall check. */
+  progress?: () => number;
 }
 
 export interface IncomingResult {
@@ -131,6 +133,7 @@ async function nextChunk(
   it: AsyncIterator<Uint8Array>,
   timeoutMs?: number,
   what = `no GO from the source within ${timeoutMs} ms`,
+  progress?: () => number,
 ): Promise<Uint8Array | null> {
   let timer: NodeJS.Timeout | undefined;
   try {
@@ -139,7 +142,18 @@ async function nextChunk(
       ? await Promise.race([
           next,
           new Promise<never>((_, reject) => {
-            timer = setTimeout(() => reject(new MigrationError(Errno.ETIMEDOUT, what)), timeoutMs);
+            // Data moving elsewhere (multifd channels during a pass) is no stall of this link.
+            let seen = progress?.() ?? 0;
+            const arm = () => {
+              timer = setTimeout(() => {
+                const now = progress?.() ?? 0;
+                if (now !== seen) {
+                  seen = now;
+                  arm();
+                } else reject(new MigrationError(Errno.ETIMEDOUT, what));
+              }, timeoutMs);
+            };
+            arm();
           }),
         ])
       : await next;
@@ -180,6 +194,7 @@ export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
         o.connection.chunks,
         o.stallTimeoutMs,
         `no data from the source for ${o.stallTimeoutMs} ms: stalled link`,
+        o.progress,
       );
       const chunk = o.failure ? await Promise.race([next, o.failure]) : await next;
       if (!chunk) break;

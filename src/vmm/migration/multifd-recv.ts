@@ -38,6 +38,7 @@ export class MultifdReceiver implements RamChannelsIn {
   private error: MigrationError | null = null;
   private waiter: (() => void) | null = null;
   private flushes = 0;
+  private readonly progressCount = new Int32Array(new SharedArrayBuffer(4));
   /** Rejects when a channel fails: the load (waiting on the main stream) races it. */
   readonly failed: Promise<never>;
   private rejectFailed!: (e: MigrationError) => void;
@@ -82,6 +83,7 @@ export class MultifdReceiver implements RamChannelsIn {
       received: this.o.maps.received,
       written: this.o.maps.written,
       fresh: this.o.maps.fresh,
+      progress: this.progressCount,
     });
     const ch: Channel = {
       worker,
@@ -160,6 +162,11 @@ export class MultifdReceiver implements RamChannelsIn {
       c.sync = null;
       c.worker.postMessage({ type: 'release' } satisfies ToReceiver);
     }
+  }
+
+  /** Moves while any channel receives (see IncomingOptions.progress). */
+  progress(): number {
+    return Atomics.load(this.progressCount, 0);
   }
 
   async finish(): Promise<void> {

@@ -33,6 +33,8 @@ export interface RecvWorkerConfig {
   written: Uint8Array;
   /** The memory read as zero wherever nothing was written (a fresh destination). */
   fresh: boolean;
+  /** Shared counter [0]: bumped per chunk read, so the main stream's stall check sees channel progress. */
+  progress: Int32Array;
 }
 
 /** Main -> sending channel. */

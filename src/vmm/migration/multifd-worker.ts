@@ -114,7 +114,9 @@ function runReceiver(c: RecvWorkerConfig): void {
     if (failed) return;
     failed = true;
     post({ type: 'error', message: `multifd channel ${id < 0 ? '(before its init packet)' : id}: ${message}`, errno });
-    sock.destroy();
+    // Not closed here: the main thread closes every channel once its ERROR went out on the main stream,
+    // so the source hears the reason before any channel drops.
+    sock.pause();
   };
   // Unconsumed input: chunks as the socket gave them, `head` bytes of the first already used.
   const chunks: Buffer[] = [];
@@ -223,6 +225,7 @@ function runReceiver(c: RecvWorkerConfig): void {
     }
   };
   sock.on('data', (d: Buffer) => {
+    Atomics.add(c.progress, 0, 1);
     chunks.push(d);
     buffered += d.byteLength;
     pump();
