@@ -109,8 +109,10 @@ export async function oursOnce(
   warm: boolean,
   wrap: string[] = [],
   fill: GuestFill = 'random',
+  multifd?: number,
 ): Promise<Rate & { downtime: number; dstShmemMiB: number }> {
   const pair = await startLocalPair({
+    multifd: multifd ? { channels: multifd } : undefined,
     sourceWrap: wrap,
     destinationWrap: wrap,
     memSize: `${memMiB}M`,
@@ -202,6 +204,7 @@ export async function qemuOnce(
   memMiB: number,
   warm: boolean,
   fill: GuestFill = 'random',
+  multifd?: number,
 ): Promise<Rate & { downtime: number }> {
   const dir = mkdtempSync('/dev/shm/vfio-migrate-bench-');
   const file = join(dir, 'ram');
@@ -228,7 +231,7 @@ export async function qemuOnce(
       '-qmp',
       `unix:${dir}/dst.qmp,server=on,wait=off`,
       '-incoming',
-      `tcp:127.0.0.1:${port}`,
+      multifd ? 'defer' : `tcp:127.0.0.1:${port}`,
     ]);
     procs.push(dst);
     const src = startQemu([
@@ -247,6 +250,14 @@ export async function qemuOnce(
     clients.push(qs, qd);
     // QEMU limits migration to 128 MiB/s by default: lift it, as our side has no limit by default.
     await qs.execute('migrate-set-parameters', { 'max-bandwidth': 1e12 });
+    if (multifd) {
+      // Both sides, the destination before migrate-incoming (it was started with -incoming defer).
+      for (const q of [qs, qd]) {
+        await q.execute('migrate-set-capabilities', { capabilities: [{ capability: 'multifd', state: true }] });
+        await q.execute('migrate-set-parameters', { 'multifd-channels': multifd });
+      }
+      await qd.execute('migrate-incoming', { uri: `tcp:127.0.0.1:${port}` });
+    }
     await qs.execute('migrate', { uri: `tcp:127.0.0.1:${port}` });
     const info = await waitForMigration(qs, { intervalMs: 100, timeoutMs: 600_000 });
     if (info.status !== 'completed') throw new Error(`QEMU migration ${info.status}: ${info['error-desc'] ?? ''}`);
@@ -337,4 +348,32 @@ export async function zeroBench(memMiB: number, rounds: number, run: BenchRun): 
   run.figures.push(qemu);
   say();
   run.ratios.push(ratio('ours-zero / qemu-zero', ours, qemu, '>= 1.0'));
+}
+
+/**
+ * The multifd part of `npm run bench`: a random guest over `channels` channels against one channel (both
+ * ours, multifd on), and against QEMU's multifd with the same channels when installed.
+ */
+export async function multifdBench(memMiB: number, channels: number, rounds: number, run: BenchRun): Promise<void> {
+  say(`multifd: a ${bytes(memMiB * (1 << 20))} guest of random bytes, idle, over loopback TCP (guest MB/s)`);
+  const one = await measure('ours-multifd-1', 'MB/s', rounds, async () =>
+    guestRate(memMiB, await oursOnce(memMiB, true, [], 'random', 1)),
+  );
+  const n = await measure(`ours-multifd-${channels}`, 'MB/s', rounds, async () =>
+    guestRate(memMiB, await oursOnce(memMiB, true, [], 'random', channels)),
+  );
+  run.figures.push(one, n);
+  run.ratios.push(ratio(`multifd ${channels} channels / 1 channel`, n, one));
+  const missing = qemuMissing();
+  if (missing) {
+    say(`qemu-multifd  skipped: ${missing}`);
+    run.skipped.push({ name: `qemu-multifd-${channels}`, why: missing });
+    return;
+  }
+  const qemu = await measure(`qemu-multifd-${channels}`, 'MB/s', rounds, async () =>
+    guestRate(memMiB, await qemuOnce(memMiB, true, 'random', channels)),
+  );
+  run.figures.push(qemu);
+  say();
+  run.ratios.push(ratio(`ours-multifd-${channels} / qemu-multifd-${channels}`, n, qemu));
 }

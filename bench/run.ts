@@ -1,5 +1,5 @@
 // npm run bench: a command's start-up (bench/startup.ts), RAM migration between two VMM processes
-// (bench/ram.ts), a mostly-zero guest (bench/ram.ts zeroBench), the dirty-log sync inside a real run
+// (bench/ram.ts), a mostly-zero guest (bench/ram.ts zeroBench), multifd N channels against 1 and against QEMU (multifdBench), the dirty-log sync inside a real run
 // (bench/dirty-log.ts), then the throughput of device migration data through the migration region over
 // vfio-user, each as a ratio to a baseline measured in the same run (these machines are noisy, so only
 // ratios within one run mean anything). Every figure is measured the same number of rounds (--rounds,
@@ -31,7 +31,7 @@ import { type ServerProcess, startServer } from '../test/support/server-process.
 import { dirtySyncInRun } from './dirty-log.ts';
 import { measure, ratio, say, sayTo } from './figures.ts';
 import { writePerfDoc } from './perf-doc.ts';
-import { ramBench, rawStream, zeroBench } from './ram.ts';
+import { multifdBench, ramBench, rawStream, zeroBench } from './ram.ts';
 import { HISTORY, newRun, saveRun } from './results.ts';
 import { startupBench } from './startup.ts';
 
@@ -42,6 +42,8 @@ const { values } = parseArgs({
     'ram-mem': { type: 'string', default: '1024' },
     'zero-mem': { type: 'string', default: '4096' },
     'sync-mem': { type: 'string', default: '4096' },
+    'multifd-mem': { type: 'string', default: '1024' },
+    'multifd-channels': { type: 'string', default: '4' },
     only: { type: 'string' },
     json: { type: 'boolean', default: false },
     'no-history': { type: 'boolean', default: false },
@@ -52,7 +54,7 @@ if (values.doc) {
   say(`${writePerfDoc()} regenerated from ${HISTORY}`);
   process.exit(0);
 }
-const PARTS = ['startup', 'ram', 'zero', 'dirty-log', 'device'] as const;
+const PARTS = ['startup', 'ram', 'zero', 'multifd', 'dirty-log', 'device'] as const;
 if (values.only && !PARTS.includes(values.only as (typeof PARTS)[number]))
   throw new Error(`--only takes ${PARTS.join(', ')}`);
 const want = (part: (typeof PARTS)[number]) => !values.only || values.only === part;
@@ -162,6 +164,10 @@ if (want('ram')) {
 }
 if (want('zero')) {
   await zeroBench(Number(values['zero-mem']), ROUNDS, run);
+  say();
+}
+if (want('multifd')) {
+  await multifdBench(Number(values['multifd-mem']), Number(values['multifd-channels']), ROUNDS, run);
   say();
 }
 if (want('dirty-log')) {

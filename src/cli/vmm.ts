@@ -17,6 +17,7 @@ export async function runVmm(o: VmmOptions): Promise<number> {
     trace: new Tracer(o.trace),
     log,
     stallTimeoutMs: o.stallTimeout,
+    uuid: o.uuid,
     fill: o.fill,
     prefault: o.prefault ?? false,
     flavor: o.flavor,
@@ -27,7 +28,18 @@ export async function runVmm(o: VmmOptions): Promise<number> {
   const quitting = new Promise<void>((r) => {
     quit = r;
   });
-  const qmp = await QmpServer.listen(o.qmp, vmmBackend(vmm, quit), { commands: vendorCommands(vmm), log });
+  const startIncoming = (uri: string) => {
+    vmm.migration
+      .incoming(uri, (port) => console.log(`incoming: listening on port ${port}`), !o.paused)
+      .then(
+        () => log(`incoming migration completed; the VM ${o.paused ? 'waits for cont' : 'runs here'}`),
+        (err: Error) => log(`incoming migration failed: ${err.message}; the VM does not start here`),
+      );
+  };
+  const qmp = await QmpServer.listen(o.qmp, vmmBackend(vmm, quit, startIncoming), {
+    commands: vendorCommands(vmm),
+    log,
+  });
   const recorder = o.record
     ? MigrationRecorder.open(o.record, vmm.migration, { intervalMs: o.recordInterval, log })
     : undefined;
@@ -36,14 +48,8 @@ export async function runVmm(o: VmmOptions): Promise<number> {
     recorder?.event(e, d);
   };
   console.log(`vmm ready: ${vmm.memory.size} bytes of guest RAM, ${vmm.devices.length} device(s), QMP on ${qmp.path}`);
-  if (o.incoming) {
-    vmm.migration
-      .incoming(o.incoming, (port) => console.log(`incoming: listening on port ${port}`), !o.paused)
-      .then(
-        () => log(`incoming migration completed; the VM ${o.paused ? 'waits for cont' : 'runs here'}`),
-        (err: Error) => log(`incoming migration failed: ${err.message}; the VM does not start here`),
-      );
-  }
+  // QEMU's `-incoming defer`: the migration starts on QMP migrate-incoming, once capabilities are set.
+  if (o.incoming && o.incoming !== 'defer') startIncoming(o.incoming);
   process.once('SIGINT', () => quit());
   process.once('SIGTERM', () => quit());
   await quitting;

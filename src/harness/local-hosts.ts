@@ -51,6 +51,11 @@ export interface LocalPairOptions {
   log?: (line: string) => void;
   /** How long each process may take to say it is ready (default 30 s; a large filled guest takes longer). */
   startTimeoutMs?: number;
+  /**
+   * Multifd with this many channels: both VMMs get the capability and the parameter over QMP, the
+   * destination waiting with `--incoming defer` until migrate-incoming (as QEMU needs it).
+   */
+  multifd?: { channels: number };
 }
 
 export interface Proc {
@@ -117,6 +122,44 @@ function startProcess(
       clearTimeout(timer);
       reject(new Error(`${role} exited (${code ?? sig}) before it was ready: ${errText.trim()}`));
     });
+  });
+}
+
+/** The multifd capability and channel count on a VMM. */
+async function setMultifd(q: QmpClient, channels: number): Promise<void> {
+  await q.execute('migrate-set-capabilities', { capabilities: [{ capability: 'multifd', state: true }] });
+  await q.execute('migrate-set-parameters', { 'multifd-channels': channels });
+}
+
+/** A destination waiting with `--incoming defer`: multifd set, then migrate-incoming; its port line. */
+async function deferredIncoming(
+  q: QmpClient,
+  child: ChildProcess,
+  channels: number,
+  listen: string,
+): Promise<RegExpExecArray> {
+  await setMultifd(q, channels);
+  const listening = stdoutLine(child, /listening on port (\d+)/);
+  await q.execute('migrate-incoming', { uri: `tcp:${listen}` });
+  return listening;
+}
+
+/** The first stdout line from now on that matches `re`. */
+function stdoutLine(child: ChildProcess, re: RegExp): Promise<RegExpExecArray> {
+  let text = '';
+  return new Promise((resolve, reject) => {
+    const onData = (d: string) => {
+      text += d;
+      const m = re.exec(text);
+      if (m) {
+        child.stdout!.off('data', onData);
+        child.off('exit', onExit);
+        resolve(m);
+      }
+    };
+    const onExit = () => reject(new Error(`exited before printing ${re}`));
+    child.stdout!.on('data', onData);
+    child.once('exit', onExit);
   });
 }
 
@@ -216,11 +259,11 @@ async function startDestination(
       '--mem',
       o.memSize,
       '--incoming',
-      o.incoming ?? `tcp:${listen}`,
+      o.multifd ? 'defer' : (o.incoming ?? `tcp:${listen}`),
       ...(paused ? ['--paused'] : []),
       ...(h.vmmArgs ?? []),
     ),
-    o.incoming ? /vmm ready/ : /listening on port (\d+)/,
+    o.incoming || o.multifd ? /vmm ready/ : /listening on port (\d+)/,
     o.destinationWrap ?? [],
     o.log,
     o.startTimeoutMs,
@@ -268,6 +311,10 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
     procs.dstDevices = dst.devices;
     procs.dstVmm = dst.vmm;
     const [src, dstQmp] = await Promise.all([QmpClient.connect(path('src.qmp')), QmpClient.connect(path('dst.qmp'))]);
+    if (o.multifd) {
+      await setMultifd(src, o.multifd.channels);
+      dst.vmm.match = await deferredIncoming(dstQmp, dst.vmm.child, o.multifd.channels, listen);
+    }
     let generation = 0;
     let prepared: Promise<{ host: DestinationHost; tag: string }> | null = null;
     const pair: LocalPair = {
@@ -295,6 +342,7 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
         pair.procs.dstDevices = h.devices;
         pair.procs.dstVmm = h.vmm;
         pair.dst = await QmpClient.connect(path(`dst${tag}.qmp`));
+        if (o.multifd) h.vmm.match = await deferredIncoming(pair.dst, h.vmm.child, o.multifd.channels, listen);
         pair.uri = o.incoming ?? `tcp:${host}:${h.vmm.match[1]}`;
       },
       prepareDestination: (overrides = {}) => {

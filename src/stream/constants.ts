@@ -55,7 +55,8 @@ export const RamFlag = {
 export const TARGET_PAGE_SIZE = 4096;
 export const RAM_FLAG_MASK = BigInt(TARGET_PAGE_SIZE - 1);
 /** The RAM flags this implementation writes and reads; any other bit is refused. */
-export const RAM_KNOWN_FLAGS = RamFlag.ZERO | RamFlag.MEM_SIZE | RamFlag.PAGE | RamFlag.EOS | RamFlag.CONTINUE;
+export const RAM_KNOWN_FLAGS =
+  RamFlag.ZERO | RamFlag.MEM_SIZE | RamFlag.PAGE | RamFlag.EOS | RamFlag.CONTINUE | RamFlag.MULTIFD_FLUSH;
 
 /** VFIO section tags: be64 0xFFFFFFFF_EF10_xxxx. */
 export const VfioTag = {

@@ -121,6 +121,11 @@ class RamRecordEncoder {
     return 8;
   }
 
+  writeMultifdFlush(view: DataView, at: number): number {
+    writeBe64(view, at, RamFlag.MULTIFD_FLUSH);
+    return 8;
+  }
+
   private writeName(buf: Uint8Array, at: number, name: string): number {
     const bytes = this.name(name);
     buf[at] = bytes.byteLength;
@@ -221,6 +226,12 @@ export class RamPayloadBuilder {
     this.commit(at, this.enc.writeEos(this.slabView, at));
   }
 
+  /** RAM_SAVE_FLAG_MULTIFD_FLUSH (multifd: a pass's pages on every channel come before what follows). */
+  multifdFlush(): void {
+    const at = this.room(8);
+    this.commit(at, this.enc.writeMultifdFlush(this.slabView, at));
+  }
+
   /** The pieces so far; the builder starts afresh (and names the block again on its next page). */
   take(): { pieces: Uint8Array[]; byteLength: number } {
     const out = { pieces: this.pieces, byteLength: this.length };
@@ -306,7 +317,9 @@ export type RamRecord =
   | { kind: 'mem-size'; total: bigint; blocks: { name: string; usedLength: bigint }[] }
   | { kind: 'page'; block: string; offset: bigint; data: Uint8Array }
   | { kind: 'zero'; block: string; offset: bigint; fill: number }
-  | { kind: 'eos' };
+  | { kind: 'eos' }
+  /** RAM_SAVE_FLAG_MULTIFD_FLUSH: every multifd channel's pages so far are to be applied before what follows. */
+  | { kind: 'multifd-flush' };
 
 export interface RamDecodeContext {
   /**
@@ -371,6 +384,11 @@ export function decodeRamPayload(payload: Uint8Array, ctx: RamDecodeContext = {}
         fail(`${payload.byteLength - at} bytes after EOS`);
       }
       return out;
+    }
+    if (kind === RamFlag.MULTIFD_FLUSH) {
+      if (flags !== RamFlag.MULTIFD_FLUSH || addr !== 0n) fail(`malformed MULTIFD_FLUSH record 0x${v.toString(16)}`);
+      out.push({ kind: 'multifd-flush' });
+      continue;
     }
     if (kind === RamFlag.MEM_SIZE) {
       if (flags & RamFlag.CONTINUE) fail('MEM_SIZE with CONTINUE');

@@ -25,7 +25,7 @@ async function mapped<T>(fn: () => T | Promise<T>): Promise<T> {
 }
 
 /** The standard commands' backend on a VMM; `quit` ends the process once the reply is out. */
-export function vmmBackend(vmm: Vmm, quit: () => void): QmpVmmBackend {
+export function vmmBackend(vmm: Vmm, quit: () => void, incoming?: (uri: string) => void): QmpVmmBackend {
   const m = vmm.migration;
   return {
     migrate: (uri) =>
@@ -43,17 +43,28 @@ export function vmmBackend(vmm: Vmm, quit: () => void): QmpVmmBackend {
         ...(p['avail-switchover-bandwidth'] !== undefined
           ? { availSwitchoverBandwidth: p['avail-switchover-bandwidth'] }
           : {}),
+        ...(p['multifd-channels'] !== undefined ? { multifdChannels: p['multifd-channels'] } : {}),
       }),
     queryMigrationParameters: () => ({
       'downtime-limit': m.parameters.downtimeLimit,
       'max-bandwidth': m.parameters.maxBandwidth,
       'avail-switchover-bandwidth': m.parameters.availSwitchoverBandwidth,
+      'multifd-channels': m.parameters.multifdChannels,
     }),
     capabilityNames: CAPABILITY_NAMES,
     setMigrationCapabilities: (changes) =>
       mapped(() => m.setCapabilities(changes as { capability: CapabilityName; state: boolean }[])),
     queryMigrationCapabilities: () =>
       CAPABILITY_NAMES.map((capability) => ({ capability, state: m.capabilities[capability] })),
+    migrateIncoming: (uri) =>
+      mapped(() => {
+        // QEMU's qmp_migrate_incoming checks, in its words.
+        if (!vmm.options.incoming)
+          throw new QmpError('GenericError', "'-incoming' was not specified on the command line");
+        if (m.status !== 'none') throw new QmpError('GenericError', 'The incoming migration has already been started');
+        if (!incoming) throw new QmpError('GenericError', 'this VMM takes no deferred incoming migration');
+        incoming(uri);
+      }),
     queryStatus: () => ({ running: vmm.runState.running, status: vmm.runState.state }),
     stop: () => mapped(() => vmm.stop()),
     cont: () =>

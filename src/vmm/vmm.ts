@@ -30,6 +30,8 @@ export interface VmmOptions {
   log?: (line: string) => void;
   emit?: (event: string, data?: Record<string, unknown>) => void;
   stallTimeoutMs?: number;
+  /** The VM's uuid (QEMU's -uuid), 16 bytes; none: multifd channels carry zeroes and none is checked. */
+  uuid?: Uint8Array;
   /** Guest RAM contents at boot: zero (default) or pseudo-random bytes (a non-zero guest, for benchmarks). */
   fill?: 'zero' | 'random';
   /** Fault every page in at startup (QEMU's -mem-prealloc) rather than on first use. */
@@ -129,6 +131,8 @@ export class Vmm {
       // An incoming VM's memfd is new and nothing runs on it before the load: it reads as zeroes wherever
       // the load has not written, so zero pages need not touch it.
       ram: new RamHandler(memory, this.dirty, { freshMemory: options.incoming }),
+      memory,
+      uuid: options.uuid,
       dirty: this.dirty,
       ramSize: memory.size,
       devices,

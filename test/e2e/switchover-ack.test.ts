@@ -65,12 +65,19 @@ describe('switchover-ack', () => {
       assert.deepEqual(off, [
         { capability: 'return-path', state: false },
         { capability: 'switchover-ack', state: false },
+        { capability: 'multifd', state: false },
       ]);
       await pair.src.execute('migrate-set-capabilities', { capabilities: CAPS });
-      assert.deepEqual(await pair.src.execute('query-migrate-capabilities'), CAPS);
+      assert.deepEqual(await pair.src.execute('query-migrate-capabilities'), [
+        ...CAPS,
+        { capability: 'multifd', state: false },
+      ]);
       // Turning return-path off under switchover-ack is refused too, and nothing changes.
       await refused([{ capability: 'return-path', state: false }], /requires capability 'return-path'/);
-      assert.deepEqual(await pair.src.execute('query-migrate-capabilities'), CAPS);
+      assert.deepEqual(await pair.src.execute('query-migrate-capabilities'), [
+        ...CAPS,
+        { capability: 'multifd', state: false },
+      ]);
       // A file has no return path to carry the ack.
       await assert.rejects(pair.src.execute('migrate', { uri: `file:${pair.dir}/x.vm` }), /needs a return path/);
     } finally {

@@ -128,11 +128,13 @@ describe('commands', () => {
           'cont',
           'migrate',
           'migrate-incoming',
+          'migrate-set-capabilities',
           'migrate-set-parameters',
           'migrate_cancel',
           'qmp_capabilities',
           'query-commands',
           'query-migrate',
+          'query-migrate-capabilities',
           'query-migrate-parameters',
           'query-status',
           'query-version',
@@ -250,7 +252,10 @@ describe('commands', () => {
         ['{"max-bandwidth": true}', "Parameter 'max-bandwidth' expects uint64"],
         ['{"max-bandwidth": 9007199254740992}', bwRange('max_bandwidth')],
         ['{"avail-switchover-bandwidth": 18446744073709551615}', bwRange('avail_switchover_bandwidth')],
-        ['{"multifd-channels": 4}', "Parameter 'multifd-channels' is unexpected"],
+        ['{"multifd-channels": 0}', "Parameter 'multifd_channels' expects a value between 1 and 255"],
+        ['{"multifd-channels": 256}', "Parameter 'multifd_channels' expects a value between 1 and 255"],
+        ['{"multifd-channels": "4"}', "Invalid parameter type for 'multifd-channels', expected: integer"],
+        ['{"x-multifd-channels": 4}', "Parameter 'x-multifd-channels' is unexpected"],
         ['{"downtime-limit": 10, "max-bandwidth": -5}', bwRange('max_bandwidth')],
       ];
       for (const [args, desc] of cases) assert.deepEqual(await set(args), generic(desc), args);
@@ -260,8 +265,44 @@ describe('commands', () => {
       assert.deepEqual(await set('{"downtime-limit": 2000000, "max-bandwidth": 125000000}'), { return: {} });
       assert.deepEqual(backend.calls, ['set {"max-bandwidth":125000000,"downtime-limit":2000000}']);
       assert.deepEqual(await p.request('{"execute": "query-migrate-parameters"}'), {
-        return: { 'max-bandwidth': 125000000, 'avail-switchover-bandwidth': 0, 'downtime-limit': 2000000 },
+        return: {
+          'max-bandwidth': 125000000,
+          'avail-switchover-bandwidth': 0,
+          'downtime-limit': 2000000,
+          'multifd-channels': 2,
+        },
       });
+      p.close();
+    }));
+
+  test('migrate-set-capabilities / query-migrate-capabilities: multifd, checked elements, refused while migrating', () =>
+    withServer(async ({ path, backend }) => {
+      const p = await RawPeer.connect(path, { negotiate: true });
+      const set = (caps: string) =>
+        p.request(`{"execute": "migrate-set-capabilities", "arguments": {"capabilities": ${caps}}}`);
+      const query = () => p.request('{"execute": "query-migrate-capabilities"}');
+      assert.deepEqual(await query(), { return: [{ capability: 'multifd', state: false }] });
+      const cases: [string, string][] = [
+        ['[{"capability": "xbzrle", "state": true}]', "Parameter 'capability' does not accept value 'xbzrle'"],
+        ['[{"capability": "multifd"}]', "Parameter 'capabilities[0].state' is missing"],
+        [
+          '[{"capability": "multifd", "state": 1}]',
+          "Invalid parameter type for 'capabilities[0].state', expected: boolean",
+        ],
+        ['[{"state": true}]', "Parameter 'capabilities[0].capability' is missing"],
+        ['[{"capability": "multifd", "state": true, "x": 1}]', "Parameter 'capabilities[0].x' is unexpected"],
+        ['[3]', "Invalid parameter type for 'capabilities[0]', expected: object"],
+      ];
+      for (const [caps, desc] of cases) assert.deepEqual(await set(caps), generic(desc), caps);
+      assert.deepEqual(backend.calls, []);
+      assert.deepEqual(await set('[{"capability": "multifd", "state": true}]'), { return: {} });
+      assert.deepEqual(await query(), { return: [{ capability: 'multifd', state: true }] });
+      backend.migration = { status: 'active' };
+      assert.deepEqual(
+        await set('[{"capability": "multifd", "state": false}]'),
+        generic("There's a migration process in progress"),
+      );
+      assert.deepEqual(await query(), { return: [{ capability: 'multifd', state: true }] });
       p.close();
     }));
 

@@ -15,6 +15,9 @@ import type {
 import { QmpError } from '../../src/vmm/qmp/protocol.ts';
 import type { QmpServer } from '../../src/vmm/qmp/server.ts';
 
+/** query-migrate-capabilities' elements and migrate-set-capabilities' `capabilities` elements. */
+type CapabilityStatus = { capability: string; state: boolean };
+
 export function tempDir(): { dir: string; cleanup: () => void } {
   const dir = mkdtempSync(join(tmpdir(), 'qmp-test-'));
   return { dir, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
@@ -129,7 +132,14 @@ export class TestBackend implements QmpVmmBackend {
   calls: string[] = [];
   status: RunState = 'running';
   migration: MigrationInfo = {};
-  params: MigrationParameters = { 'downtime-limit': 300, 'max-bandwidth': 0, 'avail-switchover-bandwidth': 0 };
+  params: MigrationParameters = {
+    'downtime-limit': 300,
+    'max-bandwidth': 0,
+    'avail-switchover-bandwidth': 0,
+    'multifd-channels': 2,
+  };
+  readonly capabilityNames = ['multifd'] as const;
+  caps: CapabilityStatus[] = [{ capability: 'multifd', state: false }];
   lastTarget: MigrationUri | undefined;
   quits = 0;
   /** Set to make stop() wait for this promise. */
@@ -169,6 +179,17 @@ export class TestBackend implements QmpVmmBackend {
 
   queryMigrationParameters(): MigrationParameters {
     return { ...this.params };
+  }
+
+  setMigrationCapabilities(caps: readonly CapabilityStatus[]): void {
+    this.calls.push(`caps ${JSON.stringify(caps)}`);
+    if (this.migration.status === 'active')
+      throw new QmpError('GenericError', "There's a migration process in progress");
+    for (const c of caps) this.caps.find((x) => x.capability === c.capability)!.state = c.state;
+  }
+
+  queryMigrationCapabilities(): CapabilityStatus[] {
+    return this.caps.map((c) => ({ ...c }));
   }
 
   queryStatus(): { running: boolean; status: RunState } {

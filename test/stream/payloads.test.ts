@@ -41,7 +41,7 @@ describe('RAM payloads', () => {
     refused(ram(rec(0x400n), EOS), /unsupported flags 0x400/, 0);
     refused(ram(rec(0x01n), EOS), /unsupported flags 0x1/); // FULL, obsolete
     refused(ram(rec(0x40n), EOS), /unsupported flags 0x40/); // XBZRLE
-    refused(ram(rec(0x200n), EOS), /unsupported flags 0x200/); // MULTIFD_FLUSH
+    refused(ram(rec(0x1200n), EOS), /malformed MULTIFD_FLUSH record 0x1200/); // MULTIFD_FLUSH takes no address
     refused(ram(rec(0x0an), name('pc.ram'), EOS), /name no record kind/); // PAGE | ZERO
     refused(ram(rec(0x30n)), /malformed EOS/); // EOS | CONTINUE
     refused(ram(rec(0x1010n)), /malformed EOS/); // EOS with an address

@@ -1,6 +1,6 @@
 // Options of `vfio-migrate vmm`, apart from its implementation (../vmm.ts) so that `help` and `--version`
 // load only this (the start-up bench times `help vmm`).
-import { type Command, Option } from 'commander';
+import { type Command, InvalidArgumentError, Option } from 'commander';
 import { MIGRATION_FLAVORS } from '../../abi/migration.ts';
 import type { WritePattern } from '../../vmm/guest/workload-control.ts';
 import type { FlavorChoice } from '../../vmm/vfio/attach.ts';
@@ -24,6 +24,7 @@ export interface VmmOptions {
   dmaRegions: number;
   intx?: boolean;
   stallTimeout: number;
+  uuid?: Uint8Array;
   record?: string;
   recordInterval: number;
 }
@@ -47,7 +48,12 @@ export function vmmCommand(program: Command): Command {
         .default('auto'),
     )
     .addOption(new Option('--qmp <path>', 'QMP control socket to create (mode 0600)').makeOptionMandatory())
-    .addOption(new Option('--incoming <uri>', 'wait for a migration: tcp:HOST:PORT (port 0 picks one) or file:PATH'))
+    .addOption(
+      new Option(
+        '--incoming <uri>',
+        'wait for a migration: tcp:HOST:PORT (port 0 picks one), file:PATH, or defer (QMP migrate-incoming gives the URI, after migrate-set-capabilities)',
+      ),
+    )
     .addOption(new Option('--paused', "after an incoming migration, stay paused until QMP 'cont' (QEMU's -S)"))
     .addOption(new Option('--mem <size>', 'guest RAM').argParser(size).default(1 << 30, '1G'))
     .addOption(new Option('--vcpus <n>', 'synthetic vCPUs').argParser(integer(1)).default(2))
@@ -77,6 +83,12 @@ export function vmmCommand(program: Command): Command {
     .addOption(new Option('--intx', "wire each device's INTx to an eventfd (SET_IRQS)"))
     .addOption(
       new Option(
+        '--uuid <uuid>',
+        "the VM's uuid (QEMU's -uuid): multifd channels carry it, and a destination checks it",
+      ).argParser(parseUuid),
+    )
+    .addOption(
+      new Option(
         '--stall-timeout <ms>',
         'a migration link that moves no data this long fails, on either side, as does a destination that does not answer READY within it',
       )
@@ -94,4 +106,11 @@ export function vmmCommand(program: Command): Command {
         .argParser(integer(1))
         .default(100),
     );
+}
+
+/** A uuid as QEMU's -uuid takes it: 32 hex digits, dashes as in 8-4-4-4-12. */
+function parseUuid(text: string): Uint8Array {
+  if (!/^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i.test(text))
+    throw new InvalidArgumentError(`"${text}" is not a uuid (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)`);
+  return Uint8Array.from(Buffer.from(text.replaceAll('-', ''), 'hex'));
 }

@@ -1,15 +1,20 @@
 // Migration capabilities (QEMU's migrate-set-capabilities, migration/options.c): the ones this VMM knows,
 // and QEMU's checks on a new set. `return-path` is always in effect over TCP here (the READY/GO handshake
-// needs it), so setting it changes nothing but lets `switchover-ack` be set, as QEMU requires.
+// needs it), so setting it changes nothing but lets `switchover-ack` be set, as QEMU requires. `multifd`
+// sends RAM over `multifd-channels` more connections (multifd-send.ts); both sides must set it.
 
 import { Errno } from '../../abi/errno.ts';
 import { MigrationError } from './errors.ts';
 
-export const CAPABILITY_NAMES = ['return-path', 'switchover-ack'] as const;
+export const CAPABILITY_NAMES = ['return-path', 'switchover-ack', 'multifd'] as const;
 export type CapabilityName = (typeof CAPABILITY_NAMES)[number];
 export type MigrationCapabilities = Record<CapabilityName, boolean>;
 
-export const DEFAULT_CAPABILITIES: MigrationCapabilities = { 'return-path': false, 'switchover-ack': false };
+export const DEFAULT_CAPABILITIES: MigrationCapabilities = {
+  'return-path': false,
+  'switchover-ack': false,
+  multifd: false,
+};
 
 /** The set after `changes`, or QEMU's refusal (migrate_caps_check); nothing is applied on a refusal. */
 export function withCapabilities(

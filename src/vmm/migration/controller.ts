@@ -5,6 +5,7 @@
 
 import { Errno } from '../../abi/errno.ts';
 import type { GuestDirtyBitmap } from '../guest/dirty-bitmap.ts';
+import type { GuestMemory } from '../guest/guest-memory.ts';
 import type { MigrationInfo } from '../qmp/commands.ts';
 import type { RunState } from '../run-state.ts';
 import type { VfioMigrationDriver } from '../vfio/driver.ts';
@@ -18,6 +19,8 @@ import { SwitchoverEstimator } from './convergence.ts';
 import { errnoOf, MigrationCancelled, MigrationError, reasonOf } from './errors.ts';
 import type { MigrationHandler } from './handler.ts';
 import { fileConnection, IncomingListener, runIncoming } from './incoming.ts';
+import { MultifdReceiver } from './multifd-recv.ts';
+import { MultifdSender } from './multifd-send.ts';
 import {
   DEFAULT_PARAMETERS,
   type MigrationParameters,
@@ -32,6 +35,8 @@ import { openOutgoing, parseMigrationUri } from './transport.ts';
 export interface ControllerDeps {
   runState: RunState;
   ram: RamHandler;
+  /** Guest RAM: multifd channel threads map it from its memfd. */
+  memory: GuestMemory;
   dirty: GuestDirtyBitmap;
   ramSize: number;
   devices: readonly { driver: VfioMigrationDriver; handler: MigrationHandler }[];
@@ -40,6 +45,8 @@ export interface ControllerDeps {
   emit: (event: string, data?: Record<string, unknown>) => void;
   log: (line: string) => void;
   stallTimeoutMs?: number;
+  /** The VM's uuid (QEMU's -uuid): multifd channels carry it, and a destination with one checks it. */
+  uuid?: Uint8Array;
 }
 
 /** query-migrate's answer, in QEMU's MigrationInfo shape (ordered and made integral by the QMP layer). */
@@ -73,6 +80,9 @@ export class MigrationController {
   private outgoing = false;
   /** An incoming migration's view: payload bytes per kind, sections, first and last arrival (ms). */
   private received = { ram: 0, device: 0, sections: 0, first: -1, last: -1 };
+  /** Multifd: the source's channels while they run, and the bytes they wrote (query-migrate's multifd-bytes). */
+  private channelsOut: MultifdSender | null = null;
+  private multifdBytes = 0;
   /** The destination's listener while it waits for the source. */
   private listener: IncomingListener | null = null;
   /** Resolves when the current outgoing or incoming migration has finished, whatever the outcome. */
@@ -93,6 +103,9 @@ export class MigrationController {
   }
 
   setParameters(p: Partial<MigrationParameters>): void {
+    // The channels are opened when a migration starts: changing their number under one is refused.
+    if (p.multifdChannels !== undefined && statusIsActive(this.status))
+      throw new MigrationError(Errno.EBUSY, "There's a migration process in progress");
     Object.assign(this.parameters, p);
   }
 
@@ -121,6 +134,11 @@ export class MigrationController {
     const uri = parseMigrationUri(uriText);
     if (uri.kind === 'file' && this.capabilities['switchover-ack'])
       throw new MigrationError(Errno.EINVAL, 'switchover-ack needs a return path, which a file: migration has not');
+    if (this.capabilities.multifd && uri.kind === 'file')
+      throw new MigrationError(
+        Errno.EINVAL,
+        'multifd needs a tcp: migration; file: takes the one stream (turn multifd off)',
+      );
     this.abort = new AbortController();
     this.started = performance.now();
     this.errorDesc = undefined;
@@ -133,6 +151,7 @@ export class MigrationController {
     this.lastSyncPages = 0;
     this.downtimeMs = 0;
     this.phases = null;
+    this.multifdBytes = 0;
     this.setStatus('setup');
     this.done = this.runSource(uri, this.abort.signal);
   }
@@ -148,6 +167,7 @@ export class MigrationController {
     const wasRunning = this.d.runState.running;
     const handlers: MigrationHandler[] = [this.d.ram, ...this.d.devices.map((x) => x.handler)];
     let transport: Awaited<ReturnType<typeof openOutgoing>> | null = null;
+    let channels: MultifdSender | null = null;
     try {
       transport = await openOutgoing(uri, {
         stallTimeoutMs: this.d.stallTimeoutMs,
@@ -156,6 +176,19 @@ export class MigrationController {
       });
       if (signal.aborted) throw new MigrationCancelled();
       const switchoverAck = this.applySwitchoverAck();
+      if (this.capabilities.multifd && uri.kind === 'tcp') {
+        // The channels connect after the main stream, so the destination takes that one first.
+        channels = await MultifdSender.open({
+          memory: this.d.memory,
+          host: uri.host,
+          port: uri.port,
+          channels: this.parameters.multifdChannels,
+          uuid: this.d.uuid ?? new Uint8Array(16),
+          stallTimeoutMs: this.d.stallTimeoutMs ?? 10_000,
+        });
+        this.d.ram.channelsOut = channels;
+        this.channelsOut = channels;
+      }
       const result = await runOutgoing({
         handlers,
         transport,
@@ -199,7 +232,14 @@ export class MigrationController {
           `(expected ${ph.expectedMs?.toFixed(1) ?? '-'} ms; stop ${ph.stopMs.toFixed(1)}, sync ${ph.syncMs.toFixed(1)}, ` +
           `complete ${ph.completeMs.toFixed(1)}, state ${ph.stateMs.toFixed(1)}, finish ${ph.finishMs.toFixed(1)})`,
       );
-    } catch (err) {
+    } catch (caught) {
+      let err = caught;
+      if (channels && transport) {
+        // A channel the destination closed after refusing the stream: its ERROR on the main stream says
+        // why (it goes out before the channels close; let the main socket's pending input be read).
+        await new Promise((r) => setImmediate(r));
+        err = transport.refusal?.() ?? err;
+      }
       transport?.destroy();
       if (this.committed) {
         // Past the commit point the destination may be running the VM: never resume it here.
@@ -224,6 +264,10 @@ export class MigrationController {
       }
       this.d.log(`migration ${this.status}${this.errorDesc ? `: ${this.errorDesc}` : ''}`);
     } finally {
+      this.d.ram.channelsOut = null;
+      await channels?.close();
+      this.multifdBytes = channels?.bytes ?? 0;
+      this.channelsOut = null;
       for (const h of handlers) {
         await h
           .saveCleanup?.()
@@ -280,15 +324,31 @@ export class MigrationController {
     this.started = performance.now();
     this.outgoing = false;
     this.received = { ram: 0, device: 0, sections: 0, first: -1, last: -1 };
+    if (this.capabilities.multifd && uri.kind === 'file')
+      throw new MigrationError(
+        Errno.EINVAL,
+        'multifd needs a tcp: migration; file: takes the one stream (turn multifd off)',
+      );
     this.setStatus('setup');
     let listener: IncomingListener | null = null;
+    const channels =
+      this.capabilities.multifd && uri.kind === 'tcp'
+        ? new MultifdReceiver({
+            memory: this.d.memory,
+            channels: this.parameters.multifdChannels,
+            uuid: this.d.uuid ?? null,
+            maps: this.d.ram.sharedMaps,
+            stallTimeoutMs: this.d.stallTimeoutMs ?? 10_000,
+          })
+        : null;
+    this.d.ram.channelsIn = channels;
     try {
       let connection: Awaited<ReturnType<IncomingListener['accept']>>;
       if (uri.kind === 'tcp') {
         listener = await IncomingListener.listen(uri.host, uri.port);
         this.listener = listener;
         onListening?.(listener.port);
-        connection = await listener.accept();
+        connection = await listener.accept(channels ? (s) => channels.adopt(s) : undefined);
       } else {
         connection = fileConnection(uri.path);
       }
@@ -298,6 +358,8 @@ export class MigrationController {
       await runIncoming({
         handlers,
         connection,
+        failure: channels?.failed,
+        progress: channels ? () => channels.progress() : undefined,
         handshake: uri.kind === 'tcp',
         switchoverAck,
         onSwitchoverAck: () => this.d.log('switchover-ack: sent (every device that needs it has its initial data)'),
@@ -328,6 +390,8 @@ export class MigrationController {
     } finally {
       listener?.close();
       this.listener = null;
+      this.d.ram.channelsIn = null;
+      await channels?.close();
     }
   }
 
@@ -379,6 +443,7 @@ export class MigrationController {
       'pages-per-second': Math.round(this.pagesRate),
       'precopy-bytes': this.precopyBytes ?? s.transferred,
       'downtime-bytes': this.precopyBytes === null ? 0 : s.transferred - this.precopyBytes,
+      'multifd-bytes': this.channelsOut?.bytes ?? this.multifdBytes,
     };
     info.vfio = { transferred: this.d.devices.reduce((n, x) => n + x.driver.transferred, 0) };
     // The devices' pending bytes as the last pass counted them (save_live_pending), for progress displays.

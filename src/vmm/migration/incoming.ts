@@ -61,7 +61,8 @@ export class IncomingListener {
   private constructor(private readonly server: Server) {}
 
   static async listen(host: string, port: number): Promise<IncomingListener> {
-    const server = createServer({ noDelay: true });
+    // Paused: a multifd channel's connection is handed, unread, to the thread that receives on it.
+    const server = createServer({ noDelay: true, pauseOnConnect: true });
     server.listen(port, host);
     await once(server, 'listening');
     return new IncomingListener(server);
@@ -72,10 +73,13 @@ export class IncomingListener {
     return typeof a === 'object' && a ? a.port : 0;
   }
 
-  /** The first connection; later ones are refused (closed) while it lasts. */
-  async accept(): Promise<IncomingConnection> {
+  /**
+   * The first connection (the source opens its main stream first); later ones go to `extra` (multifd
+   * channels), or are refused (closed) without it.
+   */
+  async accept(extra?: (socket: Socket) => void): Promise<IncomingConnection> {
     const [socket] = (await once(this.server, 'connection')) as [Socket];
-    this.server.on('connection', (extra: Socket) => extra.destroy());
+    this.server.on('connection', extra ?? ((s: Socket) => s.destroy()));
     return socketConnection(socket);
   }
 
@@ -119,6 +123,10 @@ export interface IncomingOptions {
    */
   switchoverAck?: boolean;
   onSwitchoverAck?: () => void;
+  /** Rejects when something beside the main stream failed (a multifd channel): the load fails with it. */
+  failure?: Promise<never>;
+  /** A count that moves while data arrives beside the main stream (multifd channels), for the stall check. */
+  progress?: () => number;
 }
 
 export interface IncomingResult {
@@ -131,6 +139,7 @@ async function nextChunk(
   it: AsyncIterator<Uint8Array>,
   timeoutMs?: number,
   what = `no GO from the source within ${timeoutMs} ms`,
+  progress?: () => number,
 ): Promise<Uint8Array | null> {
   let timer: NodeJS.Timeout | undefined;
   try {
@@ -139,7 +148,18 @@ async function nextChunk(
       ? await Promise.race([
           next,
           new Promise<never>((_, reject) => {
-            timer = setTimeout(() => reject(new MigrationError(Errno.ETIMEDOUT, what)), timeoutMs);
+            // Data moving elsewhere (multifd channels during a pass) is no stall of this link.
+            let seen = progress?.() ?? 0;
+            const arm = () => {
+              timer = setTimeout(() => {
+                const now = progress?.() ?? 0;
+                if (now !== seen) {
+                  seen = now;
+                  arm();
+                } else reject(new MigrationError(Errno.ETIMEDOUT, what));
+              }, timeoutMs);
+            };
+            arm();
           }),
         ])
       : await next;
@@ -186,11 +206,13 @@ export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
     for (const h of o.handlers) await h.loadSetup();
     await approve();
     while (!decoder.ended) {
-      const chunk = await nextChunk(
+      const next = nextChunk(
         o.connection.chunks,
         o.stallTimeoutMs,
         `no data from the source for ${o.stallTimeoutMs} ms: stalled link`,
+        o.progress,
       );
+      const chunk = o.failure ? await Promise.race([next, o.failure]) : await next;
       if (!chunk) break;
       bytes += chunk.byteLength;
       for (const s of decoder.push(chunk)) {

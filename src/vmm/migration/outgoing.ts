@@ -26,12 +26,15 @@ export interface MigrationParameters {
   maxBandwidth: number;
   /** bytes/s the user vouches for at switch-over; 0 = use the measured bandwidth */
   availSwitchoverBandwidth: number;
+  /** RAM channels when the multifd capability is on (QEMU's default 2) */
+  multifdChannels: number;
 }
 
 export const DEFAULT_PARAMETERS: MigrationParameters = {
   downtimeLimit: 300,
   maxBandwidth: 0,
   availSwitchoverBandwidth: 0,
+  multifdChannels: 2,
 };
 
 export interface OutgoingProgress {

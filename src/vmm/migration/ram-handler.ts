@@ -47,6 +47,25 @@ export interface RamStats {
   passes: number;
 }
 
+/**
+ * Source: multifd channels RAM pages go on instead of the main stream (multifd-send.ts). Pages are queued
+ * by offset; the channels copy them out of guest memory themselves.
+ */
+export interface RamChannelsOut {
+  /** Queues one page (zero: sent as a zero-page offset only); resolves once the queue has room again. */
+  queue(offset: number, zero: boolean): Promise<void> | undefined;
+  /** Pass end: every channel sends what it has, then a SYNC packet; resolves once all are out. */
+  sync(): Promise<void>;
+}
+
+/** Destination: the channels' receive side (multifd-recv.ts). */
+export interface RamChannelsIn {
+  /** MULTIFD_FLUSH seen in the main stream: waits for every channel's SYNC, checks the count, releases them. */
+  flush(): Promise<void>;
+  /** End of the stream: every packet sent was received and applied (throws if not). */
+  finish(): Promise<void>;
+}
+
 export class RamHandler implements MigrationHandler {
   readonly idstr = 'ram';
   readonly instanceId = 0;
@@ -72,7 +91,17 @@ export class RamHandler implements MigrationHandler {
    */
   private readonly fresh: boolean;
   private written: Uint8Array | null = null;
+
+  /** Destination: the maps multifd channels share (valid after loadSetup), and whether memory was fresh. */
+  get sharedMaps(): { received: Uint8Array; written: Uint8Array; fresh: boolean } {
+    this.received ??= new Uint8Array(new SharedArrayBuffer(this.memory.pages));
+    this.written ??= new Uint8Array(new SharedArrayBuffer(this.memory.pages));
+    return { received: this.received, written: this.written, fresh: this.fresh };
+  }
   private readonly decodeCtx = { block: null as string | null, blocks: new Map<string, number>() };
+  /** Multifd, set by the migration controller for one migration (null: RAM goes on the main stream). */
+  channelsOut: RamChannelsOut | null = null;
+  channelsIn: RamChannelsIn | null = null;
 
   constructor(
     private readonly memory: GuestMemory,
@@ -146,6 +175,10 @@ export class RamHandler implements MigrationHandler {
       if (first + 32 > this.memory.pages) bits &= (1 << (this.memory.pages - first)) - 1;
       // The word's zero pages in one native scan (QEMU: buffer_is_zero() per page in save_zero_page()).
       const zeros = this.memory.zeroPageMask(first, bits);
+      if (this.channelsOut) {
+        sent += await this.queueWord(this.channelsOut, first, bits, zeros);
+        continue;
+      }
       while (bits !== 0) {
         const low = bits & -bits;
         const bit = 31 - Math.clz32(low);
@@ -172,10 +205,42 @@ export class RamHandler implements MigrationHandler {
     }
     await flush();
     if (this.passScanned < words) return { passDone: false, foundAny: true };
+    if (this.channelsOut) await this.multifdSync(out);
     const foundAny = this.passFound;
     this.passScanned = 0;
     this.passFound = false;
     return { passDone: true, foundAny };
+  }
+
+  /** Multifd: one dirty-log word's pages onto the channels; returns the bytes they will take. */
+  private async queueWord(ch: RamChannelsOut, first: number, bits: number, zeros: number): Promise<number> {
+    let bytes = 0;
+    while (bits !== 0) {
+      const low = bits & -bits;
+      const bit = 31 - Math.clz32(low);
+      bits &= bits - 1;
+      const zero = (zeros & low) !== 0;
+      const wait = ch.queue((first + bit) * PAGE, zero);
+      if (wait) await wait;
+      if (zero) this.stats.duplicate++;
+      else this.stats.normal++;
+      bytes += zero ? 8 : 8 + PAGE;
+    }
+    this.stats.transferred += bytes;
+    return bytes;
+  }
+
+  /**
+   * Multifd pass end (QEMU's multifd_send_sync_main, then RAM_SAVE_FLAG_MULTIFD_FLUSH): every channel's
+   * pages and SYNC are out before the flush goes in the main stream, so the destination applies no page
+   * of the next pass before every page of this one.
+   */
+  private async multifdSync(out: SectionWriter): Promise<void> {
+    await this.channelsOut!.sync();
+    const b = new RamPayloadBuilder();
+    b.multifdFlush();
+    b.eos();
+    await out.part(b.take().pieces);
   }
 
   /** Hands a section to the transport without waiting for it; its buffer is reused only once it was taken. */
@@ -208,9 +273,12 @@ export class RamHandler implements MigrationHandler {
   }
 
   async loadSetup(): Promise<void> {
-    this.received = new Uint8Array(this.memory.pages);
+    // Shared memory: multifd channel threads mark what they receive and write in the same maps.
+    // Cleared, not replaced: multifd channel threads may hold it already (sharedMaps).
+    this.received ??= new Uint8Array(new SharedArrayBuffer(this.memory.pages));
+    this.received.fill(0);
     this.receivedCount = 0;
-    this.written ??= new Uint8Array(this.memory.pages);
+    this.written ??= new Uint8Array(new SharedArrayBuffer(this.memory.pages));
     this.prefaultedTo = 0;
     this.decodeCtx.block = null;
     this.decodeCtx.blocks = new Map([[RAM_BLOCK, this.memory.size]]);
@@ -254,6 +322,11 @@ export class RamHandler implements MigrationHandler {
           this.markReceived(i);
           break;
         }
+        case 'multifd-flush':
+          if (!this.channelsIn)
+            throw new MigrationError(Errno.EPROTO, 'MULTIFD_FLUSH in the stream, but multifd is off here');
+          await this.channelsIn.flush();
+          break;
         case 'eos':
           break;
       }
@@ -305,6 +378,12 @@ export class RamHandler implements MigrationHandler {
   }
 
   async loadComplete(): Promise<void> {
+    if (this.channelsIn) {
+      await this.channelsIn.finish();
+      // The channels marked their pages in the shared map (multifd-recv.ts); count them once here.
+      this.receivedCount = 0;
+      for (const r of this.received!) this.receivedCount += r;
+    }
     const missing = this.memory.pages - this.receivedCount;
     if (missing > 0)
       throw new MigrationError(Errno.EINVAL, `RAM incomplete: ${missing} of ${this.memory.pages} pages never arrived`);

@@ -51,6 +51,8 @@ export interface OutgoingStream {
   end(): Promise<void>;
   /** Tears down at once (cancel, failure). */
   destroy(): void;
+  /** The destination's ERROR, if it sent one (TCP): its reason beats a link failure it caused. */
+  refusal?(): Error | null;
 }
 
 export interface TransportOptions {
@@ -106,7 +108,7 @@ class TcpOutgoing implements OutgoingStream {
   private waiter: (() => void) | null = null;
   private closedError: Error | null = null;
   /** The destination said ERROR on the return path. */
-  private refusal: MigrationError | null = null;
+  private refusalError: MigrationError | null = null;
   private readonly limiter: RateLimiter;
   switchoverAcked = false;
 
@@ -126,7 +128,7 @@ class TcpOutgoing implements OutgoingStream {
           // The destination's reason, if it gives up mid-stream: every later failure of this link
           // reports it rather than the reset that follows.
           if (m.type === ReturnPathType.ERROR)
-            this.refusal ??= new MigrationError(Errno.EIO, `the destination could not load the VM: ${m.text}`);
+            this.refusalError ??= new MigrationError(Errno.EIO, `the destination could not load the VM: ${m.text}`);
         }
       } catch (err) {
         socket.destroy(err as Error);
@@ -136,11 +138,12 @@ class TcpOutgoing implements OutgoingStream {
     });
     socket.on('close', () => {
       this.closedError ??=
-        this.refusal ?? new MigrationError(Errno.ECONNRESET, 'the destination closed the migration connection');
+        this.refusalError ?? new MigrationError(Errno.ECONNRESET, 'the destination closed the migration connection');
       this.wake();
     });
     socket.on('error', (err) => {
-      this.closedError = this.refusal ?? new MigrationError(Errno.ECONNRESET, `migration connection: ${err.message}`);
+      this.closedError =
+        this.refusalError ?? new MigrationError(Errno.ECONNRESET, `migration connection: ${err.message}`);
       this.wake();
     });
   }
@@ -159,7 +162,7 @@ class TcpOutgoing implements OutgoingStream {
    * behind others on a slow or busy link is not a dead link while its groups keep going out).
    */
   async write(pieces: readonly Uint8Array[]): Promise<void> {
-    if (this.refusal) throw this.refusal;
+    if (this.refusalError) throw this.refusalError;
     if (this.closedError) throw this.closedError;
     const list = pieces.filter((p) => p.byteLength > 0);
     if (list.length === 0) return;
@@ -201,7 +204,8 @@ class TcpOutgoing implements OutgoingStream {
       const last = group.length - 1;
       for (let i = 0; i < last; i++) this.socket.write(group[i]!);
       this.socket.write(group[last]!, (err) => {
-        if (err) reject(this.refusal ?? new MigrationError(Errno.ECONNRESET, `migration connection: ${err.message}`));
+        if (err)
+          reject(this.refusalError ?? new MigrationError(Errno.ECONNRESET, `migration connection: ${err.message}`));
         else {
           this.completed += size;
           resolve();
@@ -264,6 +268,10 @@ class TcpOutgoing implements OutgoingStream {
 
   async sendMessage(m: ReturnPathMessage): Promise<void> {
     await this.write([encodeReturnPath(m)]);
+  }
+
+  refusal(): Error | null {
+    return this.refusalError;
   }
 
   async end(): Promise<void> {

@@ -101,6 +101,8 @@ export interface MigrationParameters {
   'max-bandwidth': number;
   /** bytes/s; 0 = estimate */
   'avail-switchover-bandwidth': number;
+  /** Extra TCP connections for RAM when the `multifd` capability is on: 1..255, QEMU's default 2. */
+  'multifd-channels': number;
 }
 
 /** migrate-set-parameters, after its checks: only the members given. */
@@ -211,7 +213,11 @@ export const MIGRATE_SET_PARAMETERS_ARGS: ArgsSchema = {
   'max-bandwidth': { type: 'size', optional: true },
   'avail-switchover-bandwidth': { type: 'size', optional: true },
   'downtime-limit': { type: 'uint64', optional: true },
+  'multifd-channels': { type: 'int', optional: true },
 };
+export const MIGRATE_SET_CAPABILITIES_ARGS: ArgsSchema = { capabilities: { type: { array: 'any' } } };
+/** QEMU's range for multifd-channels (a uint8, at least one channel). */
+export const MAX_MULTIFD_CHANNELS = 255;
 
 const generic = (desc: string) => new QmpError('GenericError', desc);
 
@@ -295,6 +301,12 @@ function checkedParameters(a: Record<string, unknown>): MigrateSetParameters {
       throw generic(`Parameter 'downtime_limit' expects an integer in the range of 0 to ${MAX_MIGRATE_DOWNTIME} ms`);
     p['downtime-limit'] = Number(dl);
   }
+  const ch = a['multifd-channels'] as number | undefined;
+  if (ch !== undefined) {
+    if (ch < 1 || ch > MAX_MULTIFD_CHANNELS)
+      throw generic(`Parameter 'multifd_channels' expects a value between 1 and ${MAX_MULTIFD_CHANNELS}`);
+    p['multifd-channels'] = ch;
+  }
   return p;
 }
 
@@ -349,7 +361,7 @@ const INFO_MEMBERS = [
 ] as const;
 
 function migrationStats(ram: Record<string, unknown>): Record<string, unknown> {
-  // Mandatory in QAPI, always zero here: no postcopy, no multifd, no zero-copy send.
+  // Mandatory in QAPI; zero here unless the VMM says (multifd-bytes): no postcopy, no zero-copy send.
   const filled = { 'postcopy-requests': 0, 'multifd-bytes': 0, 'postcopy-bytes': 0, 'dirty-sync-missed-zero-copy': 0 };
   return shape({ ...filled, ...ram }, RAM_MEMBERS);
 }
@@ -397,6 +409,7 @@ export function vmmCommands(backend: QmpVmmBackend): Record<string, QmpCommand> 
           ['max-bandwidth', int],
           ['avail-switchover-bandwidth', int],
           ['downtime-limit', int],
+          ['multifd-channels', int],
         ]);
       },
     },
@@ -437,7 +450,7 @@ export function vmmCommands(backend: QmpVmmBackend): Record<string, QmpCommand> 
     const query = backend.queryMigrationCapabilities.bind(backend);
     const names = backend.capabilityNames;
     commands['migrate-set-capabilities'] = {
-      args: { capabilities: { type: { array: 'any' } } },
+      args: MIGRATE_SET_CAPABILITIES_ARGS,
       run: async (a) => {
         await set(checkedCapabilities(a.capabilities as unknown[], names));
         return {};

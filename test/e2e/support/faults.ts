@@ -46,6 +46,8 @@ export interface FaultPairOptions {
   autostart?: boolean;
   /** Start the retry's fresh destination at once, in the background (default true). */
   spare?: boolean;
+  /** Multifd on both sides with this many channels (startLocalPair's `multifd`). */
+  multifd?: { channels: number };
 }
 
 /**
@@ -67,6 +69,7 @@ export async function startFaultPair(o: FaultPairOptions = {}): Promise<LocalPai
     source: { ...device, vmmArgs: [...guest, '--fill', 'random', ...(o.sourceArgs ?? [])] },
     destination: { ...device, vmmArgs: [...guest, ...(o.destinationArgs ?? [])] },
     log: o.lines ? (l) => o.lines!.push(l) : undefined,
+    multifd: o.multifd,
   };
   const pair = await startLocalPair(options);
   // The retry's destination starts while the first attempt runs (it waits on throttled links and faults).

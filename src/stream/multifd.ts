@@ -1,0 +1,205 @@
+// The multifd channel format, QEMU's migration/multifd.c and multifd.h (QEMU 9.0, no compression): each
+// extra TCP connection opens with an init packet (MultiFDInit_t) naming the migration (the VM's uuid) and
+// the channel; then page packets (MultiFDPacket_t), each a fixed 320-byte header, the be64 offsets of its
+// normal pages and then of its zero pages (QEMU 9's zero-page list), and the normal pages' contents in
+// offset order. A packet with the SYNC flag closes a pass on its channel (multifd_send_sync_main).
+// Every integer is big-endian. Pure codec: no I/O, no state between calls.
+//
+//   init   be32 magic 0x11223344, be32 version 1, uuid[16], u8 id, 7 bytes 0, 4 x be64 0      (64 bytes)
+//   packet be32 magic, be32 version, be32 flags, be32 pages_alloc, be32 normal_pages,
+//          be32 next_packet_size (bytes of page data after the offsets), be64 packet_num,
+//          be32 zero_pages, be32 0, 3 x be64 0, char ramblock[256] (NUL-padded),
+//          be64 offset[normal_pages + zero_pages], then normal_pages x 4096 bytes
+
+import { TARGET_PAGE_SIZE } from './constants.ts';
+import { StreamError } from './errors.ts';
+
+export const MULTIFD_MAGIC = 0x11223344;
+export const MULTIFD_VERSION = 1;
+/** MULTIFD_FLAG_SYNC: the last packet of a pass on this channel. */
+export const MULTIFD_FLAG_SYNC = 1;
+export const MULTIFD_INIT_BYTES = 64;
+export const MULTIFD_HEADER_BYTES = 320;
+/** QEMU's MULTIFD_PACKET_SIZE (512 KiB) in pages: the most a packet carries (pages_alloc). */
+export const MULTIFD_PACKET_PAGES = (512 * 1024) / TARGET_PAGE_SIZE;
+const RAMBLOCK_BYTES = 256;
+
+export interface MultifdInit {
+  /** The VM's uuid (16 bytes; all zero when none was set, as QEMU's qemu_uuid). */
+  uuid: Uint8Array;
+  /** Channel number, 0 .. channels-1. */
+  id: number;
+}
+
+export interface MultifdPacketHeader {
+  flags: number;
+  /** Pages this packet could hold (the sender's page array size). */
+  pagesAlloc: number;
+  normalPages: number;
+  zeroPages: number;
+  /** Bytes of page data after the offsets (normalPages x 4096 without compression). */
+  nextPacketSize: number;
+  /** Global packet number, over every channel. */
+  packetNum: number;
+  ramblock: string;
+}
+
+/** A decoded header with the bytes the offsets and pages take after it. */
+export interface DecodedMultifdHeader extends MultifdPacketHeader {
+  /** Bytes after the header: the offsets, then the page data. */
+  bodyBytes: number;
+}
+
+const enc = new TextEncoder();
+const dec = new TextDecoder('utf-8', { fatal: true });
+
+function fail(msg: string, at = 0): never {
+  throw new StreamError(`multifd: ${msg}`, at);
+}
+
+function view(b: Uint8Array): DataView {
+  return new DataView(b.buffer, b.byteOffset, b.byteLength);
+}
+
+export function encodeMultifdInit(init: MultifdInit): Uint8Array {
+  if (init.uuid.byteLength !== 16) throw new RangeError(`a uuid is 16 bytes, got ${init.uuid.byteLength}`);
+  if (!Number.isInteger(init.id) || init.id < 0 || init.id > 255)
+    throw new RangeError(`channel id ${init.id} is not a u8`);
+  const out = new Uint8Array(MULTIFD_INIT_BYTES);
+  const v = view(out);
+  v.setUint32(0, MULTIFD_MAGIC);
+  v.setUint32(4, MULTIFD_VERSION);
+  out.set(init.uuid, 8);
+  out[24] = init.id;
+  return out;
+}
+
+/** Decodes an init packet (exactly MULTIFD_INIT_BYTES); refuses a wrong magic or version. */
+export function decodeMultifdInit(b: Uint8Array): MultifdInit {
+  if (b.byteLength < MULTIFD_INIT_BYTES) fail(`init packet of ${b.byteLength} bytes, expected ${MULTIFD_INIT_BYTES}`);
+  const v = view(b);
+  const magic = v.getUint32(0);
+  if (magic !== MULTIFD_MAGIC)
+    fail(`init packet magic 0x${magic.toString(16)}, expected 0x${MULTIFD_MAGIC.toString(16)}`);
+  const version = v.getUint32(4);
+  if (version !== MULTIFD_VERSION) fail(`init packet version ${version}, this side speaks ${MULTIFD_VERSION}`);
+  return { uuid: b.slice(8, 24), id: b[24]! };
+}
+
+/**
+ * Writes a packet's header and offsets into `out` (MULTIFD_HEADER_BYTES + 8 per page) and returns the
+ * bytes written; the caller appends the normal pages' contents, in `normal` order.
+ */
+export function writeMultifdHeader(
+  out: Uint8Array,
+  h: Omit<MultifdPacketHeader, 'normalPages' | 'zeroPages' | 'nextPacketSize'>,
+  normal: ArrayLike<number>,
+  zero: ArrayLike<number>,
+): number {
+  const n = normal.length + zero.length;
+  if (n > h.pagesAlloc) throw new RangeError(`${n} pages in a packet of ${h.pagesAlloc}`);
+  const name = enc.encode(h.ramblock);
+  if (name.byteLength === 0 || name.byteLength >= RAMBLOCK_BYTES)
+    throw new RangeError(`RAM block name "${h.ramblock}" must be 1 to 255 bytes`);
+  const len = MULTIFD_HEADER_BYTES + 8 * n;
+  if (out.byteLength < len) throw new RangeError(`packet header needs ${len} bytes, buffer has ${out.byteLength}`);
+  out.fill(0, 0, MULTIFD_HEADER_BYTES);
+  const v = view(out);
+  v.setUint32(0, MULTIFD_MAGIC);
+  v.setUint32(4, MULTIFD_VERSION);
+  v.setUint32(8, h.flags);
+  v.setUint32(12, h.pagesAlloc);
+  v.setUint32(16, normal.length);
+  v.setUint32(20, normal.length * TARGET_PAGE_SIZE);
+  v.setBigUint64(24, BigInt(h.packetNum));
+  v.setUint32(32, zero.length);
+  out.set(name, 64);
+  let at = MULTIFD_HEADER_BYTES;
+  for (const list of [normal, zero]) {
+    for (let i = 0; i < list.length; i++) {
+      const off = list[i]!;
+      if (!Number.isSafeInteger(off) || off < 0 || off % TARGET_PAGE_SIZE !== 0)
+        throw new RangeError(`page offset ${off} is not a multiple of ${TARGET_PAGE_SIZE}`);
+      v.setUint32(at, Math.floor(off / 0x100000000));
+      v.setUint32(at + 4, off >>> 0);
+      at += 8;
+    }
+  }
+  return len;
+}
+
+/**
+ * Decodes a packet header (MULTIFD_HEADER_BYTES). `maxPages` is the most a packet may carry (the receiver's
+ * page array, QEMU's page_count check). Refuses a bad magic or version, unknown flags (compression), more
+ * pages than allowed, a page-data size that does not match the normal pages, or a bad block name.
+ */
+export function decodeMultifdHeader(b: Uint8Array, maxPages = MULTIFD_PACKET_PAGES): DecodedMultifdHeader {
+  if (b.byteLength < MULTIFD_HEADER_BYTES) fail(`packet header of ${b.byteLength} bytes`);
+  const v = view(b);
+  const magic = v.getUint32(0);
+  if (magic !== MULTIFD_MAGIC) fail(`packet magic 0x${magic.toString(16)}, expected 0x${MULTIFD_MAGIC.toString(16)}`);
+  const version = v.getUint32(4);
+  if (version !== MULTIFD_VERSION) fail(`packet version ${version}, this side speaks ${MULTIFD_VERSION}`, 4);
+  const flags = v.getUint32(8);
+  if ((flags & ~MULTIFD_FLAG_SYNC) !== 0)
+    fail(`packet flags 0x${flags.toString(16)}: compression and other flags are not supported`, 8);
+  const pagesAlloc = v.getUint32(12);
+  const normalPages = v.getUint32(16);
+  const nextPacketSize = v.getUint32(20);
+  const packetNum = v.getBigUint64(24);
+  const zeroPages = v.getUint32(32);
+  if (pagesAlloc > maxPages) fail(`packet allocates ${pagesAlloc} pages, at most ${maxPages} allowed`, 12);
+  if (normalPages + zeroPages > pagesAlloc)
+    fail(`packet carries ${normalPages} normal and ${zeroPages} zero pages, more than its ${pagesAlloc}`, 16);
+  if (nextPacketSize !== normalPages * TARGET_PAGE_SIZE)
+    fail(`packet data of ${nextPacketSize} bytes for ${normalPages} pages`, 20);
+  if (packetNum > BigInt(Number.MAX_SAFE_INTEGER)) fail(`packet number ${packetNum} out of range`, 24);
+  const nameBytes = b.subarray(64, 64 + RAMBLOCK_BYTES);
+  const end = nameBytes.indexOf(0);
+  if (end < 0) fail('RAM block name is not NUL-terminated', 64);
+  let ramblock = '';
+  try {
+    ramblock = dec.decode(nameBytes.subarray(0, end));
+  } catch {
+    fail('RAM block name is not UTF-8', 64);
+  }
+  if (normalPages + zeroPages > 0 && ramblock === '') fail('packet with pages names no RAM block', 64);
+  return {
+    flags,
+    pagesAlloc,
+    normalPages,
+    zeroPages,
+    nextPacketSize,
+    packetNum: Number(packetNum),
+    ramblock,
+    bodyBytes: 8 * (normalPages + zeroPages) + nextPacketSize,
+  };
+}
+
+/**
+ * Reads the offsets after a header (`body` starts at the first offset) into `into`; each must be
+ * page-aligned and inside a block of `blockSize` bytes. Returns the number read.
+ */
+export function readMultifdOffsets(
+  body: Uint8Array,
+  h: DecodedMultifdHeader,
+  blockSize: number,
+  into: Float64Array,
+): number {
+  const n = h.normalPages + h.zeroPages;
+  if (body.byteLength < 8 * n) fail(`packet offsets truncated: ${body.byteLength} of ${8 * n} bytes`);
+  if (into.length < n) throw new RangeError(`offset array of ${into.length} for ${n} pages`);
+  const v = view(body);
+  for (let i = 0; i < n; i++) {
+    const hi = v.getUint32(8 * i);
+    const lo = v.getUint32(8 * i + 4);
+    const off = hi * 0x100000000 + lo;
+    if (off % TARGET_PAGE_SIZE !== 0 || off >= blockSize || hi >= 0x200000)
+      fail(
+        `page offset 0x${off.toString(16)} is not a page of "${h.ramblock}" (${blockSize} bytes)`,
+        MULTIFD_HEADER_BYTES + 8 * i,
+      );
+    into[i] = off;
+  }
+  return n;
+}

@@ -1,0 +1,179 @@
+// The source's multifd channels (QEMU's multifd_send_setup, multifd_queue_page, multifd_send_sync_main):
+// N extra TCP connections to the destination's migration address, each sent on by its own thread
+// (multifd-worker.ts). The main thread takes pages from the dirty log, as without multifd, and hands
+// packets of up to MULTIFD_PACKET_PAGES page offsets to whichever channel has room; the channel copies
+// the pages out of guest memory and sends them. Packet numbers are global, in the order handed out.
+
+import type { Worker } from 'node:worker_threads';
+import { Errno } from '../../abi/errno.ts';
+import { MULTIFD_PACKET_PAGES } from '../../stream/multifd.ts';
+import type { GuestMemory } from '../guest/guest-memory.ts';
+import { MigrationError } from './errors.ts';
+import { type FromSender, startChannelWorker, type ToSender } from './multifd-threads.ts';
+import type { RamChannelsOut } from './ram-handler.ts';
+
+/** Packets handed to a channel and not yet written by it: bounds the pages copied ahead (2 x 512 KiB). */
+const IN_FLIGHT = 2;
+
+export interface MultifdSendOptions {
+  memory: GuestMemory;
+  host: string;
+  port: number;
+  channels: number;
+  uuid: Uint8Array;
+  stallTimeoutMs: number;
+}
+
+interface Channel {
+  worker: Worker;
+  inFlight: number;
+  exited: Promise<void>;
+}
+
+export class MultifdSender implements RamChannelsOut {
+  private readonly channels: Channel[] = [];
+  private normal: number[] = [];
+  private zero: number[] = [];
+  private packetNum = 0;
+  private next = 0;
+  private error: MigrationError | null = null;
+  private waiter: (() => void) | null = null;
+  /** Packet bytes the channels wrote. */
+  bytes = 0;
+
+  private constructor() {}
+
+  /** Opens every channel (connected, init packet written) or fails with the first channel's reason. */
+  static async open(o: MultifdSendOptions): Promise<MultifdSender> {
+    const s = new MultifdSender();
+    const connected: Promise<void>[] = [];
+    for (let id = 0; id < o.channels; id++) {
+      const worker = startChannelWorker({
+        role: 'send',
+        fd: o.memory.fd,
+        size: o.memory.size,
+        pieceSize: o.memory.pieceSize,
+        host: o.host,
+        port: o.port,
+        uuid: o.uuid,
+        id,
+        stallTimeoutMs: o.stallTimeoutMs,
+      });
+      const ch: Channel = { worker, inFlight: 0, exited: new Promise((r) => worker.once('exit', () => r())) };
+      s.channels.push(ch);
+      connected.push(
+        new Promise<void>((resolve, reject) => {
+          worker.on('message', (m: FromSender) => {
+            if (m.type === 'connected') resolve();
+            else if (m.type === 'sent') {
+              ch.inFlight--;
+              s.bytes += m.bytes;
+              s.wake();
+            } else if (m.type === 'error') {
+              s.fail(new MigrationError(errnoNamed(m.errno), m.message));
+              reject(s.error);
+            }
+          });
+          worker.on('error', (e) => {
+            s.fail(new MigrationError(Errno.EIO, `multifd channel ${id}: thread failed: ${e.message}`));
+            reject(s.error);
+          });
+          worker.on('exit', () => {
+            s.fail(new MigrationError(Errno.EIO, `multifd channel ${id}: thread exited`));
+            reject(s.error);
+          });
+        }),
+      );
+    }
+    try {
+      await Promise.all(connected);
+    } catch (err) {
+      await s.close();
+      throw err;
+    }
+    return s;
+  }
+
+  private fail(e: MigrationError): void {
+    this.error ??= e;
+    this.wake();
+  }
+
+  private wake(): void {
+    const w = this.waiter;
+    this.waiter = null;
+    w?.();
+  }
+
+  private async room(): Promise<Channel> {
+    for (;;) {
+      if (this.error) throw this.error;
+      // Round robin over the channels with room (QEMU picks the next idle channel likewise).
+      for (let k = 0; k < this.channels.length; k++) {
+        const ch = this.channels[(this.next + k) % this.channels.length]!;
+        if (ch.inFlight < IN_FLIGHT) {
+          this.next = (this.next + k + 1) % this.channels.length;
+          return ch;
+        }
+      }
+      await new Promise<void>((r) => {
+        this.waiter = r;
+      });
+    }
+  }
+
+  private post(ch: Channel, sync: boolean): void {
+    const normal = Float64Array.from(this.normal);
+    const zero = Float64Array.from(this.zero);
+    this.normal = [];
+    this.zero = [];
+    ch.inFlight++;
+    const m: ToSender = { type: 'packet', normal, zero, packetNum: this.packetNum++, sync };
+    ch.worker.postMessage(m, [normal.buffer, zero.buffer]);
+  }
+
+  queue(offset: number, zero: boolean): Promise<void> | undefined {
+    if (this.error) return Promise.reject(this.error);
+    (zero ? this.zero : this.normal).push(offset);
+    if (this.normal.length + this.zero.length < MULTIFD_PACKET_PAGES) return undefined;
+    return this.room().then((ch) => this.post(ch, false));
+  }
+
+  async sync(): Promise<void> {
+    if (this.normal.length + this.zero.length > 0) this.post(await this.room(), false);
+    // A SYNC packet on every channel, behind whatever it still has to send.
+    for (const ch of this.channels) {
+      while (ch.inFlight >= IN_FLIGHT) await this.idle();
+      this.post(ch, true);
+    }
+    while (this.channels.some((c) => c.inFlight > 0)) await this.idle();
+  }
+
+  private async idle(): Promise<void> {
+    if (this.error) throw this.error;
+    await new Promise<void>((r) => {
+      this.waiter = r;
+    });
+    if (this.error) throw this.error;
+  }
+
+  /** Ends every channel (after the migration: a clean close; on failure: at once). */
+  async close(): Promise<void> {
+    await Promise.all(
+      this.channels.map(async (ch) => {
+        if (!this.error) ch.worker.postMessage({ type: 'end' } satisfies ToSender);
+        // A clean close waits (a safety net of 5 s) for the FIN to go out behind the last packet.
+        const t = setTimeout(() => void ch.worker.terminate(), this.error ? 0 : 5000);
+        ch.worker.on('message', (m: FromSender) => {
+          if (m.type === 'closed') void ch.worker.terminate();
+        });
+        await ch.exited;
+        clearTimeout(t);
+      }),
+    );
+  }
+}
+
+export function errnoNamed(name: string): number {
+  return name in Errno ? Errno[name as keyof typeof Errno] : Errno.ECONNRESET;
+}
