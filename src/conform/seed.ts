@@ -25,8 +25,6 @@ import {
 } from './checks.ts';
 import { RuleSkipped } from './report.ts';
 
-export type { Rule };
-
 /** The seed refuses with EINVAL. */
 const refusedEinval = (what: string, p: Promise<unknown>) => refused(what, p, Errno.EINVAL);
 

@@ -9,8 +9,10 @@
 // Every access is trapped (REGION_READ/WRITE), never mmapped, and a data chunk is read and written in one
 // access: the split every device accepts (libvfio-user's v1 sample wants exactly that).
 
+import { Errno } from '../abi/errno.ts';
 import { fieldNamed, readField, writeField } from '../abi/fields.ts';
 import { DeviceState, deviceStateName, V1_MIGRATION_INFO, type V1Field, v1StateIsError } from '../abi/migration.ts';
+import { VfioError } from '../errors.ts';
 import type { VfioUserClient } from '../vfio-user/client.ts';
 import type { MigrationRegionFound } from '../vfio-user/region-port.ts';
 import type { GuestMemory } from '../vmm/guest/guest-memory.ts';
@@ -124,7 +126,9 @@ async function deviceStep<T>(ctx: V1Context, t: V1Target, what: string, p: Promi
   try {
     return await p;
   } catch (err) {
-    ctx.failure ??= { target: t, what: `${what}: ${errorName(err)}` };
+    // A refusal (EINVAL) is the device keeping a rule, not failing; anything else puts it in the error state.
+    if (!(err instanceof VfioError && err.errno === Errno.EINVAL))
+      ctx.failure ??= { target: t, what: `${what}: ${errorName(err)}` };
     fail(`${what} failed: ${errorName(err)}`);
   }
 }
