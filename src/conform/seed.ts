@@ -8,13 +8,25 @@ import { Errno } from '../abi/errno.ts';
 import { fieldNamed } from '../abi/fields.ts';
 import { DeviceState, deviceStateName, SEED_MIGRATION_INFO, type SeedField } from '../abi/migration.ts';
 import { SEED_TRANSITIONS } from '../device/seed-state-table.ts';
-import { VfioError } from '../errors.ts';
 import type { VfioUserClient } from '../vfio-user/client.ts';
 import type { MigrationRegionFound, VfioRegionPort } from '../vfio-user/region-port.ts';
-import type { DirtyBitmapSink } from '../vmm/guest/dirty-bitmap.ts';
-import { DIGEST_SIZE, type GuestMemory } from '../vmm/guest/guest-memory.ts';
+import type { GuestMemory } from '../vmm/guest/guest-memory.ts';
 import type { SeedRegionClient } from '../vmm/vfio/seed-region-client.ts';
-import { RuleFailure, RuleSkipped } from './report.ts';
+import {
+  type Bar,
+  barsEqual,
+  changedPages,
+  collectPages,
+  concat,
+  errorName,
+  fail,
+  type Rule,
+  refused,
+} from './checks.ts';
+import { RuleSkipped } from './report.ts';
+
+/** The seed refuses with EINVAL. */
+const refusedEinval = (what: string, p: Promise<unknown>) => refused(what, p, Errno.EINVAL);
 
 const { STOPPED, RUNNING, SAVING, RESUMING } = DeviceState;
 const PRE_COPY = SAVING | RUNNING;
@@ -25,7 +37,7 @@ export interface SeedTarget {
   port: VfioRegionPort;
   region: SeedRegionClient;
   /** The readable BARs (index and size), as region info gave them at connect. */
-  bars: { index: number; size: number }[];
+  bars: Bar[];
 }
 
 export interface SeedContext {
@@ -41,33 +53,12 @@ export interface SeedContext {
   saved?: Uint8Array[];
 }
 
-export interface Rule<C> {
-  id: string;
-  rule: string;
-  run(ctx: C): Promise<string>;
-}
-
-function fail(msg: string): never {
-  throw new RuleFailure(msg);
-}
-
 async function state(t: SeedTarget): Promise<number> {
   return t.region.deviceState();
 }
 
 async function write(t: SeedTarget, v: number): Promise<void> {
   await t.region.writeField('device_state', BigInt(v >>> 0));
-}
-
-/** The access must be refused with an errno (EINVAL unless said otherwise). */
-async function refused(what: string, p: Promise<unknown>, errno: number = Errno.EINVAL): Promise<void> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof VfioError && err.errno === errno) return;
-    fail(`${what}: refused, but with ${err instanceof VfioError ? err.code : String(err)} instead of errno ${errno}`);
-  }
-  fail(`${what}: accepted, should have been refused`);
 }
 
 async function expectState(t: SeedTarget, want: number, after: string): Promise<void> {
@@ -146,23 +137,6 @@ async function load(t: SeedTarget, data: Uint8Array, piece: number): Promise<num
   return writes;
 }
 
-function concat(chunks: readonly Uint8Array[]): Uint8Array {
-  return Buffer.concat(chunks);
-}
-
-/** Every readable BAR's bytes (the sizes were taken at connect: a stopped device answers only region accesses). */
-async function barBytes(t: SeedTarget): Promise<Map<number, Uint8Array>> {
-  const out = new Map<number, Uint8Array>();
-  for (const { index, size } of t.bars) {
-    const bytes = new Uint8Array(size);
-    for (let at = 0; at < size; at += 1 << 20) {
-      bytes.set(await t.client.regionRead(index, at, Math.min(1 << 20, size - at)), at);
-    }
-    out.set(index, bytes);
-  }
-  return out;
-}
-
 export const SEED_RULES: readonly Rule<SeedContext>[] = [
   {
     id: 'seed.region.found',
@@ -200,8 +174,8 @@ export const SEED_RULES: readonly Rule<SeedContext>[] = [
       ];
       const pending = await a.region.pendingBytes();
       for (const [off, len] of bad) {
-        await refused(`a ${len}-byte read at ${off}`, a.port.read(off, len));
-        await refused(`a ${len}-byte write at ${off}`, a.port.write(off, new Uint8Array(len)));
+        await refusedEinval(`a ${len}-byte read at ${off}`, a.port.read(off, len));
+        await refusedEinval(`a ${len}-byte write at ${off}`, a.port.write(off, new Uint8Array(len)));
       }
       await expectState(a, RUNNING, 'the refused accesses');
       if ((await a.region.pendingBytes()) !== pending) fail('pending_bytes changed');
@@ -214,11 +188,11 @@ export const SEED_RULES: readonly Rule<SeedContext>[] = [
     async run({ a }) {
       for (const name of ['pending_bytes', 'data_offset', 'copied_pfns'] as const) {
         const f = field(name);
-        await refused(`writing ${name}`, a.port.write(f.offset, new Uint8Array(f.width)));
+        await refusedEinval(`writing ${name}`, a.port.write(f.offset, new Uint8Array(f.width)));
       }
       for (const name of ['start_pfn', 'page_size', 'total_pfns'] as const) {
         const f = field(name);
-        await refused(`reading ${name}`, a.port.read(f.offset, f.width));
+        await refusedEinval(`reading ${name}`, a.port.read(f.offset, f.width));
       }
       await expectState(a, RUNNING, 'the refused accesses');
       return '3 read-only fields refused writes, 3 write-only fields refused reads';
@@ -229,7 +203,7 @@ export const SEED_RULES: readonly Rule<SeedContext>[] = [
     rule: 'device_state 5, 6 and 7, and any value with bits 3-31 set, are refused with EINVAL; the state stays',
     async run({ a }) {
       for (const v of [5, 6, 7, RUNNING | 8, 0x8000_0001]) {
-        await refused(`device_state ${v}`, write(a, v));
+        await refusedEinval(`device_state ${v}`, write(a, v));
         await expectState(a, RUNNING, `the refused write of ${v}`);
       }
       return 'five invalid values refused, device still running';
@@ -268,11 +242,7 @@ export const SEED_RULES: readonly Rule<SeedContext>[] = [
     async run({ a, b }) {
       await expectState(a, STOPPED, 'the save');
       await expectState(b, STOPPED, 'the resume');
-      const [x, y] = await Promise.all([barBytes(a), barBytes(b)]);
-      const differ = [...x.keys()].filter((i) => !y.has(i) || Buffer.compare(x.get(i)!, y.get(i)!) !== 0);
-      if (x.size === 0) throw new RuleSkipped('the device has no readable BAR to compare');
-      if (differ.length) fail(`BAR${differ.join(', BAR')} differ`);
-      return `BAR${[...x.keys()].join(', BAR')} equal (${[...x.values()].reduce((n, v) => n + v.byteLength, 0)} bytes)`;
+      return barsEqual(a, b);
     },
   },
   {
@@ -292,7 +262,7 @@ export const SEED_RULES: readonly Rule<SeedContext>[] = [
       await expectState(ctx.b, RESUMING, 'the refused start');
       await ctx.b.client.reset();
       await expectState(ctx.b, RUNNING, 'reset');
-      return `start refused (${(err as VfioError).code ?? 'error'}) with ${data.byteLength >> 1} of ${data.byteLength} bytes; reset ran it`;
+      return `start refused (${errorName(err)}) with ${data.byteLength >> 1} of ${data.byteLength} bytes; reset ran it`;
     },
   },
   {
@@ -317,7 +287,7 @@ export const SEED_RULES: readonly Rule<SeedContext>[] = [
       await a.region.writeField('page_size', 4096n);
       await a.region.writeField('total_pfns', 16n);
       const f = field('copied_pfns');
-      await refused('copied_pfns while running', a.port.read(f.offset, f.width));
+      await refusedEinval('copied_pfns while running', a.port.read(f.offset, f.width));
       return 'refused';
     },
   },
@@ -339,12 +309,7 @@ export const SEED_RULES: readonly Rule<SeedContext>[] = [
       const changed = changedPages(before, after);
       if (changed.length === 0) throw new RuleSkipped(`the device wrote no guest page within ${ctx.dmaWaitMs} ms`);
       const reported = new Set<number>();
-      const sink: DirtyBitmapSink = (first, count, bitmap) => {
-        for (let i = 0; i < count; i++) {
-          if (bitmap === 'all' || (bitmap[i >>> 3]! >>> (i & 7)) & 1) reported.add(Number(first) + i);
-        }
-      };
-      await a.region.dirtyBitmap(0n, 4096n, BigInt(guest.pages), sink);
+      await a.region.dirtyBitmap(0n, 4096n, BigInt(guest.pages), collectPages(reported));
       const missed = changed.filter((p) => !reported.has(p));
       if (missed.length)
         fail(`${missed.length} of ${changed.length} written pages not reported (first: pfn ${missed[0]})`);
@@ -370,7 +335,7 @@ export const SEED_RULES: readonly Rule<SeedContext>[] = [
             await write(a, to).catch((e: Error) => fail(`${arc} refused: ${e.message}`));
             await expectState(a, to, arc);
           } else {
-            await refused(arc, write(a, to));
+            await refusedEinval(arc, write(a, to));
             await expectState(a, from, `the refused ${arc}`);
           }
           checked++;
@@ -381,12 +346,3 @@ export const SEED_RULES: readonly Rule<SeedContext>[] = [
     },
   },
 ];
-
-function changedPages(before: Uint8Array, after: Uint8Array): number[] {
-  const out: number[] = [];
-  const d = DIGEST_SIZE;
-  for (let p = 0; p * d < before.byteLength; p++) {
-    if (Buffer.compare(before.subarray(p * d, p * d + d), after.subarray(p * d, p * d + d)) !== 0) out.push(p);
-  }
-  return out;
-}

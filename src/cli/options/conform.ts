@@ -35,8 +35,9 @@ export function conformCommand(program: Command): Command {
     .addOption(new Option('--json', 'the report as one JSON object'))
     .addHelpText(
       'after',
-      '\nChecks (seed): register access rules, the device_state table, stop-and-copy and pending_bytes, resume in\n' +
-        'other chunk sizes with equal BARs after, an incomplete resume refused, cancel, dirty-page reporting.\n' +
+      '\nChecks (seed, v1, v2; docs/conform.md lists every rule): register or feature access rules, the state\n' +
+        'table, save, resume in other chunk sizes with equal BARs after, an incomplete resume refused, cancel,\n' +
+        'dirty pages (seed region, v1 DIRTY_PAGES, v2 DMA logging: reported, read and clear), error state, reset.\n' +
         'Exit code: 0 every rule passed or was skipped (each skip says why), 1 a rule failed, 2 a usage error.',
     );
 }
