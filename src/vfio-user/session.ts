@@ -152,8 +152,9 @@ export class Session {
     this.dma = new DmaTable(MAX_DMA_RANGES, (iova, data) => this.messageDmaWrite(iova, data));
     host.device.attachDma({
       ...this.dma.port,
-      writeByMessage: (iova, data) => this.messageDma(iova, data.byteLength, data).then(() => {}),
-      readByMessage: (iova, length) => this.messageDma(iova, length, null),
+      // Counted in flight like the table's own message writes: a device that stops waits for them.
+      writeByMessage: (iova, data) => this.dma.track(this.messageDma(iova, data.byteLength, data).then(() => {})),
+      readByMessage: (iova, length) => this.dma.track(this.messageDma(iova, length, null)),
     });
     host.device.attachIrq?.({ trigger: (index, vector) => this.triggerIrq(index, vector) });
     this.handlers = {

@@ -214,6 +214,27 @@ describe('lvu-sample: timer, IRQ and DMA', () => {
     );
   });
 
+  test('a device stopped during a DMA round does no more DMA', async () => {
+    const clock = new ManualClock();
+    const lines: string[] = [];
+    const dev = new LvuSampleDevice({ clock, memfd: false, log: (l) => lines.push(l) });
+    const { port, mem, messages } = memoryPort(2 * 4096);
+    // The stop arrives while the first message DMA is outstanding (requests interleave with the round).
+    const write = port.writeByMessage!;
+    port.writeByMessage = async (iova, data) => {
+      if (messages.length === 0) dev.transition(RUNNING, SAVING);
+      return write(iova, data);
+    };
+    dev.attachDma(port);
+    dev.dmaRegister({ iova: 0n, size: 4096n });
+    dev.dmaRegister({ iova: 4096n, size: 4096n });
+    await dev.fire();
+    assert.deepEqual(messages, ['write 0 1024'], 'no piece after the stop');
+    assert.equal(mem[1024], 0);
+    assert.match(lines.join('\n'), /MESSAGE DMA round ended: the device stopped/);
+    assert.equal(dev.dmaRounds, 0);
+  });
+
   test('DMA slots are the sample’s: an unmapped slot is reused first; a missing slot is logged, not thrown', async () => {
     const clock = new ManualClock();
     const lines: string[] = [];

@@ -227,6 +227,16 @@ export class LvuSampleDevice implements DeviceModel, MigrationBackend {
     await this.doDmaIo(0, true);
   }
 
+  /**
+   * The C sample finishes a DMA round before it takes the next request; here requests interleave with the
+   * round's messages, so a device stopped meanwhile (RUNNING cleared) ends the round: no DMA once stopped.
+   */
+  private checkRunning(how: string): void {
+    if (!(this.state & DeviceState.RUNNING) || this.closed) {
+      throw new VfioError(Errno.ECANCELED, `${how} DMA round ended: the device stopped`);
+    }
+  }
+
   private async doDmaIo(slot: number, byMessages: boolean): Promise<void> {
     const how = byMessages ? 'MESSAGE' : 'DIRECT';
     const region = this.slots[slot];
@@ -237,6 +247,7 @@ export class LvuSampleDevice implements DeviceModel, MigrationBackend {
     }
     const written = new Uint8Array(DMA_PIECE * DMA_PIECES);
     for (let i = 0; i < DMA_PIECES; i++) {
+      this.checkRunning(how);
       const piece = written.subarray(i * DMA_PIECE, (i + 1) * DMA_PIECE);
       piece.fill(0x41 + i);
       const iova = region.iova + BigInt(i * DMA_PIECE);
@@ -251,6 +262,7 @@ export class LvuSampleDevice implements DeviceModel, MigrationBackend {
     }
     const back = new Uint8Array(written.byteLength);
     for (let i = 0; i < DMA_PIECES; i += 2) {
+      this.checkRunning(how);
       const iova = region.iova + BigInt(i * DMA_PIECE);
       let got: Uint8Array;
       if (byMessages) {
