@@ -25,6 +25,7 @@ export const Errno = {
   EPIPE: 32,
   EADDRINUSE: 98,
   ECONNREFUSED: 111,
+  ECANCELED: 125,
 } as const;
 
 export type ErrnoName = keyof typeof Errno;

@@ -9,13 +9,14 @@ import type { ServeOptions } from './options/serve.ts';
 export async function runServe(o: ServeOptions): Promise<number> {
   const kind: DataSectionKind = o.dataSection;
   const faults = (o.xFault ?? []).map(parseFaultSpec);
+  const log = o.quiet ? () => {} : (line: string) => process.stderr.write(`serve[${process.pid}]: ${line}\n`);
   const sample = createSampleDevice(o.device, {
+    log,
     memSize: o.deviceMem,
     workRate: o.workRate,
     fill: o.deviceFill,
     precopyQuota: o.xPrecopyQuota,
   });
-  const log = o.quiet ? () => {} : (line: string) => process.stderr.write(`serve[${process.pid}]: ${line}\n`);
   // Fault lines are printed even when quiet: a test reading stderr learns the fault really fired.
   const device = withFaults(sample, faults, {
     log: (line) => process.stderr.write(`serve[${process.pid}]: ${line}\n`),

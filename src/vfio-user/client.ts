@@ -411,8 +411,10 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
           argsz = r.argsz; // the caps did not fit: ask again with room for them
           continue;
         }
-        if (fds.length > 1) {
-          this.mismatch(Command.DEVICE_GET_REGION_INFO, `carries ${fds.length} fds, a region has at most one`);
+        // libvfio-user's v1 era sends a region's one fd once per sparse area: the copies are the same file.
+        const areas = r.caps.find((c) => c.kind === 'sparse-mmap')?.areas.length ?? 1;
+        if (fds.length > 1 && fds.length !== areas) {
+          this.mismatch(Command.DEVICE_GET_REGION_INFO, `carries ${fds.length} fds for ${areas} mappable areas`);
         }
         const info: RegionInfo = {
           index,
@@ -429,9 +431,9 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
           else if (c.kind === 'type') info.type ??= { type: c.type, subtype: c.subtype };
         }
         // An fd without MMAP would be a region nobody may map: not one to hand out.
-        if (fds.length === 1 && info.mmappable) {
+        if (fds.length >= 1 && info.mmappable) {
           info.fd = fds[0];
-          fds = [];
+          fds = fds.slice(1);
         }
         return info;
       } finally {

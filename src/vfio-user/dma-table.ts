@@ -119,6 +119,17 @@ export class DmaTable {
     return this.ranges.find((r) => iova >= r.iova && end <= r.iova + r.size);
   }
 
+  /** Counts `p` (device DMA by messages the device awaits itself) as in flight until it settles. */
+  track<T>(p: Promise<T>): Promise<T> {
+    const settled = p.then(
+      () => {},
+      () => {},
+    );
+    this.inFlight.add(settled);
+    void settled.finally(() => this.inFlight.delete(settled));
+    return p;
+  }
+
   /** Waits until every message-based DMA write sent so far was acknowledged (or failed). */
   async flush(): Promise<void> {
     while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);

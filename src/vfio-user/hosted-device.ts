@@ -115,9 +115,10 @@ export class HostedDevice {
         size: bar.size,
         readable: true,
         writable: true,
-        fd: null,
+        // A BAR backed by a file is offered for mmap, whole or in its sparse areas.
+        fd: bar.fd ?? null,
         fdOffset: 0n,
-        sparse: [],
+        sparse: bar.fd === undefined ? [] : (bar.sparse ?? [{ offset: 0, size: bar.size }]),
         read: (o, n) => bar.read(o, n),
         write: (o, d) => bar.write(o, d),
       };

@@ -28,7 +28,12 @@ import {
   encodeDirtyPagesControlReply,
   encodeDirtyPagesShortReply,
 } from '../abi/vfio-user/dirty-pages.ts';
-import { decodeDmaWriteReply, encodeDmaWriteRequest } from '../abi/vfio-user/dma-access.ts';
+import {
+  decodeDmaReadReply,
+  decodeDmaWriteReply,
+  encodeDmaReadRequest,
+  encodeDmaWriteRequest,
+} from '../abi/vfio-user/dma-access.ts';
 import { DmaMapFlag, decodeDmaMapRequest } from '../abi/vfio-user/dma-map.ts';
 import { DmaUnmapFlag, decodeDmaUnmapRequest, encodeDmaUnmapReply } from '../abi/vfio-user/dma-unmap.ts';
 import {
@@ -82,6 +87,7 @@ import {
   VERSION_MINOR,
 } from '../abi/vfio-user/version.ts';
 import { asVfioError, einval, VfioError } from '../errors.ts';
+import { native } from '../native/addon.ts';
 import { type Connection, closeFds, type ReplyBuffer } from './connection.ts';
 import { DmaTable } from './dma-table.ts';
 import type { ReceivedMessage } from './framing.ts';
@@ -144,7 +150,13 @@ export class Session {
     private readonly log: SessionLog,
   ) {
     this.dma = new DmaTable(MAX_DMA_RANGES, (iova, data) => this.messageDmaWrite(iova, data));
-    host.device.attachDma(this.dma.port);
+    host.device.attachDma({
+      ...this.dma.port,
+      // Counted in flight like the table's own message writes: a device that stops waits for them.
+      writeByMessage: (iova, data) => this.dma.track(this.messageDma(iova, data.byteLength, data).then(() => {})),
+      readByMessage: (iova, length) => this.dma.track(this.messageDma(iova, length, null)),
+    });
+    host.device.attachIrq?.({ trigger: (index, vector) => this.triggerIrq(index, vector) });
     this.handlers = {
       [Command.VERSION]: (m) => this.version(m),
       [Command.DMA_MAP]: (m) => this.dmaMap(m),
@@ -322,6 +334,7 @@ export class Session {
         writable: (req.flags & DmaMapFlag.WRITE) !== 0,
         fd: fd ?? -1,
       });
+      this.host.device.dmaRegister?.({ iova: req.address, size: req.size });
     } catch (err) {
       if (fd !== undefined) closeFds([fd]);
       throw err;
@@ -345,7 +358,7 @@ export class Session {
         this.dma.find(req.address, 1),
       );
     }
-    this.dma.unmap(req.address, req.size, (req.flags & DmaUnmapFlag.ALL) !== 0);
+    this.unmapRanges(req.address, req.size, (req.flags & DmaUnmapFlag.ALL) !== 0);
     return encodeDmaUnmapReply({
       flags: req.flags,
       address: req.address,
@@ -438,7 +451,7 @@ export class Session {
   private migDataRead(m: ReceivedMessage): Uint8Array {
     const limits = { maxSize: this.client?.maxDataXferSize ?? SERVER_MAX_DATA_XFER_SIZE };
     const req = decodeMigDataReadRequest(m.payload, limits);
-    return encodeMigDataReadReply({ data: this.host.v2!.read(req.size) }, limits);
+    return encodeMigDataReadReply({ data: this.host.v2!.read(req.size), padTo: req.size }, limits);
   }
 
   /** v2 MIG_DATA_WRITE: the device takes all of it or the write fails. */
@@ -480,7 +493,10 @@ export class Session {
       req.argsz,
     );
     // The region's fd travels only with its caps, so a client that cannot take the caps retries first.
-    return capsSent && r && r.fd !== null ? { payload, fds: [r.fd] } : payload;
+    // libvfio-user's v1 era sent it once per sparse area (its sample client counts them); v2 sends it once.
+    if (!capsSent || !r || r.fd === null) return payload;
+    const copies = this.host.v2 === null && r.sparse.length > 1 ? r.sparse.length : 1;
+    return { payload, fds: new Array<number>(copies).fill(r.fd) };
   }
 
   private irqInfo(m: ReceivedMessage): Uint8Array {
@@ -568,6 +584,64 @@ export class Session {
     return undefined;
   }
 
+  /** Unmaps (one range, or all) and tells the device which ranges went, as libvfio-user's dma_unregister. */
+  private unmapRanges(iova: bigint, size: bigint, all: boolean): void {
+    const gone = all ? [...this.dma.list] : this.dma.list.filter((r) => r.iova === iova && r.size === size);
+    this.dma.unmap(iova, size, all);
+    for (const r of gone) this.host.device.dmaUnregister?.({ iova: r.iova, size: r.size });
+  }
+
+  /** Signals an IRQ vector's eventfd; false when the client gave none. */
+  private triggerIrq(index: number, vector: number): boolean {
+    const fd = this.irqFds[index]?.[vector];
+    if (fd === undefined || this.ended) return false;
+    native().eventfdWrite(fd, 1);
+    return true;
+  }
+
+  /**
+   * Device DMA by messages to a mapped range (libvfio-user's vfu_sgl_write/vfu_sgl_read): DMA_WRITE with
+   * `data`, or DMA_READ of `length` bytes when data is null, one piece of at most the client's
+   * max_data_xfer_size at a time, each answered before the next is sent.
+   */
+  private async messageDma(iova: bigint, length: number, data: Uint8Array | null): Promise<Uint8Array> {
+    const r = this.dma.find(iova, length);
+    if (!r || !(data ? r.writable : r.readable)) {
+      throw new VfioError(Errno.EFAULT, `DMA ${data ? 'write' : 'read'} of ${length} bytes at ${iova}: not mapped`);
+    }
+    if (data) {
+      await this.messageDmaWrite(iova, data);
+      return data;
+    }
+    const max = this.client?.maxDataXferSize ?? SERVER_MAX_DATA_XFER_SIZE;
+    const out = new Uint8Array(length);
+    for (let at = 0; at < length; at += max) {
+      const count = Math.min(max, length - at);
+      const addr = iova + BigInt(at);
+      const request = this.conn.request(
+        Command.DMA_READ,
+        encodeDmaReadRequest({ address: addr, count: BigInt(count) }),
+      );
+      this.flow();
+      let reply: ReceivedMessage;
+      try {
+        reply = await request;
+      } finally {
+        this.flow();
+      }
+      closeFds(reply.fds);
+      const got = decodeDmaReadReply(reply.payload);
+      if (got.address !== addr || got.data.byteLength !== count) {
+        throw new VfioError(
+          Errno.EINVAL,
+          `DMA_READ reply for ${got.address}+${got.data.byteLength} does not match ${addr}+${count}`,
+        );
+      }
+      out.set(got.data, at);
+    }
+    return out;
+  }
+
   private async messageDmaWrite(iova: bigint, data: Uint8Array): Promise<void> {
     const max = this.client?.maxDataXferSize ?? SERVER_MAX_DATA_XFER_SIZE;
     for (let at = 0; at < data.byteLength; at += max) {
@@ -597,7 +671,8 @@ export class Session {
     if (this.ended) return;
     this.ended = true;
     this.host.device.attachDma(null);
-    this.dma.unmap(0n, 0n, true);
+    this.host.device.attachIrq?.(null);
+    this.unmapRanges(0n, 0n, true);
     // Dirty logging the lost client started would go on marking pages nobody will ask for.
     this.host.dirtyTracking?.stop();
     this.host.dmaLogging?.stop();

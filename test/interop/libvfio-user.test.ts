@@ -24,37 +24,17 @@
 // by DMA_WRITE/DMA_READ messages, and raises INTx, so the VMMs map guest RAM as two regions and wire INTx
 // (`--dma-regions 2 --intx`).
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import { type HostOptions, type LocalPair, startLocalPair, waitForMigration } from '../../src/harness/local-hosts.ts';
+import { buildPeers, type Era } from './support/peers.ts';
 
-const ROOT = new URL('../..', import.meta.url).pathname;
-const BUILD = `${ROOT}../shared/peers/build-libvfio-user.sh`;
 const WRAPPER = new URL('./support/peer-server.mjs', import.meta.url).pathname;
 const DEVICE = '0000:00:05.0';
 const BAR1_SIZE = 0x3000;
 
-type Era = 'v1' | 'v2';
 type Digests = { ram: string; pages: string };
 type VfioInfo = { flavor: string; 'device-state-name': string; transferred: number; chunks: number }[];
-
-/** The peers' server binaries by era, or why there are none. */
-function buildPeers(): { servers: Partial<Record<Era, string>>; skip?: string } {
-  if (!existsSync(BUILD)) return { servers: {}, skip: `${BUILD} is not there (no shared/ beside the checkout)` };
-  const r = spawnSync('bash', [BUILD], { encoding: 'utf8', timeout: 600_000 });
-  if (r.status !== 0) {
-    const why = (r.stderr || r.error?.message || '').trim().split('\n').slice(-3).join(' / ');
-    return { servers: {}, skip: `building libvfio-user failed (exit ${r.status}): ${why}` };
-  }
-  const servers: Partial<Record<Era, string>> = {};
-  for (const line of r.stdout.trim().split('\n')) {
-    const [era, server] = line.split(' ');
-    if ((era === 'v1' || era === 'v2') && server) servers[era] = server;
-  }
-  return { servers };
-}
 
 const peers = buildPeers();
 

@@ -48,11 +48,20 @@ export function decodeMigDataReadRequest(payload: Uint8Array, limits: MigDataLim
   return m;
 }
 
-/** argsz is always 8 + n: it describes the reply, not the request. */
-export function encodeMigDataReadReply(m: { data: Uint8Array }, limits: MigDataLimits = {}): Uint8Array {
+/**
+ * argsz is always 8 + n: it describes the reply, not the request. With `padTo` (the size asked for) the
+ * payload is zero-padded to 8 + padTo bytes after the data, as libvfio-user replies: its own client
+ * receives into a buffer of exactly that size and refuses a shorter reply.
+ */
+export function encodeMigDataReadReply(
+  m: { data: Uint8Array; padTo?: number },
+  limits: MigDataLimits = {},
+): Uint8Array {
   const n = m.data.byteLength;
   checkSize(READ_REP, n, MIG_DATA_HEADER_SIZE + n, limits);
-  return new Writer(READ_REP, MIG_DATA_HEADER_SIZE + n)
+  const total = MIG_DATA_HEADER_SIZE + Math.max(n, m.padTo ?? 0);
+  checkSize(READ_REP, total - MIG_DATA_HEADER_SIZE, total, limits);
+  return new Writer(READ_REP, total)
     .u32(0, 'argsz', MIG_DATA_HEADER_SIZE + n)
     .u32(4, 'size', n)
     .bytes(MIG_DATA_HEADER_SIZE, m.data).out;

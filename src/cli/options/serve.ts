@@ -7,7 +7,7 @@ import { collect, integer, size } from '../option-types.ts';
 
 // The sample devices' names, checked against the device layer's list by the compiler (a type import
 // costs nothing at run time; the device module itself is not loaded for `help`).
-const DEVICES = ['register-file', 'large-memory'] as const satisfies readonly SampleDeviceName[];
+const DEVICES = ['register-file', 'large-memory', 'lvu-sample'] as const satisfies readonly SampleDeviceName[];
 
 export interface ServeOptions {
   device: SampleDeviceName;

@@ -121,7 +121,10 @@ describe('DEVICE_FEATURE', () => {
     einval(() => decodeDeviceFeatureRequest(hex('0f000000', '02000200', '03000000', '00000000')), /argsz is 15, below/);
     einval(() => decodeDeviceFeatureRequest(hex('10000000', '02000200', '08000000', '00000000')), /device_state is 8/);
     einval(() => decodeDeviceFeatureRequest(hex('0c000000', '02000200', '03000000')), /payload is 4 bytes/);
-    einval(() => decodeDeviceFeatureRequest(hex('0c000000', '07000200', '00000000')), /STOP has none/);
+    // DMA_LOGGING_STOP ignores any data that comes with it (the kernel and libvfio-user do).
+    const stop = decodeDeviceFeatureRequest(hex('18000000', '07000200', '00'.repeat(16)));
+    assert.equal(stop.feature, 7);
+    assert.equal(stop.set, true);
     const start = (pageSize: string, n: string, extra = '') =>
       hex('40000000', '06000200', pageSize, n, '00000000', extra);
     einval(() => decodeDeviceFeatureRequest(start('0030000000000000', '00000000')), /page_size is 12288/);

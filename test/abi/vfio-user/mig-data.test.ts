@@ -35,6 +35,12 @@ describe('MIG_DATA_READ / MIG_DATA_WRITE', () => {
     // libvfio-user sends 8 + requested bytes (8 here) even when only 4 were produced.
     const padded = hex('0c000000', '04000000', 'cafef00d', '00000000');
     assert.deepEqual(decodeMigDataReadReply(padded), { argsz: 12, data: hex('cafef00d') });
+    // Our server pads the same way (padTo = the size asked for): libvfio-user's client wants that length.
+    assert.deepEqual(encodeMigDataReadReply({ data: hex('cafef00d'), padTo: 8 }), padded);
+    assert.deepEqual(
+      encodeMigDataReadReply({ data: hex('cafef00d'), padTo: 2 }),
+      hex('0c000000', '04000000', 'cafef00d'),
+    );
   });
 
   it('golden: WRITE request with 4 bytes; empty reply', () => {
