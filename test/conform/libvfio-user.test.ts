@@ -11,8 +11,8 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import type { ConformReport } from '../../src/conform/report.ts';
 import { conform } from '../../src/conform/run.ts';
+import { buildPeers, type Era } from '../support/libvfio-user-peers.ts';
 import { startPeer } from './support/peer-process.ts';
-import { buildPeers, type Era } from './support/peers.ts';
 
 const DOC = new URL('../../docs/conform.md', import.meta.url).pathname;
 const COMMIT: Record<Era, string> = { v1: '1569a37a', v2: 'efd091bc' };

@@ -27,7 +27,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, test } from 'node:test';
 import { type HostOptions, type LocalPair, startLocalPair, waitForMigration } from '../../src/harness/local-hosts.ts';
-import { buildPeers, type Era } from './support/peers.ts';
+import { buildPeers, type Era } from '../support/libvfio-user-peers.ts';
 
 const WRAPPER = new URL('./support/peer-server.mjs', import.meta.url).pathname;
 const DEVICE = '0000:00:05.0';

@@ -24,7 +24,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { VfioUserClient } from '../../src/vfio-user/client.ts';
-import { buildPeers, ERAS, type Era } from './support/peers.ts';
+import { buildPeers, ERAS, type Era } from '../support/libvfio-user-peers.ts';
 
 const BIN = new URL('../../bin/vfio-migrate.js', import.meta.url).pathname;
 const SUBREAPER_C = new URL('./support/subreaper.c', import.meta.url).pathname;

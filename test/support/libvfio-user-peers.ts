@@ -1,5 +1,6 @@
-// libvfio-user's sample server and client of each era, built by ../shared/peers/build-libvfio-user.sh (it
-// prints "ERA SERVER CLIENT" lines and returns at once when its build is cached), or why there are none.
+// libvfio-user's sample server and client of each era, for the interop and conform tests: built by
+// ../shared/peers/build-libvfio-user.sh (it prints "ERA SERVER CLIENT" lines and returns at once when its
+// build is cached), or why there are none.
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 
@@ -13,7 +14,7 @@ export interface Peers {
   skip?: string;
 }
 
-const ROOT = new URL('../../..', import.meta.url).pathname;
+const ROOT = new URL('../..', import.meta.url).pathname;
 const BUILD = `${ROOT}../shared/peers/build-libvfio-user.sh`;
 
 export function buildPeers(): Peers {
