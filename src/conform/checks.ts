@@ -143,3 +143,30 @@ export function bitmapPages(bitmap: Uint8Array, pages: number): number[] {
   for (let i = 0; i < pages; i++) if ((bitmap[i >>> 3]! >>> (i & 7)) & 1) out.push(i);
   return out;
 }
+
+/**
+ * The dirty-tracking rule v1 and v2 share: once the device wrote a guest page, `stop` stops it (no page
+ * changes after that); every page it changed must be in the first `query`, and a second query of the
+ * stopped device must be empty (reading clears). `what` names the query in the messages.
+ */
+export async function checkDirtyReported(
+  guest: GuestMemory,
+  dmaWaitMs: number,
+  what: string,
+  stop: () => Promise<unknown>,
+  query: () => Promise<number[]>,
+): Promise<string> {
+  const before = guest.pageDigests();
+  if (!(await waitForWrite(guest, before, dmaWaitMs))) skip(`the device wrote no guest page within ${dmaWaitMs} ms`);
+  await stop();
+  const changed = changedPages(before, guest.pageDigests());
+  const reported = new Set(await query());
+  const missed = changed.filter((p) => !reported.has(p));
+  if (missed.length) fail(`${missed.length} of ${changed.length} written pages not reported (first: pfn ${missed[0]})`);
+  const again = await query();
+  if (again.length)
+    fail(
+      `a second ${what} of the stopped device reports ${again.length} pages (first: pfn ${again[0]}): reading did not clear`,
+    );
+  return `${changed.length} written pages, all among the ${reported.size} reported; the second ${what} reported none`;
+}

@@ -20,14 +20,13 @@ import {
   type Bar,
   barsEqual,
   bitmapPages,
-  changedPages,
+  checkDirtyReported,
   concat,
   errorName,
   fail,
   type Rule,
   refused,
   skip,
-  waitForWrite,
 } from './checks.ts';
 
 const { STOPPED, RUNNING, SAVING, RESUMING } = DeviceState;
@@ -325,22 +324,14 @@ export const V1_RULES: readonly Rule<V1Context>[] = [
       await a.client.dirtyPages('start');
       try {
         await arc(a, PRE_COPY);
-        const before = guest.pageDigests();
-        if (!(await waitForWrite(guest, before, ctx.dmaWaitMs)))
-          skip(`the device wrote no guest page within ${ctx.dmaWaitMs} ms`);
-        // Stop-and-copy: the device is stopped, so no page changes after this.
-        await arc(a, SAVING);
-        const changed = changedPages(before, guest.pageDigests());
-        const reported = new Set(await getBitmap(ctx));
-        const missed = changed.filter((p) => !reported.has(p));
-        if (missed.length)
-          fail(`${missed.length} of ${changed.length} written pages not reported (first: pfn ${missed[0]})`);
-        const again = await getBitmap(ctx);
-        if (again.length)
-          fail(
-            `a second GET_BITMAP of the stopped device reports ${again.length} pages (first: pfn ${again[0]}): reading did not clear`,
-          );
-        return `${changed.length} written pages, all among the ${reported.size} reported; the second query reported none`;
+        // Stop-and-copy: the device is stopped, so no page changes after that.
+        return await checkDirtyReported(
+          guest,
+          ctx.dmaWaitMs,
+          'GET_BITMAP',
+          () => arc(a, SAVING),
+          () => getBitmap(ctx),
+        );
       } finally {
         await a.client.dirtyPages('stop').catch(() => {});
         await toRunning(a).catch(() => {});

@@ -26,7 +26,7 @@ import {
   type Bar,
   barsEqual,
   bitmapPages,
-  changedPages,
+  checkDirtyReported,
   concat,
   errorName,
   fail,
@@ -34,7 +34,6 @@ import {
   type Rule,
   refused,
   skip,
-  waitForWrite,
 } from './checks.ts';
 
 const { ERROR, STOP, RUNNING, STOP_COPY, RESUMING, RUNNING_P2P, PRE_COPY, PRE_COPY_P2P } = MigState;
@@ -368,22 +367,14 @@ export const V2_RULES: readonly Rule<V2Context>[] = [
       if (!(await ctx.startDma())) skip('the device does no DMA this check knows how to start');
       await startLoggingOrSkip(ctx);
       try {
-        const before = guest.pageDigests();
-        if (!(await waitForWrite(guest, before, ctx.dmaWaitMs)))
-          skip(`the device wrote no guest page within ${ctx.dmaWaitMs} ms`);
-        // STOP: no DMA, so no page changes after this.
-        await arc(a, STOP);
-        const changed = changedPages(before, guest.pageDigests());
-        const reported = new Set(await report(ctx));
-        const missed = changed.filter((p) => !reported.has(p));
-        if (missed.length)
-          fail(`${missed.length} of ${changed.length} written pages not reported (first: pfn ${missed[0]})`);
-        const again = await report(ctx);
-        if (again.length)
-          fail(
-            `a second report of the stopped device has ${again.length} pages (first: pfn ${again[0]}): reporting did not clear`,
-          );
-        return `${changed.length} written pages, all among the ${reported.size} reported; the second report was empty`;
+        // STOP: no DMA, so no page changes after that.
+        return await checkDirtyReported(
+          guest,
+          ctx.dmaWaitMs,
+          'report',
+          () => arc(a, STOP),
+          () => report(ctx),
+        );
       } finally {
         await stopLogging(ctx).catch(() => {});
         await toRunning(a).catch(() => {});
