@@ -53,6 +53,22 @@ export function renderPerfTables(runs: readonly BenchRun[]): string {
     out.push('', '| ratio (medians of the same run) | value | aim |', '| --- | ---: | --- |');
     for (const r of last.ratios) out.push(`| ${cell(r.name)} | ${num(r.value, '')} | ${cell(r.aim ?? '')} |`);
   }
+  for (const p of last.profiles ?? []) {
+    const kinds = [...new Set(p.sides.flatMap((s) => Object.keys(s.counts)))].filter((k) =>
+      p.sides.some((s) => s.counts[k]! > 0),
+    );
+    out.push(
+      '',
+      `Where the CPU went (perf samples by kind of work): ${cell(p.name)}`,
+      '',
+      `| work | ${p.sides.map((s) => `${cell(s.side)} (${s.samples} samples)`).join(' | ')} |`,
+      `| --- | ${p.sides.map(() => '---:').join(' | ')} |`,
+    );
+    for (const k of kinds)
+      out.push(
+        `| ${cell(k)} | ${p.sides.map((s) => `${((100 * (s.counts[k] ?? 0)) / Math.max(1, s.samples)).toFixed(1)}%`).join(' | ')} |`,
+      );
+  }
   if (last.skipped.length > 0) {
     out.push('', 'Skipped in that run:');
     for (const s of last.skipped) out.push(`- ${s.name}: ${s.why}`);

@@ -100,6 +100,12 @@ function statusKib(pid: number, field: string): number {
   return m ? Number(m[1]) : Number.NaN;
 }
 
+/** Called around one migration (after the guest is up, after both sides completed), e.g. to sample CPU. */
+export interface MigrationObserver {
+  before(pids: { source: number; destination: number }): Promise<void> | void;
+  after(): Promise<void> | void;
+}
+
 /**
  * One migration of a `memMiB` guest (random bytes, or all zeroes) between two VMM processes. `dstShmemMiB`:
  * guest RAM the destination VMM maps afterwards (RssShmem growth), read before the digests touch it all.
@@ -110,6 +116,7 @@ export async function oursOnce(
   wrap: string[] = [],
   fill: GuestFill = 'random',
   multifd?: number,
+  observe?: MigrationObserver,
 ): Promise<Rate & { downtime: number; dstShmemMiB: number }> {
   const pair = await startLocalPair({
     multifd: multifd ? { channels: multifd } : undefined,
@@ -130,11 +137,13 @@ export async function oursOnce(
     const dstPid = pair.procs.dstVmm.child.pid!;
     const shmemBefore = statusKib(dstPid, 'RssShmem');
     await guestUp(pair.src);
+    await observe?.before({ source: pair.procs.srcVmm.child.pid!, destination: dstPid });
     await pair.src.execute('migrate', { uri: pair.uri });
     // The source reports its own total-time: the poll interval only delays noticing the end.
     const info = await waitForMigration(pair.src, { intervalMs: 100, timeoutMs: 600_000 });
     if (info.status !== 'completed') throw new Error(`migration ${info.status}: ${info['error-desc'] ?? ''}`);
     await waitForMigration(pair.dst, { timeoutMs: 60_000 });
+    await observe?.after();
     const dstShmemMiB = (statusKib(dstPid, 'RssShmem') - shmemBefore) / 1024;
     const [a, b] = await Promise.all([
       // Digests of a large guest take seconds on a busy machine: more than the default 10 s reply time.

@@ -10,6 +10,12 @@ import { type Figure, type Ratio, say } from './figures.ts';
 const root = new URL('..', import.meta.url).pathname;
 export const HISTORY = join(root, 'bench', 'results', 'history.jsonl');
 
+/** perf samples of one migration, per VMM process, sorted into kinds of work (bench/profile.ts). */
+export interface WorkProfile {
+  name: string;
+  sides: { side: string; samples: number; counts: Record<string, number> }[];
+}
+
 export interface BenchRun {
   date: string;
   commit: string;
@@ -20,6 +26,8 @@ export interface BenchRun {
   figures: Figure[];
   ratios: Ratio[];
   skipped: { name: string; why: string }[];
+  /** Where the CPU went (`--only profile`, perf installed). */
+  profiles?: WorkProfile[];
 }
 
 function git(...args: string[]): string {

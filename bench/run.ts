@@ -1,6 +1,7 @@
 // npm run bench: a command's start-up (bench/startup.ts), RAM migration between two VMM processes
 // (bench/ram.ts), a mostly-zero guest (bench/ram.ts zeroBench), multifd N channels against 1 and against QEMU (multifdBench), the dirty-log sync inside a real run
-// (bench/dirty-log.ts), then the throughput of device migration data through the migration region over
+// (bench/dirty-log.ts), where a RAM migration's CPU goes (bench/profile.ts: per-thread CPU of both VMMs,
+// perf samples by kind of work), then the throughput of device migration data through the migration region over
 // vfio-user, each as a ratio to a baseline measured in the same run (these machines are noisy, so only
 // ratios within one run mean anything). Every figure is measured the same number of rounds (--rounds,
 // default 3) and reported as its median with the spread; `--json` prints the run as JSON, and every run is
@@ -31,6 +32,7 @@ import { type ServerProcess, startServer } from '../test/support/server-process.
 import { dirtySyncInRun } from './dirty-log.ts';
 import { measure, ratio, say, sayTo } from './figures.ts';
 import { writePerfDoc } from './perf-doc.ts';
+import { profileBench } from './profile.ts';
 import { multifdBench, ramBench, rawStream, zeroBench } from './ram.ts';
 import { HISTORY, newRun, saveRun } from './results.ts';
 import { startupBench } from './startup.ts';
@@ -54,7 +56,7 @@ if (values.doc) {
   say(`${writePerfDoc()} regenerated from ${HISTORY}`);
   process.exit(0);
 }
-const PARTS = ['startup', 'ram', 'zero', 'multifd', 'dirty-log', 'device'] as const;
+const PARTS = ['startup', 'ram', 'zero', 'multifd', 'dirty-log', 'device', 'profile'] as const;
 if (values.only && !PARTS.includes(values.only as (typeof PARTS)[number]))
   throw new Error(`--only takes ${PARTS.join(', ')}`);
 const want = (part: (typeof PARTS)[number]) => !values.only || values.only === part;
@@ -172,6 +174,10 @@ if (want('multifd')) {
 }
 if (want('dirty-log')) {
   await dirtySyncInRun(Number(values['sync-mem']), ROUNDS, run);
+  say();
+}
+if (want('profile')) {
+  await profileBench(Number(values['ram-mem']), ROUNDS, run);
   say();
 }
 if (want('device')) {
