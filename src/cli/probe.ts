@@ -12,6 +12,7 @@ import { VfioUserClient } from '../vfio-user/client.ts';
 import { migrationFeatureFlags } from '../vfio-user/migration-discovery.ts';
 import { migrationFlavorOf } from '../vfio-user/region-port.ts';
 import { bytes } from './format.ts';
+import { UsageError } from './option-types.ts';
 import type { ProbeOptions } from './options/probe.ts';
 
 const REGION_NAMES = ['BAR0', 'BAR1', 'BAR2', 'BAR3', 'BAR4', 'BAR5', 'ROM', 'CONFIG', 'VGA'];
@@ -298,8 +299,7 @@ export function formatProbe(p: ProbeReport): string {
 }
 
 export async function runProbe(o: ProbeOptions): Promise<number> {
-  // Not a usage error (exit 2) for historical reasons: a probe without a socket is a failed probe.
-  if (!o.socket) throw new Error('--socket is required');
+  if (!o.socket) throw new UsageError("required option '--socket <path>' not specified");
   const client = await VfioUserClient.connect(o.socket, { timeoutMs: o.timeout });
   try {
     const report = await probeDevice(client);

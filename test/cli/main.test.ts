@@ -70,6 +70,7 @@ test('bad values are refused before anything runs: the option, the value and why
     [['probe', '--socket', '/x', '--timeout', '1e3'], /'--timeout <ms>' argument '1e3' is invalid/],
     [['demo', '--flavor', 'v3'], /argument 'v3' is invalid\. Allowed choices are seed, v1, v2, mixed\./],
     [['serve', '--socket', '/x'], /required option '--device <name>' not specified/],
+    [['probe'], /required option '--socket <path>' not specified/],
     [['vmm'], /required option '--qmp <path>' not specified/],
     [['report', 'rec.jsonl'], /required option '-o, --output <file>' not specified/],
     [['analyze'], /missing required argument 'file'/],

@@ -14,8 +14,8 @@ export function probeCommand(program: Command): Command {
     program
       .command('probe')
       .summary('show what the device behind a vfio-user socket offers (like lspci -vv)')
-      // --socket is checked by the command, not declared mandatory: a probe without one has always been
-      // a failed probe (exit 1, which its tests check), not a usage error.
+      // Required, but checked by the command: commander checks mandatory options before unknown ones, and
+      // `probe --sockt X` should hear about the typo, not about a missing --socket.
       .addOption(new Option('--socket <path>', 'vfio-user socket of a device server (required)'))
       .addOption(new Option('--json', 'one JSON object on stdout instead of text'))
       .addOption(
