@@ -10,6 +10,9 @@ import type { StructSpec } from './fields.ts';
  */
 export type MigrationFlavor = 'seed' | 'v1' | 'v2';
 export const MIGRATION_FLAVORS: readonly MigrationFlavor[] = ['seed', 'v1', 'v2'];
+/** What a VMM may be told to use: one flavor, or `auto` (the newest the device offers). */
+export type FlavorChoice = MigrationFlavor | 'auto';
+export const FLAVOR_CHOICES: readonly FlavorChoice[] = ['auto', ...MIGRATION_FLAVORS];
 /** The flavors found through a migration region's TYPE cap. */
 export type RegionFlavor = Exclude<MigrationFlavor, 'v2'>;
 

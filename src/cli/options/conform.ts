@@ -1,7 +1,7 @@
 // Options of `vfio-migrate conform`, apart from its implementation (../conform.ts) so that `help` and
 // `--version` load only this.
 import { type Command, Option } from 'commander';
-import { MIGRATION_FLAVORS } from '../../abi/migration.ts';
+import { FLAVOR_CHOICES } from '../../abi/migration.ts';
 import type { FlavorChoice } from '../../vmm/vfio/attach.ts';
 import { collect, integer } from '../option-types.ts';
 
@@ -24,7 +24,7 @@ export function conformCommand(program: Command): Command {
     )
     .addOption(
       new Option('--flavor <f>', 'the interface to check; auto: the newest one A offers')
-        .choices(['auto', ...MIGRATION_FLAVORS])
+        .choices(FLAVOR_CHOICES)
         .default('auto'),
     )
     .addOption(

@@ -1,7 +1,7 @@
 // Options of `vfio-migrate vmm`, apart from its implementation (../vmm.ts) so that `help` and `--version`
 // load only this (the start-up bench times `help vmm`).
 import { type Command, InvalidArgumentError, Option } from 'commander';
-import { MIGRATION_FLAVORS } from '../../abi/migration.ts';
+import { FLAVOR_CHOICES } from '../../abi/migration.ts';
 import type { WritePattern } from '../../vmm/guest/workload-control.ts';
 import type { FlavorChoice } from '../../vmm/vfio/attach.ts';
 import { collect, integer, size } from '../option-types.ts';
@@ -44,7 +44,7 @@ export function vmmCommand(program: Command): Command {
         '--flavor <f>',
         'migration interface to drive on each device; auto: the newest one the device offers (others are refused if the device does not offer them)',
       )
-        .choices(['auto', ...MIGRATION_FLAVORS])
+        .choices(FLAVOR_CHOICES)
         .default('auto'),
     )
     .addOption(new Option('--qmp <path>', 'QMP control socket to create (mode 0600)').makeOptionMandatory())

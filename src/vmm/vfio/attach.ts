@@ -4,7 +4,7 @@
 // forced flavor the device lacks is refused, naming what it offers.
 
 import { Errno } from '../../abi/errno.ts';
-import type { MigrationFlavor } from '../../abi/migration.ts';
+import type { FlavorChoice, MigrationFlavor } from '../../abi/migration.ts';
 import { VfioError } from '../../errors.ts';
 import type { VfioUserClient } from '../../vfio-user/client.ts';
 import { describeOffered, discoverMigration, type OfferedMigration } from '../../vfio-user/migration-discovery.ts';
@@ -14,8 +14,7 @@ import { SeedMigrationDriver } from './seed-driver.ts';
 import { V1MigrationDriver } from './v1-driver.ts';
 import { V2MigrationDriver } from './v2-driver.ts';
 
-export type FlavorChoice = MigrationFlavor | 'auto';
-export const FLAVOR_CHOICES: readonly FlavorChoice[] = ['auto', 'seed', 'v1', 'v2'];
+export { FLAVOR_CHOICES, type FlavorChoice } from '../../abi/migration.ts';
 
 /** `auto` prefers the newest interface when a device offers several. */
 const AUTO_ORDER: readonly MigrationFlavor[] = ['v2', 'v1', 'seed'];
