@@ -51,6 +51,7 @@ NAPI_MODULE_INIT() {
       VN_FN("close", vn_close),
       VN_FN("dup", vn_dup),
       VN_FN("fdSize", vn_fd_size),
+      VN_FN("mallocTrimThreshold", vn_malloc_trim_threshold),
       VN_FN("eventfd", vn_eventfd),
       VN_FN("eventfdWrite", vn_eventfd_write),
       VN_FN("eventfdRead", vn_eventfd_read),

@@ -1,5 +1,6 @@
 /* memfd, mmap into an ArrayBuffer, munmap that detaches, and the plain fd helpers (close, dup, size). */
 #include <errno.h>
+#include <malloc.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -166,4 +167,19 @@ napi_value vn_fd_size(napi_env env, napi_callback_info info) {
   struct stat st;
   if (fstat(fd, &st) != 0) return vn_throw_errno(env, errno, "fstat", NULL);
   return vn_int(env, (int64_t)st.st_size);
+}
+
+/*
+ * mallocTrimThreshold(bytes): mallopt(M_TRIM_THRESHOLD). Node reads each socket chunk into a freshly
+ * malloc'd 64 KiB buffer; when the GC frees a burst of them, glibc hands the top of the heap back to the
+ * kernel (default threshold 128 KiB) and the next reads fault it in again, zeroed page by page. A
+ * migration destination spent a quarter of its CPU there. Setting it also fixes the mmap threshold
+ * (glibc stops adapting it), which is what a process moving gigabytes through fixed-size buffers wants.
+ */
+napi_value vn_malloc_trim_threshold(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int64_t bytes;
+  if (!vn_args(env, info, 1, argv, NULL) || !vn_get_int(env, argv[0], "bytes", 0, INT32_MAX, &bytes)) return NULL;
+  if (mallopt(M_TRIM_THRESHOLD, (int)bytes) != 1) return vn_throw_errno(env, EINVAL, "mallopt(M_TRIM_THRESHOLD)", NULL);
+  return vn_null(env);
 }

@@ -57,6 +57,7 @@ napi_value vn_munmap(napi_env env, napi_callback_info info);
 napi_value vn_close(napi_env env, napi_callback_info info);
 napi_value vn_dup(napi_env env, napi_callback_info info);
 napi_value vn_fd_size(napi_env env, napi_callback_info info);
+napi_value vn_malloc_trim_threshold(napi_env env, napi_callback_info info);
 napi_value vn_eventfd(napi_env env, napi_callback_info info);
 napi_value vn_eventfd_write(napi_env env, napi_callback_info info);
 napi_value vn_eventfd_read(napi_env env, napi_callback_info info);

@@ -61,6 +61,8 @@ export interface NativeAddon {
   dup(fd: number): number;
   /** fstat(fd).st_size */
   fdSize(fd: number): number;
+  /** mallopt(M_TRIM_THRESHOLD): freed heap up to this size stays mapped for reuse (0 to 2^31-1 bytes). */
+  mallocTrimThreshold(bytes: number): void;
   /** An eventfd (EFD_CLOEXEC, plus EFD_NONBLOCK if nonblock). */
   eventfd(initval: number, nonblock: boolean): number;
   /** Adds value to the counter; throws EAGAIN if a nonblocking counter would overflow. */

@@ -17,6 +17,7 @@ describe('native addon loader', () => {
       'close',
       'dup',
       'fdSize',
+      'mallocTrimThreshold',
       'eventfd',
       'eventfdWrite',
       'eventfdRead',
@@ -58,6 +59,14 @@ describe('native addon loader', () => {
     } finally {
       cleanup();
     }
+  });
+
+  test('mallocTrimThreshold takes a byte count from 0 to 2^31-1 and refuses anything else', () => {
+    native().mallocTrimThreshold(64 << 20);
+    native().mallocTrimThreshold(128 << 10); // glibc's default again
+    assert.throws(() => native().mallocTrimThreshold(-1), RangeError);
+    assert.throws(() => native().mallocTrimThreshold(2 ** 31), RangeError);
+    assert.throws(() => native().mallocTrimThreshold(1.5), RangeError);
   });
 
   test('a failed syscall throws an Error with errno name, number and syscall', () => {
