@@ -4,7 +4,7 @@
 // A stream is a sequence of records, each a 24-byte little-endian header and `length` payload bytes:
 //   u16 kind | u16 reserved (0) | u32 length | u64 arg0 | u64 arg1
 // BEGIN first (payload: JSON descriptor of the device model; a mismatch is rejected), END last (payload:
-// SHA-256 over the state as sent, so an incomplete or altered stream is refused before the device runs).
+// a digest over the state as sent, so an incomplete or altered stream is refused before the device runs).
 
 export const RECORD_HEADER_SIZE = 24;
 

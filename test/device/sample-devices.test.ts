@@ -528,6 +528,51 @@ describe('sample devices: the loader refuses what it cannot resume from', () => 
     );
   });
 
+  test('a changed burst of up to 4 bytes, or two final blocks swapped, is refused (per-block CRC-32C, END digest)', () => {
+    const src = large();
+    src.step(4000);
+    const { stream } = save(src, [30_000, 5, 70_000], [40, 0, 200], 30);
+    const recs = records(stream);
+    const lastFor = new Map<bigint, number>();
+    for (const m of recs) if (m.h.kind === RecordKind.MEM || m.h.kind === RecordKind.ZERO) lastFor.set(m.h.arg0, m.at);
+    const final = recs.filter((m) => m.h.kind === RecordKind.MEM && lastFor.get(m.h.arg0) === m.at);
+    assert.ok(final.length >= 2, 'at least two final MEM records');
+    const refused = (bad: Uint8Array) => {
+      const dst = large();
+      dst.migration.transition(RUNNING, RESUMING);
+      einval(() => feed(dst, bad, [BLOCK + 7]), /digest mismatch/);
+      failsToLeaveResuming(dst);
+      dst.close();
+    };
+    fc.assert(
+      fc.property(
+        fc.nat(final.length - 1),
+        fc.nat(BLOCK - 4),
+        fc.uint8Array({ minLength: 1, maxLength: 4 }).filter((x) => x.some((b) => b !== 0)),
+        (i, at, x) => {
+          const bad = stream.slice();
+          for (let k = 0; k < x.length; k++) bad[final[i]!.payloadAt + at + k]! ^= x[k]!;
+          refused(bad);
+        },
+      ),
+      { numRuns: 20 },
+    );
+    // Two different blocks exchange places: each record is well-formed, only the digest can tell.
+    const [a, b] = [
+      final[0]!,
+      final.find(
+        (m) =>
+          !Buffer.from(stream.subarray(m.payloadAt, m.payloadAt + BLOCK)).equals(
+            stream.subarray(final[0]!.payloadAt, final[0]!.payloadAt + BLOCK),
+          ),
+      )!,
+    ];
+    const bad = stream.slice();
+    bad.set(stream.subarray(a.payloadAt, a.payloadAt + BLOCK), b.payloadAt);
+    bad.set(stream.subarray(b.payloadAt, b.payloadAt + BLOCK), a.payloadAt);
+    refused(bad);
+  });
+
   test('a flipped byte in the REGS or END payload is refused', () => {
     const { stream } = savedLarge();
     const recs = records(stream);
