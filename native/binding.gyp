@@ -11,6 +11,7 @@
         "src/madvise.c",
         "src/eventfd.c",
         "src/socket.c",
+        "src/tcp.c",
         "src/scm.c",
         "src/poller.c",
         "src/crc32c.c",

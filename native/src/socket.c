@@ -1,4 +1,5 @@
-/* UNIX stream sockets: every fd is born nonblocking and close-on-exec (no window for a fork to inherit it). */
+/* UNIX stream sockets (and accept for any listener): every fd is born nonblocking and close-on-exec (no
+ * window for a fork to inherit it). */
 #include <errno.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -55,8 +56,9 @@ napi_value vn_listen_unix(napi_env env, napi_callback_info info) {
   return vn_int(env, fd);
 }
 
-/* acceptUnix(fd): a new nonblocking, cloexec fd, or -1 when nothing is pending. */
-napi_value vn_accept_unix(napi_env env, napi_callback_info info) {
+/* accept(fd): a new nonblocking, cloexec fd from any listening socket (UNIX or TCP), or -1 when nothing is
+ * pending. */
+napi_value vn_accept(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   int fd;
   if (!vn_args(env, info, 1, argv, NULL) || !vn_get_fd(env, argv[0], "fd", &fd)) return NULL;

@@ -73,8 +73,12 @@ export interface NativeAddon {
   socketpair(): [number, number];
   /** A listening socket at path, whose file is created with mode 0600 (less umask) with no window. */
   listenUnix(path: string, backlog: number): number;
-  /** An accepted connection (nonblocking, close-on-exec), or -1 if none is pending. */
-  acceptUnix(fd: number): number;
+  /** An accepted connection of any listening socket (nonblocking, close-on-exec), or -1 if none is pending. */
+  accept(fd: number): number;
+  /** A listening TCP socket on a numeric IPv4/IPv6 address (SO_REUSEADDR; "::" takes IPv4 too); port 0 picks one. */
+  listenTcp(address: string, port: number, backlog: number): number;
+  /** The port a TCP socket is bound to. */
+  localPort(fd: number): number;
   /** A connected nonblocking socket; ENOENT, ECONNREFUSED (and EAGAIN on a full backlog) are thrown. */
   connectUnix(path: string): number;
   /**

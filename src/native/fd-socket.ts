@@ -15,6 +15,7 @@ import { EventEmitter } from 'node:events';
 import { lstatSync, statSync, unlinkSync } from 'node:fs';
 import { VfioError } from '../errors.ts';
 import { type NativeError, native, type Poller, type RecvResult } from './addon.ts';
+import { FdAcceptor } from './fd-acceptor.ts';
 
 /** The kernel's SCM_MAX_FD: the most fds one sendmsg can carry, so a default that never truncates. */
 export const MAX_FDS_PER_MESSAGE = 253;
@@ -336,13 +337,9 @@ export interface FdServerOptions {
   socket?: FdSocketOptions;
 }
 
-/** How long accept() rests after running out of fds (EMFILE), instead of spinning on a readable socket. */
-const ACCEPT_BACKOFF_MS = 100;
-
 export class FdServer extends EventEmitter<FdServerEvents> {
   #options: FdServerOptions;
-  #fd = -1;
-  #poller: Poller | null = null;
+  #acceptor: FdAcceptor | null = null;
   #path: string | null = null;
   #inode: { dev: number; ino: number } | null = null;
   #closed = false;
@@ -362,15 +359,19 @@ export class FdServer extends EventEmitter<FdServerEvents> {
    * predecessor) is replaced; a live server or a file that is not a socket makes this throw EADDRINUSE.
    */
   listen(path: string): this {
-    if (this.#fd >= 0 || this.#closed) throw sysError('ERR_SERVER_ALREADY_LISTEN', 0, 'FdServer.listen called twice');
+    if (this.#acceptor || this.#closed) throw sysError('ERR_SERVER_ALREADY_LISTEN', 0, 'FdServer.listen called twice');
     removeStaleSocket(path);
     const fd = native().listenUnix(path, this.#options.backlog ?? 128);
     const st = statSync(path);
-    this.#fd = fd;
     this.#path = path;
     this.#inode = { dev: st.dev, ino: st.ino };
-    this.#poller = new (native().Poller)(fd, (err, readable) => this.#onPoll(err, readable));
-    this.#poller.start(true, false);
+    this.#acceptor = new FdAcceptor(fd, {
+      connection: (c) => {
+        const socket = new FdSocket(c, this.#options.socket);
+        if (!this.emit('connection', socket)) socket.destroy();
+      },
+      error: (e) => this.emit('error', e),
+    });
     return this;
   }
 
@@ -378,10 +379,8 @@ export class FdServer extends EventEmitter<FdServerEvents> {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    if (this.#fd >= 0) {
-      this.#poller?.close();
-      native().close(this.#fd);
-      this.#fd = -1;
+    if (this.#acceptor) {
+      this.#acceptor.close();
       if (this.#path !== null && this.#inode !== null) {
         const st = lstatSync(this.#path, { throwIfNoEntry: false });
         if (st && st.dev === this.#inode.dev && st.ino === this.#inode.ino) unlinkSync(this.#path);
@@ -391,41 +390,11 @@ export class FdServer extends EventEmitter<FdServerEvents> {
   }
 
   ref(): void {
-    if (!this.#closed) this.#poller?.ref();
+    if (!this.#closed) this.#acceptor?.ref();
   }
 
   unref(): void {
-    if (!this.#closed) this.#poller?.unref();
-  }
-
-  #onPoll(err: number, readable: boolean): void {
-    if (this.#closed) return;
-    if (err !== 0) {
-      this.emit('error', new VfioError(err, 'poll on FdServer failed'));
-      return;
-    }
-    if (!readable) return;
-    for (let i = 0; i < READS_PER_EVENT && !this.#closed; i++) {
-      let fd: number;
-      try {
-        fd = native().acceptUnix(this.#fd);
-      } catch (e) {
-        const code = errCode(e);
-        if (code === 'EMFILE' || code === 'ENFILE' || code === 'ENOBUFS' || code === 'ENOMEM') this.#backoff();
-        this.emit('error', e as Error);
-        return;
-      }
-      if (fd < 0) return;
-      const socket = new FdSocket(fd, this.#options.socket);
-      if (!this.emit('connection', socket)) socket.destroy();
-    }
-  }
-
-  #backoff(): void {
-    this.#poller?.stop();
-    setTimeout(() => {
-      if (!this.#closed) this.#poller?.start(true, false);
-    }, ACCEPT_BACKOFF_MS).unref();
+    if (!this.#closed) this.#acceptor?.unref();
   }
 }
 

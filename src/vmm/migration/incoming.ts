@@ -3,10 +3,12 @@
 // two-phase handshake: READY to the source, and start the VM only on GO. On any error the destination
 // tells the source (ERROR), and its VM never starts.
 
-import { once } from 'node:events';
+import { lookup } from 'node:dns/promises';
 import { createReadStream } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
+import { isIP, Socket } from 'node:net';
 import { Errno } from '../../abi/errno.ts';
+import { native } from '../../native/addon.ts';
+import { FdAcceptor } from '../../native/fd-acceptor.ts';
 import { type DecodedSection, StreamDecoder } from '../../stream/decoder.ts';
 import {
   encodeReturnPath,
@@ -56,35 +58,64 @@ function socketConnection(socket: Socket): IncomingConnection {
   };
 }
 
-/** Listens for one incoming migration on HOST:PORT (port 0 picks one; see `port`). */
+/**
+ * Listens for one incoming migration on HOST:PORT (port 0 picks one; see `port`). The listening socket is
+ * ours (native listenTcp + FdAcceptor), so an accepted connection is a descriptor: the main stream is
+ * wrapped as a net.Socket, a multifd channel's descriptor goes as it is to the thread that reads it.
+ */
 export class IncomingListener {
-  private constructor(private readonly server: Server) {}
+  private readonly pending: number[] = [];
+  private waiter: ((fd: number) => void) | null = null;
+  private extra: ((fd: number) => void) | null = null;
+  private mainTaken = false;
+
+  private constructor(private readonly acceptor: FdAcceptor) {}
 
   static async listen(host: string, port: number): Promise<IncomingListener> {
-    // Paused: a multifd channel's connection is handed, unread, to the thread that receives on it.
-    const server = createServer({ noDelay: true, pauseOnConnect: true });
-    server.listen(port, host);
-    await once(server, 'listening');
-    return new IncomingListener(server);
+    // Names resolved as net.Server.listen would (dns.lookup); the socket itself takes numeric addresses.
+    const { address } = isIP(host) ? { address: host } : await lookup(host);
+    let listener: IncomingListener | null = null;
+    const acceptor = new FdAcceptor(native().listenTcp(address, port, 16), {
+      connection: (fd) => listener!.onConnection(fd),
+      // accept() failing for want of fds backs off and retries (FdAcceptor); the source's connect waits.
+      error: () => {},
+    });
+    listener = new IncomingListener(acceptor);
+    return listener;
   }
 
   get port(): number {
-    const a = this.server.address();
-    return typeof a === 'object' && a ? a.port : 0;
+    return native().localPort(this.acceptor.fd);
+  }
+
+  private onConnection(fd: number): void {
+    if (!this.mainTaken && this.waiter) {
+      const w = this.waiter;
+      this.waiter = null;
+      this.mainTaken = true;
+      w(fd);
+    } else if (!this.mainTaken) this.pending.push(fd);
+    else if (this.extra) this.extra(fd);
+    else native().close(fd);
   }
 
   /**
    * The first connection (the source opens its main stream first); later ones go to `extra` (multifd
-   * channels), or are refused (closed) without it.
+   * channels, as descriptors now theirs), or are refused (closed) without it.
    */
-  async accept(extra?: (socket: Socket) => void): Promise<IncomingConnection> {
-    const [socket] = (await once(this.server, 'connection')) as [Socket];
-    this.server.on('connection', extra ?? ((s: Socket) => s.destroy()));
+  async accept(extra?: (fd: number) => void): Promise<IncomingConnection> {
+    const first = this.pending.shift() ?? (await new Promise<number>((r) => (this.waiter = r)));
+    this.mainTaken = true;
+    this.extra = extra ?? null;
+    for (const fd of this.pending.splice(0)) this.onConnection(fd);
+    const socket = new Socket({ fd: first, readable: true, writable: true });
+    socket.setNoDelay(true);
     return socketConnection(socket);
   }
 
   close(): void {
-    this.server.close();
+    this.acceptor.close();
+    for (const fd of this.pending.splice(0)) native().close(fd);
   }
 }
 

@@ -5,7 +5,6 @@
 // SYNC; only then are they all released into the next pass. At every flush the packets received over all
 // channels must be every packet the source numbered up to the last SYNC (pages expected = received).
 
-import type { Socket } from 'node:net';
 import type { Worker } from 'node:worker_threads';
 import { Errno } from '../../abi/errno.ts';
 import { native } from '../../native/addon.ts';
@@ -50,28 +49,19 @@ export class MultifdReceiver implements RamChannelsIn {
     this.failed.catch(() => {});
   }
 
-  /** A connection that is not the main stream: a channel, handed to its own thread. */
-  adopt(socket: Socket): void {
+  /** A connection that is not the main stream (its descriptor, now ours): a channel, handed to its own thread. */
+  adopt(socketFd: number): void {
     if (this.error) {
-      socket.destroy();
+      native().close(socketFd);
       return;
     }
     if (this.channels.length >= this.o.channels) {
-      socket.destroy();
+      native().close(socketFd);
       this.fail(
         new MigrationError(Errno.EPROTO, `multifd: more than the ${this.o.channels} channels set here connected`),
       );
       return;
     }
-    // The thread reads the connection itself: it gets its own descriptor, and this one is closed.
-    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-    if (fd === undefined || fd < 0) {
-      socket.destroy();
-      this.fail(new MigrationError(Errno.EIO, 'multifd: a channel connection has no descriptor'));
-      return;
-    }
-    const socketFd = native().dup(fd);
-    socket.destroy();
     const m = this.o.memory;
     const worker = startChannelWorker({
       role: 'recv',

@@ -24,7 +24,7 @@ export interface RecvWorkerConfig {
   fd: number;
   size: number;
   pieceSize: number;
-  /** The accepted connection's socket, duplicated for this thread. */
+  /** The accepted connection's descriptor: the thread owns it (its net.Socket closes it). */
   socketFd: number;
   /** Channel uuid to insist on; null: none set (QEMU checks only when -uuid was given). */
   uuid: Uint8Array | null;

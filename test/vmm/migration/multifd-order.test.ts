@@ -7,8 +7,10 @@
 // SYNC, so P ends with pass 2's contents, whatever the scheduling.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { connect, createServer, type Socket } from 'node:net';
+import { connect, type Socket } from 'node:net';
 import { test } from 'node:test';
+import { native } from '../../../src/native/addon.ts';
+import { FdAcceptor } from '../../../src/native/fd-acceptor.ts';
 import {
   encodeMultifdInit,
   MULTIFD_FLAG_SYNC,
@@ -33,6 +35,15 @@ function packet(packetNum: number, pages: { offset: number; fill: number }[], sy
   return Buffer.concat([head, ...pages.map((p) => Buffer.alloc(PAGE, p.fill))]);
 }
 
+/** A TCP listener handing each connection's descriptor to the receiver, as the destination's listener does. */
+function channelListener(receiver: MultifdReceiver): { port: number; close(): void } {
+  const acceptor = new FdAcceptor(native().listenTcp('127.0.0.1', 0, 8), {
+    connection: (fd) => receiver.adopt(fd),
+    error: (e) => assert.fail(e),
+  });
+  return { port: native().localPort(acceptor.fd), close: () => acceptor.close() };
+}
+
 async function write(s: Socket, b: Buffer): Promise<void> {
   await new Promise<void>((resolve, reject) => s.write(b, (err) => (err ? reject(err) : resolve())));
 }
@@ -50,12 +61,9 @@ test('a page of pass 2 on one channel never lands before the same page of pass 1
     },
     stallTimeoutMs: 60_000,
   });
-  const server = createServer({ pauseOnConnect: true }, (s) => receiver.adopt(s));
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const port = (server.address() as { port: number }).port;
-  const a = connect(port, '127.0.0.1');
-  const b = connect(port, '127.0.0.1');
+  const server = channelListener(receiver);
+  const a = connect(server.port, '127.0.0.1');
+  const b = connect(server.port, '127.0.0.1');
   try {
     await Promise.all([once(a, 'connect'), once(b, 'connect')]);
     const uuid = new Uint8Array(16);
@@ -99,10 +107,8 @@ test('a flush that finds packets missing is refused (pages expected = pages rece
     },
     stallTimeoutMs: 60_000,
   });
-  const server = createServer({ pauseOnConnect: true }, (s) => receiver.adopt(s));
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const c = connect((server.address() as { port: number }).port, '127.0.0.1');
+  const server = channelListener(receiver);
+  const c = connect(server.port, '127.0.0.1');
   try {
     await once(c, 'connect');
     // Packets 0 and 1 never came: the SYNC is numbered 2.
