@@ -49,10 +49,11 @@ napi_value vn_listen_tcp(napi_env env, napi_callback_info info) {
     close(fd);
     return vn_throw_errno(env, err, "setsockopt", NULL);
   }
-  if (bind(fd, (struct sockaddr*)&ss, alen) != 0 || listen(fd, (int)backlog) != 0) {
+  const char* failed = bind(fd, (struct sockaddr*)&ss, alen) != 0 ? "bind" : listen(fd, (int)backlog) != 0 ? "listen" : NULL;
+  if (failed != NULL) {
     int err = errno;
     close(fd);
-    return vn_throw_errno(env, err, "bind/listen", host);
+    return vn_throw_errno(env, err, failed, host);
   }
   return vn_int(env, fd);
 }

@@ -390,11 +390,11 @@ export class FdServer extends EventEmitter<FdServerEvents> {
   }
 
   ref(): void {
-    if (!this.#closed) this.#acceptor?.ref();
+    this.#acceptor?.ref();
   }
 
   unref(): void {
-    if (!this.#closed) this.#acceptor?.unref();
+    this.#acceptor?.unref();
   }
 }
 

@@ -64,24 +64,25 @@ function socketConnection(socket: Socket): IncomingConnection {
  * wrapped as a net.Socket, a multifd channel's descriptor goes as it is to the thread that reads it.
  */
 export class IncomingListener {
+  private readonly acceptor: FdAcceptor;
+  /** Connections accepted before accept() was called (the main stream among them). */
   private readonly pending: number[] = [];
   private waiter: ((fd: number) => void) | null = null;
   private extra: ((fd: number) => void) | null = null;
   private mainTaken = false;
 
-  private constructor(private readonly acceptor: FdAcceptor) {}
+  private constructor(fd: number) {
+    this.acceptor = new FdAcceptor(fd, {
+      connection: (c) => this.onConnection(c),
+      // accept() failing for want of fds backs off and retries (FdAcceptor); the source's connect waits.
+      error: () => {},
+    });
+  }
 
   static async listen(host: string, port: number): Promise<IncomingListener> {
     // Names resolved as net.Server.listen would (dns.lookup); the socket itself takes numeric addresses.
     const { address } = isIP(host) ? { address: host } : await lookup(host);
-    let listener: IncomingListener | null = null;
-    const acceptor = new FdAcceptor(native().listenTcp(address, port, 16), {
-      connection: (fd) => listener!.onConnection(fd),
-      // accept() failing for want of fds backs off and retries (FdAcceptor); the source's connect waits.
-      error: () => {},
-    });
-    listener = new IncomingListener(acceptor);
-    return listener;
+    return new IncomingListener(native().listenTcp(address, port, 16));
   }
 
   get port(): number {
@@ -89,10 +90,9 @@ export class IncomingListener {
   }
 
   private onConnection(fd: number): void {
-    if (!this.mainTaken && this.waiter) {
+    if (this.waiter) {
       const w = this.waiter;
       this.waiter = null;
-      this.mainTaken = true;
       w(fd);
     } else if (!this.mainTaken) this.pending.push(fd);
     else if (this.extra) this.extra(fd);
