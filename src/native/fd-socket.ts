@@ -127,6 +127,11 @@ export class FdSocket extends EventEmitter<FdSocketEvents> {
     return this.#destroyed;
   }
 
+  /** Whether write() accepts data: false once destroyed, ending, or the peer has hung up ('close' may follow later). */
+  get writable(): boolean {
+    return !this.#destroyed && !this.#ending && !this.#hungUp;
+  }
+
   /** Bytes accepted by write() but not yet sent: the backpressure signal. */
   get writableLength(): number {
     return this.#queuedBytes;

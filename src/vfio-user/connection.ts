@@ -137,6 +137,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   /** Sends a ready message (header + payload). */
   send(message: Uint8Array, fds: readonly number[] = []): void {
     if (this.closed) throw new VfioError(Errno.ENOTCONN, 'connection is closed');
+    // The peer hung up (an earlier write met EPIPE) and our 'close' event is still to come.
+    if (!this.socket.writable) throw new VfioError(Errno.ENOTCONN, 'the peer closed the connection');
     this.socket.write(message, fds);
   }
 

@@ -308,6 +308,22 @@ describe('client: a dead, absent or silent server never hangs it', () => {
     await assert.rejects(client.reset(), errno(Errno.ENOTCONN));
   });
 
+  test('requests sent after the peer has gone but before the client noticed: ECONNRESET or ENOTCONN, never EIO', async (t) => {
+    const { srv, client } = await setup(t);
+    const closed = closedEvent(client);
+    // Closed synchronously, so the client's poller has not seen it yet: the first sendmsg meets EPIPE and
+    // the socket goes while the later requests are still being written.
+    srv.conn.close();
+    const results = await Promise.all(
+      Array.from({ length: 4 }, () => client.regionRead(0, 0, 4).then(() => null, (e: unknown) => e)),
+    );
+    for (const r of results) {
+      assert.ok(r instanceof VfioError, `a request to a dead peer failed: ${String(r)}`);
+      assert.ok(r.errno === Errno.ECONNRESET || r.errno === Errno.ENOTCONN, `errno ${r.code}: ${r.message}`);
+    }
+    assert.equal((await closed)?.errno, Errno.ECONNRESET);
+  });
+
   test('a reply with a wrong msg_id: EPROTO and the connection closes', async (t) => {
     const { srv, client } = await setup(t, {
       handlers: {
