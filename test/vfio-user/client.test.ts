@@ -315,7 +315,12 @@ describe('client: a dead, absent or silent server never hangs it', () => {
     // the socket goes while the later requests are still being written.
     srv.conn.close();
     const results = await Promise.all(
-      Array.from({ length: 4 }, () => client.regionRead(0, 0, 4).then(() => null, (e: unknown) => e)),
+      Array.from({ length: 4 }, () =>
+        client.regionRead(0, 0, 4).then(
+          () => null,
+          (e: unknown) => e,
+        ),
+      ),
     );
     for (const r of results) {
       assert.ok(r instanceof VfioError, `a request to a dead peer failed: ${String(r)}`);
