@@ -14,7 +14,6 @@ import { parseArgs } from 'node:util';
 import { startLocalPair, waitForMigration } from '../src/harness/local-hosts.ts';
 import { GuestDirtyBitmap } from '../src/vmm/guest/dirty-bitmap.ts';
 import { measure, say } from './figures.ts';
-import { guestUp } from './ram.ts';
 import type { BenchRun } from './results.ts';
 
 /** Mean ms of one call over `reps` calls, after 10 calls to warm up. */
@@ -67,7 +66,6 @@ async function syncOnce(memMiB: number): Promise<{ value: number; per: string; n
     destination: { device: 'large-memory', deviceArgs: ['--device-mem', '16M', '--work-rate', '20000'] },
   });
   try {
-    await guestUp(pair.src);
     await pair.src.execute('migrate', { uri: pair.uri });
     const info = await waitForMigration(pair.src, { intervalMs: 100, timeoutMs: 600_000 });
     if (info.status !== 'completed') throw new Error(`migration ${info.status}: ${info['error-desc'] ?? ''}`);

@@ -3,7 +3,9 @@
 // VMM, QMP `migrate`), against raw Node loopback TCP between two processes measured in the same run, and
 // against QEMU's own RAM migration of a guest of the same size when qemu-system-x86_64 is installed.
 //
-//   raw-tcp       a child process writes into a TCP socket on 127.0.0.1, this process reads and counts
+//   raw-tcp       a child process writes into a TCP socket on 127.0.0.1, this process reads into one reused
+//                 buffer (`onread`) and counts: the link as Node can use it
+//   raw-tcp-data  the same read through 'data' events (a fresh 64 KiB chunk per read): Node's default
 //   ours-warm     destination memory faulted in before the migration (`vmm --prefault`, QEMU's
 //                 -mem-prealloc): the DESIGN.md aim is >= 80% of raw-tcp
 //   ours-cold     a fresh destination (memory faulted in while loading, ahead of the stream)
@@ -21,7 +23,7 @@ import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { once } from 'node:events';
 import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
-import { createServer, type Socket } from 'node:net';
+import { connect, createServer, type NetConnectOpts } from 'node:net';
 import { join } from 'node:path';
 import { bytes } from '../src/cli/format.ts';
 import { startLocalPair, waitForMigration } from '../src/harness/local-hosts.ts';
@@ -39,36 +41,56 @@ export function mbps(r: Rate): number {
   return r.bytes / r.ms / 1000;
 }
 
+/** How the raw baseline reads: into one reused 1 MiB buffer (`onread`), or Node's default 'data' events. */
+export type RawReader = 'onread' | 'data';
+
 /**
- * A child process connects to `target` (a loopback TCP port or a UNIX socket path) and writes `total` bytes
- * in 1 MiB writes; we read and count. The baseline every transport figure is a ratio to.
+ * A child process listens on `target` (a loopback TCP port or a UNIX socket path) and writes `total` bytes in
+ * 1 MiB writes to whoever connects; we connect, read and count. The baseline every transport figure is a
+ * ratio to. `onread` (the default) reads into one reused buffer, as close to the link as Node gets; 'data'
+ * allocates a fresh 64 KiB chunk per read, what a plain Node reader pays.
  */
-export async function rawStream(total: number, target: { port: number } | { path: string }): Promise<Rate> {
-  const server = createServer();
-  if ('port' in target) server.listen(target.port, '127.0.0.1');
-  else server.listen(target.path);
-  await once(server, 'listening');
-  const to =
-    'port' in target ? `${(server.address() as { port: number }).port},'127.0.0.1'` : JSON.stringify(target.path);
-  const writer = `const s=require('net').connect(${to});const b=Buffer.alloc(1<<20,7);let left=${total};
-    function go(){while(left>0){left-=b.length;if(!s.write(b)){s.once('drain',go);return}}s.end()}s.on('connect',go)`;
-  const child = spawn(process.execPath, ['-e', writer], { stdio: 'inherit' });
-  const [sock] = (await once(server, 'connection')) as [Socket];
-  let got = 0;
-  const t0 = performance.now();
-  sock.on('data', (d: Buffer) => {
-    got += d.byteLength;
-  });
-  await once(sock, 'end');
-  const ms = performance.now() - t0;
-  await once(child, 'exit');
-  server.close();
-  return { bytes: got, ms };
+export async function rawStream(
+  total: number,
+  target: { port: number } | { path: string },
+  reader: RawReader = 'onread',
+): Promise<Rate> {
+  const at = 'port' in target ? `${target.port},'127.0.0.1'` : JSON.stringify(target.path);
+  const writer = `const net=require('net');const b=Buffer.alloc(1<<20,7);
+    const srv=net.createServer((s)=>{let left=${total};srv.close();
+      function go(){while(left>0){left-=b.length;if(!s.write(b)){s.once('drain',go);return}}s.end()}go()});
+    srv.listen(${at},()=>process.stdout.write(JSON.stringify(srv.address())+'\\n'))`;
+  const child = spawn(process.execPath, ['-e', writer], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const exited = once(child, 'exit');
+  try {
+    const [line] = (await once(child.stdout!, 'data')) as [Buffer];
+    const address = JSON.parse(line.toString()) as { port: number } | string;
+    const where: NetConnectOpts =
+      typeof address === 'string' ? { path: address } : { port: address.port, host: '127.0.0.1' };
+    let got = 0;
+    const count = (n: number) => {
+      got += n;
+      return true;
+    };
+    const sock =
+      reader === 'onread'
+        ? connect({ ...where, onread: { buffer: Buffer.allocUnsafe(1 << 20), callback: count } })
+        : connect(where).on('data', (d: Buffer) => count(d.byteLength));
+    await once(sock, 'connect');
+    const t0 = performance.now();
+    await once(sock, 'end');
+    const ms = performance.now() - t0;
+    sock.destroy();
+    return { bytes: got, ms };
+  } finally {
+    child.kill();
+    await exited;
+  }
 }
 
 /** Raw Node loopback TCP between two processes. */
-export function rawTcp(total: number): Promise<Rate> {
-  return rawStream(total, { port: 0 });
+export function rawTcp(total: number, reader: RawReader = 'onread'): Promise<Rate> {
+  return rawStream(total, { port: 0 }, reader);
 }
 
 type RamInfo = { transferred: number; normal: number; duplicate: number };
@@ -84,16 +106,6 @@ function checkPages(who: string, ram: RamInfo, memMiB: number, fill: GuestFill):
   if (fill === 'zero' && ram.duplicate < pages * 0.99) throw new Error(`${who} sent only ${ram.duplicate} zero pages`);
 }
 
-/**
- * Waits until the source's vCPU threads run: `stop` returns once every vCPU acknowledged the pause (which
- * waits for the threads to start), then `cont`. A migration started at once would otherwise count the
- * threads' start-up (module loading, hundreds of ms) as the VM stop of its downtime.
- */
-export async function guestUp(q: QmpClient): Promise<void> {
-  await q.execute('stop', undefined, { timeoutMs: 120_000 });
-  await q.execute('cont', undefined, { timeoutMs: 120_000 });
-}
-
 /** KiB of a /proc/PID/status field. */
 function statusKib(pid: number, field: string): number {
   const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
@@ -107,8 +119,10 @@ export interface MigrationObserver {
 }
 
 /**
- * One migration of a `memMiB` guest (random bytes, or all zeroes) between two VMM processes. `dstShmemMiB`:
- * guest RAM the destination VMM maps afterwards (RssShmem growth), read before the digests touch it all.
+ * One migration of a `memMiB` guest (random bytes, or all zeroes) between two VMM processes. `dstShmemMiB`
+ * (a fresh destination only): guest RAM the destination VMM maps afterwards (RssShmem growth), read before
+ * the digests touch it all. A prefaulted destination has it all mapped already, and a multifd channel
+ * thread's own mapping of the memfd would count its pages a second time: no figure there.
  */
 export async function oursOnce(
   memMiB: number,
@@ -117,7 +131,7 @@ export async function oursOnce(
   fill: GuestFill = 'random',
   multifd?: number,
   observe?: MigrationObserver,
-): Promise<Rate & { downtime: number; dstShmemMiB: number }> {
+): Promise<Rate & { downtime: number; dstShmemMiB?: number }> {
   const pair = await startLocalPair({
     multifd: multifd ? { channels: multifd } : undefined,
     sourceWrap: wrap,
@@ -136,7 +150,6 @@ export async function oursOnce(
   try {
     const dstPid = pair.procs.dstVmm.child.pid!;
     const shmemBefore = statusKib(dstPid, 'RssShmem');
-    await guestUp(pair.src);
     await observe?.before({ source: pair.procs.srcVmm.child.pid!, destination: dstPid });
     await pair.src.execute('migrate', { uri: pair.uri });
     // The source reports its own total-time: the poll interval only delays noticing the end.
@@ -144,7 +157,7 @@ export async function oursOnce(
     if (info.status !== 'completed') throw new Error(`migration ${info.status}: ${info['error-desc'] ?? ''}`);
     await waitForMigration(pair.dst, { timeoutMs: 60_000 });
     await observe?.after();
-    const dstShmemMiB = (statusKib(dstPid, 'RssShmem') - shmemBefore) / 1024;
+    const dstShmemMiB = warm ? undefined : (statusKib(dstPid, 'RssShmem') - shmemBefore) / 1024;
     const [a, b] = await Promise.all([
       // Digests of a large guest take seconds on a busy machine: more than the default 10 s reply time.
       pair.src.execute<Digests>('x-query-digests', undefined, { timeoutMs: 300_000 }),
@@ -299,9 +312,10 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
     };
   };
   const raw = await measure('raw-tcp', 'MB/s', rounds, () => asRate(rawTcp(total)));
+  const rawData = await measure('raw-tcp-data', 'MB/s', rounds, () => asRate(rawTcp(total, 'data')));
   const warm = await measure('ours-warm', 'MB/s', rounds, () => asRate(oursOnce(memMiB, true)));
   const cold = await measure('ours-cold', 'MB/s', rounds, () => asRate(oursOnce(memMiB, false)));
-  run.figures.push(raw, warm, cold);
+  run.figures.push(raw, rawData, warm, cold);
   const missing = qemuMissing();
   let qemu: { warm: Figure; cold: Figure } | null = null;
   if (missing) {

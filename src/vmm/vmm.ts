@@ -220,7 +220,12 @@ export class Vmm {
       const did = await bootGuestDriver(d.client, BigInt(this.memory.size) - ring, ring);
       if (did) this.options.log?.(`${d.name}: ${did}`);
     }
-    if (this.options.workload) this.workload = new Workload(this.memory, this.dirty, this.options.workload);
+    if (this.options.workload) {
+      this.workload = new Workload(this.memory, this.dirty, this.options.workload);
+      // The vCPU threads exist before the VM runs (as QEMU's do): a stop right after boot, a migration's
+      // among them, must not wait for them to load and count their start-up as downtime.
+      await this.workload.ready();
+    }
     const errors = await this.runState.transition('running', 'boot');
     if (errors.length) throw errors[0];
   }

@@ -171,13 +171,14 @@ export class Workload {
     this.command(Atomics.load(this.ctl, Control.COMMAND));
   }
 
+  /** vCPU threads that are up (have mapped memory and the log and entered their loop). */
+  get vcpusUp(): number {
+    return this.countWhere((i) => this.nums[vcpuStats(i) + Stats.STARTED] === 1);
+  }
+
   /** Resolves once every vCPU thread is up (has mapped memory and the log and entered its loop). */
   async ready(timeoutMs = this.options.startupTimeoutMs ?? 30_000): Promise<void> {
-    await this.waitFor(
-      () => this.countWhere((i) => this.nums[vcpuStats(i) + Stats.STARTED] === 1),
-      timeoutMs,
-      'started',
-    );
+    await this.waitFor(() => this.vcpusUp, timeoutMs, 'started');
   }
 
   /**
