@@ -12,35 +12,27 @@ import type { VfioUserClient } from '../../vfio-user/client.ts';
 import { type MigrationRegionFound, openRegionPort, type VfioRegionPort } from '../../vfio-user/region-port.ts';
 import type { DirtyBitmapSink } from '../guest/dirty-bitmap.ts';
 import { noTrace, type Tracer } from '../trace.ts';
-import { FAILED_STATUSES, readConfigSpace, restoreConfigSpace } from './config-space.ts';
+import { FAILED_STATUSES } from './config-space.ts';
 import type { DeviceDataSink, DmaRangeRef, VfioMigrationDriver } from './driver.ts';
+import { MigrationDriverBase } from './driver-base.ts';
 import { dataPath, named } from './driver-errors.ts';
 import { SeedRegionClient } from './seed-region-client.ts';
 
 const { RUNNING, SAVING, RESUMING, MASK } = DeviceState;
 
-export class SeedMigrationDriver implements VfioMigrationDriver {
+/** A chunk here is one data_offset/data_size/data round on the region. */
+export class SeedMigrationDriver extends MigrationDriverBase implements VfioMigrationDriver {
   readonly flavor = 'seed' as const;
-  /** Device data bytes moved (both directions), for query-migrate's vfio.transferred. */
-  transferred = 0;
-  /** Data chunks moved in this migration (each one data_offset/data_size/data round on the region). */
-  chunks = 0;
-  /** Pre-copy iterations that moved device data in this migration (stop-and-copy not counted). */
-  precopyRounds = 0;
-  /** Why the device server hung up on its own (crashed, killed): the device and its state are gone. */
-  lost: string | undefined;
   private lastRunning: boolean | null = null;
 
   private constructor(
-    readonly name: string,
-    readonly client: VfioUserClient,
+    name: string,
+    client: VfioUserClient,
     readonly port: VfioRegionPort,
     readonly region: SeedRegionClient,
-    private readonly trace: Tracer,
+    trace: Tracer,
   ) {
-    client.on('close', (reason) => {
-      if (reason) this.lost ??= reason.message;
-    });
+    super(name, client, trace);
   }
 
   /** Opens the driver on the migration region discovery found (vfio_migration_probe, seed flavor). */
@@ -113,12 +105,6 @@ export class SeedMigrationDriver implements VfioMigrationDriver {
     this.resetCounters();
   }
 
-  private resetCounters(): void {
-    this.transferred = 0;
-    this.chunks = 0;
-    this.precopyRounds = 0;
-  }
-
   /**
    * save_setup: SAVING set (running → pre-copy, stopped → stop-and-copy). A device still SAVING from an
    * earlier migration (whose notifier could not end the session: the device refused to return to
@@ -152,9 +138,7 @@ export class SeedMigrationDriver implements VfioMigrationDriver {
     const r = await this.dataPath('saving device data: ', onData, (sink) =>
       this.region.iterate(budget, async (chunk) => {
         this.trace.event('vfio_save_buffer', { name: this.name, data_size: chunk.byteLength });
-        this.chunks++;
-        await sink(chunk);
-        this.transferred += chunk.byteLength;
+        await this.emitChunk(sink, chunk);
       }),
     );
     if (r.bytes > 0) this.precopyRounds++;
@@ -170,9 +154,7 @@ export class SeedMigrationDriver implements VfioMigrationDriver {
     await this.setState(~RUNNING, SAVING);
     const r = await this.dataPath('stop-and-copy: ', onData, (sink) =>
       this.region.drain(async (chunk) => {
-        this.chunks++;
-        await sink(chunk);
-        this.transferred += chunk.byteLength;
+        await this.emitChunk(sink, chunk);
       }),
     );
     await this.setState(~SAVING, 0);
@@ -181,11 +163,6 @@ export class SeedMigrationDriver implements VfioMigrationDriver {
   }
 
   /** The device's config space, sent as DEV_CONFIG_STATE. */
-  async saveConfig(): Promise<Uint8Array> {
-    this.trace.event('vfio_save_device_config_state', { name: this.name });
-    return readConfigSpace(this.client);
-  }
-
   /** load_setup: the destination device goes to RESUMING. */
   async loadSetup(): Promise<void> {
     this.resetCounters();
@@ -196,8 +173,7 @@ export class SeedMigrationDriver implements VfioMigrationDriver {
   async loadData(data: Uint8Array): Promise<void> {
     this.trace.event('vfio_load_state_device_data', { name: this.name, data_size: data.byteLength });
     await this.named(this.region.loadBuffer(data), 'loading device data: ');
-    this.transferred += data.byteLength;
-    this.chunks++;
+    this.countLoaded(data.byteLength);
   }
 
   /**
@@ -211,11 +187,6 @@ export class SeedMigrationDriver implements VfioMigrationDriver {
   }
 
   /** DEV_CONFIG_STATE: restore what the driver may write (command register, BARs). */
-  async loadConfig(blob: Uint8Array): Promise<void> {
-    this.trace.event('vfio_load_device_config_state', { name: this.name });
-    await restoreConfigSpace(this.client, this.name, blob);
-  }
-
   /**
    * A log sync: pulls the device's dirty bitmap for every DMA-mapped range (vfio_get_dirty_page_list)
    * into `sink`. Only meaningful while the device is SAVING; returns the number of dirty pfns reported.

@@ -25,37 +25,27 @@ import type { VfioUserClient } from '../../vfio-user/client.ts';
 import type { MigrationRegionFound } from '../../vfio-user/region-port.ts';
 import type { DirtyBitmapSink } from '../guest/dirty-bitmap.ts';
 import { noTrace, type Tracer } from '../trace.ts';
-import { FAILED_STATUSES, readConfigSpace, restoreConfigSpace } from './config-space.ts';
+import { FAILED_STATUSES } from './config-space.ts';
 import { syncDirtyRanges } from './dirty-sync.ts';
 import type { DeviceDataSink, DmaRangeRef, VfioMigrationDriver } from './driver.ts';
+import { MigrationDriverBase } from './driver-base.ts';
 import { dataPath, named } from './driver-errors.ts';
 
 const { RUNNING, SAVING, RESUMING, MASK } = DeviceState;
 const DIRTY_PAGE_SIZE = 4096n;
 
-export class V1MigrationDriver implements VfioMigrationDriver {
+export class V1MigrationDriver extends MigrationDriverBase implements VfioMigrationDriver {
   readonly flavor = 'v1' as const;
-  transferred = 0;
-  chunks = 0;
-  precopyRounds = 0;
-  lost: string | undefined;
   private logging = false;
   /** Trapped chunks are read into this buffer, reused from chunk to chunk. */
   private chunkBuffer = new Uint8Array(0);
   private readonly size: bigint;
   private readonly index: number;
 
-  private constructor(
-    readonly name: string,
-    readonly client: VfioUserClient,
-    found: MigrationRegionFound,
-    private readonly trace: Tracer,
-  ) {
+  private constructor(name: string, client: VfioUserClient, found: MigrationRegionFound, trace: Tracer) {
+    super(name, client, trace);
     this.index = found.index;
     this.size = found.info.size;
-    client.on('close', (reason) => {
-      if (reason) this.lost ??= reason.message;
-    });
   }
 
   /** vfio_migration_probe (v1): the region must hold at least the 32-byte register block. */
@@ -148,12 +138,6 @@ export class V1MigrationDriver implements VfioMigrationDriver {
     this.resetCounters();
   }
 
-  private resetCounters(): void {
-    this.transferred = 0;
-    this.chunks = 0;
-    this.precopyRounds = 0;
-  }
-
   /** save_setup: dirty logging starts (DIRTY_PAGES START, log_global_start), then SAVING is set. */
   async saveSetup(): Promise<void> {
     this.trace.event('vfio_save_setup', { name: this.name });
@@ -208,9 +192,7 @@ export class V1MigrationDriver implements VfioMigrationDriver {
         const chunk = await this.nextChunk();
         if (chunk.byteLength === 0) break;
         this.trace.event('vfio_save_buffer', { name: this.name, data_size: chunk.byteLength });
-        this.chunks++;
-        await sink(chunk);
-        this.transferred += chunk.byteLength;
+        await this.emitChunk(sink, chunk);
         moved += chunk.byteLength;
       }
       return moved;
@@ -239,9 +221,7 @@ export class V1MigrationDriver implements VfioMigrationDriver {
           continue;
         }
         empty = 0;
-        this.chunks++;
-        await sink(chunk);
-        this.transferred += chunk.byteLength;
+        await this.emitChunk(sink, chunk);
         moved += chunk.byteLength;
       }
     });
@@ -254,11 +234,6 @@ export class V1MigrationDriver implements VfioMigrationDriver {
   async saveCleanup(): Promise<void> {
     this.trace.event('vfio_save_cleanup', { name: this.name });
     if (!this.lost) await this.stopLogging();
-  }
-
-  async saveConfig(): Promise<Uint8Array> {
-    this.trace.event('vfio_save_device_config_state', { name: this.name });
-    return readConfigSpace(this.client);
   }
 
   /** load_setup: RESUMING alone. */
@@ -291,8 +266,7 @@ export class V1MigrationDriver implements VfioMigrationDriver {
       })(),
       'loading device data: ',
     );
-    this.transferred += data.byteLength;
-    this.chunks++;
+    this.countLoaded(data.byteLength);
   }
 
   /**
@@ -302,11 +276,6 @@ export class V1MigrationDriver implements VfioMigrationDriver {
    */
   async loadFinish(): Promise<void> {
     this.trace.event('vfio_load_cleanup', { name: this.name });
-  }
-
-  async loadConfig(blob: Uint8Array): Promise<void> {
-    this.trace.event('vfio_load_device_config_state', { name: this.name });
-    await restoreConfigSpace(this.client, this.name, blob);
   }
 
   /**

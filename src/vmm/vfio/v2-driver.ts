@@ -19,9 +19,10 @@ import { asVfioError, VfioError } from '../../errors.ts';
 import type { VfioUserClient } from '../../vfio-user/client.ts';
 import type { DirtyBitmapSink } from '../guest/dirty-bitmap.ts';
 import { noTrace, type Tracer } from '../trace.ts';
-import { FAILED_STATUSES, readConfigSpace, restoreConfigSpace } from './config-space.ts';
+import { FAILED_STATUSES, readConfigSpace } from './config-space.ts';
 import { syncDirtyRanges } from './dirty-sync.ts';
 import type { DeviceDataSink, DmaRangeRef, VfioMigrationDriver } from './driver.ts';
+import { MigrationDriverBase } from './driver-base.ts';
 import { dataPath, named, nameError } from './driver-errors.ts';
 
 /** QEMU reads at most 1 MiB of device data per read(); vfio-user caps it further at max_data_xfer_size. */
@@ -41,12 +42,8 @@ export interface V2DriverOptions {
   trace?: Tracer;
 }
 
-export class V2MigrationDriver implements VfioMigrationDriver {
+export class V2MigrationDriver extends MigrationDriverBase implements VfioMigrationDriver {
   readonly flavor = 'v2' as const;
-  transferred = 0;
-  chunks = 0;
-  precopyRounds = 0;
-  lost: string | undefined;
   /** The state after our last successful SET (or GET); the device never moves on its own. */
   private state: number;
   /** Pre-copy used in this migration (the device offers it and it is not turned off). */
@@ -62,21 +59,17 @@ export class V2MigrationDriver implements VfioMigrationDriver {
   private logging = false;
   /** Config space read as the VM stopped: a device in STOP_COPY refuses region accesses (libvfio-user). */
   private stoppedConfig: Uint8Array | undefined;
-  private readonly trace: Tracer;
 
   private constructor(
-    readonly name: string,
-    readonly client: VfioUserClient,
+    name: string,
+    client: VfioUserClient,
     readonly flags: bigint,
     initial: number,
     private readonly options: V2DriverOptions,
   ) {
+    super(name, client, options.trace ?? noTrace);
     this.state = initial;
-    this.trace = options.trace ?? noTrace;
     this.precopy = options.precopy !== false && (flags & MigrationFlag.PRE_COPY) !== 0n;
-    client.on('close', (reason) => {
-      if (reason) this.lost ??= reason.message;
-    });
   }
 
   /** vfio_migration_init for v2: the flags came from discovery; the current state is read once. */
@@ -171,7 +164,7 @@ export class V2MigrationDriver implements VfioMigrationDriver {
     if (this.lost) return;
     // QEMU saves its own emulated copy of config space; ours is the device's, taken while it still answers.
     // Not fatal here (the VM must still stop): saveConfig then asks again, and fails saying why.
-    this.stoppedConfig = running ? undefined : await this.readConfig().catch(() => undefined);
+    this.stoppedConfig = running ? undefined : await readConfigSpace(this.client).catch(() => undefined);
     const target = running
       ? MigState.RUNNING
       : SAVING.has(this.state) && reason === 'finish-migrate'
@@ -193,12 +186,6 @@ export class V2MigrationDriver implements VfioMigrationDriver {
     await this.stopLogging();
     await this.setState(MigState.RUNNING, MigState.ERROR);
     this.resetCounters();
-  }
-
-  private resetCounters(): void {
-    this.transferred = 0;
-    this.chunks = 0;
-    this.precopyRounds = 0;
   }
 
   /**
@@ -265,9 +252,7 @@ export class V2MigrationDriver implements VfioMigrationDriver {
         this.precopyIdle = chunk.byteLength < want;
         if (this.precopyIdle) this.initialDataSent = true;
         if (chunk.byteLength > 0) {
-          this.chunks++;
-          await sink(chunk);
-          this.transferred += chunk.byteLength;
+          await this.emitChunk(sink, chunk);
           moved += chunk.byteLength;
         }
         if (this.precopyIdle) break;
@@ -287,9 +272,7 @@ export class V2MigrationDriver implements VfioMigrationDriver {
       for (;;) {
         const chunk = await this.client.migDataRead(this.readSize());
         if (chunk.byteLength === 0) return moved;
-        this.chunks++;
-        await sink(chunk);
-        this.transferred += chunk.byteLength;
+        await this.emitChunk(sink, chunk);
         moved += chunk.byteLength;
       }
     });
@@ -305,13 +288,13 @@ export class V2MigrationDriver implements VfioMigrationDriver {
     if (this.state === MigState.STOP_COPY) await this.setState(MigState.STOP, MigState.ERROR);
   }
 
-  async saveConfig(): Promise<Uint8Array> {
-    this.trace.event('vfio_save_device_config_state', { name: this.name });
-    return this.state === MigState.STOP_COPY && this.stoppedConfig ? this.stoppedConfig : this.readConfig();
-  }
-
-  private readConfig(): Promise<Uint8Array> {
-    return readConfigSpace(this.client);
+  /** In STOP_COPY, the config space read as the VM stopped (the device refuses region accesses now). */
+  override async saveConfig(): Promise<Uint8Array> {
+    if (this.state === MigState.STOP_COPY && this.stoppedConfig) {
+      this.trace.event('vfio_save_device_config_state', { name: this.name });
+      return this.stoppedConfig;
+    }
+    return super.saveConfig();
   }
 
   /** load_setup: RESUMING (through STOP; recover ERROR). */
@@ -323,8 +306,7 @@ export class V2MigrationDriver implements VfioMigrationDriver {
   async loadData(data: Uint8Array): Promise<void> {
     this.trace.event('vfio_load_state_device_data', { name: this.name, data_size: data.byteLength });
     await named(this.name, this.client.migDataWrite(data), 'loading device data: ');
-    this.transferred += data.byteLength;
-    this.chunks++;
+    this.countLoaded(data.byteLength);
   }
 
   /**
@@ -334,11 +316,6 @@ export class V2MigrationDriver implements VfioMigrationDriver {
   async loadFinish(): Promise<void> {
     await this.setState(MigState.STOP, MigState.ERROR);
     this.trace.event('vfio_load_cleanup', { name: this.name });
-  }
-
-  async loadConfig(blob: Uint8Array): Promise<void> {
-    this.trace.event('vfio_load_device_config_state', { name: this.name });
-    await restoreConfigSpace(this.client, this.name, blob);
   }
 
   /**
