@@ -1,6 +1,7 @@
 // The tables of docs/performance.md, generated from bench/results/history.jsonl (`npm run bench -- --doc`):
-// the latest recorded run's figures and ratios, and each ratio across the last runs, so the document
-// quotes only what a run measured. The text around the tables is written by hand; the tables sit between
+// the latest recorded full run's figures and ratios, and each ratio across the last full runs, so the
+// document quotes only what a run measured (a run of one part, `--only`, is kept in the history but would
+// leave the tables partial). The text around the tables is written by hand; the tables sit between
 // two marker comments and are replaced whole. With no run recorded the section says so.
 
 import { readFileSync, writeFileSync } from 'node:fs';
@@ -28,7 +29,8 @@ function cell(s: string): string {
 }
 
 /** The generated Markdown (without the markers) for these runs, oldest first. */
-export function renderPerfTables(runs: readonly BenchRun[]): string {
+export function renderPerfTables(all: readonly BenchRun[]): string {
+  const runs = all.filter((r) => !r.only);
   if (runs.length === 0) {
     return 'No run recorded yet: `npm run bench` on a quiet machine records one in bench/results/history.jsonl, then `npm run bench -- --doc` fills these tables.\n';
   }

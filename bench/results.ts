@@ -23,6 +23,8 @@ export interface BenchRun {
   dirty: boolean;
   machine: { cpu: string; cores: number; memGiB: number; node: string; loadavg: number[] };
   rounds: number;
+  /** The one part run (`--only`); absent: every part. The document's tables come from full runs only. */
+  only?: string;
   figures: Figure[];
   ratios: Ratio[];
   skipped: { name: string; why: string }[];
@@ -38,7 +40,7 @@ function git(...args: string[]): string {
   }
 }
 
-export function newRun(rounds: number): BenchRun {
+export function newRun(rounds: number, only?: string): BenchRun {
   return {
     date: new Date().toISOString(),
     commit: git('rev-parse', '--short=12', 'HEAD') || 'unknown',
@@ -51,6 +53,7 @@ export function newRun(rounds: number): BenchRun {
       loadavg: loadavg().map((x) => Math.round(x * 100) / 100),
     },
     rounds,
+    ...(only ? { only } : {}),
     figures: [],
     ratios: [],
     skipped: [],

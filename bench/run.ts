@@ -64,7 +64,7 @@ const MEM = Number(values['device-mem']) << 20;
 const ROUNDS = Number(values.rounds);
 if (!(ROUNDS >= 1)) throw new Error('--rounds must be at least 1');
 if (values.json) sayTo((line) => process.stderr.write(`${line}\n`));
-const run = newRun(ROUNDS);
+const run = newRun(ROUNDS, values.only);
 
 async function rawUnix(total: number): Promise<{ value: number; per: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'vfio-migrate-bench-'));

@@ -43,6 +43,14 @@ test('a recorded run: its figures (median, spread), ratios and skips; the trend 
   assert.match(two, /\| mmapped \/ memcpy \| 0\.61 \| 0\.72 \|/);
 });
 
+test('a run of one part (--only) stays out of the tables and the trend: they show the latest full run', () => {
+  const partial = { ...run('dddddddddddd', 0.99), only: 'device' };
+  const text = renderPerfTables([run('aaaaaaaaaaaa', 0.61), partial]);
+  assert.match(text, /commit aaaaaaaaaaaa/);
+  assert.doesNotMatch(text, /dddddddddddd|0\.99/);
+  assert.match(renderPerfTables([partial]), /^No run recorded yet/);
+});
+
 test('the document is rewritten between its markers only, from the history file', () => {
   const dir = mkdtempSync(join(tmpdir(), 'perf-doc-'));
   try {
