@@ -4,6 +4,11 @@
 //   for await (const chunk of input) for (const s of d.push(chunk)) apply(s);
 //   d.finish(); // throws unless the stream ended with its EOF record
 //
+// Or as a reader's sink (reusePayloadBuffers), the way QEMU's QEMUFile reads into its own buffer: the
+// decoder names where the next bytes should land (readTarget: the rest of a large section, straight into
+// the buffer it is gathered in, else a small spare buffer for headers and small sections) and is told how
+// many did (received). Both entry points share one parser.
+//
 // A section is handed out only once it is complete and its CRC-32C, footer and sequence number all check
 // out, and it may come at that point of the stream (PART after its START, no START twice …). So a
 // corrupted, truncated, duplicated, dropped or reordered section is refused before anything from it is
@@ -70,6 +75,11 @@ export interface StreamDecoderOptions {
 
 /** Sections at least this large are gathered in reused buffers (reusePayloadBuffers). */
 const GATHER_MIN_BYTES = 64 << 10;
+/**
+ * The sink's buffer for headers and small sections. Small, so that the head of a large section read into
+ * it (and then copied to its gather buffer) is a small part of the section.
+ */
+const SPARE_BYTES = 64 << 10;
 
 const TYPES: Record<number, SectionType> = {
   [RecordType.SECTION_START]: 'start',
@@ -128,6 +138,9 @@ export class StreamDecoder {
   private readonly gather: Uint8Array[] = [];
   private gatherNext = 0;
   private gathering: { buf: Uint8Array; len: number; total: number } | null = null;
+  /** The sink's spare buffer, and which buffer the last readTarget() named. */
+  private spare: Uint8Array | null = null;
+  private target: 'gather' | 'spare' | null = null;
 
   constructor(options: StreamDecoderOptions = {}) {
     this.maxSection = options.maxSectionBytes ?? DEFAULT_MAX_SECTION_BYTES;
@@ -176,14 +189,62 @@ export class StreamDecoder {
       // The section being gathered takes what it lacks from the front of the chunk.
       const k = Math.min(chunk.byteLength, g.total - g.len);
       g.buf.set(k === chunk.byteLength ? chunk : chunk.subarray(0, k), g.len);
-      g.len += k;
-      // The section being gathered is the only buffered chunk: it grows to the new length.
-      this.q.clear();
-      this.q.push(g.buf.subarray(0, g.len));
-      if (g.len === g.total) this.gathering = null;
+      this.gathered(k);
       chunk = chunk.subarray(k);
     }
     this.q.push(chunk);
+    return this.parse();
+  }
+
+  /**
+   * Sink: the buffer the next read should fill (any prefix of it). The rest of the section being
+   * gathered when there is one, else the spare buffer. Needs reusePayloadBuffers: the caller is done with
+   * the sections of the last received() before it asks again.
+   */
+  readTarget(): Uint8Array {
+    if (!this.reuse) throw new Error('StreamDecoder.readTarget needs reusePayloadBuffers');
+    if (this.failed) throw this.failed;
+    const g = this.gathering;
+    if (g) {
+      this.target = 'gather';
+      return g.buf.subarray(g.len, g.total);
+    }
+    this.target = 'spare';
+    this.spare ??= new Uint8Array(SPARE_BYTES);
+    return this.spare;
+  }
+
+  /** Sink: `n` bytes were read into the start of the last readTarget(). Returns what push() would. */
+  received(n: number): DecodedSection[] {
+    if (this.failed) throw this.failed;
+    const target = this.target;
+    this.target = null;
+    if (target === null) throw new Error('StreamDecoder.received without a readTarget');
+    if (target === 'gather') this.gathered(n);
+    else this.q.push(this.spare!.subarray(0, n));
+    const out = this.parse();
+    // The spare is read into again next time: what is left of it (part of a small record, or bytes after
+    // EOF) is moved out. A large section's head was already moved to its gather buffer.
+    if (target === 'spare' && !this.gathering && this.q.length > 0) {
+      const rest = new Uint8Array(this.q.length);
+      this.q.copyTo(rest);
+      this.q.clear();
+      this.q.push(rest);
+    }
+    return out;
+  }
+
+  /** `k` more bytes of the section being gathered are in its buffer: it is the one buffered chunk, grown. */
+  private gathered(k: number): void {
+    const g = this.gathering!;
+    g.len += k;
+    this.q.clear();
+    this.q.push(g.buf.subarray(0, g.len));
+    if (g.len === g.total) this.gathering = null;
+  }
+
+  /** Reads every record the buffered bytes complete. */
+  private parse(): DecodedSection[] {
     const out: DecodedSection[] = [];
     try {
       if (!this.headerDone && !this.readHeader()) return out;

@@ -1,7 +1,8 @@
 // StreamDecoder with reusePayloadBuffers (the migration loader's setting): large sections are gathered
 // chunk by chunk into two reused buffers. Through any chunking it delivers exactly what the plain decoder
 // delivers (each payload checked before the next push, as the option requires), and it refuses damage
-// and truncation inside a gathered section the same way.
+// and truncation inside a gathered section the same way. The same holds when the decoder is a reader's
+// sink (readTarget/received: bytes land in the buffers it names), through any read sizes.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
@@ -61,6 +62,36 @@ function feed(
     return { count, error };
   }
   return { count, error: null };
+}
+
+/**
+ * The decoder as a reader's sink: each read fills a prefix of readTarget(), `readSizes` bytes at most.
+ * The whole target is first scribbled over, as a read into a reused buffer may leave anything there, so
+ * a decoder that kept unconsumed bytes in a buffer it names again would deliver damage.
+ */
+function feedSink(
+  bytes: Uint8Array,
+  readSizes: readonly number[],
+  check: (s: DecodedSection, i: number) => void,
+): { count: number; error: unknown; decoder: StreamDecoder } {
+  const d = new StreamDecoder({ reusePayloadBuffers: true });
+  let count = 0;
+  let at = 0;
+  let k = 0;
+  try {
+    while (at < bytes.byteLength) {
+      const target = d.readTarget();
+      target.fill(0xa5);
+      const n = Math.min(target.byteLength, Math.max(1, readSizes[k++ % readSizes.length]!), bytes.byteLength - at);
+      target.set(bytes.subarray(at, at + n));
+      at += n;
+      for (const s of d.received(n)) check(s, count++);
+    }
+    d.finish();
+  } catch (error) {
+    return { count, error, decoder: d };
+  }
+  return { count, error: null, decoder: d };
 }
 
 const sizesArb = fc.array(fc.oneof(fc.integer({ min: 0, max: 3000 }), fc.integer({ min: 65_000, max: 300_000 })), {
@@ -131,5 +162,87 @@ describe('StreamDecoder, reusePayloadBuffers', () => {
     assert.equal(r.count, 2);
     assert.ok(r.error instanceof StreamError && r.error.code === 'truncated', `${r.error}`);
     assert.match(r.error.message, new RegExp(`record that starts at byte ${starts[2]} \\(150000 bytes of it\\)`));
+  });
+
+  test('property: as a sink, through any read sizes, every section arrives intact, as push() delivers it', () => {
+    fc.assert(
+      fc.property(sizesArb, chunksArb, (sizes, reads) => {
+        const { bytes, want } = build(sizes);
+        const r = feedSink(bytes, reads, (s, i) => {
+          assert.equal(s.seq, i);
+          assert.equal(s.type, want[i]!.type);
+          assert.deepEqual(s.payload, want[i]!.payload);
+          assert.deepEqual(bytes.subarray(s.payloadOffset, s.payloadOffset + s.payload.byteLength), s.payload);
+        });
+        assert.equal(r.error, null);
+        assert.equal(r.count, want.length);
+      }),
+      { numRuns: 60 },
+    );
+  });
+
+  test('as a sink, a large section is read straight into its gather buffer: the reads that fill it are its own', () => {
+    const { bytes, want } = build([4 << 20, 100, 4 << 20]);
+    const targets: number[] = [];
+    const d = new StreamDecoder({ reusePayloadBuffers: true });
+    let at = 0;
+    let count = 0;
+    while (at < bytes.byteLength) {
+      const t = d.readTarget();
+      targets.push(t.byteLength);
+      const n = Math.min(t.byteLength, bytes.byteLength - at);
+      t.set(bytes.subarray(at, at + n));
+      at += n;
+      for (const s of d.received(n)) assert.deepEqual(s.payload, want[count++]!.payload);
+    }
+    d.finish();
+    assert.equal(count, want.length);
+    // Each 4 MiB PART: one spare read (64 KiB: its head), then one read of exactly the rest of it.
+    assert.ok(targets.filter((n) => n > 4_000_000).length === 2, `targets: ${targets.join(' ')}`);
+    assert.ok(targets.length <= 8, `a handful of reads for 8 MiB: ${targets.length}`);
+  });
+
+  test('property: as a sink, a flipped byte inside a gathered section is refused as push() refuses it', () => {
+    fc.assert(
+      fc.property(fc.nat(), fc.integer({ min: 1, max: 255 }), chunksArb, (where, mask, reads) => {
+        const { bytes, want } = build([1000, 200_000, 1000]);
+        const starts: number[] = [];
+        feed(bytes, [bytes.byteLength], false, (s) => starts.push(s.payloadOffset));
+        const bad = bytes.slice();
+        bad[starts[2]! + (where % 200_000)]! ^= mask;
+        const pushed = feed(bad, [bad.byteLength], false, () => {});
+        const seen: number[] = [];
+        const r = feedSink(bad, reads, (s, i) => {
+          seen.push(s.seq);
+          assert.deepEqual(s.payload, want[i]!.payload, 'nothing damaged is delivered');
+        });
+        assert.deepEqual(seen, [0, 1]);
+        assert.ok(r.error instanceof StreamError && pushed.error instanceof StreamError);
+        assert.equal(r.error.code, 'checksum');
+        assert.equal(r.error.message, pushed.error.message);
+        assert.equal(r.error.offset, pushed.error.offset);
+      }),
+      { numRuns: 50 },
+    );
+  });
+
+  test('as a sink: a cut inside a gathered section is truncated at finish(); bytes after EOF are kept', () => {
+    const { bytes } = build([1000, 200_000]);
+    const starts: number[] = [];
+    feed(bytes, [bytes.byteLength], false, (s) => starts.push(s.offset));
+    const cut = feedSink(bytes.subarray(0, starts[2]! + 150_000), [65_536], () => {});
+    assert.equal(cut.count, 2);
+    assert.ok(cut.error instanceof StreamError && cut.error.code === 'truncated', `${cut.error}`);
+    assert.match(cut.error.message, new RegExp(`record that starts at byte ${starts[2]} \\(150000 bytes of it\\)`));
+    const after = Uint8Array.of(9, 8, 7, 6, 5);
+    const whole = feedSink(concat([bytes, after]), [70_000, 3], () => {});
+    assert.equal(whole.error, null);
+    assert.ok(whole.decoder.ended);
+    assert.deepEqual(whole.decoder.takeRemainder(), after);
+  });
+
+  test('the sink needs reusePayloadBuffers, and a read it did not ask for is a programming error', () => {
+    assert.throws(() => new StreamDecoder().readTarget(), /reusePayloadBuffers/);
+    assert.throws(() => new StreamDecoder({ reusePayloadBuffers: true }).received(1), /without a readTarget/);
   });
 });
