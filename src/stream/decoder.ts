@@ -203,9 +203,10 @@ export class StreamDecoder {
    */
   readTarget(): Uint8Array {
     if (!this.reuse) throw new Error('StreamDecoder.readTarget needs reusePayloadBuffers');
-    if (this.failed) throw this.failed;
     const g = this.gathering;
-    if (g) {
+    // A failed decoder still names a buffer (a reader asks before its consumer heard of the failure);
+    // the next received() throws the error.
+    if (g && !this.failed) {
       this.target = 'gather';
       return g.buf.subarray(g.len, g.total);
     }

@@ -5,7 +5,7 @@
 
 import { lookup } from 'node:dns/promises';
 import { createReadStream } from 'node:fs';
-import { isIP, Socket } from 'node:net';
+import { isIP } from 'node:net';
 import { Errno } from '../../abi/errno.ts';
 import { native } from '../../native/addon.ts';
 import { FdAcceptor } from '../../native/fd-acceptor.ts';
@@ -18,10 +18,17 @@ import {
 } from '../../stream/return-path.ts';
 import { errnoOf, MigrationError, reasonOf } from './errors.ts';
 import type { MigrationHandler } from './handler.ts';
+import { type StallWatch, StreamSocket } from './stream-socket.ts';
 
 export interface IncomingConnection {
-  /** The stream bytes, then (TCP) the source's return-path messages. */
-  readonly chunks: AsyncIterator<Uint8Array>;
+  /**
+   * The next sections the stream's bytes complete, verified by `decoder` (at least one, or none once it
+   * read the EOF record), or null once the input ended. Rejects on damage (StreamError), a failed link,
+   * or a link that stalls (`stall`).
+   */
+  nextSections(decoder: StreamDecoder, stall?: StallWatch): Promise<DecodedSection[] | null>;
+  /** The next bytes after the stream (the source's return-path messages), or null at EOF. */
+  nextBytes(timeoutMs: number, what: string): Promise<Uint8Array | null>;
   send(m: ReturnPathMessage): Promise<void>;
   close(): void;
   /**
@@ -32,29 +39,55 @@ export interface IncomingConnection {
   closeAfterError?(ms: number): void;
 }
 
-function socketConnection(socket: Socket): IncomingConnection {
-  const it = (socket as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
+/**
+ * The main stream over TCP: reads land in the decoder's own buffers (StreamSocket), a large section
+ * straight into the buffer it is checked and applied from.
+ */
+function socketConnection(fd: number): IncomingConnection {
+  const s = new StreamSocket(fd);
+  // One sink per decoder, so that the buffer Node already holds for the next read stays the right one.
+  let reading: { decoder: StreamDecoder; batch: DecodedSection[]; failure: unknown } | null = null;
+  const small = new Uint8Array(4096);
   return {
-    chunks: it as AsyncIterator<Uint8Array>,
-    send: (m) =>
-      new Promise<void>((resolve, reject) =>
-        socket.write(encodeReturnPath(m), (err) => (err ? reject(err) : resolve())),
-      ),
-    close: () => socket.destroy(),
-    closeAfterError: (ms) => {
-      socket.end();
-      const timer = setTimeout(() => socket.destroy(), ms);
-      timer.unref();
-      void (async () => {
-        try {
-          for (;;) if ((await it.next()).done) break;
-        } catch {
-          // reset or destroyed: nothing more to read
-        }
-        clearTimeout(timer);
-        socket.destroy();
-      })();
+    async nextSections(decoder, stall) {
+      if (reading?.decoder !== decoder) {
+        const r = { decoder, batch: [] as DecodedSection[], failure: null as unknown };
+        reading = r;
+        s.setSink({
+          target: () => decoder.readTarget(),
+          landed: (n) => {
+            try {
+              r.batch = decoder.received(n);
+            } catch (err) {
+              r.failure = err;
+              return true;
+            }
+            // The EOF record may come alone: the consumer must hear of it too.
+            return r.batch.length > 0 || decoder.ended;
+          },
+        });
+      }
+      const r = reading;
+      r.batch = [];
+      const more = await s.wait(stall);
+      if (r.failure) throw r.failure;
+      return more ? r.batch : null;
     },
+    async nextBytes(timeoutMs, what) {
+      let got: Uint8Array | null = null;
+      reading = null;
+      s.setSink({
+        target: () => small,
+        landed: (n) => {
+          got = small.slice(0, n);
+          return true;
+        },
+      });
+      return (await s.wait({ ms: timeoutMs, what })) ? got : null;
+    },
+    send: (m) => s.write(encodeReturnPath(m)),
+    close: () => s.destroy(),
+    closeAfterError: (ms) => s.endAndDrain(ms),
   };
 }
 
@@ -108,9 +141,7 @@ export class IncomingListener {
     this.mainTaken = true;
     this.extra = extra ?? null;
     for (const fd of this.pending.splice(0)) this.onConnection(fd);
-    const socket = new Socket({ fd: first, readable: true, writable: true });
-    socket.setNoDelay(true);
-    return socketConnection(socket);
+    return socketConnection(first);
   }
 
   close(): void {
@@ -121,8 +152,17 @@ export class IncomingListener {
 
 export function fileConnection(path: string): IncomingConnection {
   const stream = createReadStream(path, { highWaterMark: 1 << 20 });
+  const chunks = (stream as AsyncIterable<Buffer>)[Symbol.asyncIterator]();
   return {
-    chunks: (stream as AsyncIterable<Buffer>)[Symbol.asyncIterator]() as AsyncIterator<Uint8Array>,
+    async nextSections(decoder) {
+      for (;;) {
+        const r = await chunks.next();
+        if (r.done) return null;
+        const batch = decoder.push(r.value);
+        if (batch.length > 0 || decoder.ended) return batch;
+      }
+    },
+    nextBytes: async () => null,
     send: async () => {},
     close: () => stream.destroy(),
   };
@@ -166,40 +206,6 @@ export interface IncomingResult {
   started: boolean;
 }
 
-async function nextChunk(
-  it: AsyncIterator<Uint8Array>,
-  timeoutMs?: number,
-  what = `no GO from the source within ${timeoutMs} ms`,
-  progress?: () => number,
-): Promise<Uint8Array | null> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    const next = it.next();
-    const r = timeoutMs
-      ? await Promise.race([
-          next,
-          new Promise<never>((_, reject) => {
-            // Data moving elsewhere (multifd channels during a pass) is no stall of this link.
-            let seen = progress?.() ?? 0;
-            const arm = () => {
-              timer = setTimeout(() => {
-                const now = progress?.() ?? 0;
-                if (now !== seen) {
-                  seen = now;
-                  arm();
-                } else reject(new MigrationError(Errno.ETIMEDOUT, what));
-              }, timeoutMs);
-            };
-            arm();
-          }),
-        ])
-      : await next;
-    return r.done ? null : r.value;
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 /**
  * One verified section into its handler. A handler's refusal (the device rejecting its data, a payload
  * that does not parse) is reported with the section it came from, as the decoder reports damage.
@@ -217,11 +223,10 @@ async function loadNamed(h: MigrationHandler, s: DecodedSection): Promise<void> 
 }
 
 export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
-  // Every section is applied before the next chunk is pushed, so the decoder may reuse its buffers.
+  // Every section is applied before more bytes are read, so the decoder may reuse its buffers.
   const decoder = new StreamDecoder({ maxSectionBytes: o.maxSectionBytes, reusePayloadBuffers: true });
   const byKey = new Map(o.handlers.map((h) => [`${h.idstr}\u0000${h.instanceId}`, h]));
   const bySection = new Map<number, MigrationHandler>();
-  let bytes = 0;
   let sections = 0;
   let rest: Uint8Array | null = null;
   // Handlers whose approval the switch-over still waits for (empty once the ack went out).
@@ -236,17 +241,18 @@ export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
   try {
     for (const h of o.handlers) await h.loadSetup();
     await approve();
+    const stall: StallWatch | undefined = o.stallTimeoutMs
+      ? {
+          ms: o.stallTimeoutMs,
+          what: `no data from the source for ${o.stallTimeoutMs} ms: stalled link`,
+          progress: o.progress,
+        }
+      : undefined;
     while (!decoder.ended) {
-      const next = nextChunk(
-        o.connection.chunks,
-        o.stallTimeoutMs,
-        `no data from the source for ${o.stallTimeoutMs} ms: stalled link`,
-        o.progress,
-      );
-      const chunk = o.failure ? await Promise.race([next, o.failure]) : await next;
-      if (!chunk) break;
-      bytes += chunk.byteLength;
-      for (const s of decoder.push(chunk)) {
+      const next = o.connection.nextSections(decoder, stall);
+      const batch = o.failure ? await Promise.race([next, o.failure]) : await next;
+      if (!batch) break;
+      for (const s of batch) {
         sections++;
         let h: MigrationHandler | undefined;
         if (s.type === 'start' || s.type === 'full') {
@@ -274,9 +280,9 @@ export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
           await approve();
         }
       }
-      rest = decoder.ended ? decoder.takeRemainder() : null;
     }
     decoder.finish();
+    rest = decoder.takeRemainder();
     for (const h of o.handlers) await h.loadComplete();
   } catch (err) {
     const msg = (err as Error).message;
@@ -293,13 +299,14 @@ export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
   if (!o.handshake) {
     o.connection.close();
     if (o.autostart) await o.startVm();
-    return { bytes, sections, started: o.autostart };
+    return { bytes: decoder.offset, sections, started: o.autostart };
   }
   await o.connection.send({ type: ReturnPathType.READY, text: '' });
   const rp = new ReturnPathDecoder();
   const pending: ReturnPathMessage[] = rest && rest.byteLength > 0 ? rp.push(rest) : [];
   while (pending.length === 0) {
-    const chunk = await nextChunk(o.connection.chunks, o.goTimeoutMs ?? 30_000);
+    const goMs = o.goTimeoutMs ?? 30_000;
+    const chunk = await o.connection.nextBytes(goMs, `no GO from the source within ${goMs} ms`);
     if (!chunk) throw new MigrationError(Errno.ECONNRESET, 'the source went away before GO: the VM stays stopped here');
     pending.push(...rp.push(chunk));
   }
@@ -308,5 +315,5 @@ export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
     throw new MigrationError(Errno.EPROTO, `expected GO from the source, got message ${go.type}`);
   o.connection.close();
   if (o.autostart) await o.startVm();
-  return { bytes, sections, started: o.autostart };
+  return { bytes: decoder.offset, sections, started: o.autostart };
 }
