@@ -258,6 +258,9 @@ export class GuestMemory {
     return out;
   }
 
+  /** All of guest RAM was faulted into this mapping (prefault of the whole range): nothing left to populate. */
+  allFaultedIn = false;
+
   /**
    * Faults the range in (default: all of guest RAM) before it is written, so a loader does not pay a
    * page fault per page: MADV_POPULATE_WRITE (the kernel allocates and maps every page in one call),
@@ -270,6 +273,8 @@ export class GuestMemory {
    */
   prefault(first?: number | PageRange, count?: number, options: { touch?: boolean } = {}): PrefaultResult {
     const r = this.range(first, count);
+    // Memfd pages stay mapped once faulted in (nothing here unmaps or punches holes in guest RAM).
+    if (r.first === 0 && r.count === this.pages) this.allFaultedIn = true;
     let populated = true;
     let t = performance.now();
     this.forPieceParts(r, (p, off, len) => {

@@ -360,6 +360,8 @@ export class RamHandler implements MigrationHandler {
    * page order); a run of zero pages is never populated. Later passes land on pages already there.
    */
   private prefaultData(): void {
+    // A prefaulted destination (`--prefault`): the kernel would walk page tables only to find them there.
+    if (this.memory.allFaultedIn) return;
     const { offsets, data, count } = this.scan;
     let lo = Number.POSITIVE_INFINITY;
     let hi = -1;

@@ -221,8 +221,11 @@ describe('GuestMemory', () => {
     const warm = GuestMemory.create(size, 'gm-warm', { pieceSize: 64 * MiB });
     try {
       const coldMs = load(cold);
+      cold.prefault({ first: 0, count: cold.pages - 1 });
+      assert.equal(cold.allFaultedIn, false, 'part of RAM faulted in is not all of it');
       const r = warm.prefault();
       assert.equal(r.pages, warm.pages);
+      assert.equal(warm.allFaultedIn, true, 'a loader then has nothing left to populate');
       const warmMs = load(warm);
       // Prefaulting live memory changes nothing (the touch is an atomic OR with 0).
       const before = warm.pageDigests();
