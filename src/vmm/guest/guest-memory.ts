@@ -132,6 +132,20 @@ export class GuestMemory {
     return piece.subarray(off, off + PAGE_SIZE);
   }
 
+  /**
+   * Pages `i` .. `i + count - 1` as one view when they lie in one mapped piece; else as many of them as
+   * the piece holds (at least page `i`). For I/O straight from or into guest RAM (a channel's writev or
+   * read of a run of pages).
+   */
+  pageRun(i: number, count: number): Uint8Array {
+    if (!(i >= 0 && i < this.pages) || this.isClosed) this.badPage(i);
+    const at = i * PAGE_SIZE;
+    const piece = this.pieces[Math.floor(at / this.pieceSize)]!;
+    const off = at % this.pieceSize;
+    const n = Math.max(1, Math.min(count, this.pages - i, (this.pieceSize - off) / PAGE_SIZE));
+    return piece.subarray(off, off + n * PAGE_SIZE);
+  }
+
   private badPage(i: number): never {
     if (this.isClosed) throw new Error('guest memory is closed');
     throw new RangeError(`page ${i} is outside the guest's ${this.pages} pages`);

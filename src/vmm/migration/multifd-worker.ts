@@ -1,10 +1,12 @@
 // One multifd channel thread (QEMU's multifd_send_thread / multifd_recv_thread in migration/multifd.c),
 // run as a worker_thread: it maps guest RAM from the memfd and owns its channel's TCP connection.
-// Sending, it copies the pages the main thread names into a packet and writes it; receiving, it copies
-// each page from the socket's buffers straight into guest memory. A receiving channel that met a SYNC
-// packet stops reading until the main thread releases it (multifd_recv_sync_main).
+// Pages never pass through a buffer of ours: sending, the packet header goes out followed by the guest
+// pages themselves (one corked writev, as QEMU's multifd writes iovecs that point into guest RAM);
+// receiving, the socket reads each run of pages straight into guest memory (StreamSocket, the reader
+// naming each target: header, offsets, then the pages the offsets name). A receiving channel that met a
+// SYNC packet stops reading until the main thread releases it (multifd_recv_sync_main).
 
-import { connect, Socket } from 'node:net';
+import { connect } from 'node:net';
 import { parentPort, workerData } from 'node:worker_threads';
 import {
   type DecodedMultifdHeader,
@@ -27,6 +29,7 @@ import type {
   ToReceiver,
   ToSender,
 } from './multifd-threads.ts';
+import { StreamSocket } from './stream-socket.ts';
 
 const RAM_BLOCK = 'pc.ram';
 const port = parentPort!;
@@ -75,11 +78,9 @@ function runSender(c: SendWorkerConfig): void {
       sock.end();
       return;
     }
-    const buf = Buffer.allocUnsafe(
-      MULTIFD_HEADER_BYTES + 8 * (m.normal.length + m.zero.length) + PAGE_SIZE * m.normal.length,
-    );
-    let at = writeMultifdHeader(
-      buf,
+    const head = Buffer.allocUnsafe(MULTIFD_HEADER_BYTES + 8 * (m.normal.length + m.zero.length));
+    writeMultifdHeader(
+      head,
       {
         flags: m.sync ? MULTIFD_FLAG_SYNC : 0,
         pagesAlloc: MULTIFD_PACKET_PAGES,
@@ -89,19 +90,29 @@ function runSender(c: SendWorkerConfig): void {
       m.normal,
       m.zero,
     );
-    // Copied now: a page a vCPU writes later is marked dirty again and goes in a later pass.
-    for (const off of m.normal) {
-      buf.set(memory.page(off / PAGE_SIZE), at);
-      at += PAGE_SIZE;
+    // The pages go as they are in guest RAM, runs of adjacent pages as one piece: a page a vCPU writes
+    // after this is marked dirty again and goes in a later pass (the final pass runs with the VM stopped).
+    const parts: Uint8Array[] = [head];
+    for (let k = 0; k < m.normal.length; ) {
+      const first = m.normal[k]! / PAGE_SIZE;
+      let run = 1;
+      while (k + run < m.normal.length && m.normal[k + run] === m.normal[k]! + run * PAGE_SIZE) run++;
+      const view = memory.pageRun(first, run);
+      parts.push(view);
+      k += view.byteLength / PAGE_SIZE;
     }
+    const bytes = head.byteLength + PAGE_SIZE * m.normal.length;
     pending++;
     arm();
-    sock.write(buf, (err) => {
+    sock.cork();
+    for (let i = 0; i < parts.length - 1; i++) sock.write(parts[i]!);
+    sock.write(parts[parts.length - 1]!, (err) => {
       if (err) return fail(err.message, 'ECONNRESET');
       pending--;
       arm();
-      post({ type: 'sent', bytes: buf.byteLength, sync: m.sync });
+      post({ type: 'sent', bytes, sync: m.sync });
     });
+    sock.uncork();
   });
 }
 
@@ -109,47 +120,28 @@ function runReceiver(c: RecvWorkerConfig): void {
   const post = (m: FromReceiver) => port.postMessage(m);
   let failed = false;
   let id = -1;
-  const sock = new Socket({ fd: c.socketFd, readable: true, writable: true });
+  const s = new StreamSocket(c.socketFd);
   const fail = (message: string, errno: string) => {
     if (failed) return;
     failed = true;
     post({ type: 'error', message: `multifd channel ${id < 0 ? '(before its init packet)' : id}: ${message}`, errno });
-    // Not closed here: the main thread closes every channel once its ERROR went out on the main stream,
-    // so the source hears the reason before any channel drops.
-    sock.pause();
-  };
-  // Unconsumed input: chunks as the socket gave them, `head` bytes of the first already used.
-  const chunks: Buffer[] = [];
-  let head = 0;
-  let buffered = 0;
-  const take = (n: number): Uint8Array => {
-    const out = new Uint8Array(n);
-    copyOut(out);
-    return out;
-  };
-  /** Copies the next `into.byteLength` buffered bytes into `into` (guest memory for a page), consuming them. */
-  const copyOut = (into: Uint8Array) => {
-    let at = 0;
-    while (at < into.byteLength) {
-      const ch = chunks[0]!;
-      const n = Math.min(ch.byteLength - head, into.byteLength - at);
-      into.set(ch.subarray(head, head + n), at);
-      at += n;
-      head += n;
-      if (head === ch.byteLength) {
-        chunks.shift();
-        head = 0;
-      }
-    }
-    buffered -= into.byteLength;
+    // Not closed here, and no more reads: the main thread closes every channel once its ERROR went out on
+    // the main stream, so the source hears the reason before any channel drops.
   };
 
-  let state: 'init' | 'header' | 'offsets' | 'pages' = 'init';
+  const initBuf = new Uint8Array(MULTIFD_INIT_BYTES);
+  const headerBuf = new Uint8Array(MULTIFD_HEADER_BYTES);
+  const offsetsBuf = new Uint8Array(8 * MULTIFD_PACKET_PAGES);
+  type State = 'init' | 'header' | 'offsets' | 'pages';
+  // Typed by `as`: the closures below change them, which flow analysis does not see.
+  let state = 'init' as State;
+  /** Bytes of the current piece (init, header, offsets; in 'pages' the current page) already read. */
+  let filled = 0;
   let h: DecodedMultifdHeader | null = null;
   const offsets = new Float64Array(MULTIFD_PACKET_PAGES);
   let nextPage = 0;
   let packets = 0;
-  let blocked = false;
+  let failure = null as (Error & { errno?: string }) | null;
 
   const zeroPage = (i: number) => {
     // As ram-handler.ts's fillPage: a page that reads as zero already is left alone.
@@ -159,11 +151,19 @@ function runReceiver(c: RecvWorkerConfig): void {
     c.written[i] = 1;
   };
 
-  const step = (): boolean => {
+  /** Pages nextPage.. that are adjacent in guest RAM, as one view, from the byte not yet read. */
+  const pagesTarget = (): Uint8Array => {
+    const n = h!.normalPages;
+    let run = 1;
+    while (nextPage + run < n && offsets[nextPage + run] === offsets[nextPage]! + run * PAGE_SIZE) run++;
+    return memory.pageRun(offsets[nextPage]! / PAGE_SIZE, run).subarray(filled);
+  };
+
+  /** A whole piece was read: decode it; true when the channel must stop (a SYNC packet ended). */
+  const complete = (): boolean => {
     switch (state) {
       case 'init': {
-        if (buffered < MULTIFD_INIT_BYTES) return false;
-        const init = decodeMultifdInit(take(MULTIFD_INIT_BYTES));
+        const init = decodeMultifdInit(initBuf);
         if (c.uuid && Buffer.compare(Buffer.from(init.uuid), Buffer.from(c.uuid)) !== 0)
           throw Object.assign(
             new Error(`received uuid ${hex(init.uuid)} and expected uuid ${hex(c.uuid)} for channel ${init.id}`),
@@ -172,19 +172,17 @@ function runReceiver(c: RecvWorkerConfig): void {
         id = init.id;
         post({ type: 'hello', id });
         state = 'header';
-        return true;
+        return false;
       }
       case 'header':
-        if (buffered < MULTIFD_HEADER_BYTES) return false;
-        h = decodeMultifdHeader(take(MULTIFD_HEADER_BYTES));
+        h = decodeMultifdHeader(headerBuf);
         if (h.ramblock !== RAM_BLOCK && h.normalPages + h.zeroPages > 0)
           throw new Error(`packet names RAM block "${h.ramblock}", this VM has "${RAM_BLOCK}"`);
         state = 'offsets';
-        return true;
+        return h.normalPages + h.zeroPages === 0 ? complete() : false;
       case 'offsets': {
         const n = h!.normalPages + h!.zeroPages;
-        if (buffered < 8 * n) return false;
-        readMultifdOffsets(take(8 * n), h!, memory.size, offsets);
+        readMultifdOffsets(offsetsBuf.subarray(0, 8 * n), h!, memory.size, offsets);
         for (let k = h!.normalPages; k < n; k++) {
           const i = offsets[k]! / PAGE_SIZE;
           zeroPage(i);
@@ -192,56 +190,88 @@ function runReceiver(c: RecvWorkerConfig): void {
         }
         nextPage = 0;
         state = 'pages';
-        return true;
+        return h!.normalPages === 0 ? complete() : false;
       }
-      case 'pages': {
-        // Page by page straight from the socket's buffers into guest memory.
-        while (nextPage < h!.normalPages) {
-          if (buffered < PAGE_SIZE) return false;
+      case 'pages':
+        packets++;
+        state = 'header';
+        return (h!.flags & MULTIFD_FLAG_SYNC) !== 0;
+    }
+  };
+
+  s.setSink({
+    target: () => {
+      if (failure) return headerBuf; // nothing more is decoded; the bytes are dropped
+      switch (state) {
+        case 'init':
+          return initBuf.subarray(filled);
+        case 'header':
+          return headerBuf.subarray(filled);
+        case 'offsets':
+          return offsetsBuf.subarray(filled, 8 * (h!.normalPages + h!.zeroPages));
+        case 'pages':
+          return pagesTarget();
+      }
+    },
+    landed: (n) => {
+      Atomics.add(c.progress, 0, 1);
+      if (failure) return true;
+      try {
+        if (state !== 'pages') {
+          filled += n;
+          const want =
+            state === 'init'
+              ? MULTIFD_INIT_BYTES
+              : state === 'header'
+                ? MULTIFD_HEADER_BYTES
+                : 8 * (h!.normalPages + h!.zeroPages);
+          if (filled < want) return false;
+          filled = 0;
+          return complete();
+        }
+        // n bytes of the run from the current page on: every page they complete is in guest RAM now.
+        filled += n;
+        while (filled >= PAGE_SIZE) {
           const i = offsets[nextPage]! / PAGE_SIZE;
-          copyOut(memory.page(i));
           c.written[i] = 1;
           c.received[i] = 1;
           nextPage++;
+          filled -= PAGE_SIZE;
         }
-        packets++;
-        state = 'header';
-        if (h!.flags & MULTIFD_FLAG_SYNC) {
-          blocked = true;
-          sock.pause();
-          post({ type: 'sync', packetNum: h!.packetNum, packets });
-          return false;
-        }
+        return nextPage === h!.normalPages ? complete() : false;
+      } catch (err) {
+        failure = err as Error & { errno?: string };
         return true;
       }
-    }
-  };
-  const pump = () => {
-    try {
-      while (!blocked && !failed && step()) {}
-    } catch (err) {
-      const e = err as Error & { errno?: string };
-      fail(e.message.replace(/^migration stream: /, ''), e.errno ?? 'EPROTO');
-    }
-  };
-  sock.on('data', (d: Buffer) => {
-    Atomics.add(c.progress, 0, 1);
-    chunks.push(d);
-    buffered += d.byteLength;
-    pump();
+    },
   });
-  sock.on('end', () => {
-    if (failed) return;
-    if (state === 'header' && buffered === 0) post({ type: 'eof', packets });
-    else fail(`connection cut ${state === 'init' ? 'before the init packet' : 'inside a packet'}`, 'ECONNRESET');
-  });
-  sock.on('error', (e) => fail(e.message, (e as NodeJS.ErrnoException).code ?? 'ECONNRESET'));
+
+  let release: (() => void) | null = null;
   port.on('message', (m: ToReceiver) => {
-    if (m.type !== 'release' || !blocked) return;
-    blocked = false;
-    sock.resume();
-    pump();
+    if (m.type === 'release' && release) release();
   });
+  void (async () => {
+    for (;;) {
+      let more: boolean;
+      try {
+        more = await s.wait();
+      } catch (err) {
+        const e = err as NodeJS.ErrnoException;
+        return fail(e.message, e.code ?? 'ECONNRESET');
+      }
+      if (failure) return fail(failure.message.replace(/^migration stream: /, ''), failure.errno ?? 'EPROTO');
+      if (!more) {
+        if (state === 'header' && filled === 0) post({ type: 'eof', packets });
+        else fail(`connection cut ${state === 'init' ? 'before the init packet' : 'inside a packet'}`, 'ECONNRESET');
+        return;
+      }
+      // A SYNC packet ended: held until the main thread has every channel's (multifd_recv_sync_main).
+      const released = new Promise<void>((r) => (release = r));
+      post({ type: 'sync', packetNum: h!.packetNum, packets });
+      await released;
+      release = null;
+    }
+  })();
 }
 
 function hex(u: Uint8Array): string {
