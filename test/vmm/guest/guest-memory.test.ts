@@ -76,6 +76,13 @@ describe('GuestMemory', () => {
         p[0] = i;
         assert.equal(dev[i * PAGE_SIZE], i, `page ${i} maps where the fd has it`);
       }
+      // A run of pages as one view for I/O: as long as asked, but never across a piece or past the end.
+      assert.equal(m.pageRun(3, 5).byteLength, 5 * PAGE_SIZE);
+      assert.equal(m.pageRun(14, 8).byteLength, 2 * PAGE_SIZE, 'stops at the piece seam');
+      assert.equal(m.pageRun(62, 8).byteLength, 2 * PAGE_SIZE, 'stops at the end of guest RAM');
+      m.pageRun(20, 3).fill(0xee);
+      assert.deepEqual(dev.subarray(20 * PAGE_SIZE, 23 * PAGE_SIZE), new Uint8Array(3 * PAGE_SIZE).fill(0xee));
+      assert.throws(() => m.pageRun(64, 1), RangeError);
       assert.throws(() => GuestMemory.create(PAGE_SIZE, 'x', { pieceSize: 3 * PAGE_SIZE }), RangeError);
     } finally {
       native().munmap(dev.buffer as ArrayBuffer);
