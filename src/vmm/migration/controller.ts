@@ -18,9 +18,10 @@ import {
 import { SwitchoverEstimator } from './convergence.ts';
 import { errnoOf, MigrationCancelled, MigrationError, reasonOf } from './errors.ts';
 import type { MigrationHandler } from './handler.ts';
-import { fileConnection, IncomingListener, runIncoming } from './incoming.ts';
+import { ERROR_LINGER_MS, fileConnection, IncomingListener, runIncoming } from './incoming.ts';
 import { MultifdReceiver } from './multifd-recv.ts';
 import { MultifdSender } from './multifd-send.ts';
+import { ChannelThreadPool } from './multifd-threads.ts';
 import {
   DEFAULT_PARAMETERS,
   type MigrationParameters,
@@ -56,6 +57,7 @@ export class MigrationController {
   status: MigrationStatus = 'none';
   readonly parameters: MigrationParameters = { ...DEFAULT_PARAMETERS };
   capabilities: MigrationCapabilities = { ...DEFAULT_CAPABILITIES };
+  private readonly threads = new ChannelThreadPool();
   private abort: AbortController | null = null;
   private started = 0;
   private totalMs = 0;
@@ -107,6 +109,12 @@ export class MigrationController {
     if (p.multifdChannels !== undefined && statusIsActive(this.status))
       throw new MigrationError(Errno.EBUSY, "There's a migration process in progress");
     Object.assign(this.parameters, p);
+    this.keepChannelThreads();
+  }
+
+  /** With multifd on, its channel threads are started now rather than when a migration begins. */
+  private keepChannelThreads(): void {
+    this.threads.keep(this.capabilities.multifd ? this.parameters.multifdChannels : 0);
   }
 
   /**
@@ -117,6 +125,7 @@ export class MigrationController {
     if (statusIsActive(this.status) && !this.listener)
       throw new MigrationError(Errno.EBUSY, "There's a migration process in progress");
     this.capabilities = withCapabilities(this.capabilities, changes);
+    this.keepChannelThreads();
   }
 
   /** Every device's handler learns whether switchover-ack is on for the migration starting now. */
@@ -185,6 +194,7 @@ export class MigrationController {
           channels: this.parameters.multifdChannels,
           uuid: this.d.uuid ?? new Uint8Array(16),
           stallTimeoutMs: this.d.stallTimeoutMs ?? 10_000,
+          threads: this.threads,
         });
         this.d.ram.channelsOut = channels;
         this.channelsOut = channels;
@@ -266,6 +276,7 @@ export class MigrationController {
     } finally {
       this.d.ram.channelsOut = null;
       await channels?.close();
+      this.threads.refill();
       this.multifdBytes = channels?.bytes ?? 0;
       this.channelsOut = null;
       for (const h of handlers) {
@@ -339,6 +350,7 @@ export class MigrationController {
             uuid: this.d.uuid ?? null,
             maps: this.d.ram.sharedMaps,
             stallTimeoutMs: this.d.stallTimeoutMs ?? 10_000,
+            threads: this.threads,
           })
         : null;
     this.d.ram.channelsIn = channels;
@@ -391,14 +403,19 @@ export class MigrationController {
       listener?.close();
       this.listener = null;
       this.d.ram.channelsIn = null;
-      await channels?.close();
+      await channels?.close(this.status === 'failed' ? ERROR_LINGER_MS : 0);
+      this.threads.refill();
     }
   }
 
-  /** The VMM is going away: stop listening for a migration that has not come (it would keep the process alive). */
+  /**
+   * The VMM is going away: stop listening for a migration that has not come (it would keep the process
+   * alive), and end the idle channel threads.
+   */
   close(): void {
     this.listener?.close();
     this.listener = null;
+    this.threads.close();
   }
 
   info(): MigrationInfo {

@@ -169,7 +169,7 @@ export function fileConnection(path: string): IncomingConnection {
 }
 
 /** How long a destination that sent ERROR keeps reading (and discarding) so the source gets the ERROR. */
-const ERROR_LINGER_MS = 5000;
+export const ERROR_LINGER_MS = 5000;
 
 export interface IncomingOptions {
   handlers: readonly MigrationHandler[];

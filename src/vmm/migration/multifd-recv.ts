@@ -11,7 +11,7 @@ import { native } from '../../native/addon.ts';
 import type { GuestMemory } from '../guest/guest-memory.ts';
 import { MigrationError } from './errors.ts';
 import { errnoNamed } from './multifd-send.ts';
-import { type FromReceiver, startChannelWorker, type ToReceiver } from './multifd-threads.ts';
+import type { ChannelThreadPool, FromReceiver, ToReceiver } from './multifd-threads.ts';
 import type { RamChannelsIn } from './ram-handler.ts';
 
 export interface MultifdRecvOptions {
@@ -22,6 +22,8 @@ export interface MultifdRecvOptions {
   maps: { received: Uint8Array; written: Uint8Array; fresh: boolean };
   /** How long a flush waits for channels (one that never connects, or sends nothing): a safety net. */
   stallTimeoutMs: number;
+  /** Where the channel threads come from (started ahead when the capability was set). */
+  threads: ChannelThreadPool;
 }
 
 interface Channel {
@@ -63,7 +65,7 @@ export class MultifdReceiver implements RamChannelsIn {
       return;
     }
     const m = this.o.memory;
-    const worker = startChannelWorker({
+    const worker = this.o.threads.start({
       role: 'recv',
       fd: m.fd,
       size: m.size,
@@ -165,9 +167,28 @@ export class MultifdReceiver implements RamChannelsIn {
       throw new MigrationError(Errno.EPROTO, 'multifd: the stream ended without a single channel flush');
   }
 
-  /** Stops every channel thread (their connections close with them). */
-  async close(): Promise<void> {
-    for (const c of this.channels) void c.worker.terminate();
-    await Promise.all(this.channels.map((c) => c.exited));
+  /**
+   * Stops every channel thread (their connections close with them). After a failed load (`lingerMs` > 0)
+   * the source must hear why on the main stream first: a channel closed with unread data would reset,
+   * and the source would report that reset instead. So each channel then drains (our side ended, its
+   * bytes discarded) until the source closes it or `lingerMs` pass, in the background.
+   */
+  async close(lingerMs = 0): Promise<void> {
+    if (lingerMs <= 0) {
+      for (const c of this.channels) void c.worker.terminate();
+      await Promise.all(this.channels.map((c) => c.exited));
+      return;
+    }
+    for (const c of this.channels) {
+      const end = () => void c.worker.terminate();
+      const t = setTimeout(end, lingerMs + 1000);
+      t.unref();
+      c.worker.on('message', (m: FromReceiver) => {
+        if (m.type === 'drained') end();
+      });
+      void c.exited.then(() => clearTimeout(t));
+      c.worker.unref();
+      c.worker.postMessage({ type: 'drain', ms: lingerMs } satisfies ToReceiver);
+    }
   }
 }

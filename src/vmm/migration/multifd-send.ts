@@ -1,15 +1,15 @@
 // The source's multifd channels (QEMU's multifd_send_setup, multifd_queue_page, multifd_send_sync_main):
 // N extra TCP connections to the destination's migration address, each sent on by its own thread
 // (multifd-worker.ts). The main thread takes pages from the dirty log, as without multifd, and hands
-// packets of up to MULTIFD_PACKET_PAGES page offsets to whichever channel has room; the channel copies
-// the pages out of guest memory and sends them. Packet numbers are global, in the order handed out.
+// packets of up to MULTIFD_PACKET_PAGES page offsets to whichever channel has room; the channel sends
+// the pages from guest memory. Packet numbers are global, in the order handed out.
 
 import type { Worker } from 'node:worker_threads';
 import { Errno } from '../../abi/errno.ts';
 import { MULTIFD_PACKET_PAGES } from '../../stream/multifd.ts';
 import type { GuestMemory } from '../guest/guest-memory.ts';
 import { MigrationError } from './errors.ts';
-import { type FromSender, startChannelWorker, type ToSender } from './multifd-threads.ts';
+import type { ChannelThreadPool, FromSender, ToSender } from './multifd-threads.ts';
 import type { RamChannelsOut } from './ram-handler.ts';
 
 /** Packets handed to a channel and not yet written by it: bounds the pages copied ahead (2 x 512 KiB). */
@@ -22,6 +22,8 @@ export interface MultifdSendOptions {
   channels: number;
   uuid: Uint8Array;
   stallTimeoutMs: number;
+  /** Where the channel threads come from (started ahead when the capability was set). */
+  threads: ChannelThreadPool;
 }
 
 interface Channel {
@@ -48,7 +50,7 @@ export class MultifdSender implements RamChannelsOut {
     const s = new MultifdSender();
     const connected: Promise<void>[] = [];
     for (let id = 0; id < o.channels; id++) {
-      const worker = startChannelWorker({
+      const worker = o.threads.start({
         role: 'send',
         fd: o.memory.fd,
         size: o.memory.size,

@@ -49,8 +49,9 @@ export type FromSender =
   | { type: 'closed' }
   | { type: 'error'; message: string; errno: string };
 
-/** Main -> receiving channel. */
-export type ToReceiver = { type: 'release' };
+/** Main -> receiving channel. `drain`: the load failed; end our side, read and discard until the source
+ * closes or `ms` pass, then say `drained`. */
+export type ToReceiver = { type: 'release' } | { type: 'drain'; ms: number };
 
 /** Receiving channel -> main. */
 export type FromReceiver =
@@ -58,6 +59,7 @@ export type FromReceiver =
   /** A SYNC packet arrived; the channel waits for 'release'. packets: all received on this channel so far. */
   | { type: 'sync'; packetNum: number; packets: number }
   | { type: 'eof'; packets: number }
+  | { type: 'drained' }
   | { type: 'error'; message: string; errno: string };
 
 /**
@@ -72,6 +74,56 @@ function bootstrap(): string {
   return `import(${JSON.stringify(tsx)}).then(({ register }) => { register(); return import(${JSON.stringify(url)}); });`;
 }
 
-export function startChannelWorker(cfg: SendWorkerConfig | RecvWorkerConfig): Worker {
-  return new Worker(bootstrap(), { eval: true, workerData: cfg });
+/** Main -> a channel thread, first: what it is for (a pooled thread starts without it). */
+export interface StartChannel {
+  type: 'start';
+  cfg: SendWorkerConfig | RecvWorkerConfig;
+}
+
+/**
+ * Channel threads started before they are needed. A thread's start-up (a V8 isolate, and under tsx the
+ * loader and the modules compiled again) takes a few hundred ms of CPU: paid when a migration begins, it
+ * delayed the first page by that much per channel on a 2-core host. QEMU's multifd threads are cheap to
+ * create at the migration's start; ours are made ready when the capability is set (`keep`), and again
+ * after each migration (`refill`). Idle threads do not keep the process alive.
+ */
+export class ChannelThreadPool {
+  private readonly idle: Worker[] = [];
+  private wanted = 0;
+
+  /** Keeps `n` idle threads ready (0: none, the idle ones end). */
+  keep(n: number): void {
+    this.wanted = n;
+    while (this.idle.length > n) void this.idle.pop()!.terminate();
+    this.refill();
+  }
+
+  /** Starts idle threads up to what keep() asked for. */
+  refill(): void {
+    while (this.idle.length < this.wanted) {
+      const w = new Worker(bootstrap(), { eval: true });
+      w.unref();
+      const drop = () => {
+        const i = this.idle.indexOf(w);
+        if (i >= 0) this.idle.splice(i, 1);
+      };
+      w.once('exit', drop);
+      w.once('error', drop);
+      this.idle.push(w);
+    }
+  }
+
+  /** A channel thread for `cfg`: an idle one if ready, else a new one. It keeps the process alive. */
+  start(cfg: SendWorkerConfig | RecvWorkerConfig): Worker {
+    const w = this.idle.shift() ?? new Worker(bootstrap(), { eval: true });
+    w.removeAllListeners();
+    w.ref();
+    w.postMessage({ type: 'start', cfg } satisfies StartChannel);
+    return w;
+  }
+
+  /** Ends the idle threads. */
+  close(): void {
+    this.keep(0);
+  }
 }

@@ -7,7 +7,7 @@
 // SYNC packet stops reading until the main thread releases it (multifd_recv_sync_main).
 
 import { connect } from 'node:net';
-import { parentPort, workerData } from 'node:worker_threads';
+import { parentPort } from 'node:worker_threads';
 import {
   type DecodedMultifdHeader,
   decodeMultifdHeader,
@@ -26,6 +26,7 @@ import type {
   FromSender,
   RecvWorkerConfig,
   SendWorkerConfig,
+  StartChannel,
   ToReceiver,
   ToSender,
 } from './multifd-threads.ts';
@@ -33,11 +34,15 @@ import { StreamSocket } from './stream-socket.ts';
 
 const RAM_BLOCK = 'pc.ram';
 const port = parentPort!;
-const cfg = workerData as SendWorkerConfig | RecvWorkerConfig;
-const memory = GuestMemory.map(cfg.fd, cfg.size, { pieceSize: cfg.pieceSize });
+let memory: GuestMemory;
 
-if (cfg.role === 'send') runSender(cfg);
-else runReceiver(cfg);
+// Started from a pool (ChannelThreadPool), the thread waits for what it is for.
+port.once('message', (m: StartChannel) => {
+  const cfg = m.cfg;
+  memory = GuestMemory.map(cfg.fd, cfg.size, { pieceSize: cfg.pieceSize });
+  if (cfg.role === 'send') runSender(cfg);
+  else runReceiver(cfg);
+});
 
 function runSender(c: SendWorkerConfig): void {
   const post = (m: FromSender) => port.postMessage(m);
@@ -248,7 +253,11 @@ function runReceiver(c: RecvWorkerConfig): void {
 
   let release: (() => void) | null = null;
   port.on('message', (m: ToReceiver) => {
-    if (m.type === 'release' && release) release();
+    if (m.type === 'release') release?.();
+    else if (m.type === 'drain') {
+      s.socket.once('close', () => post({ type: 'drained' }));
+      s.endAndDrain(m.ms);
+    }
   });
   void (async () => {
     for (;;) {

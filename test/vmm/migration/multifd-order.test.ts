@@ -20,6 +20,7 @@ import {
 } from '../../../src/stream/multifd.ts';
 import { GuestMemory } from '../../../src/vmm/guest/guest-memory.ts';
 import { MultifdReceiver } from '../../../src/vmm/migration/multifd-recv.ts';
+import { ChannelThreadPool } from '../../../src/vmm/migration/multifd-threads.ts';
 
 const PAGE = 4096;
 const P = 5;
@@ -60,6 +61,7 @@ test('a page of pass 2 on one channel never lands before the same page of pass 1
       fresh: true,
     },
     stallTimeoutMs: 60_000,
+    threads: new ChannelThreadPool(),
   });
   const server = channelListener(receiver);
   const a = connect(server.port, '127.0.0.1');
@@ -106,6 +108,7 @@ test('a flush that finds packets missing is refused (pages expected = pages rece
       fresh: true,
     },
     stallTimeoutMs: 60_000,
+    threads: new ChannelThreadPool(),
   });
   const server = channelListener(receiver);
   const c = connect(server.port, '127.0.0.1');
