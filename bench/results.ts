@@ -23,6 +23,8 @@ export interface BenchRun {
   dirty: boolean;
   machine: { cpu: string; cores: number; memGiB: number; node: string; loadavg: number[] };
   rounds: number;
+  /** What ran: the compiled package (dist/) or the sources through tsx (`--sources`); absent: sources. */
+  code?: 'compiled' | 'sources';
   /** The one part run (`--only`); absent: every part. The document's tables come from full runs only. */
   only?: string;
   figures: Figure[];

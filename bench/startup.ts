@@ -17,15 +17,21 @@ async function once(args: string[], env: NodeJS.ProcessEnv): Promise<{ value: nu
   return { value: performance.now() - t0 };
 }
 
-export async function startupBench(rounds: number, run: BenchRun): Promise<void> {
+/** Compiles the package into dist/ (`npm run build`), as an installed package ships it. */
+export function buildPackage(): void {
   const built = spawnSync('npm', ['run', 'build'], { cwd: root, stdio: 'ignore' });
   if (built.status !== 0) throw new Error('npm run build failed');
+}
+
+/** Needs buildPackage() first. */
+export async function startupBench(rounds: number, run: BenchRun): Promise<void> {
   const compiled = { ...process.env, VFIO_MIGRATE_COMPILED: '1' };
+  const sources = { ...process.env, VFIO_MIGRATE_COMPILED: '0' };
   say('start-up: a command from spawn to exit');
   const bare = await measure("bare node -e ''", 'ms', rounds, () => once(['-e', ''], process.env));
   const version = await measure('compiled --version', 'ms', rounds, () => once([BIN, '--version'], compiled));
   const help = await measure('compiled help vmm', 'ms', rounds, () => once([BIN, 'help', 'vmm'], compiled));
-  const tsx = await measure('sources (tsx) help vmm', 'ms', rounds, () => once([BIN, 'help', 'vmm'], process.env));
+  const tsx = await measure('sources (tsx) help vmm', 'ms', rounds, () => once([BIN, 'help', 'vmm'], sources));
   run.figures.push(bare, version, help, tsx);
   say();
   run.ratios.push(
