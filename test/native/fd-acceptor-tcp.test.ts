@@ -5,8 +5,10 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { connect, Socket } from 'node:net';
 import { test } from 'node:test';
+import { Errno } from '../../src/abi/errno.ts';
 import { native } from '../../src/native/addon.ts';
 import { FdAcceptor } from '../../src/native/fd-acceptor.ts';
+import { MigrationError } from '../../src/vmm/migration/errors.ts';
 import { IncomingListener } from '../../src/vmm/migration/incoming.ts';
 
 function acceptOne(address: string): { port: number; fd: Promise<number>; close(): void } {
@@ -116,4 +118,11 @@ test('without a channel handler, connections after the main stream are closed', 
     late?.destroy();
     listener.close();
   }
+});
+
+test('closing the destination listener fails an accept() still waiting (ECANCELED), never leaves it hanging', async () => {
+  const listener = await IncomingListener.listen('127.0.0.1', 0);
+  const waiting = listener.accept();
+  listener.close();
+  await assert.rejects(waiting, (e: unknown) => e instanceof MigrationError && e.errno === Errno.ECANCELED);
 });

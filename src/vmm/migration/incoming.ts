@@ -100,7 +100,7 @@ export class IncomingListener {
   private readonly acceptor: FdAcceptor;
   /** Connections accepted before accept() was called (the main stream among them). */
   private readonly pending: number[] = [];
-  private waiter: ((fd: number) => void) | null = null;
+  private waiter: { resolve: (fd: number) => void; reject: (e: Error) => void } | null = null;
   private extra: ((fd: number) => void) | null = null;
   private mainTaken = false;
 
@@ -126,7 +126,7 @@ export class IncomingListener {
     if (this.waiter) {
       const w = this.waiter;
       this.waiter = null;
-      w(fd);
+      w.resolve(fd);
     } else if (!this.mainTaken) this.pending.push(fd);
     else if (this.extra) this.extra(fd);
     else native().close(fd);
@@ -137,16 +137,21 @@ export class IncomingListener {
    * channels, as descriptors now theirs), or are refused (closed) without it.
    */
   async accept(extra?: (fd: number) => void): Promise<IncomingConnection> {
-    const first = this.pending.shift() ?? (await new Promise<number>((r) => (this.waiter = r)));
+    const first =
+      this.pending.shift() ?? (await new Promise<number>((resolve, reject) => (this.waiter = { resolve, reject })));
     this.mainTaken = true;
     this.extra = extra ?? null;
     for (const fd of this.pending.splice(0)) this.onConnection(fd);
     return socketConnection(first);
   }
 
+  /** Stops listening; an accept() still waiting fails with ECANCELED rather than waiting forever. */
   close(): void {
     this.acceptor.close();
     for (const fd of this.pending.splice(0)) native().close(fd);
+    const w = this.waiter;
+    this.waiter = null;
+    w?.reject(new MigrationError(Errno.ECANCELED, 'the migration listener closed before the source connected'));
   }
 }
 
