@@ -68,6 +68,21 @@ describe('live migration across processes', () => {
     }
   });
 
+  test('a prefaulted destination (--prefault, no populate per section) loads every page', async () => {
+    const pair = await startLocalPair({
+      memSize: '64M',
+      paused: true,
+      source: { device: 'register-file', vmmArgs: ['--dirty-rate', '20000', '--fill', 'random'] },
+      destination: { device: 'register-file', vmmArgs: ['--prefault'] },
+    });
+    try {
+      const info = await migrateAndVerify(pair);
+      assert.ok((info.ram as Record<string, number>).normal! > 0, 'data pages sent');
+    } finally {
+      await pair.stop();
+    }
+  });
+
   test('a device whose state takes many chunks over several pre-copy rounds, through a trapped data section', async () => {
     // The rounds are made, not hoped for: the device releases at most QUOTA bytes per pre-copy round
     // (serve --x-precopy-quota) while its pending_bytes counts all of its state, and the VMM may only
