@@ -94,6 +94,16 @@ function feedSink(
   return { count, error: null, decoder: d };
 }
 
+/** Checks each delivered section against the one built: order, kind, payload, and where it sat. */
+function intact(bytes: Uint8Array, want: Want[]): (s: DecodedSection, i: number) => void {
+  return (s, i) => {
+    assert.equal(s.seq, i);
+    assert.equal(s.type, want[i]!.type);
+    assert.deepEqual(s.payload, want[i]!.payload);
+    assert.deepEqual(bytes.subarray(s.payloadOffset, s.payloadOffset + s.payload.byteLength), s.payload);
+  };
+}
+
 const sizesArb = fc.array(fc.oneof(fc.integer({ min: 0, max: 3000 }), fc.integer({ min: 65_000, max: 300_000 })), {
   minLength: 1,
   maxLength: 6,
@@ -109,12 +119,7 @@ describe('StreamDecoder, reusePayloadBuffers', () => {
       fc.property(sizesArb, chunksArb, (sizes, chunks) => {
         const { bytes, want } = build(sizes);
         for (const reuse of [true, false]) {
-          const r = feed(bytes, chunks, reuse, (s, i) => {
-            assert.equal(s.seq, i);
-            assert.equal(s.type, want[i]!.type);
-            assert.deepEqual(s.payload, want[i]!.payload);
-            assert.deepEqual(bytes.subarray(s.payloadOffset, s.payloadOffset + s.payload.byteLength), s.payload);
-          });
+          const r = feed(bytes, chunks, reuse, intact(bytes, want));
           assert.equal(r.error, null);
           assert.equal(r.count, want.length);
         }
@@ -168,12 +173,7 @@ describe('StreamDecoder, reusePayloadBuffers', () => {
     fc.assert(
       fc.property(sizesArb, chunksArb, (sizes, reads) => {
         const { bytes, want } = build(sizes);
-        const r = feedSink(bytes, reads, (s, i) => {
-          assert.equal(s.seq, i);
-          assert.equal(s.type, want[i]!.type);
-          assert.deepEqual(s.payload, want[i]!.payload);
-          assert.deepEqual(bytes.subarray(s.payloadOffset, s.payloadOffset + s.payload.byteLength), s.payload);
-        });
+        const r = feedSink(bytes, reads, intact(bytes, want));
         assert.equal(r.error, null);
         assert.equal(r.count, want.length);
       }),
