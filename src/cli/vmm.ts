@@ -13,8 +13,9 @@ export const VMM_MALLOC_TRIM_THRESHOLD = 64 << 20;
 
 export async function runVmm(o: VmmOptions): Promise<number> {
   const log = (line: string) => process.stderr.write(`vmm[${process.pid}]: ${line}\n`);
-  // A migration streams gigabytes through Node's 64 KiB socket reads: keep up to 64 MiB of freed heap
-  // mapped instead of returning it to the kernel after each GC and faulting it back in (native/src/memory.c).
+  // Keep up to 64 MiB of freed heap mapped instead of returning it to the kernel after each GC and
+  // faulting it back in, zeroed (native/src/memory.c). Set when Node's 64 KiB reads carried the stream; the
+  // migration now reads into its own buffers (StreamSocket), and vfio-user messages still allocate.
   native().mallocTrimThreshold(VMM_MALLOC_TRIM_THRESHOLD);
   const vmm = await Vmm.create({
     memSize: o.mem,
