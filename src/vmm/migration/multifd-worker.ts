@@ -156,6 +156,14 @@ function runReceiver(c: RecvWorkerConfig): void {
     c.written[i] = 1;
   };
 
+  /** The buffer the current fixed-size piece (init packet, header, offsets) is read into, whole. */
+  const piece = (): Uint8Array =>
+    state === 'init'
+      ? initBuf
+      : state === 'header'
+        ? headerBuf
+        : offsetsBuf.subarray(0, 8 * (h!.normalPages + h!.zeroPages));
+
   /** Pages nextPage.. that are adjacent in guest RAM, as one view, from the byte not yet read. */
   const pagesTarget = (): Uint8Array => {
     const n = h!.normalPages;
@@ -207,16 +215,7 @@ function runReceiver(c: RecvWorkerConfig): void {
   s.setSink({
     target: () => {
       if (failure) return headerBuf; // nothing more is decoded; the bytes are dropped
-      switch (state) {
-        case 'init':
-          return initBuf.subarray(filled);
-        case 'header':
-          return headerBuf.subarray(filled);
-        case 'offsets':
-          return offsetsBuf.subarray(filled, 8 * (h!.normalPages + h!.zeroPages));
-        case 'pages':
-          return pagesTarget();
-      }
+      return state === 'pages' ? pagesTarget() : piece().subarray(filled);
     },
     landed: (n) => {
       Atomics.add(c.progress, 0, 1);
@@ -224,13 +223,7 @@ function runReceiver(c: RecvWorkerConfig): void {
       try {
         if (state !== 'pages') {
           filled += n;
-          const want =
-            state === 'init'
-              ? MULTIFD_INIT_BYTES
-              : state === 'header'
-                ? MULTIFD_HEADER_BYTES
-                : 8 * (h!.normalPages + h!.zeroPages);
-          if (filled < want) return false;
+          if (filled < piece().byteLength) return false;
           filled = 0;
           return complete();
         }
