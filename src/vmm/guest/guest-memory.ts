@@ -125,11 +125,7 @@ export class GuestMemory {
 
   /** Page `i` as a view into guest RAM: writes through it are guest writes (nobody marks them dirty). */
   page(i: number): Uint8Array {
-    if (!(i >= 0 && i < this.pages) || this.isClosed) this.badPage(i);
-    const at = i * PAGE_SIZE;
-    const piece = this.pieces[Math.floor(at / this.pieceSize)]!;
-    const off = at % this.pieceSize;
-    return piece.subarray(off, off + PAGE_SIZE);
+    return this.pageRun(i, 1);
   }
 
   /**
