@@ -32,6 +32,7 @@
 static uint32_t table[8][256];
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static uint32_t (*impl)(uint32_t crc, const uint8_t* p, size_t n);
+static uint32_t (*impl_copy)(uint32_t crc, const uint8_t* p, size_t n, uint8_t* q);
 static const char* impl_name = "table";
 
 /* Raw CRC (no pre/post inversion) over n bytes, table-driven. */
@@ -57,6 +58,12 @@ static uint32_t crc_sw(uint32_t crc, const uint8_t* p, size_t n) {
     n--;
   }
   return crc;
+}
+
+/* Without the instruction, the table loop's cost dwarfs a second pass: copy, then checksum the copy. */
+static uint32_t crc_sw_copy(uint32_t crc, const uint8_t* p, size_t n, uint8_t* q) {
+  memcpy(q, p, n);
+  return crc_sw(crc, q, n);
 }
 
 #if VN_CRC_X86
@@ -114,8 +121,14 @@ static uint32_t shift(const uint32_t zeros[4][256], uint32_t crc) {
   return zeros[0][crc & 0xff] ^ zeros[1][(crc >> 8) & 0xff] ^ zeros[2][(crc >> 16) & 0xff] ^ zeros[3][crc >> 24];
 }
 
-__attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc0, const uint8_t* p, size_t n) {
+/* The hardware loop, optionally storing every word it reads at q as well (copy != 0): a copy and its
+ * checksum in one pass over the bytes, where memcpy then CRC would read them twice. Inlined into the two
+ * callers below, so the plain CRC carries no store and no test for it. */
+__attribute__((target("sse4.2"), always_inline)) static inline uint32_t crc_hw_body(uint32_t crc0,
+                                                                                   const uint8_t* p, size_t n,
+                                                                                   uint8_t* q, int copy) {
   while (n > 0 && ((uintptr_t)p & 7) != 0) {
+    if (copy) *q++ = *p;
     crc0 = _mm_crc32_u8(crc0, *p++);
     n--;
   }
@@ -134,6 +147,12 @@ __attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc0, const ui
         memcpy(&w0, p, 8);
         memcpy(&w1, p + len, 8);
         memcpy(&w2, p + 2 * len, 8);
+        if (copy) {
+          memcpy(q, &w0, 8);
+          memcpy(q + len, &w1, 8);
+          memcpy(q + 2 * len, &w2, 8);
+          q += 8;
+        }
         c0 = _mm_crc32_u64(c0, w0);
         c1 = _mm_crc32_u64(c1, w1);
         c2 = _mm_crc32_u64(c2, w2);
@@ -142,22 +161,36 @@ __attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc0, const ui
       c0 = shift(zeros, (uint32_t)c0) ^ c1;
       c0 = shift(zeros, (uint32_t)c0) ^ c2;
       p += 2 * len;
+      if (copy) q += 2 * len;
       n -= 3 * len;
     }
   }
   while (n >= 8) {
     uint64_t w;
     memcpy(&w, p, 8);
+    if (copy) {
+      memcpy(q, &w, 8);
+      q += 8;
+    }
     c0 = _mm_crc32_u64(c0, w);
     p += 8;
     n -= 8;
   }
   crc0 = (uint32_t)c0;
   while (n > 0) {
+    if (copy) *q++ = *p;
     crc0 = _mm_crc32_u8(crc0, *p++);
     n--;
   }
   return crc0;
+}
+
+__attribute__((target("sse4.2"))) static uint32_t crc_hw(uint32_t crc, const uint8_t* p, size_t n) {
+  return crc_hw_body(crc, p, n, NULL, 0);
+}
+
+__attribute__((target("sse4.2"))) static uint32_t crc_hw_copy(uint32_t crc, const uint8_t* p, size_t n, uint8_t* q) {
+  return crc_hw_body(crc, p, n, q, 1);
 }
 #endif
 
@@ -170,6 +203,7 @@ static void init_once(void) {
   for (uint32_t i = 0; i < 256; i++)
     for (int t = 1; t < 8; t++) table[t][i] = (table[t - 1][i] >> 8) ^ table[0][table[t - 1][i] & 0xff];
   impl = crc_sw;
+  impl_copy = crc_sw_copy;
 #if VN_CRC_X86
   const char* force = getenv("VFIO_NATIVE_CRC32C");
   __builtin_cpu_init();
@@ -177,6 +211,7 @@ static void init_once(void) {
     zeros_table(shift_long, LONG_BLOCK);
     zeros_table(shift_short, SHORT_BLOCK);
     impl = crc_hw;
+    impl_copy = crc_hw_copy;
     impl_name = "sse4.2";
   }
 #endif
@@ -206,6 +241,34 @@ napi_value vn_crc32c(napi_env env, napi_callback_info info) {
     if (t != napi_undefined && !vn_get_int(env, argv[1], "seed", 0, UINT32_MAX, &seed)) return NULL;
   }
   uint32_t crc = vn_crc32c_update((uint32_t)seed, data, len);
+  napi_value out;
+  VN_CALL(env, napi_create_uint32(env, crc, &out));
+  return out;
+}
+
+uint32_t vn_crc32c_copy(uint32_t crc, const uint8_t* src, size_t len, uint8_t* dst) {
+  vn_crc32c_init();
+  return ~impl_copy(~crc, src, len, dst);
+}
+
+napi_value vn_crc32c_copy_js(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  size_t argc = 5;
+  VN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 5) return vn_throw_type(env, "crc32cCopy(dst, from, at, src, seed) needs five arguments");
+  uint8_t *dst, *src;
+  size_t dst_len, src_len;
+  int64_t from, at, seed;
+  if (!vn_get_bytes(env, argv[0], "dst", &dst, &dst_len)) return NULL;
+  if (!vn_get_int(env, argv[1], "from", 0, (int64_t)dst_len, &from)) return NULL;
+  if (!vn_get_int(env, argv[2], "at", from, (int64_t)dst_len, &at)) return NULL;
+  if (!vn_get_bytes(env, argv[3], "src", &src, &src_len)) return NULL;
+  if (!vn_get_int(env, argv[4], "seed", 0, UINT32_MAX, &seed)) return NULL;
+  if (src_len > dst_len - (size_t)at) return vn_throw_range(env, "crc32cCopy: src does not fit in dst at `at`");
+  if (src + src_len > dst + at && dst + at + src_len > src)
+    return vn_throw_range(env, "crc32cCopy: src overlaps where it is copied to");
+  uint32_t crc = vn_crc32c_update((uint32_t)seed, dst + from, (size_t)(at - from));
+  crc = vn_crc32c_copy(crc, src, src_len, dst + at);
   napi_value out;
   VN_CALL(env, napi_create_uint32(env, crc, &out));
   return out;

@@ -13,8 +13,16 @@ void vn_crc32c_init(void);
 /* CRC-32C of len bytes continuing from crc (a previous result; 0 to start). */
 uint32_t vn_crc32c_update(uint32_t crc, const uint8_t* data, size_t len);
 
+/* Copies len bytes from src to dst (not overlapping) and returns their CRC-32C continuing from crc, in
+ * one pass over the bytes where the CPU has the CRC instruction. */
+uint32_t vn_crc32c_copy(uint32_t crc, const uint8_t* src, size_t len, uint8_t* dst);
+
 /* crc32c(data: Uint8Array, seed?: number): number */
 napi_value vn_crc32c(napi_env env, napi_callback_info info);
+
+/* crc32cCopy(dst, from, at, src, seed): CRC-32C of dst[from, at) then src, continuing from seed, while
+ * src is copied to dst[at, at + src.length) */
+napi_value vn_crc32c_copy_js(napi_env env, napi_callback_info info);
 
 /* crc32cImplementation(): 'sse4.2' | 'table' */
 napi_value vn_crc32c_implementation(napi_env env, napi_callback_info info);

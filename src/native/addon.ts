@@ -94,6 +94,12 @@ export interface NativeAddon {
    * crc32c(b, crc32c(a)) == crc32c(a ++ b). SSE4.2 CRC32 instructions when the CPU has them.
    */
   crc32c(data: Uint8Array, seed?: number): number;
+  /**
+   * Copies src into dst at `at` and returns the CRC-32C of dst[from, at) followed by src, continuing from
+   * seed: bytes already written ahead of the copy, then the copy, checksummed in the same pass over src
+   * (with SSE4.2). RangeError when src does not fit at `at` or overlaps its destination.
+   */
+  crc32cCopy(dst: Uint8Array, from: number, at: number, src: Uint8Array, seed: number): number;
   /** Which crc32c code runs: 'sse4.2', or 'table' (no SSE4.2, or VFIO_NATIVE_CRC32C=table at load). */
   crc32cImplementation(): 'sse4.2' | 'table';
   /** Whether every byte of data is 0 (a 64-byte-block scan that stops at the first non-zero block). */

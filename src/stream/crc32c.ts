@@ -55,7 +55,9 @@ export function crc32cJs(data: Uint8Array, crc = 0): number {
 }
 
 type Crc = (data: Uint8Array, crc?: number) => number;
+type CrcCopy = (dst: Uint8Array, from: number, at: number, src: Uint8Array, seed: number) => number;
 let nativeCrc: Crc | null | undefined;
+let nativeCopy: CrcCopy | null = null;
 let nativeName = '';
 
 function loadNative(): Crc | null {
@@ -63,6 +65,7 @@ function loadNative(): Crc | null {
     const n = native();
     if (typeof n.crc32c !== 'function') return null;
     nativeName = n.crc32cImplementation();
+    nativeCopy = n.crc32cCopy.bind(n);
     return n.crc32c.bind(n);
   } catch {
     // Not built (or built without crc32c): the TypeScript version gives the same results, slower.
@@ -81,4 +84,61 @@ export function crc32c(data: Uint8Array, crc = 0): number {
 export function crc32cImplementation(): string {
   if (nativeCrc === undefined) nativeCrc = loadNative();
   return nativeCrc ? `native ${nativeName}` : 'typescript';
+}
+
+/**
+ * Copies `src` into `dst` at `at` and returns the CRC-32C of dst[from, at) (bytes written ahead of the
+ * copy, say a record header) followed by `src`, continuing from `crc`. Natively the copy and the checksum
+ * are one pass over `src`: a sender that must copy what it checksums (so the checksum is true of the bytes
+ * that go out even if the source changes meanwhile) reads them once, not twice.
+ */
+export function crc32cCopy(dst: Uint8Array, from: number, at: number, src: Uint8Array, crc = 0): number {
+  if (nativeCrc === undefined) nativeCrc = loadNative();
+  if (nativeCopy) return nativeCopy(dst, from, at, src, crc);
+  if (!(from >= 0 && from <= at && at + src.byteLength <= dst.byteLength))
+    throw new RangeError(`crc32cCopy: [${from}, ${at}) and ${src.byteLength} bytes do not fit ${dst.byteLength}`);
+  dst.set(src, at);
+  return crc32c(dst.subarray(from, at + src.byteLength), crc);
+}
+
+/** GF(2) 32x32 matrix (32 column vectors) times a vector. */
+function gf2Times(mat: Uint32Array, vec: number): number {
+  let sum = 0;
+  for (let i = 0; vec !== 0; i++, vec >>>= 1) if (vec & 1) sum ^= mat[i]!;
+  return sum >>> 0;
+}
+
+/** Operators appending 2^k zero bytes (k = 0..63 bits of length) to a raw CRC, built on first use. */
+let zeroOps: Uint32Array[] | null = null;
+
+function zeroOperators(): Uint32Array[] {
+  if (zeroOps) return zeroOps;
+  // One zero bit: shift right, feeding the polynomial back when bit 0 falls out; squared three times
+  // it appends one zero byte, and each further squaring doubles the bytes.
+  let op = new Uint32Array(32);
+  op[0] = POLY;
+  for (let n = 1; n < 32; n++) op[n] = (1 << (n - 1)) >>> 0;
+  const square = (m: Uint32Array) => m.map((col) => gf2Times(m, col));
+  for (let i = 0; i < 3; i++) op = square(op);
+  const ops = [op];
+  for (let k = 1; k < 53; k++) ops.push(square(ops[k - 1]!));
+  zeroOps = ops;
+  return ops;
+}
+
+/**
+ * CRC-32C of a ++ b from crc32c(a), crc32c(b) and b's length (zlib's crc32_combine, for this polynomial):
+ * a checksum computed piecewise, say while a payload was built, joins the bytes around it without
+ * reading the payload again.
+ */
+export function crc32cCombine(crcA: number, crcB: number, lengthB: number): number {
+  if (!Number.isSafeInteger(lengthB) || lengthB < 0) throw new RangeError(`crc32cCombine: length ${lengthB}`);
+  const ops = zeroOperators();
+  // The CRC of a ++ b is crc(a) carried over b's length in zero bytes, xor crc(b) (the pre and post
+  // inversions cancel out between the two terms).
+  let crc = crcA >>> 0;
+  for (let k = 0, len = lengthB; len > 0; k++, len = Math.floor(len / 2)) {
+    if (len % 2 === 1) crc = gf2Times(ops[k]!, crc);
+  }
+  return (crc ^ crcB) >>> 0;
 }

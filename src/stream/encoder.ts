@@ -27,7 +27,7 @@ import {
   RecordType,
   SECTION_TRAILER,
 } from './constants.ts';
-import { crc32c } from './crc32c.ts';
+import { crc32c, crc32cCombine } from './crc32c.ts';
 
 /** What a START or FULL section header names (QEMU's full section header). */
 export interface SectionIdentity {
@@ -73,8 +73,12 @@ export class StreamEncoder {
     return this.section(RecordType.SECTION_START, h.sectionId, fullHeaderTail(h), payload);
   }
 
-  part(sectionId: number, payload: readonly Uint8Array[]): Uint8Array[] {
-    return this.section(RecordType.SECTION_PART, sectionId, null, payload);
+  /**
+   * `payloadCrc`, when given, is crc32c of the payload pieces end to end, computed while they were built
+   * (RamPayloadWriter): the section's checksum then joins it instead of reading the payload again.
+   */
+  part(sectionId: number, payload: readonly Uint8Array[], payloadCrc?: number): Uint8Array[] {
+    return this.section(RecordType.SECTION_PART, sectionId, null, payload, payloadCrc);
   }
 
   end(sectionId: number, payload: readonly Uint8Array[]): Uint8Array[] {
@@ -106,6 +110,7 @@ export class StreamEncoder {
     sectionId: number,
     tail: Uint8Array | null,
     payload: readonly Uint8Array[],
+    payloadCrc?: number,
   ): Uint8Array[] {
     this.usable();
     checkU32(sectionId, 'section id');
@@ -132,7 +137,8 @@ export class StreamEncoder {
     tv.setUint32(1, sectionId, false);
     tv.setUint32(5, this.seq, false);
     let crc = crc32c(head);
-    for (const p of payload) crc = crc32c(p, crc);
+    if (payloadCrc === undefined) for (const p of payload) crc = crc32c(p, crc);
+    else crc = crc32cCombine(crc, payloadCrc, length);
     crc = crc32c(trailer.subarray(0, 9), crc);
     tv.setUint32(9, crc, false);
     this.seq++;

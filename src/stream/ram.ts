@@ -14,6 +14,7 @@
 // The builder never copies page contents: a page record is a small header piece plus the caller's view.
 
 import { RAM_FLAG_MASK, RAM_KNOWN_FLAGS, RamFlag, TARGET_PAGE_SIZE } from './constants.ts';
+import { crc32c, crc32cCopy } from './crc32c.ts';
 import type { DecodedSection } from './decoder.ts';
 import { StreamError } from './errors.ts';
 
@@ -253,6 +254,9 @@ export class RamPayloadBuilder {
 export class RamPayloadWriter {
   private at = 0;
   private records = 0;
+  /** CRC-32C of buf[0, crcAt): page records are checksummed as they are copied in, the rest at take(). */
+  private crc = 0;
+  private crcAt = 0;
   private readonly view: DataView;
   private readonly enc = new RamRecordEncoder();
 
@@ -283,13 +287,17 @@ export class RamPayloadWriter {
     return this.at;
   }
 
-  /** A page record with a copy of `data` (4096 bytes); false (nothing written) when it does not fit. */
+  /**
+   * A page record with a copy of `data` (4096 bytes); false (nothing written) when it does not fit. The
+   * copy and its checksum are one pass over the page (crc32cCopy), so the section's CRC is of the copy.
+   */
   page(block: string, offset: number, data: Uint8Array): boolean {
     checkPage(data);
     const at = this.header(block, offset, RamFlag.PAGE, TARGET_PAGE_SIZE);
     if (at < 0) return false;
-    this.buf.set(data, at);
+    this.crc = crc32cCopy(this.buf, this.crcAt, at, data, this.crc);
     this.at += TARGET_PAGE_SIZE;
+    this.crcAt = this.at;
     return true;
   }
 
@@ -303,13 +311,17 @@ export class RamPayloadWriter {
     return true;
   }
 
-  /** Ends the payload with EOS and returns it (a view of the buffer); the writer starts afresh. */
-  take(): Uint8Array {
-    const out = this.buf.subarray(0, this.at + this.enc.writeEos(this.view, this.at));
-    this.at = 0;
+  /**
+   * Ends the payload with EOS and returns it (a view of the buffer) with its CRC-32C (what
+   * crc32c(payload) gives, computed as it was built); the writer starts afresh.
+   */
+  take(): { payload: Uint8Array; crc: number } {
+    const payload = this.buf.subarray(0, this.at + this.enc.writeEos(this.view, this.at));
+    const crc = crc32c(payload.subarray(this.crcAt), this.crc);
+    this.at = this.crcAt = this.crc = 0;
     this.enc.reset();
     this.records = 0;
-    return out;
+    return { payload, crc };
   }
 }
 

@@ -8,7 +8,7 @@ import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { native } from '../../src/native/addon.ts';
-import { crc32c, crc32cImplementation, crc32cJs } from '../../src/stream/crc32c.ts';
+import { crc32c, crc32cCombine, crc32cCopy, crc32cImplementation, crc32cJs } from '../../src/stream/crc32c.ts';
 import { crcRef } from './crc-ref.ts';
 
 const text = (s: string) => new TextEncoder().encode(s);
@@ -117,5 +117,69 @@ describe('CRC-32C', () => {
     assert.equal(n.crc32c(new Uint8Array(4), undefined), n.crc32c(new Uint8Array(4)));
     // A Buffer is a Uint8Array.
     assert.equal(n.crc32c(Buffer.from('123456789')), 0xe3069283);
+  });
+
+  test('crc32cCopy: copies src and checksums the bytes ahead of it then the copy, at any alignment and length', () => {
+    fc.assert(
+      fc.property(
+        fc.uint8Array({ maxLength: 5000 }),
+        fc.nat(40),
+        fc.nat(24),
+        fc.nat(7),
+        fc.nat(0xffffffff),
+        (src, from, ahead, srcOff, seed) => {
+          const s = new Uint8Array(src.byteLength + srcOff);
+          s.set(src, srcOff);
+          const view = s.subarray(srcOff);
+          const dst = randomBytes(from + ahead + src.byteLength + 9);
+          const before = Uint8Array.from(dst);
+          const at = from + ahead;
+          const got = crc32cCopy(dst, from, at, view, seed);
+          assert.deepEqual(dst.subarray(at, at + src.byteLength), Buffer.from(src));
+          // Nothing outside [at, at + n) changes.
+          assert.deepEqual(dst.subarray(0, at), Buffer.from(before.subarray(0, at)));
+          assert.deepEqual(dst.subarray(at + src.byteLength), Buffer.from(before.subarray(at + src.byteLength)));
+          assert.equal(got, crcRef(dst.subarray(from, at + src.byteLength), seed));
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  test('crc32cCopy: a page at every block boundary of the three-stream loop; refused when out of bounds or overlapping', () => {
+    const src = randomBytes(3 * 8192 * 2 + 64);
+    for (const len of [4096, 767, 768, 769, 3 * 8192, 3 * 8192 + 3 * 256 + 9]) {
+      const dst = new Uint8Array(len + 16);
+      assert.equal(
+        crc32cCopy(dst, 0, 3, src.subarray(1, 1 + len), 7),
+        crcRef(dst.subarray(0, 3 + len), 7),
+        `len ${len}`,
+      );
+    }
+    const n = native();
+    assert.throws(() => n.crc32cCopy(new Uint8Array(10), 0, 5, new Uint8Array(6), 0), RangeError);
+    assert.throws(() => n.crc32cCopy(new Uint8Array(10), 6, 5, new Uint8Array(1), 0), RangeError);
+    assert.throws(() => n.crc32cCopy(new Uint8Array(10), 0, 11, new Uint8Array(0), 0), RangeError);
+    const buf = new Uint8Array(100);
+    assert.throws(() => n.crc32cCopy(buf, 0, 10, buf.subarray(5, 20), 0), RangeError);
+    // Adjacent is not overlapping: the checksum runs over [0, 50) then the copy of it.
+    assert.equal(n.crc32cCopy(buf, 0, 50, buf.subarray(0, 50), 0), crcRef(new Uint8Array(100)));
+  });
+
+  test('crc32cCombine: crc(a ++ b) from crc(a), crc(b) and the length of b, for any lengths', () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 3000 }), fc.uint8Array({ maxLength: 3000 }), (a, b) => {
+        const whole = new Uint8Array(a.byteLength + b.byteLength);
+        whole.set(a);
+        whole.set(b, a.byteLength);
+        assert.equal(crc32cCombine(crcRef(a), crcRef(b), b.byteLength), crcRef(whole));
+      }),
+      { numRuns: 200 },
+    );
+    // A long b: the operators for lengths past 2^20 bytes.
+    const a = randomBytes(33);
+    const b = randomBytes((5 << 20) + 3);
+    assert.equal(crc32cCombine(crc32c(a), crc32c(b), b.byteLength), crc32c(Buffer.concat([a, b])));
+    assert.throws(() => crc32cCombine(0, 0, -1), RangeError);
   });
 });

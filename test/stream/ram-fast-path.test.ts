@@ -14,6 +14,7 @@ import {
   type RamRecord,
   scanRamPages,
 } from '../../src/stream/ram.ts';
+import { crcRef } from './crc-ref.ts';
 import { pageOf, RAM_BLOCKS } from './support.ts';
 
 const PC_RAM = new TextEncoder().encode('pc.ram');
@@ -53,6 +54,13 @@ function reference(payload: Uint8Array): RamRecord[] | StreamError {
   }
 }
 
+/** A copy of the writer's payload, after checking the CRC it computed while building it. */
+function taken(w: RamPayloadWriter): Uint8Array {
+  const { payload, crc } = w.take();
+  assert.equal(crc, crcRef(payload), "the running CRC is the payload's");
+  return payload.slice();
+}
+
 describe('RamPayloadWriter', () => {
   test('property: the same bytes as RamPayloadBuilder, split where the buffer is full, EOS always fitting', () => {
     fc.assert(
@@ -66,7 +74,7 @@ describe('RamPayloadWriter', () => {
             ? w.zero(r.block, r.page * 4096, r.seed & 255)
             : w.page(r.block, r.page * 4096, pageOf(r.seed));
           if (!ok) {
-            payloads.push(w.take().slice());
+            payloads.push(taken(w));
             groups.push([]);
             assert.ok(
               r.zero ? w.zero(r.block, r.page * 4096, r.seed & 255) : w.page(r.block, r.page * 4096, pageOf(r.seed)),
@@ -75,7 +83,7 @@ describe('RamPayloadWriter', () => {
           }
           groups[groups.length - 1]!.push(r);
         }
-        payloads.push(w.take().slice());
+        payloads.push(taken(w));
         assert.equal(payloads.length, groups.length);
         groups.forEach((g, i) => {
           const b = new RamPayloadBuilder();
@@ -96,7 +104,7 @@ describe('RamPayloadWriter', () => {
     const page = pageOf(7);
     w.page('pc.ram', 4096, page);
     page.fill(0);
-    const recs = decodeRamPayload(w.take(), { blocks: RAM_BLOCKS });
+    const recs = decodeRamPayload(taken(w), { blocks: RAM_BLOCKS });
     assert.deepEqual(recs[0], { kind: 'page', block: 'pc.ram', offset: 4096n, data: pageOf(7) });
   });
 

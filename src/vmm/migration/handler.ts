@@ -8,8 +8,9 @@ export interface SectionWriter {
   /**
    * Writes one PART section of this handler with these payload pieces. Resolves once the bytes are on
    * their way (the transport took them), so the caller may reuse the memory behind the pieces.
+   * `payloadCrc`: crc32c of the pieces end to end, when the caller computed it as it built them.
    */
-  part(pieces: readonly Uint8Array[]): Promise<void>;
+  part(pieces: readonly Uint8Array[], payloadCrc?: number): Promise<void>;
 }
 
 export interface MigrationHandler {

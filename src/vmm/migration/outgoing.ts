@@ -141,9 +141,9 @@ export async function runOutgoing(o: OutgoingOptions): Promise<OutgoingResult> {
   const handed = o.handlers.map(() => 0);
   const rates = o.handlers.map(() => 0);
   const writerFor = (h: MigrationHandler): SectionWriter => ({
-    part: (pieces) => {
+    part: (pieces, payloadCrc) => {
       for (const p of pieces) handed[ids.get(h)!]! += p.byteLength;
-      return send(encoder.part(ids.get(h)!, pieces as Uint8Array[]));
+      return send(encoder.part(ids.get(h)!, pieces, payloadCrc));
     },
   });
   const bandwidth = () => meter.smoothed();

@@ -155,8 +155,8 @@ export class RamHandler implements MigrationHandler {
     let w = await this.writer();
     const flush = async () => {
       if (w.isEmpty) return;
-      const payload = w.take();
-      this.send(out, [payload]);
+      const { payload, crc } = w.take();
+      this.send(out, [payload], crc);
       this.stats.transferred += payload.byteLength;
       sent += payload.byteLength;
       this.current = (this.current + 1) % STAGING_BUFFERS;
@@ -244,8 +244,8 @@ export class RamHandler implements MigrationHandler {
   }
 
   /** Hands a section to the transport without waiting for it; its buffer is reused only once it was taken. */
-  private send(out: SectionWriter, pieces: Uint8Array[]): void {
-    const p = out.part(pieces);
+  private send(out: SectionWriter, pieces: Uint8Array[], payloadCrc: number): void {
+    const p = out.part(pieces, payloadCrc);
     // Marked handled now (a failed write must not crash the process as unhandled); awaited before reuse.
     p.catch(() => {});
     this.inFlight[this.current] = p;
