@@ -97,6 +97,16 @@ describe('golden bytes', () => {
     assert.throws(() => e.part(0, []), /already ended/);
   });
 
+  test("a PART given its payload's CRC is byte for byte the PART that reads the payload; a wrong CRC shows", () => {
+    const payload = [Uint8Array.of(9, 8, 7), new Uint8Array(5000).fill(3)];
+    const plain = concat(new StreamEncoder().part(2, payload));
+    const joined = concat(new StreamEncoder().part(2, payload, crcRef(concat(payload))));
+    assert.equal(hex(joined), hex(plain));
+    assertTrailer(joined, 2, 0);
+    const wrong = concat(new StreamEncoder().part(2, payload, crcRef(concat(payload)) ^ 1));
+    assert.notEqual(hex(wrong.subarray(-4)), hex(plain.subarray(-4)));
+  });
+
   test('RAM START payload: MEM_SIZE with each block, then EOS', () => {
     const r = new RamPayloadBuilder();
     r.memSize(0xc000, [
