@@ -96,13 +96,23 @@ class RateLimiter {
 
 /** Bytes per corked write: the granularity at which a slow link is seen to make progress. */
 const WRITE_GROUP = 512 * 1024;
+/**
+ * Groups handed to the socket and not yet taken by the kernel, at most: the next group is queued while
+ * earlier ones go out, so the kernel's send buffer never runs dry between groups or sections (one group
+ * at a time left the link idle while each callback came back round the event loop).
+ */
+const WRITE_WINDOW = 8;
 
 class TcpOutgoing implements OutgoingStream {
   bytes = 0;
   /** Bytes of write groups the kernel has taken in full (stall detection). */
   private completed = 0;
-  /** The last write in call order: each call's groups go out after the previous call's. */
+  /** The last write in call order: each call's groups are queued after the previous call's. */
   private tail: Promise<void> = Promise.resolve();
+  /** Groups queued on the socket, oldest first; the front ones may be done (dropped when room is needed). */
+  private readonly unfinished: Promise<void>[] = [];
+  /** Writes waiting on the socket (watch): one 'close' listener fails them all, however many are queued. */
+  private readonly closeWatchers = new Set<() => void>();
   private readonly decoder = new ReturnPathDecoder();
   private readonly inbox: ReturnPathMessage[] = [];
   private waiter: (() => void) | null = null;
@@ -140,6 +150,7 @@ class TcpOutgoing implements OutgoingStream {
       this.closedError ??=
         this.refusalError ?? new MigrationError(Errno.ECONNRESET, 'the destination closed the migration connection');
       this.wake();
+      for (const fail of this.closeWatchers) fail();
     });
     socket.on('error', (err) => {
       this.closedError =
@@ -157,9 +168,10 @@ class TcpOutgoing implements OutgoingStream {
   /**
    * Resolves once the socket has taken every piece (its write callback), so the caller may reuse the
    * memory behind them; a link that takes nothing for `stallTimeoutMs` fails the write. Calls are written
-   * one after the other, in call order, each in groups of at most WRITE_GROUP bytes: a group's write
-   * callback is the progress a stall is measured against, with public means only (a 4 MiB section queued
-   * behind others on a slow or busy link is not a dead link while its groups keep going out).
+   * one after the other, in call order, each in groups of at most WRITE_GROUP bytes, up to WRITE_WINDOW
+   * of them queued at once: a group's write callback is the progress a stall is measured against, with
+   * public means only (a 4 MiB section queued behind others on a slow or busy link is not a dead link
+   * while its groups keep going out).
    */
   async write(pieces: readonly Uint8Array[]): Promise<void> {
     if (this.refusalError) throw this.refusalError;
@@ -168,15 +180,34 @@ class TcpOutgoing implements OutgoingStream {
     if (list.length === 0) return;
     let n = 0;
     for (const p of list) n += p.byteLength;
-    const run = this.tail.then(() => this.writeGroups(list));
-    this.tail = run.catch(() => {});
-    await this.watch(run);
+    const groups: Promise<void>[] = [];
+    const queued = this.tail.then(() => this.writeGroups(list, groups));
+    this.tail = queued.catch(() => {});
+    await this.watch(
+      queued.then(async () => {
+        await Promise.all(groups);
+      }),
+    );
     this.bytes += n;
     await this.limiter.take(n);
   }
 
-  /** Writes `list` as corked groups of at most WRITE_GROUP bytes, each waited for before the next. */
-  private async writeGroups(list: readonly Uint8Array[]): Promise<void> {
+  /**
+   * Queues `list` as corked groups of at most WRITE_GROUP bytes, each once fewer than WRITE_WINDOW are
+   * unfinished; each group's completion goes into `groups`.
+   */
+  private async writeGroups(list: readonly Uint8Array[], groups: Promise<void>[]): Promise<void> {
+    const queue = async (group: readonly Uint8Array[], size: number) => {
+      while (this.unfinished.length >= WRITE_WINDOW) {
+        // Its failure is the caller's, through `groups`; here it only frees a place.
+        await this.unfinished[0]!.catch(() => {});
+        this.unfinished.shift();
+      }
+      const g = this.writeGroup(group, size);
+      g.catch(() => {}); // handled: awaited by its write() through `groups`
+      this.unfinished.push(g);
+      groups.push(g);
+    };
     let group: Uint8Array[] = [];
     let size = 0;
     for (const piece of list) {
@@ -186,13 +217,13 @@ class TcpOutgoing implements OutgoingStream {
         size += take;
         at += take;
         if (size === WRITE_GROUP) {
-          await this.writeGroup(group, size);
+          await queue(group, size);
           group = [];
           size = 0;
         }
       }
     }
-    if (size > 0) await this.writeGroup(group, size);
+    if (size > 0) await queue(group, size);
   }
 
   private writeGroup(group: readonly Uint8Array[], size: number): Promise<void> {
@@ -226,7 +257,8 @@ class TcpOutgoing implements OutgoingStream {
         new Promise<never>((_, reject) => {
           onClose = () =>
             reject(this.closedError ?? new MigrationError(Errno.ECONNRESET, 'migration connection closed'));
-          this.socket.once('close', onClose);
+          if (this.socket.closed) onClose();
+          else this.closeWatchers.add(onClose);
           let seen = this.completed;
           const arm = () => {
             timer = setTimeout(() => {
@@ -244,7 +276,7 @@ class TcpOutgoing implements OutgoingStream {
       ]);
     } finally {
       clearTimeout(timer);
-      if (onClose) this.socket.off('close', onClose);
+      if (onClose) this.closeWatchers.delete(onClose);
     }
   }
 
