@@ -47,6 +47,8 @@ NAPI_MODULE_INIT() {
       VN_FN("memfdCreate", vn_memfd_create),
       VN_FN("mmap", vn_mmap),
       VN_FN("munmap", vn_munmap),
+      VN_FN("mmapShare", vn_mmap_share),
+      VN_FN("mmapAttach", vn_mmap_attach),
       VN_FN("madvise", vn_madvise),
       VN_FN("close", vn_close),
       VN_FN("dup", vn_dup),

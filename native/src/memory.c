@@ -1,4 +1,5 @@
-/* memfd, mmap into an ArrayBuffer, munmap that detaches, and the plain fd helpers (close, dup, size). */
+/* memfd, mmap into an ArrayBuffer (shared with other threads by token), munmap that detaches, and the
+ * plain fd helpers (close, dup, size). */
 #include <errno.h>
 #include <malloc.h>
 #include <fcntl.h>
@@ -10,36 +11,110 @@
 #include "vfio_native.h"
 
 /*
- * One mapping, shared by two owners that can die in either order: the ArrayBuffer's backing store
- * (its finalizer runs once V8 frees the store: after GC, after detach, or at env teardown) and the
- * napi_wrap on the ArrayBuffer object (how munmap() finds the mapping). Only the backing-store
- * finalizer or munmap() unmaps; the struct is freed when both owners are gone. All on the JS thread.
+ * One mapping (vn_mapping) and the ArrayBuffers over it (vn_view). The creating thread's ArrayBuffer
+ * comes from mmap(); other threads of the process get their own ArrayBuffer over the same pages with
+ * mmapShare() here and mmapAttach() there (QEMU's threads share the address space; a second mmap of the
+ * memfd per thread would fault every page in again, and unmap them all afterwards).
+ *
+ * The mapping is unmapped when the last holder lets go: each view holds it until munmap() or its backing
+ * store is freed, whichever comes first, and so does a share until it is attached. Holders may be on
+ * different threads, so that count is atomic.
+ *
+ * A view has two owners that can die in either order, both on its own JS thread: the ArrayBuffer's
+ * backing store (its finalizer runs once V8 frees the store: after GC, after detach, or at env teardown)
+ * and the napi_wrap on the ArrayBuffer object (how munmap() finds the view). The view is freed when both
+ * are gone.
  */
+#define VN_MAPPING_MAGIC 0x766e6d61u /* "vnma": a share token that does not point at one is refused */
+
 typedef struct vn_mapping {
-  void* addr; /* NULL once unmapped */
+  uint32_t magic;
+  void* addr;
   size_t len;
-  int owners;
+  int holders; /* atomic */
 } vn_mapping;
 
-static void mapping_release(vn_mapping* m) {
-  if (--m->owners == 0) free(m);
+typedef struct vn_view {
+  vn_mapping* m;
+  bool released; /* this view let go of the mapping */
+  int owners;    /* store + wrap */
+} vn_view;
+
+static void mapping_put(vn_mapping* m) {
+  if (__atomic_sub_fetch(&m->holders, 1, __ATOMIC_ACQ_REL) == 0) {
+    munmap(m->addr, m->len);
+    m->magic = 0;
+    free(m);
+  }
 }
 
-static void mapping_store_freed(napi_env env, void* data, void* hint) {
+static void view_release_mapping(vn_view* v) {
+  if (v->released) return;
+  v->released = true;
+  mapping_put(v->m);
+}
+
+static void view_drop_owner(vn_view* v) {
+  if (--v->owners == 0) free(v);
+}
+
+static void view_store_freed(napi_env env, void* data, void* hint) {
   (void)env;
   (void)data;
-  vn_mapping* m = hint;
-  if (m->addr != NULL) {
-    munmap(m->addr, m->len);
-    m->addr = NULL;
-  }
-  mapping_release(m);
+  vn_view* v = hint;
+  view_release_mapping(v);
+  view_drop_owner(v);
 }
 
-static void mapping_wrap_freed(napi_env env, void* data, void* hint) {
+static void view_wrap_freed(napi_env env, void* data, void* hint) {
   (void)env;
   (void)hint;
-  mapping_release(data);
+  view_drop_owner(data);
+}
+
+/* An ArrayBuffer over m's pages that holds one of m's holders (already counted by the caller). */
+static napi_value view_new(napi_env env, vn_mapping* m) {
+  vn_view* v = calloc(1, sizeof *v);
+  if (v == NULL) {
+    mapping_put(m);
+    return vn_throw_errno(env, ENOMEM, "mmap", NULL);
+  }
+  v->m = m;
+  napi_value ab;
+  napi_status st = napi_create_external_arraybuffer(env, m->addr, m->len, view_store_freed, v, &ab);
+  if (st != napi_ok) {
+    /* Too large for this Node, say. The finalizer was not registered: let go here. */
+    mapping_put(m);
+    free(v);
+    return vn_throw_status(env, st, "napi_create_external_arraybuffer");
+  }
+  v->owners = 1; /* the backing store */
+  st = napi_wrap(env, ab, v, view_wrap_freed, NULL, NULL);
+  if (st != napi_ok) {
+    /* Leave the view to the backing store finalizer; JS never sees this ArrayBuffer. */
+    napi_detach_arraybuffer(env, ab);
+    return vn_throw_status(env, st, "napi_wrap");
+  }
+  v->owners = 2;
+  return ab;
+}
+
+/* The view behind an ArrayBuffer from mmap() or mmapAttach(), or NULL (a TypeError is pending). */
+static vn_view* view_of(napi_env env, napi_value ab, const char* fn, bool* detached) {
+  bool is_ab = false;
+  *detached = false;
+  if (napi_is_arraybuffer(env, ab, &is_ab) != napi_ok || !is_ab) {
+    vn_throw_type(env, "%s expects an ArrayBuffer returned by mmap", fn);
+    return NULL;
+  }
+  if (napi_is_detached_arraybuffer(env, ab, detached) != napi_ok) return NULL;
+  if (*detached) return NULL;
+  void* ptr = NULL;
+  if (napi_unwrap(env, ab, &ptr) != napi_ok || ptr == NULL) {
+    vn_throw_type(env, "%s expects an ArrayBuffer returned by mmap", fn);
+    return NULL;
+  }
+  return ptr;
 }
 
 /* memfdCreate(name, size): MFD_CLOEXEC memfd truncated to size (sparse: no memory until touched). */
@@ -87,57 +162,60 @@ napi_value vn_mmap(napi_env env, napi_callback_info info) {
     free(m);
     return vn_throw_errno(env, err, "mmap", NULL);
   }
+  m->magic = VN_MAPPING_MAGIC;
   m->addr = addr;
   m->len = (size_t)length;
-
-  napi_value ab;
-  napi_status st = napi_create_external_arraybuffer(env, addr, (size_t)length, mapping_store_freed, m, &ab);
-  if (st != napi_ok) {
-    /* Too large for this Node, say. The finalizer was not registered: clean up here. */
-    munmap(addr, (size_t)length);
-    free(m);
-    return vn_throw_status(env, st, "napi_create_external_arraybuffer");
-  }
-  m->owners = 1; /* the backing store */
-  st = napi_wrap(env, ab, m, mapping_wrap_freed, NULL, NULL);
-  if (st != napi_ok) {
-    /* Leave the mapping to the backing store finalizer; JS never sees this ArrayBuffer. */
-    napi_detach_arraybuffer(env, ab);
-    return vn_throw_status(env, st, "napi_wrap");
-  }
-  m->owners = 2;
-  return ab;
+  m->holders = 1; /* the view made next */
+  return view_new(env, m);
 }
 
 /*
- * munmap(ab): detach first, so no view can reach the pages, then unmap at once (not at GC). An already
- * detached ArrayBuffer (a second munmap, or one transferred elsewhere) is a no-op: its backing store
- * finalizer unmaps whenever its current owner lets go.
+ * mmapShare(ab): a token (bigint) for mmapAttach() on another thread of this process, holding the
+ * mapping until then. Each token is to be attached exactly once: one never attached keeps the pages
+ * mapped until the process ends.
+ */
+napi_value vn_mmap_share(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!vn_args(env, info, 1, argv, NULL)) return NULL;
+  bool detached;
+  vn_view* v = view_of(env, argv[0], "mmapShare", &detached);
+  if (v == NULL) return detached ? vn_throw_errno(env, EBADF, "mmapShare", "(unmapped)") : NULL;
+  if (v->released) return vn_throw_errno(env, EBADF, "mmapShare", "(unmapped)");
+  __atomic_add_fetch(&v->m->holders, 1, __ATOMIC_ACQ_REL);
+  napi_value out;
+  VN_CALL(env, napi_create_bigint_uint64(env, (uint64_t)(uintptr_t)v->m, &out));
+  return out;
+}
+
+/* mmapAttach(token): an ArrayBuffer over the shared pages, holding them until munmap() or GC. */
+napi_value vn_mmap_attach(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  if (!vn_args(env, info, 1, argv, NULL)) return NULL;
+  uint64_t token;
+  bool lossless;
+  if (napi_get_value_bigint_uint64(env, argv[0], &token, &lossless) != napi_ok || !lossless || token == 0)
+    return vn_throw_type(env, "mmapAttach expects a token from mmapShare");
+  vn_mapping* m = (vn_mapping*)(uintptr_t)token;
+  if (m->magic != VN_MAPPING_MAGIC) return vn_throw_type(env, "mmapAttach: not a live mmapShare token");
+  return view_new(env, m); /* adopts the share's hold */
+}
+
+/*
+ * munmap(ab): detach first, so no view can reach the pages through ab, and let go of the mapping at once
+ * (not at GC): unmapped now unless another thread's view still holds it. An already detached ArrayBuffer
+ * (a second munmap, or one transferred elsewhere) is a no-op: its backing store finalizer lets go
+ * whenever its current owner does.
  */
 napi_value vn_munmap(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   if (!vn_args(env, info, 1, argv, NULL)) return NULL;
-  bool is_ab = false, detached = false;
-  VN_CALL(env, napi_is_arraybuffer(env, argv[0], &is_ab));
-  if (!is_ab) return vn_throw_type(env, "munmap expects an ArrayBuffer returned by mmap");
-  VN_CALL(env, napi_is_detached_arraybuffer(env, argv[0], &detached));
-  if (detached) return NULL;
-  void* ptr = NULL;
-  if (napi_unwrap(env, argv[0], &ptr) != napi_ok || ptr == NULL)
-    return vn_throw_type(env, "munmap expects an ArrayBuffer returned by mmap");
-  vn_mapping* m = ptr;
+  bool detached;
+  vn_view* v = view_of(env, argv[0], "munmap", &detached);
+  if (v == NULL) return NULL;
   VN_CALL(env, napi_detach_arraybuffer(env, argv[0]));
   VN_CALL(env, napi_remove_wrap(env, argv[0], NULL));
-  if (m->addr != NULL) {
-    int rc = munmap(m->addr, m->len);
-    int err = errno;
-    m->addr = NULL;
-    if (rc != 0) {
-      mapping_release(m);
-      return vn_throw_errno(env, err, "munmap", NULL);
-    }
-  }
-  mapping_release(m); /* the wrap's share; the backing store finalizer drops the other */
+  view_release_mapping(v);
+  view_drop_owner(v); /* the wrap's share; the backing store finalizer drops the other */
   return NULL;
 }
 

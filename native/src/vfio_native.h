@@ -54,6 +54,8 @@ napi_value vn_null(napi_env env);
 napi_value vn_memfd_create(napi_env env, napi_callback_info info);
 napi_value vn_mmap(napi_env env, napi_callback_info info);
 napi_value vn_munmap(napi_env env, napi_callback_info info);
+napi_value vn_mmap_share(napi_env env, napi_callback_info info);
+napi_value vn_mmap_attach(napi_env env, napi_callback_info info);
 napi_value vn_close(napi_env env, napi_callback_info info);
 napi_value vn_dup(napi_env env, napi_callback_info info);
 napi_value vn_fd_size(napi_env env, napi_callback_info info);

@@ -48,8 +48,19 @@ export interface NativeAddon {
    * A store through a view of a read-only mapping (writable false) kills the process with SIGSEGV.
    */
   mmap(fd: number, offset: number | bigint, length: number | bigint, writable: boolean): ArrayBuffer;
-  /** Detaches the ArrayBuffer (every view reads as length 0), then unmaps. A second call is a no-op. */
+  /**
+   * Detaches the ArrayBuffer (every view reads as length 0) and lets go of its mapping: unmapped now,
+   * unless a view attached on another thread (mmapAttach) still holds it. A second call is a no-op.
+   */
   munmap(ab: ArrayBuffer): void;
+  /**
+   * A token that lets another thread of this process attach (mmapAttach) a view of the same pages: the
+   * same mapping, no page faulted in again. The token holds the mapping until it is attached; attach
+   * each exactly once (one never attached keeps the pages mapped until the process ends).
+   */
+  mmapShare(ab: ArrayBuffer): bigint;
+  /** An ArrayBuffer over the pages a mmapShare token names, holding them until munmap() or collection. */
+  mmapAttach(token: bigint): ArrayBuffer;
   /**
    * madvise(2) on [offset, offset+length) of a mapping returned by mmap (offset on a page boundary; any
    * other ArrayBuffer is a TypeError). `advice` is passed through (see MADV); the kernel rejects what it

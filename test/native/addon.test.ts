@@ -14,6 +14,8 @@ describe('native addon loader', () => {
       'memfdCreate',
       'mmap',
       'munmap',
+      'mmapShare',
+      'mmapAttach',
       'close',
       'dup',
       'fdSize',

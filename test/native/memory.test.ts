@@ -1,10 +1,12 @@
 // memfd + mmap: shared bytes, > 2 GiB mappings, munmap that detaches, and fd helpers.
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import { setImmediate as tick } from 'node:timers/promises';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
+import { Worker } from 'node:worker_threads';
 import { type NativeError, native } from '../../src/native/addon.ts';
 import { fdFlags, fdsOpenedSince, O_CLOEXEC, openFds } from './support.ts';
 
@@ -18,7 +20,73 @@ function mappingsOf(name: string): number {
     .filter((l) => l.includes(`/memfd:${name} `)).length;
 }
 
+const attachFixture = new URL('./fixtures/worker-attach.ts', import.meta.url).href;
+const tsxApi = import.meta.resolve('tsx/esm/api');
+
+/** A worker attaching the mapping `token` names (the fixture in TypeScript, through tsx as worker.test.ts). */
+function attachWorker(token: bigint): Worker {
+  const code = `import(${JSON.stringify(tsxApi)}).then(({ register }) => { register(); return import(${JSON.stringify(attachFixture)}); });`;
+  return new Worker(code, { eval: true, workerData: { token } });
+}
+
+/** One request to the worker-attach fixture, and its answer. */
+async function ask(w: Worker, m: object): Promise<unknown> {
+  const answer = once(w, 'message');
+  w.postMessage(m);
+  return (await answer)[0];
+}
+
 describe('memfd and mmap', () => {
+  test('a view shared with another thread: the same pages (not a second mapping), held until the last one lets go', async () => {
+    const n = native();
+    const fd = n.memfdCreate('shared-thread', 4 * PAGE);
+    const ab = n.mmap(fd, 0, 4 * PAGE, true);
+    const mine = new Uint8Array(ab);
+    mine[5] = 0x42;
+    const w = attachWorker(n.mmapShare(ab));
+    try {
+      assert.equal((await once(w, 'message'))[0], 4 * PAGE, 'the attached view has the mapping length');
+      assert.equal(mappingsOf('shared-thread'), 1, 'attaching maps nothing new');
+      assert.equal(await ask(w, { op: 'read', at: 5 }), 0x42);
+      assert.equal(await ask(w, { op: 'write', at: 6, value: 0x99 }), 'written');
+      assert.equal(mine[6], 0x99);
+      // The main thread lets go first: its view is detached, the pages stay for the worker.
+      n.munmap(ab);
+      assert.equal(mine.byteLength, 0);
+      assert.equal(mappingsOf('shared-thread'), 1, 'still mapped for the worker');
+      assert.equal(await ask(w, { op: 'read', at: 6 }), 0x99);
+      assert.throws(
+        () => n.mmapShare(ab),
+        (e: NativeError) => e.code === 'EBADF',
+      );
+      // The last holder lets go: now it is unmapped.
+      assert.equal(await ask(w, { op: 'unmap' }), 0);
+      assert.equal(mappingsOf('shared-thread'), 0, 'unmapped once the last view let go');
+    } finally {
+      await w.terminate();
+      n.close(fd);
+    }
+  });
+
+  test('a worker that ends without munmap lets go at its teardown; bad tokens are refused', async () => {
+    const n = native();
+    const fd = n.memfdCreate('shared-teardown', PAGE);
+    const ab = n.mmap(fd, 0, PAGE, true);
+    const w = attachWorker(n.mmapShare(ab));
+    await once(w, 'message');
+    n.munmap(ab);
+    assert.equal(mappingsOf('shared-teardown'), 1);
+    await w.terminate();
+    // The worker's backing store is freed with its environment; that may take a turn of the loop.
+    for (let i = 0; i < 100 && mappingsOf('shared-teardown') > 0; i++) await tick();
+    assert.equal(mappingsOf('shared-teardown'), 0, 'the worker teardown released the mapping');
+    n.close(fd);
+    assert.throws(() => n.mmapAttach(0n), TypeError);
+    assert.throws(() => n.mmapAttach(-1n), TypeError);
+    assert.throws(() => n.mmapAttach(1 as unknown as bigint), TypeError);
+    assert.throws(() => n.mmapShare(new ArrayBuffer(8)), TypeError);
+  });
+
   test('two mappings of one memfd share bytes, both ways', () => {
     const n = native();
     const fd = n.memfdCreate('shared', 16 * PAGE);

@@ -67,9 +67,7 @@ export class MultifdReceiver implements RamChannelsIn {
     const m = this.o.memory;
     const worker = this.o.threads.start({
       role: 'recv',
-      fd: m.fd,
-      size: m.size,
-      pieceSize: m.pieceSize,
+      memory: m.share(),
       socketFd,
       uuid: this.o.uuid,
       received: this.o.maps.received,

@@ -56,9 +56,7 @@ export class MultifdSender implements RamChannelsOut {
     for (let id = 0; id < o.channels; id++) {
       const worker = o.threads.start({
         role: 'send',
-        fd: o.memory.fd,
-        size: o.memory.size,
-        pieceSize: o.memory.pieceSize,
+        memory: o.memory.share(),
         host: o.host,
         port: o.port,
         uuid: o.uuid,

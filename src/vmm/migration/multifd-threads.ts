@@ -1,16 +1,16 @@
 // What the multifd channel threads and the migration's main thread say to each other (QEMU's
 // MultiFDSendParams / MultiFDRecvParams, whose fields the threads share under a mutex; here, messages).
-// Each channel is one worker_thread that maps guest RAM from its memfd (as a vCPU thread does) and owns
-// its TCP connection, so page contents never pass through the main thread.
+// Each channel is one worker_thread that uses the main thread's own mapping of guest RAM (as QEMU's
+// threads share its address space) and owns its TCP connection, so page contents never pass through the
+// main thread.
 
 import { Worker } from 'node:worker_threads';
+import type { SharedGuestMemory } from '../guest/guest-memory.ts';
 
 export interface SendWorkerConfig {
   role: 'send';
-  /** Guest RAM's memfd, mapped read-only-in-practice by the channel. */
-  fd: number;
-  size: number;
-  pieceSize: number;
+  /** Guest RAM, read-only in practice for a sending channel. */
+  memory: SharedGuestMemory;
   host: string;
   port: number;
   uuid: Uint8Array;
@@ -21,9 +21,7 @@ export interface SendWorkerConfig {
 
 export interface RecvWorkerConfig {
   role: 'recv';
-  fd: number;
-  size: number;
-  pieceSize: number;
+  memory: SharedGuestMemory;
   /** The accepted connection's descriptor: the thread owns it (its net.Socket closes it). */
   socketFd: number;
   /** Channel uuid to insist on; null: none set (QEMU checks only when -uuid was given). */

@@ -1,5 +1,6 @@
 // One multifd channel thread (QEMU's multifd_send_thread / multifd_recv_thread in migration/multifd.c),
-// run as a worker_thread: it maps guest RAM from the memfd and owns its channel's TCP connection.
+// run as a worker_thread: it uses the main thread's mapping of guest RAM (GuestMemory.attach) and owns
+// its channel's TCP connection.
 // Pages never pass through a buffer of ours: sending, the packet header goes out followed by the guest
 // pages themselves (one corked writev, as QEMU's multifd writes iovecs that point into guest RAM);
 // receiving, the socket reads each run of pages straight into guest memory (StreamSocket, the reader
@@ -39,7 +40,7 @@ let memory: GuestMemory;
 // Started from a pool (ChannelThreadPool), the thread waits for what it is for.
 port.once('message', (m: StartChannel) => {
   const cfg = m.cfg;
-  memory = GuestMemory.map(cfg.fd, cfg.size, { pieceSize: cfg.pieceSize });
+  memory = GuestMemory.attach(cfg.memory);
   if (cfg.role === 'send') runSender(cfg);
   else runReceiver(cfg);
 });
