@@ -19,7 +19,7 @@ import { asVfioError, einval, VfioError } from '../errors.ts';
 import type { MigrationBackend } from './backend.ts';
 import { LOG_PAGE_SIZE } from './dirty-log.ts';
 import { MigrationRegionAccess } from './region-access.ts';
-import { computeRegionLayout, type DataSectionKind, type RegionLayout } from './region-layout.ts';
+import { computeRegionLayout, type DataSectionKind, REGION_PAGE_SIZE, type RegionLayout } from './region-layout.ts';
 import { seedTransitionAllowed } from './seed-state-table.ts';
 
 export interface SeedRegionOptions {
@@ -51,6 +51,13 @@ export function seedRegionLayout(options: Pick<SeedRegionOptions, 'kind' | 'data
   });
 }
 
+/**
+ * An mmapped data area of at least this many bytes is double-buffered while saving: the device produces
+ * the next chunk into one half while the VMM copies the last one out of the other (smaller areas would
+ * cost more register round trips per byte than the overlap gains).
+ */
+const DOUBLE_BUFFER_MIN = 256 * 1024;
+
 /** The data section here is the bitmap area, then the data area. */
 export class SeedMigrationRegion extends MigrationRegionAccess<SeedField> {
   private readonly backend: MigrationBackend;
@@ -63,6 +70,15 @@ export class SeedMigrationRegion extends MigrationRegionAccess<SeedField> {
   private bitmapWaiting = false;
   private bitmapBytes = 0;
 
+  // Double buffering (mmapped, saving): which half holds the chunk at data_offset, the chunk produced
+  // ahead into the other half once the VMM read data_size (it copies the chunk then), or the error that
+  // production met, reported at the next data_offset read as the device's own.
+  private readonly doubleBuffered: boolean;
+  private half = 0;
+  private ahead: { half: number; size: number } | null = null;
+  private aheadTask: NodeJS.Immediate | null = null;
+  private aheadError: unknown = null;
+
   // Dirty-page query: the three sticky write-only fields, and where the next copied_pfns read resumes.
   private startPfn = 0n;
   private pageSize = BigInt(LOG_PAGE_SIZE);
@@ -72,6 +88,7 @@ export class SeedMigrationRegion extends MigrationRegionAccess<SeedField> {
   constructor(options: SeedRegionOptions) {
     super(seedRegionLayout(options), SEED_MIGRATION_INFO, options.sectionMemory);
     this.backend = options.backend;
+    this.doubleBuffered = this.layout.kind === 'mmapped' && this.layout.dataSize >= DOUBLE_BUFFER_MIN;
   }
 
   /**
@@ -108,12 +125,16 @@ export class SeedMigrationRegion extends MigrationRegionAccess<SeedField> {
         return BigInt(this.deviceState);
       case 'pending_bytes':
         // Pure: the chunk at data_offset still counts until the user moves on to the next one.
-        return this.isSaving() ? BigInt(this.safeBackend(() => this.backend.pendingBytes()) + this.unconsumed) : 0n;
+        // A chunk produced ahead is no longer the backend's, and not yet handed out: it counts too.
+        return this.isSaving()
+          ? BigInt(this.safeBackend(() => this.backend.pendingBytes()) + this.unconsumed + (this.ahead?.size ?? 0))
+          : 0n;
       case 'data_offset':
         return BigInt(this.nextDataOffset());
       case 'data_size':
         if (!this.isSaving())
           throw einval(`data_size is readable only while saving (device is ${stateName(this.deviceState)})`);
+        this.produceAheadSoon();
         return BigInt(
           this.piece.kind === 'data' ? this.piece.size : this.piece.kind === 'bitmap' ? this.piece.bytes : 0,
         );
@@ -190,6 +211,10 @@ export class SeedMigrationRegion extends MigrationRegionAccess<SeedField> {
     this.piece = { kind: 'none' };
     this.unconsumed = 0;
     this.bitmapWaiting = false;
+    this.cancelAhead();
+    this.ahead = null;
+    this.aheadError = null;
+    this.half = 0;
   }
 
   /** The data_offset read: points at a waiting bitmap chunk, or releases the last chunk and produces the next. */
@@ -202,17 +227,71 @@ export class SeedMigrationRegion extends MigrationRegionAccess<SeedField> {
     if (this.isSaving()) {
       this.unconsumed = 0;
       this.piece = { kind: 'none' };
-      const area = this.dataArea();
-      const n = this.safeBackend(() => this.backend.produce(area));
-      if (!Number.isSafeInteger(n) || n < 0 || n > area.byteLength) {
-        throw new VfioError(Errno.EIO, `device produced an impossible chunk size ${n}`);
+      if (!this.doubleBuffered) {
+        this.unconsumed = this.produceInto(this.dataArea());
+        this.piece = { kind: 'data', size: this.unconsumed };
+        return this.layout.dataOffset;
       }
-      this.unconsumed = n;
-      this.piece = { kind: 'data', size: n };
-      return this.layout.dataOffset;
+      // Not produced yet (data_size was not read, or its turn of the event loop has not come): now.
+      this.cancelAhead();
+      if (this.aheadError !== null) {
+        const err = this.aheadError;
+        this.aheadError = null;
+        throw asVfioError(err, Errno.EIO);
+      }
+      const next = this.ahead ?? { half: 1 - this.half, size: this.produceInto(this.halfArea(1 - this.half)) };
+      this.ahead = null;
+      this.half = next.half;
+      this.unconsumed = next.size;
+      this.piece = { kind: 'data', size: next.size };
+      return this.layout.dataOffset + next.half * this.halfArea(0).byteLength;
     }
     if (this.deviceState === DeviceState.RESUMING) return this.layout.dataOffset;
     throw einval(`data_offset has no data while the device is ${stateName(this.deviceState)}`);
+  }
+
+  /** The backend's next chunk into `area`, its size checked. */
+  private produceInto(area: Uint8Array): number {
+    const n = this.safeBackend(() => this.backend.produce(area));
+    if (!Number.isSafeInteger(n) || n < 0 || n > area.byteLength) {
+      throw new VfioError(Errno.EIO, `device produced an impossible chunk size ${n}`);
+    }
+    return n;
+  }
+
+  /**
+   * Double-buffered: the VMM read data_size, so it copies the chunk now; the next one is produced into
+   * the other half on the device's next turn of the event loop (after this reply went out), so the two
+   * copies overlap. Nothing is produced ahead of an empty chunk (pre-copy: nothing ready; stop-and-copy:
+   * the end): produce() is called exactly when and as often as without double buffering, only earlier.
+   */
+  private produceAheadSoon(): void {
+    if (!this.doubleBuffered || this.piece.kind !== 'data' || this.piece.size === 0) return;
+    if (this.ahead || this.aheadTask || this.aheadError !== null) return;
+    this.aheadTask = setImmediate(() => {
+      this.aheadTask = null;
+      if (!this.isSaving()) return;
+      const half = 1 - this.half;
+      try {
+        // Kept even when empty: this was the call the next data_offset read would have made, and a device
+        // may answer it once (pre-copy: "nothing more this round") and differently the next time.
+        this.ahead = { half, size: this.produceInto(this.halfArea(half)) };
+      } catch (err) {
+        this.aheadError = err;
+      }
+    });
+  }
+
+  private cancelAhead(): void {
+    if (this.aheadTask) clearImmediate(this.aheadTask);
+    this.aheadTask = null;
+  }
+
+  /** One half of the data area (double buffering), each starting on a page as the mmapped area does. */
+  private halfArea(half: number): Uint8Array {
+    const area = this.dataArea();
+    const size = Math.floor(area.byteLength / 2 / REGION_PAGE_SIZE) * REGION_PAGE_SIZE;
+    return area.subarray(half * size, (half + 1) * size);
   }
 
   /** The data_size write while resuming: the device consumes exactly that many bytes from data_offset. */

@@ -50,18 +50,19 @@ export type ServedFlavor = RegionFlavor | 'v2';
 export const SERVED_FLAVORS: readonly ServedFlavor[] = ['seed', 'v1', 'v2'];
 
 /** The data section's default size per region flavor (see HostOptions.dataSize). */
-export const DEFAULT_DATA_SIZE: Readonly<Record<RegionFlavor, number>> = { seed: 8 << 20, v1: 1 << 20 };
+export const DEFAULT_DATA_SIZE: Readonly<Record<RegionFlavor, number>> = { seed: 16 << 20, v1: 1 << 20 };
 
 export interface HostOptions {
   /** Migration flavor the device is served in (default seed). */
   flavor?: ServedFlavor;
   dataSection: DataSectionKind;
   /**
-   * Room for one device-data chunk: default 8 MiB in seed, 1 MiB in v1. Each chunk costs the VMM three
-   * register round trips (pending_bytes, data_offset, data_size) and, trapped, its REGION_READs are
-   * pipelined only within the chunk (max_data_xfer_size is 1 MiB): a larger section amortises the first and
-   * lets the second overlap. v1 keeps 1 MiB: its stop-copy chunks are held for the END section, whose
-   * device data the VMM bounds to 4 MiB (vfio-handler's END_DATA_LIMIT).
+   * Room for device data: default 16 MiB in seed, 1 MiB in v1. Each chunk costs the VMM three register
+   * round trips (pending_bytes, data_offset, data_size) and, trapped, its REGION_READs are pipelined only
+   * within the chunk (max_data_xfer_size is 1 MiB): a larger section amortises the first and lets the
+   * second overlap. A seed section that is mmapped is double-buffered (seed-region.ts): chunks of 8 MiB,
+   * the device filling one half while the VMM copies the other. v1 keeps 1 MiB: its stop-copy chunks are
+   * held for the END section, whose device data the VMM bounds to 4 MiB (vfio-handler's END_DATA_LIMIT).
    */
   dataSize?: number;
   /** Room for one dirty-bitmap chunk (default 64 KiB for mmapped, 4 KiB trapped). */

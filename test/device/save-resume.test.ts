@@ -134,6 +134,14 @@ for (const kind of ['trapped', 'mmapped'] as const) {
     dataSize: 64 << 10,
     dma: true,
   });
+  if (kind === 'mmapped')
+    small.push({
+      name: 'large-memory (4 MiB), mmapped, double-buffered (512 KiB data area)',
+      make: () => new LargeMemoryDevice({ memSize: 4 << 20, blockSize: 64 << 10, workRate: 0 }),
+      kind,
+      dataSize: 512 << 10,
+      dma: true,
+    });
   small.push({
     name: `register-file, ${kind}`,
     make: () => new RegisterFileDevice({ tickRate: 0 }),

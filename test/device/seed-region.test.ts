@@ -434,3 +434,118 @@ function driveTo(region: SeedMigrationRegion, state: number): void {
   for (const s of paths[state]!) setState(region, s);
   assert.equal(r32(region, 'device_state'), state);
 }
+
+describe('seed region: a double-buffered mmapped data area (>= 256 KiB)', () => {
+  const DATA = 256 << 10;
+  const HALF = DATA / 2;
+  const turn = () => new Promise((r) => setImmediate(r));
+  /** A region whose toy state is `size` bytes of a known pattern, saving (stop-and-copy). */
+  function saving(size: number) {
+    const { region, backend } = make({
+      kind: 'mmapped',
+      dataSize: DATA,
+      bitmapSize: 4096,
+      backend: new ToyBackend(size),
+    });
+    setState(region, SAVING);
+    return { region, backend };
+  }
+  /** One VMM step: data_offset, data_size, then the bytes from the mapped section. */
+  function step(region: SeedMigrationRegion): { offset: number; bytes: Uint8Array } {
+    const offset = Number(r64(region, 'data_offset'));
+    const size = Number(r64(region, 'data_size'));
+    const at = offset - region.layout.sectionOffset;
+    return { offset, bytes: region.sectionMemory.slice(at, at + size) };
+  }
+
+  test('chunks alternate halves; the stream is the same whether or not the device got to produce ahead', async () => {
+    for (const wait of [true, false]) {
+      const { region, backend } = saving(5 * HALF + 123);
+      const got: Uint8Array[] = [];
+      const offsets: number[] = [];
+      while (r64(region, 'pending_bytes') > 0n) {
+        const { offset, bytes } = step(region);
+        offsets.push(offset);
+        got.push(bytes);
+        if (wait) await turn();
+      }
+      assert.deepEqual(Buffer.concat(got), Buffer.from(backend.state), `wait ${wait}`);
+      // Six chunks, then the read that releases the last one and finds nothing more (size 0).
+      assert.deepEqual(
+        got.map((g) => g.byteLength),
+        [HALF, HALF, HALF, HALF, HALF, 123, 0],
+      );
+      const base = region.layout.dataOffset;
+      assert.deepEqual(offsets.slice(0, 6), [base + HALF, base, base + HALF, base, base + HALF, base]);
+    }
+  });
+
+  test('a chunk produced ahead counts in pending_bytes until handed out, and is made only after data_size', async () => {
+    const total = 3 * HALF;
+    const { region, backend } = saving(total);
+    step(region);
+    assert.equal(r64(region, 'pending_bytes'), BigInt(total), 'the chunk at data_offset still counts');
+    await turn();
+    assert.equal(backend.pendingBytes(), total - 2 * HALF, 'the device produced the next chunk ahead');
+    assert.equal(r64(region, 'pending_bytes'), BigInt(total), 'and it counts as pending');
+    // Reading data_offset alone (no data_size) produces nothing ahead.
+    Number(r64(region, 'data_offset'));
+    await turn();
+    assert.equal(backend.pendingBytes(), total - 2 * HALF);
+    assert.equal(r64(region, 'pending_bytes'), BigInt(total - HALF));
+  });
+
+  test('an empty chunk produced ahead is handed out as such, not asked for again', async () => {
+    const { region, backend } = saving(3 * HALF);
+    const answers = [HALF, 0, HALF];
+    let calls = 0;
+    backend.produce = (out) => {
+      const n = answers[calls++] ?? 0;
+      out.fill(7, 0, n);
+      return n;
+    };
+    assert.equal(step(region).bytes.byteLength, HALF);
+    await turn();
+    assert.equal(calls, 2, 'produced ahead once');
+    assert.equal(step(region).bytes.byteLength, 0, "the device's empty answer, as it gave it");
+    assert.equal(calls, 2, 'and produce was not asked again for it');
+  });
+
+  test('an error while producing ahead fails the next data_offset read, as a VfioError', async () => {
+    const { region, backend } = saving(3 * HALF);
+    step(region);
+    backend.produce = () => {
+      throw new Error('device fell over');
+    };
+    await turn();
+    assert.throws(
+      () => r64(region, 'data_offset'),
+      (e: unknown) => e instanceof VfioError && e.errno === Errno.EIO && /fell over/.test(e.message),
+    );
+  });
+
+  test('leaving SAVING drops a chunk produced ahead, and a pending production is cancelled', async () => {
+    const { region, backend } = saving(4 * HALF);
+    step(region);
+    await turn();
+    setState(region, RUNNING);
+    assert.equal(r64(region, 'pending_bytes'), 0n);
+    // A new session: each data_size read schedules the next production; leaving SAVING cancels one.
+    let produced = 0;
+    const produce = backend.produce.bind(backend);
+    backend.produce = (out) => {
+      produced++;
+      return produce(out);
+    };
+    setState(region, SAVING);
+    step(region);
+    assert.equal(produced, 1);
+    await turn();
+    assert.equal(produced, 2, 'the next chunk was produced ahead');
+    step(region); // hands out the chunk produced ahead and schedules the next
+    assert.equal(produced, 2);
+    setState(region, STOPPED);
+    await turn();
+    assert.equal(produced, 2, 'nothing produced after the session ended');
+  });
+});
