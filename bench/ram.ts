@@ -28,9 +28,9 @@ import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, 
 import { connect, createServer, type NetConnectOpts } from 'node:net';
 import { join } from 'node:path';
 import { bytes } from '../src/cli/format.ts';
+import { startLocalPair, waitForMigration } from '../src/harness/local-hosts.ts';
 import { defaultAddonPath } from '../src/native/addon.ts';
 import { crc32c } from '../src/stream/crc32c.ts';
-import { startLocalPair, waitForMigration } from '../src/harness/local-hosts.ts';
 import { QmpClient } from '../src/vmm/qmp/client.ts';
 import { type Figure, measure, ratio, say } from './figures.ts';
 import type { BenchRun } from './results.ts';
