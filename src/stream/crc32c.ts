@@ -108,7 +108,7 @@ function gf2Times(mat: Uint32Array, vec: number): number {
   return sum >>> 0;
 }
 
-/** Operators appending 2^k zero bytes (k = 0..63 bits of length) to a raw CRC, built on first use. */
+/** Operators appending 2^k zero bytes (k = 0..52: any safe-integer length) to a raw CRC, built on first use. */
 let zeroOps: Uint32Array[] | null = null;
 
 function zeroOperators(): Uint32Array[] {
