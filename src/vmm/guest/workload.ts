@@ -8,6 +8,7 @@
 import { Worker } from 'node:worker_threads';
 import { Errno } from '../../abi/errno.ts';
 import { VfioError } from '../../errors.ts';
+import { workerEntry } from '../worker-entry.ts';
 import type { GuestDirtyBitmap } from './dirty-bitmap.ts';
 import type { GuestMemory } from './guest-memory.ts';
 import {
@@ -49,20 +50,7 @@ export interface WorkloadStats {
   runningMs: number;
 }
 
-/**
- * How a vCPU thread starts. Compiled (dist/, an installed package), the vCPU code is plain JavaScript. From
- * the TypeScript sources (a checkout) it needs tsx, whose loader workers do not inherit: each worker
- * registers it first.
- */
-function vcpuBootstrap(): string {
-  if (import.meta.url.endsWith('.js')) {
-    return `import(${JSON.stringify(new URL('./vcpu-worker.js', import.meta.url).href)});`;
-  }
-  const workerUrl = new URL('./vcpu-worker.ts', import.meta.url).href;
-  const tsxApi = import.meta.resolve('tsx/esm/api');
-  return `import(${JSON.stringify(tsxApi)}).then(({ register }) => { register(); return import(${JSON.stringify(workerUrl)}); });`;
-}
-const bootstrap = vcpuBootstrap();
+const bootstrap = workerEntry(import.meta.url, 'vcpu-worker');
 
 type AtomicsWithWaitAsync = typeof Atomics & {
   waitAsync(

@@ -6,6 +6,7 @@
 
 import { Worker } from 'node:worker_threads';
 import type { SharedGuestMemory } from '../guest/guest-memory.ts';
+import { workerEntry } from '../worker-entry.ts';
 
 export interface SendWorkerConfig {
   role: 'send';
@@ -60,18 +61,6 @@ export type FromReceiver =
   | { type: 'drained' }
   | { type: 'error'; message: string; errno: string };
 
-/**
- * The worker's entry: the built .js next to this file, or under tsx (a checkout) its loader first, which
- * workers do not inherit (as workload.ts does for the vCPUs).
- */
-function bootstrap(): string {
-  if (import.meta.url.endsWith('.js'))
-    return `import(${JSON.stringify(new URL('./multifd-worker.js', import.meta.url).href)});`;
-  const url = new URL('./multifd-worker.ts', import.meta.url).href;
-  const tsx = import.meta.resolve('tsx/esm/api');
-  return `import(${JSON.stringify(tsx)}).then(({ register }) => { register(); return import(${JSON.stringify(url)}); });`;
-}
-
 /** Main -> a channel thread, first: what it is for (a pooled thread starts without it). */
 export interface StartChannel {
   type: 'start';
@@ -99,7 +88,7 @@ export class ChannelThreadPool {
   /** Starts idle threads up to what keep() asked for. */
   refill(): void {
     while (this.idle.length < this.wanted) {
-      const w = new Worker(bootstrap(), { eval: true });
+      const w = new Worker(workerEntry(import.meta.url, 'multifd-worker'), { eval: true });
       w.unref();
       const drop = () => {
         const i = this.idle.indexOf(w);
@@ -113,7 +102,7 @@ export class ChannelThreadPool {
 
   /** A channel thread for `cfg`: an idle one if ready, else a new one. It keeps the process alive. */
   start(cfg: SendWorkerConfig | RecvWorkerConfig): Worker {
-    const w = this.idle.shift() ?? new Worker(bootstrap(), { eval: true });
+    const w = this.idle.shift() ?? new Worker(workerEntry(import.meta.url, 'multifd-worker'), { eval: true });
     w.removeAllListeners();
     w.ref();
     w.postMessage({ type: 'start', cfg } satisfies StartChannel);
