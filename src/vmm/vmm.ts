@@ -130,7 +130,7 @@ export class Vmm {
       runState: this.runState,
       // An incoming VM's memfd is new and nothing runs on it before the load: it reads as zeroes wherever
       // the load has not written, so zero pages need not touch it.
-      ram: new RamHandler(memory, this.dirty, { freshMemory: options.incoming, populateAhead: options.incoming }),
+      ram: new RamHandler(memory, this.dirty, { freshMemory: options.incoming }),
       memory,
       uuid: options.uuid,
       dirty: this.dirty,

@@ -19,7 +19,6 @@ import { Errno } from '../../abi/errno.ts';
 import { decodeRamPayload, RamPageScan, RamPayloadBuilder, RamPayloadWriter, scanRamPages } from '../../stream/ram.ts';
 import type { GuestDirtyBitmap } from '../guest/dirty-bitmap.ts';
 import type { GuestMemory } from '../guest/guest-memory.ts';
-import { PopulateAhead } from '../guest/populate-ahead.ts';
 import { MigrationError } from './errors.ts';
 import type { MigrationHandler, SectionKind, SectionWriter } from './handler.ts';
 
@@ -34,12 +33,6 @@ export const SECTION_PAYLOAD = 4 << 20;
  * written, fault in one by one instead, so populating allocates at most as many zero pages as data pages.
  */
 const PREFAULT_DENSITY = 0.5;
-/**
- * Destination, fresh memory: pages the populate-ahead thread is asked for past a dense section (32 MiB),
- * so the kernel allocates the next sections' pages on another core. At most this much beyond the last
- * data page may be populated that the stream then leaves zero.
- */
-const POPULATE_AHEAD_PAGES = (32 << 20) / PAGE;
 /** Section buffers in the staging ring: at most this many sections' pages in flight (16 MiB). */
 export const STAGING_BUFFERS = 4;
 
@@ -98,8 +91,6 @@ export class RamHandler implements MigrationHandler {
    */
   private readonly fresh: boolean;
   private written: Uint8Array | null = null;
-  /** Destination, fresh memory: the thread populating ahead of the stream (closed after the load). */
-  private populateAhead: PopulateAhead | null = null;
 
   /** Destination: the maps multifd channels share (valid after loadSetup), and whether memory was fresh. */
   get sharedMaps(): { received: Uint8Array; written: Uint8Array; fresh: boolean } {
@@ -115,11 +106,9 @@ export class RamHandler implements MigrationHandler {
   constructor(
     private readonly memory: GuestMemory,
     private readonly dirty: GuestDirtyBitmap,
-    options: { freshMemory?: boolean; populateAhead?: boolean } = {},
+    options: { freshMemory?: boolean } = {},
   ) {
     this.fresh = options.freshMemory ?? false;
-    // Started with the VM, not with the load: a thread's start-up is not the migration's time.
-    if (this.fresh && options.populateAhead && !memory.allFaultedIn) this.populateAhead = new PopulateAhead(memory);
   }
 
   async saveSetup(): Promise<Uint8Array[]> {
@@ -386,19 +375,8 @@ export class RamHandler implements MigrationHandler {
     }
     const from = Math.max(lo, this.prefaultedTo);
     if (pages === 0 || hi < from || pages < (hi - lo + 1) * PREFAULT_DENSITY) return;
-    const end = hi + 1;
-    // What the populate-ahead thread did of this span is done; the rest now, here.
-    const start = this.populateAhead?.populatedFrom(from) ?? from;
-    if (start < end) this.memory.prefault(start, end - start, { touch: false });
-    this.prefaultedTo = end;
-    this.populateAhead?.request(end, Math.min(this.memory.pages, end + POPULATE_AHEAD_PAGES));
-  }
-
-  /** After the load, whatever its outcome: the populate-ahead thread has done its part. */
-  async loadCleanup(): Promise<void> {
-    const t = this.populateAhead;
-    this.populateAhead = null;
-    await t?.close();
+    this.memory.prefault(from, hi + 1 - from, { touch: false });
+    this.prefaultedTo = hi + 1;
   }
 
   async loadComplete(): Promise<void> {
