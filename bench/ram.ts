@@ -106,6 +106,8 @@ export async function rawStream(
     await once(sock, 'end');
     const ms = performance.now() - t0;
     sock.destroy();
+    // A writer that died early (say, an addon built before crc32cCopy) must not pass for a fast link.
+    if (got !== total) throw new Error(`raw ${reader} writer sent ${got} of ${total} bytes: the run is void`);
     return { bytes: got, ms };
   } finally {
     child.kill();

@@ -65,7 +65,8 @@ function loadNative(): Crc | null {
     const n = native();
     if (typeof n.crc32c !== 'function') return null;
     nativeName = n.crc32cImplementation();
-    nativeCopy = n.crc32cCopy.bind(n);
+    // An addon built before crc32cCopy existed still checksums natively; the copy then runs in two passes.
+    nativeCopy = typeof n.crc32cCopy === 'function' ? n.crc32cCopy.bind(n) : null;
     return n.crc32c.bind(n);
   } catch {
     // Not built (or built without crc32c): the TypeScript version gives the same results, slower.
