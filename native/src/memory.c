@@ -25,7 +25,8 @@
  * and the napi_wrap on the ArrayBuffer object (how munmap() finds the view). The view is freed when both
  * are gone.
  */
-#define VN_MAPPING_MAGIC 0x766e6d61u /* "vnma": a share token that does not point at one is refused */
+/* "vnma": a stray token (never shared, or attached already and since freed) is refused, best effort. */
+#define VN_MAPPING_MAGIC 0x766e6d61u
 
 typedef struct vn_mapping {
   uint32_t magic;
