@@ -133,7 +133,7 @@ export class GuestMemory {
   /**
    * This guest RAM for another thread of the process (a multifd channel): GuestMemory.attach there uses
    * this mapping, as QEMU's threads share its address space; a mapping of its own would fault in every
-   * page again (and on the source, read pages through those faults at a third of the speed).
+   * page again (and, sending, the kernel read pages through the fresh mapping more slowly).
    */
   share(): SharedGuestMemory {
     if (this.isClosed) throw new Error('guest memory is closed');
