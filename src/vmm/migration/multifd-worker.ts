@@ -37,6 +37,16 @@ const RAM_BLOCK = 'pc.ram';
 const port = parentPort!;
 let memory: GuestMemory;
 
+/**
+ * The pages at offsets[k..n) that follow each other in guest RAM from offsets[k] on, as one view (ending
+ * early at a mapping piece's end): what one write sends or one read fills.
+ */
+function adjacentPages(offsets: ArrayLike<number>, k: number, n: number): Uint8Array {
+  let run = 1;
+  while (k + run < n && offsets[k + run] === offsets[k]! + run * PAGE_SIZE) run++;
+  return memory.pageRun(offsets[k]! / PAGE_SIZE, run);
+}
+
 // Started from a pool (ChannelThreadPool), the thread waits for what it is for.
 port.once('message', (m: StartChannel) => {
   const cfg = m.cfg;
@@ -100,10 +110,7 @@ function runSender(c: SendWorkerConfig): void {
     // after this is marked dirty again and goes in a later pass (the final pass runs with the VM stopped).
     const parts: Uint8Array[] = [head];
     for (let k = 0; k < m.normal.length; ) {
-      const first = m.normal[k]! / PAGE_SIZE;
-      let run = 1;
-      while (k + run < m.normal.length && m.normal[k + run] === m.normal[k]! + run * PAGE_SIZE) run++;
-      const view = memory.pageRun(first, run);
+      const view = adjacentPages(m.normal, k, m.normal.length);
       parts.push(view);
       k += view.byteLength / PAGE_SIZE;
     }
@@ -166,12 +173,7 @@ function runReceiver(c: RecvWorkerConfig): void {
         : offsetsBuf.subarray(0, 8 * (h!.normalPages + h!.zeroPages));
 
   /** Pages nextPage.. that are adjacent in guest RAM, as one view, from the byte not yet read. */
-  const pagesTarget = (): Uint8Array => {
-    const n = h!.normalPages;
-    let run = 1;
-    while (nextPage + run < n && offsets[nextPage + run] === offsets[nextPage]! + run * PAGE_SIZE) run++;
-    return memory.pageRun(offsets[nextPage]! / PAGE_SIZE, run).subarray(filled);
-  };
+  const pagesTarget = (): Uint8Array => adjacentPages(offsets, nextPage, h!.normalPages).subarray(filled);
 
   /** A whole piece was read: decode it; true when the channel must stop (a SYNC packet ended). */
   const complete = (): boolean => {
