@@ -6,8 +6,9 @@ import { describe, test } from 'node:test';
 import { setImmediate as tick } from 'node:timers/promises';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { type NativeError, native } from '../../src/native/addon.ts';
+import { tsWorker } from '../vmm/support.ts';
 import { fdFlags, fdsOpenedSince, O_CLOEXEC, openFds } from './support.ts';
 
 const GiB = 2 ** 30;
@@ -20,13 +21,9 @@ function mappingsOf(name: string): number {
     .filter((l) => l.includes(`/memfd:${name} `)).length;
 }
 
-const attachFixture = new URL('./fixtures/worker-attach.ts', import.meta.url).href;
-const tsxApi = import.meta.resolve('tsx/esm/api');
-
-/** A worker attaching the mapping `token` names (the fixture in TypeScript, through tsx as worker.test.ts). */
+/** A worker attaching the mapping `token` names (the fixture in TypeScript). */
 function attachWorker(token: bigint): Worker {
-  const code = `import(${JSON.stringify(tsxApi)}).then(({ register }) => { register(); return import(${JSON.stringify(attachFixture)}); });`;
-  return new Worker(code, { eval: true, workerData: { token } });
+  return tsWorker(new URL('./fixtures/worker-attach.ts', import.meta.url), { token });
 }
 
 /** One request to the worker-attach fixture, and its answer. */

@@ -3,18 +3,16 @@
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { describe, test } from 'node:test';
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 import { native } from '../../src/native/addon.ts';
 import { FdSocket } from '../../src/native/fd-socket.ts';
+import { tsWorker } from '../vmm/support.ts';
 import { receive } from './support.ts';
 
-const fixture = new URL('./fixtures/worker-echo.ts', import.meta.url).href;
-const tsxApi = import.meta.resolve('tsx/esm/api');
+const fixture = new URL('./fixtures/worker-echo.ts', import.meta.url);
 
 function startWorker(fd: number, leavePollerOpen: boolean): Worker {
-  // A worker does not inherit the tsx loader: register it in the worker, then import the TypeScript fixture.
-  const code = `import(${JSON.stringify(tsxApi)}).then(({ register }) => { register(); return import(${JSON.stringify(fixture)}); });`;
-  return new Worker(code, { eval: true, workerData: { fd, leavePollerOpen } });
+  return tsWorker(fixture, { fd, leavePollerOpen });
 }
 
 describe('worker threads', () => {
