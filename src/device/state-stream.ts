@@ -63,4 +63,9 @@ export interface StateRecord {
    * produced is copied at once, so bytes handed out later are the bytes as they were when pulled.
    */
   live?: boolean;
+  /**
+   * Called with the payload's CRC-32C once every byte of it has been copied out (or snapshotted): the
+   * checksum of exactly the bytes sent, computed by the copy that sends them.
+   */
+  checksum?: (crc: number) => void;
 }

@@ -17,6 +17,7 @@ import {
 } from '../../src/device/state-stream.ts';
 import { StateStreamWriter } from '../../src/device/state-writer.ts';
 import { VfioError } from '../../src/errors.ts';
+import { crc32c } from '../../src/stream/crc32c.ts';
 
 const KINDS = Object.values(RecordKind) as RecordKindValue[];
 const u64 = fc.bigInt({ min: 0n, max: (1n << 64n) - 1n });
@@ -282,6 +283,58 @@ describe('StateStreamWriter + StateStreamReader', () => {
     assert.deepEqual(
       payload,
       Uint8Array.from({ length: 256 }, (_, i) => i),
+    );
+  });
+});
+
+describe('StateStreamWriter: checksums from the copy that sends', () => {
+  test('each payload gets the CRC-32C of exactly the bytes handed out, once, live or not, at any chunk sizes', () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.record({ size: fc.integer({ min: 0, max: 900 }), live: fc.boolean() }), { maxLength: 12 }),
+        fc.array(fc.integer({ min: 1, max: 700 }), { minLength: 1, maxLength: 10 }),
+        (specs, outSizes) => {
+          const memory = new Uint8Array(1024);
+          let generation = 0;
+          const repaint = () => {
+            generation++;
+            for (let i = 0; i < memory.byteLength; i++) memory[i] = (i * 31 + generation * 7) & 0xff;
+          };
+          repaint();
+          const reported: number[][] = specs.map(() => []);
+          let next = 0;
+          const writer = new StateStreamWriter((): StateRecord | null => {
+            if (next >= specs.length) return null;
+            const i = next++;
+            // Every record pulled before this one has its checksum by now (END's digest relies on it).
+            for (let j = 0; j < i; j++) assert.equal(reported[j]!.length, 1, `record ${j} checksummed before ${i}`);
+            const { size, live } = specs[i]!;
+            return {
+              header: { kind: RecordKind.MEM, arg0: BigInt(i), arg1: 0n },
+              payload: live ? memory.subarray(0, size) : memory.slice(0, size),
+              live,
+              checksum: (crc) => reported[i]!.push(crc),
+            };
+          });
+          const chunks: Uint8Array[] = [];
+          for (let i = 0; ; i++) {
+            const out = new Uint8Array(outSizes[i % outSizes.length]!);
+            const n = writer.produce(out);
+            repaint(); // the device keeps changing its memory between chunks
+            if (n === 0) break;
+            chunks.push(out.slice(0, n));
+          }
+          const bytes = concat(chunks);
+          let at = 0;
+          specs.forEach((spec, i) => {
+            at += RECORD_HEADER_SIZE;
+            assert.deepEqual(reported[i], [crc32c(bytes.subarray(at, at + spec.size))], `record ${i}`);
+            at += spec.size;
+          });
+          assert.equal(at, bytes.byteLength);
+        },
+      ),
+      { numRuns: 200 },
     );
   });
 });

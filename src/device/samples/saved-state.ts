@@ -8,12 +8,12 @@
 // 32 bits within a block. SHA-256 per block bounded the device at about 1.6 GB/s for nothing a transfer
 // check needs. END carries a SHA-256 over the block CRCs and the register file: a few KiB, so it costs
 // nothing and a stream with a block or a register changed, missing or replayed still fails as one digest.
-// A block is checksummed when it is queued, from the same live view the writer copies out in that call.
+// A block is checksummed by the copy that sends it (StateRecord.checksum), so it is read once, not twice.
 
 import { createHash } from 'node:crypto';
 import { Errno } from '../../abi/errno.ts';
 import { VfioError } from '../../errors.ts';
-import { crc32c } from '../../stream/crc32c.ts';
+import { crc32c, crc32cCopy } from '../../stream/crc32c.ts';
 import { StateStreamReader } from '../state-reader.ts';
 import { RECORD_HEADER_SIZE, type RecordHeader, RecordKind, type StateRecord } from '../state-stream.ts';
 import { StateStreamWriter } from '../state-writer.ts';
@@ -168,8 +168,8 @@ export class StateSaver {
     this.dirty[b] = 0;
     this.dirtyCount--;
     const offset = b * this.image.blockSize;
-    // A live view: the writer copies it out in this produce() call or snapshots the rest, so what was
-    // checksummed here and what is sent are always the same bytes.
+    // A live view: the writer copies it out in this produce() call or snapshots the rest, and the copy
+    // checksums it, so the CRC is always of the bytes sent.
     const view = this.image.memory.subarray(offset, offset + this.image.blockSize);
     const zero = isZero(view);
     if (this.stoppedBlockBytes !== null)
@@ -178,8 +178,14 @@ export class StateSaver {
       this.blockCrcs[b] = this.zeroCrc;
       return { header: { kind: RecordKind.ZERO, arg0: BigInt(offset), arg1: BigInt(this.image.blockSize) } };
     }
-    this.blockCrcs[b] = crc32c(view);
-    return { header: { kind: RecordKind.MEM, arg0: BigInt(offset), arg1: 0n }, payload: view, live: true };
+    return {
+      header: { kind: RecordKind.MEM, arg0: BigInt(offset), arg1: 0n },
+      payload: view,
+      live: true,
+      checksum: (crc) => {
+        this.blockCrcs[b] = crc;
+      },
+    };
   }
 }
 
@@ -249,8 +255,8 @@ export class StateLoader {
 
   private onPayload(h: RecordHeader, chunk: Uint8Array, at: number): void {
     if (h.kind === RecordKind.MEM) {
-      this.image.memory.set(chunk, Number(h.arg0) + at);
-      this.crc = crc32c(chunk, this.crc);
+      const to = Number(h.arg0) + at;
+      this.crc = crc32cCopy(this.image.memory, to, to, chunk, this.crc);
     } else {
       this.small.set(chunk, at);
     }
