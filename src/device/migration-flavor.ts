@@ -18,6 +18,8 @@ export interface MigrationRegion {
   readonly state: number;
   read(offset: number, length: number): Uint8Array;
   readInto(offset: number, dest: Uint8Array): void;
+  /** A read with no copy, where the bytes stay put until the next access (see MigrationRegionAccess). */
+  readView(offset: number, length: number): Uint8Array | undefined;
   write(offset: number, data: Uint8Array): void;
   /** Device reset: the region returns to running with no session. */
   reset(): void;

@@ -43,6 +43,19 @@ export abstract class MigrationRegionAccess<F extends string> {
     else dest.set(this.section(offset, dest.byteLength, 'read'));
   }
 
+  /**
+   * read(offset, length) with no copy at all, when the range is device data the VMM is reading now: a view
+   * of the data section that nothing changes before the region's next access (the device writes a chunk
+   * only when an access moves on to the next one). A transport that finishes sending the view before it
+   * serves the next access may send it by reference. Undefined where a read must copy (header fields,
+   * anything outside the current chunk); the checks and rules of read() apply either way.
+   */
+  readView(offset: number, length: number): Uint8Array | undefined {
+    this.checkBounds(offset, length);
+    if (offset < this.layout.sectionOffset || length === 0 || !this.isStableChunk(offset, length)) return undefined;
+    return this.section(offset, length, 'read');
+  }
+
   write(offset: number, data: Uint8Array): void {
     this.checkBounds(offset, data.byteLength);
     if (offset < this.layout.sectionOffset) {
@@ -57,6 +70,8 @@ export abstract class MigrationRegionAccess<F extends string> {
   protected abstract writeValue(name: F, value: bigint): void;
   /** Throws when the data section may not be accessed this way now (the flavor's state rules). */
   protected abstract checkSection(offset: number, length: number, what: 'read' | 'write'): void;
+  /** Whether [offset, offset + length) lies in the chunk handed out now, unchanged until the next access. */
+  protected abstract isStableChunk(offset: number, length: number): boolean;
 
   private checkBounds(offset: number, length: number): void {
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {

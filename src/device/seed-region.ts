@@ -106,6 +106,18 @@ export class SeedMigrationRegion extends MigrationRegionAccess<SeedField> {
     return this.deviceState;
   }
 
+  /** The chunk at data_offset: its bytes change only when the next data_offset read or a state write moves on. */
+  protected isStableChunk(offset: number, length: number): boolean {
+    if (this.piece.kind !== 'data') return false;
+    const start = this.chunkOffset();
+    return offset >= start && offset + length <= start + this.piece.size;
+  }
+
+  /** Where the chunk handed out now starts (double buffered: in the half that holds it). */
+  private chunkOffset(): number {
+    return this.layout.dataOffset + (this.doubleBuffered ? this.half * this.halfArea(0).byteLength : 0);
+  }
+
   /** The bitmap area is read-only; the data area is writable only while resuming. */
   protected checkSection(offset: number, _length: number, what: 'read' | 'write'): void {
     if (what === 'read') return;
@@ -244,7 +256,7 @@ export class SeedMigrationRegion extends MigrationRegionAccess<SeedField> {
       this.half = next.half;
       this.unconsumed = next.size;
       this.piece = { kind: 'data', size: next.size };
-      return this.layout.dataOffset + next.half * this.halfArea(0).byteLength;
+      return this.chunkOffset();
     }
     if (this.deviceState === DeviceState.RESUMING) return this.layout.dataOffset;
     throw einval(`data_offset has no data while the device is ${stateName(this.deviceState)}`);

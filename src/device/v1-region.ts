@@ -73,6 +73,12 @@ export class V1MigrationRegion extends MigrationRegionAccess<V1Field> {
     }
   }
 
+  /** The buffer the last data_offset read prepared: the next pending_bytes read or state write moves on. */
+  protected isStableChunk(offset: number, length: number): boolean {
+    const start = this.layout.dataOffset;
+    return this.iteration === 'data-prepared' && offset >= start && offset + length <= start + this.size;
+  }
+
   private isSaving(): boolean {
     return this.deviceState === DeviceState.SAVING || this.deviceState === (DeviceState.SAVING | DeviceState.RUNNING);
   }

@@ -175,23 +175,50 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       if (reply.pooled) this.releaseReply(reply.pooled);
       return;
     }
-    const header = encodeHeader(
-      {
-        ...replyTo(request.header),
-        type: MessageType.REPLY,
-        msgSize: reply.message.byteLength,
-        noReply: false,
-        error: false,
-        errorNo: 0,
-      },
-      this.sendLimits,
-    );
-    reply.message.set(header, 0);
+    reply.message.set(this.successHeader(request, reply.message.byteLength), 0);
     this.send(reply.message, fds);
     if (!reply.pooled) return;
     // Sent at once, or queued by reference until the socket drains.
     if (this.socket.writableLength === 0) this.releaseReply(reply.pooled);
     else this.queuedReplies.push(reply.pooled);
+  }
+
+  /**
+   * Sends a success reply whose payload is `head` then `data`, `data` by reference: no reply buffer and no
+   * copy of it here. Resolves once the socket has sent every byte (or the connection is gone); `data` must
+   * not change before then. A server that handles its next request only after this resolves can lend
+   * memory that only requests change.
+   */
+  async sendReplyRef(request: ReceivedMessage, head: Uint8Array, data: Uint8Array): Promise<void> {
+    if (request.header.noReply || this.closed) return;
+    const header = this.successHeader(request, HEADER_SIZE + head.byteLength + data.byteLength);
+    const first = new Uint8Array(HEADER_SIZE + head.byteLength);
+    first.set(header, 0);
+    first.set(head, HEADER_SIZE);
+    this.send(first);
+    this.send(data);
+    await this.sent();
+  }
+
+  /** Resolves once the socket has sent everything queued, or the connection has closed. */
+  private sent(): Promise<void> {
+    if (this.socket.writableLength === 0 || this.closed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const done = () => {
+        this.socket.off('drain', done);
+        this.off('close', done);
+        resolve();
+      };
+      this.socket.on('drain', done);
+      this.on('close', done);
+    });
+  }
+
+  private successHeader(request: ReceivedMessage, msgSize: number): Uint8Array {
+    return encodeHeader(
+      { ...replyTo(request.header), type: MessageType.REPLY, msgSize, noReply: false, error: false, errorNo: 0 },
+      this.sendLimits,
+    );
   }
 
   private releaseReply(b: Uint8Array): void {

@@ -42,6 +42,11 @@ export interface ServedRegion {
   read(offset: number, length: number): Uint8Array;
   /** read(offset, dest.byteLength) into `dest` (a reply built in place); optional, else read() is copied. */
   readInto?(offset: number, dest: Uint8Array): void;
+  /**
+   * read(offset, length) as a view of the region's own memory, when that memory stays unchanged until the
+   * region's next access (undefined when the read must copy); optional. See MigrationRegionAccess.readView.
+   */
+  readView?(offset: number, length: number): Uint8Array | undefined;
   write(offset: number, data: Uint8Array): void;
 }
 
@@ -158,6 +163,7 @@ export class HostedDevice {
         type: module.type,
         read: (o, n) => m.read(o, n),
         readInto: (o, dest) => m.readInto(o, dest),
+        readView: (o, n) => m.readView(o, n),
         write: (o, d) => m.write(o, d),
       };
     this.regions = regions;

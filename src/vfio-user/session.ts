@@ -67,6 +67,7 @@ import {
 import {
   decodeRegionReadRequest,
   decodeRegionWriteRequest,
+  encodeRegionReadReplyHead,
   encodeRegionReadReplyInPlace,
   encodeRegionWriteReply,
   REGION_ACCESS_SIZE,
@@ -88,7 +89,7 @@ import {
 } from '../abi/vfio-user/version.ts';
 import { asVfioError, einval, VfioError } from '../errors.ts';
 import { native } from '../native/addon.ts';
-import { type Connection, closeFds, type ReplyBuffer } from './connection.ts';
+import { type Connection, closeFds, POOLED_REPLY_MIN, type ReplyBuffer } from './connection.ts';
 import { DmaTable } from './dma-table.ts';
 import type { ReceivedMessage } from './framing.ts';
 import { type HostedDevice, IRQ_COUNTS } from './hosted-device.ts';
@@ -123,7 +124,12 @@ const TAKES_FDS: ReadonlySet<number> = new Set([Command.DMA_MAP, Command.DEVICE_
  * A reply payload, optionally with fds to send along (they stay owned by whoever owned them), or a whole
  * reply message built in place (see replyBuffer).
  */
-type Reply = Uint8Array | { payload: Uint8Array; fds: number[] } | { built: ReplyBuffer } | undefined;
+type Reply =
+  | Uint8Array
+  | { payload: Uint8Array; fds: number[] }
+  | { built: ReplyBuffer }
+  | { head: Uint8Array; lent: Uint8Array }
+  | undefined;
 type Handler = (m: ReceivedMessage) => Promise<Reply> | Reply;
 
 export type SessionLog = (line: string) => void;
@@ -239,6 +245,8 @@ export class Session {
       this.releaseFds(m);
       if (reply instanceof Uint8Array || reply === undefined) this.conn.reply(m, reply);
       else if ('built' in reply) this.conn.sendReply(m, reply.built);
+      // Lent memory: the next request (the only thing that may change it) waits until it has gone out.
+      else if ('lent' in reply) await this.conn.sendReplyRef(m, reply.head, reply.lent);
       else this.conn.reply(m, reply.payload, reply.fds);
     } catch (err) {
       this.releaseFds(m);
@@ -544,13 +552,17 @@ export class Session {
   }
 
   /**
-   * The reply is one buffer (pooled when large, see Connection.replyBuffer) and the region reads straight
-   * into its data part: one copy in all. Every byte of it is written here (pooled memory is not zeroed).
+   * A large read of memory the region lends (device data being saved, see ServedRegion.readView) is sent
+   * from that memory by reference: no copy. Otherwise the reply is one buffer (pooled when large, see
+   * Connection.replyBuffer) and the region reads straight into its data part: one copy in all. Every byte
+   * of it is written here (pooled memory is not zeroed).
    */
   private regionRead(m: ReceivedMessage): Reply {
     const req = decodeRegionReadRequest(m.payload);
     const r = this.host.region(req.region);
     checkRegionRange(req.offset, req.count, r.size);
+    const lent = req.count >= POOLED_REPLY_MIN ? r.readView?.(Number(req.offset), req.count) : undefined;
+    if (lent) return { head: encodeRegionReadReplyHead(req), lent };
     const built = this.conn.replyBuffer(REGION_ACCESS_SIZE + req.count);
     const data = encodeRegionReadReplyInPlace(built.payload, req);
     if (req.count > 0) {

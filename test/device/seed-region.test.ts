@@ -258,6 +258,22 @@ describe('seed region: SAVING', () => {
     assert.deepEqual(Uint8Array.from(out), backend.state);
   });
 
+  test('readView lends the chunk at data_offset (the bytes read() returns) and nothing else', () => {
+    const { region } = make({ backend: new ToyBackend(3000) }); // one chunk, smaller than the 4096-byte area
+    assert.equal(region.readView(OFF.data_offset!, 8), undefined, 'no data outside a save');
+    setState(region, SAVING);
+    const off = Number(r64(region, 'data_offset'));
+    const size = Number(r64(region, 'data_size'));
+    assert.deepEqual(region.readView(off, size), region.read(off, size));
+    assert.deepEqual(region.readView(off + 100, 200), region.read(off + 100, 200));
+    assert.equal(region.readView(off, size + 1), undefined, 'past the chunk: read() copies');
+    assert.equal(region.readView(OFF.pending_bytes!, 8), undefined, 'a header field is never lent');
+    assert.equal(region.readView(region.layout.bitmapOffset, 8), undefined, 'nor the bitmap area');
+    einval(() => region.readView(region.layout.size - 4, 8));
+    setState(region, RUNNING);
+    assert.equal(region.readView(off, size), undefined, 'the save ended: the chunk is gone');
+  });
+
   test('data_size is read-only while saving; the data section is not writable', () => {
     const { region } = make();
     setState(region, SAVING);

@@ -177,6 +177,21 @@ describe('v1 migration region (Linux 5.8, libvfio-user v1 era)', () => {
     fails(() => region.read(4096, 8), Errno.EINVAL, /only while saving/);
   });
 
+  test('readView lends the buffer data_offset prepared until the next pending_bytes read consumes it', () => {
+    const backend = new ToyBackend(10_000);
+    const region = make(backend);
+    setState(region, SAVING);
+    r64(region, 'pending_bytes');
+    assert.equal(region.readView(4096, 8), undefined, 'no buffer prepared yet');
+    r64(region, 'data_offset');
+    const size = Number(r64(region, 'data_size'));
+    assert.deepEqual(region.readView(4096, size), backend.state.subarray(0, size));
+    assert.deepEqual(region.readView(4200, 100), region.read(4200, 100));
+    assert.equal(region.readView(0, 8), undefined, 'a header field is never lent');
+    r64(region, 'pending_bytes');
+    assert.equal(region.readView(4096, size), undefined, 'consumed: not lent any more');
+  });
+
   test('resume: data_offset says where, written bytes at it, a data_size write consumes them in order', () => {
     const backend = new ToyBackend();
     const region = make(backend);

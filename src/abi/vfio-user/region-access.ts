@@ -88,18 +88,37 @@ export function decodeRegionReadReply(payload: Uint8Array, limits: AccessLimits 
  * sender fills that view (the region reads straight into it), so the reply costs one buffer and no copy.
  */
 export function encodeRegionReadReplyInPlace(payload: Uint8Array, m: RegionAccess): Uint8Array {
+  checkReadReplyHead(m);
+  if (payload.byteLength !== REGION_ACCESS_SIZE + m.count) {
+    fail(READ_REP, 'payload', `is ${payload.byteLength} bytes, must be exactly ${REGION_ACCESS_SIZE + m.count}`);
+  }
+  writeAccessHead(payload, m);
+  return payload.subarray(REGION_ACCESS_SIZE);
+}
+
+/**
+ * The first 16 bytes of a REGION_READ reply whose `m.count` data bytes the sender sends separately (by
+ * reference, straight from the region's memory): the same header encodeRegionReadReplyInPlace writes.
+ */
+export function encodeRegionReadReplyHead(m: RegionAccess): Uint8Array {
+  checkReadReplyHead(m);
+  const head = new Uint8Array(REGION_ACCESS_SIZE);
+  writeAccessHead(head, m);
+  return head;
+}
+
+function checkReadReplyHead(m: RegionAccess): void {
   checkAccess(READ_REP, m.offset, m.count, { maxCount: Number.MAX_SAFE_INTEGER });
   checkU64(READ_REP, 'offset', m.offset);
   checkU32(READ_REP, 'region', m.region);
   checkU32(READ_REP, 'count', m.count);
-  if (payload.byteLength !== REGION_ACCESS_SIZE + m.count) {
-    fail(READ_REP, 'payload', `is ${payload.byteLength} bytes, must be exactly ${REGION_ACCESS_SIZE + m.count}`);
-  }
-  const dv = new DataView(payload.buffer, payload.byteOffset, REGION_ACCESS_SIZE);
+}
+
+function writeAccessHead(out: Uint8Array, m: RegionAccess): void {
+  const dv = new DataView(out.buffer, out.byteOffset, REGION_ACCESS_SIZE);
   dv.setBigUint64(0, m.offset, true);
   dv.setUint32(8, m.region, true);
   dv.setUint32(12, m.count, true);
-  return payload.subarray(REGION_ACCESS_SIZE);
 }
 
 /**
