@@ -67,6 +67,7 @@ NAPI_MODULE_INIT() {
       VN_FN("recvmsg", vn_recvmsg),
       VN_FN("crc32c", vn_crc32c),
       VN_FN("crc32cCopy", vn_crc32c_copy_js),
+      VN_FN("crc32cCopySpaced", vn_crc32c_copy_spaced_js),
       VN_FN("crc32cImplementation", vn_crc32c_implementation),
       VN_FN("isZero", vn_is_zero),
       VN_FN("zeroPages", vn_zero_pages),

@@ -15,6 +15,7 @@
 #include "crc32c.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -251,27 +252,67 @@ uint32_t vn_crc32c_copy(uint32_t crc, const uint8_t* src, size_t len, uint8_t* d
   return ~impl_copy(~crc, src, len, dst);
 }
 
-napi_value vn_crc32c_copy_js(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
-  size_t argc = 5;
-  VN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 5) return vn_throw_type(env, "crc32cCopy(dst, from, at, src, seed) needs five arguments");
+/* The body of crc32cCopy and crc32cCopySpaced: src goes to dst in pieces of `piece` bytes, piece k at
+ * at + k * (piece + gap); the gap before each later piece holds the caller's bytes (a record header, say),
+ * checksummed where they lie. The CRC covers dst[from, end of the last piece). */
+static napi_value copy_spaced(napi_env env, napi_value* argv, bool spaced) {
+  const char* fn = spaced ? "crc32cCopySpaced" : "crc32cCopy";
   uint8_t *dst, *src;
   size_t dst_len, src_len;
-  int64_t from, at, seed;
+  int64_t from, at, seed, piece = 0, gap = 0;
   if (!vn_get_bytes(env, argv[0], "dst", &dst, &dst_len)) return NULL;
   if (!vn_get_int(env, argv[1], "from", 0, (int64_t)dst_len, &from)) return NULL;
   if (!vn_get_int(env, argv[2], "at", from, (int64_t)dst_len, &at)) return NULL;
   if (!vn_get_bytes(env, argv[3], "src", &src, &src_len)) return NULL;
   if (!vn_get_int(env, argv[4], "seed", 0, UINT32_MAX, &seed)) return NULL;
-  if (src_len > dst_len - (size_t)at) return vn_throw_range(env, "crc32cCopy: src does not fit in dst at `at`");
-  if (src + src_len > dst + at && dst + at + src_len > src)
-    return vn_throw_range(env, "crc32cCopy: src overlaps where it is copied to");
+  if (spaced) {
+    if (!vn_get_int(env, argv[5], "piece", 1, INT32_MAX, &piece)) return NULL;
+    if (!vn_get_int(env, argv[6], "gap", 0, INT32_MAX, &gap)) return NULL;
+  }
+  if (piece == 0 || (size_t)piece > src_len) piece = src_len > 0 ? (int64_t)src_len : 1;
+  size_t pieces = src_len == 0 ? 0 : (src_len + (size_t)piece - 1) / (size_t)piece;
+  /* Where the copy ends: every piece and the gaps between them (sizes bounded by the checks above). */
+  size_t span = pieces == 0 ? 0 : src_len + (pieces - 1) * (size_t)gap;
+  if (span > dst_len - (size_t)at) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s: src does not fit in dst at `at`", fn);
+    return vn_throw_range(env, msg);
+  }
+  if (src + src_len > dst + at && dst + at + span > src) {
+    char msg[96];
+    snprintf(msg, sizeof msg, "%s: src overlaps where it is copied to", fn);
+    return vn_throw_range(env, msg);
+  }
   uint32_t crc = vn_crc32c_update((uint32_t)seed, dst + from, (size_t)(at - from));
-  crc = vn_crc32c_copy(crc, src, src_len, dst + at);
+  uint8_t* d = dst + at;
+  for (size_t off = 0; off < src_len; off += (size_t)piece) {
+    size_t n = src_len - off < (size_t)piece ? src_len - off : (size_t)piece;
+    if (off > 0) {
+      crc = vn_crc32c_update(crc, d, (size_t)gap);
+      d += gap;
+    }
+    crc = vn_crc32c_copy(crc, src + off, n, d);
+    d += n;
+  }
   napi_value out;
   VN_CALL(env, napi_create_uint32(env, crc, &out));
   return out;
+}
+
+napi_value vn_crc32c_copy_js(napi_env env, napi_callback_info info) {
+  napi_value argv[5];
+  size_t argc = 5;
+  VN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 5) return vn_throw_type(env, "crc32cCopy(dst, from, at, src, seed) needs five arguments");
+  return copy_spaced(env, argv, false);
+}
+
+napi_value vn_crc32c_copy_spaced_js(napi_env env, napi_callback_info info) {
+  napi_value argv[7];
+  size_t argc = 7;
+  VN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 7) return vn_throw_type(env, "crc32cCopySpaced(dst, from, at, src, seed, piece, gap) needs seven arguments");
+  return copy_spaced(env, argv, true);
 }
 
 napi_value vn_crc32c_implementation(napi_env env, napi_callback_info info) {

@@ -24,6 +24,10 @@ napi_value vn_crc32c(napi_env env, napi_callback_info info);
  * src is copied to dst[at, at + src.length) */
 napi_value vn_crc32c_copy_js(napi_env env, napi_callback_info info);
 
+/* crc32cCopySpaced(dst, from, at, src, seed, piece, gap): as crc32cCopy, but src lands in pieces of `piece`
+ * bytes with `gap` bytes of dst (the caller's, checksummed in place) before each piece after the first */
+napi_value vn_crc32c_copy_spaced_js(napi_env env, napi_callback_info info);
+
 /* crc32cImplementation(): 'sse4.2' | 'table' */
 napi_value vn_crc32c_implementation(napi_env env, napi_callback_info info);
 

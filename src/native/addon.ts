@@ -111,6 +111,20 @@ export interface NativeAddon {
    * (with SSE4.2). RangeError when src does not fit at `at` or overlaps its destination.
    */
   crc32cCopy(dst: Uint8Array, from: number, at: number, src: Uint8Array, seed: number): number;
+  /**
+   * crc32cCopy with src landing in pieces of `piece` bytes, `gap` bytes of dst (the caller's, written
+   * beforehand and checksummed where they lie) before each piece after the first: record headers between
+   * pages, one call for a run of pages. The CRC covers dst[from, end of the last piece).
+   */
+  crc32cCopySpaced(
+    dst: Uint8Array,
+    from: number,
+    at: number,
+    src: Uint8Array,
+    seed: number,
+    piece: number,
+    gap: number,
+  ): number;
   /** Which crc32c code runs: 'sse4.2', or 'table' (no SSE4.2, or VFIO_NATIVE_CRC32C=table at load). */
   crc32cImplementation(): 'sse4.2' | 'table';
   /** Whether every byte of data is 0 (a 64-byte-block scan that stops at the first non-zero block). */

@@ -56,8 +56,10 @@ export function crc32cJs(data: Uint8Array, crc = 0): number {
 
 type Crc = (data: Uint8Array, crc?: number) => number;
 type CrcCopy = (dst: Uint8Array, from: number, at: number, src: Uint8Array, seed: number) => number;
+type CrcCopySpaced = (...args: [...Parameters<CrcCopy>, piece: number, gap: number]) => number;
 let nativeCrc: Crc | null | undefined;
 let nativeCopy: CrcCopy | null = null;
+let nativeCopySpaced: CrcCopySpaced | null = null;
 let nativeName = '';
 
 function loadNative(): Crc | null {
@@ -67,6 +69,7 @@ function loadNative(): Crc | null {
     nativeName = n.crc32cImplementation();
     // An addon built before crc32cCopy existed still checksums natively; the copy then runs in two passes.
     nativeCopy = typeof n.crc32cCopy === 'function' ? n.crc32cCopy.bind(n) : null;
+    nativeCopySpaced = typeof n.crc32cCopySpaced === 'function' ? n.crc32cCopySpaced.bind(n) : null;
     return n.crc32c.bind(n);
   } catch {
     // Not built (or built without crc32c): the TypeScript version gives the same results, slower.
@@ -100,6 +103,49 @@ export function crc32cCopy(dst: Uint8Array, from: number, at: number, src: Uint8
     throw new RangeError(`crc32cCopy: [${from}, ${at}) and ${src.byteLength} bytes do not fit ${dst.byteLength}`);
   dst.set(src, at);
   return crc32c(dst.subarray(from, at + src.byteLength), crc);
+}
+
+/**
+ * crc32cCopy for pieces with gaps between them: `src` lands in `dst` in pieces of `piece` bytes, piece k at
+ * `at` + k * (piece + gap), and the `gap` bytes before each piece after the first are the caller's,
+ * written beforehand (a record header between two pages). Returns the CRC-32C of dst[from, end of the
+ * last piece), continuing from `crc`: a run of page records copied and checksummed in one native call.
+ */
+export function crc32cCopySpaced(
+  dst: Uint8Array,
+  from: number,
+  at: number,
+  src: Uint8Array,
+  crc: number,
+  piece: number,
+  gap: number,
+): number {
+  if (nativeCrc === undefined) nativeCrc = loadNative();
+  if (nativeCopySpaced) return nativeCopySpaced(dst, from, at, src, crc, piece, gap);
+  return crc32cCopySpacedJs(dst, from, at, src, crc, piece, gap);
+}
+
+/** crc32cCopySpaced piece by piece through crc32cCopy: the fallback, and a reference for the native one. */
+export function crc32cCopySpacedJs(
+  dst: Uint8Array,
+  from: number,
+  at: number,
+  src: Uint8Array,
+  crc: number,
+  piece: number,
+  gap: number,
+): number {
+  if (!(Number.isSafeInteger(piece) && piece >= 1 && Number.isSafeInteger(gap) && gap >= 0))
+    throw new RangeError(`crc32cCopySpaced: piece ${piece} and gap ${gap} must be integers, piece at least 1`);
+  const pieces = Math.ceil(src.byteLength / piece);
+  if (pieces > 0 && at + src.byteLength + (pieces - 1) * gap > dst.byteLength)
+    throw new RangeError(
+      `crc32cCopySpaced: ${pieces} pieces and their gaps do not fit ${dst.byteLength} bytes at ${at}`,
+    );
+  let c = crc32cCopy(dst, from, at, src.subarray(0, piece), crc);
+  for (let off = piece, to = at + piece + gap; off < src.byteLength; off += piece, to += piece + gap)
+    c = crc32cCopy(dst, to - gap, to, src.subarray(off, off + piece), c);
+  return c;
 }
 
 /** GF(2) 32x32 matrix (32 column vectors) times a vector. */

@@ -14,7 +14,7 @@
 // The builder never copies page contents: a page record is a small header piece plus the caller's view.
 
 import { RAM_FLAG_MASK, RAM_KNOWN_FLAGS, RamFlag, TARGET_PAGE_SIZE } from './constants.ts';
-import { crc32c, crc32cCopy } from './crc32c.ts';
+import { crc32c, crc32cCopySpaced } from './crc32c.ts';
 import type { DecodedSection } from './decoder.ts';
 import { StreamError } from './errors.ts';
 
@@ -293,12 +293,37 @@ export class RamPayloadWriter {
    */
   page(block: string, offset: number, data: Uint8Array): boolean {
     checkPage(data);
-    const at = this.header(block, offset, RamFlag.PAGE, TARGET_PAGE_SIZE);
-    if (at < 0) return false;
-    this.crc = crc32cCopy(this.buf, this.crcAt, at, data, this.crc);
-    this.at += TARGET_PAGE_SIZE;
-    this.crcAt = this.at;
-    return true;
+    return this.pages(block, offset, data) === 1;
+  }
+
+  /**
+   * Page records for a run of pages adjacent in guest RAM (`run`: n x 4096 bytes, the first at `offset`), as
+   * many as fit: returns how many were written (0 when not even the first fits). Their headers go in first,
+   * then one native pass copies every page between them and checksums the lot (crc32cCopySpaced): one
+   * call for the run instead of one per page.
+   */
+  pages(block: string, offset: number, run: Uint8Array): number {
+    if (run.byteLength === 0 || run.byteLength % TARGET_PAGE_SIZE !== 0)
+      throw new RangeError(
+        `a run of RAM pages is a positive multiple of ${TARGET_PAGE_SIZE} bytes, got ${run.byteLength}`,
+      );
+    const first = this.header(block, offset, RamFlag.PAGE, TARGET_PAGE_SIZE);
+    if (first < 0) return 0;
+    // Every later page of the run is the same block: an 8-byte CONTINUE header before each.
+    const room = this.buf.byteLength - (first + TARGET_PAGE_SIZE) - 8;
+    const count = Math.min(run.byteLength / TARGET_PAGE_SIZE, 1 + Math.floor(room / (8 + TARGET_PAGE_SIZE)));
+    let at = first + TARGET_PAGE_SIZE;
+    for (let k = 1; k < count; k++) {
+      const n = this.enc.pageHead(this.buf, this.view, at, 8, block, offset + k * TARGET_PAGE_SIZE, RamFlag.PAGE);
+      if (n !== 8) throw new Error(`internal: page header ${k} of a run took ${n} bytes, not 8`);
+      at += 8 + TARGET_PAGE_SIZE;
+    }
+    const data = run.subarray(0, count * TARGET_PAGE_SIZE);
+    this.crc = crc32cCopySpaced(this.buf, this.crcAt, first, data, this.crc, TARGET_PAGE_SIZE, 8);
+    this.at = at;
+    this.crcAt = at;
+    this.records += count - 1;
+    return count;
   }
 
   /** A page filled with one byte (a zero page: fill 0); false when it does not fit. */

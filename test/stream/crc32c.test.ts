@@ -8,7 +8,15 @@ import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import fc from 'fast-check';
 import { native } from '../../src/native/addon.ts';
-import { crc32c, crc32cCombine, crc32cCopy, crc32cImplementation, crc32cJs } from '../../src/stream/crc32c.ts';
+import {
+  crc32c,
+  crc32cCombine,
+  crc32cCopy,
+  crc32cCopySpaced,
+  crc32cCopySpacedJs,
+  crc32cImplementation,
+  crc32cJs,
+} from '../../src/stream/crc32c.ts';
 import { crcRef } from './crc-ref.ts';
 
 const text = (s: string) => new TextEncoder().encode(s);
@@ -164,6 +172,41 @@ describe('CRC-32C', () => {
     assert.throws(() => n.crc32cCopy(buf, 0, 10, buf.subarray(5, 20), 0), RangeError);
     // Adjacent is not overlapping: the checksum runs over [0, 50) then the copy of it.
     assert.equal(n.crc32cCopy(buf, 0, 50, buf.subarray(0, 50), 0), crcRef(new Uint8Array(100)));
+  });
+
+  test("crc32cCopySpaced (native and TypeScript): pieces land with the caller's gap bytes between them, all checksummed", () => {
+    fc.assert(
+      fc.property(
+        fc.uint8Array({ maxLength: 3000 }),
+        fc.integer({ min: 1, max: 700 }),
+        fc.nat(12),
+        fc.nat(20),
+        fc.nat(0xffffffff),
+        (src, piece, gap, ahead, seed) => {
+          const pieces = Math.ceil(src.byteLength / piece);
+          const span = src.byteLength + Math.max(0, pieces - 1) * gap;
+          const dst = randomBytes(ahead + span + 5);
+          const before = Uint8Array.from(dst);
+          // What the result must be: each piece at its place, the gaps and everything else as they were.
+          const want = Uint8Array.from(dst);
+          for (let k = 0; k < pieces; k++)
+            want.set(src.subarray(k * piece, (k + 1) * piece), ahead + k * (piece + gap));
+          const wantCrc = crcRef(want.subarray(0, ahead + span), seed);
+          for (const fn of [crc32cCopySpaced, crc32cCopySpacedJs]) {
+            dst.set(before);
+            assert.equal(fn(dst, 0, ahead, src, seed, piece, gap), wantCrc, fn.name);
+            assert.deepEqual(dst, Buffer.from(want), fn.name);
+          }
+        },
+      ),
+      { numRuns: 300 },
+    );
+    for (const fn of [crc32cCopySpaced, crc32cCopySpacedJs]) {
+      // Two pieces of 4 with a gap of 3 need 11 bytes at `at`.
+      assert.throws(() => fn(new Uint8Array(12), 0, 2, new Uint8Array(8), 0, 4, 3), RangeError, fn.name);
+      assert.equal(fn(new Uint8Array(11), 0, 0, new Uint8Array(8), 0, 4, 3), crcRef(new Uint8Array(11)), fn.name);
+      assert.throws(() => fn(new Uint8Array(20), 0, 0, new Uint8Array(8), 0, 0, 3), RangeError, fn.name);
+    }
   });
 
   test('crc32cCombine: crc(a ++ b) from crc(a), crc(b) and the length of b, for any lengths', () => {

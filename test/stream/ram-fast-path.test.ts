@@ -99,6 +99,62 @@ describe('RamPayloadWriter', () => {
     );
   });
 
+  test('property: a run of pages written at once (pages) is the same bytes as its pages one by one', () => {
+    const runArb = fc.record({
+      block: fc.constantFrom('pc.ram', 'vga.vram'),
+      page: fc.nat(2),
+      count: fc.integer({ min: 1, max: 6 }),
+      zero: fc.boolean(),
+      seed: fc.nat(),
+    });
+    fc.assert(
+      fc.property(fc.array(runArb, { maxLength: 12 }), fc.integer({ min: 0, max: 4 }), (list, extraPages) => {
+        const w = new RamPayloadWriter(new Uint8Array(4400 + extraPages * 4104));
+        const payloads: Uint8Array[] = [];
+        // The records each payload should hold, one page (or zero page) at a time.
+        const groups: { block: string; page: number; zero: boolean; seed: number }[][] = [[]];
+        for (const r of list) {
+          if (r.zero) {
+            if (!w.zero(r.block, r.page * 4096, r.seed & 255)) {
+              payloads.push(taken(w));
+              groups.push([]);
+              assert.ok(w.zero(r.block, r.page * 4096, r.seed & 255));
+            }
+            groups[groups.length - 1]!.push(r);
+            continue;
+          }
+          const run = concat(Array.from({ length: r.count }, (_, k) => pageOf(r.seed + k)));
+          for (let done = 0; done < r.count; ) {
+            const n = w.pages(r.block, (r.page + done) * 4096, run.subarray(done * 4096));
+            for (let k = done; k < done + n; k++)
+              groups[groups.length - 1]!.push({ block: r.block, page: r.page + k, zero: false, seed: r.seed + k });
+            done += n;
+            if (done < r.count) {
+              assert.ok(n > 0 || w.isEmpty === false, 'an empty writer takes at least one page');
+              payloads.push(taken(w));
+              groups.push([]);
+            }
+          }
+        }
+        payloads.push(taken(w));
+        assert.equal(payloads.length, groups.length);
+        groups.forEach((g, i) => {
+          const b = new RamPayloadBuilder();
+          for (const r of g) {
+            if (r.zero) b.zero(r.block, r.page * 4096, r.seed & 255);
+            else b.page(r.block, r.page * 4096, pageOf(r.seed));
+          }
+          b.eos();
+          assert.deepEqual(payloads[i], concat(b.take().pieces), `payload ${i}`);
+        });
+      }),
+      { numRuns: 150 },
+    );
+    const w = new RamPayloadWriter(new Uint8Array(1 << 16));
+    assert.throws(() => w.pages('pc.ram', 0, new Uint8Array(0)), RangeError);
+    assert.throws(() => w.pages('pc.ram', 0, new Uint8Array(4096 + 1)), RangeError);
+  });
+
   test('the page is copied: changing the source afterwards does not change the payload', () => {
     const w = new RamPayloadWriter(new Uint8Array(1 << 16));
     const page = pageOf(7);

@@ -66,6 +66,12 @@ export interface RamChannelsIn {
   finish(): Promise<void>;
 }
 
+/** The number of consecutive one bits from bit 0 of a u32 (32 when all are set). */
+function runLength(bits: number): number {
+  const clear = ~bits;
+  return clear === 0 ? 32 : 31 - Math.clz32(clear & -clear);
+}
+
 export class RamHandler implements MigrationHandler {
   readonly idstr = 'ram';
   readonly instanceId = 0;
@@ -179,28 +185,31 @@ export class RamHandler implements MigrationHandler {
         sent += await this.queueWord(this.channelsOut, first, bits, zeros);
         continue;
       }
+      const data = bits & ~zeros;
       while (bits !== 0) {
         const low = bits & -bits;
         const bit = 31 - Math.clz32(low);
-        bits &= bits - 1;
         const page = first + bit;
-        const offset = page * PAGE;
         if ((zeros & low) !== 0) {
-          if (!w.zero(RAM_BLOCK, offset)) {
+          bits &= bits - 1;
+          if (!w.zero(RAM_BLOCK, page * PAGE)) {
             await flush();
-            w.zero(RAM_BLOCK, offset);
+            w.zero(RAM_BLOCK, page * PAGE);
           }
           this.stats.duplicate++;
-        } else {
-          // Copied into the section, so the checksum covers exactly the bytes that go out even if a
-          // vCPU writes the page again meanwhile (it then marks the page dirty again and it is sent again).
-          const data = this.memory.page(page);
-          if (!w.page(RAM_BLOCK, offset, data)) {
-            await flush();
-            w.page(RAM_BLOCK, offset, data);
-          }
-          this.stats.normal++;
+          continue;
         }
+        // The run of dirty non-zero pages from here, in page order as the bits go. Copied into the
+        // section, so the checksum covers exactly the bytes that go out even if a vCPU writes a page
+        // again meanwhile (it then marks the page dirty again and it is sent again).
+        const run = runLength(data >>> bit);
+        bits = run + bit >= 32 ? 0 : bits & ~(((1 << run) - 1) << bit);
+        for (let done = 0; done < run; ) {
+          const n = w.pages(RAM_BLOCK, (page + done) * PAGE, this.memory.pageRun(page + done, run - done));
+          if (n === 0) await flush();
+          done += n;
+        }
+        this.stats.normal += run;
       }
     }
     await flush();
