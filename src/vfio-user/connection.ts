@@ -134,6 +134,15 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     return { maxMsgSize: this.limits.maxMsgSize };
   }
 
+  /**
+   * Whether a reply to `request` has anyone to go to. A peer that hung up (its 'close' may still be on its
+   * way, and requests it sent before leaving may still be handled) gets none: the reply is dropped, not
+   * thrown, so a server never fails for answering a client that left.
+   */
+  private wantsReply(request: ReceivedMessage): boolean {
+    return !request.header.noReply && !this.closed && this.socket.writable;
+  }
+
   /** Sends a ready message (header + payload). */
   send(message: Uint8Array, fds: readonly number[] = []): void {
     if (this.closed) throw new VfioError(Errno.ENOTCONN, 'connection is closed');
@@ -143,7 +152,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   }
 
   reply(request: ReceivedMessage, payload?: Uint8Array, fds: readonly number[] = []): void {
-    if (request.header.noReply || this.closed) return;
+    if (!this.wantsReply(request)) return;
     this.send(encodeMessage(replyTo(request.header), payload, this.sendLimits), fds);
   }
 
@@ -171,7 +180,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
 
   /** Sends a reply built in place (see replyBuffer); its header is written here. */
   sendReply(request: ReceivedMessage, reply: ReplyBuffer, fds: readonly number[] = []): void {
-    if (request.header.noReply || this.closed) {
+    if (!this.wantsReply(request)) {
       if (reply.pooled) this.releaseReply(reply.pooled);
       return;
     }
@@ -190,7 +199,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    * memory that only requests change.
    */
   async sendReplyRef(request: ReceivedMessage, head: Uint8Array, data: Uint8Array): Promise<void> {
-    if (request.header.noReply || this.closed) return;
+    if (!this.wantsReply(request)) return;
     const header = this.successHeader(request, HEADER_SIZE + head.byteLength + data.byteLength);
     const first = new Uint8Array(HEADER_SIZE + head.byteLength);
     first.set(header, 0);
@@ -226,7 +235,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   }
 
   replyError(request: ReceivedMessage, errno: number): void {
-    if (request.header.noReply || this.closed) return;
+    if (!this.wantsReply(request)) return;
     this.send(encodeErrorReply(request.header, errno));
   }
 

@@ -205,15 +205,19 @@ export class Session {
     this.pendingCount++;
     this.pendingBytes += size;
     this.flow();
-    this.queue = this.queue.then(async () => {
-      try {
-        await this.handle(m);
-      } finally {
-        this.pendingCount--;
-        this.pendingBytes -= size;
-        this.flow();
-      }
-    });
+    this.queue = this.queue
+      .then(async () => {
+        try {
+          await this.handle(m);
+        } finally {
+          this.pendingCount--;
+          this.pendingBytes -= size;
+          this.flow();
+        }
+      })
+      // handle() answers every failure itself; anything that still escapes is logged, and the next
+      // request is handled all the same (a rejected chain would stop the session, unhandled, the process).
+      .catch((err: unknown) => this.log(`${commandName(m.header.cmd)} #${m.header.msgId}: internal error: ${err}`));
   }
 
   /** Reads the client's socket only while its requests and our unsent replies are within bounds. */

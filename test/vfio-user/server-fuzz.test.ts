@@ -521,6 +521,42 @@ describe('vfio-user server under hostile input (register-file device)', () => {
     await peer.whenClosed;
   });
 
+  test('a client that hangs up while the server holds its replies and has not read its requests: the server drops both and serves on', async () => {
+    const peer = await connectRetry(srv.path);
+    await alive(peer);
+    peer.socket.pause(); // we read nothing, so the server backs up and stops reading our requests
+    const n = 12_000; // 48 MiB of 4 KiB replies: far past what the server holds before it stops reading
+    const read = rawMessage(
+      { msgId: 1, cmd: Command.REGION_READ },
+      encodeRegionReadRequest({ offset: 0n, region: 0, count: 4096 }),
+    );
+    for (let i = 0; i < n; i++) peer.send(read);
+    // The server stopped reading: what we wrote waits in our own queue (the kernel's buffers are full).
+    let last = -1;
+    let still = 0;
+    while (still < 5) {
+      await new Promise((r) => setTimeout(r, 100));
+      const left = peer.socket.writableLength;
+      still = left === last ? still + 1 : 0;
+      last = left;
+    }
+    assert.ok(last > 0, 'the server stopped reading our requests');
+    peer.socket.destroy(); // gone, with the server's replies unread and our requests unsent
+    await peer.whenClosed;
+    // The server meets the hangup with replies queued, and our requests still in its socket.
+    // The old session has ended before a new client is served (EBUSY until then), so the server got
+    // through the hangup: it must be alive, and have answered nothing it could not send.
+    const next = await connectRetry(srv.path);
+    await alive(next);
+    next.close();
+    await next.whenClosed;
+    assert.deepEqual(
+      srv.log.filter((l) => /internal error|ENOTCONN/.test(l)),
+      [],
+      'no reply to the departed client was attempted',
+    );
+  });
+
   test('many bad requests, large ones and ones with fds, leave the fd count and RSS flat', async () => {
     const peer = await connectRetry(srv.path);
     const big = new Uint8Array(256 << 10).fill(0x5a);
