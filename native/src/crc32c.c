@@ -255,8 +255,14 @@ uint32_t vn_crc32c_copy(uint32_t crc, const uint8_t* src, size_t len, uint8_t* d
 /* The body of crc32cCopy and crc32cCopySpaced: src goes to dst in pieces of `piece` bytes, piece k at
  * at + k * (piece + gap); the gap before each later piece holds the caller's bytes (a record header, say),
  * checksummed where they lie. The CRC covers dst[from, end of the last piece). */
-static napi_value copy_spaced(napi_env env, napi_value* argv, bool spaced) {
+static napi_value copy_spaced(napi_env env, napi_callback_info info, bool spaced) {
   const char* fn = spaced ? "crc32cCopySpaced" : "crc32cCopy";
+  napi_value argv[7];
+  size_t want = spaced ? 7 : 5, argc = want;
+  VN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < want)
+    return vn_throw_type(env, spaced ? "crc32cCopySpaced(dst, from, at, src, seed, piece, gap) needs seven arguments"
+                                     : "crc32cCopy(dst, from, at, src, seed) needs five arguments");
   uint8_t *dst, *src;
   size_t dst_len, src_len;
   int64_t from, at, seed, piece = 0, gap = 0;
@@ -300,19 +306,11 @@ static napi_value copy_spaced(napi_env env, napi_value* argv, bool spaced) {
 }
 
 napi_value vn_crc32c_copy_js(napi_env env, napi_callback_info info) {
-  napi_value argv[5];
-  size_t argc = 5;
-  VN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 5) return vn_throw_type(env, "crc32cCopy(dst, from, at, src, seed) needs five arguments");
-  return copy_spaced(env, argv, false);
+  return copy_spaced(env, info, false);
 }
 
 napi_value vn_crc32c_copy_spaced_js(napi_env env, napi_callback_info info) {
-  napi_value argv[7];
-  size_t argc = 7;
-  VN_CALL(env, napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
-  if (argc < 7) return vn_throw_type(env, "crc32cCopySpaced(dst, from, at, src, seed, piece, gap) needs seven arguments");
-  return copy_spaced(env, argv, true);
+  return copy_spaced(env, info, true);
 }
 
 napi_value vn_crc32c_implementation(napi_env env, napi_callback_info info) {

@@ -56,10 +56,9 @@ export function crc32cJs(data: Uint8Array, crc = 0): number {
 
 type Crc = (data: Uint8Array, crc?: number) => number;
 type CrcCopy = (dst: Uint8Array, from: number, at: number, src: Uint8Array, seed: number) => number;
-type CrcCopySpaced = (...args: [...Parameters<CrcCopy>, piece: number, gap: number]) => number;
 let nativeCrc: Crc | null | undefined;
 let nativeCopy: CrcCopy | null = null;
-let nativeCopySpaced: CrcCopySpaced | null = null;
+let nativeCopySpaced: typeof crc32cCopySpacedJs | null = null;
 let nativeName = '';
 
 function loadNative(): Crc | null {
@@ -111,18 +110,9 @@ export function crc32cCopy(dst: Uint8Array, from: number, at: number, src: Uint8
  * written beforehand (a record header between two pages). Returns the CRC-32C of dst[from, end of the
  * last piece), continuing from `crc`: a run of page records copied and checksummed in one native call.
  */
-export function crc32cCopySpaced(
-  dst: Uint8Array,
-  from: number,
-  at: number,
-  src: Uint8Array,
-  crc: number,
-  piece: number,
-  gap: number,
-): number {
+export function crc32cCopySpaced(...args: Parameters<typeof crc32cCopySpacedJs>): number {
   if (nativeCrc === undefined) nativeCrc = loadNative();
-  if (nativeCopySpaced) return nativeCopySpaced(dst, from, at, src, crc, piece, gap);
-  return crc32cCopySpacedJs(dst, from, at, src, crc, piece, gap);
+  return (nativeCopySpaced ?? crc32cCopySpacedJs)(...args);
 }
 
 /** crc32cCopySpaced piece by piece through crc32cCopy: the fallback, and a reference for the native one. */

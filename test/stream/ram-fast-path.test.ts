@@ -61,6 +61,27 @@ function taken(w: RamPayloadWriter): Uint8Array {
   return payload.slice();
 }
 
+interface Rec {
+  block: string;
+  page: number;
+  zero: boolean;
+  seed: number;
+}
+
+/** Each payload is what RamPayloadBuilder makes of its group of records, page by page. */
+function assertBuiltAlike(payloads: Uint8Array[], groups: Rec[][]): void {
+  assert.equal(payloads.length, groups.length);
+  groups.forEach((g, i) => {
+    const b = new RamPayloadBuilder();
+    for (const r of g) {
+      if (r.zero) b.zero(r.block, r.page * 4096, r.seed & 255);
+      else b.page(r.block, r.page * 4096, pageOf(r.seed));
+    }
+    b.eos();
+    assert.deepEqual(payloads[i], concat(b.take().pieces), `payload ${i}`);
+  });
+}
+
 describe('RamPayloadWriter', () => {
   test('property: the same bytes as RamPayloadBuilder, split where the buffer is full, EOS always fitting', () => {
     fc.assert(
@@ -84,16 +105,7 @@ describe('RamPayloadWriter', () => {
           groups[groups.length - 1]!.push(r);
         }
         payloads.push(taken(w));
-        assert.equal(payloads.length, groups.length);
-        groups.forEach((g, i) => {
-          const b = new RamPayloadBuilder();
-          for (const r of g) {
-            if (r.zero) b.zero(r.block, r.page * 4096, r.seed & 255);
-            else b.page(r.block, r.page * 4096, pageOf(r.seed));
-          }
-          b.eos();
-          assert.deepEqual(payloads[i], concat(b.take().pieces));
-        });
+        assertBuiltAlike(payloads, groups);
       }),
       { numRuns: 100 },
     );
@@ -112,7 +124,7 @@ describe('RamPayloadWriter', () => {
         const w = new RamPayloadWriter(new Uint8Array(4400 + extraPages * 4104));
         const payloads: Uint8Array[] = [];
         // The records each payload should hold, one page (or zero page) at a time.
-        const groups: { block: string; page: number; zero: boolean; seed: number }[][] = [[]];
+        const groups: Rec[][] = [[]];
         for (const r of list) {
           if (r.zero) {
             if (!w.zero(r.block, r.page * 4096, r.seed & 255)) {
@@ -137,16 +149,7 @@ describe('RamPayloadWriter', () => {
           }
         }
         payloads.push(taken(w));
-        assert.equal(payloads.length, groups.length);
-        groups.forEach((g, i) => {
-          const b = new RamPayloadBuilder();
-          for (const r of g) {
-            if (r.zero) b.zero(r.block, r.page * 4096, r.seed & 255);
-            else b.page(r.block, r.page * 4096, pageOf(r.seed));
-          }
-          b.eos();
-          assert.deepEqual(payloads[i], concat(b.take().pieces), `payload ${i}`);
-        });
+        assertBuiltAlike(payloads, groups);
       }),
       { numRuns: 150 },
     );
