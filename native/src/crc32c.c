@@ -15,7 +15,6 @@
 #include "crc32c.h"
 
 #include <pthread.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -279,16 +278,9 @@ static napi_value copy_spaced(napi_env env, napi_callback_info info, bool spaced
   size_t pieces = src_len == 0 ? 0 : (src_len + (size_t)piece - 1) / (size_t)piece;
   /* Where the copy ends: every piece and the gaps between them (sizes bounded by the checks above). */
   size_t span = pieces == 0 ? 0 : src_len + (pieces - 1) * (size_t)gap;
-  if (span > dst_len - (size_t)at) {
-    char msg[96];
-    snprintf(msg, sizeof msg, "%s: src does not fit in dst at `at`", fn);
-    return vn_throw_range(env, msg);
-  }
-  if (src + src_len > dst + at && dst + at + span > src) {
-    char msg[96];
-    snprintf(msg, sizeof msg, "%s: src overlaps where it is copied to", fn);
-    return vn_throw_range(env, msg);
-  }
+  if (span > dst_len - (size_t)at) return vn_throw_range(env, "%s: src does not fit in dst at `at`", fn);
+  if (src + src_len > dst + at && dst + at + span > src)
+    return vn_throw_range(env, "%s: src overlaps where it is copied to", fn);
   uint32_t crc = vn_crc32c_update((uint32_t)seed, dst + from, (size_t)(at - from));
   uint8_t* d = dst + at;
   for (size_t off = 0; off < src_len; off += (size_t)piece) {
