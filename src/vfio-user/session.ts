@@ -121,8 +121,9 @@ const FEATURE_OPS: Readonly<Record<number, { get: boolean; set: boolean }>> = {
 const TAKES_FDS: ReadonlySet<number> = new Set([Command.DMA_MAP, Command.DEVICE_SET_IRQS]);
 
 /**
- * A reply payload, optionally with fds to send along (they stay owned by whoever owned them), or a whole
- * reply message built in place (see replyBuffer).
+ * A reply payload, optionally with fds to send along (they stay owned by whoever owned them), a whole
+ * reply message built in place (see replyBuffer), or a head and region memory lent by reference (see
+ * regionRead).
  */
 type Reply =
   | Uint8Array

@@ -1,4 +1,4 @@
-// How a worker thread of the VMM starts (vCPUs, multifd channels, populate-ahead): node:worker_threads
+// How a worker thread of the VMM starts (vCPUs, multifd channels): node:worker_threads
 // code evaluated in the new isolate. Compiled (dist/, an installed package), the worker module is plain
 // JavaScript next to its caller. From the TypeScript sources (a checkout) it needs tsx, whose loader
 // workers do not inherit: the worker registers it first.
