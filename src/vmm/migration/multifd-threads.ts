@@ -61,6 +61,9 @@ export type FromReceiver =
   | { type: 'drained' }
   | { type: 'error'; message: string; errno: string };
 
+/** The channel threads' entry code (resolved once, as workload.ts does for the vCPUs). */
+const entry = workerEntry(import.meta.url, 'multifd-worker');
+
 /** Main -> a channel thread, first: what it is for (a pooled thread starts without it). */
 export interface StartChannel {
   type: 'start';
@@ -88,7 +91,7 @@ export class ChannelThreadPool {
   /** Starts idle threads up to what keep() asked for. */
   refill(): void {
     while (this.idle.length < this.wanted) {
-      const w = new Worker(workerEntry(import.meta.url, 'multifd-worker'), { eval: true });
+      const w = new Worker(entry, { eval: true });
       w.unref();
       const drop = () => {
         const i = this.idle.indexOf(w);
@@ -102,7 +105,7 @@ export class ChannelThreadPool {
 
   /** A channel thread for `cfg`: an idle one if ready, else a new one. It keeps the process alive. */
   start(cfg: SendWorkerConfig | RecvWorkerConfig): Worker {
-    const w = this.idle.shift() ?? new Worker(workerEntry(import.meta.url, 'multifd-worker'), { eval: true });
+    const w = this.idle.shift() ?? new Worker(entry, { eval: true });
     w.removeAllListeners();
     w.ref();
     w.postMessage({ type: 'start', cfg } satisfies StartChannel);
