@@ -58,6 +58,7 @@ function cpuUsed(pid: number, a: ThreadCpu, b: ThreadCpu) {
 export const WORK_KINDS = [
   'page faults',
   'madvise (populate)',
+  'pwritev (guest pages)',
   'kernel TCP send/receive',
   'kernel, other',
   'memcpy/memset',
@@ -83,6 +84,8 @@ const JIT = /^v8::internal::(compiler|maglev|baseline)::/;
 export function classifySample(chain: readonly Frame[]): WorkKind {
   if (chain.some((f) => /^(asm_)?exc_page_fault$/.test(f.sym))) return 'page faults';
   if (chain.some((f) => /^(__x64_sys_madvise|do_madvise)/.test(f.sym))) return 'madvise (populate)';
+  // The destination writing pages into fresh guest memory through its memfd (GuestMemory.writePagesThroughFd).
+  if (chain.some((f) => /^(__x64_sys_pwritev|do_pwritev)/.test(f.sym))) return 'pwritev (guest pages)';
   const leaf = chain[0] ?? { sym: '', dso: '' };
   if (leaf.dso.includes('kernel')) {
     return chain.some((f) =>

@@ -24,10 +24,11 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { once } from 'node:events';
-import { closeSync, ftruncateSync, mkdtempSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
 import { connect, createServer, type NetConnectOpts } from 'node:net';
 import { join } from 'node:path';
 import { bytes } from '../src/cli/format.ts';
+import { guestRamAllocatedKib } from '../src/harness/guest-ram-usage.ts';
 import { startLocalPair, waitForMigration } from '../src/harness/local-hosts.ts';
 import { defaultAddonPath } from '../src/native/addon.ts';
 import { crc32c } from '../src/stream/crc32c.ts';
@@ -133,12 +134,6 @@ function checkPages(who: string, ram: RamInfo, memMiB: number, fill: GuestFill):
   if (fill === 'zero' && ram.duplicate < pages * 0.99) throw new Error(`${who} sent only ${ram.duplicate} zero pages`);
 }
 
-/** KiB of a /proc/PID/status field. */
-function statusKib(pid: number, field: string): number {
-  const m = new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) : Number.NaN;
-}
-
 /** Called around one migration (after the guest is up, after both sides completed), e.g. to sample CPU. */
 export interface MigrationObserver {
   before(pids: { source: number; destination: number }): Promise<void> | void;
@@ -146,10 +141,10 @@ export interface MigrationObserver {
 }
 
 /**
- * One migration of a `memMiB` guest (random bytes, or all zeroes) between two VMM processes. `dstShmemMiB`
- * (a fresh destination only): guest RAM the destination VMM maps afterwards (RssShmem growth), read before
- * the digests touch it all. A prefaulted destination has it all mapped already, and a multifd channel
- * thread's own mapping of the memfd would count its pages a second time: no figure there.
+ * One migration of a `memMiB` guest (random bytes, or all zeroes) between two VMM processes. `dstRamMiB`
+ * (a fresh destination only): guest RAM the destination holds afterwards (its guest memfd's allocated
+ * pages, guestRamAllocatedKib), read before the digests touch it all. A prefaulted destination holds it all
+ * already: no figure there.
  */
 export async function oursOnce(
   memMiB: number,
@@ -158,7 +153,7 @@ export async function oursOnce(
   fill: GuestFill = 'random',
   multifd?: number,
   observe?: MigrationObserver,
-): Promise<Rate & { downtime: number; dstShmemMiB?: number }> {
+): Promise<Rate & { downtime: number; dstRamMiB?: number }> {
   const pair = await startLocalPair({
     multifd: multifd ? { channels: multifd } : undefined,
     sourceWrap: wrap,
@@ -176,7 +171,7 @@ export async function oursOnce(
   });
   try {
     const dstPid = pair.procs.dstVmm.child.pid!;
-    const shmemBefore = statusKib(dstPid, 'RssShmem');
+    const ramBefore = guestRamAllocatedKib(dstPid);
     await observe?.before({ source: pair.procs.srcVmm.child.pid!, destination: dstPid });
     await pair.src.execute('migrate', { uri: pair.uri });
     // The source reports its own total-time: the poll interval only delays noticing the end.
@@ -184,7 +179,7 @@ export async function oursOnce(
     if (info.status !== 'completed') throw new Error(`migration ${info.status}: ${info['error-desc'] ?? ''}`);
     await waitForMigration(pair.dst, { timeoutMs: 60_000 });
     await observe?.after();
-    const dstShmemMiB = warm ? undefined : (statusKib(dstPid, 'RssShmem') - shmemBefore) / 1024;
+    const dstRamMiB = warm ? undefined : (guestRamAllocatedKib(dstPid) - ramBefore) / 1024;
     const [a, b] = await Promise.all([
       // Digests of a large guest take seconds on a busy machine: more than the default 10 s reply time.
       pair.src.execute<Digests>('x-query-digests', undefined, { timeoutMs: 300_000 }),
@@ -193,7 +188,7 @@ export async function oursOnce(
     if (a.ram !== b.ram) throw new Error('guest RAM differs at the destination: the benchmark run is void');
     const ram = info.ram as RamInfo;
     checkPages('our VMM', ram, memMiB, fill);
-    return { bytes: ram.transferred, ms: info['total-time'] as number, downtime: info.downtime as number, dstShmemMiB };
+    return { bytes: ram.transferred, ms: info['total-time'] as number, downtime: info.downtime as number, dstRamMiB };
   } finally {
     await pair.stop();
   }
@@ -376,13 +371,13 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
 }
 
 /** Guest MB/s: the guest's size over the migration's total-time (what a zero-page guest costs to move). */
-function guestRate(memMiB: number, r: Rate & { downtime: number; dstShmemMiB?: number }) {
+function guestRate(memMiB: number, r: Rate & { downtime: number; dstRamMiB?: number }) {
   const guest = memMiB * (1 << 20);
-  const shmem = r.dstShmemMiB !== undefined ? `; destination maps ${r.dstShmemMiB.toFixed(1)} MiB of it` : '';
+  const held = r.dstRamMiB !== undefined ? `; destination holds ${r.dstRamMiB.toFixed(1)} MiB of it` : '';
   return {
     value: guest / r.ms / 1000,
     per: `${bytes(guest)} guest, ${bytes(r.bytes)} sent in ${r.ms.toFixed(0)} ms`,
-    note: `downtime ${r.downtime} ms${shmem}`,
+    note: `downtime ${r.downtime} ms${held}`,
   };
 }
 

@@ -15,7 +15,8 @@
         "src/scm.c",
         "src/poller.c",
         "src/crc32c.c",
-        "src/zero.c"
+        "src/zero.c",
+        "src/pwrite.c"
       ],
       # NAPI 8: instance data, detach_arraybuffer and async cleanup hooks; Node 20 has 9.
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"],

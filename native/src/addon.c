@@ -4,6 +4,7 @@
 
 #include "crc32c.h"
 #include "madvise.h"
+#include "pwrite.h"
 #include "vfio_native.h"
 #include "zero.h"
 
@@ -72,6 +73,7 @@ NAPI_MODULE_INIT() {
       VN_FN("isZero", vn_is_zero),
       VN_FN("zeroPages", vn_zero_pages),
       VN_FN("holePages", vn_hole_pages),
+      VN_FN("pwriteSpaced", vn_pwrite_spaced),
   };
   VN_CALL(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   if (!vn_poller_define(env, exports)) return NULL;

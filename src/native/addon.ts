@@ -143,6 +143,13 @@ export interface NativeAddon {
    * when none was met).
    */
   holePages(fd: number, offset: number, mask: number, extent: Float64Array): number;
+  /**
+   * pwritev(2) of src into fd at `offset`: src is pieces of `piece` bytes with `gap` bytes between each
+   * two (page records: a page, the next record's header, the next page), which land one after another
+   * in the file. Returns the bytes written (all of the pieces: short writes are resumed). A RangeError
+   * when src is not whole pieces and gaps.
+   */
+  pwriteSpaced(fd: number, offset: number, src: Uint8Array, piece: number, gap: number): number;
   Poller: PollerConstructor;
 }
 

@@ -23,6 +23,10 @@ test('a page fault taken inside read() is a page fault, not TCP', () => {
   assert.equal(classifySample(chain.slice(3)), 'kernel TCP send/receive');
   assert.equal(classifySample([f('schedule'), f('do_epoll_wait')]), 'kernel, other');
   assert.equal(classifySample([f('clear_page_erms'), f('madvise_populate'), f('do_madvise')]), 'madvise (populate)');
+  assert.equal(
+    classifySample([f('copy_page_from_iter_atomic'), f('shmem_file_write_iter'), f('do_pwritev')]),
+    'pwritev (guest pages)',
+  );
 });
 
 test('user-space samples: libc copies, the addon, GC and everything else', () => {

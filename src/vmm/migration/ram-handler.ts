@@ -27,12 +27,9 @@ const BLOCK_NAME = new TextEncoder().encode(RAM_BLOCK);
 const PAGE = 4096;
 /** Payload bytes per PART section (page records with their contents, and zero-page records). */
 export const SECTION_PAYLOAD = 4 << 20;
-/**
- * Destination: a section's data pages are populated in one call when they are at least this dense over
- * the span they cover (the bulk pass of a full guest); sparse data pages, among zero pages that are never
- * written, fault in one by one instead, so populating allocates at most as many zero pages as data pages.
- */
-const PREFAULT_DENSITY = 0.5;
+/** A page record after the first of its block: an 8-byte header (offset | flags, CONTINUE), then the page. */
+const CONTINUE_HEAD = 8;
+const RECORD_STRIDE = CONTINUE_HEAD + PAGE;
 /** Section buffers in the staging ring: at most this many sections' pages in flight (16 MiB). */
 export const STAGING_BUFFERS = 4;
 
@@ -89,8 +86,6 @@ export class RamHandler implements MigrationHandler {
   private received: Uint8Array | null = null;
   private receivedCount = 0;
   private readonly scan = new RamPageScan();
-  /** Destination: pages below this were populated ahead of the stream. */
-  private prefaultedTo = 0;
   /**
    * Destination: whether the memory reads as zero wherever this handler never wrote, and per page
    * whether it wrote there (with data or a non-zero fill), across every load (a retried load included).
@@ -288,7 +283,6 @@ export class RamHandler implements MigrationHandler {
     this.received.fill(0);
     this.receivedCount = 0;
     this.written ??= new Uint8Array(new SharedArrayBuffer(this.memory.pages));
-    this.prefaultedTo = 0;
     this.decodeCtx.block = null;
     this.decodeCtx.blocks = new Map([[RAM_BLOCK, this.memory.size]]);
   }
@@ -298,13 +292,35 @@ export class RamHandler implements MigrationHandler {
     // every error, through the full decoder.
     if (scanRamPages(payload, BLOCK_NAME, this.memory.size, this.scan)) {
       const { offsets, data, count } = this.scan;
-      this.prefaultData();
-      for (let r = 0; r < count; r++) {
+      // Fresh memory not prefaulted: pages never written go in through the memfd (writePagesThroughFd:
+      // allocated without the zeroing a fault or a populate would do first), a run of them per call.
+      const unmapped = this.fresh && !this.memory.allFaultedIn;
+      const written = this.written!;
+      for (let r = 0; r < count; ) {
         const i = offsets[r]! / PAGE;
         const at = data[r]!;
-        if (at >= 0) this.writePage(i, payload.subarray(at, at + PAGE));
-        else this.fillPage(i, -1 - at);
-        this.markReceived(i);
+        let n = 1;
+        if (at < 0) this.fillPage(i, -1 - at);
+        else if (!unmapped || written[i] !== 0) this.writePage(i, payload.subarray(at, at + PAGE));
+        else {
+          // The run: records one after another in the payload, for pages one after another in guest
+          // RAM, none of them written yet.
+          while (
+            r + n < count &&
+            data[r + n] === at + n * RECORD_STRIDE &&
+            offsets[r + n] === offsets[r]! + n * PAGE &&
+            written[i + n] === 0
+          )
+            n++;
+          this.memory.writePagesThroughFd(
+            i,
+            payload.subarray(at, at + n * RECORD_STRIDE - CONTINUE_HEAD),
+            CONTINUE_HEAD,
+          );
+          written.fill(1, i, i + n);
+        }
+        for (let k = 0; k < n; k++) this.markReceived(i + k);
+        r += n;
       }
       return;
     }
@@ -360,32 +376,6 @@ export class RamHandler implements MigrationHandler {
     this.memory.page(i).fill(fill);
     // A zeroed page stays marked: it is allocated now, and cheaper to fill again than to scan.
     this.written![i] = 1;
-  }
-
-  /**
-   * Fresh destination memory costs a page fault per page on first write; populating it in one call
-   * (MADV_POPULATE_WRITE) costs much less. Done for the span a scanned section's data pages cover when
-   * they are dense in it (PREFAULT_DENSITY) and lie past what was populated (the bulk pass arrives in
-   * page order); a run of zero pages is never populated. Later passes land on pages already there.
-   */
-  private prefaultData(): void {
-    // A prefaulted destination (`--prefault`): the kernel would walk page tables only to find them there.
-    if (this.memory.allFaultedIn) return;
-    const { offsets, data, count } = this.scan;
-    let lo = Number.POSITIVE_INFINITY;
-    let hi = -1;
-    let pages = 0;
-    for (let r = 0; r < count; r++) {
-      if (data[r]! < 0) continue;
-      const i = offsets[r]! / PAGE;
-      if (i < lo) lo = i;
-      if (i > hi) hi = i;
-      pages++;
-    }
-    const from = Math.max(lo, this.prefaultedTo);
-    if (pages === 0 || hi < from || pages < (hi - lo + 1) * PREFAULT_DENSITY) return;
-    this.memory.prefault(from, hi + 1 - from, { touch: false });
-    this.prefaultedTo = hi + 1;
   }
 
   async loadComplete(): Promise<void> {

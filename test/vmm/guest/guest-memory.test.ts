@@ -2,6 +2,7 @@
 // back), reads and writes across mapping pieces, page digests that catch any one-byte change, zero pages,
 // and prefaulting (with its speed printed, never asserted).
 import assert from 'node:assert/strict';
+import { fstatSync, readFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import { native } from '../../../src/native/addon.ts';
@@ -250,6 +251,33 @@ describe('GuestMemory', () => {
     } finally {
       cold.close();
       warm.close();
+    }
+  });
+  test('writePagesThroughFd: pages from spaced records land in order, allocated in the memfd and mapped nowhere', () => {
+    const pages = 1024;
+    const m = GuestMemory.create(pages * PAGE_SIZE, 'gm-through-fd', { pieceSize: 256 * PAGE_SIZE });
+    const rssShmemKib = () => Number(/RssShmem:\s+(\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))![1]);
+    try {
+      // 600 page records (8-byte headers between pages) for pages 300..899: across two mapping seams.
+      const gap = 8;
+      const src = new Uint8Array(600 * (PAGE_SIZE + gap) - gap);
+      for (let k = 0; k < 600; k++) src.fill((k % 255) + 1, k * (PAGE_SIZE + gap), k * (PAGE_SIZE + gap) + PAGE_SIZE);
+      const rss0 = rssShmemKib();
+      assert.equal(m.writePagesThroughFd(300, src, gap), 600);
+      const allocatedKib = (fstatSync(m.fd).blocks * 512) / 1024;
+      const mappedKib = rssShmemKib() - rss0;
+      assert.equal(allocatedKib, 600 * 4, 'the memfd holds exactly the pages written');
+      assert.ok(mappedKib < 600, `this process mapped ${mappedKib} KiB of the 2400 KiB written`);
+      for (let k = 0; k < 600; k++) {
+        const p = m.page(300 + k);
+        assert.ok(p[0] === (k % 255) + 1 && p[PAGE_SIZE - 1] === (k % 255) + 1, `page ${300 + k}`);
+      }
+      assert.ok(m.isZeroPage(299) && m.isZeroPage(900), 'the neighbours are untouched');
+      assert.throws(() => m.writePagesThroughFd(pages - 1, src.subarray(0, 2 * PAGE_SIZE + gap), gap), RangeError);
+      assert.throws(() => m.writePagesThroughFd(0, src.subarray(0, PAGE_SIZE + 1), gap), RangeError);
+      assert.throws(() => m.writePagesThroughFd(-1, src.subarray(0, PAGE_SIZE), gap), RangeError);
+    } finally {
+      m.close();
     }
   });
 });

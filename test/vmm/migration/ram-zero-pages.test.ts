@@ -85,7 +85,7 @@ describe('zero pages through the RAM handler', () => {
   test('a mostly-zero guest arrives equal page by page, zeroed pages included, and the destination allocates only its data pages', async () => {
     const p = pair(true);
     try {
-      // Sparse data pages, a dense run (populated in one call at the destination), and pages whose only
+      // Sparse data pages, a dense run (written through the memfd in runs at the destination), and pages whose only
       // non-zero byte is at a page edge.
       const data = new Set<number>();
       for (let i = 0; i < PAGES; i += 97) data.add(i);
