@@ -23,6 +23,8 @@ export interface Figure {
   per?: string;
   /** Extra facts of the last round (e.g. downtime). */
   note?: string;
+  /** Values of the warm-up rounds run before the measured ones (not in the median or the spread). */
+  warmup?: number[];
 }
 
 export function median(xs: readonly number[]): number {
@@ -36,13 +38,20 @@ export function figure(name: string, unit: Figure['unit'], values: number[], ext
   return { name, unit, values, median: median(values), min: Math.min(...values), max: Math.max(...values), ...extra };
 }
 
-/** Runs `fn` `rounds` times; each round returns its value (MB/s or ms) and optional details. */
+/**
+ * Runs `fn` `rounds` times; each round returns its value (MB/s or ms) and optional details. `warmup`
+ * rounds run first and are kept apart (Figure.warmup): for figures whose rounds reuse the same processes,
+ * so that the first round's cold code is not one of three values.
+ */
 export async function measure(
   name: string,
   unit: Figure['unit'],
   rounds: number,
   fn: () => Promise<{ value: number; per?: string; note?: string }>,
+  options: { warmup?: number } = {},
 ): Promise<Figure> {
+  const warmup: number[] = [];
+  for (let i = 0; i < (options.warmup ?? 0); i++) warmup.push((await fn()).value);
   const values: number[] = [];
   let last: { per?: string; note?: string } = {};
   for (let i = 0; i < rounds; i++) {
@@ -50,7 +59,7 @@ export async function measure(
     values.push(r.value);
     last = r;
   }
-  const f = figure(name, unit, values, { per: last.per, note: last.note });
+  const f = figure(name, unit, values, { per: last.per, note: last.note, ...(warmup.length ? { warmup } : {}) });
   say(formatFigure(f));
   return f;
 }
@@ -60,7 +69,8 @@ export function formatFigure(f: Figure): string {
   const v = (x: number) => x.toFixed(digits);
   return (
     `${f.name.padEnd(22)} ${v(f.median).padStart(7)} ${f.unit.padEnd(4)}  spread ${v(f.min)}-${v(f.max)}` +
-    `  rounds ${f.values.map(v).join(' ')}${f.per ? `  (${f.per} per round)` : ''}${f.note ? `; ${f.note}` : ''}`
+    `  rounds ${f.values.map(v).join(' ')}${f.warmup ? ` after warm-up ${f.warmup.map(v).join(' ')}` : ''}` +
+    `${f.per ? `  (${f.per} per round)` : ''}${f.note ? `; ${f.note}` : ''}`
   );
 }
 

@@ -49,7 +49,7 @@ export function renderPerfTables(all: readonly BenchRun[]): string {
   for (const f of last.figures) {
     out.push(
       `| ${cell(f.name)} | ${num(f.median, f.unit)} | ${f.unit} | ${num(f.min, f.unit)}-${num(f.max, f.unit)} | ` +
-        `${cell(f.per ?? '')} | ${cell(f.note ?? '')} |`,
+        `${cell(f.per ?? '')} | ${cell([f.note, f.warmup && `after ${f.warmup.length} warm-up round${f.warmup.length > 1 ? 's' : ''} (${f.warmup.map((v) => num(v, f.unit)).join(', ')})`].filter(Boolean).join('; '))} |`,
     );
   }
   if (last.ratios.length > 0) {

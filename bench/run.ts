@@ -18,8 +18,8 @@
 // (not timed): its state digest must equal the source's, or the run is void.
 
 import { randomFillSync } from 'node:crypto';
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { DeviceState } from '../src/abi/migration.ts';
@@ -30,7 +30,7 @@ import { findMigrationRegion, openRegionPort, type VfioRegionPort } from '../src
 import { SeedRegionClient } from '../src/vmm/vfio/seed-region-client.ts';
 import { type ServerProcess, startServer } from '../test/support/server-process.ts';
 import { dirtySyncInRun } from './dirty-log.ts';
-import { measure, ratio, say, sayTo } from './figures.ts';
+import { figure, formatFigure, measure, ratio, say, sayTo } from './figures.ts';
 import { writePerfDoc } from './perf-doc.ts';
 import { profileBench } from './profile.ts';
 import { multifdBench, ramBench, rawStream, zeroBench } from './ram.ts';
@@ -67,10 +67,28 @@ if (!(ROUNDS >= 1)) throw new Error('--rounds must be at least 1');
 if (values.json) sayTo((line) => process.stderr.write(`${line}\n`));
 const run = newRun(ROUNDS, values.only);
 
+/**
+ * CPU per round of the device part's baselines (ms on-CPU for MEM bytes), in the order measured: what
+ * moving a byte through a UNIX socket (both processes), copying it and producing it cost on this machine,
+ * the parts of the trapped path's least CPU per byte (the ceiling ratios below).
+ */
+const cpuOf = { 'raw-unix': [] as number[], memcpy: [] as number[], device: [] as number[] };
+const cpuNote: Record<string, string> = {
+  'raw-unix': 'every thread of the writer and the reader',
+  memcpy: 'the copying thread',
+  device: 'the producing thread',
+};
+
+/** On-CPU ms of this process's main thread (the scheduler's count, as processCpuNs). */
+function mainThreadCpuMs(): number {
+  return Number(readFileSync(`/proc/self/task/${process.pid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
+}
+
 async function rawUnix(total: number): Promise<{ value: number; per: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'vfio-migrate-bench-'));
   try {
     const r = await rawStream(total, { path: join(dir, 'raw.sock') });
+    cpuOf['raw-unix'].push(r.cpuMs!);
     return { value: r.bytes / r.ms / 1000, per: bytes(r.bytes) };
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -79,9 +97,11 @@ async function rawUnix(total: number): Promise<{ value: number; per: string }> {
 
 /** One copy of MEM bytes between two buffers, 1 MiB at a time (the chunk size of the region paths). */
 function memcpyRound(src: Uint8Array, dst: Uint8Array): { value: number; per: string } {
+  const c0 = mainThreadCpuMs();
   const t0 = performance.now();
   for (let at = 0; at < src.byteLength; at += 1 << 20) dst.set(src.subarray(at, at + (1 << 20)), at);
   const ms = performance.now() - t0;
+  cpuOf.memcpy.push(mainThreadCpuMs() - c0);
   return { value: src.byteLength / ms / 1000, per: bytes(src.byteLength) };
 }
 
@@ -90,9 +110,11 @@ async function deviceProduce(): Promise<{ value: number; per: string }> {
   const out = new Uint8Array(1 << 20);
   dev.transition(DeviceState.RUNNING, DeviceState.SAVING);
   let n = 0;
+  const c0 = mainThreadCpuMs();
   const t0 = performance.now();
   for (let k = dev.produce(out); k > 0; k = dev.produce(out)) n += k;
   const ms = performance.now() - t0;
+  cpuOf.device.push(mainThreadCpuMs() - c0);
   dev.close();
   return { value: n / ms / 1000, per: bytes(n) };
 }
@@ -192,20 +214,39 @@ if (want('profile')) {
 }
 if (want('device')) {
   say(`device data: a large-memory device of ${bytes(MEM)} (random contents), stop-and-copy through its region`);
-  const raw = await measure('raw-unix', 'MB/s', ROUNDS, () => rawUnix(MEM));
+  // One warm-up round each: trapped and mmapped reuse the same two device servers and client every round,
+  // whose code gets faster round after round; the baselines get the same so that like is compared with like.
+  const warm = { warmup: 1 };
+  const raw = await measure('raw-unix', 'MB/s', ROUNDS, () => rawUnix(MEM), warm);
   const copyFrom = randomFillSync(new Uint8Array(MEM));
   const copyTo = new Uint8Array(MEM).fill(1); // touched: the rounds time copies, not first-write faults
-  const memcpy = await measure('memcpy', 'MB/s', ROUNDS, async () => memcpyRound(copyFrom, copyTo));
-  const dev = await measure('device', 'MB/s', ROUNDS, deviceProduce);
-  const trapped = await measure('trapped', 'MB/s', ROUNDS, await throughRegion('trapped'));
-  const mmapped = await measure('mmapped', 'MB/s', ROUNDS, await throughRegion('mmapped'));
+  const memcpy = await measure('memcpy', 'MB/s', ROUNDS, async () => memcpyRound(copyFrom, copyTo), warm);
+  const dev = await measure('device', 'MB/s', ROUNDS, deviceProduce, warm);
+  const trapped = await measure('trapped', 'MB/s', ROUNDS, await throughRegion('trapped'), warm);
+  const mmapped = await measure('mmapped', 'MB/s', ROUNDS, await throughRegion('mmapped'), warm);
   for (const c of cleanup) await c();
-  run.figures.push(raw, memcpy, dev, trapped, mmapped);
+  // The measured rounds' CPU (the warm-up's first value left out), as figures of their own.
+  const cpu = Object.entries(cpuOf).map(([name, v]) =>
+    figure(`${name} cpu`, 'ms', v.slice(-ROUNDS), { per: `CPU ms per ${bytes(MEM)}`, note: cpuNote[name] }),
+  );
+  for (const f of cpu) say(formatFigure(f));
+  run.figures.push(raw, memcpy, dev, trapped, mmapped, ...cpu);
   const ceiling = dev.median < raw.median ? dev : raw;
+  // The trapped path moves every byte through a UNIX socket (raw-unix's CPU), the device produces it
+  // (device's) and the VMM side copies it out of its read buffer (memcpy's: the bench keeps what it read):
+  // no way of doing that work on this machine's cores goes faster than cores / CPU per byte.
+  const cpuPerMB = cpu.reduce((sum, f) => sum + f.median, 0) / (MEM / 1e6);
+  const trappedCeiling = figure('trapped ceiling', 'MB/s', [(cpus().length * 1000) / cpuPerMB], {
+    per: `${cpus().length} cores / (raw-unix + device + memcpy CPU per byte)`,
+  });
+  say(formatFigure(trappedCeiling));
+  run.figures.push(trappedCeiling);
   say();
   run.ratios.push(
     ratio('mmapped / raw-unix', mmapped, raw),
     ratio('trapped / raw-unix', trapped, raw, '>= 0.8'),
+    ratio('trapped ceiling / raw-unix', trappedCeiling, raw),
+    ratio('trapped / trapped ceiling', trapped, trappedCeiling),
     ratio('mmapped / min(raw, device)', mmapped, ceiling),
     ratio('trapped / min(raw, device)', trapped, ceiling),
     ratio('mmapped / memcpy', mmapped, memcpy, '>= 0.3'),
