@@ -3,12 +3,13 @@
 // every RAM page made a non-zero data page (sections re-encoded with valid CRCs), so the stream is as large
 // as the guest. It is written into a destination's migration listener as fast as the destination takes
 // it, while the destination's anonymous memory (RssAnon: the JS heap, buffers, sections in flight; guest
-// RAM is a shared memfd and counts as RssShmem) is sampled. Its growth must stay well below the stream:
+// RAM is a shared memfd, not anonymous) is sampled. Its growth must stay well below the stream:
 // the decoder's 16 MiB section bound plus socket buffers and collector slack, not the guest.
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { connect, type Socket } from 'node:net';
 import { test } from 'node:test';
+import { guestRamAllocatedKib } from '../../src/harness/guest-ram-usage.ts';
 import { startLocalPair } from '../../src/harness/local-hosts.ts';
 import { type DecodedSection, StreamDecoder } from '../../src/stream/decoder.ts';
 import { StreamEncoder } from '../../src/stream/encoder.ts';
@@ -107,7 +108,7 @@ test(`loading a ${GUEST_MIB} MiB guest of non-zero pages grows the destination's
     const figures = new FuzzTally('destination-memory-during-load').watch(pair.procs.dstVmm.child, 'destination vmm');
     const port = Number(pair.uri.slice(pair.uri.lastIndexOf(':') + 1));
     const baseAnon = statusKib(dstPid, 'RssAnon');
-    const baseShmem = statusKib(dstPid, 'RssShmem');
+    const baseGuest = guestRamAllocatedKib(dstPid);
     let peakAnon = baseAnon;
     let samples = 0;
     let sampling = true;
@@ -140,10 +141,10 @@ test(`loading a ${GUEST_MIB} MiB guest of non-zero pages grows the destination's
     assert.equal(dinfo.status, 'completed', String(dinfo['error-desc'] ?? ''));
     const streamMib = streamBytes / (1 << 20);
     const grewMib = (peakAnon - baseAnon) / 1024;
-    const shmemMib = (statusKib(dstPid, 'RssShmem') - baseShmem) / 1024;
+    const guestMib = (guestRamAllocatedKib(dstPid) - baseGuest) / 1024;
     console.log(
       `destination memory: a ${streamMib.toFixed(0)} MiB stream loaded; RssAnon peak +${grewMib.toFixed(1)} MiB ` +
-        `over ${samples} samples; RssShmem +${shmemMib.toFixed(0)} MiB; VmHWM ${(statusKib(dstPid, 'VmHWM') / 1024).toFixed(0)} MiB`,
+        `over ${samples} samples; guest memfd +${guestMib.toFixed(0)} MiB; VmHWM ${(statusKib(dstPid, 'VmHWM') / 1024).toFixed(0)} MiB`,
     );
     // Not a bad input: one valid stream, as load, for the memory figure (docs/fuzzing.md quotes it).
     figures.valid = 1;
@@ -154,6 +155,10 @@ test(`loading a ${GUEST_MIB} MiB guest of non-zero pages grows the destination's
       bound_mib: BOUND_MIB,
     });
     assert.ok(streamMib >= GUEST_MIB, 'the stream is as large as the guest');
+    assert.ok(
+      guestMib >= GUEST_MIB - 1,
+      `every page is data: the destination's guest memfd holds ${guestMib.toFixed(0)} MiB`,
+    );
     assert.ok(grewMib < BOUND_MIB, `the destination's anonymous memory grew by ${grewMib.toFixed(1)} MiB`);
   } finally {
     await pair.stop();
