@@ -1,0 +1,43 @@
+// A figure's warm-up rounds run first and stay out of its median and spread, recorded apart; the
+// performance tables say a figure had them.
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { figure, formatFigure, measure, sayTo } from '../../bench/figures.ts';
+import { renderPerfTables } from '../../bench/perf-doc.ts';
+
+test('warm-up rounds are run first and kept apart from the measured rounds', async () => {
+  const lines: string[] = [];
+  sayTo((l) => lines.push(l));
+  try {
+    const seen = [100, 900, 1000, 1100];
+    let i = 0;
+    const f = await measure('x', 'MB/s', 3, async () => ({ value: seen[i++]! }), { warmup: 1 });
+    assert.equal(i, 4, 'one warm-up round, then three');
+    assert.deepEqual(f.warmup, [100]);
+    assert.deepEqual(f.values, [900, 1000, 1100]);
+    assert.equal(f.median, 1000);
+    assert.equal(f.min, 900, 'the warm-up is not in the spread');
+    assert.match(lines.join('\n'), /rounds 900 1000 1100 after warm-up 100/);
+    const plain = await measure('y', 'MB/s', 2, async () => ({ value: 5 }));
+    assert.equal(plain.warmup, undefined);
+    assert.doesNotMatch(formatFigure(plain), /warm-up/);
+  } finally {
+    sayTo((l) => console.log(l));
+  }
+});
+
+test('the tables note a figure measured after warm-up rounds', () => {
+  const text = renderPerfTables([
+    {
+      date: '2026-12-05T12:00:00.000Z',
+      commit: 'eeeeeeeeeeee',
+      dirty: false,
+      machine: { cpu: 'Test CPU', cores: 2, memGiB: 24, node: 'v20.20.2', loadavg: [0, 0, 0] },
+      rounds: 3,
+      figures: [figure('trapped', 'MB/s', [900, 1000, 1100], { per: '256 MiB', warmup: [400] })],
+      ratios: [],
+      skipped: [],
+    },
+  ]);
+  assert.match(text, /\| trapped \| 1000 \| MB\/s \| 900-1100 \| 256 MiB \| after 1 warm-up round \(400\) \|/);
+});
