@@ -36,15 +36,20 @@ export interface RecvWorkerConfig {
   progress: Int32Array;
 }
 
-/** Main -> sending channel. */
+/**
+ * Main -> sending channel. `packets`: consecutive packets numbered from packetNum, their pages
+ * `normal` then `zero` taken MULTIFD_PACKET_PAGES at a time (the last packet takes the rest); with `sync`
+ * the last one carries the SYNC flag (with no pages: one empty SYNC packet). One message and one write
+ * for several packets: the channel's JavaScript per message, not per packet.
+ */
 export type ToSender =
-  | { type: 'packet'; normal: Float64Array; zero: Float64Array; packetNum: number; sync: boolean }
+  | { type: 'packets'; normal: Float64Array; zero: Float64Array; packetNum: number; packets: number; sync: boolean }
   | { type: 'end' };
 
-/** Sending channel -> main. */
+/** Sending channel -> main. `packets`: how many of them went out with those bytes. */
 export type FromSender =
   | { type: 'connected' }
-  | { type: 'sent'; bytes: number; sync: boolean }
+  | { type: 'sent'; bytes: number; packets: number }
   | { type: 'closed' }
   | { type: 'error'; message: string; errno: string };
 

@@ -94,27 +94,37 @@ function runSender(c: SendWorkerConfig): void {
       sock.end();
       return;
     }
-    const head = Buffer.allocUnsafe(MULTIFD_HEADER_BYTES + 8 * (m.normal.length + m.zero.length));
-    writeMultifdHeader(
-      head,
-      {
-        flags: m.sync ? MULTIFD_FLAG_SYNC : 0,
-        pagesAlloc: MULTIFD_PACKET_PAGES,
-        packetNum: m.packetNum,
-        ramblock: RAM_BLOCK,
-      },
-      m.normal,
-      m.zero,
-    );
     // The pages go as they are in guest RAM, runs of adjacent pages as one piece: a page a vCPU writes
     // after this is marked dirty again and goes in a later pass (the final pass runs with the VM stopped).
-    const parts: Uint8Array[] = [head];
-    for (let k = 0; k < m.normal.length; ) {
-      const view = adjacentPages(m.normal, k, m.normal.length);
-      parts.push(view);
-      k += view.byteLength / PAGE_SIZE;
+    const parts: Uint8Array[] = [];
+    const all = m.normal.length + m.zero.length;
+    let bytes = 0;
+    for (let k = 0, taken = 0; k < m.packets; k++) {
+      const end = k === m.packets - 1 ? all : taken + MULTIFD_PACKET_PAGES;
+      // This packet's share of the normal pages, then of the zero pages.
+      const normal = m.normal.subarray(Math.min(taken, m.normal.length), Math.min(end, m.normal.length));
+      const zero = m.zero.subarray(Math.max(0, taken - m.normal.length), Math.max(0, end - m.normal.length));
+      const head = Buffer.allocUnsafe(MULTIFD_HEADER_BYTES + 8 * (normal.length + zero.length));
+      writeMultifdHeader(
+        head,
+        {
+          flags: m.sync && k === m.packets - 1 ? MULTIFD_FLAG_SYNC : 0,
+          pagesAlloc: MULTIFD_PACKET_PAGES,
+          packetNum: m.packetNum + k,
+          ramblock: RAM_BLOCK,
+        },
+        normal,
+        zero,
+      );
+      parts.push(head);
+      for (let i = 0; i < normal.length; ) {
+        const view = adjacentPages(normal, i, normal.length);
+        parts.push(view);
+        i += view.byteLength / PAGE_SIZE;
+      }
+      bytes += head.byteLength + PAGE_SIZE * normal.length;
+      taken = end;
     }
-    const bytes = head.byteLength + PAGE_SIZE * m.normal.length;
     pending++;
     arm();
     sock.cork();
@@ -123,7 +133,7 @@ function runSender(c: SendWorkerConfig): void {
       if (err) return fail(err.message, 'ECONNRESET');
       pending--;
       arm();
-      post({ type: 'sent', bytes, sync: m.sync });
+      post({ type: 'sent', bytes, packets: m.packets });
     });
     sock.uncork();
   });
