@@ -22,7 +22,7 @@ test('concurrent writes arrive whole and in call order; the last is unresolved w
   const out = await openOutgoing({ kind: 'tcp', host: '127.0.0.1', port: peer.port });
   const sock = await peer.accepted;
   try {
-    // 24 writes of 3 MiB + 1 byte (groups of 512 KiB and a ragged end), each of its own byte value:
+    // 24 writes of 3 MiB + 1 byte (groups of 1 MiB and a ragged end), each of its own byte value:
     // 72 MiB is far more than the kernel's send and receive buffers hold while the peer reads nothing.
     const sizes = Array.from({ length: 24 }, (_, i) => (3 << 20) + 1 + i);
     const settled: boolean[] = sizes.map(() => false);
