@@ -52,11 +52,18 @@ export function seedRegionLayout(options: Pick<SeedRegionOptions, 'kind' | 'data
 }
 
 /**
- * An mmapped data area of at least this many bytes is double-buffered while saving: the device produces
- * the next chunk into one half while the VMM copies the last one out of the other (smaller areas would
- * cost more register round trips per byte than the overlap gains).
+ * A data area of at least this many bytes is double-buffered while saving: the device produces the next
+ * chunk into one half while the VMM copies the last one out of the other (mmapped), or while the server
+ * sends it (trapped: REGION_READ replies lent from the chunk); smaller areas would cost more register
+ * round trips per byte than the overlap gains.
  */
 const DOUBLE_BUFFER_MIN = 256 * 1024;
+/**
+ * Bytes produced ahead per turn of the event loop: small enough that a trapped server keeps its socket
+ * fed between slices (the kernel takes a reply a socket buffer at a time, and each time the server must
+ * be free to write the next part), large enough that a slice costs more than its turn.
+ */
+const AHEAD_SLICE = 1 << 20;
 
 /** The data section here is the bitmap area, then the data area. */
 export class SeedMigrationRegion extends MigrationRegionAccess<SeedField> {
@@ -70,12 +77,13 @@ export class SeedMigrationRegion extends MigrationRegionAccess<SeedField> {
   private bitmapWaiting = false;
   private bitmapBytes = 0;
 
-  // Double buffering (mmapped, saving): which half holds the chunk at data_offset, the chunk produced
-  // ahead into the other half once the VMM read data_size (it copies the chunk then), or the error that
+  // Double buffering (saving): which half holds the chunk at data_offset, the chunk produced ahead into
+  // the other half once the VMM read data_size (it copies or reads the chunk then), a slice per turn of
+  // the event loop until the half is full or the device has no more for now (`done`), or the error that
   // production met, reported at the next data_offset read as the device's own.
   private readonly doubleBuffered: boolean;
   private half = 0;
-  private ahead: { half: number; size: number } | null = null;
+  private ahead: { half: number; size: number; done: boolean } | null = null;
   private aheadTask: NodeJS.Immediate | null = null;
   private aheadError: unknown = null;
 
@@ -88,7 +96,7 @@ export class SeedMigrationRegion extends MigrationRegionAccess<SeedField> {
   constructor(options: SeedRegionOptions) {
     super(seedRegionLayout(options), SEED_MIGRATION_INFO, options.sectionMemory);
     this.backend = options.backend;
-    this.doubleBuffered = this.layout.kind === 'mmapped' && this.layout.dataSize >= DOUBLE_BUFFER_MIN;
+    this.doubleBuffered = this.layout.dataSize >= DOUBLE_BUFFER_MIN;
   }
 
   /**
@@ -244,14 +252,16 @@ export class SeedMigrationRegion extends MigrationRegionAccess<SeedField> {
         this.piece = { kind: 'data', size: this.unconsumed };
         return this.layout.dataOffset;
       }
-      // Not produced yet (data_size was not read, or its turn of the event loop has not come): now.
+      // Not produced yet, or not all of it (data_size was not read, or the slices' turns have not all
+      // come): the rest now, in one call, as the chunk would have been produced without double buffering.
       this.cancelAhead();
       if (this.aheadError !== null) {
         const err = this.aheadError;
         this.aheadError = null;
         throw asVfioError(err, Errno.EIO);
       }
-      const next = this.ahead ?? { half: 1 - this.half, size: this.produceInto(this.halfArea(1 - this.half)) };
+      const next = this.ahead ?? { half: 1 - this.half, size: 0, done: false };
+      if (!next.done) next.size += this.produceInto(this.halfArea(next.half).subarray(next.size));
       this.ahead = null;
       this.half = next.half;
       this.unconsumed = next.size;
@@ -272,26 +282,36 @@ export class SeedMigrationRegion extends MigrationRegionAccess<SeedField> {
   }
 
   /**
-   * Double-buffered: the VMM read data_size, so it copies the chunk now; the next one is produced into
-   * the other half on the device's next turn of the event loop (after this reply went out), so the two
-   * copies overlap. Nothing is produced ahead of an empty chunk (pre-copy: nothing ready; stop-and-copy:
-   * the end): produce() is called exactly when and as often as without double buffering, only earlier.
+   * Double-buffered: the VMM read data_size, so it copies (or reads) the chunk now; the next one is
+   * produced into the other half from the device's next turn of the event loop (after this reply went
+   * out), AHEAD_SLICE bytes a turn, so the two overlap and a trapped server still answers its socket in
+   * between. Nothing is produced ahead of an empty chunk (pre-copy: nothing ready; stop-and-copy: the
+   * end). produce() is asked for the same bytes in the same order as without double buffering, only
+   * earlier and in slices: a slice it fills only in part (nothing more for now) ends the chunk, and it is
+   * not asked again for that chunk.
    */
   private produceAheadSoon(): void {
     if (!this.doubleBuffered || this.piece.kind !== 'data' || this.piece.size === 0) return;
     if (this.ahead || this.aheadTask || this.aheadError !== null) return;
-    this.aheadTask = setImmediate(() => {
+    const ahead = { half: 1 - this.half, size: 0, done: false };
+    this.ahead = ahead;
+    const step = () => {
       this.aheadTask = null;
-      if (!this.isSaving()) return;
-      const half = 1 - this.half;
+      if (!this.isSaving() || this.ahead !== ahead) return;
+      const area = this.halfArea(ahead.half);
+      const slice = area.subarray(ahead.size, Math.min(area.byteLength, ahead.size + AHEAD_SLICE));
       try {
-        // Kept even when empty: this was the call the next data_offset read would have made, and a device
-        // may answer it once (pre-copy: "nothing more this round") and differently the next time.
-        this.ahead = { half, size: this.produceInto(this.halfArea(half)) };
+        const n = this.produceInto(slice);
+        ahead.size += n;
+        ahead.done = n < slice.byteLength || ahead.size === area.byteLength;
       } catch (err) {
+        this.ahead = null;
         this.aheadError = err;
+        return;
       }
-    });
+      if (!ahead.done) this.aheadTask = setImmediate(step);
+    };
+    this.aheadTask = setImmediate(step);
   }
 
   private cancelAhead(): void {
