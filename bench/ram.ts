@@ -33,7 +33,7 @@ import { startLocalPair, waitForMigration } from '../src/harness/local-hosts.ts'
 import { defaultAddonPath } from '../src/native/addon.ts';
 import { crc32c } from '../src/stream/crc32c.ts';
 import { QmpClient } from '../src/vmm/qmp/client.ts';
-import { processCpuNs } from './cpu-time.ts';
+import { processCpuMs, selfCpuMs } from './cpu-time.ts';
 import { type Figure, measure, ratio, say } from './figures.ts';
 import type { BenchRun } from './results.ts';
 
@@ -106,12 +106,12 @@ export async function rawStream(
         ? connect(where).on('data', (d: Buffer) => count(d.byteLength))
         : connect({ ...where, onread: { buffer, callback: count } });
     await once(sock, 'connect');
-    const cpu = () => processCpuNs('self') + processCpuNs(child.pid!);
+    const cpu = () => selfCpuMs() + processCpuMs(child.pid!);
     const cpu0 = cpu();
     const t0 = performance.now();
     await once(sock, 'end');
     const ms = performance.now() - t0;
-    const cpuMs = (cpu() - cpu0) / 1e6;
+    const cpuMs = cpu() - cpu0;
     sock.destroy();
     // A writer that died early (say, an addon built before crc32cCopy) must not pass for a fast link.
     if (got !== total) throw new Error(`raw ${reader} writer sent ${got} of ${total} bytes: the run is void`);

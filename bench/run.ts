@@ -18,7 +18,7 @@
 // (not timed): its state digest must equal the source's, or the run is void.
 
 import { randomFillSync } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { cpus, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -29,6 +29,7 @@ import { VfioUserClient } from '../src/vfio-user/client.ts';
 import { findMigrationRegion, openRegionPort, type VfioRegionPort } from '../src/vfio-user/region-port.ts';
 import { SeedRegionClient } from '../src/vmm/vfio/seed-region-client.ts';
 import { type ServerProcess, startServer } from '../test/support/server-process.ts';
+import { threadCpuMs } from './cpu-time.ts';
 import { dirtySyncInRun } from './dirty-log.ts';
 import { figure, formatFigure, measure, ratio, say, sayTo } from './figures.ts';
 import { writePerfDoc } from './perf-doc.ts';
@@ -75,14 +76,15 @@ const run = newRun(ROUNDS, values.only);
 const cpuOf = { 'raw-unix': [] as number[], memcpy: [] as number[], device: [] as number[] };
 const cpuNote: Record<string, string> = {
   'raw-unix': 'every thread of the writer and the reader',
-  memcpy: 'the copying thread',
-  device: 'the producing thread',
+  memcpy: 'the copying thread (to a scheduler tick)',
+  device: 'the producing thread (to a scheduler tick)',
 };
 
-/** On-CPU ms of this process's main thread (the scheduler's count, as processCpuNs). */
-function mainThreadCpuMs(): number {
-  return Number(readFileSync(`/proc/self/task/${process.pid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
-}
+/**
+ * On-CPU ms of this process's main thread: memcpy's and device's work, without what V8's helper threads
+ * do meanwhile (the least CPU the work takes).
+ */
+const mainThreadCpuMs = () => threadCpuMs(process.pid, process.pid);
 
 async function rawUnix(total: number): Promise<{ value: number; per: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'vfio-migrate-bench-'));
