@@ -333,7 +333,7 @@ export class GuestMemory {
    * 0.3 s + touch 0.6 s) and then loading 0.1 s. Only this mapping gains: another process (a device
    * server) still maps the pages on its own first access, though it finds them allocated.
    */
-  prefault(first?: number | PageRange, count?: number, options: { touch?: boolean } = {}): PrefaultResult {
+  prefault(first?: number | PageRange, count?: number): PrefaultResult {
     const r = this.range(first, count);
     // Memfd pages stay mapped once faulted in (nothing here unmaps or punches holes in guest RAM).
     if (r.first === 0 && r.count === this.pages) this.allFaultedIn = true;
@@ -351,9 +351,6 @@ export class GuestMemory {
     });
     const populateMs = performance.now() - t;
     t = performance.now();
-    // touch: false skips the touch loop where the kernel populated the range (a loader that writes
-    // every page at once anyway takes the remaining first-access cost itself).
-    if (options.touch === false && populated) return { pages: r.count, populated, populateMs, touchMs: 0 };
     this.forPieceParts(r, (p, off, len) => {
       const w = this.words[p]!;
       for (let i = off >>> 2, end = (off + len) >>> 2; i < end; i += PAGE_SIZE >>> 2) Atomics.or(w, i, 0);
