@@ -54,6 +54,8 @@ export const RamFlag = {
 /** Flag bits live below the target page size; the rest of the be64 is an offset (or a size). */
 export const TARGET_PAGE_SIZE = 4096;
 export const RAM_FLAG_MASK = BigInt(TARGET_PAGE_SIZE - 1);
+/** A RAM record's header: the be64 (offset | flags); all of a CONTINUE page record before its page. */
+export const RAM_RECORD_HEAD_BYTES = 8;
 /** The RAM flags this implementation writes and reads; any other bit is refused. */
 export const RAM_KNOWN_FLAGS =
   RamFlag.ZERO | RamFlag.MEM_SIZE | RamFlag.PAGE | RamFlag.EOS | RamFlag.CONTINUE | RamFlag.MULTIFD_FLUSH;

@@ -13,7 +13,7 @@
 //
 // The builder never copies page contents: a page record is a small header piece plus the caller's view.
 
-import { RAM_FLAG_MASK, RAM_KNOWN_FLAGS, RamFlag, TARGET_PAGE_SIZE } from './constants.ts';
+import { RAM_FLAG_MASK, RAM_KNOWN_FLAGS, RAM_RECORD_HEAD_BYTES, RamFlag, TARGET_PAGE_SIZE } from './constants.ts';
 import { crc32c, crc32cCopySpaced } from './crc32c.ts';
 import type { DecodedSection } from './decoder.ts';
 import { StreamError } from './errors.ts';
@@ -309,17 +309,18 @@ export class RamPayloadWriter {
       );
     const first = this.header(block, offset, RamFlag.PAGE, TARGET_PAGE_SIZE);
     if (first < 0) return 0;
-    // Every later page of the run is the same block: an 8-byte CONTINUE header before each.
+    // Every later page of the run is the same block: a CONTINUE header (the be64 alone) before each.
+    const head = RAM_RECORD_HEAD_BYTES;
     const room = this.buf.byteLength - (first + TARGET_PAGE_SIZE) - 8;
-    const count = Math.min(run.byteLength / TARGET_PAGE_SIZE, 1 + Math.floor(room / (8 + TARGET_PAGE_SIZE)));
+    const count = Math.min(run.byteLength / TARGET_PAGE_SIZE, 1 + Math.floor(room / (head + TARGET_PAGE_SIZE)));
     let at = first + TARGET_PAGE_SIZE;
     for (let k = 1; k < count; k++) {
-      const n = this.enc.pageHead(this.buf, this.view, at, 8, block, offset + k * TARGET_PAGE_SIZE, RamFlag.PAGE);
-      if (n !== 8) throw new Error(`internal: page header ${k} of a run took ${n} bytes, not 8`);
-      at += 8 + TARGET_PAGE_SIZE;
+      const n = this.enc.pageHead(this.buf, this.view, at, head, block, offset + k * TARGET_PAGE_SIZE, RamFlag.PAGE);
+      if (n !== head) throw new Error(`internal: page header ${k} of a run took ${n} bytes, not ${head}`);
+      at += head + TARGET_PAGE_SIZE;
     }
     const data = run.subarray(0, count * TARGET_PAGE_SIZE);
-    this.crc = crc32cCopySpaced(this.buf, this.crcAt, first, data, this.crc, TARGET_PAGE_SIZE, 8);
+    this.crc = crc32cCopySpaced(this.buf, this.crcAt, first, data, this.crc, TARGET_PAGE_SIZE, head);
     this.at = at;
     this.crcAt = at;
     this.records += count - 1;

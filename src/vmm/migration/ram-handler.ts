@@ -16,6 +16,7 @@
 // destination for data).
 
 import { Errno } from '../../abi/errno.ts';
+import { RAM_RECORD_HEAD_BYTES } from '../../stream/constants.ts';
 import { decodeRamPayload, RamPageScan, RamPayloadBuilder, RamPayloadWriter, scanRamPages } from '../../stream/ram.ts';
 import type { GuestDirtyBitmap } from '../guest/dirty-bitmap.ts';
 import type { GuestMemory } from '../guest/guest-memory.ts';
@@ -27,9 +28,8 @@ const BLOCK_NAME = new TextEncoder().encode(RAM_BLOCK);
 const PAGE = 4096;
 /** Payload bytes per PART section (page records with their contents, and zero-page records). */
 export const SECTION_PAYLOAD = 4 << 20;
-/** A page record after the first of its block: an 8-byte header (offset | flags, CONTINUE), then the page. */
-const CONTINUE_HEAD = 8;
-const RECORD_STRIDE = CONTINUE_HEAD + PAGE;
+/** A page record after the first of its block: its header (offset | flags, CONTINUE), then the page. */
+const RECORD_STRIDE = RAM_RECORD_HEAD_BYTES + PAGE;
 /** Section buffers in the staging ring: at most this many sections' pages in flight (16 MiB). */
 export const STAGING_BUFFERS = 4;
 
@@ -314,8 +314,8 @@ export class RamHandler implements MigrationHandler {
             n++;
           this.memory.writePagesThroughFd(
             i,
-            payload.subarray(at, at + n * RECORD_STRIDE - CONTINUE_HEAD),
-            CONTINUE_HEAD,
+            payload.subarray(at, at + n * RECORD_STRIDE - RAM_RECORD_HEAD_BYTES),
+            RAM_RECORD_HEAD_BYTES,
           );
           written.fill(1, i, i + n);
         }
