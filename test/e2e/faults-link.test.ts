@@ -50,7 +50,11 @@ faultTable('migration link faults', [
     name: 'stalled destination: its VMM stopped with SIGSTOP mid-stream, then continued',
     fault: 'dst-sigstop',
     phase: 'ram-bulk',
-    pair: { sourceArgs: stallArgs },
+    // A guest larger than every buffer on the path (the source's send buffer, the proxy's, and the
+    // stopped destination's receive window, which TCP may have grown to tcp_rmem's maximum, 32 MiB here,
+    // while it was reading): with 64 MiB the rest of the stream could all fit in them, and the source
+    // then met the stop only as a missing answer after EOF, not as a write that stalls.
+    pair: { sourceArgs: stallArgs, memSize: '256M' },
     hold: holdBulkPass,
     act: async (ctx) => {
       await kill(ctx.pair.procs.dstVmm, 'SIGSTOP');
