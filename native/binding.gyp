@@ -16,7 +16,8 @@
         "src/poller.c",
         "src/crc32c.c",
         "src/zero.c",
-        "src/pwrite.c"
+        "src/pwrite.c",
+        "src/chanio.c"
       ],
       # NAPI 8: instance data, detach_arraybuffer and async cleanup hooks; Node 20 has 9.
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"],

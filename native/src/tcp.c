@@ -11,34 +11,45 @@
 
 #include "vfio_native.h"
 
-/* listenTcp(address, port, backlog): address is numeric IPv4 or IPv6 (resolve names first); port 0 picks one. */
-napi_value vn_listen_tcp(napi_env env, napi_callback_info info) {
-  napi_value argv[3];
+bool vn_get_inet(napi_env env, napi_value v, int port, struct sockaddr_storage* ss, socklen_t* alen) {
   char host[INET6_ADDRSTRLEN + 1];
   size_t hlen = 0;
-  int64_t port, backlog;
-  if (!vn_args(env, info, 3, argv, NULL)) return NULL;
-  if (napi_get_value_string_utf8(env, argv[0], host, sizeof host, &hlen) != napi_ok)
-    return vn_throw_type(env, "address must be a string");
-  if (hlen >= INET6_ADDRSTRLEN) return vn_throw_errno(env, EINVAL, "inet_pton", "(address too long)");
-  if (!vn_get_int(env, argv[1], "port", 0, 65535, &port) || !vn_get_int(env, argv[2], "backlog", 0, INT32_MAX, &backlog))
-    return NULL;
-  struct sockaddr_storage ss;
-  socklen_t alen;
-  memset(&ss, 0, sizeof ss);
-  struct sockaddr_in* a4 = (struct sockaddr_in*)&ss;
-  struct sockaddr_in6* a6 = (struct sockaddr_in6*)&ss;
+  if (napi_get_value_string_utf8(env, v, host, sizeof host, &hlen) != napi_ok) {
+    vn_throw_type(env, "address must be a string");
+    return false;
+  }
+  if (hlen >= INET6_ADDRSTRLEN) {
+    vn_throw_errno(env, EINVAL, "inet_pton", "(address too long)");
+    return false;
+  }
+  memset(ss, 0, sizeof *ss);
+  struct sockaddr_in* a4 = (struct sockaddr_in*)ss;
+  struct sockaddr_in6* a6 = (struct sockaddr_in6*)ss;
   if (inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
     a4->sin_family = AF_INET;
     a4->sin_port = htons((uint16_t)port);
-    alen = sizeof *a4;
+    *alen = sizeof *a4;
   } else if (inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
     a6->sin6_family = AF_INET6;
     a6->sin6_port = htons((uint16_t)port);
-    alen = sizeof *a6;
+    *alen = sizeof *a6;
   } else {
-    return vn_throw_errno(env, EINVAL, "inet_pton", host);
+    vn_throw_errno(env, EINVAL, "inet_pton", host);
+    return false;
   }
+  return true;
+}
+
+/* listenTcp(address, port, backlog): address is numeric IPv4 or IPv6 (resolve names first); port 0 picks one. */
+napi_value vn_listen_tcp(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int64_t port, backlog;
+  struct sockaddr_storage ss;
+  socklen_t alen;
+  if (!vn_args(env, info, 3, argv, NULL)) return NULL;
+  if (!vn_get_int(env, argv[1], "port", 0, 65535, &port) || !vn_get_int(env, argv[2], "backlog", 0, INT32_MAX, &backlog) ||
+      !vn_get_inet(env, argv[0], (int)port, &ss, &alen))
+    return NULL;
   int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return vn_throw_errno(env, errno, "socket", NULL);
   int one = 1, zero = 0;
@@ -53,7 +64,7 @@ napi_value vn_listen_tcp(napi_env env, napi_callback_info info) {
   if (failed != NULL) {
     int err = errno;
     close(fd);
-    return vn_throw_errno(env, err, failed, host);
+    return vn_throw_errno(env, err, failed, NULL);
   }
   return vn_int(env, fd);
 }
@@ -69,4 +80,17 @@ napi_value vn_local_port(napi_env env, napi_callback_info info) {
   if (ss.ss_family == AF_INET) return vn_int(env, ntohs(((struct sockaddr_in*)&ss)->sin_port));
   if (ss.ss_family == AF_INET6) return vn_int(env, ntohs(((struct sockaddr_in6*)&ss)->sin6_port));
   return vn_throw_errno(env, EAFNOSUPPORT, "getsockname", "(not a TCP socket)");
+}
+
+/* tcpSocket(address): an unconnected TCP socket (nonblocking, close-on-exec) of the numeric address's family,
+ * for connectTcp (chanio.c). Made apart from the connect so that its owner can close it whatever happens
+ * to the thread that connects it. */
+napi_value vn_tcp_socket(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  struct sockaddr_storage ss;
+  socklen_t alen;
+  if (!vn_args(env, info, 1, argv, NULL) || !vn_get_inet(env, argv[0], 0, &ss, &alen)) return NULL;
+  int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return vn_throw_errno(env, errno, "socket", NULL);
+  return vn_int(env, fd);
 }

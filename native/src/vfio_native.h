@@ -40,6 +40,8 @@ bool vn_get_u64(napi_env env, napi_value v, const char* name, uint64_t max, uint
 bool vn_get_bool(napi_env env, napi_value v, const char* name, bool* out);
 bool vn_get_bytes(napi_env env, napi_value v, const char* name, uint8_t** data, size_t* len);
 bool vn_get_sockaddr(napi_env env, napi_value v, struct sockaddr_un* addr, socklen_t* len);
+/* tcp.c: a numeric IPv4/IPv6 address and port as a sockaddr (EINVAL thrown for anything else). */
+bool vn_get_inet(napi_env env, napi_value v, int port, struct sockaddr_storage* ss, socklen_t* alen);
 napi_value vn_int(napi_env env, int64_t v);
 napi_value vn_null(napi_env env);
 
@@ -69,6 +71,7 @@ napi_value vn_accept(napi_env env, napi_callback_info info);
 napi_value vn_listen_tcp(napi_env env, napi_callback_info info);
 napi_value vn_local_port(napi_env env, napi_callback_info info);
 napi_value vn_connect_unix(napi_env env, napi_callback_info info);
+napi_value vn_tcp_socket(napi_env env, napi_callback_info info);
 napi_value vn_sendmsg(napi_env env, napi_callback_info info);
 napi_value vn_recvmsg(napi_env env, napi_callback_info info);
 

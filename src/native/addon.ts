@@ -150,6 +150,38 @@ export interface NativeAddon {
    * when src is not whole pieces and gaps.
    */
   pwriteSpaced(fd: number, offset: number, src: Uint8Array, piece: number, gap: number): number;
+  /** An unconnected TCP socket (nonblocking, close-on-exec) of a numeric IPv4/IPv6 address's family. */
+  tcpSocket(address: string): number;
+  /**
+   * Connects a tcpSocket() to a numeric address, blocking the calling thread until it is connected, the
+   * abort eventfd is readable (ECANCELED) or timeoutMs pass (ETIMEDOUT; -1: never). Sets TCP_NODELAY.
+   * abortFd -1: none. For channel threads (worker_threads), never the event loop's thread.
+   */
+  connectTcp(fd: number, address: string, port: number, abortFd: number, timeoutMs: number): void;
+  /**
+   * Writes every byte of parts, in order (writev), blocking the calling thread until done; ECANCELED when
+   * the abort eventfd is readable, ETIMEDOUT when no byte moved for stallMs (-1: no limit). Returns the
+   * bytes written. For channel threads.
+   */
+  writevAll(fd: number, parts: readonly Uint8Array[], abortFd: number, stallMs: number): number;
+  /**
+   * Fills parts in order (readv), blocking as writevAll does; returns the bytes read, fewer than parts
+   * hold when the peer closed first. progress[0] is bumped (atomically) per read that moved bytes.
+   */
+  readvAll(
+    fd: number,
+    parts: readonly Uint8Array[],
+    abortFd: number,
+    stallMs: number,
+    progress: Int32Array | null,
+  ): number;
+  /** shutdown(2): 0 read side, 1 write side, 2 both. */
+  shutdown(fd: number, how: 0 | 1 | 2): void;
+  /**
+   * Reads and drops whatever arrives until the peer closes (true) or ms pass (false), blocking the
+   * calling thread; ECANCELED on the abort eventfd (-1: none).
+   */
+  discardUntilEof(fd: number, abortFd: number, ms: number): boolean;
   Poller: PollerConstructor;
 }
 

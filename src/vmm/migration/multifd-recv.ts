@@ -11,7 +11,7 @@ import { native } from '../../native/addon.ts';
 import type { GuestMemory } from '../guest/guest-memory.ts';
 import { MigrationError } from './errors.ts';
 import { errnoNamed } from './multifd-send.ts';
-import type { ChannelThreadPool, FromReceiver, ToReceiver } from './multifd-threads.ts';
+import { ChannelFds, type ChannelThreadPool, type FromReceiver, type ToReceiver } from './multifd-threads.ts';
 import type { RamChannelsIn } from './ram-handler.ts';
 
 export interface MultifdRecvOptions {
@@ -28,6 +28,7 @@ export interface MultifdRecvOptions {
 
 interface Channel {
   worker: Worker;
+  fds: ChannelFds;
   id: number;
   /** The SYNC it is waiting at, if any. */
   sync: { packetNum: number; packets: number } | null;
@@ -65,10 +66,12 @@ export class MultifdReceiver implements RamChannelsIn {
       return;
     }
     const m = this.o.memory;
+    const fds = new ChannelFds(socketFd);
     const worker = this.o.threads.start({
       role: 'recv',
       memory: m.share(),
       socketFd,
+      abortFd: fds.abortFd,
       uuid: this.o.uuid,
       received: this.o.maps.received,
       written: this.o.maps.written,
@@ -77,9 +80,15 @@ export class MultifdReceiver implements RamChannelsIn {
     });
     const ch: Channel = {
       worker,
+      fds,
       id: -1,
       sync: null,
-      exited: new Promise((r) => worker.once('exit', () => r())),
+      exited: new Promise((r) =>
+        worker.once('exit', () => {
+          fds.close();
+          r();
+        }),
+      ),
     };
     this.channels.push(ch);
     worker.on('message', (msg: FromReceiver) => {
@@ -172,6 +181,8 @@ export class MultifdReceiver implements RamChannelsIn {
    * bytes discarded) until the source closes it or `lingerMs` pass, in the background.
    */
   async close(lingerMs = 0): Promise<void> {
+    // Every channel's blocking read ends now (ECANCELED); a draining one then reads without it.
+    for (const c of this.channels) c.fds.abort();
     if (lingerMs <= 0) {
       for (const c of this.channels) void c.worker.terminate();
       await Promise.all(this.channels.map((c) => c.exited));

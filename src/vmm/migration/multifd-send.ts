@@ -4,12 +4,14 @@
 // BATCH packets of up to MULTIFD_PACKET_PAGES page offsets at a time to whichever channel has room; the
 // channel sends the pages from guest memory. Packet numbers are global, in the order handed out.
 
+import { lookup } from 'node:dns/promises';
 import type { Worker } from 'node:worker_threads';
 import { Errno } from '../../abi/errno.ts';
+import { native } from '../../native/addon.ts';
 import { MULTIFD_PACKET_PAGES } from '../../stream/multifd.ts';
 import type { GuestMemory } from '../guest/guest-memory.ts';
 import { MigrationError } from './errors.ts';
-import type { ChannelThreadPool, FromSender, ToSender } from './multifd-threads.ts';
+import { ChannelFds, type ChannelThreadPool, type FromSender, type ToSender } from './multifd-threads.ts';
 import type { RamChannelsOut } from './ram-handler.ts';
 
 /**
@@ -38,6 +40,7 @@ export interface MultifdSendOptions {
 
 interface Channel {
   worker: Worker;
+  fds: ChannelFds;
   inFlight: number;
   exited: Promise<void>;
 }
@@ -58,18 +61,33 @@ export class MultifdSender implements RamChannelsOut {
   /** Opens every channel (connected, init packet written) or fails with the first channel's reason. */
   static async open(o: MultifdSendOptions): Promise<MultifdSender> {
     const s = new MultifdSender();
+    let address: string;
+    try {
+      address = (await lookup(o.host)).address;
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      throw new MigrationError(Errno.EINVAL, `multifd: cannot resolve ${o.host}: ${e.message}`);
+    }
     const connected: Promise<void>[] = [];
     for (let id = 0; id < o.channels; id++) {
+      const fds = new ChannelFds(native().tcpSocket(address));
       const worker = o.threads.start({
         role: 'send',
         memory: o.memory.share(),
-        host: o.host,
+        address,
         port: o.port,
+        socketFd: fds.socketFd,
+        abortFd: fds.abortFd,
         uuid: o.uuid,
         id,
         stallTimeoutMs: o.stallTimeoutMs,
       });
-      const ch: Channel = { worker, inFlight: 0, exited: new Promise((r) => worker.once('exit', () => r())) };
+      const ch: Channel = {
+        worker,
+        fds,
+        inFlight: 0,
+        exited: new Promise((r) => worker.once('exit', () => r())),
+      };
       s.channels.push(ch);
       connected.push(
         new Promise<void>((resolve, reject) => {
@@ -179,14 +197,20 @@ export class MultifdSender implements RamChannelsOut {
   async close(): Promise<void> {
     await Promise.all(
       this.channels.map(async (ch) => {
+        const stop = () => {
+          ch.fds.abort();
+          void ch.worker.terminate();
+        };
         if (!this.error) ch.worker.postMessage({ type: 'end' } satisfies ToSender);
-        // A clean close waits (a safety net of 5 s) for the FIN to go out behind the last packet.
-        const t = setTimeout(() => void ch.worker.terminate(), this.error ? 0 : 5000);
+        // A clean close waits (a safety net of 6 s: the channel itself waits 5) for the destination to
+        // close its side behind the last packet.
+        const t = setTimeout(stop, this.error ? 0 : 6000);
         ch.worker.on('message', (m: FromSender) => {
-          if (m.type === 'closed') void ch.worker.terminate();
+          if (m.type === 'closed') stop();
         });
         await ch.exited;
         clearTimeout(t);
+        ch.fds.close();
       }),
     );
   }

@@ -1,10 +1,12 @@
 // What the multifd channel threads and the migration's main thread say to each other (QEMU's
 // MultiFDSendParams / MultiFDRecvParams, whose fields the threads share under a mutex; here, messages).
 // Each channel is one worker_thread that uses the main thread's own mapping of guest RAM (as QEMU's
-// threads share its address space) and owns its TCP connection, so page contents never pass through the
-// main thread.
+// threads share its address space) and does its TCP connection's I/O, so page contents never pass
+// through the main thread. The main thread owns the connection's descriptor and the channel's abort
+// eventfd (ChannelFds), and closes them once the thread has exited, however it ended.
 
 import { Worker } from 'node:worker_threads';
+import { native } from '../../native/addon.ts';
 import type { SharedGuestMemory } from '../guest/guest-memory.ts';
 import { workerEntry } from '../worker-entry.ts';
 
@@ -12,8 +14,12 @@ export interface SendWorkerConfig {
   role: 'send';
   /** Guest RAM, read-only in practice for a sending channel. */
   memory: SharedGuestMemory;
-  host: string;
+  /** The destination, a numeric address (resolved by the main thread) and port. */
+  address: string;
   port: number;
+  /** An unconnected socket for the channel to connect (native tcpSocket). */
+  socketFd: number;
+  abortFd: number;
   uuid: Uint8Array;
   id: number;
   /** No write progress for this long is a dead channel. */
@@ -23,8 +29,9 @@ export interface SendWorkerConfig {
 export interface RecvWorkerConfig {
   role: 'recv';
   memory: SharedGuestMemory;
-  /** The accepted connection's descriptor: the thread owns it (its net.Socket closes it). */
+  /** The accepted connection's descriptor. */
   socketFd: number;
+  abortFd: number;
   /** Channel uuid to insist on; null: none set (QEMU checks only when -uuid was given). */
   uuid: Uint8Array | null;
   /** Shared per-page maps (ram-handler.ts): received at least once; written with data or a fill. */
@@ -120,5 +127,45 @@ export class ChannelThreadPool {
   /** Ends the idle threads. */
   close(): void {
     this.keep(0);
+  }
+}
+
+/** Abort eventfds of channels not yet closed: written when the process exits (see ChannelFds). */
+const live = new Set<number>();
+let exitHookSet = false;
+
+/**
+ * A channel thread's descriptors, owned by the main thread: its socket and the eventfd that stops its
+ * blocking calls (ECANCELED). abort() before terminating the thread: a thread blocked in poll() runs no
+ * JavaScript, so Worker.terminate() alone would wait for the call to return; the process's exit joins
+ * every thread, so those not yet closed are aborted then too.
+ */
+export class ChannelFds {
+  readonly abortFd: number;
+  private closed = false;
+
+  constructor(readonly socketFd: number) {
+    this.abortFd = native().eventfd(0, true);
+    live.add(this.abortFd);
+    if (!exitHookSet) {
+      exitHookSet = true;
+      process.once('exit', () => {
+        for (const fd of live) native().eventfdWrite(fd, 1);
+      });
+    }
+  }
+
+  /** Wakes the thread out of any blocking call, for good: every call after this fails with ECANCELED. */
+  abort(): void {
+    if (!this.closed) native().eventfdWrite(this.abortFd, 1);
+  }
+
+  /** After the thread exited: closes both descriptors. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    live.delete(this.abortFd);
+    native().close(this.socketFd);
+    native().close(this.abortFd);
   }
 }

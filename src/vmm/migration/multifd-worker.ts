@@ -1,16 +1,16 @@
 // One multifd channel thread (QEMU's multifd_send_thread / multifd_recv_thread in migration/multifd.c),
-// run as a worker_thread: it uses the main thread's mapping of guest RAM (GuestMemory.attach) and owns
-// its channel's TCP connection.
-// Pages never pass through a buffer of ours: sending, the packet header goes out followed by the guest
-// pages themselves (one corked writev, as QEMU's multifd writes iovecs that point into guest RAM);
-// receiving, the socket reads each run of pages straight into guest memory (StreamSocket, the reader
-// naming each target: header, offsets, then the pages the offsets name). A receiving channel that met a
-// SYNC packet stops reading until the main thread releases it (multifd_recv_sync_main).
+// run as a worker_thread: it uses the main thread's mapping of guest RAM (GuestMemory.attach) and moves
+// its channel's bytes with blocking calls on its own thread (native/src/chanio.c), as QEMU's threads do:
+// no event loop between the socket and guest RAM. The main thread owns the socket and an abort eventfd
+// that wakes any call at once (it closes both once the thread is gone).
+// Pages never pass through a buffer of ours: sending, the packet headers go out with the guest pages
+// themselves in one writev per batch (iovecs that point into guest RAM, as QEMU's); receiving, each
+// packet's runs of adjacent pages are read straight into guest memory by one readv. A receiving channel
+// that met a SYNC packet stops reading until the main thread releases it (multifd_recv_sync_main).
 
-import { connect } from 'node:net';
 import { parentPort } from 'node:worker_threads';
+import { native } from '../../native/addon.ts';
 import {
-  type DecodedMultifdHeader,
   decodeMultifdHeader,
   decodeMultifdInit,
   encodeMultifdInit,
@@ -31,9 +31,10 @@ import type {
   ToReceiver,
   ToSender,
 } from './multifd-threads.ts';
-import { StreamSocket } from './stream-socket.ts';
 
 const RAM_BLOCK = 'pc.ram';
+/** How long a sending channel that ended waits for the destination to close its side. */
+const CLOSE_WAIT_MS = 5000;
 const port = parentPort!;
 let memory: GuestMemory;
 
@@ -55,50 +56,48 @@ port.once('message', (m: StartChannel) => {
   else runReceiver(cfg);
 });
 
+/** A failed native call as what the main thread reports: its message and errno name. */
+function reason(err: unknown): { message: string; errno: string } {
+  const e = err as NodeJS.ErrnoException;
+  return { message: e.message, errno: e.code ?? 'EIO' };
+}
+
 function runSender(c: SendWorkerConfig): void {
   const post = (m: FromSender) => port.postMessage(m);
+  const io = native();
   let failed = false;
-  let ending = false;
-  const fail = (message: string, errno: string) => {
+  const fail = (err: unknown) => {
     if (failed) return;
     failed = true;
+    let { message, errno } = reason(err);
+    if (errno === 'ETIMEDOUT') message = `no progress for ${c.stallTimeoutMs} ms: stalled link`;
     post({ type: 'error', message: `multifd channel ${c.id}: ${message}`, errno });
-    sock.destroy();
   };
-  const sock = connect({ host: c.host, port: c.port });
-  sock.setNoDelay(true);
-  sock.once('connect', () => {
-    sock.write(encodeMultifdInit({ uuid: c.uuid, id: c.id }));
-    post({ type: 'connected' });
-  });
-  sock.on('error', (e) => fail(e.message, (e as NodeJS.ErrnoException).code ?? 'ECONNRESET'));
-  sock.on('close', () => {
-    if (ending) post({ type: 'closed' });
-    else fail('the destination closed the channel', 'ECONNRESET');
-  });
-  // Writes not yet taken by the kernel; one that makes no progress for stallTimeoutMs is a dead link.
-  let pending = 0;
-  let timer: NodeJS.Timeout | undefined;
-  const arm = () => {
-    clearTimeout(timer);
-    if (pending > 0)
-      timer = setTimeout(
-        () => fail(`no progress for ${c.stallTimeoutMs} ms: stalled link`, 'ETIMEDOUT'),
-        c.stallTimeoutMs,
-      );
-  };
+  try {
+    io.connectTcp(c.socketFd, c.address, c.port, c.abortFd, c.stallTimeoutMs);
+    io.writevAll(c.socketFd, [encodeMultifdInit({ uuid: c.uuid, id: c.id })], c.abortFd, c.stallTimeoutMs);
+  } catch (err) {
+    fail(err);
+    return;
+  }
+  post({ type: 'connected' });
   port.on('message', (m: ToSender) => {
     if (failed) return;
     if (m.type === 'end') {
-      ending = true;
-      sock.end();
+      // Our FIN behind the last packet; then the destination closes its side once it has read them all.
+      try {
+        io.shutdown(c.socketFd, 1);
+        io.discardUntilEof(c.socketFd, c.abortFd, CLOSE_WAIT_MS);
+      } catch {
+        // Closing anyway: every packet was written, and the main stream says whether the load succeeded.
+      }
+      post({ type: 'closed' });
       return;
     }
     // The pages go as they are in guest RAM, runs of adjacent pages as one piece: a page a vCPU writes
     // after this is marked dirty again and goes in a later pass (the final pass runs with the VM stopped).
     const parts: Uint8Array[] = [];
     const all = m.normal.length + m.zero.length;
-    let bytes = 0;
     for (let k = 0, taken = 0; k < m.packets; k++) {
       const end = k === m.packets - 1 ? all : taken + MULTIFD_PACKET_PAGES;
       // This packet's share of the normal pages, then of the zero pages.
@@ -122,49 +121,47 @@ function runSender(c: SendWorkerConfig): void {
         parts.push(view);
         i += view.byteLength / PAGE_SIZE;
       }
-      bytes += head.byteLength + PAGE_SIZE * normal.length;
       taken = end;
     }
-    pending++;
-    arm();
-    sock.cork();
-    for (let i = 0; i < parts.length - 1; i++) sock.write(parts[i]!);
-    sock.write(parts[parts.length - 1]!, (err) => {
-      if (err) return fail(err.message, 'ECONNRESET');
-      pending--;
-      arm();
-      post({ type: 'sent', bytes, packets: m.packets });
-    });
-    sock.uncork();
+    let bytes: number;
+    try {
+      bytes = io.writevAll(c.socketFd, parts, c.abortFd, c.stallTimeoutMs);
+    } catch (err) {
+      return fail(err);
+    }
+    post({ type: 'sent', bytes, packets: m.packets });
   });
 }
 
 function runReceiver(c: RecvWorkerConfig): void {
   const post = (m: FromReceiver) => port.postMessage(m);
-  let failed = false;
+  const io = native();
   let id = -1;
-  const s = new StreamSocket(c.socketFd);
+  let failed = false;
   const fail = (message: string, errno: string) => {
     if (failed) return;
     failed = true;
     post({ type: 'error', message: `multifd channel ${id < 0 ? '(before its init packet)' : id}: ${message}`, errno });
-    // Not closed here, and no more reads: the main thread closes every channel once its ERROR went out on
-    // the main stream, so the source hears the reason before any channel drops.
+    // No more reads: the main thread closes every channel once its ERROR went out on the main stream, so
+    // the source hears the reason before any channel drops (see 'drain').
   };
-
-  const initBuf = new Uint8Array(MULTIFD_INIT_BYTES);
   const headerBuf = new Uint8Array(MULTIFD_HEADER_BYTES);
   const offsetsBuf = new Uint8Array(8 * MULTIFD_PACKET_PAGES);
-  type State = 'init' | 'header' | 'offsets' | 'pages';
-  // Typed by `as`: the closures below change them, which flow analysis does not see.
-  let state = 'init' as State;
-  /** Bytes of the current piece (init, header, offsets; in 'pages' the current page) already read. */
-  let filled = 0;
-  let h: DecodedMultifdHeader | null = null;
   const offsets = new Float64Array(MULTIFD_PACKET_PAGES);
-  let nextPage = 0;
   let packets = 0;
-  let failure = null as (Error & { errno?: string }) | null;
+  /** The packet number of the SYNC packet untilSync() stopped at. */
+  let pendingSync = 0;
+
+  /** Fills parts from the socket; false when the source closed before the first byte of them. */
+  const read = (parts: Uint8Array[], what: string): boolean => {
+    const want = parts.reduce((n, p) => n + p.byteLength, 0);
+    const got = io.readvAll(c.socketFd, parts, c.abortFd, -1, c.progress);
+    if (got === want) return true;
+    if (got === 0 && what === 'header') return false;
+    throw Object.assign(new Error(`connection cut ${what === 'init' ? 'before the init packet' : 'inside a packet'}`), {
+      errno: 'ECONNRESET',
+    });
+  };
 
   const zeroPage = (i: number) => {
     // As ram-handler.ts's fillPage: a page that reads as zero already is left alone.
@@ -174,117 +171,91 @@ function runReceiver(c: RecvWorkerConfig): void {
     c.written[i] = 1;
   };
 
-  /** The buffer the current fixed-size piece (init packet, header, offsets) is read into, whole. */
-  const piece = (): Uint8Array =>
-    state === 'init'
-      ? initBuf
-      : state === 'header'
-        ? headerBuf
-        : offsetsBuf.subarray(0, 8 * (h!.normalPages + h!.zeroPages));
-
-  /** Pages nextPage.. that are adjacent in guest RAM, as one view, from the byte not yet read. */
-  const pagesTarget = (): Uint8Array => adjacentPages(offsets, nextPage, h!.normalPages).subarray(filled);
-
-  /** A whole piece was read: decode it; true when the channel must stop (a SYNC packet ended). */
-  const complete = (): boolean => {
-    switch (state) {
-      case 'init': {
-        const init = decodeMultifdInit(initBuf);
-        if (c.uuid && Buffer.compare(Buffer.from(init.uuid), Buffer.from(c.uuid)) !== 0)
-          throw Object.assign(
-            new Error(`received uuid ${hex(init.uuid)} and expected uuid ${hex(c.uuid)} for channel ${init.id}`),
-            { errno: 'EINVAL' },
-          );
-        id = init.id;
-        post({ type: 'hello', id });
-        state = 'header';
-        return false;
-      }
-      case 'header':
-        h = decodeMultifdHeader(headerBuf);
-        if (h.ramblock !== RAM_BLOCK && h.normalPages + h.zeroPages > 0)
-          throw new Error(`packet names RAM block "${h.ramblock}", this VM has "${RAM_BLOCK}"`);
-        state = 'offsets';
-        return h.normalPages + h.zeroPages === 0 ? complete() : false;
-      case 'offsets': {
-        const n = h!.normalPages + h!.zeroPages;
-        readMultifdOffsets(offsetsBuf.subarray(0, 8 * n), h!, memory.size, offsets);
-        for (let k = h!.normalPages; k < n; k++) {
+  /** Reads packets until one carries SYNC ('sync') or the source closes between packets ('eof'). */
+  const untilSync = (): 'sync' | 'eof' => {
+    for (;;) {
+      if (!read([headerBuf], 'header')) return 'eof';
+      const h = decodeMultifdHeader(headerBuf);
+      const n = h.normalPages + h.zeroPages;
+      if (h.ramblock !== RAM_BLOCK && n > 0)
+        throw new Error(`packet names RAM block "${h.ramblock}", this VM has "${RAM_BLOCK}"`);
+      if (n > 0) {
+        read([offsetsBuf.subarray(0, 8 * n)], 'offsets');
+        readMultifdOffsets(offsetsBuf.subarray(0, 8 * n), h, memory.size, offsets);
+        for (let k = h.normalPages; k < n; k++) {
           const i = offsets[k]! / PAGE_SIZE;
           zeroPage(i);
           c.received[i] = 1;
         }
-        nextPage = 0;
-        state = 'pages';
-        return h!.normalPages === 0 ? complete() : false;
-      }
-      case 'pages':
-        packets++;
-        state = 'header';
-        return (h!.flags & MULTIFD_FLAG_SYNC) !== 0;
-    }
-  };
-
-  s.setSink({
-    target: () => {
-      if (failure) return headerBuf; // nothing more is decoded; the bytes are dropped
-      return state === 'pages' ? pagesTarget() : piece().subarray(filled);
-    },
-    landed: (n) => {
-      Atomics.add(c.progress, 0, 1);
-      if (failure) return true;
-      try {
-        if (state !== 'pages') {
-          filled += n;
-          if (filled < piece().byteLength) return false;
-          filled = 0;
-          return complete();
+        // The pages land straight in guest RAM, each run of adjacent ones as one piece of one readv.
+        const runs: Uint8Array[] = [];
+        for (let k = 0; k < h.normalPages; ) {
+          const view = adjacentPages(offsets, k, h.normalPages);
+          runs.push(view);
+          k += view.byteLength / PAGE_SIZE;
         }
-        // n bytes of the run from the current page on: every page they complete is in guest RAM now.
-        filled += n;
-        while (filled >= PAGE_SIZE) {
-          const i = offsets[nextPage]! / PAGE_SIZE;
+        if (runs.length > 0) read(runs, 'pages');
+        for (let k = 0; k < h.normalPages; k++) {
+          const i = offsets[k]! / PAGE_SIZE;
           c.written[i] = 1;
           c.received[i] = 1;
-          nextPage++;
-          filled -= PAGE_SIZE;
         }
-        return nextPage === h!.normalPages ? complete() : false;
-      } catch (err) {
-        failure = err as Error & { errno?: string };
-        return true;
       }
-    },
-  });
+      packets++;
+      if (h.flags & MULTIFD_FLAG_SYNC) {
+        pendingSync = h.packetNum;
+        return 'sync';
+      }
+    }
+  };
 
   let release: (() => void) | null = null;
   port.on('message', (m: ToReceiver) => {
     if (m.type === 'release') release?.();
     else if (m.type === 'drain') {
-      s.socket.once('close', () => post({ type: 'drained' }));
-      s.endAndDrain(m.ms);
+      // The load failed (and the abort eventfd woke any read): end our side, read and drop until the
+      // source closes or m.ms pass.
+      try {
+        io.shutdown(c.socketFd, 1);
+        io.discardUntilEof(c.socketFd, -1, m.ms);
+      } catch {
+        // The connection is gone already: nothing left to drain.
+      }
+      post({ type: 'drained' });
     }
   });
   void (async () => {
-    for (;;) {
-      let more: boolean;
-      try {
-        more = await s.wait();
-      } catch (err) {
-        const e = err as NodeJS.ErrnoException;
-        return fail(e.message, e.code ?? 'ECONNRESET');
+    try {
+      const init = new Uint8Array(MULTIFD_INIT_BYTES);
+      read([init], 'init');
+      const hello = decodeMultifdInit(init);
+      if (c.uuid && Buffer.compare(Buffer.from(hello.uuid), Buffer.from(c.uuid)) !== 0)
+        throw Object.assign(
+          new Error(`received uuid ${hex(hello.uuid)} and expected uuid ${hex(c.uuid)} for channel ${hello.id}`),
+          { errno: 'EINVAL' },
+        );
+      id = hello.id;
+      post({ type: 'hello', id });
+      for (;;) {
+        if (untilSync() === 'eof') {
+          // Our FIN back: the source's channel waits for it to know every packet was taken.
+          io.shutdown(c.socketFd, 1);
+          post({ type: 'eof', packets });
+          return;
+        }
+        // A SYNC packet ended: held until the main thread has every channel's (multifd_recv_sync_main).
+        const released = new Promise<void>((r) => (release = r));
+        post({ type: 'sync', packetNum: pendingSync, packets });
+        await released;
+        release = null;
       }
-      if (failure) return fail(failure.message.replace(/^migration stream: /, ''), failure.errno ?? 'EPROTO');
-      if (!more) {
-        if (state === 'header' && filled === 0) post({ type: 'eof', packets });
-        else fail(`connection cut ${state === 'init' ? 'before the init packet' : 'inside a packet'}`, 'ECONNRESET');
-        return;
-      }
-      // A SYNC packet ended: held until the main thread has every channel's (multifd_recv_sync_main).
-      const released = new Promise<void>((r) => (release = r));
-      post({ type: 'sync', packetNum: h!.packetNum, packets });
-      await released;
-      release = null;
+    } catch (err) {
+      const e = err as Error & { code?: unknown; errno?: unknown; syscall?: string };
+      // A failed syscall (the addon's errors name it) carries its errno name as `code`; ours, as `errno`;
+      // a decoding error (StreamError) is the source breaking the protocol.
+      const errno = typeof e.errno === 'string' ? e.errno : e.syscall !== undefined ? String(e.code) : 'EPROTO';
+      if (errno === 'ECANCELED') return; // the main thread stopped us: it has its reason already
+      fail(e.message.replace(/^migration stream: /, ''), errno);
     }
   })();
 }
