@@ -8,6 +8,9 @@
 //   raw-tcp-data  the same read through 'data' events (a fresh 64 KiB chunk per read): Node's default
 //   raw-tcp-checked  the writer stages each 4 MiB of a 1 GiB random buffer with copy+CRC in one pass, the
 //                 reader checksums what it reads: the link minus the least a checksummed stream must do
+//   raw-tcp-guest the writer sends straight from a 1 GiB random buffer, the reader reads straight into
+//                 a 1 GiB buffer (faulted in beforehand): the kernel copying between the socket and memory
+//                 not in the caches, as a stream that writes from and reads into guest RAM has it
 //   ours-warm     destination memory faulted in before the migration (`vmm --prefault`, QEMU's
 //                 -mem-prealloc): the DESIGN.md aim is >= 80% of raw-tcp
 //   ours-cold     a fresh destination (memory faulted in while loading, ahead of the stream)
@@ -55,11 +58,17 @@ export function mbps(r: Rate): number {
  * memory-sized random buffer into a staging ring and checksums it in the same pass (crc32cCopy) before
  * sending: the least work any stream that checksums exactly the bytes it sends must add to the link.
  */
-export type RawReader = 'onread' | 'data' | 'checked';
+export type RawReader = 'onread' | 'data' | 'checked' | 'guest';
 
-/** The raw writers (a child process's script): plain 1 MiB writes of one buffer, or staged and checksummed. */
-function rawWriter(total: number, checked: boolean): string {
-  if (!checked)
+/**
+ * The raw writers (a child process's script): plain 1 MiB writes of one buffer; of successive 1 MiB of a
+ * memory-sized random buffer ('guest'); or staged and checksummed ('checked').
+ */
+function rawWriter(total: number, reader: RawReader): string {
+  if (reader === 'guest')
+    return `const G=Buffer.alloc(${total});require('crypto').randomFillSync(G);
+      function serve(s){let off=0;function go(){while(off<${total}){const b=G.subarray(off,Math.min(off+(1<<20),${total}));off+=b.length;if(!s.write(b)){s.once('drain',go);return}}s.end()}go()}`;
+  if (reader !== 'checked')
     return `const b=Buffer.alloc(1<<20,7);
       function serve(s){let left=${total};function go(){while(left>0){left-=b.length;if(!s.write(b)){s.once('drain',go);return}}s.end()}go()}`;
   const addon = JSON.stringify(defaultAddonPath);
@@ -83,7 +92,7 @@ export async function rawStream(
   reader: RawReader = 'onread',
 ): Promise<Rate> {
   const at = 'port' in target ? `${target.port},'127.0.0.1'` : JSON.stringify(target.path);
-  const writer = `const net=require('net');${rawWriter(total, reader === 'checked')}
+  const writer = `const net=require('net');${rawWriter(total, reader)}
     const srv=net.createServer((s)=>{srv.close();serve(s)});
     srv.listen(${at},()=>process.stdout.write(JSON.stringify(srv.address())+'\\n'))`;
   const child = spawn(process.execPath, ['-e', writer], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -96,6 +105,8 @@ export async function rawStream(
     let got = 0;
     let crc = 0;
     const buffer = Buffer.allocUnsafe(1 << 20);
+    // 'guest': each read lands where the last one ended, in a buffer the size of the stream.
+    const into = reader === 'guest' ? Buffer.alloc(total, 1) : null;
     const count = (n: number) => {
       if (reader === 'checked') crc = crc32c(buffer.subarray(0, n), crc);
       got += n;
@@ -104,7 +115,15 @@ export async function rawStream(
     const sock =
       reader === 'data'
         ? connect(where).on('data', (d: Buffer) => count(d.byteLength))
-        : connect({ ...where, onread: { buffer, callback: count } });
+        : connect({
+            ...where,
+            onread: {
+              buffer: into
+                ? () => (got < total ? into.subarray(got, Math.min(got + (1 << 20), total)) : buffer)
+                : buffer,
+              callback: count,
+            },
+          });
     await once(sock, 'connect');
     const cpu = () => selfCpuMs() + processCpuMs(child.pid!);
     const cpu0 = cpu();
@@ -342,9 +361,10 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
   const raw = await measure('raw-tcp', 'MB/s', rounds, () => asRate(rawTcp(total)));
   const rawData = await measure('raw-tcp-data', 'MB/s', rounds, () => asRate(rawTcp(total, 'data')));
   const rawChecked = await measure('raw-tcp-checked', 'MB/s', rounds, () => asRate(rawTcp(total, 'checked')));
+  const rawGuest = await measure('raw-tcp-guest', 'MB/s', rounds, () => asRate(rawTcp(total, 'guest')));
   const warm = await measure('ours-warm', 'MB/s', rounds, () => asRate(oursOnce(memMiB, true)));
   const cold = await measure('ours-cold', 'MB/s', rounds, () => asRate(oursOnce(memMiB, false)));
-  run.figures.push(raw, rawData, rawChecked, warm, cold);
+  run.figures.push(raw, rawData, rawChecked, rawGuest, warm, cold);
   const missing = qemuMissing();
   let qemu: { warm: Figure; cold: Figure } | null = null;
   if (missing) {
@@ -365,6 +385,10 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
     // The ceiling a checksummed stream has here, and how near ours comes to it (docs/performance.md).
     ratio('raw-tcp-checked / raw-tcp', rawChecked, raw),
     ratio('ours-warm / raw-tcp-checked', warm, rawChecked),
+    // What the kernel's copies between a socket and memory not in the caches cost here: where this is
+    // far below 1, sending from and reading into guest RAM directly is slower than staging through a
+    // small reused buffer (multifd-worker.ts; docs/performance.md).
+    ratio('raw-tcp-guest / raw-tcp', rawGuest, raw),
   );
   if (qemu) {
     run.ratios.push(

@@ -15,15 +15,15 @@ import { ChannelFds, type ChannelThreadPool, type FromSender, type ToSender } fr
 import type { RamChannelsOut } from './ram-handler.ts';
 
 /**
- * Packets handed to a channel at once (one message, one corked write: 4 MiB), so that the channel's
- * JavaScript (the message, the header encoding, the socket's write path) is paid per 8 packets.
+ * Packets handed to a channel at once (one message: 4 MiB of pages), so that the messages between the
+ * threads are paid per 8 packets.
  */
 const BATCH = 8;
 /**
- * Packets handed to a channel and not yet written by it (two batches, 8 MiB): enough that the channel's
- * socket always has the next batch queued while the main thread hears of the last one (with one packet
- * at a time, 2 in flight left it idle between packets: 4 channels moved 15% less than with 8). Packets are
- * views of guest RAM, so this holds no copies.
+ * Packets handed to a channel and not yet written by it (two batches, 8 MiB): enough that the channel
+ * always has the next batch waiting while the main thread hears of the last one (with one packet at a
+ * time, 2 in flight left it idle between packets: 4 channels moved 15% less than with 8). A batch is page
+ * offsets only: the channel copies the pages as it sends them.
  */
 const IN_FLIGHT = 2 * BATCH;
 

@@ -3,10 +3,15 @@
 // its channel's bytes with blocking calls on its own thread (native/src/chanio.c), as QEMU's threads do:
 // no event loop between the socket and guest RAM. The main thread owns the socket and an abort eventfd
 // that wakes any call at once (it closes both once the thread is gone).
-// Pages never pass through a buffer of ours: sending, the packet headers go out with the guest pages
-// themselves in one writev per batch (iovecs that point into guest RAM, as QEMU's); receiving, each
-// packet's runs of adjacent pages are read straight into guest memory by one readv. A receiving channel
-// that met a SYNC packet stops reading until the main thread releases it (multifd_recv_sync_main).
+// Each packet's pages pass through one packet-sized staging buffer per thread (512 KiB, reused, so it
+// stays in the CPU's caches): sending, they are copied into it and the header and it go out in one writev;
+// receiving, one readv fills it and the pages are copied into guest RAM. QEMU's threads instead hand the
+// kernel iovecs that point into guest RAM, which saves that copy; but the kernel's own copy between a
+// socket and memory not in the caches can be far slower than a user-space copy (on one of our 2-core
+// machines, loopback TCP from or into a 1 GiB mapping moved 300-500 MB/s, through a hot 4 MiB buffer
+// 2600-2900; docs/performance.md), and the staging copy costs about 80 ms of one core per GiB where it
+// does not pay. A receiving channel that met a SYNC packet stops reading until the main thread releases
+// it (multifd_recv_sync_main).
 
 import { parentPort } from 'node:worker_threads';
 import { native } from '../../native/addon.ts';
@@ -81,6 +86,7 @@ function runSender(c: SendWorkerConfig): void {
     return;
   }
   post({ type: 'connected' });
+  const staging = new Uint8Array(MULTIFD_PACKET_PAGES * PAGE_SIZE);
   port.on('message', (m: ToSender) => {
     if (failed) return;
     if (m.type === 'end') {
@@ -94,38 +100,42 @@ function runSender(c: SendWorkerConfig): void {
       post({ type: 'closed' });
       return;
     }
-    // The pages go as they are in guest RAM, runs of adjacent pages as one piece: a page a vCPU writes
-    // after this is marked dirty again and goes in a later pass (the final pass runs with the VM stopped).
-    const parts: Uint8Array[] = [];
+    // Each packet: its header, then its pages copied into the staging buffer, in one writev. A page a
+    // vCPU writes after its copy is marked dirty again and goes in a later pass (the final pass runs with
+    // the VM stopped).
     const all = m.normal.length + m.zero.length;
-    for (let k = 0, taken = 0; k < m.packets; k++) {
-      const end = k === m.packets - 1 ? all : taken + MULTIFD_PACKET_PAGES;
-      // This packet's share of the normal pages, then of the zero pages.
-      const normal = m.normal.subarray(Math.min(taken, m.normal.length), Math.min(end, m.normal.length));
-      const zero = m.zero.subarray(Math.max(0, taken - m.normal.length), Math.max(0, end - m.normal.length));
-      const head = Buffer.allocUnsafe(MULTIFD_HEADER_BYTES + 8 * (normal.length + zero.length));
-      writeMultifdHeader(
-        head,
-        {
-          flags: m.sync && k === m.packets - 1 ? MULTIFD_FLAG_SYNC : 0,
-          pagesAlloc: MULTIFD_PACKET_PAGES,
-          packetNum: m.packetNum + k,
-          ramblock: RAM_BLOCK,
-        },
-        normal,
-        zero,
-      );
-      parts.push(head);
-      for (let i = 0; i < normal.length; ) {
-        const view = adjacentPages(normal, i, normal.length);
-        parts.push(view);
-        i += view.byteLength / PAGE_SIZE;
-      }
-      taken = end;
-    }
-    let bytes: number;
+    let bytes = 0;
     try {
-      bytes = io.writevAll(c.socketFd, parts, c.abortFd, c.stallTimeoutMs);
+      for (let k = 0, taken = 0; k < m.packets; k++) {
+        const end = k === m.packets - 1 ? all : taken + MULTIFD_PACKET_PAGES;
+        // This packet's share of the normal pages, then of the zero pages.
+        const normal = m.normal.subarray(Math.min(taken, m.normal.length), Math.min(end, m.normal.length));
+        const zero = m.zero.subarray(Math.max(0, taken - m.normal.length), Math.max(0, end - m.normal.length));
+        const head = Buffer.allocUnsafe(MULTIFD_HEADER_BYTES + 8 * (normal.length + zero.length));
+        writeMultifdHeader(
+          head,
+          {
+            flags: m.sync && k === m.packets - 1 ? MULTIFD_FLAG_SYNC : 0,
+            pagesAlloc: MULTIFD_PACKET_PAGES,
+            packetNum: m.packetNum + k,
+            ramblock: RAM_BLOCK,
+          },
+          normal,
+          zero,
+        );
+        for (let i = 0; i < normal.length; ) {
+          const view = adjacentPages(normal, i, normal.length);
+          staging.set(view, i * PAGE_SIZE);
+          i += view.byteLength / PAGE_SIZE;
+        }
+        bytes += io.writevAll(
+          c.socketFd,
+          [head, staging.subarray(0, normal.length * PAGE_SIZE)],
+          c.abortFd,
+          c.stallTimeoutMs,
+        );
+        taken = end;
+      }
     } catch (err) {
       return fail(err);
     }
@@ -148,6 +158,7 @@ function runReceiver(c: RecvWorkerConfig): void {
   const headerBuf = new Uint8Array(MULTIFD_HEADER_BYTES);
   const offsetsBuf = new Uint8Array(8 * MULTIFD_PACKET_PAGES);
   const offsets = new Float64Array(MULTIFD_PACKET_PAGES);
+  const staging = new Uint8Array(MULTIFD_PACKET_PAGES * PAGE_SIZE);
   let packets = 0;
   /** The packet number of the SYNC packet untilSync() stopped at. */
   let pendingSync = 0;
@@ -187,18 +198,18 @@ function runReceiver(c: RecvWorkerConfig): void {
           zeroPage(i);
           c.received[i] = 1;
         }
-        // The pages land straight in guest RAM, each run of adjacent ones as one piece of one readv.
-        const runs: Uint8Array[] = [];
+        // The pages arrive in the staging buffer, then go into guest RAM a run of adjacent ones at a time.
+        const data = staging.subarray(0, h.normalPages * PAGE_SIZE);
+        if (h.normalPages > 0) read([data], 'pages');
         for (let k = 0; k < h.normalPages; ) {
           const view = adjacentPages(offsets, k, h.normalPages);
-          runs.push(view);
-          k += view.byteLength / PAGE_SIZE;
-        }
-        if (runs.length > 0) read(runs, 'pages');
-        for (let k = 0; k < h.normalPages; k++) {
-          const i = offsets[k]! / PAGE_SIZE;
-          c.written[i] = 1;
-          c.received[i] = 1;
+          view.set(data.subarray(k * PAGE_SIZE, k * PAGE_SIZE + view.byteLength));
+          const run = view.byteLength / PAGE_SIZE;
+          for (const last = k + run; k < last; k++) {
+            const i = offsets[k]! / PAGE_SIZE;
+            c.written[i] = 1;
+            c.received[i] = 1;
+          }
         }
       }
       packets++;
