@@ -3,7 +3,7 @@
 
 import { execFileSync } from 'node:child_process';
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
-import { cpus, loadavg, totalmem } from 'node:os';
+import { cpus, loadavg, release, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { type Figure, type Ratio, say } from './figures.ts';
 
@@ -21,7 +21,15 @@ export interface BenchRun {
   commit: string;
   /** Uncommitted changes were present: the figures are not exactly the commit's. */
   dirty: boolean;
-  machine: { cpu: string; cores: number; memGiB: number; node: string; loadavg: number[] };
+  machine: {
+    cpu: string;
+    cores: number;
+    memGiB: number;
+    node: string;
+    loadavg: number[];
+    /** The kernel's release (os.release()): its copies between sockets and memory shape every figure. */
+    kernel?: string;
+  };
   rounds: number;
   /** What ran: the compiled package (dist/) or the sources through tsx (`--sources`); absent: sources. */
   code?: 'compiled' | 'sources';
@@ -52,6 +60,7 @@ export function newRun(rounds: number, only?: string): BenchRun {
       cores: cpus().length,
       memGiB: Math.round(totalmem() / 2 ** 30),
       node: process.version,
+      kernel: release(),
       loadavg: loadavg().map((x) => Math.round(x * 100) / 100),
     },
     rounds,

@@ -69,57 +69,69 @@ export class MultifdSender implements RamChannelsOut {
       throw new MigrationError(Errno.EINVAL, `multifd: cannot resolve ${o.host}: ${e.message}`);
     }
     const connected: Promise<void>[] = [];
-    for (let id = 0; id < o.channels; id++) {
-      const fds = new ChannelFds(native().tcpSocket(address));
-      const worker = o.threads.start({
-        role: 'send',
-        memory: o.memory.share(),
-        address,
-        port: o.port,
-        socketFd: fds.socketFd,
-        abortFd: fds.abortFd,
-        uuid: o.uuid,
-        id,
-        stallTimeoutMs: o.stallTimeoutMs,
-      });
-      const ch: Channel = {
-        worker,
-        fds,
-        inFlight: 0,
-        exited: new Promise((r) => worker.once('exit', () => r())),
-      };
-      s.channels.push(ch);
-      connected.push(
-        new Promise<void>((resolve, reject) => {
-          worker.on('message', (m: FromSender) => {
-            if (m.type === 'connected') resolve();
-            else if (m.type === 'sent') {
-              ch.inFlight -= m.packets;
-              s.bytes += m.bytes;
-              s.wake();
-            } else if (m.type === 'error') {
-              s.fail(new MigrationError(errnoNamed(m.errno), m.message));
-              reject(s.error);
-            }
-          });
-          worker.on('error', (e) => {
-            s.fail(new MigrationError(Errno.EIO, `multifd channel ${id}: thread failed: ${e.message}`));
-            reject(s.error);
-          });
-          worker.on('exit', () => {
-            s.fail(new MigrationError(Errno.EIO, `multifd channel ${id}: thread exited`));
-            reject(s.error);
-          });
-        }),
-      );
-    }
     try {
+      for (let id = 0; id < o.channels; id++) {
+        const up = s.startChannel(o, address, id);
+        up.catch(() => {}); // seen through Promise.all below, or moot once an earlier channel failed to start
+        connected.push(up);
+      }
       await Promise.all(connected);
     } catch (err) {
+      if (!(err instanceof MigrationError)) {
+        // No socket or eventfd to be had (EMFILE, say): the channels started so far stop at once.
+        const e = err as NodeJS.ErrnoException;
+        s.fail(new MigrationError(errnoNamed(e.code ?? 'EIO'), `multifd: ${e.message}`));
+      }
       await s.close();
-      throw err;
+      throw s.error ?? err;
     }
     return s;
+  }
+
+  /** Starts channel `id`'s thread on a socket of its own; resolves once it connected and sent its init packet. */
+  private startChannel(o: MultifdSendOptions, address: string, id: number): Promise<void> {
+    const socketFd = native().tcpSocket(address);
+    let fds: ChannelFds;
+    try {
+      fds = new ChannelFds(socketFd);
+    } catch (err) {
+      native().close(socketFd);
+      throw err;
+    }
+    const worker = o.threads.start({
+      role: 'send',
+      memory: o.memory.share(),
+      address,
+      port: o.port,
+      socketFd: fds.socketFd,
+      abortFd: fds.abortFd,
+      uuid: o.uuid,
+      id,
+      stallTimeoutMs: o.stallTimeoutMs,
+    });
+    const ch: Channel = { worker, fds, inFlight: 0, exited: new Promise((r) => worker.once('exit', () => r())) };
+    this.channels.push(ch);
+    return new Promise<void>((resolve, reject) => {
+      worker.on('message', (m: FromSender) => {
+        if (m.type === 'connected') resolve();
+        else if (m.type === 'sent') {
+          ch.inFlight -= m.packets;
+          this.bytes += m.bytes;
+          this.wake();
+        } else if (m.type === 'error') {
+          this.fail(new MigrationError(errnoNamed(m.errno), m.message));
+          reject(this.error);
+        }
+      });
+      worker.on('error', (e) => {
+        this.fail(new MigrationError(Errno.EIO, `multifd channel ${id}: thread failed: ${e.message}`));
+        reject(this.error);
+      });
+      worker.on('exit', () => {
+        this.fail(new MigrationError(Errno.EIO, `multifd channel ${id}: thread exited`));
+        reject(this.error);
+      });
+    });
   }
 
   private fail(e: MigrationError): void {

@@ -7,11 +7,11 @@
 // stays in the CPU's caches): sending, they are copied into it and the header and it go out in one writev;
 // receiving, one readv fills it and the pages are copied into guest RAM. QEMU's threads instead hand the
 // kernel iovecs that point into guest RAM, which saves that copy; but the kernel's own copy between a
-// socket and memory not in the caches can be far slower than a user-space copy (on one of our 2-core
-// machines, loopback TCP from or into a 1 GiB mapping moved 300-500 MB/s, through a hot 4 MiB buffer
-// 2600-2900; docs/performance.md), and the staging copy costs about 80 ms of one core per GiB where it
-// does not pay. A receiving channel that met a SYNC packet stops reading until the main thread releases
-// it (multifd_recv_sync_main).
+// socket and memory not in the caches can be far slower than a user-space copy: on some of our machines
+// loopback TCP straight from and into 1 GiB buffers moves a tenth of what it moves through one reused
+// buffer (the bench's `raw-tcp-guest / raw-tcp`; docs/performance.md), while the staging copy costs a
+// memcpy where it does not pay. A receiving channel that met a SYNC packet stops reading until the main
+// thread releases it (multifd_recv_sync_main).
 
 import { parentPort } from 'node:worker_threads';
 import { native } from '../../native/addon.ts';
