@@ -12,14 +12,13 @@ import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bytes } from '../src/cli/format.ts';
+import { TICK_MS } from './cpu-time.ts';
 import { figure, formatFigure, say } from './figures.ts';
 import { type MigrationObserver, oursOnce } from './ram.ts';
 import type { BenchRun, WorkProfile } from './results.ts';
 
 /** CPU ms per thread id of one process (utime + stime, and stime alone). */
 type ThreadCpu = Map<number, { total: number; sys: number }>;
-
-const TICK_MS = 1000 / Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim() || 100);
 
 function threadCpu(pid: number): ThreadCpu {
   const out: ThreadCpu = new Map();
