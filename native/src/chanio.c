@@ -63,7 +63,6 @@ typedef struct {
   int64_t stall_ms;
   struct iovec* iov;
   uint32_t count;
-  size_t total;
   int32_t* progress; /* bumped once per syscall that moved bytes; NULL: none */
 } vn_transfer;
 
@@ -85,7 +84,6 @@ static bool get_transfer(napi_env env, napi_value* argv, vn_transfer* t) {
     vn_throw_errno(env, ENOMEM, "calloc", NULL);
     return false;
   }
-  t->total = 0;
   for (uint32_t k = 0; k < t->count; k++) {
     napi_value part;
     uint8_t* data;
@@ -96,7 +94,6 @@ static bool get_transfer(napi_env env, napi_value* argv, vn_transfer* t) {
     }
     t->iov[k].iov_base = data;
     t->iov[k].iov_len = len;
-    t->total += len;
   }
   return true;
 }
