@@ -61,10 +61,15 @@ port.once('message', (m: StartChannel) => {
   else runReceiver(cfg);
 });
 
-/** A failed native call as what the main thread reports: its message and errno name. */
-function reason(err: unknown): { message: string; errno: string } {
-  const e = err as NodeJS.ErrnoException;
-  return { message: e.message, errno: e.code ?? 'EIO' };
+/**
+ * A failure as the main thread hears it: its message and errno name. A failed syscall (the addon's errors
+ * name it) carries its errno name as `code`; ours, as `errno`; anything else gets `otherwise` (a decoding
+ * error, StreamError, is the source breaking the protocol).
+ */
+function reason(err: unknown, otherwise: string): { message: string; errno: string } {
+  const e = err as Error & { code?: unknown; errno?: unknown; syscall?: string };
+  const errno = typeof e.errno === 'string' ? e.errno : e.syscall !== undefined ? String(e.code) : otherwise;
+  return { message: e.message.replace(/^migration stream: /, ''), errno };
 }
 
 function runSender(c: SendWorkerConfig): void {
@@ -74,7 +79,7 @@ function runSender(c: SendWorkerConfig): void {
   const fail = (err: unknown) => {
     if (failed) return;
     failed = true;
-    let { message, errno } = reason(err);
+    let { message, errno } = reason(err, 'EIO');
     if (errno === 'ETIMEDOUT') message = `no progress for ${c.stallTimeoutMs} ms: stalled link`;
     post({ type: 'error', message: `multifd channel ${c.id}: ${message}`, errno });
   };
@@ -261,12 +266,9 @@ function runReceiver(c: RecvWorkerConfig): void {
         release = null;
       }
     } catch (err) {
-      const e = err as Error & { code?: unknown; errno?: unknown; syscall?: string };
-      // A failed syscall (the addon's errors name it) carries its errno name as `code`; ours, as `errno`;
-      // a decoding error (StreamError) is the source breaking the protocol.
-      const errno = typeof e.errno === 'string' ? e.errno : e.syscall !== undefined ? String(e.code) : 'EPROTO';
+      const { message, errno } = reason(err, 'EPROTO');
       if (errno === 'ECANCELED') return; // the main thread stopped us: it has its reason already
-      fail(e.message.replace(/^migration stream: /, ''), errno);
+      fail(message, errno);
     }
   })();
 }
