@@ -83,12 +83,7 @@ export class MultifdReceiver implements RamChannelsIn {
       fds,
       id: -1,
       sync: null,
-      exited: new Promise((r) =>
-        worker.once('exit', () => {
-          fds.close();
-          r();
-        }),
-      ),
+      exited: fds.closeOnExit(worker),
     };
     this.channels.push(ch);
     worker.on('message', (msg: FromReceiver) => {

@@ -109,7 +109,7 @@ export class MultifdSender implements RamChannelsOut {
       id,
       stallTimeoutMs: o.stallTimeoutMs,
     });
-    const ch: Channel = { worker, fds, inFlight: 0, exited: new Promise((r) => worker.once('exit', () => r())) };
+    const ch: Channel = { worker, fds, inFlight: 0, exited: fds.closeOnExit(worker) };
     this.channels.push(ch);
     return new Promise<void>((resolve, reject) => {
       worker.on('message', (m: FromSender) => {
@@ -222,7 +222,6 @@ export class MultifdSender implements RamChannelsOut {
         });
         await ch.exited;
         clearTimeout(t);
-        ch.fds.close();
       }),
     );
   }

@@ -160,8 +160,18 @@ export class ChannelFds {
     if (!this.closed) native().eventfdWrite(this.abortFd, 1);
   }
 
+  /** Resolves once `worker` (this channel's thread) has exited and both descriptors are closed. */
+  closeOnExit(worker: Worker): Promise<void> {
+    return new Promise((resolve) =>
+      worker.once('exit', () => {
+        this.close();
+        resolve();
+      }),
+    );
+  }
+
   /** After the thread exited: closes both descriptors. */
-  close(): void {
+  private close(): void {
     if (this.closed) return;
     this.closed = true;
     live.delete(this.abortFd);
