@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 
 /** One clock tick of /proc's utime and stime fields, in ms. */
-export const TICK_MS = 1000 / Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim() || 100);
+const TICK_MS = 1000 / Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim() || 100);
 
 export function threadCpuMs(pid: number, tid: number | string): number {
   return Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[0]) / 1e6;
@@ -38,8 +38,14 @@ export function selfCpuMs(): number {
  * clock tick): for spans in which threads come and go, as a migration's channel threads do.
  */
 export function processStatCpuMs(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const t = statCpuMs(`/proc/${pid}/stat`);
+  return t.user + t.sys;
+}
+
+/** User and system time (ms, to a clock tick) of a /proc stat file: a process's or one task's. */
+export function statCpuMs(path: string): { user: number; sys: number } {
+  const stat = readFileSync(path, 'utf8');
   // Fields after the command name (which may hold spaces): utime is [11], stime [12].
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(f[11]) + Number(f[12])) * TICK_MS;
+  return { user: Number(f[11]) * TICK_MS, sys: Number(f[12]) * TICK_MS };
 }

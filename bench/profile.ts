@@ -8,11 +8,11 @@
 
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bytes } from '../src/cli/format.ts';
-import { TICK_MS } from './cpu-time.ts';
+import { statCpuMs } from './cpu-time.ts';
 import { figure, formatFigure, say } from './figures.ts';
 import { type MigrationObserver, oursOnce } from './ram.ts';
 import type { BenchRun, WorkProfile } from './results.ts';
@@ -23,17 +23,13 @@ type ThreadCpu = Map<number, { total: number; sys: number }>;
 function threadCpu(pid: number): ThreadCpu {
   const out: ThreadCpu = new Map();
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    let stat: string;
+    let t: { user: number; sys: number };
     try {
-      stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      t = statCpuMs(`/proc/${pid}/task/${tid}/stat`);
     } catch {
       continue; // the thread ended between the listing and the read
     }
-    // Fields after the command name (which may hold spaces): state is [0], utime [11], stime [12].
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const user = Number(f[11]) * TICK_MS;
-    const sys = Number(f[12]) * TICK_MS;
-    out.set(Number(tid), { total: user + sys, sys });
+    out.set(Number(tid), { total: t.user + t.sys, sys: t.sys });
   }
   return out;
 }
