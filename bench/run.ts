@@ -73,11 +73,10 @@ const run = newRun(ROUNDS, values.only);
  * moving a byte through a UNIX socket (both processes), copying it and producing it cost on this machine,
  * the parts of the trapped path's least CPU per byte (the ceiling ratios below).
  */
-const cpuOf = { 'raw-unix': [] as number[], memcpy: [] as number[], device: [] as number[] };
-const cpuNote: Record<string, string> = {
-  'raw-unix': 'every thread of the writer and the reader',
-  memcpy: 'the copying thread (to a scheduler tick)',
-  device: 'the producing thread (to a scheduler tick)',
+const cpuOf = {
+  'raw-unix': { ms: [] as number[], note: 'every thread of the writer and the reader' },
+  memcpy: { ms: [] as number[], note: 'the copying thread (to a scheduler tick)' },
+  device: { ms: [] as number[], note: 'the producing thread (to a scheduler tick)' },
 };
 
 /**
@@ -90,7 +89,7 @@ async function rawUnix(total: number): Promise<{ value: number; per: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'vfio-migrate-bench-'));
   try {
     const r = await rawStream(total, { path: join(dir, 'raw.sock') });
-    cpuOf['raw-unix'].push(r.cpuMs!);
+    cpuOf['raw-unix'].ms.push(r.cpuMs!);
     return { value: r.bytes / r.ms / 1000, per: bytes(r.bytes) };
   } finally {
     rmSync(dir, { recursive: true, force: true });
@@ -103,7 +102,7 @@ function memcpyRound(src: Uint8Array, dst: Uint8Array): { value: number; per: st
   const t0 = performance.now();
   for (let at = 0; at < src.byteLength; at += 1 << 20) dst.set(src.subarray(at, at + (1 << 20)), at);
   const ms = performance.now() - t0;
-  cpuOf.memcpy.push(mainThreadCpuMs() - c0);
+  cpuOf.memcpy.ms.push(mainThreadCpuMs() - c0);
   return { value: src.byteLength / ms / 1000, per: bytes(src.byteLength) };
 }
 
@@ -116,7 +115,7 @@ async function deviceProduce(): Promise<{ value: number; per: string }> {
   const t0 = performance.now();
   for (let k = dev.produce(out); k > 0; k = dev.produce(out)) n += k;
   const ms = performance.now() - t0;
-  cpuOf.device.push(mainThreadCpuMs() - c0);
+  cpuOf.device.ms.push(mainThreadCpuMs() - c0);
   dev.close();
   return { value: n / ms / 1000, per: bytes(n) };
 }
@@ -228,8 +227,8 @@ if (want('device')) {
   const mmapped = await measure('mmapped', 'MB/s', ROUNDS, await throughRegion('mmapped'), warm);
   for (const c of cleanup) await c();
   // The measured rounds' CPU (the warm-up's first value left out), as figures of their own.
-  const cpu = Object.entries(cpuOf).map(([name, v]) =>
-    figure(`${name} cpu`, 'ms', v.slice(-ROUNDS), { per: `CPU ms per ${bytes(MEM)}`, note: cpuNote[name] }),
+  const cpu = Object.entries(cpuOf).map(([name, c]) =>
+    figure(`${name} cpu`, 'ms', c.ms.slice(-ROUNDS), { per: `CPU ms per ${bytes(MEM)}`, note: c.note }),
   );
   for (const f of cpu) say(formatFigure(f));
   run.figures.push(raw, memcpy, dev, trapped, mmapped, ...cpu);
