@@ -39,7 +39,8 @@ export function renderPerfTables(all: readonly BenchRun[]): string {
   const out: string[] = [];
   out.push(
     `Latest run: ${last.date}, commit ${last.commit}${last.dirty ? ' (with uncommitted changes)' : ''}, ` +
-      `${m.cpu}, ${m.cores} cores, ${m.memGiB} GiB, Node ${m.node}${m.kernel ? `, Linux ${m.kernel}` : ''}, ` +
+      `${m.cpu}, ${m.cores} cores, ${m.memGiB} GiB, Node ${m.node}${m.kernel ? `, Linux ${m.kernel}` : ''}` +
+      `${m.crc32c ? `, CRC-32C ${m.crc32c}` : ''}, ` +
       `load average at start ${m.loadavg.join(' ')}; ` +
       `${last.rounds} rounds per figure, ${last.code === 'compiled' ? 'the compiled package' : 'the sources through tsx'} ` +
       `(${runs.length} run${runs.length === 1 ? '' : 's'} recorded).`,

@@ -5,6 +5,7 @@ import { execFileSync } from 'node:child_process';
 import { appendFileSync, existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { cpus, loadavg, release, totalmem } from 'node:os';
 import { join } from 'node:path';
+import { crc32cImplementation } from '../src/stream/crc32c.ts';
 import { type Figure, type Ratio, say } from './figures.ts';
 
 const root = new URL('..', import.meta.url).pathname;
@@ -29,6 +30,8 @@ export interface BenchRun {
     loadavg: number[];
     /** The kernel's release (os.release()): its copies between sockets and memory shape every figure. */
     kernel?: string;
+    /** Which CRC-32C code the addon runs here (crc32cImplementation()): every checked byte pays it. */
+    crc32c?: string;
   };
   rounds: number;
   /** What ran: the compiled package (dist/) or the sources through tsx (`--sources`); absent: sources. */
@@ -61,6 +64,7 @@ export function newRun(rounds: number, only?: string): BenchRun {
       memGiB: Math.round(totalmem() / 2 ** 30),
       node: process.version,
       kernel: release(),
+      crc32c: crc32cImplementation(),
       loadavg: loadavg().map((x) => Math.round(x * 100) / 100),
     },
     rounds,

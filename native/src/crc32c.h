@@ -1,5 +1,5 @@
-/* CRC-32C (Castagnoli) for the migration stream's section checksums: SSE4.2 when the CPU has it, a
- * slicing-by-8 table otherwise. Shared by crc32c.c and addon.c (which registers the export). */
+/* CRC-32C (Castagnoli) for the migration stream's section checksums: VPCLMULQDQ folding or the SSE4.2
+ * instruction when the CPU has them, a slicing-by-8 table otherwise (crc32c.c says which when). Shared by crc32c.c and addon.c (which registers the export). */
 #ifndef VFIO_NATIVE_CRC32C_H
 #define VFIO_NATIVE_CRC32C_H
 
@@ -28,7 +28,7 @@ napi_value vn_crc32c_copy_js(napi_env env, napi_callback_info info);
  * bytes with `gap` bytes of dst (the caller's, checksummed in place) before each piece after the first */
 napi_value vn_crc32c_copy_spaced_js(napi_env env, napi_callback_info info);
 
-/* crc32cImplementation(): 'sse4.2' | 'table' */
+/* crc32cImplementation(): 'vpclmulqdq' | 'sse4.2' | 'table' */
 napi_value vn_crc32c_implementation(napi_env env, napi_callback_info info);
 
 #endif

@@ -102,13 +102,14 @@ export interface NativeAddon {
   recvmsg(fd: number, buf: Uint8Array, maxFds: number): RecvResult | null;
   /**
    * CRC-32C (Castagnoli) of data, continuing from seed (a previous result; 0 or omitted to start), so
-   * crc32c(b, crc32c(a)) == crc32c(a ++ b). SSE4.2 CRC32 instructions when the CPU has them.
+   * crc32c(b, crc32c(a)) == crc32c(a ++ b). Carry-less multiplication folding (AVX-512 VPCLMULQDQ) or the
+   * SSE4.2 CRC32 instruction when the CPU has them, tables otherwise.
    */
   crc32c(data: Uint8Array, seed?: number): number;
   /**
    * Copies src into dst at `at` and returns the CRC-32C of dst[from, at) followed by src, continuing from
    * seed: bytes already written ahead of the copy, then the copy, checksummed in the same pass over src
-   * (with SSE4.2). RangeError when src does not fit at `at` or overlaps its destination.
+   * (with VPCLMULQDQ or SSE4.2). RangeError when src does not fit at `at` or overlaps its destination.
    */
   crc32cCopy(dst: Uint8Array, from: number, at: number, src: Uint8Array, seed: number): number;
   /**
@@ -125,8 +126,11 @@ export interface NativeAddon {
     piece: number,
     gap: number,
   ): number;
-  /** Which crc32c code runs: 'sse4.2', or 'table' (no SSE4.2, or VFIO_NATIVE_CRC32C=table at load). */
-  crc32cImplementation(): 'sse4.2' | 'table';
+  /**
+   * Which crc32c code runs: 'vpclmulqdq' (AVX-512 with VPCLMULQDQ), 'sse4.2', or 'table'. Read once, at
+   * load: VFIO_NATIVE_CRC32C=sse4.2 or =table forces a slower one (for tests).
+   */
+  crc32cImplementation(): 'vpclmulqdq' | 'sse4.2' | 'table';
   /** Whether every byte of data is 0 (a 64-byte-block scan that stops at the first non-zero block). */
   isZero(data: Uint8Array): boolean;
   /**

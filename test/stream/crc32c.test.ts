@@ -1,5 +1,6 @@
-// CRC-32C: the native addon (SSE4.2 or tables) and the TypeScript fallback against known vectors and a
-// bitwise reference, at every alignment and across the native code's block boundaries.
+// CRC-32C: the native addon (VPCLMULQDQ folding, the SSE4.2 instruction, or tables) and the TypeScript
+// fallback against known vectors and a bitwise reference, at every alignment and across the native code's
+// block boundaries. Each native implementation this CPU has runs the whole file (the others in children).
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -39,24 +40,35 @@ const impls = {
 };
 
 describe('CRC-32C', () => {
-  const forced = process.env.VFIO_NATIVE_CRC32C === 'table';
+  const forced = process.env.VFIO_NATIVE_CRC32C;
+  const flags = new Set(/^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1]?.trim().split(/\s+/));
+  const sse42 = flags.has('sse4_2');
+  const fold = sse42 && ['avx512f', 'avx512vl', 'vpclmulqdq', 'pclmulqdq'].every((f) => flags.has(f));
 
-  test('the addon is loaded for long inputs, SSE4.2 where the CPU has it', () => {
-    const sse42 = /\bsse4_2\b/.test(readFileSync('/proc/cpuinfo', 'utf8'));
-    assert.equal(crc32cImplementation(), `native ${sse42 && !forced ? 'sse4.2' : 'table'}`);
+  test('the addon is loaded for long inputs: the fastest code this CPU runs, unless one is forced', () => {
+    const best = fold ? 'vpclmulqdq' : sse42 ? 'sse4.2' : 'table';
+    const want = forced === 'table' ? 'table' : forced === 'sse4.2' && fold ? 'sse4.2' : best;
+    assert.equal(crc32cImplementation(), `native ${want}`);
   });
 
-  test('the table fallback passes this whole file too (VFIO_NATIVE_CRC32C=table, in a child process)', {
-    skip: forced,
-  }, () => {
-    const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', fileURLToPath(import.meta.url)], {
-      // Without NODE_TEST_CONTEXT the child reports as a top-level run, in text.
-      env: { ...process.env, NODE_TEST_CONTEXT: undefined, VFIO_NATIVE_CRC32C: 'table' },
-      encoding: 'utf8',
+  for (const [impl, has] of [
+    ['table', true],
+    ['sse4.2', fold],
+  ] as const) {
+    const skip = forced ? 'a child run already' : has ? false : `this CPU runs sse4.2 as its best (no folding)`;
+    test(`the ${impl} code passes this whole file too (VFIO_NATIVE_CRC32C=${impl}, in a child process)`, {
+      skip,
+    }, () => {
+      const r = spawnSync(process.execPath, ['--import', 'tsx', '--test', fileURLToPath(import.meta.url)], {
+        // Without NODE_TEST_CONTEXT the child reports as a top-level run, in text.
+        env: { ...process.env, NODE_TEST_CONTEXT: undefined, VFIO_NATIVE_CRC32C: impl },
+        encoding: 'utf8',
+      });
+      assert.equal(r.status, 0, r.stdout + r.stderr);
+      assert.match(r.stdout, /# pass \d+/);
+      assert.match(r.stdout, /# fail 0/);
     });
-    assert.equal(r.status, 0, r.stdout + r.stderr);
-    assert.match(r.stdout, /# pass \d+/);
-  });
+  }
 
   for (const [name, f] of Object.entries(impls)) {
     test(`${name}: known vectors`, () => {
@@ -104,6 +116,23 @@ describe('CRC-32C', () => {
       for (const off of [0, 1, 3, 7]) {
         const v = buf.subarray(off, off + len);
         assert.equal(native().crc32c(v), crcRef(v), `len ${len} off ${off}`);
+      }
+    }
+  });
+
+  test('native: lengths around the folding boundaries (1024 bytes to start, 256 a round, 16 a lane), copied too', () => {
+    const buf = randomBytes(4096 + 64);
+    const lens = [1023, 1024, 1025, 1039, 1040, 1041, 1279, 1280, 1281, 1024 + 255 + 15, 2048 + 17, 4096];
+    for (const len of lens) {
+      for (const off of [0, 1, 5]) {
+        for (const seed of [0, 0xdeadbeef]) {
+          const v = buf.subarray(off, off + len);
+          const want = crcRef(v, seed);
+          assert.equal(native().crc32c(v, seed), want, `len ${len} off ${off}`);
+          const dst = new Uint8Array(len + 9);
+          assert.equal(native().crc32cCopy(dst, 3, 3, v, seed), want, `copy: len ${len} off ${off}`);
+          assert.deepEqual(dst.subarray(3, 3 + len), new Uint8Array(v), `copy: len ${len} off ${off}`);
+        }
       }
     }
   });
