@@ -53,9 +53,10 @@ test(`a mostly-zero ${GUEST_MIB} MiB guest: the destination holds less than ${BO
     assert.ok(dstMib <= srcMib + 1, `the destination holds ${dstMib.toFixed(1)} MiB, the source ${srcMib.toFixed(1)}`);
     assert.ok(dstMib >= DATA_MIB / 2, `the destination holds ${dstMib.toFixed(1)} MiB: not its data pages`);
     assert.ok(dstMib < BOUND_MIB, `the destination holds ${dstMib.toFixed(1)} MiB of guest RAM`);
+    // Each digest reads 1 GiB (the destination's faulting in its holes): no 10 s default on a busy machine.
     const [a, b] = await Promise.all([
-      pair.src.execute<{ ram: string }>('x-query-digests'),
-      pair.dst.execute<{ ram: string }>('x-query-digests'),
+      pair.src.execute<{ ram: string }>('x-query-digests', undefined, { timeoutMs: 120_000 }),
+      pair.dst.execute<{ ram: string }>('x-query-digests', undefined, { timeoutMs: 120_000 }),
     ]);
     assert.equal(b.ram, a.ram, 'every guest page at the destination equals the source');
   } finally {
