@@ -38,7 +38,7 @@ import { defaultAddonPath } from '../src/native/addon.ts';
 import { crc32c } from '../src/stream/crc32c.ts';
 import { QmpClient } from '../src/vmm/qmp/client.ts';
 import { processCpuMs, processStatCpuMs, selfCpuMs } from './cpu-time.ts';
-import { type Figure, measure, ratio, say } from './figures.ts';
+import { type Figure, figure, formatFigure, measure, ratio, say } from './figures.ts';
 import type { BenchRun } from './results.ts';
 
 export interface Rate {
@@ -461,17 +461,33 @@ function coresBusy(): MigrationObserver & { cores(): number } {
  */
 export async function multifdBench(memMiB: number, channels: number, rounds: number, run: BenchRun): Promise<void> {
   say(`multifd: a ${bytes(memMiB * (1 << 20))} guest of random bytes, idle, over loopback TCP (guest MB/s)`);
-  // How much of the machine both VMMs used meanwhile: where one channel already keeps every core busy,
-  // more channels cannot add throughput here (docs/performance.md).
+  // How much of the machine both VMMs used meanwhile, and so each round's CPU ceiling: the rate at which
+  // every core, spending what this round spent per byte, would move the guest. More channels can fill
+  // idle cores, but not move bytes for less CPU: one channel's ceiling bounds what any number can reach.
+  const ceilings = new Map<number, number[]>();
   const busy = async (k: number) => {
     const use = coresBusy();
     const r = guestRate(memMiB, await oursOnce(memMiB, true, [], 'random', k, use));
-    return { ...r, note: `${r.note}; both VMMs on CPU ${use.cores().toFixed(2)} of ${cpus().length} cores` };
+    const cores = use.cores();
+    ceilings.set(k, [...(ceilings.get(k) ?? []), (r.value * cpus().length) / cores]);
+    return { ...r, note: `${r.note}; both VMMs on CPU ${cores.toFixed(2)} of ${cpus().length} cores` };
   };
   const one = await measure('ours-multifd-1', 'MB/s', rounds, () => busy(1));
   const n = await measure(`ours-multifd-${channels}`, 'MB/s', rounds, () => busy(channels));
-  run.figures.push(one, n);
-  run.ratios.push(ratio(`multifd ${channels} channels / 1 channel`, n, one));
+  const ceiling = (k: number) => {
+    const f = figure(`multifd-${k} cpu ceiling`, 'MB/s', ceilings.get(k)!, {
+      per: `${cpus().length} cores / (both VMMs' CPU per byte with ${k} channel${k === 1 ? '' : 's'})`,
+    });
+    say(formatFigure(f));
+    return f;
+  };
+  const [ceilingOne, ceilingN] = [ceiling(1), ceiling(channels)];
+  run.figures.push(one, n, ceilingOne, ceilingN);
+  run.ratios.push(
+    ratio(`multifd ${channels} channels / 1 channel`, n, one),
+    ratio('multifd-1 cpu ceiling / ours-multifd-1', ceilingOne, one),
+    ratio(`ours-multifd-${channels} / multifd-1 cpu ceiling`, n, ceilingOne),
+  );
   const missing = qemuMissing();
   if (missing) {
     say(`qemu-multifd  skipped: ${missing}`);
