@@ -18,6 +18,9 @@ import { crc32c, crc32cCopySpaced } from './crc32c.ts';
 import type { DecodedSection } from './decoder.ts';
 import { StreamError } from './errors.ts';
 
+/** The EOS record that closes every payload (a bare be64): a payload writer always keeps room for it. */
+const EOS_BYTES = 8;
+
 export interface RamBlockInfo {
   /** RAMBlock idstr, e.g. `pc.ram`: 1 to 255 bytes of UTF-8. */
   name: string;
@@ -119,7 +122,7 @@ class RamRecordEncoder {
 
   writeEos(view: DataView, at: number): number {
     writeBe64(view, at, RamFlag.EOS);
-    return 8;
+    return EOS_BYTES;
   }
 
   writeMultifdFlush(view: DataView, at: number): number {
@@ -262,7 +265,7 @@ export class RamPayloadWriter {
 
   /** `buf`: where the payload is written (at least 4 KiB + 280 bytes, to hold one page record). */
   constructor(readonly buf: Uint8Array) {
-    if (buf.byteLength < TARGET_PAGE_SIZE + MAX_RECORD_HEAD + 8)
+    if (buf.byteLength < TARGET_PAGE_SIZE + MAX_RECORD_HEAD + EOS_BYTES)
       throw new RangeError(`a RAM payload buffer of ${buf.byteLength} bytes cannot hold one page record`);
     this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   }
@@ -279,7 +282,7 @@ export class RamPayloadWriter {
 
   /** Writes a page record's header if `extra` more bytes fit after it (EOS room kept); -1 when full. */
   private header(block: string, offset: number, flag: number, extra: number): number {
-    const room = this.buf.byteLength - this.at - extra - 8;
+    const room = this.buf.byteLength - this.at - extra - EOS_BYTES;
     const n = this.enc.pageHead(this.buf, this.view, this.at, room, block, offset, flag);
     if (n < 0) return -1;
     this.at += n;
@@ -311,7 +314,7 @@ export class RamPayloadWriter {
     if (first < 0) return 0;
     // Every later page of the run is the same block: a CONTINUE header (the be64 alone) before each.
     const head = RAM_RECORD_HEAD_BYTES;
-    const room = this.buf.byteLength - (first + TARGET_PAGE_SIZE) - 8;
+    const room = this.buf.byteLength - (first + TARGET_PAGE_SIZE) - EOS_BYTES;
     const count = Math.min(run.byteLength / TARGET_PAGE_SIZE, 1 + Math.floor(room / (head + TARGET_PAGE_SIZE)));
     let at = first + TARGET_PAGE_SIZE;
     for (let k = 1; k < count; k++) {
