@@ -11,20 +11,21 @@
 // reaches us through a child subreaper (support/subreaper.c, built here with cc as the peers are).
 //
 // Per era and direction: ours → ours, theirs (C) → ours, ours → theirs. The client is run from a wrapper
-// directory holding a link to it and a `server`: a link to the C sample server when that is the
-// destination, else a script that only holds the forked process, our destination server having been
-// started beforehand on SOCKET_migrated (the client waits for that path to exist; starting it up front
-// keeps our server's start-up out of the client's 10-second timer lead). After the client: our servers are
+// directory holding a link to it and a `server`: a script starting the C sample server when that is the
+// destination (placeWhenListening says why), else a script that only holds the forked process, our
+// destination server having been started beforehand on SOCKET_migrated (the client waits for that path
+// to exist; starting it up front keeps our server's start-up out of the client's 10-second timer lead). After the client: our servers are
 // read through our own vfio-user client: BAR1 equal on both sides where both are ours, BAR0 (read as now -
 // BAR0) within the run's span, which a destination that did not receive BAR0 (0: decades) cannot be.
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { VfioUserClient } from '../../src/vfio-user/client.ts';
 import { buildPeers, ERAS, type Era } from '../support/libvfio-user-peers.ts';
+import { listening } from './support/unix-listening.mjs';
 
 const BIN = new URL('../../bin/vfio-migrate.js', import.meta.url).pathname;
 const SUBREAPER_C = new URL('./support/subreaper.c', import.meta.url).pathname;
@@ -85,16 +86,28 @@ async function ourServer(era: Era, socket: string): Promise<Proc> {
   return p;
 }
 
-/** Their sample server on `socket`, up once the socket exists (it binds and listens, then waits). */
+/** Their sample server on `socket`, up once it listens there. */
 async function theirServer(era: Era, socket: string): Promise<Proc> {
   const p = start(peers.servers[era]!, ['-v', socket]);
   await until(
-    () => existsSync(socket) || p.proc.exitCode !== null,
+    () => listening(socket) || p.proc.exitCode !== null,
     'socket',
     START_MS,
     () => p.err.join('\n'),
   );
   return p;
+}
+
+/**
+ * When theirs is the destination: the client waits for SOCKET_migrated to exist and connects at once,
+ * which their server's bind-then-listen can refuse (it did, on a loaded machine). So the `server` it
+ * execs binds another path, and this moves the socket into place once it listens (renaming a socket
+ * keeps it the same socket). The test does it, not a script beside the server: a shell holding their
+ * server would reap the client's exit status with its own children's.
+ */
+async function placeWhenListening(pending: string, socket: string, client: Proc, context: () => string): Promise<void> {
+  await until(() => listening(pending) || client.proc.exitCode !== null, 'destination listening', START_MS, context);
+  if (listening(pending)) renameSync(pending, socket);
 }
 
 async function stop(p: Proc): Promise<void> {
@@ -131,7 +144,12 @@ describe("interop: libvfio-user's sample client and lvu-sample", { skip }, () =>
         symlinkSync(client, join(dir, 'client'));
         const socket = join(dir, 's');
         const dstSocket = `${socket}_migrated`;
-        if (to === 'theirs') symlinkSync(server, join(dir, 'server'));
+        if (to === 'theirs')
+          writeFileSync(
+            join(dir, 'server'),
+            `#!/bin/sh\n# their sample server, on a path the test moves into place; see placeWhenListening\nexec '${server}' "$1" "$2.pending"\n`,
+            { mode: 0o755 },
+          );
         else
           writeFileSync(
             join(dir, 'server'),
@@ -157,6 +175,7 @@ describe("interop: libvfio-user's sample client and lvu-sample", { skip }, () =>
               context,
             );
           } else {
+            await placeWhenListening(`${dstSocket}.pending`, dstSocket, run, context);
             await until(() => run.out.filter((l) => l.startsWith('exit ')).length >= 1, 'exits', RUN_MS, context);
           }
           const ended = BigInt(Math.floor(Date.now() / 1000));

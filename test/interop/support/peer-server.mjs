@@ -1,9 +1,10 @@
 // Runs one libvfio-user sample server (`SERVER -v SOCKET`) the way our process harness starts device
-// servers: it prints "serving" once the socket exists (the sample binds and listens before it waits for
-// its client, and says nothing itself), passes the sample's output through, and stops it on SIGTERM.
+// servers: it prints "serving" once the socket listens (the sample says nothing itself, and its path
+// exists before it listens: unix-listening.mjs), passes the sample's output through, and stops it on
+// SIGTERM.
 // Usage: node peer-server.mjs SERVER SOCKET
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { listening } from './unix-listening.mjs';
 
 const [server, socket] = process.argv.slice(2);
 if (!server || !socket) {
@@ -20,7 +21,7 @@ child.on('error', (err) => {
 child.on('exit', (code, signal) => process.exit(code ?? (signal ? 128 : 1)));
 for (const sig of ['SIGTERM', 'SIGINT']) process.on(sig, () => child.kill(sig));
 const poll = setInterval(() => {
-  if (existsSync(socket)) {
+  if (listening(socket)) {
     clearInterval(poll);
     process.stdout.write('serving\n');
   }

@@ -1,0 +1,2 @@
+/** Whether a UNIX stream socket listens at `path` (see unix-listening.mjs). */
+export function listening(path: string): boolean;
