@@ -57,7 +57,8 @@ export function newRun(rounds: number, only?: string): BenchRun {
   return {
     date: new Date().toISOString(),
     commit: git('rev-parse', '--short=12', 'HEAD') || 'unknown',
-    dirty: git('status', '--porcelain', '--untracked-files=no') !== '',
+    // The history file itself is left out: a run appended and not yet committed is not a code change.
+    dirty: git('status', '--porcelain', '--untracked-files=no', '--', '.', ':!bench/results') !== '',
     machine: {
       cpu: cpus()[0]?.model ?? 'unknown',
       cores: cpus().length,
