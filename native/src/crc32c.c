@@ -208,8 +208,9 @@ __attribute__((target("sse4.2"))) static uint32_t crc_hw_copy(uint32_t crc, cons
  *
  * FOLD(D), in _mm_set_epi64x order (high qword first): x^(D-1) mod P, which multiplies a lane's high
  * qword (Xl), then x^(D+63) mod P, which multiplies its low qword (Xh); each bit-reversed into 64 bits
- * (the carry-less product of two reflected operands carries one extra factor of x, hence the -1). Generated with a GF(2) polynomial reduction and
- * checked against the tables by test/stream/crc32c.test.ts at every length around the block sizes.
+ * (the carry-less product of two reflected operands carries one extra factor of x, hence the -1).
+ * Computed by reducing x^n modulo P over GF(2), and checked against the tables by
+ * test/stream/crc32c.test.ts at every length around the fold's boundaries.
  */
 #define FOLD_2048 0x1426a81500000000ull, 0xe9a5d8be00000000ull
 #define FOLD_512 0x75bba45b00000000ull, 0x1c19243b00000000ull
