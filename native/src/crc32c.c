@@ -234,62 +234,53 @@ __attribute__((target(VN_FOLD_TARGET), always_inline)) static inline __m128i fol
   return _mm_xor_si128(_mm_xor_si128(_mm_clmulepi64_si128(x, k, 0x00), _mm_clmulepi64_si128(x, k, 0x11)), y);
 }
 
+/* The next 256 bytes at p into v[0..3], and stored at q as well when copying. */
+__attribute__((target(VN_FOLD_TARGET), always_inline)) static inline void load256(const uint8_t* p, uint8_t* q,
+                                                                                  int copy, __m512i v[4]) {
+  for (int i = 0; i < 4; i++) {
+    v[i] = _mm512_loadu_si512(p + 64 * i);
+    if (copy) _mm512_storeu_si512(q + 64 * i, v[i]);
+  }
+}
+
 __attribute__((target(VN_FOLD_TARGET), always_inline)) static inline uint32_t crc_fold_body(uint32_t crc,
                                                                                         const uint8_t* p, size_t n,
                                                                                         uint8_t* q, int copy) {
   if (n < FOLD_MIN) return crc_hw_body(crc, p, n, q, copy);
-  __m512i x0 = _mm512_loadu_si512(p), x1 = _mm512_loadu_si512(p + 64);
-  __m512i x2 = _mm512_loadu_si512(p + 128), x3 = _mm512_loadu_si512(p + 192);
-  if (copy) {
-    _mm512_storeu_si512(q, x0);
-    _mm512_storeu_si512(q + 64, x1);
-    _mm512_storeu_si512(q + 128, x2);
-    _mm512_storeu_si512(q + 192, x3);
-    q += 256;
-  }
+  __m512i x[4], y[4];
+  load256(p, q, copy, x);
+  if (copy) q += 256;
   /* The running CRC goes into the first 4 bytes, as the byte-wise algorithm XORs it into what it reads. */
-  x0 = _mm512_xor_si512(x0, _mm512_zextsi128_si512(_mm_cvtsi32_si128((int)crc)));
+  x[0] = _mm512_xor_si512(x[0], _mm512_zextsi128_si512(_mm_cvtsi32_si128((int)crc)));
   p += 256;
   n -= 256;
   const __m512i k2048 = _mm512_broadcast_i32x4(_mm_set_epi64x(FOLD_2048));
   while (n >= 256) {
-    __m512i y0 = _mm512_loadu_si512(p), y1 = _mm512_loadu_si512(p + 64);
-    __m512i y2 = _mm512_loadu_si512(p + 128), y3 = _mm512_loadu_si512(p + 192);
-    if (copy) {
-      _mm512_storeu_si512(q, y0);
-      _mm512_storeu_si512(q + 64, y1);
-      _mm512_storeu_si512(q + 128, y2);
-      _mm512_storeu_si512(q + 192, y3);
-      q += 256;
-    }
-    x0 = fold512(x0, k2048, y0);
-    x1 = fold512(x1, k2048, y1);
-    x2 = fold512(x2, k2048, y2);
-    x3 = fold512(x3, k2048, y3);
+    load256(p, q, copy, y);
+    if (copy) q += 256;
+    for (int i = 0; i < 4; i++) x[i] = fold512(x[i], k2048, y[i]);
     p += 256;
     n -= 256;
   }
   /* Four registers into one (each 64 bytes ahead of the next), then its four lanes into one. */
   const __m512i k512 = _mm512_broadcast_i32x4(_mm_set_epi64x(FOLD_512));
-  x1 = fold512(x0, k512, x1);
-  x2 = fold512(x1, k512, x2);
-  x3 = fold512(x2, k512, x3);
+  for (int i = 1; i < 4; i++) x[i] = fold512(x[i - 1], k512, x[i]);
   const __m512i k_lanes = _mm512_inserti64x4(
       _mm512_castsi256_si512(_mm256_set_epi64x(FOLD_256, FOLD_384)), _mm256_set_epi64x(0, 0, FOLD_128), 1);
   /* Lane 3 is not carried (its constants are 0): it is XORed in as it is. */
-  __m512i lanes = _mm512_ternarylogic_epi64(_mm512_clmulepi64_epi128(x3, k_lanes, 0x00),
-                                            _mm512_clmulepi64_epi128(x3, k_lanes, 0x11),
-                                            _mm512_maskz_mov_epi64(0xc0, x3), 0x96);
+  __m512i lanes = _mm512_ternarylogic_epi64(_mm512_clmulepi64_epi128(x[3], k_lanes, 0x00),
+                                            _mm512_clmulepi64_epi128(x[3], k_lanes, 0x11),
+                                            _mm512_maskz_mov_epi64(0xc0, x[3]), 0x96);
   __m256i half = _mm256_xor_si256(_mm512_castsi512_si256(lanes), _mm512_extracti64x4_epi64(lanes, 1));
   __m128i acc = _mm_xor_si128(_mm256_castsi256_si128(half), _mm256_extracti128_si256(half, 1));
   const __m128i k128 = _mm_set_epi64x(FOLD_128);
   while (n >= 16) {
-    __m128i y = _mm_loadu_si128((const __m128i*)p);
+    __m128i next = _mm_loadu_si128((const __m128i*)p);
     if (copy) {
-      _mm_storeu_si128((__m128i*)q, y);
+      _mm_storeu_si128((__m128i*)q, next);
       q += 16;
     }
-    acc = fold128(acc, k128, y);
+    acc = fold128(acc, k128, next);
     p += 16;
     n -= 16;
   }
