@@ -83,7 +83,10 @@ export function crc32c(data: Uint8Array, crc = 0): number {
   return nativeCrc ? nativeCrc(data, crc) : crc32cJs(data, crc);
 }
 
-/** Which implementation handles long inputs: the addon's ('native vpclmulqdq', 'native sse4.2', 'native table') or 'typescript'. */
+/**
+ * Which implementation handles long inputs: the addon's ('native vpclmulqdq', 'native sse4.2',
+ * 'native table') or 'typescript'.
+ */
 export function crc32cImplementation(): string {
   if (nativeCrc === undefined) nativeCrc = loadNative();
   return nativeCrc ? `native ${nativeName}` : 'typescript';
