@@ -32,12 +32,20 @@ const KINDS = new Set<number>(Object.values(RecordKind));
 
 export function encodeRecordHeader(h: RecordHeader): Uint8Array {
   const out = new Uint8Array(RECORD_HEADER_SIZE);
-  const dv = new DataView(out.buffer);
+  writeRecordHeader(new DataView(out.buffer), h, h.length);
+  return out;
+}
+
+/**
+ * Writes a header with payload length `length` into the first RECORD_HEADER_SIZE bytes of `dv` (a writer
+ * reuses one buffer; the length is separate so that no header object is built per record).
+ */
+export function writeRecordHeader(dv: DataView, h: Omit<RecordHeader, 'length'>, length: number): void {
   dv.setUint16(0, h.kind, true);
-  dv.setUint32(4, h.length, true);
+  dv.setUint16(2, 0, true);
+  dv.setUint32(4, length, true);
   dv.setBigUint64(8, h.arg0, true);
   dv.setBigUint64(16, h.arg1, true);
-  return out;
 }
 
 /** Decodes a header; returns a reason string instead of throwing so callers can wrap it in their error type. */
