@@ -73,7 +73,8 @@ export interface StateRecord {
   live?: boolean;
   /**
    * Called with the payload's CRC-32C once every byte of it has been copied out (or snapshotted): the
-   * checksum of exactly the bytes sent, computed by the copy that sends them.
+   * checksum of exactly the bytes sent, computed by the copy that sends them. Always before the next
+   * record is pulled.
    */
   checksum?: (crc: number) => void;
 }

@@ -71,7 +71,8 @@ export class StateStreamWriter {
    */
   private snapshotLive(): void {
     const rest = this.payload.subarray(this.payloadAt);
-    if (this.spare.byteLength < rest.byteLength) this.spare = new Uint8Array(rest.byteLength);
+    // Sized for the whole payload: a device's records are mostly one size, so this allocates about once.
+    if (this.spare.byteLength < rest.byteLength) this.spare = new Uint8Array(this.payload.byteLength);
     const copy = this.spare.subarray(0, rest.byteLength);
     const checksum = this.checksum;
     if (checksum) checksum(crc32cCopy(copy, 0, 0, rest, this.crc));

@@ -74,6 +74,15 @@ export class StateSaver {
    * (a ZERO record is a bare header) are counted once and kept current as blocks go out.
    */
   private stoppedBlockBytes: number | null = null;
+  /**
+   * The block whose record the writer hands out now. The writer reports a record's checksum before it
+   * pulls the next, so one callback serves every block (a closure per block made each call site
+   * polymorphic, and V8 kept recompiling the writer).
+   */
+  private sending = 0;
+  private readonly sentBlockCrc = (crc: number): void => {
+    this.blockCrcs[this.sending] = crc;
+  };
 
   /** `stopped()` tells whether the device has stopped, i.e. whether registers and END may be sent. */
   constructor(
@@ -165,6 +174,7 @@ export class StateSaver {
     this.dirty[b] = 0;
     this.dirtyCount--;
     const offset = b * this.image.blockSize;
+    this.sending = b;
     // A live view: the writer copies it out in this produce() call or snapshots the rest, and the copy
     // checksums it, so the CRC is always of the bytes sent.
     const view = this.image.memory.subarray(offset, offset + this.image.blockSize);
@@ -179,9 +189,7 @@ export class StateSaver {
       header: { kind: RecordKind.MEM, arg0: BigInt(offset), arg1: 0n },
       payload: view,
       live: true,
-      checksum: (crc) => {
-        this.blockCrcs[b] = crc;
-      },
+      checksum: this.sentBlockCrc,
     };
   }
 }
