@@ -215,9 +215,11 @@ if (want('profile')) {
 }
 if (want('device')) {
   say(`device data: a large-memory device of ${bytes(MEM)} (random contents), stop-and-copy through its region`);
-  // One warm-up round each: trapped and mmapped reuse the same two device servers and client every round,
-  // whose code gets faster round after round; the baselines get the same so that like is compared with like.
-  const warm = { warmup: 1 };
+  // Warm-up rounds first: trapped and mmapped reuse the same two device servers and client every round,
+  // whose code V8 compiles over their first rounds (the server's save path recompiled several times, a
+  // third of a second of compiling on a helper thread, competing for the cores); the baselines get the
+  // same so that like is compared with like.
+  const warm = { warmup: 3 };
   const raw = await measure('raw-unix', 'MB/s', ROUNDS, () => rawUnix(MEM), warm);
   const copyFrom = randomFillSync(new Uint8Array(MEM));
   const copyTo = new Uint8Array(MEM).fill(1); // touched: the rounds time copies, not first-write faults

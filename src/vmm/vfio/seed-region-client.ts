@@ -107,8 +107,12 @@ export class SeedRegionClient {
    * callback that writes the chunk out (or copies it) moves it with no extra copy.
    */
   private async nextChunk(): Promise<Uint8Array> {
-    const offset = Number(await this.readField('data_offset'));
-    const size = Number(await this.readField('data_size'));
+    // Both reads sent at once: vfio-user commands may be pipelined and the server takes them in order,
+    // so data_size is answered after data_offset has moved on, one round trip for the two.
+    const offsetRead = this.readField('data_offset');
+    const sizeRead = quiet(this.readField('data_size'));
+    const offset = Number(await offsetRead);
+    const size = Number(await sizeRead);
     this.checkWindow(offset, size, 'data');
     return this.port.mapped(offset, size) ?? this.readChunk(offset, size);
   }
@@ -123,7 +127,10 @@ export class SeedRegionClient {
   }
 
   /**
-   * Stop-and-copy: chunks until pending_bytes reads 0. The chunk after the last one has size 0 (it only
+   * Stop-and-copy: chunks until pending_bytes reads 0. Each pending_bytes read after the first is sent
+   * as soon as a chunk has arrived, before `onChunk` consumes it, and answered meanwhile: reading it has
+   * no side effect (data_offset is what releases a chunk, and pending_bytes counts the chunk until then),
+   * so it reads the same as after the callback. The chunk after the last one has size 0 (it only
    * releases the last chunk), so a second empty chunk in a row while bytes are still pending means the
    * device is stuck: an error, never an endless loop. `onChunk` views are valid until it settles.
    */
@@ -131,10 +138,12 @@ export class SeedRegionClient {
     let chunks = 0;
     let bytes = 0;
     let empty = 0;
+    let pendingRead = this.pendingBytes();
     for (;;) {
-      const pending = await this.pendingBytes();
+      const pending = await pendingRead;
       if (pending === 0n) return { chunks, bytes };
       const chunk = await this.nextChunk();
+      pendingRead = quiet(this.pendingBytes());
       if (chunk.byteLength === 0) {
         if (++empty > 1) throw new VfioError(Errno.EIO, `device reports ${pending} pending bytes but produces none`);
         continue;
@@ -149,6 +158,7 @@ export class SeedRegionClient {
   /**
    * Pre-copy: chunks while pending and within `budget` bytes; stops at the first empty chunk. `onChunk`
    * may get a view of mapped memory that is only valid until its promise settles (see nextChunk).
+   * pending_bytes is asked for while the callback runs, as in drain().
    */
   async iterate(
     budget: number,
@@ -156,11 +166,13 @@ export class SeedRegionClient {
   ): Promise<{ chunks: number; bytes: number }> {
     let chunks = 0;
     let bytes = 0;
-    while (bytes < budget && (await this.pendingBytes()) > 0n) {
+    let pendingRead = bytes < budget ? this.pendingBytes() : null;
+    while (pendingRead && (await pendingRead) > 0n) {
       const chunk = await this.nextChunk();
       if (chunk.byteLength === 0) break;
       chunks++;
       bytes += chunk.byteLength;
+      pendingRead = bytes < budget ? quiet(this.pendingBytes()) : null;
       await onChunk(chunk);
     }
     return { chunks, bytes };
@@ -262,4 +274,14 @@ function countBits(bitmap: Uint8Array, n: number): number {
   let c = 0;
   for (let i = 0; i < n; i++) if ((bitmap[i >>> 3]! >>> (i & 7)) & 1) c++;
   return c;
+}
+
+/**
+ * A read sent ahead of the point where it is awaited: if the caller stops before awaiting it (its
+ * callback threw, an earlier read failed), its failure is not an unhandled rejection; where it is
+ * awaited it still throws.
+ */
+function quiet<T>(p: Promise<T>): Promise<T> {
+  p.catch(() => undefined);
+  return p;
 }
