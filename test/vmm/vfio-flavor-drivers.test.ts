@@ -254,6 +254,57 @@ describe('v1 driver', () => {
   });
 });
 
+describe('v1 driver: register reads in flight', () => {
+  test('data_size is sent with data_offset: a device that answers data_offset only once data_size has arrived', async (t) => {
+    // pending_bytes @8, data_offset @16, data_size @24; the data section at 0x1000.
+    const SIZE = 6000;
+    const data = Uint8Array.from({ length: SIZE }, (_, i) => (i * 7) & 0xff);
+    let pending = BigInt(SIZE);
+    let held: (() => void) | null = null;
+    const sizeReads: boolean[] = [];
+    const u64 = (v: bigint) => {
+      const b = new Uint8Array(8);
+      new DataView(b.buffer).setBigUint64(0, v, true);
+      return b;
+    };
+    const { client } = await connect(t, {
+      handlers: {
+        [Command.REGION_READ]: (m, conn) => {
+          const r = decodeRegionReadRequest(m.payload);
+          const reply = (bytes: Uint8Array) => conn.reply(m, encodeRegionReadReply({ ...r, data: bytes }));
+          const at = Number(r.offset);
+          if (at === 8) return reply(u64(pending));
+          if (at === 16) {
+            // Held: a driver that waits for this answer before asking data_size times out (3 s).
+            held = () => reply(u64(0x1000n));
+            return;
+          }
+          if (at === 24) {
+            sizeReads.push(held !== null);
+            const release = held;
+            held = null;
+            release?.();
+            const size = pending;
+            pending = 0n;
+            return reply(u64(size));
+          }
+          if (at >= 0x1000) return reply(data.subarray(at - 0x1000, at - 0x1000 + r.count));
+          reply(new Uint8Array(r.count));
+        },
+      } satisfies ScriptOptions['handlers'],
+    });
+    const driver = await V1MigrationDriver.open(client, 'dev1', {
+      flavor: 'v1',
+      index: 9,
+      info: { index: 9, flags: 3, size: 0x5000n, offset: 0n, caps: [] },
+    } as unknown as Parameters<typeof V1MigrationDriver.open>[2]);
+    const got: Uint8Array[] = [];
+    assert.equal(await driver.saveIterate(1 << 20, (c) => void got.push(c.slice())), SIZE);
+    assert.deepEqual(sizeReads, [true], 'the one data_size read arrived while data_offset was unanswered');
+    assert.deepEqual(Buffer.concat(got), Buffer.from(data));
+  });
+});
+
 describe('--device-socket properties', () => {
   test('PATH[,precopy=on|off], commas in the path doubled; unknown properties refused', () => {
     assert.deepEqual(parseDeviceSpec('/tmp/a.sock'), { path: '/tmp/a.sock', precopy: true });

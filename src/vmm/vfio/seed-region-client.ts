@@ -14,6 +14,7 @@ import {
 import { asVfioError, VfioError } from '../../errors.ts';
 import type { RegionPort } from '../../vfio-user/region-port.ts';
 import type { DirtyBitmapSink } from '../guest/dirty-bitmap.ts';
+import { readAhead } from './read-ahead.ts';
 
 export interface DirtyQueryResult {
   /** copied_pfns reads it took. */
@@ -110,7 +111,7 @@ export class SeedRegionClient {
     // Both reads sent at once: vfio-user commands may be pipelined and the server takes them in order,
     // so data_size is answered after data_offset has moved on, one round trip for the two.
     const offsetRead = this.readField('data_offset');
-    const sizeRead = quiet(this.readField('data_size'));
+    const sizeRead = readAhead(this.readField('data_size'));
     const offset = Number(await offsetRead);
     const size = Number(await sizeRead);
     this.checkWindow(offset, size, 'data');
@@ -143,7 +144,7 @@ export class SeedRegionClient {
       const pending = await pendingRead;
       if (pending === 0n) return { chunks, bytes };
       const chunk = await this.nextChunk();
-      pendingRead = quiet(this.pendingBytes());
+      pendingRead = readAhead(this.pendingBytes());
       if (chunk.byteLength === 0) {
         if (++empty > 1) throw new VfioError(Errno.EIO, `device reports ${pending} pending bytes but produces none`);
         continue;
@@ -172,7 +173,7 @@ export class SeedRegionClient {
       if (chunk.byteLength === 0) break;
       chunks++;
       bytes += chunk.byteLength;
-      pendingRead = bytes < budget ? quiet(this.pendingBytes()) : null;
+      pendingRead = bytes < budget ? readAhead(this.pendingBytes()) : null;
       await onChunk(chunk);
     }
     return { chunks, bytes };
@@ -274,14 +275,4 @@ function countBits(bitmap: Uint8Array, n: number): number {
   let c = 0;
   for (let i = 0; i < n; i++) if ((bitmap[i >>> 3]! >>> (i & 7)) & 1) c++;
   return c;
-}
-
-/**
- * A read sent ahead of the point where it is awaited: if the caller stops before awaiting it (its
- * callback threw, an earlier read failed), its failure is not an unhandled rejection; where it is
- * awaited it still throws.
- */
-function quiet<T>(p: Promise<T>): Promise<T> {
-  p.catch(() => undefined);
-  return p;
 }

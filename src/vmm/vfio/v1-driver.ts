@@ -30,6 +30,7 @@ import { syncDirtyRanges } from './dirty-sync.ts';
 import type { DeviceDataSink, DmaRangeRef, VfioMigrationDriver } from './driver.ts';
 import { MigrationDriverBase } from './driver-base.ts';
 import { dataPath, named } from './driver-errors.ts';
+import { readAhead } from './read-ahead.ts';
 
 const { RUNNING, SAVING, RESUMING, MASK } = DeviceState;
 const DIRTY_PAGE_SIZE = 4096n;
@@ -165,11 +166,15 @@ export class V1MigrationDriver extends MigrationDriverBase implements VfioMigrat
    * One buffer (vfio_save_buffer): data_offset makes the device prepare it, data_size says how much, then
    * the bytes, received straight into a buffer reused from chunk to chunk (a DeviceDataSink's view is
    * valid until it settles), in pieces of at most a message with several REGION_READs in flight. The next
-   * pending_bytes read releases it.
+   * pending_bytes read releases it. data_size is sent with data_offset, one round trip for the two (the
+   * server answers in order, so it reads the buffer data_offset prepared); pending_bytes is not sent
+   * ahead, since in v1 reading it says the last buffer has been consumed.
    */
   private async nextChunk(): Promise<Uint8Array> {
-    const offset = await this.read('data_offset');
-    const size = await this.read('data_size');
+    const offsetRead = this.read('data_offset');
+    const sizeRead = readAhead(this.read('data_size'));
+    const offset = await offsetRead;
+    const size = await sizeRead;
     if (offset < BigInt(V1_MIGRATION_INFO.size) || offset + size > this.size) {
       throw new VfioError(
         Errno.EIO,
