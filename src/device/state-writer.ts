@@ -3,7 +3,7 @@
 // dirtied again before it was pulled is sent once, with its newest contents). A payload that wants its
 // CRC-32C gets it from the copy that sends it (one pass over the bytes, not a checksum pass and a copy
 // pass). Nothing is allocated per record: a device sends thousands of blocks a second, and the header
-// buffers and queue entries this once made were a fifth of a device server's time.
+// buffers, queue entries and snapshot copies this once made per record cost its server measurable CPU.
 
 import { crc32cCopy } from '../stream/crc32c.ts';
 import { RECORD_HEADER_SIZE, type StateRecord, writeRecordHeader } from './state-stream.ts';

@@ -65,8 +65,8 @@ export interface HostOptions {
    * Room for device data: default 16 MiB in seed, 1 MiB in v1. Each chunk costs the VMM three register
    * reads (pending_bytes, data_offset, data_size; pipelined in seed, about one round trip) and, trapped,
    * its REGION_READs are pipelined only within the chunk (max_data_xfer_size is 1 MiB): a larger section
-   * amortises the first and lets the second overlap. A seed section that is mmapped is double-buffered (seed-region.ts): chunks of 8 MiB,
-   * the device filling one half while the VMM copies the other. v1 keeps 1 MiB: its stop-copy chunks are
+   * amortises the first and lets the second overlap. A seed section that is mmapped is double-buffered
+   * (seed-region.ts): chunks of 8 MiB, the device filling one half while the VMM copies the other. v1 keeps 1 MiB: its stop-copy chunks are
    * held for the END section, whose device data the VMM bounds to 4 MiB (vfio-handler's END_DATA_LIMIT).
    */
   dataSize?: number;
