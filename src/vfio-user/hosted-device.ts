@@ -66,8 +66,9 @@ export interface HostOptions {
    * reads (pending_bytes, data_offset, data_size; pipelined in seed, about one round trip) and, trapped,
    * its REGION_READs are pipelined only within the chunk (max_data_xfer_size is 1 MiB): a larger section
    * amortises the first and lets the second overlap. A seed section that is mmapped is double-buffered
-   * (seed-region.ts): chunks of 8 MiB, the device filling one half while the VMM copies the other. v1 keeps 1 MiB: its stop-copy chunks are
-   * held for the END section, whose device data the VMM bounds to 4 MiB (vfio-handler's END_DATA_LIMIT).
+   * (seed-region.ts): chunks of 8 MiB, the device filling one half while the VMM copies the other. v1
+   * keeps 1 MiB: its stop-copy chunks are held for the END section, whose device data the VMM bounds to
+   * 4 MiB (vfio-handler's END_DATA_LIMIT).
    */
   dataSize?: number;
   /** Room for one dirty-bitmap chunk (default 64 KiB for mmapped, 4 KiB trapped). */
