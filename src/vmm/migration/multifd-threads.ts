@@ -118,9 +118,9 @@ export class ChannelThreadPool {
   /**
    * After a migration: tops the pool up refillDelayMs from now, not at once. A migration's end is when the
    * destination's guest resumes and the source cleans up (or, failed, resumes its guest): N isolates
-   * starting then take CPU from the guest at the moment its performance is watched. (In alternating
-   * rounds the migration's own rate was about the same either way; the refill's CPU did fall inside the
-   * bench's cores-busy window, which ends a little after the migration.)
+   * starting then take CPU from the guest at the moment its performance is watched. (The migration's own
+   * rate is about the same either way: the refill began after the source had finished, but its CPU fell
+   * inside any measurement that ends a little later, as the bench's cores-busy figures do.)
    */
   refillSoon(): void {
     if (this.refillTimer || this.idle.length >= this.wanted) return;
