@@ -276,7 +276,7 @@ export class MigrationController {
     } finally {
       this.d.ram.channelsOut = null;
       await channels?.close();
-      this.threads.refillSoon();
+      this.threads.refill();
       this.multifdBytes = channels?.bytes ?? 0;
       this.channelsOut = null;
       for (const h of handlers) {
@@ -404,7 +404,7 @@ export class MigrationController {
       this.listener = null;
       this.d.ram.channelsIn = null;
       await channels?.close(this.status === 'failed' ? ERROR_LINGER_MS : 0);
-      this.threads.refillSoon();
+      this.threads.refill();
     }
   }
 

@@ -73,9 +73,6 @@ export type FromReceiver =
   | { type: 'drained' }
   | { type: 'error'; message: string; errno: string };
 
-/** How long after a migration ends the channel thread pool is topped up again (ChannelThreadPool.refillSoon). */
-export const REFILL_DELAY_MS = 2000;
-
 /** The channel threads' entry code (resolved once, as workload.ts does for the vCPUs). */
 const entry = workerEntry(import.meta.url, 'multifd-worker');
 
@@ -90,59 +87,21 @@ export interface StartChannel {
  * loader and the modules compiled again) takes a few hundred ms of CPU: paid when a migration begins, it
  * delayed the first page by that much per channel on a 2-core host. QEMU's multifd threads are cheap to
  * create at the migration's start; ours are made ready when the capability is set (`keep`), and again
- * some time after each migration (`refillSoon`). Idle threads do not keep the process alive.
+ * after each migration (`refill`). Idle threads do not keep the process alive.
  */
 export class ChannelThreadPool {
   private readonly idle: Worker[] = [];
   private wanted = 0;
-  private refillTimer: NodeJS.Timeout | null = null;
-
-  /**
-   * `refillDelayMs`: how long after a migration the pool is topped up again (default REFILL_DELAY_MS).
-   */
-  constructor(private readonly refillDelayMs = REFILL_DELAY_MS) {}
-
-  /** Idle threads ready now. */
-  get ready(): number {
-    return this.idle.length;
-  }
 
   /** Keeps `n` idle threads ready (0: none, the idle ones end). */
   keep(n: number): void {
     this.wanted = n;
-    this.cancelRefill();
     while (this.idle.length > n) void this.idle.pop()!.terminate();
     this.refill();
   }
 
-  /**
-   * After a migration: tops the pool up refillDelayMs from now, not at once. A migration's end is when the
-   * destination's guest resumes and the source cleans up (or, failed, resumes its guest): N isolates
-   * starting then take CPU from the guest at the moment its performance is watched. (The migration's own
-   * rate is about the same either way: the refill began after the source had finished, but its CPU fell
-   * inside any measurement that ends a little later, as the bench's cores-busy figures do.)
-   */
-  refillSoon(): void {
-    if (this.refillTimer || this.idle.length >= this.wanted) return;
-    this.refillTimer = setTimeout(() => {
-      this.refillTimer = null;
-      this.refill();
-    }, this.refillDelayMs);
-    this.refillTimer.unref();
-  }
-
-  /** A top-up is due (refillSoon). */
-  get refillPending(): boolean {
-    return this.refillTimer !== null;
-  }
-
-  private cancelRefill(): void {
-    if (this.refillTimer) clearTimeout(this.refillTimer);
-    this.refillTimer = null;
-  }
-
   /** Starts idle threads up to what keep() asked for. */
-  private refill(): void {
+  refill(): void {
     while (this.idle.length < this.wanted) {
       const w = new Worker(entry, { eval: true });
       w.unref();
