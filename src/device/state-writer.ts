@@ -59,7 +59,7 @@ export class StateStreamWriter {
       else out.set(piece, n);
       n += take;
       this.payloadAt += take;
-      if (this.payloadAt === this.payload.byteLength) this.finishPayload(this.crc);
+      if (this.payloadAt === this.payload.byteLength) this.finishPayload();
     }
     if (this.live && this.payloadAt < this.payload.byteLength) this.snapshotLive();
     return n;
@@ -83,8 +83,9 @@ export class StateStreamWriter {
     this.checksum = undefined;
   }
 
-  private finishPayload(crc: number): void {
+  private finishPayload(): void {
     const checksum = this.checksum;
+    const crc = this.crc;
     this.payload = NO_PAYLOAD;
     this.payloadAt = 0;
     this.live = false;
@@ -103,7 +104,7 @@ export class StateStreamWriter {
     this.live = rec.live === true && payload.byteLength > 0;
     this.checksum = rec.checksum;
     this.crc = 0;
-    if (payload.byteLength === 0) this.finishPayload(0);
+    if (payload.byteLength === 0) this.finishPayload();
     this.records++;
     return true;
   }
