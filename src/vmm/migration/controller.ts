@@ -112,6 +112,11 @@ export class MigrationController {
     this.keepChannelThreads();
   }
 
+  /** The channel threads started ahead of a migration: how many are wanted, how many have loaded their code. */
+  get channelThreads(): { wanted: number; ready: number } {
+    return this.threads.readiness;
+  }
+
   /** With multifd on, its channel threads are started now rather than when a migration begins. */
   private keepChannelThreads(): void {
     this.threads.keep(this.capabilities.multifd ? this.parameters.multifdChannels : 0);

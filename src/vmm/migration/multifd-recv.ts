@@ -87,6 +87,7 @@ export class MultifdReceiver implements RamChannelsIn {
     };
     this.channels.push(ch);
     worker.on('message', (msg: FromReceiver) => {
+      if (msg.type === 'ready') return;
       if (msg.type === 'hello') {
         if (msg.id >= this.o.channels || this.channels.some((c) => c !== ch && c.id === msg.id))
           this.fail(

@@ -55,6 +55,7 @@ export type ToSender =
 
 /** Sending channel -> main. `packets`: how many of them went out with those bytes. */
 export type FromSender =
+  | Ready
   | { type: 'connected' }
   | { type: 'sent'; bytes: number; packets: number }
   | { type: 'closed' }
@@ -66,12 +67,19 @@ export type ToReceiver = { type: 'release' } | { type: 'drain'; ms: number };
 
 /** Receiving channel -> main. */
 export type FromReceiver =
+  | Ready
   | { type: 'hello'; id: number }
   /** A SYNC packet arrived; the channel waits for 'release'. packets: all received on this channel so far. */
   | { type: 'sync'; packetNum: number; packets: number }
   | { type: 'eof'; packets: number }
   | { type: 'drained' }
   | { type: 'error'; message: string; errno: string };
+
+/**
+ * A thread -> its pool, once its code is loaded (so it can start a channel at once). A thread taken from
+ * the pool before that still sends it: a channel's owner ignores it.
+ */
+export type Ready = { type: 'ready' };
 
 /** The channel threads' entry code (resolved once, as workload.ts does for the vCPUs). */
 const entry = workerEntry(import.meta.url, 'multifd-worker');
@@ -91,12 +99,26 @@ export interface StartChannel {
  */
 export class ChannelThreadPool {
   private readonly idle: Worker[] = [];
+  /** Idle threads whose code is loaded. */
+  private readonly loaded = new Set<Worker>();
+  /** Per idle thread: takes the pool's listeners off it. */
+  private readonly release = new Map<Worker, () => void>();
   private wanted = 0;
+
+  /** Idle threads asked for, and how many of them have loaded their code (x-query-multifd-threads). */
+  get readiness(): { wanted: number; ready: number } {
+    return { wanted: this.wanted, ready: this.loaded.size };
+  }
 
   /** Keeps `n` idle threads ready (0: none, the idle ones end). */
   keep(n: number): void {
     this.wanted = n;
-    while (this.idle.length > n) void this.idle.pop()!.terminate();
+    while (this.idle.length > n) {
+      const w = this.idle.pop()!;
+      this.loaded.delete(w);
+      this.release.delete(w);
+      void w.terminate();
+    }
     this.refill();
   }
 
@@ -104,13 +126,26 @@ export class ChannelThreadPool {
   refill(): void {
     while (this.idle.length < this.wanted) {
       const w = new Worker(entry, { eval: true });
-      w.unref();
       const drop = () => {
         const i = this.idle.indexOf(w);
         if (i >= 0) this.idle.splice(i, 1);
+        this.loaded.delete(w);
+        this.release.delete(w);
       };
+      const ready = (m: Ready) => {
+        if (m.type === 'ready') this.loaded.add(w);
+      };
+      w.once('message', ready);
       w.once('exit', drop);
       w.once('error', drop);
+      // Only these listeners come off when the thread is taken: Node's own on a Worker (those that start
+      // and stop its message port as 'message' listeners come and go) must stay.
+      this.release.set(w, () => {
+        w.off('message', ready);
+        w.off('exit', drop);
+        w.off('error', drop);
+      });
+      w.unref();
       this.idle.push(w);
     }
   }
@@ -118,7 +153,9 @@ export class ChannelThreadPool {
   /** A channel thread for `cfg`: an idle one if ready, else a new one. It keeps the process alive. */
   start(cfg: SendWorkerConfig | RecvWorkerConfig): Worker {
     const w = this.idle.shift() ?? new Worker(entry, { eval: true });
-    w.removeAllListeners();
+    this.loaded.delete(w);
+    this.release.get(w)?.();
+    this.release.delete(w);
     w.ref();
     w.postMessage({ type: 'start', cfg } satisfies StartChannel);
     return w;

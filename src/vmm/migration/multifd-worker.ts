@@ -30,6 +30,7 @@ import { GuestMemory, PAGE_SIZE } from '../guest/guest-memory.ts';
 import type {
   FromReceiver,
   FromSender,
+  Ready,
   RecvWorkerConfig,
   SendWorkerConfig,
   StartChannel,
@@ -53,7 +54,8 @@ function adjacentPages(offsets: ArrayLike<number>, k: number, n: number): Uint8A
   return memory.pageRun(offsets[k]! / PAGE_SIZE, run);
 }
 
-// Started from a pool (ChannelThreadPool), the thread waits for what it is for.
+// Started from a pool (ChannelThreadPool), the thread says its code is loaded, then waits for what it is for.
+port.postMessage({ type: 'ready' } satisfies Ready);
 port.once('message', (m: StartChannel) => {
   const cfg = m.cfg;
   memory = GuestMemory.attach(cfg.memory);
