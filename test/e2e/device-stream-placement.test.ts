@@ -1,13 +1,14 @@
 // Where a v1 or v2 device's stop-copy data sits in the stream: in its END section, as QEMU 6.0-7.2's and
 // 8.x's save_live_complete_precopy (hw/vfio/migration.c) write it, while a seed device's stop-and-copy
-// data stays in PART sections before an END of END_OF_STATE. Checked on a stream saved with `migrate file:`,
-// read back by the analyzer (the destination's own checks plus a per-section account of the records).
+// data stays in PART sections before an END of END_OF_STATE, a chunk larger than PART_DATA_LIMIT in
+// several. Checked on a stream saved with `migrate file:`, read back by the analyzer (the destination's
+// own checks plus a per-section account of the records).
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { startLocalPair, waitForMigration } from '../../src/harness/local-hosts.ts';
 import { analyzeBytes, type SectionSummary } from '../../src/stream/analyze.ts';
-import { END_DATA_LIMIT } from '../../src/vmm/migration/vfio-handler.ts';
+import { END_DATA_LIMIT, PART_DATA_LIMIT } from '../../src/vmm/migration/vfio-handler.ts';
 
 const MiB = 1 << 20;
 
@@ -29,7 +30,8 @@ test('a saved stream: v1 and v2 stop-copy data in END (bounded, the excess ahead
         v2('8M'),
         {
           device: 'large-memory',
-          deviceArgs: ['--flavor', 'seed', '--device-mem', '2M', '--device-fill', 'random', '--work-rate', '0'],
+          // 32 MiB: chunks of 16 MiB (half its default data area), more than a PART may carry.
+          deviceArgs: ['--flavor', 'seed', '--device-mem', '32M', '--device-fill', 'random', '--work-rate', '0'],
         },
         // A v1 device that keeps writing its memory while the guest runs: whatever pre-copy sent, the
         // stop-and-copy pass has data left to send (what it dirtied, and its closing digest).
@@ -80,7 +82,13 @@ test('a saved stream: v1 and v2 stop-copy data in END (bounded, the excess ahead
     const [seedEnd] = of(seed, 'end');
     assert.equal(seedEnd!.vfio!.dataBytes, 0);
     assert.deepEqual(seedEnd!.vfio!.tags, ['END_OF_STATE']);
-    assert.ok(entry(seed).vfio!.dataBytes >= 2 * MiB, 'the seed device data went in its PARTs');
+    assert.ok(entry(seed).vfio!.dataBytes >= 32 * MiB, 'the seed device data went in its PARTs');
+    // Its chunks were larger than a PART carries: each went in several, none over the limit.
+    const seedParts = of(seed, 'part').filter((s) => s.vfio!.dataBytes > 0);
+    assert.ok(seedParts.every((s) => s.vfio!.dataBytes <= PART_DATA_LIMIT));
+    const vfio = await pair.src.execute<{ name: string; chunks: number }[]>('x-query-vfio');
+    const seedChunks = vfio.find((d) => `${d.name}/vfio` === seed)!.chunks;
+    assert.ok(seedParts.length > seedChunks, `${seedParts.length} PARTs for ${seedChunks} chunks`);
 
     // The v1 device: its stop-and-copy data in END, after whatever pre-copy sent in PARTs.
     const v1 = '0000:00:08.0/vfio';

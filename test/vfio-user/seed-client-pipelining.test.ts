@@ -84,8 +84,8 @@ async function open(server: ServerProcess): Promise<Opened> {
 
 for (const kind of ['mmapped', 'trapped'] as const) {
   describe(`seed driver register reads overlap, ${kind} data section`, () => {
-    // 32 MiB of state through the default 16 MiB area (double-buffered: 8 MiB chunks): several chunks.
-    const args = ['--device', 'large-memory', '--device-mem', '32M', '--work-rate', '0', '--data-section', kind];
+    // 64 MiB of state through the default 32 MiB area (double-buffered: 16 MiB chunks): several chunks.
+    const args = ['--device', 'large-memory', '--device-mem', '64M', '--work-rate', '0', '--data-section', kind];
     let src: ServerProcess;
     let dst: ServerProcess;
     // One client per device (a vfio-user device takes one), shared by the tests.

@@ -1,7 +1,8 @@
 // The VFIO device's part of the stream, in the layout QEMU's hw/vfio/migration.c writes for the device's
 // flavor (spec: the VFIO device section of QEMU's migration stream): START carries DEV_SETUP_STATE +
 // END_OF_STATE (for a v1 or v2 device, our X_DEV_FLAVOR record first, see stream/vfio.ts); device data
-// goes in PART sections as DEV_DATA_STATE + size + bytes + END_OF_STATE (a v1 pass that found nothing
+// goes in PART sections as DEV_DATA_STATE + size + bytes + END_OF_STATE, a chunk per PART up to
+// PART_DATA_LIMIT and in several PARTs beyond (a v1 pass that found nothing
 // pending writes DEV_DATA_STATE with size 0, as QEMU 5.2-7.2 does). Stop-and-copy data: a seed device's
 // goes in PARTs before an END of END_OF_STATE (the seed layout); a v1 or v2 device's goes in the END
 // section itself, as QEMU 6.0-7.2's and 8.x's save_live_complete_precopy write it, up to END_DATA_LIMIT
@@ -27,6 +28,19 @@ import type { MigrationHandler, SectionKind, SectionWriter } from './handler.ts'
  * beyond it goes ahead in PART sections (QEMU's END has no bound; ours keeps each section bounded).
  */
 export const END_DATA_LIMIT = 4 << 20;
+
+/**
+ * Most device data in one PART section: a larger chunk (a seed device's whole half of its data area) goes
+ * in several, in order, so that no section nears the reader's 16 MiB limit whatever the device's area.
+ */
+export const PART_DATA_LIMIT = 8 << 20;
+
+/** A chunk of device data in PARTs of at most PART_DATA_LIMIT bytes: the device resumes from the same bytes. */
+async function sendChunk(out: SectionWriter, chunk: Uint8Array): Promise<void> {
+  if (chunk.byteLength <= PART_DATA_LIMIT) return out.part(vfioDataPayload(chunk));
+  for (let at = 0; at < chunk.byteLength; at += PART_DATA_LIMIT)
+    await out.part(vfioDataPayload(chunk.subarray(at, at + PART_DATA_LIMIT)));
+}
 
 export class VfioHandler implements MigrationHandler {
   readonly idstr: string;
@@ -58,10 +72,10 @@ export class VfioHandler implements MigrationHandler {
    * valid until out.part() resolves (once the transport took the bytes): no copy on the way out.
    */
   async saveIterate(out: SectionWriter, budget: number): Promise<boolean> {
-    const moved = await this.driver.saveIterate(budget, (chunk) => out.part(vfioDataPayload(chunk)));
+    const moved = await this.driver.saveIterate(budget, (chunk) => sendChunk(out, chunk));
     if (moved === 0 && this.driver.flavor === 'v1') await out.part(vfioDataPayload(new Uint8Array(0)));
     // QEMU's vfio_save_iterate ends the pass's payload with INIT_DATA_SENT instead of END_OF_STATE, once,
-    // when the initial data is all out; each of our data chunks is already its own PART, so this one
+    // when the initial data is all out; our data chunks are already in PARTs of their own, so this one
     // carries the tag alone.
     if (this.switchoverAckNeeded() && this.driver.initialDataSent && !this.initDataSent) {
       this.initDataSent = true;
@@ -80,7 +94,7 @@ export class VfioHandler implements MigrationHandler {
 
   async saveComplete(out: SectionWriter): Promise<Uint8Array[]> {
     if (this.driver.flavor === 'seed') {
-      await this.driver.saveComplete((chunk) => out.part(vfioDataPayload(chunk)));
+      await this.driver.saveComplete((chunk) => sendChunk(out, chunk));
       return vfioEndPayload();
     }
     // The chunks are views the driver reuses once the sink resolves: the ones kept for END are copied.
