@@ -438,7 +438,7 @@ export async function zeroBench(memMiB: number, rounds: number, run: BenchRun): 
 }
 
 /** Observes a migration for the cores both VMM processes kept busy, on average, from before to after. */
-export function coresBusy(): MigrationObserver & { cores(): number } {
+function coresBusy(): MigrationObserver & { cores(): number } {
   let pids: { source: number; destination: number } | undefined;
   let cpu0 = 0;
   let t0 = 0;
