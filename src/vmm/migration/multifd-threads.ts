@@ -98,25 +98,25 @@ export interface StartChannel {
  * after each migration (`refill`). Idle threads do not keep the process alive.
  */
 export class ChannelThreadPool {
-  private readonly idle: Worker[] = [];
-  /** Idle threads whose code is loaded. */
-  private readonly loaded = new Set<Worker>();
-  /** Per idle thread: takes the pool's listeners off it. */
-  private readonly release = new Map<Worker, () => void>();
+  /**
+   * The idle threads, oldest first: whether each has loaded its code, and how to take the pool's
+   * listeners off it when it leaves the pool.
+   */
+  private readonly idle = new Map<Worker, { loaded: boolean; release: () => void }>();
   private wanted = 0;
 
   /** Idle threads asked for, and how many of them have loaded their code (x-query-multifd-threads). */
   get readiness(): { wanted: number; ready: number } {
-    return { wanted: this.wanted, ready: this.loaded.size };
+    let ready = 0;
+    for (const t of this.idle.values()) if (t.loaded) ready++;
+    return { wanted: this.wanted, ready };
   }
 
   /** Keeps `n` idle threads ready (0: none, the idle ones end). */
   keep(n: number): void {
     this.wanted = n;
-    while (this.idle.length > n) {
-      const w = this.idle.pop()!;
-      this.loaded.delete(w);
-      this.release.delete(w);
+    for (const w of [...this.idle.keys()].slice(n)) {
+      this.idle.delete(w);
       void w.terminate();
     }
     this.refill();
@@ -124,38 +124,36 @@ export class ChannelThreadPool {
 
   /** Starts idle threads up to what keep() asked for. */
   refill(): void {
-    while (this.idle.length < this.wanted) {
+    while (this.idle.size < this.wanted) {
       const w = new Worker(entry, { eval: true });
-      const drop = () => {
-        const i = this.idle.indexOf(w);
-        if (i >= 0) this.idle.splice(i, 1);
-        this.loaded.delete(w);
-        this.release.delete(w);
-      };
+      const drop = () => this.idle.delete(w);
       const ready = (m: Ready) => {
-        if (m.type === 'ready') this.loaded.add(w);
+        const t = this.idle.get(w);
+        if (t && m.type === 'ready') t.loaded = true;
       };
       w.once('message', ready);
       w.once('exit', drop);
       w.once('error', drop);
       // Only these listeners come off when the thread is taken: Node's own on a Worker (those that start
       // and stop its message port as 'message' listeners come and go) must stay.
-      this.release.set(w, () => {
+      const release = () => {
         w.off('message', ready);
         w.off('exit', drop);
         w.off('error', drop);
-      });
+      };
       w.unref();
-      this.idle.push(w);
+      this.idle.set(w, { loaded: false, release });
     }
   }
 
   /** A channel thread for `cfg`: an idle one if ready, else a new one. It keeps the process alive. */
   start(cfg: SendWorkerConfig | RecvWorkerConfig): Worker {
-    const w = this.idle.shift() ?? new Worker(entry, { eval: true });
-    this.loaded.delete(w);
-    this.release.get(w)?.();
-    this.release.delete(w);
+    const [oldest] = this.idle;
+    if (oldest) {
+      this.idle.delete(oldest[0]);
+      oldest[1].release();
+    }
+    const w = oldest?.[0] ?? new Worker(entry, { eval: true });
     w.ref();
     w.postMessage({ type: 'start', cfg } satisfies StartChannel);
     return w;
