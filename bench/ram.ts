@@ -33,7 +33,7 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { bytes } from '../src/cli/format.ts';
 import { guestRamAllocatedKib } from '../src/harness/guest-ram-usage.ts';
-import { startLocalPair, waitForChannelThreads, waitForMigration } from '../src/harness/local-hosts.ts';
+import { startLocalPair, waitForMigration } from '../src/harness/local-hosts.ts';
 import { defaultAddonPath } from '../src/native/addon.ts';
 import { crc32c } from '../src/stream/crc32c.ts';
 import { QmpClient } from '../src/vmm/qmp/client.ts';
@@ -179,7 +179,6 @@ export async function oursOnce(
   fill: GuestFill = 'random',
   multifd?: number,
   observe?: MigrationObserver,
-  threadsReady = false,
 ): Promise<Rate & { downtime: number; dstRamMiB?: number }> {
   const pair = await startLocalPair({
     multifd: multifd ? { channels: multifd } : undefined,
@@ -199,7 +198,6 @@ export async function oursOnce(
   try {
     const dstPid = pair.procs.dstVmm.child.pid!;
     const ramBefore = guestRamAllocatedKib(dstPid);
-    if (threadsReady) await Promise.all([pair.src, pair.dst].map((q) => waitForChannelThreads(q)));
     await observe?.before({ source: pair.procs.srcVmm.child.pid!, destination: dstPid });
     await pair.src.execute('migrate', { uri: pair.uri });
     // The source reports its own total-time: the poll interval only delays noticing the end.
@@ -467,19 +465,15 @@ export async function multifdBench(memMiB: number, channels: number, rounds: num
   // every core, spending what this round spent per byte, would move the guest. More channels can fill
   // idle cores, but not move bytes for less CPU: one channel's ceiling bounds what any number can reach.
   const ceilings = new Map<number, number[]>();
-  const busy = async (k: number, threadsReady = false) => {
+  const busy = async (k: number) => {
     const use = coresBusy();
-    const r = guestRate(memMiB, await oursOnce(memMiB, true, [], 'random', k, use, threadsReady));
+    const r = guestRate(memMiB, await oursOnce(memMiB, true, [], 'random', k, use));
     const cores = use.cores();
-    if (!threadsReady) ceilings.set(k, [...(ceilings.get(k) ?? []), (r.value * cpus().length) / cores]);
+    ceilings.set(k, [...(ceilings.get(k) ?? []), (r.value * cpus().length) / cores]);
     return { ...r, note: `${r.note}; both VMMs on CPU ${cores.toFixed(2)} of ${cpus().length} cores` };
   };
   const one = await measure('ours-multifd-1', 'MB/s', rounds, () => busy(1));
   const n = await measure(`ours-multifd-${channels}`, 'MB/s', rounds, () => busy(channels));
-  // The same, begun once both VMMs' channel threads have loaded their code (x-query-multifd-threads):
-  // what the channels move without their isolates' start-up sharing the CPU with the migration.
-  const oneReady = await measure('ours-multifd-1-ready', 'MB/s', rounds, () => busy(1, true));
-  const nReady = await measure(`ours-multifd-${channels}-ready`, 'MB/s', rounds, () => busy(channels, true));
   const ceiling = (k: number) => {
     const f = figure(`multifd-${k} cpu ceiling`, 'MB/s', ceilings.get(k)!, {
       per: `${cpus().length} cores / (both VMMs' CPU per byte with ${k} channel${k === 1 ? '' : 's'})`,
@@ -488,11 +482,9 @@ export async function multifdBench(memMiB: number, channels: number, rounds: num
     return f;
   };
   const [ceilingOne, ceilingN] = [ceiling(1), ceiling(channels)];
-  run.figures.push(one, n, oneReady, nReady, ceilingOne, ceilingN);
+  run.figures.push(one, n, ceilingOne, ceilingN);
   run.ratios.push(
     ratio(`multifd ${channels} channels / 1 channel`, n, one),
-    ratio(`multifd ${channels} channels / 1 channel, threads ready`, nReady, oneReady),
-    ratio(`ours-multifd-${channels} / ours-multifd-${channels}-ready`, n, nReady),
     ratio('multifd-1 cpu ceiling / ours-multifd-1', ceilingOne, one),
     ratio(`ours-multifd-${channels} / multifd-1 cpu ceiling`, n, ceilingOne),
   );

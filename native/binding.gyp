@@ -17,7 +17,8 @@
         "src/crc32c.c",
         "src/zero.c",
         "src/pwrite.c",
-        "src/chanio.c"
+        "src/chanio.c",
+        "src/chanthread.c"
       ],
       # NAPI 8: instance data, detach_arraybuffer and async cleanup hooks; Node 20 has 9.
       "defines": ["NAPI_VERSION=8", "_GNU_SOURCE"],

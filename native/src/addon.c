@@ -2,7 +2,7 @@
  * per env, in napi instance data. */
 #include <stdlib.h>
 
-#include "chanio.h"
+#include "chanthread.h"
 #include "crc32c.h"
 #include "madvise.h"
 #include "pwrite.h"
@@ -76,13 +76,9 @@ NAPI_MODULE_INIT() {
       VN_FN("holePages", vn_hole_pages),
       VN_FN("pwriteSpaced", vn_pwrite_spaced),
       VN_FN("tcpSocket", vn_tcp_socket),
-      VN_FN("connectTcp", vn_connect_tcp),
-      VN_FN("writevAll", vn_writev_all),
-      VN_FN("readvAll", vn_readv_all),
-      VN_FN("shutdown", vn_shutdown),
-      VN_FN("discardUntilEof", vn_discard_until_eof),
   };
   VN_CALL(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   if (!vn_poller_define(env, exports)) return NULL;
+  if (!vn_chan_thread_define(env, exports)) return NULL;
   return exports;
 }

@@ -188,17 +188,41 @@ napi_value vn_mmap_share(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* The mapping a mmapShare token names, or NULL (a TypeError is pending). */
+static vn_mapping* mapping_of_token(napi_env env, napi_value v, const char* fn) {
+  uint64_t token;
+  bool lossless;
+  if (napi_get_value_bigint_uint64(env, v, &token, &lossless) != napi_ok || !lossless || token == 0) {
+    vn_throw_type(env, "%s expects a token from mmapShare", fn);
+    return NULL;
+  }
+  vn_mapping* m = (vn_mapping*)(uintptr_t)token;
+  if (m->magic != VN_MAPPING_MAGIC) {
+    vn_throw_type(env, "%s: not a live mmapShare token", fn);
+    return NULL;
+  }
+  return m;
+}
+
 /* mmapAttach(token): an ArrayBuffer over the shared pages, holding them until munmap() or GC. */
 napi_value vn_mmap_attach(napi_env env, napi_callback_info info) {
   napi_value argv[1];
   if (!vn_args(env, info, 1, argv, NULL)) return NULL;
-  uint64_t token;
-  bool lossless;
-  if (napi_get_value_bigint_uint64(env, argv[0], &token, &lossless) != napi_ok || !lossless || token == 0)
-    return vn_throw_type(env, "mmapAttach expects a token from mmapShare");
-  vn_mapping* m = (vn_mapping*)(uintptr_t)token;
-  if (m->magic != VN_MAPPING_MAGIC) return vn_throw_type(env, "mmapAttach: not a live mmapShare token");
-  return view_new(env, m); /* adopts the share's hold */
+  vn_mapping* m = mapping_of_token(env, argv[0], "mmapAttach");
+  return m == NULL ? NULL : view_new(env, m); /* adopts the share's hold */
+}
+
+bool vn_mapping_adopt(napi_env env, napi_value token, void** hold, uint8_t** addr, size_t* len) {
+  vn_mapping* m = mapping_of_token(env, token, "ChannelThread");
+  if (m == NULL) return false;
+  *hold = m;
+  *addr = m->addr;
+  *len = m->len;
+  return true;
+}
+
+void vn_mapping_release(void* hold) {
+  mapping_put(hold);
 }
 
 /*

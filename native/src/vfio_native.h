@@ -75,6 +75,11 @@ napi_value vn_tcp_socket(napi_env env, napi_callback_info info);
 napi_value vn_sendmsg(napi_env env, napi_callback_info info);
 napi_value vn_recvmsg(napi_env env, napi_callback_info info);
 
+/* memory.c, for holders in C (chanthread.c): adopts the hold on a mapping a mmapShare token carries (its
+ * pages stay mapped until vn_mapping_release, whoever else unmaps them); false with a TypeError pending. */
+bool vn_mapping_adopt(napi_env env, napi_value token, void** hold, uint8_t** addr, size_t* len);
+void vn_mapping_release(void* hold);
+
 /* poller.c */
 bool vn_poller_define(napi_env env, napi_value exports);
 void vn_poller_teardown(vn_instance* inst);

@@ -27,7 +27,7 @@
 /* A 64-bit word that may alias any byte buffer (the loads below read bytes through it). */
 typedef uint64_t __attribute__((may_alias, aligned(1))) vn_word;
 
-static bool all_zero(const uint8_t* p, size_t n) {
+bool vn_all_zero(const uint8_t* p, size_t n) {
   /* Bytes up to a 16-byte boundary, so the block loop below makes aligned loads. */
   while (n > 0 && ((uintptr_t)p & 15u) != 0) {
     if (*p != 0) return false;
@@ -72,7 +72,7 @@ napi_value vn_is_zero(napi_env env, napi_callback_info info) {
   size_t len;
   if (!vn_get_bytes(env, argv[0], "data", &data, &len)) return NULL;
   napi_value out;
-  VN_CALL(env, napi_get_boolean(env, all_zero(data, len), &out));
+  VN_CALL(env, napi_get_boolean(env, vn_all_zero(data, len), &out));
   return out;
 }
 
@@ -96,7 +96,7 @@ napi_value vn_zero_pages(napi_env env, napi_callback_info info) {
   while (want != 0) {
     unsigned k = (unsigned)__builtin_ctz(want);
     want &= want - 1;
-    if (all_zero(data + (size_t)k * ZERO_PAGE_SIZE, ZERO_PAGE_SIZE)) zero |= 1u << k;
+    if (vn_all_zero(data + (size_t)k * ZERO_PAGE_SIZE, ZERO_PAGE_SIZE)) zero |= 1u << k;
   }
   napi_value out;
   VN_CALL(env, napi_create_uint32(env, zero, &out));

@@ -3,6 +3,12 @@
 #define VFIO_NATIVE_ZERO_H
 
 #include <node_api.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Whether n bytes at p are all zero (64-byte blocks, stopping at the first non-zero one). */
+bool vn_all_zero(const uint8_t* p, size_t n);
 
 /* isZero(data: Uint8Array): boolean */
 napi_value vn_is_zero(napi_env env, napi_callback_info info);

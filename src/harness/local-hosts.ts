@@ -386,19 +386,3 @@ export async function waitForMigration(
     await new Promise((r) => setTimeout(r, options.intervalMs ?? 100));
   }
 }
-
-/**
- * Polls x-query-multifd-threads until the VMM's idle multifd channel threads all have their code loaded;
- * returns how many it keeps. Each thread is a V8 isolate whose start-up takes tens of ms of CPU: a
- * migration begun after this shares no CPU with it.
- */
-export async function waitForChannelThreads(qmp: QmpClient, timeoutMs = 120_000): Promise<number> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const t = await qmp.execute<{ wanted: number; ready: number }>('x-query-multifd-threads');
-    if (t.ready === t.wanted) return t.wanted;
-    if (Date.now() > deadline)
-      throw new Error(`${t.ready} of ${t.wanted} multifd channel threads ready after ${timeoutMs} ms`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}

@@ -34,6 +34,73 @@ export interface Poller {
   unref(): void;
 }
 
+/**
+ * A ChannelThread operation's completion: errno 0 and its value, or the errno with its name (`code`) and
+ * a message naming the call that failed; `packet` (recv only, before its completion): one received
+ * packet's header and offsets, a copy.
+ */
+export type ChannelThreadCallback = (
+  errno: number,
+  code: string | null,
+  message: string | null,
+  value: number,
+  packet?: Buffer,
+) => void;
+
+/**
+ * A native thread doing one multifd channel's blocking I/O and page copies (native/src/chanthread.c).
+ * Each call queues an operation; operations run in order and complete, in order, through the callback.
+ * Every call (for its socket) wakes with ECANCELED when the abort eventfd is readable, and with ETIMEDOUT
+ * when no byte moved for stallMs. Buffers passed must stay alive until their operation completes.
+ */
+export interface ChannelThread {
+  /** Connects the socket (made by tcpSocket) to a numeric address, setting TCP_NODELAY; timeoutMs -1: none. */
+  connect(address: string, port: number, timeoutMs: number): void;
+  /** Writes every byte of parts; value: the bytes. */
+  writev(parts: readonly Uint8Array[]): void;
+  /** Fills parts; value: the bytes read, fewer when the peer closed first. */
+  readv(parts: readonly Uint8Array[]): void;
+  /**
+   * Per packet k: the next headLens[k] bytes of heads, then the counts[k] guest pages at the next offsets
+   * (copied through a staging buffer), in one writev; value: the bytes written.
+   */
+  sendPackets(heads: Uint8Array, headLens: Uint32Array, offsets: Float64Array, counts: Uint32Array): void;
+  /**
+   * Packets into guest RAM until one carries SYNC (value: the packets read) or the peer closes between
+   * packets (value: -1 - the packets read). A packet whose counts the framing refuses (EPROTO) or with an
+   * offset outside guest RAM (EINVAL) ends it, its header having gone to the callback.
+   */
+  recv(): void;
+  shutdown(how: 0 | 1 | 2): void;
+  /** Reads and drops until the peer closes (value 1) or ms pass (0); useAbort false: ignore the eventfd. */
+  discard(ms: number, useAbort: boolean): void;
+  /** The last operation: once it completes, the thread has ended. */
+  end(): void;
+  /** Lets the process exit while operations are queued (a thread with any keeps it alive otherwise). */
+  unref(): void;
+}
+
+export interface ChannelThreadConstructor {
+  /**
+   * fd: the channel's socket (the caller's; close it after end() completed). pieces: mmapShare tokens of
+   * guest RAM's mapped pieces, whose mappings the thread holds until it ends. maps: [received, written] per-page maps a receiving channel marks (null: none). fresh: pages
+   * never written read as zero. progress[0] is bumped per read or write that moved bytes. framing: header
+   * bytes, the byte offsets of its be32 normal page count, zero page count and flags, the SYNC flag, the
+   * most pages a packet holds, the page size.
+   */
+  new (
+    fd: number,
+    abortFd: number,
+    stallMs: number,
+    pieces: readonly bigint[],
+    maps: readonly [Uint8Array, Uint8Array] | null,
+    fresh: boolean,
+    progress: Int32Array | null,
+    framing: Uint32Array,
+    callback: ChannelThreadCallback,
+  ): ChannelThread;
+}
+
 export interface PollerConstructor {
   /** The callback gets err (an errno, 0 if none), and whether the fd is readable (or hung up) / writable. */
   new (fd: number, callback: PollCallback): Poller;
@@ -156,37 +223,8 @@ export interface NativeAddon {
   pwriteSpaced(fd: number, offset: number, src: Uint8Array, piece: number, gap: number): number;
   /** An unconnected TCP socket (nonblocking, close-on-exec) of a numeric IPv4/IPv6 address's family. */
   tcpSocket(address: string): number;
-  /**
-   * Connects a tcpSocket() to a numeric address, blocking the calling thread until it is connected, the
-   * abort eventfd is readable (ECANCELED) or timeoutMs pass (ETIMEDOUT; -1: never). Sets TCP_NODELAY.
-   * abortFd -1: none. For channel threads (worker_threads), never the event loop's thread.
-   */
-  connectTcp(fd: number, address: string, port: number, abortFd: number, timeoutMs: number): void;
-  /**
-   * Writes every byte of parts, in order (writev), blocking the calling thread until done; ECANCELED when
-   * the abort eventfd is readable, ETIMEDOUT when no byte moved for stallMs (-1: no limit). Returns the
-   * bytes written. For channel threads.
-   */
-  writevAll(fd: number, parts: readonly Uint8Array[], abortFd: number, stallMs: number): number;
-  /**
-   * Fills parts in order (readv), blocking as writevAll does; returns the bytes read, fewer than parts
-   * hold when the peer closed first. progress[0] is bumped (atomically) per read that moved bytes.
-   */
-  readvAll(
-    fd: number,
-    parts: readonly Uint8Array[],
-    abortFd: number,
-    stallMs: number,
-    progress: Int32Array | null,
-  ): number;
-  /** shutdown(2): 0 read side, 1 write side, 2 both. */
-  shutdown(fd: number, how: 0 | 1 | 2): void;
-  /**
-   * Reads and drops whatever arrives until the peer closes (true) or ms pass (false), blocking the
-   * calling thread; ECANCELED on the abort eventfd (-1: none).
-   */
-  discardUntilEof(fd: number, abortFd: number, ms: number): boolean;
   Poller: PollerConstructor;
+  ChannelThread: ChannelThreadConstructor;
 }
 
 /** madvise(2) advice values (Linux, asm-generic) for NativeAddon.madvise. */

@@ -23,6 +23,24 @@ export const MULTIFD_HEADER_BYTES = 320;
 /** QEMU's MULTIFD_PACKET_SIZE (512 KiB) in pages: the most a packet carries (pages_alloc). */
 export const MULTIFD_PACKET_PAGES = (512 * 1024) / TARGET_PAGE_SIZE;
 const RAMBLOCK_BYTES = 256;
+const FLAGS_AT = 8;
+const NORMAL_PAGES_AT = 16;
+const ZERO_PAGES_AT = 32;
+
+/**
+ * How a channel thread finds where a packet ends without decoding it (native/src/chanthread.c): the
+ * header's length, the byte offsets of its be32 flags and page counts, the SYNC flag, the most pages a
+ * packet carries and their size. Everything else in a header is this codec's to check.
+ */
+export const MULTIFD_FRAMING = {
+  headerBytes: MULTIFD_HEADER_BYTES,
+  normalPagesAt: NORMAL_PAGES_AT,
+  zeroPagesAt: ZERO_PAGES_AT,
+  flagsAt: FLAGS_AT,
+  syncFlag: MULTIFD_FLAG_SYNC,
+  maxPages: MULTIFD_PACKET_PAGES,
+  pageSize: TARGET_PAGE_SIZE,
+} as const;
 
 export interface MultifdInit {
   /** The VM's uuid (16 bytes; all zero when none was set, as QEMU's qemu_uuid). */
@@ -107,12 +125,12 @@ export function writeMultifdHeader(
   const v = view(out);
   v.setUint32(0, MULTIFD_MAGIC);
   v.setUint32(4, MULTIFD_VERSION);
-  v.setUint32(8, h.flags);
+  v.setUint32(FLAGS_AT, h.flags);
   v.setUint32(12, h.pagesAlloc);
-  v.setUint32(16, normal.length);
+  v.setUint32(NORMAL_PAGES_AT, normal.length);
   v.setUint32(20, normal.length * TARGET_PAGE_SIZE);
   v.setBigUint64(24, BigInt(h.packetNum));
-  v.setUint32(32, zero.length);
+  v.setUint32(ZERO_PAGES_AT, zero.length);
   out.set(name, 64);
   let at = MULTIFD_HEADER_BYTES;
   for (const list of [normal, zero]) {
@@ -140,14 +158,14 @@ export function decodeMultifdHeader(b: Uint8Array, maxPages = MULTIFD_PACKET_PAG
   if (magic !== MULTIFD_MAGIC) fail(`packet magic 0x${magic.toString(16)}, expected 0x${MULTIFD_MAGIC.toString(16)}`);
   const version = v.getUint32(4);
   if (version !== MULTIFD_VERSION) fail(`packet version ${version}, this side speaks ${MULTIFD_VERSION}`, 4);
-  const flags = v.getUint32(8);
+  const flags = v.getUint32(FLAGS_AT);
   if ((flags & ~MULTIFD_FLAG_SYNC) !== 0)
     fail(`packet flags 0x${flags.toString(16)}: compression and other flags are not supported`, 8);
   const pagesAlloc = v.getUint32(12);
-  const normalPages = v.getUint32(16);
+  const normalPages = v.getUint32(NORMAL_PAGES_AT);
   const nextPacketSize = v.getUint32(20);
   const packetNum = v.getBigUint64(24);
-  const zeroPages = v.getUint32(32);
+  const zeroPages = v.getUint32(ZERO_PAGES_AT);
   if (pagesAlloc > maxPages) fail(`packet allocates ${pagesAlloc} pages, at most ${maxPages} allowed`, 12);
   if (normalPages + zeroPages > pagesAlloc)
     fail(`packet carries ${normalPages} normal and ${zeroPages} zero pages, more than its ${pagesAlloc}`, 16);

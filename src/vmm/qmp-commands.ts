@@ -135,13 +135,6 @@ export function vendorCommands(vmm: Vmm): Record<string, QmpCommand> {
           return { data: Buffer.from(data).toString('hex') };
         }),
     },
-    // The multifd channel threads started ahead of a migration (when the capability or the channel count
-    // is set): how many are wanted and how many have loaded their code. Each is a V8 isolate whose start
-    // costs tens of ms of CPU: a caller that wants a migration not to share the CPU with them waits here.
-    'x-query-multifd-threads': {
-      args: {},
-      run: () => mapped(() => vmm.migration.channelThreads),
-    },
     // Each device's migration state as the device reports it right now (its flavor's number and name), and
     // what moved.
     'x-query-vfio': {

@@ -32,6 +32,7 @@ describe('native addon loader', () => {
       'sendmsg',
       'recvmsg',
       'Poller',
+      'ChannelThread',
     ] as const) {
       assert.equal(typeof n[name], 'function', name);
     }

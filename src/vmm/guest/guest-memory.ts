@@ -45,18 +45,6 @@ export interface MapOptions {
   pieceSize?: number;
 }
 
-/**
- * Guest RAM as another thread of this process takes it over (GuestMemory.attach): the same mapping, so
- * the thread faults in no page and unmaps nothing of the owner's. Each share is to be attached once.
- */
-export interface SharedGuestMemory {
-  fd: number;
-  size: number;
-  pieceSize: number;
-  /** One mmapShare token per piece. */
-  tokens: bigint[];
-}
-
 export interface PrefaultResult {
   /** Pages in the range. */
   pages: number;
@@ -84,8 +72,6 @@ export class GuestMemory {
     readonly fd: number,
     readonly size: number,
     options: MapOptions,
-    /** Attach these shares (one per piece) instead of mapping the memfd. */
-    tokens?: readonly bigint[],
   ) {
     const piece = options.pieceSize ?? DEFAULT_PIECE;
     if (
@@ -99,11 +85,9 @@ export class GuestMemory {
     checkSize(size);
     this.pieceSize = piece;
     this.pages = size / PAGE_SIZE;
-    if (tokens && tokens.length !== Math.ceil(size / piece))
-      throw new RangeError(`${tokens.length} shared pieces for ${size} bytes in pieces of ${piece}`);
     try {
-      for (let at = 0, k = 0; at < size; at += piece, k++) {
-        const ab = tokens ? native().mmapAttach(tokens[k]!) : native().mmap(fd, at, Math.min(piece, size - at), true);
+      for (let at = 0; at < size; at += piece) {
+        const ab = native().mmap(fd, at, Math.min(piece, size - at), true);
         this.pieces.push(new Uint8Array(ab));
         this.words.push(new Int32Array(ab));
       }
@@ -134,19 +118,15 @@ export class GuestMemory {
   }
 
   /**
-   * This guest RAM for another thread of the process (a multifd channel): GuestMemory.attach there uses
-   * this mapping, as QEMU's threads share its address space; a mapping of its own would fault in every
-   * page again (and, sending, the kernel read pages through the fresh mapping more slowly).
+   * This guest RAM for a native thread of the process (a multifd channel): one mmapShare token per
+   * mapping piece, each to be handed over once. The thread uses this mapping, as QEMU's threads share its
+   * address space (a mapping of its own would fault in every page again, and, sending, the kernel read
+   * pages through a fresh mapping more slowly), and holds it until it ends: close() here unmaps nothing
+   * a channel still uses.
    */
-  share(): SharedGuestMemory {
+  share(): bigint[] {
     if (this.isClosed) throw new Error('guest memory is closed');
-    const tokens = this.pieces.map((p) => native().mmapShare(p.buffer as ArrayBuffer));
-    return { fd: this.fd, size: this.size, pieceSize: this.pieceSize, tokens };
-  }
-
-  /** Guest RAM shared by another thread (share()); close() it with keepFd: the fd is the owner's. */
-  static attach(s: SharedGuestMemory): GuestMemory {
-    return new GuestMemory(s.fd, s.size, { pieceSize: s.pieceSize }, s.tokens);
+    return this.pieces.map((p) => native().mmapShare(p.buffer as ArrayBuffer));
   }
 
   get closed(): boolean {

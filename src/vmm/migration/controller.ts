@@ -21,7 +21,6 @@ import type { MigrationHandler } from './handler.ts';
 import { ERROR_LINGER_MS, fileConnection, IncomingListener, runIncoming } from './incoming.ts';
 import { MultifdReceiver } from './multifd-recv.ts';
 import { MultifdSender } from './multifd-send.ts';
-import { ChannelThreadPool } from './multifd-threads.ts';
 import {
   DEFAULT_PARAMETERS,
   type MigrationParameters,
@@ -36,7 +35,7 @@ import { openOutgoing, parseMigrationUri } from './transport.ts';
 export interface ControllerDeps {
   runState: RunState;
   ram: RamHandler;
-  /** Guest RAM: multifd channel threads map it from its memfd. */
+  /** Guest RAM: multifd channel threads use its mapping. */
   memory: GuestMemory;
   dirty: GuestDirtyBitmap;
   ramSize: number;
@@ -57,7 +56,6 @@ export class MigrationController {
   status: MigrationStatus = 'none';
   readonly parameters: MigrationParameters = { ...DEFAULT_PARAMETERS };
   capabilities: MigrationCapabilities = { ...DEFAULT_CAPABILITIES };
-  private readonly threads = new ChannelThreadPool();
   private abort: AbortController | null = null;
   private started = 0;
   private totalMs = 0;
@@ -109,17 +107,6 @@ export class MigrationController {
     if (p.multifdChannels !== undefined && statusIsActive(this.status))
       throw new MigrationError(Errno.EBUSY, "There's a migration process in progress");
     Object.assign(this.parameters, p);
-    this.keepChannelThreads();
-  }
-
-  /** The channel threads started ahead of a migration: how many are wanted, how many have loaded their code. */
-  get channelThreads(): { wanted: number; ready: number } {
-    return this.threads.readiness;
-  }
-
-  /** With multifd on, its channel threads are started now rather than when a migration begins. */
-  private keepChannelThreads(): void {
-    this.threads.keep(this.capabilities.multifd ? this.parameters.multifdChannels : 0);
   }
 
   /**
@@ -130,7 +117,6 @@ export class MigrationController {
     if (statusIsActive(this.status) && !this.listener)
       throw new MigrationError(Errno.EBUSY, "There's a migration process in progress");
     this.capabilities = withCapabilities(this.capabilities, changes);
-    this.keepChannelThreads();
   }
 
   /** Every device's handler learns whether switchover-ack is on for the migration starting now. */
@@ -199,7 +185,6 @@ export class MigrationController {
           channels: this.parameters.multifdChannels,
           uuid: this.d.uuid ?? new Uint8Array(16),
           stallTimeoutMs: this.d.stallTimeoutMs ?? 10_000,
-          threads: this.threads,
         });
         this.d.ram.channelsOut = channels;
         this.channelsOut = channels;
@@ -281,7 +266,6 @@ export class MigrationController {
     } finally {
       this.d.ram.channelsOut = null;
       await channels?.close();
-      this.threads.refill();
       this.multifdBytes = channels?.bytes ?? 0;
       this.channelsOut = null;
       for (const h of handlers) {
@@ -355,7 +339,6 @@ export class MigrationController {
             uuid: this.d.uuid ?? null,
             maps: this.d.ram.sharedMaps,
             stallTimeoutMs: this.d.stallTimeoutMs ?? 10_000,
-            threads: this.threads,
           })
         : null;
     this.d.ram.channelsIn = channels;
@@ -409,18 +392,16 @@ export class MigrationController {
       this.listener = null;
       this.d.ram.channelsIn = null;
       await channels?.close(this.status === 'failed' ? ERROR_LINGER_MS : 0);
-      this.threads.refill();
     }
   }
 
   /**
    * The VMM is going away: stop listening for a migration that has not come (it would keep the process
-   * alive), and end the idle channel threads.
+   * alive).
    */
   close(): void {
     this.listener?.close();
     this.listener = null;
-    this.threads.close();
   }
 
   info(): MigrationInfo {

@@ -1,17 +1,27 @@
-// The destination's multifd channels (QEMU's multifd_recv_new_channel, multifd_recv_sync_main): the
-// extra connections the source opens to the migration address, each received on by its own thread
-// (multifd-worker.ts) that writes pages straight into guest memory. The ordering rule: a channel that
-// got its SYNC packet waits until the main stream's MULTIFD_FLUSH has come and every channel got its
-// SYNC; only then are they all released into the next pass. At every flush the packets received over all
-// channels must be every packet the source numbered up to the last SYNC (pages expected = received).
+// The destination's multifd channels (QEMU's multifd_recv_new_channel, multifd_recv_thread,
+// multifd_recv_sync_main): the extra connections the source opens to the migration address, each
+// received on by its own native thread (multifd-channel.ts) that writes pages straight into guest memory;
+// this main thread checks every packet's header and offsets with the codec as the thread hands them over,
+// and fails the load on the first one it refuses. The ordering rule: a channel that got its SYNC packet
+// reads no further until the main stream's MULTIFD_FLUSH has come and every channel got its SYNC; only
+// then are they all released into the next pass. At every flush the packets received over all channels
+// must be every packet the source numbered up to the last SYNC (pages expected = received).
 
-import type { Worker } from 'node:worker_threads';
 import { Errno } from '../../abi/errno.ts';
 import { native } from '../../native/addon.ts';
+import { StreamError } from '../../stream/errors.ts';
+import {
+  decodeMultifdHeader,
+  decodeMultifdInit,
+  MULTIFD_HEADER_BYTES,
+  MULTIFD_INIT_BYTES,
+  MULTIFD_PACKET_PAGES,
+  readMultifdOffsets,
+} from '../../stream/multifd.ts';
 import type { GuestMemory } from '../guest/guest-memory.ts';
 import { MigrationError } from './errors.ts';
-import { errnoNamed } from './multifd-send.ts';
-import { ChannelFds, type ChannelThreadPool, type FromReceiver, type ToReceiver } from './multifd-threads.ts';
+import { channelErrno, MultifdChannel } from './multifd-channel.ts';
+import { errnoNamed, RAM_BLOCK } from './multifd-send.ts';
 import type { RamChannelsIn } from './ram-handler.ts';
 
 export interface MultifdRecvOptions {
@@ -22,17 +32,18 @@ export interface MultifdRecvOptions {
   maps: { received: Uint8Array; written: Uint8Array; fresh: boolean };
   /** How long a flush waits for channels (one that never connects, or sends nothing): a safety net. */
   stallTimeoutMs: number;
-  /** Where the channel threads come from (started ahead when the capability was set). */
-  threads: ChannelThreadPool;
 }
 
 interface Channel {
-  worker: Worker;
-  fds: ChannelFds;
+  ch: MultifdChannel;
+  /** From its init packet; -1 before. */
   id: number;
-  /** The SYNC it is waiting at, if any. */
+  /** Packets received, and the number of the last one. */
+  packets: number;
+  lastPacketNum: number;
+  /** The SYNC it is waiting at, if any, and what lets it go on. */
   sync: { packetNum: number; packets: number } | null;
-  exited: Promise<void>;
+  release: (() => void) | null;
 }
 
 export class MultifdReceiver implements RamChannelsIn {
@@ -41,6 +52,8 @@ export class MultifdReceiver implements RamChannelsIn {
   private waiter: (() => void) | null = null;
   private flushes = 0;
   private readonly progressCount = new Int32Array(new SharedArrayBuffer(4));
+  /** Scratch for checking a packet's offsets. */
+  private readonly offsets = new Float64Array(MULTIFD_PACKET_PAGES);
   /** Rejects when a channel fails: the load (waiting on the main stream) races it. */
   readonly failed: Promise<never>;
   private rejectFailed!: (e: MigrationError) => void;
@@ -52,7 +65,7 @@ export class MultifdReceiver implements RamChannelsIn {
     this.failed.catch(() => {});
   }
 
-  /** A connection that is not the main stream (its descriptor, now ours): a channel, handed to its own thread. */
+  /** A connection that is not the main stream (its descriptor, now ours): a channel, with a thread of its own. */
   adopt(socketFd: number): void {
     if (this.error) {
       native().close(socketFd);
@@ -65,43 +78,96 @@ export class MultifdReceiver implements RamChannelsIn {
       );
       return;
     }
-    const m = this.o.memory;
-    const fds = new ChannelFds(socketFd);
-    const worker = this.o.threads.start({
-      role: 'recv',
-      memory: m.share(),
-      socketFd,
-      abortFd: fds.abortFd,
-      uuid: this.o.uuid,
-      received: this.o.maps.received,
-      written: this.o.maps.written,
-      fresh: this.o.maps.fresh,
-      progress: this.progressCount,
-    });
-    const ch: Channel = {
-      worker,
-      fds,
-      id: -1,
-      sync: null,
-      exited: fds.closeOnExit(worker),
-    };
-    this.channels.push(ch);
-    worker.on('message', (msg: FromReceiver) => {
-      if (msg.type === 'ready') return;
-      if (msg.type === 'hello') {
-        if (msg.id >= this.o.channels || this.channels.some((c) => c !== ch && c.id === msg.id))
-          this.fail(
-            new MigrationError(
-              Errno.EPROTO,
-              `multifd: channel id ${msg.id} repeated or out of 0..${this.o.channels - 1}`,
-            ),
-          );
-        ch.id = msg.id;
-      } else if (msg.type === 'sync') ch.sync = { packetNum: msg.packetNum, packets: msg.packets };
-      else if (msg.type === 'error') this.fail(new MigrationError(errnoNamed(msg.errno), msg.message));
-      this.wake();
-    });
-    worker.on('error', (e) => this.fail(new MigrationError(Errno.EIO, `multifd channel thread failed: ${e.message}`)));
+    const c: Channel = { ch: null!, id: -1, packets: 0, lastPacketNum: -1, sync: null, release: null };
+    try {
+      c.ch = new MultifdChannel({
+        socketFd,
+        memory: this.o.memory,
+        stallMs: -1,
+        maps: this.o.maps,
+        progress: this.progressCount,
+        onPacket: (p) => this.checkPacket(c, p),
+      });
+    } catch (err) {
+      native().close(socketFd);
+      this.channelFailed(c, err);
+      return;
+    }
+    this.channels.push(c);
+    void this.run(c);
+  }
+
+  /** A channel's life: its init packet, then passes of packets, each ended by a SYNC, until the source closes. */
+  private async run(c: Channel): Promise<void> {
+    try {
+      const init = new Uint8Array(MULTIFD_INIT_BYTES);
+      if ((await c.ch.readv([init])) < MULTIFD_INIT_BYTES)
+        throw Object.assign(new Error('connection cut before the init packet'), { code: 'ECONNRESET' });
+      const hello = decodeMultifdInit(init);
+      const uuid = this.o.uuid;
+      if (uuid && Buffer.compare(Buffer.from(hello.uuid), Buffer.from(uuid)) !== 0)
+        throw Object.assign(
+          new Error(`received uuid ${hex(hello.uuid)} and expected uuid ${hex(uuid)} for channel ${hello.id}`),
+          { code: 'EINVAL' },
+        );
+      if (hello.id >= this.o.channels || this.channels.some((o) => o !== c && o.id === hello.id))
+        this.fail(
+          new MigrationError(
+            Errno.EPROTO,
+            `multifd: channel id ${hello.id} repeated or out of 0..${this.o.channels - 1}`,
+          ),
+        );
+      c.id = hello.id;
+      for (;;) {
+        if ((await c.ch.recv()) < 0) {
+          // Our FIN back: the source's channel waits for it to know every packet was taken.
+          await c.ch.shutdown(1);
+          return;
+        }
+        // A SYNC packet ended: held until the main thread has every channel's (multifd_recv_sync_main).
+        const released = new Promise<void>((r) => (c.release = r));
+        c.sync = { packetNum: c.lastPacketNum, packets: c.packets };
+        this.wake();
+        await released;
+        c.release = null;
+      }
+    } catch (err) {
+      if (channelErrno(err) === 'ECANCELED') return; // we stopped it: the reason is known already
+      this.channelFailed(c, err);
+    }
+  }
+
+  /**
+   * A received packet's header and offsets (its pages are in guest RAM already: a load that fails here
+   * never runs the VM). Anything the codec refuses fails the load.
+   */
+  private checkPacket(c: Channel, packet: Buffer): void {
+    if (this.error) return;
+    try {
+      const h = decodeMultifdHeader(packet);
+      const n = h.normalPages + h.zeroPages;
+      if (h.ramblock !== RAM_BLOCK && n > 0)
+        throw new Error(`packet names RAM block "${h.ramblock}", this VM has "${RAM_BLOCK}"`);
+      if (n > 0) readMultifdOffsets(packet.subarray(MULTIFD_HEADER_BYTES), h, this.o.memory.size, this.offsets);
+      c.packets++;
+      c.lastPacketNum = h.packetNum;
+    } catch (err) {
+      this.channelFailed(c, err);
+      c.ch.abort();
+    }
+  }
+
+  /** A channel failed: the load fails with its reason (what the codec refuses is EPROTO: the source broke the protocol). */
+  private channelFailed(c: Channel, err: unknown): void {
+    const e = err as Error & { code?: unknown };
+    const errno = e instanceof StreamError ? 'EPROTO' : channelErrno(err);
+    const message = e.message.replace(/^migration stream: /, '');
+    this.fail(
+      new MigrationError(
+        errnoNamed(errno),
+        `multifd channel ${c.id < 0 ? '(before its init packet)' : c.id}: ${message}`,
+      ),
+    );
   }
 
   private fail(e: MigrationError): void {
@@ -155,7 +221,7 @@ export class MultifdReceiver implements RamChannelsIn {
     this.flushes++;
     for (const c of this.channels) {
       c.sync = null;
-      c.worker.postMessage({ type: 'release' } satisfies ToReceiver);
+      c.release?.();
     }
   }
 
@@ -178,22 +244,20 @@ export class MultifdReceiver implements RamChannelsIn {
    */
   async close(lingerMs = 0): Promise<void> {
     // Every channel's blocking read ends now (ECANCELED); a draining one then reads without it.
-    for (const c of this.channels) c.fds.abort();
+    for (const c of this.channels) c.ch.abort();
     if (lingerMs <= 0) {
-      for (const c of this.channels) void c.worker.terminate();
-      await Promise.all(this.channels.map((c) => c.exited));
+      await Promise.all(this.channels.map((c) => c.ch.close()));
       return;
     }
     for (const c of this.channels) {
-      const end = () => void c.worker.terminate();
-      const t = setTimeout(end, lingerMs + 1000);
-      t.unref();
-      c.worker.on('message', (m: FromReceiver) => {
-        if (m.type === 'drained') end();
-      });
-      void c.exited.then(() => clearTimeout(t));
-      c.worker.unref();
-      c.worker.postMessage({ type: 'drain', ms: lingerMs } satisfies ToReceiver);
+      void c.ch.shutdown(1).catch(() => {});
+      void c.ch.discard(lingerMs, false).catch(() => {});
+      c.ch.unref();
+      void c.ch.close();
     }
   }
+}
+
+function hex(u: Uint8Array): string {
+  return Buffer.from(u).toString('hex');
 }

@@ -1,23 +1,31 @@
 // The source's multifd channels (QEMU's multifd_send_setup, multifd_queue_page, multifd_send_sync_main):
-// N extra TCP connections to the destination's migration address, each sent on by its own thread
-// (multifd-worker.ts). The main thread takes pages from the dirty log, as without multifd, and hands
-// BATCH packets of up to MULTIFD_PACKET_PAGES page offsets at a time to whichever channel has room; the
-// channel sends the pages from guest memory. Packet numbers are global, in the order handed out.
+// N extra TCP connections to the destination's migration address, each sent on by its own native thread
+// (multifd-channel.ts). The main thread takes pages from the dirty log, as without multifd, encodes
+// BATCH packets' headers at a time and hands them, with the page offsets, to whichever channel has room;
+// the channel's thread copies the pages from guest memory and writes them. Packet numbers are global, in
+// the order handed out.
 
 import { lookup } from 'node:dns/promises';
-import type { Worker } from 'node:worker_threads';
 import { Errno } from '../../abi/errno.ts';
 import { native } from '../../native/addon.ts';
-import { MULTIFD_PACKET_PAGES } from '../../stream/multifd.ts';
+import {
+  encodeMultifdInit,
+  MULTIFD_FLAG_SYNC,
+  MULTIFD_HEADER_BYTES,
+  MULTIFD_PACKET_PAGES,
+  writeMultifdHeader,
+} from '../../stream/multifd.ts';
 import type { GuestMemory } from '../guest/guest-memory.ts';
 import { MigrationError } from './errors.ts';
-import { ChannelFds, type ChannelThreadPool, type FromSender, type ToSender } from './multifd-threads.ts';
+import { channelErrno, MultifdChannel } from './multifd-channel.ts';
 import type { RamChannelsOut } from './ram-handler.ts';
 
-/**
- * Packets handed to a channel at once (one message: 4 MiB of pages), so that the messages between the
- * threads are paid per 8 packets.
- */
+/** The one RAM block a packet names (QEMU's "pc.ram"). */
+export const RAM_BLOCK = 'pc.ram';
+/** How long a sending channel that ended waits for the destination to close its side. */
+const CLOSE_WAIT_MS = 5000;
+
+/** Packets handed to a channel at once (4 MiB of pages): one operation, one completion per 8 packets. */
 const BATCH = 8;
 /**
  * Packets handed to a channel and not yet written by it (two batches, 8 MiB): enough that the channel
@@ -34,15 +42,12 @@ export interface MultifdSendOptions {
   channels: number;
   uuid: Uint8Array;
   stallTimeoutMs: number;
-  /** Where the channel threads come from (started ahead when the capability was set). */
-  threads: ChannelThreadPool;
 }
 
 interface Channel {
-  worker: Worker;
-  fds: ChannelFds;
+  id: number;
+  ch: MultifdChannel;
   inFlight: number;
-  exited: Promise<void>;
 }
 
 export class MultifdSender implements RamChannelsOut {
@@ -53,14 +58,15 @@ export class MultifdSender implements RamChannelsOut {
   private next = 0;
   private error: MigrationError | null = null;
   private waiter: (() => void) | null = null;
+  private closing: Promise<void> | null = null;
   /** Packet bytes the channels wrote. */
   bytes = 0;
 
-  private constructor() {}
+  private constructor(private readonly stallTimeoutMs: number) {}
 
   /** Opens every channel (connected, init packet written) or fails with the first channel's reason. */
   static async open(o: MultifdSendOptions): Promise<MultifdSender> {
-    const s = new MultifdSender();
+    const s = new MultifdSender(o.stallTimeoutMs);
     let address: string;
     try {
       address = (await lookup(o.host)).address;
@@ -89,49 +95,31 @@ export class MultifdSender implements RamChannelsOut {
   }
 
   /** Starts channel `id`'s thread on a socket of its own; resolves once it connected and sent its init packet. */
-  private startChannel(o: MultifdSendOptions, address: string, id: number): Promise<void> {
+  private async startChannel(o: MultifdSendOptions, address: string, id: number): Promise<void> {
     const socketFd = native().tcpSocket(address);
-    let fds: ChannelFds;
+    let ch: MultifdChannel;
     try {
-      fds = new ChannelFds(socketFd);
+      ch = new MultifdChannel({ socketFd, memory: o.memory, stallMs: o.stallTimeoutMs });
     } catch (err) {
       native().close(socketFd);
       throw err;
     }
-    const worker = o.threads.start({
-      role: 'send',
-      memory: o.memory.share(),
-      address,
-      port: o.port,
-      socketFd: fds.socketFd,
-      abortFd: fds.abortFd,
-      uuid: o.uuid,
-      id,
-      stallTimeoutMs: o.stallTimeoutMs,
-    });
-    const ch: Channel = { worker, fds, inFlight: 0, exited: fds.closeOnExit(worker) };
-    this.channels.push(ch);
-    return new Promise<void>((resolve, reject) => {
-      worker.on('message', (m: FromSender) => {
-        if (m.type === 'connected') resolve();
-        else if (m.type === 'sent') {
-          ch.inFlight -= m.packets;
-          this.bytes += m.bytes;
-          this.wake();
-        } else if (m.type === 'error') {
-          this.fail(new MigrationError(errnoNamed(m.errno), m.message));
-          reject(this.error);
-        }
-      });
-      worker.on('error', (e) => {
-        this.fail(new MigrationError(Errno.EIO, `multifd channel ${id}: thread failed: ${e.message}`));
-        reject(this.error);
-      });
-      worker.on('exit', () => {
-        this.fail(new MigrationError(Errno.EIO, `multifd channel ${id}: thread exited`));
-        reject(this.error);
-      });
-    });
+    this.channels.push({ id, ch, inFlight: 0 });
+    try {
+      await ch.connect(address, o.port, o.stallTimeoutMs);
+      await ch.writev([encodeMultifdInit({ uuid: o.uuid, id })]);
+    } catch (err) {
+      throw this.channelFailed(id, err);
+    }
+  }
+
+  /** Channel `id`'s operation failed: the migration fails with its reason (the first one heard). */
+  private channelFailed(id: number, err: unknown): MigrationError {
+    const errno = channelErrno(err);
+    const message =
+      errno === 'ETIMEDOUT' ? `no progress for ${this.stallTimeoutMs} ms: stalled link` : (err as Error).message;
+    this.fail(new MigrationError(errnoNamed(errno), `multifd channel ${id}: ${message}`));
+    return this.error!;
   }
 
   private fail(e: MigrationError): void {
@@ -168,16 +156,47 @@ export class MultifdSender implements RamChannelsOut {
     return Math.max(1, Math.ceil((this.normal.length + this.zero.length) / MULTIFD_PACKET_PAGES));
   }
 
-  private post(ch: Channel, sync: boolean): void {
+  /**
+   * Hands the queued pages to `c` as packets: their headers encoded here, MULTIFD_PACKET_PAGES pages each
+   * (normal pages first, then zero pages; the last packet takes the rest), the last one with SYNC if
+   * `sync` (with no pages: one empty SYNC packet).
+   */
+  private post(c: Channel, sync: boolean): void {
     const packets = this.packetsQueued();
     const normal = Float64Array.from(this.normal);
     const zero = Float64Array.from(this.zero);
     this.normal = [];
     this.zero = [];
-    ch.inFlight += packets;
-    const m: ToSender = { type: 'packets', normal, zero, packetNum: this.packetNum, packets, sync };
+    const all = normal.length + zero.length;
+    const heads = new Uint8Array(packets * MULTIFD_HEADER_BYTES + 8 * all);
+    const headLens = new Uint32Array(packets);
+    const counts = new Uint32Array(packets);
+    for (let k = 0, taken = 0, at = 0; k < packets; k++) {
+      const end = k === packets - 1 ? all : taken + MULTIFD_PACKET_PAGES;
+      const n = normal.subarray(Math.min(taken, normal.length), Math.min(end, normal.length));
+      const z = zero.subarray(Math.max(0, taken - normal.length), Math.max(0, end - normal.length));
+      const flags = sync && k === packets - 1 ? MULTIFD_FLAG_SYNC : 0;
+      const packetNum = this.packetNum + k;
+      headLens[k] = writeMultifdHeader(
+        heads.subarray(at),
+        { flags, pagesAlloc: MULTIFD_PACKET_PAGES, packetNum, ramblock: RAM_BLOCK },
+        n,
+        z,
+      );
+      counts[k] = n.length;
+      at += headLens[k]!;
+      taken = end;
+    }
+    c.inFlight += packets;
     this.packetNum += packets;
-    ch.worker.postMessage(m, [normal.buffer, zero.buffer]);
+    c.ch.sendPackets(heads, headLens, normal, counts).then(
+      (bytes) => {
+        c.inFlight -= packets;
+        this.bytes += bytes;
+        this.wake();
+      },
+      (err) => this.channelFailed(c.id, err),
+    );
   }
 
   queue(offset: number, zero: boolean): Promise<void> | undefined {
@@ -205,23 +224,24 @@ export class MultifdSender implements RamChannelsOut {
     if (this.error) throw this.error;
   }
 
-  /** Ends every channel (after the migration: a clean close; on failure: at once). */
-  async close(): Promise<void> {
+  /** Ends every channel (after the migration: a clean close; on failure: at once); the same promise each call. */
+  close(): Promise<void> {
+    this.closing ??= this.closeChannels();
+    return this.closing;
+  }
+
+  private async closeChannels(): Promise<void> {
     await Promise.all(
-      this.channels.map(async (ch) => {
-        const stop = () => {
-          ch.fds.abort();
-          void ch.worker.terminate();
-        };
-        if (!this.error) ch.worker.postMessage({ type: 'end' } satisfies ToSender);
-        // A clean close waits (a safety net of 6 s: the channel itself waits 5) for the destination to
-        // close its side behind the last packet.
-        const t = setTimeout(stop, this.error ? 0 : 6000);
-        ch.worker.on('message', (m: FromSender) => {
-          if (m.type === 'closed') stop();
-        });
-        await ch.exited;
-        clearTimeout(t);
+      this.channels.map(async (c) => {
+        if (this.error) c.ch.abort();
+        else {
+          // Our FIN behind the last packet; then the destination closes its side once it has read them
+          // all. Closing anyway if it does not: every packet was written, and the main stream says whether
+          // the load succeeded.
+          await c.ch.shutdown(1).catch(() => {});
+          await c.ch.discard(CLOSE_WAIT_MS, true).catch(() => {});
+        }
+        await c.ch.close();
       }),
     );
   }

@@ -20,7 +20,6 @@ import {
 } from '../../../src/stream/multifd.ts';
 import { GuestMemory } from '../../../src/vmm/guest/guest-memory.ts';
 import { MultifdReceiver } from '../../../src/vmm/migration/multifd-recv.ts';
-import { ChannelThreadPool } from '../../../src/vmm/migration/multifd-threads.ts';
 
 const PAGE = 4096;
 const P = 5;
@@ -61,7 +60,6 @@ test('a page of pass 2 on one channel never lands before the same page of pass 1
       fresh: true,
     },
     stallTimeoutMs: 60_000,
-    threads: new ChannelThreadPool(),
   });
   const server = channelListener(receiver);
   const a = connect(server.port, '127.0.0.1');
@@ -108,7 +106,6 @@ test('a flush that finds packets missing is refused (pages expected = pages rece
       fresh: true,
     },
     stallTimeoutMs: 60_000,
-    threads: new ChannelThreadPool(),
   });
   const server = channelListener(receiver);
   const c = connect(server.port, '127.0.0.1');
@@ -122,5 +119,77 @@ test('a flush that finds packets missing is refused (pages expected = pages rece
     server.close();
     await receiver.close();
     memory.close();
+  }
+});
+
+/** A receiver of one channel over a small guest, and a connection to it. */
+async function oneChannel(pages: number) {
+  const memory = GuestMemory.create(pages * PAGE);
+  const receiver = new MultifdReceiver({
+    memory,
+    channels: 1,
+    uuid: null,
+    maps: {
+      received: new Uint8Array(new SharedArrayBuffer(pages)),
+      written: new Uint8Array(new SharedArrayBuffer(pages)),
+      fresh: false,
+    },
+    stallTimeoutMs: 60_000,
+  });
+  const server = channelListener(receiver);
+  const c = connect(server.port, '127.0.0.1');
+  await once(c, 'connect');
+  await write(c, Buffer.from(encodeMultifdInit({ uuid: new Uint8Array(16), id: 0 })));
+  return {
+    memory,
+    receiver,
+    c,
+    async close() {
+      c.destroy();
+      server.close();
+      await receiver.close();
+      memory.close();
+    },
+  };
+}
+
+test('a packet with an offset outside guest RAM fails the load and writes none of its pages', async () => {
+  const r = await oneChannel(16);
+  try {
+    // Page 3 is in range, the offset after it one page past the end: the packet is refused whole.
+    await write(
+      r.c,
+      packet(
+        0,
+        [
+          { offset: 3 * PAGE, fill: 0x33 },
+          { offset: 16 * PAGE, fill: 0x44 },
+        ],
+        true,
+      ),
+    );
+    await assert.rejects(r.receiver.flush(), /page offset 0x10000 is not a page of "pc.ram" \(65536 bytes\)/);
+    assert.ok(
+      r.memory.page(3).every((x) => x === 0),
+      'page 3 untouched',
+    );
+  } finally {
+    await r.close();
+  }
+});
+
+test('a header counting more pages than a packet holds fails the load with the codec reason', async () => {
+  const r = await oneChannel(16);
+  try {
+    const p = packet(0, [{ offset: 0, fill: 0x55 }], true);
+    p.writeUInt32BE(MULTIFD_PACKET_PAGES + 1, 16); // normal_pages
+    await write(r.c, p);
+    await assert.rejects(r.receiver.flush(), /packet carries 129 normal and 0 zero pages, more than its 128/);
+    assert.ok(
+      r.memory.page(0).every((x) => x === 0),
+      'nothing written',
+    );
+  } finally {
+    await r.close();
   }
 });

@@ -13,7 +13,6 @@ import { FdAcceptor } from '../../../src/native/fd-acceptor.ts';
 import { compareDigests, GuestMemory } from '../../../src/vmm/guest/guest-memory.ts';
 import { MultifdReceiver } from '../../../src/vmm/migration/multifd-recv.ts';
 import { MultifdSender } from '../../../src/vmm/migration/multifd-send.ts';
-import { ChannelThreadPool } from '../../../src/vmm/migration/multifd-threads.ts';
 
 const PAGE = 4096;
 const PAGES = 8192; // 32 MiB: several batches of 8 x 128 pages per pass
@@ -22,7 +21,6 @@ for (const fresh of [false, true])
   test(`pages in batches of packets, zero pages in long runs between data pages: all arrive, each pass (${fresh ? 'fresh memory' : 'memory holding old contents'})`, async () => {
     const src = GuestMemory.create(PAGES * PAGE, 'mfd-send-src');
     const dst = GuestMemory.create(PAGES * PAGE, 'mfd-send-dst');
-    const threads = new ChannelThreadPool();
     const received = new Uint8Array(new SharedArrayBuffer(PAGES));
     const receiver = new MultifdReceiver({
       memory: dst,
@@ -32,7 +30,6 @@ for (const fresh of [false, true])
       // never written is left alone.
       maps: { received, written: new Uint8Array(new SharedArrayBuffer(PAGES)), fresh },
       stallTimeoutMs: 60_000,
-      threads,
     });
     const acceptor = new FdAcceptor(native().listenTcp('127.0.0.1', 0, 8), {
       connection: (fd) => receiver.adopt(fd),
@@ -47,7 +44,6 @@ for (const fresh of [false, true])
         channels: 3,
         uuid: new Uint8Array(16),
         stallTimeoutMs: 60_000,
-        threads,
       });
       if (!fresh) for (let i = 0; i < PAGES; i++) dst.page(i).fill(0xee); // what a zero page must overwrite
       // Pass 1: data where (i mod 997) < 300: runs of 300 data pages and 697 zero pages, so batches hold
@@ -92,7 +88,6 @@ for (const fresh of [false, true])
       await sender?.close();
       acceptor.close();
       await receiver.close();
-      threads.close();
       src.close();
       dst.close();
     }

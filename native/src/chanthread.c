@@ -1,0 +1,762 @@
+/*
+ * Multifd channel threads (QEMU's multifd_send_thread and multifd_recv_thread, migration/multifd.c): one
+ * native thread per channel runs the channel's blocking socket I/O and its page copies, as QEMU's
+ * threads do, with no JavaScript engine of its own (a V8 isolate per channel cost ~80 ms of CPU to start
+ * on our 2-core machines, on each side, every migration).
+ *
+ * The thread knows where a packet's page counts and flags are (the framing the codec hands it) and no
+ * more: the main thread's JavaScript encodes every header and checks every one received
+ * (src/stream/multifd.ts). Sending, the thread gathers a packet's pages into its staging buffer and
+ * writes them behind the header it was given. Receiving, it reads packets (header, offsets, pages) and
+ * copies their pages into guest RAM until one carries SYNC or the source closes, handing each packet's
+ * header and offsets to the callback as it goes; the JavaScript fails the migration on a header the codec
+ * refuses. An offset outside guest RAM is never written (the thread checks each against the mapping).
+ * Operations complete in queue order through a threadsafe function into the callback given to the
+ * constructor: (errno, its code and message or nulls, value, a packet's header and offsets or undefined).
+ *
+ * Guest RAM is the main thread's own mapping (its pieces, passed as mmapShare tokens), as QEMU's threads
+ * share its address space; the thread holds it until it ends, so a VMM that unmaps guest RAM while a
+ * migration still runs leaves it mapped for the thread. Every buffer an operation names must stay alive until that operation completes (the
+ * TypeScript side keeps them in its queue).
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "chanio.h"
+#include "chanthread.h"
+#include "vfio_native.h"
+#include "zero.h"
+
+/* Most pieces guest RAM may come in (GuestMemory: 1 GiB pieces by default, 2 GiB at most). */
+#define CT_MAX_PIECES 4096
+
+typedef enum {
+  OP_CONNECT,
+  OP_WRITEV,
+  OP_SEND_PACKETS,
+  OP_READV,
+  OP_RECV,
+  OP_SHUTDOWN,
+  OP_DISCARD,
+  OP_END,
+} ct_kind;
+
+typedef struct ct_op {
+  struct ct_op* next;
+  ct_kind kind;
+  /* WRITEV, READV */
+  struct iovec* iov;
+  uint32_t iov_count;
+  /* CONNECT */
+  struct sockaddr_storage addr;
+  socklen_t addr_len;
+  int64_t ms; /* CONNECT: timeout; DISCARD: how long to wait for EOF */
+  /* SEND_PACKETS: packets' headers back to back, each one's length, the normal pages' offsets of every
+   * packet back to back, each one's count */
+  uint8_t* heads;
+  const uint32_t* head_lens;
+  const double* offsets;
+  const uint32_t* counts;
+  uint32_t packets;
+  /* an event of RECV (not its completion): a copy of one packet's header and offsets */
+  uint8_t* packet;
+  size_t packet_len;
+  int how;        /* SHUTDOWN */
+  bool use_abort; /* DISCARD: wake on the abort eventfd (false: it was written already) */
+  /* the result */
+  int err;
+  const char* syscall;
+  int64_t value;
+} ct_op;
+
+typedef struct {
+  pthread_t tid;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  ct_op *first, *last; /* the queue */
+  bool ended;          /* END queued: nothing more may be */
+  bool quit;           /* teardown: the thread stops at once */
+  bool exiting;        /* the thread took END: it makes no more calls on the fds */
+  bool started;        /* the thread runs (main thread only) */
+  bool thread_done;    /* the thread was joined (main thread only) */
+  bool wrapper_gone;   /* the JS object was collected (main thread only) */
+  napi_threadsafe_function tsfn;
+  vn_chan_io io;
+  /* guest RAM: each piece's hold on its mapping, its address and length */
+  void* holds[CT_MAX_PIECES];
+  uint8_t* pieces[CT_MAX_PIECES];
+  size_t piece_len[CT_MAX_PIECES];
+  uint32_t npieces;
+  size_t piece_size, mem_size;
+  /* per-page maps (received at least once, written with data or a fill), fresh: unwritten pages read 0 */
+  uint8_t *received, *written;
+  bool fresh;
+  /* framing: header bytes, the byte offsets of its be32 normal and zero page counts and flags, the SYNC
+   * flag, the most pages a packet holds, the page size */
+  uint32_t header_bytes, normal_at, zero_at, flags_at, sync_flag, max_pages, page_size;
+  uint8_t* staging; /* a packet's pages */
+  uint8_t* head;    /* a received packet's header and offsets */
+  double* offsets;  /* a received packet's offsets */
+} ct_chan;
+
+static uint32_t be32(const uint8_t* p) {
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* The guest bytes of `count` pages at offset `off`, or NULL when they are not inside one piece. */
+static uint8_t* guest(const ct_chan* c, double off, uint32_t count) {
+  if (!(off >= 0) || off >= (double)c->mem_size) return NULL;
+  size_t at = (size_t)off;
+  if (at % c->page_size != 0) return NULL;
+  size_t p = at / c->piece_size, in = at % c->piece_size;
+  if (p >= c->npieces || in + (size_t)count * c->page_size > c->piece_len[p]) return NULL;
+  return c->pieces[p] + in;
+}
+
+/* How many of offsets[k..n) follow offsets[k] page by page (at least 1). */
+static uint32_t run_of(const ct_chan* c, const double* offsets, uint32_t k, uint32_t n) {
+  uint32_t run = 1;
+  while (k + run < n && offsets[k + run] == offsets[k] + (double)run * c->page_size) run++;
+  return run;
+}
+
+static void fail(ct_op* o, int err, const char* syscall) {
+  o->err = err;
+  o->syscall = syscall;
+}
+
+static void transfer(ct_chan* c, ct_op* o, struct iovec* iov, uint32_t n, bool write_side) {
+  const char* syscall = NULL;
+  ssize_t r = vn_chan_transfer(&c->io, iov, n, write_side, &syscall);
+  if (r < 0) fail(o, (int)-r, syscall);
+  else o->value = r;
+}
+
+static void send_packets(ct_chan* c, ct_op* o) {
+  uint8_t* head = o->heads;
+  const double* offsets = o->offsets;
+  int64_t total = 0;
+  for (uint32_t k = 0; k < o->packets; k++) {
+    uint32_t n = o->counts[k];
+    for (uint32_t i = 0; i < n;) {
+      uint32_t run = run_of(c, offsets, i, n);
+      uint8_t* src = guest(c, offsets[i], run);
+      while (src == NULL && run > 1) src = guest(c, offsets[i], --run); /* a run across pieces: split */
+      if (src == NULL) return fail(o, EINVAL, "guest page");
+      memcpy(c->staging + (size_t)i * c->page_size, src, (size_t)run * c->page_size);
+      i += run;
+    }
+    struct iovec iov[2] = {{head, o->head_lens[k]}, {c->staging, (size_t)n * c->page_size}};
+    transfer(c, o, iov, 2, true);
+    if (o->err != 0) return;
+    total += o->value;
+    head += o->head_lens[k];
+    offsets += n;
+  }
+  o->value = total;
+}
+
+static uint64_t be64(const uint8_t* p) {
+  return (uint64_t)be32(p) << 32 | be32(p + 4);
+}
+
+static void free_op(ct_op* o);
+
+/* Hands the callback a copy of the packet's header and offsets (dropped at teardown). */
+static void post_packet(ct_chan* c, size_t len) {
+  ct_op* e = calloc(1, sizeof *e);
+  if (e == NULL) return;
+  e->kind = OP_RECV;
+  e->packet = malloc(len);
+  if (e->packet == NULL) {
+    free(e);
+    return;
+  }
+  memcpy(e->packet, c->head, len);
+  e->packet_len = len;
+  if (napi_call_threadsafe_function(c->tsfn, e, napi_tsfn_nonblocking) != napi_ok) free_op(e);
+}
+
+/* The received packet's pages into guest RAM: the first `normal` offsets get data, the rest are zero. */
+static int apply(ct_chan* c, uint32_t normal, uint32_t total) {
+  for (uint32_t k = 0; k < total; k++) {
+    double off = (double)be64(c->head + c->header_bytes + 8 * (size_t)k);
+    if (guest(c, off, 1) == NULL) return EINVAL;
+    c->offsets[k] = off;
+  }
+  for (uint32_t k = 0; k < normal;) {
+    uint32_t run = run_of(c, c->offsets, k, normal);
+    uint8_t* dst = guest(c, c->offsets[k], run);
+    while (dst == NULL && run > 1) dst = guest(c, c->offsets[k], --run); /* a run across pieces: split */
+    memcpy(dst, c->staging + (size_t)k * c->page_size, (size_t)run * c->page_size);
+    for (uint32_t last = k + run; k < last; k++) {
+      size_t i = (size_t)c->offsets[k] / c->page_size;
+      if (c->written) c->written[i] = 1;
+      if (c->received) c->received[i] = 1;
+    }
+  }
+  for (uint32_t k = normal; k < total; k++) {
+    uint8_t* page = guest(c, c->offsets[k], 1);
+    size_t i = (size_t)c->offsets[k] / c->page_size;
+    if (c->received) c->received[i] = 1;
+    /* As the main stream's zero pages: one that reads as zero already is left alone (and a fresh
+     * destination's never-written page is not even read, which would allocate it). */
+    if (c->fresh && c->written && c->written[i] == 0) continue;
+    if (vn_all_zero(page, c->page_size)) continue;
+    memset(page, 0, c->page_size);
+    if (c->written) c->written[i] = 1;
+  }
+  return 0;
+}
+
+/*
+ * Packets until one with SYNC (value: packets read) or the source's close between packets (value: -1 -
+ * packets read). A header whose counts exceed the buffers or an offset outside guest RAM ends it with
+ * EPROTO or EINVAL after that packet's header went to the callback (where the codec says what is wrong).
+ */
+static void recv_packets(ct_chan* c, ct_op* o) {
+  int64_t packets = 0;
+  for (;;) {
+    struct iovec h = {c->head, c->header_bytes};
+    transfer(c, o, &h, 1, false);
+    if (o->err != 0) return;
+    if (o->value == 0) {
+      o->value = -1 - packets;
+      return;
+    }
+    if (o->value < c->header_bytes) return fail(o, ECONNRESET, "packet");
+    uint32_t normal = be32(c->head + c->normal_at), zero = be32(c->head + c->zero_at);
+    if ((uint64_t)normal + zero > c->max_pages) {
+      post_packet(c, c->header_bytes);
+      return fail(o, EPROTO, "packet");
+    }
+    size_t len = c->header_bytes + 8 * ((size_t)normal + zero);
+    struct iovec body[2] = {{c->head + c->header_bytes, len - c->header_bytes},
+                            {c->staging, (size_t)normal * c->page_size}};
+    size_t want = body[0].iov_len + body[1].iov_len;
+    transfer(c, o, body, 2, false);
+    if (o->err != 0) return;
+    if ((size_t)o->value < want) return fail(o, ECONNRESET, "packet");
+    int err = apply(c, normal, normal + zero);
+    post_packet(c, len);
+    if (err != 0) return fail(o, err, "packet");
+    packets++;
+    if (be32(c->head + c->flags_at) & c->sync_flag) {
+      o->value = packets;
+      return;
+    }
+  }
+}
+
+static void run_op(ct_chan* c, ct_op* o) {
+  const char* syscall = NULL;
+  switch (o->kind) {
+    case OP_CONNECT: {
+      int err = vn_chan_connect(c->io.fd, &o->addr, o->addr_len, c->io.abort_fd, o->ms, &syscall);
+      if (err != 0) fail(o, err, syscall);
+      break;
+    }
+    case OP_WRITEV:
+      transfer(c, o, o->iov, o->iov_count, true);
+      break;
+    case OP_READV:
+      transfer(c, o, o->iov, o->iov_count, false);
+      break;
+    case OP_SEND_PACKETS:
+      send_packets(c, o);
+      break;
+    case OP_RECV:
+      recv_packets(c, o);
+      break;
+    case OP_SHUTDOWN:
+      if (shutdown(c->io.fd, o->how) != 0) fail(o, errno, "shutdown");
+      break;
+    case OP_DISCARD: {
+      int r = vn_chan_discard(c->io.fd, o->use_abort ? c->io.abort_fd : -1, o->ms, &syscall);
+      if (r < 0) fail(o, -r, syscall);
+      else o->value = r;
+      break;
+    }
+    case OP_END:
+      break;
+  }
+}
+
+static void release_pieces(ct_chan* c);
+
+static void free_op(ct_op* o) {
+  free(o->iov);
+  free(o->packet);
+  free(o);
+}
+
+static void* thread_main(void* arg) {
+  ct_chan* c = arg;
+  for (;;) {
+    pthread_mutex_lock(&c->mu);
+    while (c->first == NULL && !c->quit) pthread_cond_wait(&c->cv, &c->mu);
+    ct_op* o = c->quit ? NULL : c->first;
+    if (o != NULL) {
+      c->first = o->next;
+      if (c->first == NULL) c->last = NULL;
+      /* From END's completion on, the JavaScript may close (and the process reuse) the fds. */
+      if (o->kind == OP_END) c->exiting = true;
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (o == NULL) break;
+    bool end = o->kind == OP_END;
+    run_op(c, o);
+    if (end) release_pieces(c); /* before END completes: its caller may count the mappings */
+    if (napi_call_threadsafe_function(c->tsfn, o, napi_tsfn_nonblocking) != napi_ok) free_op(o);
+    if (end) break;
+  }
+  napi_release_threadsafe_function(c->tsfn, napi_tsfn_release);
+  return NULL;
+}
+
+/* On the main thread: an operation's result (or a received packet) into the JS callback. */
+static void call_js(napi_env env, napi_value cb, void* context, void* data) {
+  (void)context;
+  ct_op* o = data;
+  if (env != NULL && cb != NULL) {
+    napi_value argv[5], undefined;
+    void* copy;
+    bool ok = napi_create_int32(env, o->err, &argv[0]) == napi_ok && napi_get_undefined(env, &undefined) == napi_ok &&
+              napi_create_int64(env, o->value, &argv[3]) == napi_ok;
+    if (ok && o->err != 0) {
+      /* As vn_throw_errno words its errors: "syscall: description (CODE)". */
+      const char* code = strerrorname_np(o->err);
+      const char* desc = strerrordesc_np(o->err);
+      char codebuf[16], msg[256];
+      if (code == NULL) {
+        snprintf(codebuf, sizeof codebuf, "E%d", o->err);
+        code = codebuf;
+      }
+      snprintf(msg, sizeof msg, "%s: %s (%s)", o->syscall, desc ? desc : "unknown error", code);
+      ok = napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &argv[1]) == napi_ok &&
+           napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &argv[2]) == napi_ok;
+    } else if (ok) {
+      ok = napi_get_null(env, &argv[1]) == napi_ok && napi_get_null(env, &argv[2]) == napi_ok;
+    }
+    if (ok)
+      ok = (o->packet != NULL ? napi_create_buffer_copy(env, o->packet_len, o->packet, &copy, &argv[4])
+                              : napi_get_undefined(env, &argv[4])) == napi_ok;
+    if (ok) napi_call_function(env, undefined, cb, 5, argv, NULL);
+  }
+  free_op(o);
+}
+
+/* Lets go of guest RAM: unmapped now if its owner did already. */
+static void release_pieces(ct_chan* c) {
+  for (uint32_t k = 0; k < c->npieces; k++) vn_mapping_release(c->holds[k]);
+  c->npieces = 0;
+}
+
+static void free_chan(ct_chan* c) {
+  for (ct_op* o = c->first; o != NULL;) {
+    ct_op* next = o->next;
+    free_op(o);
+    o = next;
+  }
+  pthread_mutex_destroy(&c->mu);
+  pthread_cond_destroy(&c->cv);
+  release_pieces(c);
+  free(c->staging);
+  free(c->head);
+  free(c->offsets);
+  free(c);
+}
+
+/*
+ * The threadsafe function is gone: after the thread released it (END), or at the env's teardown with the
+ * thread perhaps still inside a call, which the abort eventfd and `quit` end before it is joined.
+ */
+static void tsfn_finalize(napi_env env, void* data, void* hint) {
+  (void)env;
+  (void)hint;
+  ct_chan* c = data;
+  pthread_mutex_lock(&c->mu);
+  c->quit = true;
+  pthread_cond_signal(&c->cv);
+  bool exiting = c->exiting;
+  pthread_mutex_unlock(&c->mu);
+  if (!exiting && c->io.abort_fd >= 0) {
+    /* Teardown with the thread perhaps inside a call: the fds are still open (the JavaScript closes them
+     * only after END). */
+    uint64_t one = 1;
+    ssize_t w = write(c->io.abort_fd, &one, sizeof one);
+    (void)w;
+  }
+  if (c->started) pthread_join(c->tid, NULL);
+  c->thread_done = true;
+  release_pieces(c);
+  if (c->wrapper_gone) free_chan(c);
+}
+
+static void wrapper_finalize(napi_env env, void* data, void* hint) {
+  (void)env;
+  (void)hint;
+  ct_chan* c = data;
+  c->wrapper_gone = true;
+  if (c->thread_done) free_chan(c);
+}
+
+static bool get_u8_or_null(napi_env env, napi_value v, const char* name, uint8_t** out) {
+  napi_valuetype t;
+  size_t len;
+  if (napi_typeof(env, v, &t) != napi_ok) return false;
+  if (t == napi_null) {
+    *out = NULL;
+    return true;
+  }
+  return vn_get_bytes(env, v, name, out, &len);
+}
+
+static bool get_typed(napi_env env, napi_value v, napi_typedarray_type want, const char* name, void** data,
+                      size_t* length) {
+  bool is_ta = false;
+  napi_typedarray_type type;
+  if (napi_is_typedarray(env, v, &is_ta) != napi_ok || !is_ta ||
+      napi_get_typedarray_info(env, v, &type, length, data, NULL, NULL) != napi_ok || type != want) {
+    vn_throw_type(env, "%s has the wrong type", name);
+    return false;
+  }
+  return true;
+}
+
+/* The constructor's arguments into c (argv[0..7]); false with an exception pending. */
+static bool chan_setup(napi_env env, napi_value* argv, ct_chan* c) {
+  int fd;
+  int64_t abort_fd, stall_ms;
+  if (!vn_get_fd(env, argv[0], "fd", &fd) || !vn_get_int(env, argv[1], "abortFd", -1, INT32_MAX, &abort_fd) ||
+      !vn_get_int(env, argv[2], "stallMs", -1, INT32_MAX, &stall_ms))
+    return false;
+  c->io = (vn_chan_io){.fd = fd, .abort_fd = (int)abort_fd, .stall_ms = stall_ms, .progress = NULL};
+
+  bool is_array = false;
+  uint32_t n = 0;
+  if (napi_is_array(env, argv[3], &is_array) != napi_ok || !is_array ||
+      napi_get_array_length(env, argv[3], &n) != napi_ok || n == 0 || n > CT_MAX_PIECES) {
+    vn_throw_type(env, "pieces must be 1 to %d mmapShare tokens", CT_MAX_PIECES);
+    return false;
+  }
+  for (uint32_t k = 0; k < n; k++) {
+    napi_value token;
+    if (napi_get_element(env, argv[3], k, &token) != napi_ok ||
+        !vn_mapping_adopt(env, token, &c->holds[k], &c->pieces[k], &c->piece_len[k]))
+      return false;
+    c->npieces = k + 1;
+    c->mem_size += c->piece_len[k];
+  }
+  c->piece_size = c->piece_len[0];
+
+  napi_valuetype t;
+  if (napi_typeof(env, argv[4], &t) != napi_ok) return false;
+  if (t != napi_null) {
+    napi_value r, w;
+    if (napi_get_element(env, argv[4], 0, &r) != napi_ok || napi_get_element(env, argv[4], 1, &w) != napi_ok ||
+        !get_u8_or_null(env, r, "maps[0]", &c->received) || !get_u8_or_null(env, w, "maps[1]", &c->written))
+      return false;
+  }
+  if (!vn_get_bool(env, argv[5], "fresh", &c->fresh) || napi_typeof(env, argv[6], &t) != napi_ok) return false;
+  size_t len = 0;
+  void* data;
+  if (t != napi_null) {
+    if (!get_typed(env, argv[6], napi_int32_array, "progress", &data, &len)) return false;
+    if (len < 1) {
+      vn_throw_type(env, "progress must hold one Int32");
+      return false;
+    }
+    c->io.progress = data;
+  }
+  if (!get_typed(env, argv[7], napi_uint32_array, "framing", &data, &len)) return false;
+  if (len != 7) {
+    vn_throw_type(env, "framing must be 7 Uint32s");
+    return false;
+  }
+  const uint32_t* f = data;
+  c->header_bytes = f[0], c->normal_at = f[1], c->zero_at = f[2], c->flags_at = f[3], c->sync_flag = f[4];
+  c->max_pages = f[5], c->page_size = f[6];
+  if (c->page_size == 0 || c->max_pages == 0 || c->max_pages > 65536 || c->normal_at + 4 > c->header_bytes ||
+      c->zero_at + 4 > c->header_bytes || c->flags_at + 4 > c->header_bytes || c->piece_size % c->page_size != 0) {
+    vn_throw_range(env, "framing does not fit its header or the pages");
+    return false;
+  }
+  c->staging = malloc((size_t)c->max_pages * c->page_size);
+  c->head = malloc(c->header_bytes + 8 * (size_t)c->max_pages);
+  c->offsets = malloc(sizeof(double) * c->max_pages);
+  if (c->staging == NULL || c->head == NULL || c->offsets == NULL) {
+    vn_throw_errno(env, ENOMEM, "malloc", NULL);
+    return false;
+  }
+  return true;
+}
+
+/*
+ * new ChannelThread(fd, abortFd, stallMs, pieces: bigint[] (mmapShare tokens), maps: [received, written] | null,
+ *                   fresh, progress: Int32Array | null, framing: Uint32Array, callback)
+ * framing: [header bytes, normal count at, zero count at, flags at, SYNC flag, most pages, page size]
+ */
+static napi_value chan_new(napi_env env, napi_callback_info info) {
+  napi_value argv[9], self, target;
+  napi_valuetype t;
+  if (!vn_args(env, info, 9, argv, &self)) return NULL;
+  VN_CALL(env, napi_get_new_target(env, info, &target));
+  if (target == NULL) return vn_throw_type(env, "ChannelThread must be called with new");
+  if (napi_typeof(env, argv[8], &t) != napi_ok || t != napi_function)
+    return vn_throw_type(env, "callback must be a function");
+  ct_chan* c = calloc(1, sizeof *c);
+  if (c == NULL) return vn_throw_errno(env, ENOMEM, "ChannelThread", NULL);
+  if (!chan_setup(env, argv, c)) {
+    release_pieces(c);
+    free(c->staging);
+    free(c->head);
+    free(c->offsets);
+    free(c);
+    return NULL;
+  }
+  pthread_mutex_init(&c->mu, NULL);
+  pthread_cond_init(&c->cv, NULL);
+
+  napi_value name;
+  napi_status st = napi_create_string_utf8(env, "MultifdChannel", NAPI_AUTO_LENGTH, &name);
+  if (st == napi_ok)
+    st = napi_create_threadsafe_function(env, argv[8], NULL, name, 0, 1, c, tsfn_finalize, NULL, call_js, &c->tsfn);
+  if (st != napi_ok) {
+    free_chan(c);
+    return vn_throw_status(env, st, "napi_create_threadsafe_function");
+  }
+  int rc = pthread_create(&c->tid, NULL, thread_main, c);
+  if (rc != 0) {
+    /* No thread and no wrapper: the finalizer joins nothing and frees it. */
+    c->wrapper_gone = true;
+    napi_release_threadsafe_function(c->tsfn, napi_tsfn_abort);
+    return vn_throw_errno(env, rc, "pthread_create", NULL);
+  }
+  c->started = true;
+  st = napi_wrap(env, self, c, wrapper_finalize, NULL, NULL);
+  if (st != napi_ok) {
+    pthread_mutex_lock(&c->mu);
+    c->quit = true;
+    pthread_cond_signal(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    c->wrapper_gone = true;
+    return vn_throw_status(env, st, "napi_wrap");
+  }
+  return self;
+}
+
+static ct_chan* unwrap(napi_env env, napi_callback_info info, size_t want, napi_value* argv) {
+  napi_value self;
+  void* data = NULL;
+  if (!vn_args(env, info, want, argv, &self)) return NULL;
+  if (napi_unwrap(env, self, &data) != napi_ok || data == NULL) {
+    vn_throw_type(env, "not a ChannelThread");
+    return NULL;
+  }
+  return data;
+}
+
+static ct_op* new_op(napi_env env, ct_kind kind) {
+  ct_op* o = calloc(1, sizeof *o);
+  if (o == NULL) vn_throw_errno(env, ENOMEM, "calloc", NULL);
+  else o->kind = kind;
+  return o;
+}
+
+/* Queues o (taking it); throws once END was queued. */
+static napi_value enqueue(napi_env env, ct_chan* c, ct_op* o) {
+  pthread_mutex_lock(&c->mu);
+  bool ended = c->ended;
+  if (!ended) {
+    if (c->last != NULL) c->last->next = o;
+    else c->first = o;
+    c->last = o;
+    if (o->kind == OP_END) c->ended = true;
+    pthread_cond_signal(&c->cv);
+  }
+  pthread_mutex_unlock(&c->mu);
+  if (ended) {
+    free_op(o);
+    napi_throw_error(env, "ERR_CHANNEL_ENDED", "ChannelThread has ended");
+  }
+  return NULL;
+}
+
+/* The parts of an array of Uint8Array as iovecs of a new op. */
+static ct_op* parts_op(napi_env env, ct_kind kind, napi_value parts) {
+  bool is_array = false;
+  uint32_t n = 0;
+  if (napi_is_array(env, parts, &is_array) != napi_ok || !is_array ||
+      napi_get_array_length(env, parts, &n) != napi_ok) {
+    vn_throw_type(env, "parts must be an array of Uint8Array");
+    return NULL;
+  }
+  ct_op* o = new_op(env, kind);
+  if (o == NULL) return NULL;
+  o->iov = calloc(n > 0 ? n : 1, sizeof *o->iov);
+  o->iov_count = n;
+  if (o->iov == NULL) {
+    free(o);
+    vn_throw_errno(env, ENOMEM, "calloc", NULL);
+    return NULL;
+  }
+  for (uint32_t k = 0; k < n; k++) {
+    napi_value part;
+    uint8_t* data;
+    size_t len;
+    if (napi_get_element(env, parts, k, &part) != napi_ok || !vn_get_bytes(env, part, "each part", &data, &len)) {
+      free_op(o);
+      return NULL;
+    }
+    o->iov[k] = (struct iovec){data, len};
+  }
+  return o;
+}
+
+/* connect(address, port, timeoutMs) */
+static napi_value chan_connect(napi_env env, napi_callback_info info) {
+  napi_value argv[3];
+  int64_t port, ms;
+  ct_chan* c = unwrap(env, info, 3, argv);
+  if (c == NULL || !vn_get_int(env, argv[1], "port", 1, 65535, &port) ||
+      !vn_get_int(env, argv[2], "timeoutMs", -1, INT32_MAX, &ms))
+    return NULL;
+  ct_op* o = new_op(env, OP_CONNECT);
+  if (o == NULL) return NULL;
+  o->ms = ms;
+  if (!vn_get_inet(env, argv[0], (int)port, &o->addr, &o->addr_len)) {
+    free_op(o);
+    return NULL;
+  }
+  return enqueue(env, c, o);
+}
+
+/* writev(parts): every byte, in order; value: bytes written */
+static napi_value chan_writev(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  ct_chan* c = unwrap(env, info, 1, argv);
+  ct_op* o = c == NULL ? NULL : parts_op(env, OP_WRITEV, argv[0]);
+  return o == NULL ? NULL : enqueue(env, c, o);
+}
+
+/* readv(parts): fills them; value: bytes read, fewer when EOF came first */
+static napi_value chan_readv(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  ct_chan* c = unwrap(env, info, 1, argv);
+  ct_op* o = c == NULL ? NULL : parts_op(env, OP_READV, argv[0]);
+  return o == NULL ? NULL : enqueue(env, c, o);
+}
+
+/*
+ * sendPackets(heads: Uint8Array, headLens: Uint32Array, offsets: Float64Array, counts: Uint32Array): for
+ * each packet, its header (the next headLens[k] bytes of heads) and its counts[k] pages (the next offsets)
+ * in one writev; value: bytes written
+ */
+static napi_value chan_send_packets(napi_env env, napi_callback_info info) {
+  napi_value argv[4];
+  void *lens, *offs, *counts;
+  size_t heads_len, nlens, noffs, ncounts;
+  uint8_t* heads;
+  ct_chan* c = unwrap(env, info, 4, argv);
+  if (c == NULL || !vn_get_bytes(env, argv[0], "heads", &heads, &heads_len) ||
+      !get_typed(env, argv[1], napi_uint32_array, "headLens", &lens, &nlens) ||
+      !get_typed(env, argv[2], napi_float64_array, "offsets", &offs, &noffs) ||
+      !get_typed(env, argv[3], napi_uint32_array, "counts", &counts, &ncounts))
+    return NULL;
+  size_t head_sum = 0, page_sum = 0;
+  for (size_t k = 0; k < nlens; k++) head_sum += ((uint32_t*)lens)[k];
+  for (size_t k = 0; k < ncounts; k++) {
+    if (((uint32_t*)counts)[k] > c->max_pages) return vn_throw_range(env, "a packet of more than %u pages", c->max_pages);
+    page_sum += ((uint32_t*)counts)[k];
+  }
+  if (nlens != ncounts || head_sum > heads_len || page_sum > noffs)
+    return vn_throw_range(env, "headers, lengths, offsets and counts do not agree");
+  ct_op* o = new_op(env, OP_SEND_PACKETS);
+  if (o == NULL) return NULL;
+  o->heads = heads;
+  o->head_lens = lens;
+  o->offsets = offs;
+  o->counts = counts;
+  o->packets = (uint32_t)nlens;
+  return enqueue(env, c, o);
+}
+
+/*
+ * recv(): packets into guest RAM until one carries SYNC (value: packets read) or the source closes between
+ * packets (value: -1 - packets read); each packet's header and offsets go to the callback first.
+ */
+static napi_value chan_recv(napi_env env, napi_callback_info info) {
+  ct_chan* c = unwrap(env, info, 0, NULL);
+  ct_op* o = c == NULL ? NULL : new_op(env, OP_RECV);
+  return o == NULL ? NULL : enqueue(env, c, o);
+}
+
+/* shutdown(how) */
+static napi_value chan_shutdown(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int64_t how;
+  ct_chan* c = unwrap(env, info, 1, argv);
+  if (c == NULL || !vn_get_int(env, argv[0], "how", SHUT_RD, SHUT_RDWR, &how)) return NULL;
+  ct_op* o = new_op(env, OP_SHUTDOWN);
+  if (o == NULL) return NULL;
+  o->how = (int)how;
+  return enqueue(env, c, o);
+}
+
+/* discard(ms, useAbort): reads and drops until EOF (value 1) or ms pass (0) */
+static napi_value chan_discard(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int64_t ms;
+  bool use_abort;
+  ct_chan* c = unwrap(env, info, 2, argv);
+  if (c == NULL || !vn_get_int(env, argv[0], "ms", 0, INT32_MAX, &ms) ||
+      !vn_get_bool(env, argv[1], "useAbort", &use_abort))
+    return NULL;
+  ct_op* o = new_op(env, OP_DISCARD);
+  if (o == NULL) return NULL;
+  o->ms = ms;
+  o->use_abort = use_abort;
+  return enqueue(env, c, o);
+}
+
+/* end(): the last operation; once it completes the thread is gone */
+static napi_value chan_end(napi_env env, napi_callback_info info) {
+  ct_chan* c = unwrap(env, info, 0, NULL);
+  ct_op* o = c == NULL ? NULL : new_op(env, OP_END);
+  return o == NULL ? NULL : enqueue(env, c, o);
+}
+
+/* unref(): the thread no longer keeps the process alive */
+static napi_value chan_unref(napi_env env, napi_callback_info info) {
+  ct_chan* c = unwrap(env, info, 0, NULL);
+  if (c != NULL && !c->thread_done) VN_CALL(env, napi_unref_threadsafe_function(env, c->tsfn));
+  return NULL;
+}
+
+bool vn_chan_thread_define(napi_env env, napi_value exports) {
+  napi_property_descriptor methods[] = {
+      {"connect", NULL, chan_connect, NULL, NULL, NULL, napi_default_method, NULL},
+      {"writev", NULL, chan_writev, NULL, NULL, NULL, napi_default_method, NULL},
+      {"readv", NULL, chan_readv, NULL, NULL, NULL, napi_default_method, NULL},
+      {"sendPackets", NULL, chan_send_packets, NULL, NULL, NULL, napi_default_method, NULL},
+      {"recv", NULL, chan_recv, NULL, NULL, NULL, napi_default_method, NULL},
+      {"shutdown", NULL, chan_shutdown, NULL, NULL, NULL, napi_default_method, NULL},
+      {"discard", NULL, chan_discard, NULL, NULL, NULL, napi_default_method, NULL},
+      {"end", NULL, chan_end, NULL, NULL, NULL, napi_default_method, NULL},
+      {"unref", NULL, chan_unref, NULL, NULL, NULL, napi_default_method, NULL},
+  };
+  napi_value cls;
+  if (napi_define_class(env, "ChannelThread", NAPI_AUTO_LENGTH, chan_new, NULL, sizeof methods / sizeof methods[0],
+                        methods, &cls) != napi_ok ||
+      napi_set_named_property(env, exports, "ChannelThread", cls) != napi_ok) {
+    vn_throw_status(env, napi_generic_failure, "define ChannelThread");
+    return false;
+  }
+  return true;
+}
