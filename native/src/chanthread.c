@@ -588,6 +588,13 @@ static napi_value enqueue(napi_env env, ct_chan* c, ct_op* o) {
   return NULL;
 }
 
+/* Queues an operation that takes no arguments. */
+static napi_value queue_bare(napi_env env, napi_callback_info info, ct_kind kind) {
+  ct_chan* c = unwrap(env, info, 0, NULL);
+  ct_op* o = c == NULL ? NULL : new_op(env, kind);
+  return o == NULL ? NULL : enqueue(env, c, o);
+}
+
 /* The parts of an array of Uint8Array as iovecs of a new op. */
 static ct_op* parts_op(napi_env env, ct_kind kind, napi_value parts) {
   bool is_array = false;
@@ -692,9 +699,7 @@ static napi_value chan_send_packets(napi_env env, napi_callback_info info) {
  * packets (value: -1 - packets read); each packet's header and offsets go to the callback first.
  */
 static napi_value chan_recv(napi_env env, napi_callback_info info) {
-  ct_chan* c = unwrap(env, info, 0, NULL);
-  ct_op* o = c == NULL ? NULL : new_op(env, OP_RECV);
-  return o == NULL ? NULL : enqueue(env, c, o);
+  return queue_bare(env, info, OP_RECV);
 }
 
 /* shutdown(how) */
@@ -727,9 +732,7 @@ static napi_value chan_discard(napi_env env, napi_callback_info info) {
 
 /* end(): the last operation; once it completes the thread is gone */
 static napi_value chan_end(napi_env env, napi_callback_info info) {
-  ct_chan* c = unwrap(env, info, 0, NULL);
-  ct_op* o = c == NULL ? NULL : new_op(env, OP_END);
-  return o == NULL ? NULL : enqueue(env, c, o);
+  return queue_bare(env, info, OP_END);
 }
 
 /* unref(): the thread no longer keeps the process alive */
