@@ -388,7 +388,7 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
     ratio('ours-warm / raw-tcp-checked', warm, rawChecked),
     // What the kernel's copies between a socket and memory not in the caches cost here: where this is
     // far below 1, sending from and reading into guest RAM directly is slower than staging through a
-    // small reused buffer (multifd-worker.ts; docs/performance.md).
+    // small reused buffer (native/src/chanthread.c; docs/performance.md).
     ratio('raw-tcp-guest / raw-tcp', rawGuest, raw),
   );
   if (qemu) {

@@ -1,6 +1,6 @@
-// The source's multifd channels (multifd-send.ts, multifd-worker.ts) against the destination's
+// The source's multifd channels (multifd-send.ts, multifd-channel.ts) against the destination's
 // (multifd-recv.ts), in one process with real channel threads and TCP: pages handed out several packets
-// to a message, normal and zero pages mixed in every proportion, partial batches at a pass end. Every
+// to an operation, normal and zero pages mixed in every proportion, partial batches at a pass end. Every
 // page must arrive once per pass with its contents (zero pages zeroed over what the destination held),
 // and the packet count the receiver checks at each flush must match what the sender numbered. On fresh
 // memory a zero page never written is left alone: the destination then holds exactly the pages that
