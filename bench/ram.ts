@@ -483,6 +483,10 @@ export async function multifdBench(memMiB: number, channels: number, rounds: num
   };
   const [ceilingOne, ceilingN] = [ceiling(1), ceiling(channels)];
   run.figures.push(one, n, ceilingOne, ceilingN);
+  // The same guest over one channel against the link, when the ram part ran too: pages moved by a
+  // native thread through its staging buffer, with no per-section checksum (docs/performance.md).
+  const raw = run.figures.find((f) => f.name === 'raw-tcp');
+  if (raw) run.ratios.push(ratio('ours-multifd-1 / raw-tcp', one, raw));
   run.ratios.push(
     ratio(`multifd ${channels} channels / 1 channel`, n, one),
     ratio('multifd-1 cpu ceiling / ours-multifd-1', ceilingOne, one),
