@@ -12,7 +12,8 @@
  * header and offsets to the callback as it goes; the JavaScript fails the migration on a header the codec
  * refuses. An offset outside guest RAM is never written (the thread checks each against the mapping).
  * Operations complete in queue order through a threadsafe function into the callback given to the
- * constructor: (errno, its code and message or nulls, value, a packet's header and offsets or undefined).
+ * constructor: (an Error with code, errno and syscall or null, value, a packet's header and offsets or
+ * undefined).
  *
  * Guest RAM is the main thread's own mapping (its pieces, passed as mmapShare tokens), as QEMU's threads
  * share its address space; the thread holds it until it ends, so a VMM that unmaps guest RAM while a
@@ -21,7 +22,6 @@
  */
 #include <errno.h>
 #include <pthread.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -324,29 +324,16 @@ static void call_js(napi_env env, napi_value cb, void* context, void* data) {
   (void)context;
   ct_op* o = data;
   if (env != NULL && cb != NULL) {
-    napi_value argv[5], undefined;
+    napi_value argv[3], undefined;
     void* copy;
-    bool ok = napi_create_int32(env, o->err, &argv[0]) == napi_ok && napi_get_undefined(env, &undefined) == napi_ok &&
-              napi_create_int64(env, o->value, &argv[3]) == napi_ok;
-    if (ok && o->err != 0) {
-      /* As vn_throw_errno words its errors: "syscall: description (CODE)". */
-      const char* code = strerrorname_np(o->err);
-      const char* desc = strerrordesc_np(o->err);
-      char codebuf[16], msg[256];
-      if (code == NULL) {
-        snprintf(codebuf, sizeof codebuf, "E%d", o->err);
-        code = codebuf;
-      }
-      snprintf(msg, sizeof msg, "%s: %s (%s)", o->syscall, desc ? desc : "unknown error", code);
-      ok = napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &argv[1]) == napi_ok &&
-           napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &argv[2]) == napi_ok;
-    } else if (ok) {
-      ok = napi_get_null(env, &argv[1]) == napi_ok && napi_get_null(env, &argv[2]) == napi_ok;
-    }
-    if (ok)
-      ok = (o->packet != NULL ? napi_create_buffer_copy(env, o->packet_len, o->packet, &copy, &argv[4])
-                              : napi_get_undefined(env, &argv[4])) == napi_ok;
-    if (ok) napi_call_function(env, undefined, cb, 5, argv, NULL);
+    /* A failure as the addon throws it everywhere: an Error with code, errno and syscall. */
+    bool ok = (o->err != 0 ? vn_errno_error(env, o->err, o->syscall, NULL, &argv[0])
+                           : napi_get_null(env, &argv[0]) == napi_ok) &&
+              napi_create_int64(env, o->value, &argv[1]) == napi_ok &&
+              (o->packet != NULL ? napi_create_buffer_copy(env, o->packet_len, o->packet, &copy, &argv[2])
+                                 : napi_get_undefined(env, &argv[2])) == napi_ok &&
+              napi_get_undefined(env, &undefined) == napi_ok;
+    if (ok) napi_call_function(env, undefined, cb, 3, argv, NULL);
   }
   free_op(o);
 }

@@ -9,7 +9,7 @@
 /* 2^53 - 1: the largest integer a JS number holds exactly. */
 #define VN_MAX_SAFE_INTEGER 9007199254740991LL
 
-napi_value vn_throw_errno(napi_env env, int err, const char* syscall, const char* detail) {
+bool vn_errno_error(napi_env env, int err, const char* syscall, const char* detail, napi_value* out) {
   /* strerrorname_np/strerrordesc_np (glibc 2.32+) are thread-safe, unlike strerror: workers call this. */
   char codebuf[16];
   const char* code = strerrorname_np(err);
@@ -24,17 +24,22 @@ napi_value vn_throw_errno(napi_env env, int err, const char* syscall, const char
   else
     snprintf(msg, sizeof msg, "%s: %s (%s)", syscall, desc ? desc : "unknown error", code);
 
-  napi_value jcode, jmsg, jerr, jerrno, jsyscall;
+  napi_value jcode, jmsg, jerrno, jsyscall;
   if (napi_create_string_utf8(env, code, NAPI_AUTO_LENGTH, &jcode) != napi_ok ||
       napi_create_string_utf8(env, msg, NAPI_AUTO_LENGTH, &jmsg) != napi_ok ||
-      napi_create_error(env, jcode, jmsg, &jerr) != napi_ok || napi_create_int32(env, err, &jerrno) != napi_ok ||
-      napi_set_named_property(env, jerr, "errno", jerrno) != napi_ok ||
+      napi_create_error(env, jcode, jmsg, out) != napi_ok || napi_create_int32(env, err, &jerrno) != napi_ok ||
+      napi_set_named_property(env, *out, "errno", jerrno) != napi_ok ||
       napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &jsyscall) != napi_ok ||
-      napi_set_named_property(env, jerr, "syscall", jsyscall) != napi_ok) {
+      napi_set_named_property(env, *out, "syscall", jsyscall) != napi_ok) {
     napi_throw_error(env, code, msg); /* best effort when building the rich error failed */
-    return NULL;
+    return false;
   }
-  napi_throw(env, jerr);
+  return true;
+}
+
+napi_value vn_throw_errno(napi_env env, int err, const char* syscall, const char* detail) {
+  napi_value e;
+  if (vn_errno_error(env, err, syscall, detail, &e)) napi_throw(env, e);
   return NULL;
 }
 

@@ -30,6 +30,9 @@ typedef struct vn_instance {
 
 /* util.c: errors and argument conversion. Each returns false after throwing. */
 napi_value vn_throw_errno(napi_env env, int err, const char* syscall, const char* detail);
+/* The Error vn_throw_errno throws, made without throwing it; false (an error thrown instead) if it
+ * could not be built. */
+bool vn_errno_error(napi_env env, int err, const char* syscall, const char* detail, napi_value* out);
 napi_value vn_throw_type(napi_env env, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 napi_value vn_throw_range(napi_env env, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 napi_value vn_throw_status(napi_env env, napi_status status, const char* what);

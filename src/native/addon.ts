@@ -35,17 +35,11 @@ export interface Poller {
 }
 
 /**
- * A ChannelThread operation's completion: errno 0 and its value, or the errno with its name (`code`) and
- * a message naming the call that failed; `packet` (recv only, before its completion): one received
- * packet's header and offsets, a copy.
+ * A ChannelThread operation's completion: null and its value, or the failure as every addon call throws
+ * it (a NativeError: `code`, `errno`, `syscall`); `packet` (recv only, before its completion): one
+ * received packet's header and offsets, a copy.
  */
-export type ChannelThreadCallback = (
-  errno: number,
-  code: string | null,
-  message: string | null,
-  value: number,
-  packet?: Buffer,
-) => void;
+export type ChannelThreadCallback = (err: NativeError | null, value: number, packet?: Buffer) => void;
 
 /**
  * A native thread doing one multifd channel's blocking I/O and page copies (native/src/chanthread.c).

@@ -57,11 +57,11 @@ export class MultifdChannel {
         o.maps?.fresh ?? false,
         o.progress ?? null,
         FRAMING,
-        (errno, code, message, value, packet) => {
+        (err, value, packet) => {
           if (packet) return o.onPacket?.(packet);
           const p = this.pending.shift()!;
-          if (errno === 0) p.resolve(value);
-          else p.reject(Object.assign(new Error(message!), { code, errno, syscall: message!.split(':')[0] }));
+          if (err) p.reject(err);
+          else p.resolve(value);
         },
       );
     } catch (err) {
