@@ -32,9 +32,6 @@
 #include "vfio_native.h"
 #include "zero.h"
 
-/* Most pieces guest RAM may come in (GuestMemory: 1 GiB pieces by default, 2 GiB at most). */
-#define CT_MAX_PIECES 4096
-
 typedef enum {
   OP_CONNECT,
   OP_WRITEV,
@@ -88,9 +85,11 @@ typedef struct {
   napi_threadsafe_function tsfn;
   vn_chan_io io;
   /* guest RAM: each piece's hold on its mapping, its address and length */
-  void* holds[CT_MAX_PIECES];
-  uint8_t* pieces[CT_MAX_PIECES];
-  size_t piece_len[CT_MAX_PIECES];
+  struct {
+    void* hold;
+    uint8_t* addr;
+    size_t len;
+  } * pieces;
   uint32_t npieces;
   size_t piece_size, mem_size;
   /* per-page maps (received at least once, written with data or a fill), fresh: unwritten pages read 0 */
@@ -114,15 +113,21 @@ static uint8_t* guest(const ct_chan* c, double off, uint32_t count) {
   size_t at = (size_t)off;
   if (at % c->page_size != 0) return NULL;
   size_t p = at / c->piece_size, in = at % c->piece_size;
-  if (p >= c->npieces || in + (size_t)count * c->page_size > c->piece_len[p]) return NULL;
-  return c->pieces[p] + in;
+  if (p >= c->npieces || in + (size_t)count * c->page_size > c->pieces[p].len) return NULL;
+  return c->pieces[p].addr + in;
 }
 
-/* How many of offsets[k..n) follow offsets[k] page by page (at least 1). */
-static uint32_t run_of(const ct_chan* c, const double* offsets, uint32_t k, uint32_t n) {
-  uint32_t run = 1;
-  while (k + run < n && offsets[k + run] == offsets[k] + (double)run * c->page_size) run++;
-  return run;
+/*
+ * The guest bytes of the pages at offsets[k..n) that follow offsets[k] page by page, as far as they stay
+ * in one piece (how many in *run), or NULL when offsets[k] is not a guest page.
+ */
+static uint8_t* guest_run(const ct_chan* c, const double* offsets, uint32_t k, uint32_t n, uint32_t* run) {
+  uint32_t r = 1;
+  while (k + r < n && offsets[k + r] == offsets[k] + (double)r * c->page_size) r++;
+  uint8_t* p = guest(c, offsets[k], r);
+  while (p == NULL && r > 1) p = guest(c, offsets[k], --r); /* a run across pieces: split */
+  *run = r;
+  return p;
 }
 
 static void fail(ct_op* o, int err, const char* syscall) {
@@ -144,9 +149,8 @@ static void send_packets(ct_chan* c, ct_op* o) {
   for (uint32_t k = 0; k < o->packets; k++) {
     uint32_t n = o->counts[k];
     for (uint32_t i = 0; i < n;) {
-      uint32_t run = run_of(c, offsets, i, n);
-      uint8_t* src = guest(c, offsets[i], run);
-      while (src == NULL && run > 1) src = guest(c, offsets[i], --run); /* a run across pieces: split */
+      uint32_t run;
+      uint8_t* src = guest_run(c, offsets, i, n, &run);
       if (src == NULL) return fail(o, EINVAL, "guest page");
       memcpy(c->staging + (size_t)i * c->page_size, src, (size_t)run * c->page_size);
       i += run;
@@ -190,9 +194,8 @@ static int apply(ct_chan* c, uint32_t normal, uint32_t total) {
     c->offsets[k] = off;
   }
   for (uint32_t k = 0; k < normal;) {
-    uint32_t run = run_of(c, c->offsets, k, normal);
-    uint8_t* dst = guest(c, c->offsets[k], run);
-    while (dst == NULL && run > 1) dst = guest(c, c->offsets[k], --run); /* a run across pieces: split */
+    uint32_t run;
+    uint8_t* dst = guest_run(c, c->offsets, k, normal, &run); /* every offset was checked above */
     memcpy(dst, c->staging + (size_t)k * c->page_size, (size_t)run * c->page_size);
     for (uint32_t last = k + run; k < last; k++) {
       size_t i = (size_t)c->offsets[k] / c->page_size;
@@ -340,7 +343,7 @@ static void call_js(napi_env env, napi_value cb, void* context, void* data) {
 
 /* Lets go of guest RAM: unmapped now if its owner did already. */
 static void release_pieces(ct_chan* c) {
-  for (uint32_t k = 0; k < c->npieces; k++) vn_mapping_release(c->holds[k]);
+  for (uint32_t k = 0; k < c->npieces; k++) vn_mapping_release(c->pieces[k].hold);
   c->npieces = 0;
 }
 
@@ -353,6 +356,7 @@ static void free_chan(ct_chan* c) {
   pthread_mutex_destroy(&c->mu);
   pthread_cond_destroy(&c->cv);
   release_pieces(c);
+  free(c->pieces);
   free(c->staging);
   free(c->head);
   free(c->offsets);
@@ -404,18 +408,6 @@ static bool get_u8_or_null(napi_env env, napi_value v, const char* name, uint8_t
   return vn_get_bytes(env, v, name, out, &len);
 }
 
-static bool get_typed(napi_env env, napi_value v, napi_typedarray_type want, const char* name, void** data,
-                      size_t* length) {
-  bool is_ta = false;
-  napi_typedarray_type type;
-  if (napi_is_typedarray(env, v, &is_ta) != napi_ok || !is_ta ||
-      napi_get_typedarray_info(env, v, &type, length, data, NULL, NULL) != napi_ok || type != want) {
-    vn_throw_type(env, "%s has the wrong type", name);
-    return false;
-  }
-  return true;
-}
-
 /* The constructor's arguments into c (argv[0..7]); false with an exception pending. */
 static bool chan_setup(napi_env env, napi_value* argv, ct_chan* c) {
   int fd;
@@ -428,19 +420,24 @@ static bool chan_setup(napi_env env, napi_value* argv, ct_chan* c) {
   bool is_array = false;
   uint32_t n = 0;
   if (napi_is_array(env, argv[3], &is_array) != napi_ok || !is_array ||
-      napi_get_array_length(env, argv[3], &n) != napi_ok || n == 0 || n > CT_MAX_PIECES) {
-    vn_throw_type(env, "pieces must be 1 to %d mmapShare tokens", CT_MAX_PIECES);
+      napi_get_array_length(env, argv[3], &n) != napi_ok || n == 0) {
+    vn_throw_type(env, "pieces must be a non-empty array of mmapShare tokens");
+    return false;
+  }
+  c->pieces = calloc(n, sizeof *c->pieces);
+  if (c->pieces == NULL) {
+    vn_throw_errno(env, ENOMEM, "calloc", NULL);
     return false;
   }
   for (uint32_t k = 0; k < n; k++) {
     napi_value token;
     if (napi_get_element(env, argv[3], k, &token) != napi_ok ||
-        !vn_mapping_adopt(env, token, &c->holds[k], &c->pieces[k], &c->piece_len[k]))
+        !vn_mapping_adopt(env, token, "ChannelThread", &c->pieces[k].hold, &c->pieces[k].addr, &c->pieces[k].len))
       return false;
     c->npieces = k + 1;
-    c->mem_size += c->piece_len[k];
+    c->mem_size += c->pieces[k].len;
   }
-  c->piece_size = c->piece_len[0];
+  c->piece_size = c->pieces[0].len;
 
   napi_valuetype t;
   if (napi_typeof(env, argv[4], &t) != napi_ok) return false;
@@ -454,14 +451,14 @@ static bool chan_setup(napi_env env, napi_value* argv, ct_chan* c) {
   size_t len = 0;
   void* data;
   if (t != napi_null) {
-    if (!get_typed(env, argv[6], napi_int32_array, "progress", &data, &len)) return false;
+    if (!vn_get_typed(env, argv[6], napi_int32_array, "Int32Array", "progress", &data, &len)) return false;
     if (len < 1) {
       vn_throw_type(env, "progress must hold one Int32");
       return false;
     }
     c->io.progress = data;
   }
-  if (!get_typed(env, argv[7], napi_uint32_array, "framing", &data, &len)) return false;
+  if (!vn_get_typed(env, argv[7], napi_uint32_array, "Uint32Array", "framing", &data, &len)) return false;
   if (len != 7) {
     vn_throw_type(env, "framing must be 7 Uint32s");
     return false;
@@ -501,6 +498,7 @@ static napi_value chan_new(napi_env env, napi_callback_info info) {
   if (c == NULL) return vn_throw_errno(env, ENOMEM, "ChannelThread", NULL);
   if (!chan_setup(env, argv, c)) {
     release_pieces(c);
+    free(c->pieces);
     free(c->staging);
     free(c->head);
     free(c->offsets);
@@ -659,9 +657,9 @@ static napi_value chan_send_packets(napi_env env, napi_callback_info info) {
   uint8_t* heads;
   ct_chan* c = unwrap(env, info, 4, argv);
   if (c == NULL || !vn_get_bytes(env, argv[0], "heads", &heads, &heads_len) ||
-      !get_typed(env, argv[1], napi_uint32_array, "headLens", &lens, &nlens) ||
-      !get_typed(env, argv[2], napi_float64_array, "offsets", &offs, &noffs) ||
-      !get_typed(env, argv[3], napi_uint32_array, "counts", &counts, &ncounts))
+      !vn_get_typed(env, argv[1], napi_uint32_array, "Uint32Array", "headLens", &lens, &nlens) ||
+      !vn_get_typed(env, argv[2], napi_float64_array, "Float64Array", "offsets", &offs, &noffs) ||
+      !vn_get_typed(env, argv[3], napi_uint32_array, "Uint32Array", "counts", &counts, &ncounts))
     return NULL;
   size_t head_sum = 0, page_sum = 0;
   for (size_t k = 0; k < nlens; k++) head_sum += ((uint32_t*)lens)[k];

@@ -212,8 +212,8 @@ napi_value vn_mmap_attach(napi_env env, napi_callback_info info) {
   return m == NULL ? NULL : view_new(env, m); /* adopts the share's hold */
 }
 
-bool vn_mapping_adopt(napi_env env, napi_value token, void** hold, uint8_t** addr, size_t* len) {
-  vn_mapping* m = mapping_of_token(env, token, "ChannelThread");
+bool vn_mapping_adopt(napi_env env, napi_value token, const char* fn, void** hold, uint8_t** addr, size_t* len) {
+  vn_mapping* m = mapping_of_token(env, token, fn);
   if (m == NULL) return false;
   *hold = m;
   *addr = m->addr;

@@ -147,19 +147,20 @@ bool vn_get_bool(napi_env env, napi_value v, const char* name, bool* out) {
   return true;
 }
 
-bool vn_get_bytes(napi_env env, napi_value v, const char* name, uint8_t** data, size_t* len) {
+bool vn_get_typed(napi_env env, napi_value v, napi_typedarray_type want, const char* kind, const char* name,
+                  void** data, size_t* len) {
   bool is_ta = false;
   napi_typedarray_type type;
-  size_t length;
-  void* ptr;
   if (napi_is_typedarray(env, v, &is_ta) != napi_ok || !is_ta ||
-      napi_get_typedarray_info(env, v, &type, &length, &ptr, NULL, NULL) != napi_ok || type != napi_uint8_array) {
-    vn_throw_type(env, "%s must be a Uint8Array", name);
+      napi_get_typedarray_info(env, v, &type, len, data, NULL, NULL) != napi_ok || type != want) {
+    vn_throw_type(env, "%s must be a%s %s", name, kind[0] == 'I' ? "n" : "", kind);
     return false;
   }
-  *data = ptr;
-  *len = length;
   return true;
+}
+
+bool vn_get_bytes(napi_env env, napi_value v, const char* name, uint8_t** data, size_t* len) {
+  return vn_get_typed(env, v, napi_uint8_array, "Uint8Array", name, (void**)data, len);
 }
 
 bool vn_get_sockaddr(napi_env env, napi_value v, struct sockaddr_un* addr, socklen_t* len) {

@@ -41,6 +41,9 @@ bool vn_get_fd(napi_env env, napi_value v, const char* name, int* out);
 bool vn_get_int(napi_env env, napi_value v, const char* name, int64_t min, int64_t max, int64_t* out);
 bool vn_get_u64(napi_env env, napi_value v, const char* name, uint64_t max, uint64_t* out);
 bool vn_get_bool(napi_env env, napi_value v, const char* name, bool* out);
+/* A typed array of type `want` (`kind` names it in the TypeError), its data and element count. */
+bool vn_get_typed(napi_env env, napi_value v, napi_typedarray_type want, const char* kind, const char* name,
+                  void** data, size_t* len);
 bool vn_get_bytes(napi_env env, napi_value v, const char* name, uint8_t** data, size_t* len);
 bool vn_get_sockaddr(napi_env env, napi_value v, struct sockaddr_un* addr, socklen_t* len);
 /* tcp.c: a numeric IPv4/IPv6 address and port as a sockaddr (EINVAL thrown for anything else). */
@@ -80,7 +83,7 @@ napi_value vn_recvmsg(napi_env env, napi_callback_info info);
 
 /* memory.c, for holders in C (chanthread.c): adopts the hold on a mapping a mmapShare token carries (its
  * pages stay mapped until vn_mapping_release, whoever else unmaps them); false with a TypeError pending. */
-bool vn_mapping_adopt(napi_env env, napi_value token, void** hold, uint8_t** addr, size_t* len);
+bool vn_mapping_adopt(napi_env env, napi_value token, const char* fn, void** hold, uint8_t** addr, size_t* len);
 void vn_mapping_release(void* hold);
 
 /* poller.c */
