@@ -463,7 +463,8 @@ export async function multifdBench(memMiB: number, channels: number, rounds: num
   say(`multifd: a ${bytes(memMiB * (1 << 20))} guest of random bytes, idle, over loopback TCP (guest MB/s)`);
   // How much of the machine both VMMs used meanwhile, and so each round's CPU ceiling: the rate at which
   // every core, spending what this round spent per byte, would move the guest. More channels can fill
-  // idle cores, but not move bytes for less CPU: one channel's ceiling bounds what any number can reach.
+  // idle cores; comparing the N-channel ceiling with one channel's says whether they also pay more or
+  // less CPU per byte (more threads, but fewer idle waits between packets).
   const ceilings = new Map<number, number[]>();
   const busy = async (k: number) => {
     const use = coresBusy();
