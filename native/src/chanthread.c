@@ -347,6 +347,16 @@ static void release_pieces(ct_chan* c) {
   c->npieces = 0;
 }
 
+/* What chan_setup gave c, and c itself. */
+static void free_setup(ct_chan* c) {
+  release_pieces(c);
+  free(c->pieces);
+  free(c->staging);
+  free(c->head);
+  free(c->offsets);
+  free(c);
+}
+
 static void free_chan(ct_chan* c) {
   for (ct_op* o = c->first; o != NULL;) {
     ct_op* next = o->next;
@@ -355,12 +365,7 @@ static void free_chan(ct_chan* c) {
   }
   pthread_mutex_destroy(&c->mu);
   pthread_cond_destroy(&c->cv);
-  release_pieces(c);
-  free(c->pieces);
-  free(c->staging);
-  free(c->head);
-  free(c->offsets);
-  free(c);
+  free_setup(c);
 }
 
 /*
@@ -497,12 +502,7 @@ static napi_value chan_new(napi_env env, napi_callback_info info) {
   ct_chan* c = calloc(1, sizeof *c);
   if (c == NULL) return vn_throw_errno(env, ENOMEM, "ChannelThread", NULL);
   if (!chan_setup(env, argv, c)) {
-    release_pieces(c);
-    free(c->pieces);
-    free(c->staging);
-    free(c->head);
-    free(c->offsets);
-    free(c);
+    free_setup(c);
     return NULL;
   }
   pthread_mutex_init(&c->mu, NULL);
