@@ -65,6 +65,7 @@ NAPI_MODULE_INIT() {
       VN_FN("listenTcp", vn_listen_tcp),
       VN_FN("localPort", vn_local_port),
       VN_FN("connectUnix", vn_connect_unix),
+      VN_FN("setSendBuffer", vn_set_send_buffer),
       VN_FN("sendmsg", vn_sendmsg),
       VN_FN("recvmsg", vn_recvmsg),
       VN_FN("crc32c", vn_crc32c),

@@ -86,3 +86,21 @@ napi_value vn_connect_unix(napi_env env, napi_callback_info info) {
   if (connect(fd, (struct sockaddr*)&addr, alen) != 0) return fail_closing(env, fd, "connect", addr.sun_path);
   return vn_int(env, fd);
 }
+
+/*
+ * setSendBuffer(fd, bytes): asks for SO_SNDBUF of `bytes` and returns what the kernel granted (getsockopt:
+ * Linux doubles the request for its bookkeeping and caps the request at net.core.wmem_max).
+ */
+napi_value vn_set_send_buffer(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  int64_t bytes;
+  if (!vn_args(env, info, 2, argv, NULL) || !vn_get_fd(env, argv[0], "fd", &fd) ||
+      !vn_get_int(env, argv[1], "bytes", 1, INT32_MAX / 2, &bytes))
+    return NULL;
+  int want = (int)bytes, got = 0;
+  socklen_t len = sizeof got;
+  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof want) != 0) return vn_throw_errno(env, errno, "setsockopt", NULL);
+  if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &got, &len) != 0) return vn_throw_errno(env, errno, "getsockopt", NULL);
+  return vn_int(env, got);
+}

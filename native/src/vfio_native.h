@@ -77,6 +77,7 @@ napi_value vn_accept(napi_env env, napi_callback_info info);
 napi_value vn_listen_tcp(napi_env env, napi_callback_info info);
 napi_value vn_local_port(napi_env env, napi_callback_info info);
 napi_value vn_connect_unix(napi_env env, napi_callback_info info);
+napi_value vn_set_send_buffer(napi_env env, napi_callback_info info);
 napi_value vn_tcp_socket(napi_env env, napi_callback_info info);
 napi_value vn_sendmsg(napi_env env, napi_callback_info info);
 napi_value vn_recvmsg(napi_env env, napi_callback_info info);

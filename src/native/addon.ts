@@ -154,6 +154,11 @@ export interface NativeAddon {
   /** A connected nonblocking socket; ENOENT, ECONNREFUSED (and EAGAIN on a full backlog) are thrown. */
   connectUnix(path: string): number;
   /**
+   * Asks for a socket send buffer of `bytes` (SO_SNDBUF) and returns the size the kernel granted: Linux
+   * caps the request at net.core.wmem_max and doubles it for its own bookkeeping.
+   */
+  setSendBuffer(fd: number, bytes: number): number;
+  /**
    * Nonblocking send; returns bytes sent (maybe fewer than data.length) or -1 on EAGAIN (nothing sent).
    * fds (at most 253) travel as one SCM_RIGHTS message with the first byte sent; data must not be empty
    * when fds are given. The caller's fds stay open (the kernel passes duplicates).

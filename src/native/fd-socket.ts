@@ -118,6 +118,15 @@ export class FdSocket extends EventEmitter<FdSocketEvents> {
     return new FdSocket(native().connectUnix(path), options);
   }
 
+  /**
+   * Asks for a send buffer of `bytes` (SO_SNDBUF) and returns the size granted (Linux caps the request at
+   * net.core.wmem_max, then doubles it for its bookkeeping).
+   */
+  setSendBuffer(bytes: number): number {
+    if (this.#destroyed) throw sysError('EBADF', 9, 'socket is closed');
+    return native().setSendBuffer(this.#fd, bytes);
+  }
+
   /** The socket's fd, or -1 once destroyed. */
   get fd(): number {
     return this.#destroyed ? -1 : this.#fd;

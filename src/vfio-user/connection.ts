@@ -20,6 +20,8 @@ import { type FramingLimits, MessageAssembler, type PayloadPlacement, type Recei
 export interface ConnectionOptions extends FramingLimits {
   /** How long a request may wait for its reply (default 10 s). */
   requestTimeoutMs?: number;
+  /** The send buffer to ask the kernel for, in bytes (default SEND_BUFFER); 0 keeps the kernel's default. */
+  sendBuffer?: number;
 }
 
 export interface ConnectionEvents {
@@ -52,6 +54,13 @@ export interface ReplyBuffer {
 export const POOLED_REPLY_MIN = 64 * 1024;
 /** Pooled buffers are at least this large, so one fits any REGION_READ reply of up to 1 MiB. */
 const POOLED_REPLY_CAPACITY = 1024 * 1024 + 2 * HEADER_SIZE;
+/**
+ * The send buffer a connection asks for: room for the replies to a VMM's pipelined 1 MiB reads (4 in
+ * flight) at once, so a server writes a whole reply in one sendmsg and goes back to its device instead of
+ * waiting a socket buffer at a time. Linux's default (net.core.wmem_default, 208 KiB) took a 1 MiB reply
+ * in five or more turns of the server's event loop; the kernel caps the request at net.core.wmem_max.
+ */
+export const SEND_BUFFER = 4 * 1024 * 1024;
 /** Free pooled buffers kept per connection. */
 const REPLY_POOL_SIZE = 4;
 
@@ -95,6 +104,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     super();
     this.assembler = new MessageAssembler(limits);
     this.timeoutMs = limits.requestTimeoutMs ?? 10_000;
+    const sendBuffer = limits.sendBuffer ?? SEND_BUFFER;
+    if (sendBuffer > 0 && !socket.destroyed) socket.setSendBuffer(sendBuffer);
     socket.readSize = () => this.assembler.wanted();
     socket.readTarget = () => this.assembler.target();
     this.assembler.placement = (h) => {

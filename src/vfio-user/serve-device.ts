@@ -11,6 +11,8 @@ export interface ServeDeviceOptions extends Partial<HostOptions> {
   socket: string;
   /** One line per notable event (connects, disconnects, refused requests). */
   log?: (line: string) => void;
+  /** The send buffer the client's connection asks for (ConnectionOptions.sendBuffer). */
+  sendBuffer?: number;
 }
 
 export interface ServedDevice {
@@ -23,11 +25,11 @@ export interface ServedDevice {
 }
 
 export function serveDevice(device: DeviceModel, options: ServeDeviceOptions): ServedDevice {
-  const { socket, log, ...hostOptions } = options;
+  const { socket, log, sendBuffer, ...hostOptions } = options;
   const host = new HostedDevice(device, { dataSection: 'mmapped', ...hostOptions });
   let server: VfioUserServer;
   try {
-    server = new VfioUserServer(host, { log }).listen(socket);
+    server = new VfioUserServer(host, { log, sendBuffer }).listen(socket);
   } catch (err) {
     host.close();
     throw err;

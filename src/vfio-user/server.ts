@@ -20,6 +20,8 @@ export interface ServerOptions {
   log?: (line: string) => void;
   /** How long a server→client request (message DMA) may wait for its reply. */
   requestTimeoutMs?: number;
+  /** The send buffer each connection asks for (ConnectionOptions.sendBuffer). */
+  sendBuffer?: number;
 }
 
 export interface ServerEvents {
@@ -86,6 +88,7 @@ export class VfioUserServer extends EventEmitter<ServerEvents> {
       maxMsgSize: SERVER_MAX_MSG_SIZE,
       maxFds: MAX_FDS_PER_MESSAGE,
       requestTimeoutMs: this.options.requestTimeoutMs,
+      sendBuffer: this.options.sendBuffer,
     });
     const session = new Session(conn, this.host, this.log);
     this.current = { conn, session };

@@ -29,6 +29,7 @@ describe('native addon loader', () => {
       'listenTcp',
       'localPort',
       'connectUnix',
+      'setSendBuffer',
       'sendmsg',
       'recvmsg',
       'Poller',

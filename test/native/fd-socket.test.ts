@@ -1,7 +1,7 @@
 // FdSocket over real socketpairs: ordering, fds across partial writes, hangups, truncation, no fd leaks.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { fstatSync, openSync } from 'node:fs';
+import { fstatSync, openSync, readFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VfioError } from '../../src/errors.ts';
@@ -231,6 +231,19 @@ describe('FdSocket', () => {
     );
     assert.throws(
       () => fstatSync(fd),
+      (e: NativeError) => e.code === 'EBADF',
+    );
+  });
+
+  test('setSendBuffer: the kernel grants twice the request, capped at net.core.wmem_max', () => {
+    const wmemMax = Number(readFileSync('/proc/sys/net/core/wmem_max', 'utf8'));
+    const [a, b] = FdSocket.pair();
+    for (const ask of [64 * 1024, 4 * MiB])
+      assert.equal(a.setSendBuffer(ask), 2 * Math.min(ask, wmemMax), `asked ${ask}`);
+    a.destroy();
+    b.destroy();
+    assert.throws(
+      () => a.setSendBuffer(MiB),
       (e: NativeError) => e.code === 'EBADF',
     );
   });

@@ -4,7 +4,8 @@
 // VMM's next access moves on. So the server handles no further request until a lent reply is sent. Here a
 // client stops reading while a whole chunk's reply is in flight and asks for the next chunk at once: the
 // device must not produce it (the reply would carry the new chunk's bytes) before the client has taken the
-// old one, and every byte of the old chunk must arrive as the device saved it. Nothing waits on time:
+// old one, and every byte of the old chunk must arrive as the device saved it. The server keeps the
+// kernel's default send buffer here, so one reply fills it. Nothing waits on time:
 // the test waits for the server to hold both requests, or for the device to have produced again.
 import assert from 'node:assert/strict';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -91,6 +92,10 @@ describe('lent REGION_READ replies', () => {
         flavor,
         dataSection: 'trapped',
         dataSize: CHUNK,
+        // The kernel's default send buffer (208 KiB), far below a 1 MiB reply: the reply stays queued
+        // in the server while the client does not read. A connection's own (SEND_BUFFER) takes whole
+        // replies; it fills the same way, only after several of them.
+        sendBuffer: 0,
       });
       const c = await rawConnect(served.path);
       try {
