@@ -44,6 +44,8 @@ interface Channel {
   /** The SYNC it is waiting at, if any, and what lets it go on. */
   sync: { packetNum: number; packets: number } | null;
   release: (() => void) | null;
+  /** Settles when its life (run) has ended. */
+  done: Promise<void>;
 }
 
 export class MultifdReceiver implements RamChannelsIn {
@@ -78,7 +80,15 @@ export class MultifdReceiver implements RamChannelsIn {
       );
       return;
     }
-    const c: Channel = { ch: null!, id: -1, packets: 0, lastPacketNum: -1, sync: null, release: null };
+    const c: Channel = {
+      ch: null!,
+      id: -1,
+      packets: 0,
+      lastPacketNum: -1,
+      sync: null,
+      release: null,
+      done: Promise.resolve(),
+    };
     try {
       c.ch = new MultifdChannel({
         socketFd,
@@ -94,7 +104,7 @@ export class MultifdReceiver implements RamChannelsIn {
       return;
     }
     this.channels.push(c);
-    void this.run(c);
+    c.done = this.run(c);
   }
 
   /** A channel's life: its init packet, then passes of packets, each ended by a SYNC, until the source closes. */
@@ -237,16 +247,22 @@ export class MultifdReceiver implements RamChannelsIn {
   }
 
   /**
-   * Stops every channel thread (their connections close with them). After a failed load (`lingerMs` > 0)
+   * Stops every channel thread (their connections close with them); with no lingering, resolves once
+   * every channel's thread and life have ended. After a failed load (`lingerMs` > 0)
    * the source must hear why on the main stream first: a channel closed with unread data would reset,
    * and the source would report that reset instead. So each channel then drains (our side ended, its
    * bytes discarded) until the source closes it or `lingerMs` pass, in the background.
    */
   async close(lingerMs = 0): Promise<void> {
-    // Every channel's blocking read ends now (ECANCELED); a draining one then reads without it.
-    for (const c of this.channels) c.ch.abort();
+    // Every channel's blocking read ends now (ECANCELED); a draining one then reads without it. One held
+    // at its SYNC (a load that failed before the flush let it go) is let go, to meet the same end.
+    for (const c of this.channels) {
+      c.ch.abort();
+      c.release?.();
+    }
     if (lingerMs <= 0) {
       await Promise.all(this.channels.map((c) => c.ch.close()));
+      await Promise.all(this.channels.map((c) => c.done));
       return;
     }
     for (const c of this.channels) {

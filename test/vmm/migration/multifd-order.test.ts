@@ -94,7 +94,11 @@ test('a page of pass 2 on one channel never lands before the same page of pass 1
   }
 });
 
-test('a flush that finds packets missing is refused (pages expected = pages received)', async () => {
+// The channel is held at its SYNC when the flush fails: closing must let it go (close() resolves only once
+// every channel's life has ended; the timeout turns a channel left waiting into a failure, not a hang).
+test('a flush that finds packets missing is refused (pages expected = pages received)', {
+  timeout: 60_000,
+}, async () => {
   const memory = GuestMemory.create(16 * PAGE);
   const receiver = new MultifdReceiver({
     memory,
