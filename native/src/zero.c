@@ -149,14 +149,10 @@ napi_value vn_hole_pages(napi_env env, napi_callback_info info) {
   if (!vn_get_fd(env, argv[0], "fd", &fd) || !vn_get_u64(env, argv[1], "offset", INT64_MAX / 2, &offset) ||
       !vn_get_int(env, argv[2], "mask", INT32_MIN, UINT32_MAX, &mask))
     return NULL;
-  bool is_ta = false;
-  napi_typedarray_type type;
   size_t length = 0;
   void* out_ptr = NULL;
-  if (napi_is_typedarray(env, argv[3], &is_ta) != napi_ok || !is_ta ||
-      napi_get_typedarray_info(env, argv[3], &type, &length, &out_ptr, NULL, NULL) != napi_ok ||
-      type != napi_float64_array || length < 2)
-    return vn_throw_type(env, "extent must be a Float64Array of at least 2 elements");
+  if (!vn_get_typed(env, argv[3], napi_float64_array, "Float64Array", "extent", &out_ptr, &length)) return NULL;
+  if (length < 2) return vn_throw_range(env, "extent has %zu elements, fewer than 2", length);
   if (offset % ZERO_PAGE_SIZE != 0)
     return vn_throw_range(env, "offset %llu is not a multiple of 4096", (unsigned long long)offset);
   int64_t holes = hole_pages(fd, offset, (uint32_t)mask, (double*)out_ptr);

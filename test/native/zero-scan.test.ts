@@ -165,7 +165,14 @@ describe('native zero scan', () => {
       assert.equal((upper >>> 8) & 1, 0, 'page 40 holds data');
       assert.equal((upper >>> 31) & 1, 1, 'page 63 was never written');
       assert.throws(() => n.holePages(fd, 100, 1, extent), RangeError);
-      assert.throws(() => n.holePages(fd, 0, 1, new Float64Array(1)), TypeError);
+      assert.throws(
+        () => n.holePages(fd, 0, 1, new Float64Array(1)),
+        /RangeError: extent has 1 elements, fewer than 2/,
+      );
+      assert.throws(
+        () => n.holePages(fd, 0, 1, new Uint8Array(16) as never),
+        /TypeError: extent must be a Float64Array/,
+      );
       const [r, w] = n.socketpair();
       try {
         assert.throws(
