@@ -107,14 +107,16 @@ for (const kind of ['mmapped', 'trapped'] as const) {
     const digest = async (client: VfioUserClient) =>
       Buffer.from(await client.regionRead(0, LargeMemoryRegs.DIGEST, 32)).toString('hex');
 
-    test('stop-and-copy: data_size rides with data_offset, pending_bytes with the chunk; the state resumes intact', async () => {
+    test('stop-and-copy: data_size rides with data_offset, pending_bytes with the chunk, a trapped chunk with its successor; the state resumes intact', async () => {
       const rec = recordingPort(a.port);
       const seed = new SeedRegionClient(rec.port);
       await seed.writeField('device_state', BigInt(DeviceState.SAVING));
       const saved: Uint8Array[] = [];
       const asked: number[] = [];
+      const offsets: number[] = [];
       const r = await seed.drain((chunk) => {
         asked.push(rec.sent('pending_bytes'));
+        offsets.push(rec.sent('data_offset'));
         saved.push(chunk.slice());
       });
       assert.ok(r.chunks >= 4, `several chunks (${r.chunks})`);
@@ -125,6 +127,10 @@ for (const kind of ['mmapped', 'trapped'] as const) {
       // The k-th chunk arrives after k pending_bytes reads; the (k+1)-th was sent before the callback ran.
       for (const [k, n] of asked.entries())
         assert.ok(n >= k + 2, `chunk ${k}: the next pending_bytes read was already sent`);
+      // A trapped chunk is in our buffer: the next one is asked for before the callback. An mmapped one
+      // is the device's memory until the next data_offset read: that waits for the callback.
+      for (const [k, n] of offsets.entries())
+        assert.equal(n, kind === 'trapped' ? k + 2 : k + 1, `chunk ${k}: data_offset reads sent before its callback`);
 
       const target = new SeedRegionClient(b.port);
       await target.writeField('device_state', BigInt(DeviceState.RESUMING));

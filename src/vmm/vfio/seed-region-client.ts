@@ -38,8 +38,11 @@ export class SeedRegionClient {
   private readonly maxAccess: number;
   private readonly readPiece: number;
   private readonly readsInFlight: number;
-  /** Trapped chunks are read into this buffer, reused from chunk to chunk (a chunk is valid until the next). */
-  private chunkBuffer = new Uint8Array(0);
+  /**
+   * Trapped chunks are read into these buffers, reused from chunk to chunk: drain() reads the next chunk
+   * into one while its callback consumes the other (elsewhere only the first is used).
+   */
+  private readonly chunkBuffers = [new Uint8Array(0), new Uint8Array(0)];
 
   constructor(
     private readonly port: RegionPort,
@@ -98,7 +101,7 @@ export class SeedRegionClient {
    * data_size, then the data. Returns a copy (an mmapped chunk is overwritten by the next step).
    */
   async saveBuffer(): Promise<Uint8Array> {
-    return (await this.nextChunk()).slice();
+    return (await this.nextChunk()).chunk.slice();
   }
 
   /**
@@ -107,7 +110,7 @@ export class SeedRegionClient {
    * iterate() hand these views to their callback and wait for it to settle before reading on, so a
    * callback that writes the chunk out (or copies it) moves it with no extra copy.
    */
-  private async nextChunk(): Promise<Uint8Array> {
+  private async nextChunk(buffer = 0): Promise<{ chunk: Uint8Array; mapped: boolean }> {
     // Both reads sent at once: vfio-user commands may be pipelined and the server takes them in order,
     // so data_size is answered after data_offset has moved on, one round trip for the two.
     const offsetRead = this.readField('data_offset');
@@ -115,14 +118,17 @@ export class SeedRegionClient {
     const offset = Number(await offsetRead);
     const size = Number(await sizeRead);
     this.checkWindow(offset, size, 'data');
-    return this.port.mapped(offset, size) ?? this.readChunk(offset, size);
+    const mapped = this.port.mapped(offset, size);
+    return mapped
+      ? { chunk: mapped, mapped: true }
+      : { chunk: await this.readChunk(offset, size, buffer), mapped: false };
   }
 
-  /** A trapped chunk, read straight into the reused chunk buffer (pieces pipelined when the port can). */
-  private async readChunk(offset: number, size: number): Promise<Uint8Array> {
+  /** A trapped chunk, read straight into a reused chunk buffer (pieces pipelined when the port can). */
+  private async readChunk(offset: number, size: number, buffer: number): Promise<Uint8Array> {
     if (!this.port.readInto) return this.readData(offset, size);
-    if (this.chunkBuffer.byteLength < size) this.chunkBuffer = new Uint8Array(size);
-    const dest = this.chunkBuffer.subarray(0, size);
+    if (this.chunkBuffers[buffer]!.byteLength < size) this.chunkBuffers[buffer] = new Uint8Array(size);
+    const dest = this.chunkBuffers[buffer]!.subarray(0, size);
     if (size > 0) await this.port.readInto(offset, dest, { pieceSize: this.readPiece, inFlight: this.readsInFlight });
     return dest;
   }
@@ -131,19 +137,30 @@ export class SeedRegionClient {
    * Stop-and-copy: chunks until pending_bytes reads 0. Each pending_bytes read after the first is sent
    * as soon as a chunk has arrived, before `onChunk` consumes it, and answered meanwhile: reading it has
    * no side effect (data_offset is what releases a chunk, and pending_bytes counts the chunk until then),
-   * so it reads the same as after the callback. The chunk after the last one has size 0 (it only
-   * releases the last chunk), so a second empty chunk in a row while bytes are still pending means the
-   * device is stuck: an error, never an endless loop. `onChunk` views are valid until it settles.
+   * so it reads the same as after the callback. A trapped chunk is ours once it has arrived (it is in
+   * one of our buffers), so the next one is asked for (data_offset, which releases this one, data_size,
+   * then its data into the other buffer) before `onChunk` runs: the device produces and sends it while
+   * the callback works. Stop-and-copy reads every chunk, so none asked for ahead goes unread. An mmapped
+   * chunk is the device's memory until the next data_offset read, so after one the next waits for the
+   * callback. The chunk after the last one has size 0 (it only releases the last chunk), so a second
+   * empty chunk in a row while bytes are still pending means the device is stuck: an error, never an
+   * endless loop. `onChunk` views are valid until it settles; when it throws, drain() fails with its
+   * error once the chunk asked for ahead has arrived or failed.
    */
   async drain(onChunk: (chunk: Uint8Array) => Promise<void> | void): Promise<{ chunks: number; bytes: number }> {
     let chunks = 0;
     let bytes = 0;
     let empty = 0;
+    let buffer = 0;
+    let ahead: Promise<{ chunk: Uint8Array; mapped: boolean }> | null = null;
     let pendingRead = this.pendingBytes();
     for (;;) {
       const pending = await pendingRead;
-      if (pending === 0n) return { chunks, bytes };
-      const chunk = await this.nextChunk();
+      // pending_bytes was read before the chunk ahead was asked for, so it still counted the last chunk:
+      // never 0 with one ahead.
+      if (pending === 0n && !ahead) return { chunks, bytes };
+      const { chunk, mapped } = await (ahead ?? this.nextChunk(buffer));
+      ahead = null;
       pendingRead = readAhead(this.pendingBytes());
       if (chunk.byteLength === 0) {
         if (++empty > 1) throw new VfioError(Errno.EIO, `device reports ${pending} pending bytes but produces none`);
@@ -152,7 +169,17 @@ export class SeedRegionClient {
       empty = 0;
       chunks++;
       bytes += chunk.byteLength;
-      await onChunk(chunk);
+      if (!mapped) {
+        buffer ^= 1;
+        ahead = readAhead(this.nextChunk(buffer));
+      }
+      try {
+        await onChunk(chunk);
+      } catch (err) {
+        // Nothing of this drain may still be landing in a chunk buffer once it has failed.
+        await ahead?.catch(() => undefined);
+        throw err;
+      }
     }
   }
 
@@ -169,7 +196,7 @@ export class SeedRegionClient {
     let bytes = 0;
     let pendingRead = bytes < budget ? this.pendingBytes() : null;
     while (pendingRead && (await pendingRead) > 0n) {
-      const chunk = await this.nextChunk();
+      const { chunk } = await this.nextChunk();
       if (chunk.byteLength === 0) break;
       chunks++;
       bytes += chunk.byteLength;
