@@ -44,7 +44,7 @@ function recordingPort(inner: RegionPort, fail: (field: SeedField, nth: number) 
       }
     },
   };
-  return { port, log, sent: (f: SeedField) => sent.get(f) ?? 0 };
+  return { port, log, sent: (f: SeedField) => sent.get(f) ?? 0, inFlight: () => [...inFlight] };
 }
 
 /** Unhandled rejections seen while `fn` runs and two turns of the event loop after it. */
@@ -153,6 +153,9 @@ for (const kind of ['mmapped', 'trapped'] as const) {
           }),
           /sink failed/,
         );
+        // Trapped, the next chunk was asked for before the callback threw: the failed drain returned
+        // only once those reads were answered.
+        assert.deepEqual(rec.inFlight(), [], 'no register read of the drain still in flight');
       });
       assert.equal(rec.sent('pending_bytes'), 2, 'the second pending_bytes read was sent ahead (and failed)');
       assert.deepEqual(unhandled, []);

@@ -144,8 +144,8 @@ export class SeedRegionClient {
    * chunk is the device's memory until the next data_offset read, so after one the next waits for the
    * callback. The chunk after the last one has size 0 (it only releases the last chunk), so a second
    * empty chunk in a row while bytes are still pending means the device is stuck: an error, never an
-   * endless loop. `onChunk` views are valid until it settles; when it throws, drain() fails with its
-   * error once the chunk asked for ahead has arrived or failed.
+   * endless loop. `onChunk` views are valid until it settles. A drain that fails (its callback, a read)
+   * returns its error once the chunk asked for ahead has arrived or failed.
    */
   async drain(onChunk: (chunk: Uint8Array) => Promise<void> | void): Promise<{ chunks: number; bytes: number }> {
     let chunks = 0;
@@ -154,32 +154,32 @@ export class SeedRegionClient {
     let buffer = 0;
     let ahead: Promise<{ chunk: Uint8Array; mapped: boolean }> | null = null;
     let pendingRead = this.pendingBytes();
-    for (;;) {
-      const pending = await pendingRead;
-      // pending_bytes was read before the chunk ahead was asked for, so it still counted the last chunk:
-      // never 0 with one ahead.
-      if (pending === 0n && !ahead) return { chunks, bytes };
-      const { chunk, mapped } = await (ahead ?? this.nextChunk(buffer));
-      ahead = null;
-      pendingRead = readAhead(this.pendingBytes());
-      if (chunk.byteLength === 0) {
-        if (++empty > 1) throw new VfioError(Errno.EIO, `device reports ${pending} pending bytes but produces none`);
-        continue;
-      }
-      empty = 0;
-      chunks++;
-      bytes += chunk.byteLength;
-      if (!mapped) {
-        buffer ^= 1;
-        ahead = readAhead(this.nextChunk(buffer));
-      }
-      try {
+    try {
+      for (;;) {
+        const pending = await pendingRead;
+        // pending_bytes was read before the chunk ahead was asked for, so it still counted the last
+        // chunk: never 0 with one ahead.
+        if (pending === 0n && !ahead) return { chunks, bytes };
+        const { chunk, mapped } = await (ahead ?? this.nextChunk(buffer));
+        ahead = null;
+        pendingRead = readAhead(this.pendingBytes());
+        if (chunk.byteLength === 0) {
+          if (++empty > 1) throw new VfioError(Errno.EIO, `device reports ${pending} pending bytes but produces none`);
+          continue;
+        }
+        empty = 0;
+        chunks++;
+        bytes += chunk.byteLength;
+        if (!mapped) {
+          buffer ^= 1;
+          ahead = readAhead(this.nextChunk(buffer));
+        }
         await onChunk(chunk);
-      } catch (err) {
-        // Nothing of this drain may still be landing in a chunk buffer once it has failed.
-        await ahead?.catch(() => undefined);
-        throw err;
       }
+    } catch (err) {
+      // Nothing of a failed drain may still be landing in a chunk buffer once it has returned.
+      await ahead?.catch(() => undefined);
+      throw err;
     }
   }
 
