@@ -50,12 +50,18 @@ export async function measure(
   fn: () => Promise<{ value: number; per?: string; note?: string }>,
   options: { warmup?: number } = {},
 ): Promise<Figure> {
+  // A round that measured no time (or none of what it moved) is broken, not infinitely fast.
+  const round = async () => {
+    const r = await fn();
+    if (!Number.isFinite(r.value)) throw new Error(`${name}: a round measured ${r.value}: the run is void`);
+    return r;
+  };
   const warmup: number[] = [];
-  for (let i = 0; i < (options.warmup ?? 0); i++) warmup.push((await fn()).value);
+  for (let i = 0; i < (options.warmup ?? 0); i++) warmup.push((await round()).value);
   const values: number[] = [];
   let last: { per?: string; note?: string } = {};
   for (let i = 0; i < rounds; i++) {
-    const r = await fn();
+    const r = await round();
     values.push(r.value);
     last = r;
   }

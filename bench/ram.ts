@@ -329,8 +329,15 @@ export async function qemuOnce(
       await qd.execute('migrate-incoming', { uri: `tcp:127.0.0.1:${port}` });
     }
     await qs.execute('migrate', { uri: `tcp:127.0.0.1:${port}` });
-    const info = await waitForMigration(qs, { intervalMs: 100, timeoutMs: 600_000 });
+    let info = await waitForMigration(qs, { intervalMs: 100, timeoutMs: 600_000 });
     if (info.status !== 'completed') throw new Error(`QEMU migration ${info.status}: ${info['error-desc'] ?? ''}`);
+    // QEMU reports completed (migration_completion) before it computes total-time and downtime
+    // (migration_calculate_complete, after the iteration loop): a query in between reads 0 for both.
+    for (let polls = 0; !((info['total-time'] as number) > 0); polls++) {
+      if (polls === 500) throw new Error('QEMU completed the migration but never reported its total-time');
+      await new Promise((r) => setTimeout(r, 20));
+      info = await qs.execute<Record<string, unknown>>('query-migrate');
+    }
     const ram = info.ram as RamInfo;
     checkPages('QEMU', ram, memMiB, fill);
     return { bytes: ram.transferred, ms: info['total-time'] as number, downtime: info.downtime as number };

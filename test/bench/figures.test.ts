@@ -26,6 +26,22 @@ test('warm-up rounds are run first and kept apart from the measured rounds', asy
   }
 });
 
+test('a round that measured no time (Infinity, NaN) voids the run instead of entering a figure', async () => {
+  for (const bad of [Number.POSITIVE_INFINITY, Number.NaN]) {
+    let i = 0;
+    await assert.rejects(
+      measure('z', 'MB/s', 3, async () => ({ value: i++ === 1 ? bad : 10 })),
+      new RegExp(`z: a round measured ${bad}: the run is void`),
+    );
+    assert.equal(i, 2, 'stopped at the broken round');
+  }
+  await assert.rejects(
+    measure('w', 'MB/s', 1, async () => ({ value: Number.POSITIVE_INFINITY }), { warmup: 1 }),
+    /w: a round measured Infinity/,
+    'a warm-up round is checked too',
+  );
+});
+
 test('the tables note a figure measured after warm-up rounds', () => {
   const text = renderPerfTables([
     {
