@@ -466,8 +466,20 @@ function coresBusy(): MigrationObserver & { cores(): number } {
  * The multifd part of `npm run bench`: a random guest over `channels` channels against one channel (both
  * ours, multifd on), and against QEMU's multifd with the same channels when installed.
  */
+/**
+ * The channel counts measured for `channels` (N) on a machine of `cores` cores: 1, then doubling up to
+ * the cores (the aim asks for growth up to them), and N itself (QEMU's comparison), in order.
+ */
+export function multifdCounts(channels: number, cores: number): number[] {
+  const counts = new Set([1, channels]);
+  for (let k = 2; k <= cores; k *= 2) counts.add(k);
+  return [...counts].sort((a, b) => a - b);
+}
+
 export async function multifdBench(memMiB: number, channels: number, rounds: number, run: BenchRun): Promise<void> {
   say(`multifd: a ${bytes(memMiB * (1 << 20))} guest of random bytes, idle, over loopback TCP (guest MB/s)`);
+  const cores = cpus().length;
+  const counts = multifdCounts(channels, cores);
   // How much of the machine both VMMs used meanwhile, and so each round's CPU ceiling: the rate at which
   // every core, spending what this round spent per byte, would move the guest. More channels can fill
   // idle cores; comparing the N-channel ceiling with one channel's says whether they also pay more or
@@ -476,40 +488,53 @@ export async function multifdBench(memMiB: number, channels: number, rounds: num
   const busy = async (k: number) => {
     const use = coresBusy();
     const r = guestRate(memMiB, await oursOnce(memMiB, true, [], 'random', k, use));
-    const cores = use.cores();
-    ceilings.set(k, [...(ceilings.get(k) ?? []), (r.value * cpus().length) / cores]);
-    return { ...r, note: `${r.note}; both VMMs on CPU ${cores.toFixed(2)} of ${cpus().length} cores` };
+    const busyCores = use.cores();
+    ceilings.set(k, [...(ceilings.get(k) ?? []), (r.value * cores) / busyCores]);
+    return { ...r, note: `${r.note}; both VMMs on CPU ${busyCores.toFixed(2)} of ${cores} cores` };
   };
-  const one = await measure('ours-multifd-1', 'MB/s', rounds, () => busy(1));
-  const n = await measure(`ours-multifd-${channels}`, 'MB/s', rounds, () => busy(channels));
+  const ours = new Map<number, Figure>();
+  for (const k of counts) ours.set(k, await measure(`ours-multifd-${k}`, 'MB/s', rounds, () => busy(k)));
   const ceiling = (k: number) => {
     const f = figure(`multifd-${k} cpu ceiling`, 'MB/s', ceilings.get(k)!, {
-      per: `${cpus().length} cores / (both VMMs' CPU per byte with ${k} channel${k === 1 ? '' : 's'})`,
+      per: `${cores} cores / (both VMMs' CPU per byte with ${k} channel${k === 1 ? '' : 's'})`,
     });
     say(formatFigure(f));
     return f;
   };
-  const [ceilingOne, ceilingN] = [ceiling(1), ceiling(channels)];
-  run.figures.push(one, n, ceilingOne, ceilingN);
+  const [one, n] = [ours.get(1)!, ours.get(channels)!];
+  const ceilingOne = ceiling(1);
+  run.figures.push(...ours.values(), ceilingOne, ...counts.slice(1).map(ceiling));
   // The same guest over one channel against the link, when the ram part ran too: pages moved by a
   // native thread through its staging buffer, with no per-section checksum (docs/performance.md).
   const raw = run.figures.find((f) => f.name === 'raw-tcp');
   if (raw) run.ratios.push(ratio('ours-multifd-1 / raw-tcp', one, raw));
+  // Growth with the channels, each count against the one before it. A channel has a thread moving its bytes
+  // in each VMM, and both VMMs share this machine: up to half the cores more channels should move more
+  // (the aim); beyond, their threads share the cores, and the ratio is shown without an aim.
+  for (let i = 1; i < counts.length; i++) {
+    const [k, prev] = [counts[i]!, counts[i - 1]!];
+    const name = `multifd ${k} channels / ${prev} channel${prev === 1 ? '' : 's'}`;
+    run.ratios.push(ratio(name, ours.get(k)!, ours.get(prev)!, 2 * k <= cores ? '> 1' : undefined));
+  }
+  if (channels > 1 && channels !== counts[1])
+    run.ratios.push(ratio(`multifd ${channels} channels / 1 channel`, n, one));
   run.ratios.push(
-    ratio(`multifd ${channels} channels / 1 channel`, n, one),
     ratio('multifd-1 cpu ceiling / ours-multifd-1', ceilingOne, one),
     ratio(`ours-multifd-${channels} / multifd-1 cpu ceiling`, n, ceilingOne),
   );
   const missing = qemuMissing();
   if (missing) {
     say(`qemu-multifd  skipped: ${missing}`);
-    run.skipped.push({ name: `qemu-multifd-${channels}`, why: missing });
+    run.skipped.push({ name: 'qemu-multifd', why: missing });
     return;
   }
-  const qemu = await measure(`qemu-multifd-${channels}`, 'MB/s', rounds, async () =>
-    guestRate(memMiB, await qemuOnce(memMiB, true, 'random', channels)),
-  );
-  run.figures.push(qemu);
+  // QEMU's multifd with each count above one, ours against it with the same channels.
+  for (const k of counts.filter((c) => c > 1)) {
+    const qemu = await measure(`qemu-multifd-${k}`, 'MB/s', rounds, async () =>
+      guestRate(memMiB, await qemuOnce(memMiB, true, 'random', k)),
+    );
+    run.figures.push(qemu);
+    run.ratios.push(ratio(`ours-multifd-${k} / qemu-multifd-${k}`, ours.get(k)!, qemu, '>= 1'));
+  }
   say();
-  run.ratios.push(ratio(`ours-multifd-${channels} / qemu-multifd-${channels}`, n, qemu));
 }

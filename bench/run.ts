@@ -1,8 +1,9 @@
 // npm run bench: a command's start-up (bench/startup.ts), RAM migration between two VMM processes
-// (bench/ram.ts), a mostly-zero guest (bench/ram.ts zeroBench), multifd N channels against 1 and against QEMU (multifdBench), the dirty-log sync inside a real run
+// (bench/ram.ts), a mostly-zero guest (bench/ram.ts zeroBench), multifd over 1, 2, 4... channels and
+// against QEMU's with the same channels (multifdBench), the dirty-log sync inside a real run
 // (bench/dirty-log.ts), where a RAM migration's CPU goes (bench/profile.ts: per-thread CPU of both VMMs,
-// perf samples by kind of work), then the throughput of device migration data through the migration region over
-// vfio-user, each as a ratio to a baseline measured in the same run (these machines are noisy, so only
+// perf samples by kind of work), then the throughput of device migration data through the migration
+// region over vfio-user, each as a ratio to a baseline measured in the same run (these machines are noisy, so only
 // ratios within one run mean anything). Every figure is measured the same number of rounds (--rounds,
 // default 3) and reported as its median with the spread; `--json` prints the run as JSON, and every run is
 // appended to bench/results/history.jsonl with the machine and the commit (`--no-history`: not appended,
@@ -27,6 +28,7 @@ import { bytes } from '../src/cli/format.ts';
 import { LargeMemoryDevice, LargeMemoryRegs } from '../src/device/samples/large-memory.ts';
 import { VfioUserClient } from '../src/vfio-user/client.ts';
 import { findMigrationRegion, openRegionPort, type VfioRegionPort } from '../src/vfio-user/region-port.ts';
+import { MAX_MULTIFD_CHANNELS } from '../src/vmm/qmp/commands.ts';
 import { SeedRegionClient } from '../src/vmm/vfio/seed-region-client.ts';
 import { type ServerProcess, startServer } from '../test/support/server-process.ts';
 import { threadCpuMs } from './cpu-time.ts';
@@ -65,6 +67,9 @@ const want = (part: (typeof PARTS)[number]) => !values.only || values.only === p
 const MEM = Number(values['device-mem']) << 20;
 const ROUNDS = Number(values.rounds);
 if (!(ROUNDS >= 1)) throw new Error('--rounds must be at least 1');
+const CHANNELS = Number(values['multifd-channels']);
+if (!Number.isInteger(CHANNELS) || CHANNELS < 1 || CHANNELS > MAX_MULTIFD_CHANNELS)
+  throw new Error(`--multifd-channels must be an integer from 1 to ${MAX_MULTIFD_CHANNELS} (QEMU's range)`);
 if (values.json) sayTo((line) => process.stderr.write(`${line}\n`));
 const run = newRun(ROUNDS, values.only);
 
@@ -209,7 +214,7 @@ if (want('zero')) {
   say();
 }
 if (want('multifd')) {
-  await multifdBench(Number(values['multifd-mem']), Number(values['multifd-channels']), ROUNDS, run);
+  await multifdBench(Number(values['multifd-mem']), CHANNELS, ROUNDS, run);
   say();
 }
 if (want('dirty-log')) {
