@@ -12,6 +12,7 @@ if (process.env.VFIO_MIGRATE_COMPILED !== '1' && existsSync(sources)) {
   register();
   ({ main } = await import(sources.href));
 } else {
-  ({ main } = await import('../dist/cli/main.js'));
+  // The front bundled into one module (scripts/bundle-cli.js): start-up reads one file, not twenty.
+  ({ main } = await import('../dist/cli/front.js'));
 }
 process.exitCode = await main(process.argv.slice(2));

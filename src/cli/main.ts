@@ -8,7 +8,7 @@
 // --json a failed command still prints one JSON object, {"error": …}, so stdout is always JSON.
 import { readFileSync } from 'node:fs';
 import { type Command, CommanderError, createCommand } from 'commander';
-import { UsageError } from './option-types.ts';
+import { isUsageError } from './option-types.ts';
 import { type AnalyzeOptions, analyzeCommand } from './options/analyze.ts';
 import { type ConformOptions, conformCommand } from './options/conform.ts';
 import { type DemoOptions, demoCommand } from './options/demo.ts';
@@ -70,7 +70,7 @@ function program(outcome: Outcome): Command {
       try {
         outcome.code = await run(options, command.args);
       } catch (err) {
-        if (err instanceof UsageError) command.error(`error: ${err.message}`, { exitCode: 2, code: 'usage' });
+        if (isUsageError(err)) command.error(`error: ${err.message}`, { exitCode: 2, code: 'usage' });
         const msg = err instanceof Error ? err.message : String(err);
         console.error(`vfio-migrate ${command.name()}: ${msg}`);
         if (options.json) {

@@ -35,3 +35,11 @@ export function collect(text: string, previous: string[] = []): string[] {
 export class UsageError extends Error {
   override name = 'UsageError';
 }
+
+/**
+ * Whether `err` is a UsageError, by its name: the compiled front (dist/cli/front.js) bundles its own copy
+ * of this module, while a command loads this one from dist/, so their classes differ (scripts/bundle-cli.js).
+ */
+export function isUsageError(err: unknown): err is UsageError {
+  return err instanceof Error && err.name === 'UsageError';
+}

@@ -49,6 +49,7 @@ test('the tarball ships what users need and nothing else', () => {
     'package/dist/index.js',
     'package/dist/index.d.ts',
     'package/bin/vfio-migrate.js',
+    'package/dist/cli/front.js',
     'package/native/binding.gyp',
   ])
     assert.ok(listed.includes(must), `${must} is shipped`);
@@ -63,6 +64,15 @@ test('the installed command runs the demo, verified, from compiled JavaScript', 
   );
   assert.match(out, /status: +completed/);
   assert.match(out, /verified: +all 64\.0 MiB of guest RAM \(page digests\) and the device state equal/);
+});
+
+test("the installed command's bundled front answers, and a command's own usage error exits 2", () => {
+  const bin = join(app, 'node_modules', '.bin', 'vfio-migrate');
+  assert.match(run(bin, ['--version'], app), /^\d+\.\d+\.\d+/);
+  // conform raises this itself (a UsageError of its own module, not the front's bundled copy).
+  const r = spawnSync(bin, ['conform', '--socket', join(dir, 'none.sock')], { cwd: app, encoding: 'utf8' });
+  assert.equal(r.status, 2, `exit code 2 for a usage error, got ${r.status}: ${r.stderr}`);
+  assert.match(r.stderr, /error: give --socket twice/);
 });
 
 test('a consumer program typed against the package serves a device and discovers its migration interface', () => {
