@@ -73,6 +73,15 @@ export interface StreamDecoderOptions {
   reusePayloadBuffers?: boolean;
 }
 
+/** A large section arriving into its gather buffer: `len` of its `total` bytes so far, `crcLen` of them checksummed. */
+interface Gathering {
+  buf: Uint8Array;
+  len: number;
+  total: number;
+  crc: number;
+  crcLen: number;
+}
+
 /** Sections at least this large are gathered in reused buffers (reusePayloadBuffers). */
 const GATHER_MIN_BYTES = 64 << 10;
 /**
@@ -137,7 +146,13 @@ export class StreamDecoder {
    */
   private readonly gather: Uint8Array[] = [];
   private gatherNext = 0;
-  private gathering: { buf: Uint8Array; len: number; total: number } | null = null;
+  private gathering: Gathering | null = null;
+  /**
+   * The CRC-32C of the section gathered last, computed piece by piece as its bytes arrived (each piece
+   * read again while the kernel's copy of it is still in the cache, not the whole section afterwards);
+   * readRecord uses it for that section and drops it.
+   */
+  private gatheredCrc: { at: Uint8Array; crc: number } | null = null;
   /** The sink's spare buffer, and which buffer the last readTarget() named. */
   private spare: Uint8Array | null = null;
   private target: 'gather' | 'spare' | null = null;
@@ -239,9 +254,21 @@ export class StreamDecoder {
   private gathered(k: number): void {
     const g = this.gathering!;
     g.len += k;
+    this.checksumGathered(g);
     this.q.clear();
     this.q.push(g.buf.subarray(0, g.len));
-    if (g.len === g.total) this.gathering = null;
+    if (g.len === g.total) {
+      this.gathering = null;
+      this.gatheredCrc = { at: g.buf, crc: g.crc };
+    }
+  }
+
+  /** Extends the gathered section's CRC over its bytes that arrived since (all but the stored CRC). */
+  private checksumGathered(g: Gathering): void {
+    const end = Math.min(g.len, g.total - 4);
+    if (end <= g.crcLen) return;
+    g.crc = crc32c(g.buf.subarray(g.crcLen, end), g.crc);
+    g.crcLen = end;
   }
 
   /** Reads every record the buffered bytes complete. */
@@ -318,7 +345,8 @@ export class StreamDecoder {
     this.q.copyTo(buf);
     this.q.clear();
     this.q.push(buf.subarray(0, len));
-    this.gathering = { buf, len, total };
+    this.gathering = { buf, len, total, crc: 0, crcLen: 0 };
+    this.checksumGathered(this.gathering);
   }
 
   /** Consumes `n` buffered bytes and returns them (a view of a pushed chunk when they lie in one). */
@@ -461,7 +489,12 @@ export class StreamDecoder {
 
     const bytes = this.take(total);
     const tv = new DataView(bytes.buffer, bytes.byteOffset + headLen + payloadLen, SECTION_TRAILER);
-    const crc = crc32c(bytes.subarray(0, total - 4));
+    const gathered = this.gatheredCrc;
+    this.gatheredCrc = null;
+    const crc =
+      gathered && gathered.at.buffer === bytes.buffer && gathered.at.byteOffset === bytes.byteOffset
+        ? gathered.crc
+        : crc32c(bytes.subarray(0, total - 4));
     const stored = tv.getUint32(9, false);
     if (stored !== crc) {
       this.fail(

@@ -2,7 +2,8 @@
 // chunk by chunk into two reused buffers. Through any chunking it delivers exactly what the plain decoder
 // delivers (each payload checked before the next push, as the option requires), and it refuses damage
 // and truncation inside a gathered section the same way. The same holds when the decoder is a reader's
-// sink (readTarget/received: bytes land in the buffers it names), through any read sizes.
+// sink (readTarget/received: bytes land in the buffers it names), through any read sizes. A gathered
+// section's CRC is computed piece by piece as it arrives: damage anywhere up to its stored CRC is caught.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
@@ -11,6 +12,9 @@ import { type DecodedSection, StreamDecoder } from '../../src/stream/decoder.ts'
 import { StreamEncoder } from '../../src/stream/encoder.ts';
 import { StreamError } from '../../src/stream/errors.ts';
 import { pageOf } from './support.ts';
+
+/** A section's trailer: footer type, section id, sequence number, CRC-32C. */
+const TRAILER = 1 + 4 + 4 + 4;
 
 interface Want {
   type: DecodedSection['type'];
@@ -139,10 +143,11 @@ describe('StreamDecoder, reusePayloadBuffers', () => {
     fc.assert(
       fc.property(fc.nat(), fc.integer({ min: 1, max: 255 }), chunksArb, (where, mask, chunks) => {
         const { bytes, want } = build([1000, 200_000, 1000]);
-        // The 200 000-byte PART is the third section; flip a byte of its payload.
+        // The 200 000-byte PART is the third section; flip a byte of its payload or its trailer (footer
+        // and stored CRC: the CRC computed as the section arrives stops short of the stored one).
         const starts: number[] = [];
         feed(bytes, [bytes.byteLength], false, (s) => starts.push(s.payloadOffset));
-        const at = starts[2]! + (where % 200_000);
+        const at = starts[2]! + (where % (200_000 + TRAILER));
         const bad = bytes.slice();
         bad[at]! ^= mask;
         const seen: number[] = [];
@@ -209,7 +214,7 @@ describe('StreamDecoder, reusePayloadBuffers', () => {
         const starts: number[] = [];
         feed(bytes, [bytes.byteLength], false, (s) => starts.push(s.payloadOffset));
         const bad = bytes.slice();
-        bad[starts[2]! + (where % 200_000)]! ^= mask;
+        bad[starts[2]! + (where % (200_000 + TRAILER))]! ^= mask;
         const pushed = feed(bad, [bad.byteLength], false, () => {});
         const seen: number[] = [];
         const r = feedSink(bad, reads, (s, i) => {
