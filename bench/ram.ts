@@ -463,10 +463,6 @@ function coresBusy(): MigrationObserver & { cores(): number } {
 }
 
 /**
- * The multifd part of `npm run bench`: a random guest over `channels` channels against one channel (both
- * ours, multifd on), and against QEMU's multifd with the same channels when installed.
- */
-/**
  * The channel counts measured for `channels` (N) on a machine of `cores` cores: 1, then doubling up to
  * the cores (the aim asks for growth up to them), and N itself (QEMU's comparison), in order.
  */
@@ -476,6 +472,11 @@ export function multifdCounts(channels: number, cores: number): number[] {
   return [...counts].sort((a, b) => a - b);
 }
 
+/**
+ * The multifd part of `npm run bench`: a random guest over each count of channels (multifdCounts) with
+ * multifd on, each count against the one before it, and against QEMU's multifd with the same channels
+ * when installed.
+ */
 export async function multifdBench(memMiB: number, channels: number, rounds: number, run: BenchRun): Promise<void> {
   say(`multifd: a ${bytes(memMiB * (1 << 20))} guest of random bytes, idle, over loopback TCP (guest MB/s)`);
   const cores = cpus().length;
