@@ -48,6 +48,7 @@ NAPI_MODULE_INIT() {
   napi_property_descriptor fns[] = {
       VN_FN("memfdCreate", vn_memfd_create),
       VN_FN("mmap", vn_mmap),
+      VN_FN("mmapAnon", vn_mmap_anon),
       VN_FN("munmap", vn_munmap),
       VN_FN("mmapShare", vn_mmap_share),
       VN_FN("mmapAttach", vn_mmap_attach),

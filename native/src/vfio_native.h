@@ -61,6 +61,7 @@ napi_value vn_null(napi_env env);
 /* Exported functions, grouped by file. */
 napi_value vn_memfd_create(napi_env env, napi_callback_info info);
 napi_value vn_mmap(napi_env env, napi_callback_info info);
+napi_value vn_mmap_anon(napi_env env, napi_callback_info info);
 napi_value vn_munmap(napi_env env, napi_callback_info info);
 napi_value vn_mmap_share(napi_env env, napi_callback_info info);
 napi_value vn_mmap_attach(napi_env env, napi_callback_info info);

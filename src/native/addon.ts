@@ -110,6 +110,12 @@ export interface NativeAddon {
    */
   mmap(fd: number, offset: number | bigint, length: number | bigint, writable: boolean): ArrayBuffer;
   /**
+   * Private anonymous memory (zeroed) as an ArrayBuffer held as mmap()'s are, 2 MiB-aligned and advised
+   * MADV_HUGEPAGE: transparent huge pages where the kernel has them (advice only), so a large buffer takes
+   * a few page faults on first touch instead of one per 4 KiB.
+   */
+  mmapAnon(length: number | bigint): ArrayBuffer;
+  /**
    * Detaches the ArrayBuffer (every view reads as length 0) and lets go of its mapping: unmapped now,
    * unless a view attached on another thread (mmapAttach) still holds it. A second call is a no-op.
    */

@@ -71,6 +71,12 @@ export interface StreamDecoderOptions {
    * loader's time. Default false: every payload stays valid for as long as the caller keeps it.
    */
   reusePayloadBuffers?: boolean;
+  /**
+   * Makes the gather buffers (reusePayloadBuffers), zeroed, of the given size; default a plain
+   * Uint8Array. A caller with memory that faults in more cheaply passes it here (the migration loader:
+   * src/native/huge-buffer.ts).
+   */
+  allocate?: (bytes: number) => Uint8Array;
 }
 
 /** A large section arriving into its gather buffer: `len` of its `total` bytes so far, `crcLen` of them checksummed. */
@@ -139,6 +145,7 @@ export class StreamDecoder {
   private failed: StreamError | null = null;
   private readonly maxSection: number;
   private readonly reuse: boolean;
+  private readonly allocate: (bytes: number) => Uint8Array;
   /**
    * reusePayloadBuffers: the two gather buffers (used in turn, so the one holding the section handed
    * out last is never written while its payload may still be in use), and the section being gathered:
@@ -160,6 +167,7 @@ export class StreamDecoder {
   constructor(options: StreamDecoderOptions = {}) {
     this.maxSection = options.maxSectionBytes ?? DEFAULT_MAX_SECTION_BYTES;
     this.reuse = options.reusePayloadBuffers ?? false;
+    this.allocate = options.allocate ?? ((bytes) => new Uint8Array(bytes));
   }
 
   /** True once the header was read and matched this format. */
@@ -338,7 +346,7 @@ export class StreamDecoder {
     this.gatherNext ^= 1;
     let buf = this.gather[i];
     if (!buf || buf.byteLength < total) {
-      buf = new Uint8Array(total);
+      buf = this.allocate(total);
       this.gather[i] = buf;
     }
     const len = this.q.length;

@@ -13,6 +13,7 @@ describe('native addon loader', () => {
     for (const name of [
       'memfdCreate',
       'mmap',
+      'mmapAnon',
       'munmap',
       'mmapShare',
       'mmapAttach',

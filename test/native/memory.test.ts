@@ -161,6 +161,60 @@ describe('memfd and mmap', () => {
     }
   });
 
+  test('mmapAnon: zeroed private memory of the exact length, writable, detached by munmap; length 0 refused', () => {
+    const n = native();
+    const length = 5 * 2 ** 20 + 123;
+    const ab = n.mmapAnon(length);
+    const view = new Uint8Array(ab);
+    assert.equal(view.byteLength, length);
+    assert.ok(
+      view.every((b) => b === 0),
+      'zeroed',
+    );
+    view[0] = 1;
+    view[length - 1] = 2;
+    assert.deepEqual([view[0], view[length - 1]], [1, 2]);
+    const other = new Uint8Array(n.mmapAnon(PAGE));
+    assert.equal(other[0], 0, 'private: another mapping does not see these bytes');
+    n.munmap(ab);
+    assert.equal(view.length, 0);
+    n.munmap(other.buffer as ArrayBuffer);
+    assert.throws(
+      () => n.mmapAnon(0),
+      (e: NativeError) => e.code === 'EINVAL',
+    );
+  });
+
+  test('mmapAnon: huge pages where the kernel gives them to advised memory, so a 16 MiB buffer takes far fewer faults than its 4096 pages', (t) => {
+    const thp = (f: string) => {
+      try {
+        return /\[(\w+)\]/.exec(readFileSync(`/sys/kernel/mm/transparent_hugepage/${f}`, 'utf8'))?.[1];
+      } catch {
+        return undefined;
+      }
+    };
+    const [enabled, defrag] = [thp('enabled'), thp('defrag')];
+    // With defrag "never" or "defer" the kernel may hand out small pages rather than compact: no promise.
+    if (
+      enabled === undefined ||
+      enabled === 'never' ||
+      !['always', 'madvise', 'defer+madvise'].includes(defrag ?? '')
+    ) {
+      t.skip(
+        `transparent huge pages: enabled [${enabled ?? 'absent'}], defrag [${defrag ?? 'absent'}]: advised memory is not promised huge pages`,
+      );
+      return;
+    }
+    const n = native();
+    const pages = 4096;
+    const view = new Uint8Array(n.mmapAnon(pages * PAGE));
+    const before = process.resourceUsage().minorPageFault;
+    for (let i = 0; i < view.byteLength; i += PAGE) view[i] = 1;
+    const faults = process.resourceUsage().minorPageFault - before;
+    n.munmap(view.buffer as ArrayBuffer);
+    assert.ok(faults < pages / 2, `${faults} faults touching ${pages} pages`);
+  });
+
   test('a mapping nobody references is unmapped by the garbage collector', async () => {
     setFlagsFromString('--expose-gc');
     const gc = runInNewContext('gc') as () => void;

@@ -9,6 +9,7 @@ import { isIP } from 'node:net';
 import { Errno } from '../../abi/errno.ts';
 import { native } from '../../native/addon.ts';
 import { FdAcceptor } from '../../native/fd-acceptor.ts';
+import { hugeBuffer } from '../../native/huge-buffer.ts';
 import { type DecodedSection, StreamDecoder } from '../../stream/decoder.ts';
 import {
   encodeReturnPath,
@@ -229,7 +230,12 @@ async function loadNamed(h: MigrationHandler, s: DecodedSection): Promise<void> 
 
 export async function runIncoming(o: IncomingOptions): Promise<IncomingResult> {
   // Every section is applied before more bytes are read, so the decoder may reuse its buffers.
-  const decoder = new StreamDecoder({ maxSectionBytes: o.maxSectionBytes, reusePayloadBuffers: true });
+  const decoder = new StreamDecoder({
+    maxSectionBytes: o.maxSectionBytes,
+    reusePayloadBuffers: true,
+    // Its two gather buffers are first touched inside the migration: in huge pages, a few faults each.
+    allocate: hugeBuffer,
+  });
   const byKey = new Map(o.handlers.map((h) => [`${h.idstr}\u0000${h.instanceId}`, h]));
   const bySection = new Map<number, MigrationHandler>();
   let sections = 0;

@@ -16,6 +16,7 @@
 // destination for data).
 
 import { Errno } from '../../abi/errno.ts';
+import { hugeBuffer } from '../../native/huge-buffer.ts';
 import { RAM_RECORD_HEAD_BYTES } from '../../stream/constants.ts';
 import { decodeRamPayload, RamPageScan, RamPayloadBuilder, RamPayloadWriter, scanRamPages } from '../../stream/ram.ts';
 import type { GuestDirtyBitmap } from '../guest/dirty-bitmap.ts';
@@ -263,7 +264,8 @@ export class RamHandler implements MigrationHandler {
       this.inFlight[i] = null;
       await p;
     }
-    this.staging[i] ??= new RamPayloadWriter(new Uint8Array(SECTION_PAYLOAD));
+    // In huge pages: the ring's first touch is inside the migration (src/native/huge-buffer.ts).
+    this.staging[i] ??= new RamPayloadWriter(hugeBuffer(SECTION_PAYLOAD));
     return this.staging[i]!;
   }
 
