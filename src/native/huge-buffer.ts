@@ -5,6 +5,6 @@
 import { native } from './addon.ts';
 
 /** Zeroed bytes in their own 2 MiB-aligned anonymous mapping (unmapped once collected). */
-export function hugeBuffer(bytes: number): Uint8Array {
+export function hugeBuffer(bytes: number): Uint8Array<ArrayBuffer> {
   return new Uint8Array(native().mmapAnon(bytes));
 }

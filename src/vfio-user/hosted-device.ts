@@ -19,6 +19,7 @@ import { V2DmaLogging } from '../device/v2-dma-logging.ts';
 import { V2MigrationFsm } from '../device/v2-fsm.ts';
 import { einval } from '../errors.ts';
 import { native } from '../native/addon.ts';
+import { hugeBuffer } from '../native/huge-buffer.ts';
 
 export const CONFIG_REGION_INDEX = 7;
 export const MIGRATION_REGION_INDEX = 9;
@@ -121,6 +122,9 @@ export class HostedDevice {
       this.memfd = native().memfdCreate(`vfio-migrate:${device.model}:migration`, layout.size);
       this.mapping = native().mmap(this.memfd, 0, layout.size, true);
       sectionMemory = new Uint8Array(this.mapping, layout.sectionOffset);
+    } else if (layout) {
+      // Trapped: only this process touches the section, first inside a migration: in huge pages.
+      sectionMemory = hugeBuffer(layout.size - layout.sectionOffset);
     }
     this.migration = module?.create({ backend: device.migration, ...regionOptions, sectionMemory }) ?? null;
     this.config = new PciConfigSpace(

@@ -12,6 +12,7 @@ import {
   type SeedField,
 } from '../../abi/migration.ts';
 import { asVfioError, VfioError } from '../../errors.ts';
+import { hugeBuffer } from '../../native/huge-buffer.ts';
 import type { RegionPort } from '../../vfio-user/region-port.ts';
 import type { DirtyBitmapSink } from '../guest/dirty-bitmap.ts';
 import { readAhead } from './read-ahead.ts';
@@ -127,7 +128,8 @@ export class SeedRegionClient {
   /** A trapped chunk, read straight into a reused chunk buffer (pieces pipelined when the port can). */
   private async readChunk(offset: number, size: number, buffer: number): Promise<Uint8Array> {
     if (!this.port.readInto) return this.readData(offset, size);
-    if (this.chunkBuffers[buffer]!.byteLength < size) this.chunkBuffers[buffer] = new Uint8Array(size);
+    // In huge pages: first touched inside the device's stop-and-copy (src/native/huge-buffer.ts).
+    if (this.chunkBuffers[buffer]!.byteLength < size) this.chunkBuffers[buffer] = hugeBuffer(size);
     const dest = this.chunkBuffers[buffer]!.subarray(0, size);
     if (size > 0) await this.port.readInto(offset, dest, { pieceSize: this.readPiece, inFlight: this.readsInFlight });
     return dest;
