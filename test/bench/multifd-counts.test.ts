@@ -1,5 +1,5 @@
-// The multifd part measures 1 channel, doubling counts up to the cores (where the aim asks for growth) and
-// the asked-for count (QEMU's comparison), each once and in order.
+// The multifd part measures 1 channel, doubling counts up to the cores (growth is shown up to them) and the
+// asked-for count (QEMU's comparison), each once and in order.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { multifdCounts } from '../../bench/ram.ts';
