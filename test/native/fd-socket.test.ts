@@ -1,12 +1,13 @@
 // FdSocket over real socketpairs: ordering, fds across partial writes, hangups, truncation, no fd leaks.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
-import { fstatSync, openSync, readFileSync } from 'node:fs';
+import { fstatSync, openSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { VfioError } from '../../src/errors.ts';
 import { type NativeError, native } from '../../src/native/addon.ts';
 import { FdSocket } from '../../src/native/fd-socket.ts';
+import { netCore } from '../support/sysctl.ts';
 import { cleanClose, fdsOpenedSince, openFds, pattern, receive } from './support.ts';
 
 const MiB = 1024 * 1024;
@@ -236,7 +237,7 @@ describe('FdSocket', () => {
   });
 
   test('setSendBuffer: the kernel grants twice the request, capped at net.core.wmem_max', () => {
-    const wmemMax = Number(readFileSync('/proc/sys/net/core/wmem_max', 'utf8'));
+    const wmemMax = netCore('wmem_max');
     const [a, b] = FdSocket.pair();
     for (const ask of [64 * 1024, 4 * MiB])
       assert.equal(a.setSendBuffer(ask), 2 * Math.min(ask, wmemMax), `asked ${ask}`);

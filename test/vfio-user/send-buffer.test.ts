@@ -3,11 +3,11 @@
 // at a time. Measured against a socket of the same pair kind without the request: the default must take
 // less, or the test proves nothing.
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
 import { native } from '../../src/native/addon.ts';
 import { FdSocket } from '../../src/native/fd-socket.ts';
 import { Connection } from '../../src/vfio-user/connection.ts';
+import { netCore } from '../support/sysctl.ts';
 
 const MiB = 1024 * 1024;
 const LIMITS = { maxMsgSize: 2 * MiB, maxFds: 8 };
@@ -18,9 +18,8 @@ function takenAtOnce(socket: FdSocket): number {
 }
 
 test('a connection takes a whole 1 MiB message in one sendmsg, where the default send buffer does not', (t) => {
-  const sysctl = (name: string) => Number(readFileSync(`/proc/sys/net/core/${name}`, 'utf8'));
-  const wmemMax = sysctl('wmem_max');
-  const wmemDefault = sysctl('wmem_default');
+  const wmemMax = netCore('wmem_max');
+  const wmemDefault = netCore('wmem_default');
   if (wmemMax < 2 * MiB) {
     t.skip(`net.core.wmem_max is ${wmemMax} here: the kernel caps the request below a 1 MiB message and its overhead`);
     return;
