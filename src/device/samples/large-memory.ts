@@ -3,12 +3,12 @@
 // that the VMM has device-dirtied pages to pick up. BAR0 holds its registers, including a read-only
 // digest of its whole state, so any client can compare a resumed device with the saved one cheaply.
 
-import { createHash, randomFillSync } from 'node:crypto';
+import { randomFillSync } from 'node:crypto';
 import { einval } from '../../errors.ts';
 import type { Bar } from '../bar.ts';
 import { buildPciConfig } from '../pci-config.ts';
 import { MemoryBar, RegisterBar, SampleDevice, xorshift32 } from './sample-device.ts';
-import type { StateImage } from './saved-state.ts';
+import { imageDigest, type StateImage } from './saved-state.ts';
 
 export const LargeMemoryRegs = {
   ID: 0x000, // u32 ro 'LMEM'
@@ -56,6 +56,7 @@ export class LargeMemoryDevice extends SampleDevice {
   private readonly regs = new Uint8Array(LargeMemoryRegs.SIZE);
   private readonly dv = new DataView(this.regs.buffer);
   private readonly seed: number;
+  private readonly stateImage: StateImage;
 
   constructor(options: LargeMemoryOptions = {}) {
     super();
@@ -67,6 +68,14 @@ export class LargeMemoryDevice extends SampleDevice {
       throw new RangeError(`blockSize ${this.blockSize} must divide memSize`);
     this.memory = new Uint8Array(memSize);
     if (options.fill === 'random') fillRandom(this.memory);
+    this.stateImage = {
+      descriptor: { model: this.model, version: VERSION, memSize, blockSize: this.blockSize },
+      regs: this.regs,
+      memory: this.memory,
+      blockSize: this.blockSize,
+      // Fresh memory is untouched zeroes (so a device that never wrote it never has to read it either).
+      written: new Uint8Array(memSize / this.blockSize).fill(options.fill === 'random' ? 1 : 0),
+    };
     this.seed = options.seed ?? 1;
     this.initRegs();
     this.config = buildPciConfig({
@@ -100,12 +109,7 @@ export class LargeMemoryDevice extends SampleDevice {
   }
 
   protected image(): StateImage {
-    return {
-      descriptor: { model: this.model, version: VERSION, memSize: this.memory.byteLength, blockSize: this.blockSize },
-      regs: this.regs,
-      memory: this.memory,
-      blockSize: this.blockSize,
-    };
+    return this.stateImage;
   }
 
   protected applyRegs(regs: Uint8Array): void {
@@ -170,7 +174,7 @@ export class LargeMemoryDevice extends SampleDevice {
     const dStart = LargeMemoryRegs.DIGEST;
     const dEnd = dStart + 32;
     if (offset < dEnd && offset + length > dStart) {
-      const digest = createHash('sha256').update(this.memory).update(this.regs).digest();
+      const digest = imageDigest(this.stateImage);
       const from = Math.max(offset, dStart);
       out.set(digest.subarray(from - dStart, Math.min(offset + length, dEnd) - dStart), from - offset);
     }

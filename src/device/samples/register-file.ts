@@ -37,7 +37,13 @@ export class RegisterFileDevice extends SampleDevice {
   readonly bars: readonly (Bar | undefined)[];
   private readonly regs = new Uint8Array(RegisterFileRegs.SIZE);
   private readonly dv = new DataView(this.regs.buffer);
-  private readonly noMemory = new Uint8Array(0);
+  private readonly stateImage: StateImage = {
+    descriptor: { model: this.model, version: VERSION, regs: RegisterFileRegs.SIZE },
+    regs: this.regs,
+    memory: new Uint8Array(0),
+    blockSize: 4096,
+    written: new Uint8Array(0),
+  };
 
   constructor(options: { tickRate?: number } = {}) {
     super();
@@ -53,12 +59,7 @@ export class RegisterFileDevice extends SampleDevice {
   }
 
   protected image(): StateImage {
-    return {
-      descriptor: { model: this.model, version: VERSION, regs: RegisterFileRegs.SIZE },
-      regs: this.regs,
-      memory: this.noMemory,
-      blockSize: 4096,
-    };
+    return this.stateImage;
   }
 
   protected applyRegs(regs: Uint8Array): void {

@@ -2,7 +2,6 @@
 // StateLoader), a register BAR with read-only and write-only words, and a ticker that does the device's
 // own work only while it runs. A subclass says what its registers mean and what one unit of work does.
 
-import { createHash } from 'node:crypto';
 import { Errno } from '../../abi/errno.ts';
 import { DeviceState } from '../../abi/migration.ts';
 import { einval, VfioError } from '../../errors.ts';
@@ -10,7 +9,7 @@ import type { MigrationBackend } from '../backend.ts';
 import type { Bar, DmaPort } from '../bar.ts';
 import type { DeviceModel } from '../device-model.ts';
 import { DirtyPageLog } from '../dirty-log.ts';
-import { type StateImage, StateLoader, StateSaver } from './saved-state.ts';
+import { clearMemory, imageDigest, noteWritten, type StateImage, StateLoader, StateSaver } from './saved-state.ts';
 
 export const TICK_MS = 10;
 
@@ -47,6 +46,7 @@ export abstract class SampleDevice implements DeviceModel, MigrationBackend {
     return (this.state & DeviceState.RUNNING) !== 0;
   }
 
+  /** What the saved state covers: the same object every call (it holds the device's written-block map). */
   protected abstract image(): StateImage;
   /** Installs a loaded register file (already validated for size). */
   protected abstract applyRegs(regs: Uint8Array): void;
@@ -90,15 +90,14 @@ export abstract class SampleDevice implements DeviceModel, MigrationBackend {
   }
 
   stateDigest(): string {
-    const img = this.image();
-    return createHash('sha256').update(img.memory).update(img.regs).digest('hex');
+    return imageDigest(this.image()).toString('hex');
   }
 
   reset(): void {
     this.saver = null;
     this.loader = null;
     this.resetForResume();
-    this.image().memory.fill(0);
+    clearMemory(this.image());
     this.state = DeviceState.RUNNING;
     this.syncTicker();
   }
@@ -153,8 +152,9 @@ export abstract class SampleDevice implements DeviceModel, MigrationBackend {
 
   // ---- helpers for subclasses ----
 
-  /** Tells an active save session that device memory changed. */
+  /** Device memory changed: the block may hold something now, and an active save session sends it again. */
   protected memoryWritten(offset: number, length: number): void {
+    noteWritten(this.image(), offset, length);
     this.saver?.markDirty(offset, length);
   }
 

@@ -27,6 +27,15 @@ export interface StateImage {
   /** Device memory, length a multiple of blockSize (empty for a device without memory). */
   readonly memory: Uint8Array;
   readonly blockSize: number;
+  /**
+   * Per block of `memory`: 0 where the block is known to read as zeroes (never written since the memory
+   * was allocated, or cleared since), 1 where it may hold anything. Saving, loading, clearing and the
+   * digest take a 0 block as zeroes without reading it: reading never-touched memory is not free
+   * everywhere (where the kernel maps no shared zero page, as in some paravirtual guests, a read fault
+   * allocates and clears a page as a write would), and a fresh destination device would otherwise fault
+   * all its memory in, inside the VM's downtime, only to find it zero. The device keeps it (noteWritten).
+   */
+  readonly written: Uint8Array;
 }
 
 const DIGEST_SIZE = 32;
@@ -36,6 +45,40 @@ const ZERO_PAGE = Buffer.alloc(65536);
 /** The addon's scan (QEMU's buffer_is_zero): stops at the first non-zero 64 bytes, no allocation per block. */
 function isZero(b: Uint8Array): boolean {
   return native().isZero(b);
+}
+
+/** The device wrote (or is about to write) [offset, offset + length) of its memory, by any path. */
+export function noteWritten(image: StateImage, offset: number, length: number): void {
+  if (length <= 0) return;
+  image.written.fill(1, Math.floor(offset / image.blockSize), Math.floor((offset + length - 1) / image.blockSize) + 1);
+}
+
+/** Zeroes the device's memory, writing only the blocks that may hold something. */
+export function clearMemory(image: StateImage): void {
+  const bs = image.blockSize;
+  for (let b = 0; b < image.written.length; b++) {
+    if (image.written[b] === 0) continue;
+    image.memory.fill(0, b * bs, (b + 1) * bs);
+    image.written[b] = 0;
+  }
+}
+
+/** SHA-256 of the memory, then the registers (the sample devices' state digest); 0 blocks hashed as zeroes unread. */
+export function imageDigest(image: StateImage): Buffer {
+  const hash = createHash('sha256');
+  const bs = image.blockSize;
+  const blocks = image.written.length;
+  for (let b = 0; b < blocks; ) {
+    // A run of blocks alike: written ones hashed from memory in one call, the others as zeroes.
+    let end = b + 1;
+    while (end < blocks && image.written[end] === image.written[b]) end++;
+    if (image.written[b] !== 0) hash.update(image.memory.subarray(b * bs, end * bs));
+    else
+      for (let left = (end - b) * bs; left > 0; left -= ZERO_PAGE.byteLength)
+        hash.update(ZERO_PAGE.subarray(0, Math.min(left, ZERO_PAGE.byteLength)));
+    b = end;
+  }
+  return hash.update(image.regs).digest();
 }
 
 function encodeDescriptor(d: StateImage['descriptor']): Uint8Array {
@@ -139,7 +182,8 @@ export class StateSaver {
       const bs = this.image.blockSize;
       for (let b = 0; b < this.blocks; b++) {
         if (this.dirty[b] === 0) continue;
-        n += RECORD_HEADER_SIZE + (isZero(this.image.memory.subarray(b * bs, (b + 1) * bs)) ? 0 : bs);
+        const zero = this.image.written[b] === 0 || isZero(this.image.memory.subarray(b * bs, (b + 1) * bs));
+        n += RECORD_HEADER_SIZE + (zero ? 0 : bs);
       }
       this.stoppedBlockBytes = n;
     }
@@ -178,7 +222,7 @@ export class StateSaver {
     // A live view: the writer copies it out in this produce() call or snapshots the rest, and the copy
     // checksums it, so the CRC is always of the bytes sent.
     const view = this.image.memory.subarray(offset, offset + this.image.blockSize);
-    const zero = isZero(view);
+    const zero = this.image.written[b] === 0 || isZero(view);
     if (this.stoppedBlockBytes !== null)
       this.stoppedBlockBytes -= RECORD_HEADER_SIZE + (zero ? 0 : this.image.blockSize);
     if (zero) {
@@ -247,6 +291,7 @@ export class StateLoader {
         this.fail(`memory record at offset ${h.arg0} length ${len} does not match a ${bs}-byte block of device memory`);
       }
       if (h.kind === RecordKind.ZERO && h.length !== 0) this.fail('ZERO record carries a payload');
+      if (h.kind === RecordKind.MEM) noteWritten(this.image, Number(h.arg0), h.length);
       this.crc = 0;
     }
     if (h.kind === RecordKind.REGS && h.length !== this.image.regs.byteLength) {
@@ -279,10 +324,11 @@ export class StateLoader {
       case RecordKind.ZERO: {
         const offset = Number(h.arg0);
         const b = offset / this.image.blockSize;
-        if (h.kind === RecordKind.ZERO) {
-          // Reading never-touched memory is free; writing it faults pages in, so fill only when needed.
+        if (h.kind === RecordKind.ZERO && this.image.written[b] !== 0) {
+          // A block that may hold something: scanned (pages it has are mapped), zeroed only if it is not.
           const view = this.image.memory.subarray(offset, offset + this.image.blockSize);
           if (!isZero(view)) view.fill(0);
+          this.image.written[b] = 0;
         }
         this.blockCrcs[b] = h.kind === RecordKind.ZERO ? this.zeroCrc : this.crc;
         if (this.received[b] === 0) {
