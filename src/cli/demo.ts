@@ -217,9 +217,11 @@ async function migrateAndVerify(
   // The guest goes on at the destination.
   await pair.dst.execute('cont');
   // Until its guest has written memory: seconds on a busy machine, so the wait is long (a safety net).
+  // A guest and devices that write nothing (rates of 0) cannot show it: then running is all there is to see.
+  const writes = o.dirtyRate > 0 || (o.device === 'large-memory' && o.deviceRate > 0);
   let status = await pair.dst.execute<{ status: string }>('query-status');
-  let goesOn = false;
-  for (const end = performance.now() + 60_000; status.status === 'running' && performance.now() < end; ) {
+  let goesOn = !writes && status.status === 'running';
+  for (const end = performance.now() + 60_000; writes && status.status === 'running' && performance.now() < end; ) {
     await new Promise((r) => setTimeout(r, 200));
     if ((await pair.dst.execute<Digests>('x-query-digests', undefined, { timeoutMs: 60_000 })).ram !== b.ram) {
       goesOn = true;
@@ -231,7 +233,7 @@ async function migrateAndVerify(
   verification.checks.push({
     name: 'destination',
     ok: goesOn,
-    detail: goesOn ? 'running on, its guest writing memory' : `not running on (${status.status})`,
+    detail: goesOn ? runsOn(writes) : `not running on (${status.status})`,
   });
   verification.ok = verification.checks.every((c) => c.ok);
   say('');
@@ -253,8 +255,12 @@ async function migrateAndVerify(
   say(
     `verified:      all ${bytes(ram.total)} of guest RAM (page digests) and ${a.devices.length === 1 ? 'the device state' : `the state of all ${a.devices.length} devices`} equal the source's at the stop point`,
   );
-  say(
-    `destination:   ${goesOn ? 'running, its guest and device writing memory' : `NOT running on (${status.status})`}`,
-  );
+  say(`destination:   ${goesOn ? runsOn(writes) : `NOT running on (${status.status})`}`);
   return goesOn ? 0 : 1;
+}
+
+function runsOn(writes: boolean): string {
+  return writes
+    ? 'running on, its guest writing memory'
+    : 'running (its guest and device write no memory at these rates, so only its run state was checked)';
 }

@@ -55,6 +55,19 @@ test('demo --json: one result object on stdout, the story on stderr, exit 0 when
   assert.match(r.err, /status: +completed/, 'the text summary went to stderr');
 });
 
+test('demo --json with a guest and a device that write nothing: verified by its run state, not by a wait', async () => {
+  const r = await runCli(
+    ['demo', '--json', '--mem', '32M', '--device-mem', '4M', '--device-rate', '0', '--dirty-rate', '0'],
+    600_000,
+  );
+  assert.equal(r.code, 0, r.err);
+  const result = JSON.parse(r.out) as DemoResult;
+  assert.equal(result.verdict, 'verified');
+  assert.equal(result.destinationRunsOn, true);
+  const destination = result.checks.find((c) => c.name === 'destination');
+  assert.match(destination?.detail ?? '', /write no memory at these rates, so only its run state was checked/);
+});
+
 test('probe --json: the device as one object; a failed probe is {"error"} with its errno, exit 1', async () => {
   const ok = await runCli(['probe', '--socket', server!.path, '--json']);
   assert.equal(ok.code, 0, ok.err);
