@@ -238,17 +238,20 @@ export class GuestMemory {
     if (mask === 0) return 0;
     const last = first + 31 - Math.clz32(mask);
     if (!(first >= 0 && last < this.pages) || this.isClosed) this.badPage(first < 0 ? first : last);
-    // Inside dataExtent the memfd was all data when last asked, and data never turns back into a hole
-    // here (nothing punches holes into guest RAM), so those pages need no lseek.
-    const at = first * PAGE_SIZE;
-    const inData = at >= this.dataExtent[0]! && (last + 1) * PAGE_SIZE <= this.dataExtent[1]!;
-    const holes = inData || !this.seekHoles ? 0 : this.holePages(at, mask);
+    const holes = this.holePages(first, last, mask);
     const rest = mask & ~holes;
     return rest === 0 ? holes : holes | this.scanZeroPages(first, last, rest);
   }
 
-  /** The pages of the mask in holes of the memfd; a file that cannot say (lseek fails) is scanned from then on. */
-  private holePages(at: number, mask: number): number {
+  /**
+   * The pages of the mask (bit k: page first+k, up to page `last`) in holes of the memfd: never written,
+   * zeroes without being read. A file that cannot say (lseek fails) is read from then on.
+   */
+  private holePages(first: number, last: number, mask: number): number {
+    // Inside dataExtent the memfd was all data when last asked, and data never turns back into a hole
+    // here (nothing punches holes into guest RAM), so those pages need no lseek.
+    const at = first * PAGE_SIZE;
+    if (!this.seekHoles || (at >= this.dataExtent[0]! && (last + 1) * PAGE_SIZE <= this.dataExtent[1]!)) return 0;
     try {
       return native().holePages(this.fd, at, mask, this.dataExtent) | 0;
     } catch {
@@ -276,26 +279,28 @@ export class GuestMemory {
 
   /** The 16-byte digest of page i. */
   pageDigest(i: number): Uint8Array {
-    const out = new Uint8Array(DIGEST_SIZE);
-    const p = this.page(i);
-    if (Buffer.compare(p, ZERO_PAGE) === 0) out.set(ZERO_DIGEST);
-    else digestInto(p, out, 0);
-    return out;
+    return this.pageDigests(i, 1);
   }
 
   /**
    * One DIGEST_SIZE-byte digest per page of the range (default: every page), concatenated: digest k is
    * page first+k's. Two ranges hold the same bytes exactly when their digest arrays are equal (short of a
    * SHA-256 collision). ~0.9 GB/s of non-zero pages on one core (4.5 µs a page); zero pages ~15 GB/s.
-   * Reading a never-touched page of the memfd allocates it (shmem has no shared zero page).
+   * Pages never written (holes of the memfd) get the zero page's digest unread: reading one would
+   * allocate it (shmem has no shared zero page), so a fresh destination's digests would fill its RAM.
    */
   pageDigests(first?: number | PageRange, count?: number): Uint8Array {
     const r = this.range(first, count);
     const out = new Uint8Array(r.count * DIGEST_SIZE);
-    for (let k = 0; k < r.count; k++) {
-      const p = this.page(r.first + k);
-      if (Buffer.compare(p, ZERO_PAGE) === 0) out.set(ZERO_DIGEST, k * DIGEST_SIZE);
-      else digestInto(p, out, k * DIGEST_SIZE);
+    for (let k = 0; k < r.count; k += 32) {
+      const n = Math.min(32, r.count - k);
+      const holes = this.holePages(r.first + k, r.first + k + n - 1, n === 32 ? -1 : (1 << n) - 1);
+      for (let j = 0; j < n; j++) {
+        const at = (k + j) * DIGEST_SIZE;
+        const p = (holes >>> j) & 1 ? null : this.page(r.first + k + j);
+        if (!p || Buffer.compare(p, ZERO_PAGE) === 0) out.set(ZERO_DIGEST, at);
+        else digestInto(p, out, at);
+      }
     }
     return out;
   }

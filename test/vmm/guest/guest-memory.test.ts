@@ -164,6 +164,36 @@ describe('GuestMemory', () => {
     }
   });
 
+  test('page digests of never-written pages: the zero page digest, read from no page and allocating none', () => {
+    const pages = 1000;
+    const sparse = GuestMemory.create(pages * PAGE_SIZE, 'gm-ds', { pieceSize: 256 * PAGE_SIZE });
+    const full = GuestMemory.create(pages * PAGE_SIZE, 'gm-df');
+    try {
+      const image = new Uint8Array(pages * PAGE_SIZE);
+      for (const page of [3, 40, 41, 255, 256, 700, 999])
+        image.fill(page & 0xff || 1, page * PAGE_SIZE, (page + 1) * PAGE_SIZE);
+      for (const page of [3, 40, 41, 255, 256, 500, 700, 999])
+        sparse.write(page * PAGE_SIZE, image.subarray(page * PAGE_SIZE, (page + 1) * PAGE_SIZE));
+      full.write(0, image); // every page allocated: digests from reading every page
+      const allocated = () => fstatSync(sparse.fd).blocks;
+      const before = allocated();
+      assert.equal(before * 512, 8 * PAGE_SIZE, 'eight pages written, page 500 with zeroes');
+      const d = sparse.pageDigests();
+      assert.equal(allocated(), before, 'no hole was allocated by reading it');
+      assert.deepEqual(d, full.pageDigests());
+      assert.deepEqual(
+        sparse.pageDigests(33, 700),
+        d.subarray(33 * DIGEST_SIZE, 733 * DIGEST_SIZE),
+        'a range off the 32-page words',
+      );
+      assert.deepEqual(sparse.pageDigest(500), sparse.pageDigest(501), 'a written zero page and a hole');
+      assert.equal(allocated(), before);
+    } finally {
+      sparse.close();
+      full.close();
+    }
+  });
+
   test('compareDigests reports counts, the first pages and length differences', () => {
     const a = new Uint8Array(5000 * DIGEST_SIZE).map((_, i) => i & 0xff);
     const b = a.slice();
