@@ -146,18 +146,23 @@ export class V2MigrationFsm {
 
   /** MIG_DATA_READ: up to `max` bytes of the saving transfer; 0 = nothing now (pre-copy) or the end. */
   read(max: number): Uint8Array {
+    const out = new Uint8Array(max);
+    return out.subarray(0, this.readInto(out));
+  }
+
+  /** MIG_DATA_READ into `out` (a reply being built): returns how many bytes of it the device filled. */
+  readInto(out: Uint8Array): number {
     if (!SAVING_GROUP.has(this.current)) {
       throw einval(
         `migration data is readable only in PRE_COPY or STOP_COPY (device is ${migStateName(this.current)})`,
       );
     }
-    const out = new Uint8Array(max);
     const n = this.internal(() => this.backend.produce(out));
-    if (!Number.isSafeInteger(n) || n < 0 || n > max) {
+    if (!Number.isSafeInteger(n) || n < 0 || n > out.byteLength) {
       this.current = ERROR;
       throw new VfioError(Errno.EIO, `device produced an impossible chunk size ${n}`);
     }
-    return out.subarray(0, n);
+    return n;
   }
 
   /** MIG_DATA_WRITE: the next bytes of the resuming transfer, all of them or an error. */

@@ -45,9 +45,11 @@ import {
 import { HEADER_SIZE, MIGRATION_PGSIZE, SERVER_MAX_DATA_XFER_SIZE } from '../abi/vfio-user/limits.ts';
 import {
   decodeMigDataReadReply,
+  decodeMigDataReadReplyParts,
   decodeMigDataWriteReply,
   encodeMigDataReadRequest,
   encodeMigDataWriteRequest,
+  MIG_DATA_HEADER_SIZE,
 } from '../abi/vfio-user/mig-data.ts';
 import {
   decodeRegionReadReply,
@@ -707,6 +709,26 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     const m = await this.call(Command.MIG_DATA_READ, encodeMigDataReadRequest({ size }, { maxSize: this.maxMigData }));
     const r = this.decode(Command.MIG_DATA_READ, () => decodeMigDataReadReply(m.payload, { maxSize: size }));
     return r.data.slice();
+  }
+
+  /**
+   * MIG_DATA_READ of at most `dest.byteLength` bytes, received straight into `dest` when the reply is
+   * padded to the size asked for (libvfio-user's and ours are), else copied there. Returns the data: a
+   * view of `dest`'s start. `dest` is written only until the request settles.
+   */
+  async migDataReadInto(dest: Uint8Array): Promise<Uint8Array> {
+    const size = dest.byteLength;
+    checkInt('MIG_DATA_READ size', size, 0, this.maxMigData);
+    const cmd = Command.MIG_DATA_READ;
+    const request = encodeMigDataReadRequest({ size }, { maxSize: this.maxMigData });
+    const m = await this.call(cmd, request, [], false, { head: MIG_DATA_HEADER_SIZE, data: dest });
+    const limits = { maxSize: size };
+    const r = this.decode(cmd, () =>
+      m.data ? decodeMigDataReadReplyParts(m.payload, m.data, limits) : decodeMigDataReadReply(m.payload, limits),
+    );
+    if (m.data) return r.data;
+    dest.set(r.data);
+    return dest.subarray(0, r.data.byteLength);
   }
 
   /** MIG_DATA_WRITE of `data`, in pieces of at most maxMigData, in order; the first refusal stops the rest. */

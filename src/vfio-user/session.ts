@@ -61,8 +61,9 @@ import {
 import {
   decodeMigDataReadRequest,
   decodeMigDataWriteRequest,
-  encodeMigDataReadReply,
+  encodeMigDataReadReplyInPlace,
   encodeMigDataWriteReply,
+  MIG_DATA_HEADER_SIZE,
 } from '../abi/vfio-user/mig-data.ts';
 import {
   decodeRegionReadRequest,
@@ -460,11 +461,21 @@ export class Session {
     return encodeDeviceFeatureReply({ feature, get: true, data, argsz: len });
   }
 
-  /** v2 MIG_DATA_READ: up to `size` bytes (at most the client's max_data_xfer_size) of the saving stream. */
-  private migDataRead(m: ReceivedMessage): Uint8Array {
+  /**
+   * v2 MIG_DATA_READ: up to `size` bytes (at most the client's max_data_xfer_size) of the saving stream,
+   * produced straight into the reply (pooled when large, see Connection.replyBuffer), padded to the size
+   * asked for as libvfio-user replies.
+   */
+  private migDataRead(m: ReceivedMessage): Reply {
     const limits = { maxSize: this.client?.maxDataXferSize ?? SERVER_MAX_DATA_XFER_SIZE };
     const req = decodeMigDataReadRequest(m.payload, limits);
-    return encodeMigDataReadReply({ data: this.host.v2!.read(req.size), padTo: req.size }, limits);
+    const built = this.conn.replyBuffer(MIG_DATA_HEADER_SIZE + req.size);
+    encodeMigDataReadReplyInPlace(
+      built.payload,
+      this.host.v2!.readInto(built.payload.subarray(MIG_DATA_HEADER_SIZE)),
+      limits,
+    );
+    return { built };
   }
 
   /** v2 MIG_DATA_WRITE: the device takes all of it or the write fails. */

@@ -192,6 +192,69 @@ describe('v2 driver: data', () => {
   });
 });
 
+describe('v2 driver: reads in flight', () => {
+  test('stop-copy keeps 4 MIG_DATA_READs outstanding into reused buffers, chunks in stream order; data after the end is refused', async (t) => {
+    const state = { now: MigState.RUNNING as number, resets: 0, sets: [] as number[] };
+    const SIZE = 4096;
+    const total = SIZE * 9 + 100; // 10 chunks, the last one short, then EOF
+    let produced = 0;
+    let seq = 0;
+    // Second run: a broken device whose first read says the data ended, and whose next ones return data.
+    let broken = false;
+    let brokenReads = 0;
+    const held: (() => void)[] = [];
+    let mostHeld = 0;
+    const handlers = {
+      ...v2Device(state, () => null),
+      [Command.MIG_DATA_READ]: (m, conn) => {
+        const { size } = decodeMigDataReadRequest(m.payload);
+        const n = produced < total ? Math.min(size, total - produced) : broken && brokenReads++ > 0 ? 16 : 0;
+        const data = new Uint8Array(n).fill(seq++ & 0xff);
+        produced += n;
+        // Padded to the size asked for, as libvfio-user and ours reply: the client receives it in place.
+        held.push(() => conn.reply(m, encodeMigDataReadReply({ data, padTo: size })));
+        mostHeld = Math.max(mostHeld, held.length);
+        // Replies are held until four requests are outstanding (or the stream is over): a client that
+        // waited for each reply before the next request would never get one.
+        if (held.length >= 4 || produced >= total) for (const r of held.splice(0)) r();
+      },
+    } satisfies ScriptOptions['handlers'];
+    const { client } = await connect(t, { offer: { maxDataXferSize: SIZE }, handlers });
+    const driver = await V2MigrationDriver.open(client, 'dev0', 1n); // STOP_COPY only
+    await driver.vmStateChange(false, 'finish-migrate');
+    const chunks: number[][] = [];
+    const buffers = new Set<ArrayBufferLike>();
+    assert.equal(
+      await driver.saveComplete((c) => {
+        chunks.push([c.byteLength, c[0]!, c[c.byteLength - 1]!]);
+        buffers.add(c.buffer);
+      }),
+      total,
+    );
+    assert.equal(mostHeld, 4, 'four requests were outstanding at once');
+    assert.deepEqual(
+      chunks,
+      Array.from({ length: 10 }, (_, k) => [k < 9 ? SIZE : 100, k, k]),
+      'every chunk whole and in order',
+    );
+    assert.ok(buffers.size <= 4, `chunks came in ${buffers.size} reused buffers`);
+
+    // A device that returns data after its end (a 0-byte read) breaks the protocol: EIO, nothing more passed on.
+    state.now = MigState.STOP;
+    broken = true;
+    const again = await V2MigrationDriver.open(client, 'dev0', 1n);
+    let passed = 0;
+    await assert.rejects(
+      again.saveComplete((c) => {
+        passed += c.byteLength;
+      }),
+      (e: unknown) => e instanceof VfioError && e.errno === Errno.EIO && /after the end of the data/.test(e.message),
+    );
+    assert.equal(passed, 0, 'nothing after the end reached the stream');
+    assert.equal(passed, 0);
+  });
+});
+
 describe('v1 driver', () => {
   /** A v1 region at index 9: device_state at 0, a write of `refuse` fails and leaves the error state (6). */
   function v1Device(regs: { state: number; resets: number }, refuse: number) {

@@ -67,6 +67,35 @@ export function encodeMigDataReadReply(
     .bytes(MIG_DATA_HEADER_SIZE, m.data).out;
 }
 
+/**
+ * A MIG_DATA_READ reply built in place: `payload` (8 + the size asked for, as libvfio-user sends it) holds
+ * `n` bytes of data after the header, put there by the caller; this writes the header and zeroes the
+ * padding after the data (the memory may be reused).
+ */
+export function encodeMigDataReadReplyInPlace(payload: Uint8Array, n: number, limits: MigDataLimits = {}): void {
+  const room = payload.byteLength - MIG_DATA_HEADER_SIZE;
+  if (!Number.isInteger(n) || n < 0 || n > room) fail(READ_REP, 'size', `is ${n}, the payload has room for ${room}`);
+  checkSize(READ_REP, room, payload.byteLength, limits);
+  const dv = new DataView(payload.buffer, payload.byteOffset, MIG_DATA_HEADER_SIZE);
+  dv.setUint32(0, MIG_DATA_HEADER_SIZE + n, true);
+  dv.setUint32(4, n, true);
+  payload.fill(0, MIG_DATA_HEADER_SIZE + n);
+}
+
+/**
+ * A reply received in two parts (see the client's placement): the 8-byte header in `head`, data and any
+ * padding in `data`. Returns the data, a view of `data`'s start.
+ */
+export function decodeMigDataReadReplyParts(head: Uint8Array, data: Uint8Array, limits: MigDataLimits = {}): MigData {
+  const r = new Reader(READ_REP, head).exactly(MIG_DATA_HEADER_SIZE, 'header');
+  const argsz = r.u32(0);
+  const size = r.u32(4);
+  checkSize(READ_REP, size, argsz, limits);
+  if (argsz !== MIG_DATA_HEADER_SIZE + size) r.fail('argsz', `is ${argsz}, must be 8 + size = ${8 + size}`);
+  if (size > data.byteLength) r.fail('size', `is ${size}, the payload carries ${data.byteLength} bytes`);
+  return { argsz, data: data.subarray(0, size) };
+}
+
 // libvfio-user sends 8 + *requested* bytes even when it produced fewer (zero padding after argsz), so the
 // payload may be longer than argsz; the padding is not data and is not returned.
 export function decodeMigDataReadReply(payload: Uint8Array, limits: MigDataLimits = {}): MigData {

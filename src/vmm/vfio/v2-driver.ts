@@ -24,6 +24,7 @@ import { syncDirtyRanges } from './dirty-sync.ts';
 import type { DeviceDataSink, DmaRangeRef, VfioMigrationDriver } from './driver.ts';
 import { MigrationDriverBase } from './driver-base.ts';
 import { dataPath, named, nameError } from './driver-errors.ts';
+import { MigDataReader } from './mig-data-reader.ts';
 
 /** QEMU reads at most 1 MiB of device data per read(); vfio-user caps it further at max_data_xfer_size. */
 const READ_CHUNK = 1 << 20;
@@ -57,6 +58,8 @@ export class V2MigrationDriver extends MigrationDriverBase implements VfioMigrat
    */
   initialDataSent = false;
   private logging = false;
+  /** MIG_DATA_READs, pipelined into reused buffers. */
+  private readonly reader: MigDataReader;
   /** Config space read as the VM stopped: a device in STOP_COPY refuses region accesses (libvfio-user). */
   private stoppedConfig: Uint8Array | undefined;
 
@@ -70,6 +73,7 @@ export class V2MigrationDriver extends MigrationDriverBase implements VfioMigrat
     super(name, client, options.trace ?? noTrace);
     this.state = initial;
     this.precopy = options.precopy !== false && (flags & MigrationFlag.PRE_COPY) !== 0n;
+    this.reader = new MigDataReader(client);
   }
 
   /** vfio_migration_init for v2: the flags came from discovery; the current state is read once. */
@@ -241,43 +245,62 @@ export class V2MigrationDriver extends MigrationDriverBase implements VfioMigrat
     return Math.min(READ_CHUNK, this.client.maxMigData);
   }
 
-  /** save_live_iterate: MIG_DATA_READ while in PRE_COPY and within `budget`; a short read ends the pass. */
+  /**
+   * save_live_iterate: MIG_DATA_READ while in PRE_COPY and within `budget` (reads pipelined, see
+   * mig-data-reader.ts); a short read ends the pass, and the device is idle if the last read was short.
+   */
   async saveIterate(budget: number, onData: DeviceDataSink): Promise<number> {
     if (this.state !== MigState.PRE_COPY) return 0;
-    const bytes = await dataPath(this.name, 'pre-copy: ', onData, async (sink) => {
-      let moved = 0;
-      while (moved < budget) {
-        const want = this.readSize();
-        const chunk = await this.client.migDataRead(want);
-        this.precopyIdle = chunk.byteLength < want;
-        if (this.precopyIdle) this.initialDataSent = true;
-        if (chunk.byteLength > 0) {
+    const want = this.readSize();
+    let moved = 0;
+    await dataPath(this.name, 'pre-copy: ', onData, async (sink) => {
+      const lengths = await this.reader.pass(
+        want,
+        { more: (asked) => asked * want < budget, ends: (chunk) => chunk.byteLength < want },
+        async (chunk) => {
           await this.emitChunk(sink, chunk);
           moved += chunk.byteLength;
-        }
-        if (this.precopyIdle) break;
-      }
-      return moved;
+        },
+      );
+      this.precopyIdle = lengths.length > 0 && lengths[lengths.length - 1]! < want;
+      if (lengths.some((n) => n < want)) this.initialDataSent = true;
     });
-    if (bytes > 0) this.precopyRounds++;
-    this.trace.event('vfio_save_iterate', { name: this.name, data_size: bytes });
-    return bytes;
+    if (moved > 0) this.precopyRounds++;
+    this.trace.event('vfio_save_iterate', { name: this.name, data_size: moved });
+    return moved;
   }
 
-  /** save_live_complete_precopy: STOP_COPY (recover STOP), then MIG_DATA_READ until a read returns 0 bytes. */
+  /**
+   * save_live_complete_precopy: STOP_COPY (recover STOP), then MIG_DATA_READ (pipelined) until a read
+   * returns 0 bytes; data after that is the device breaking the protocol.
+   */
   async saveComplete(onData: DeviceDataSink): Promise<number> {
     await this.setState(MigState.STOP_COPY, MigState.STOP);
-    const bytes = await dataPath(this.name, 'stop-copy: ', onData, async (sink) => {
-      let moved = 0;
-      for (;;) {
-        const chunk = await this.client.migDataRead(this.readSize());
-        if (chunk.byteLength === 0) return moved;
-        await this.emitChunk(sink, chunk);
-        moved += chunk.byteLength;
-      }
-    });
-    this.trace.event('vfio_save_complete_precopy', { name: this.name, bytes });
-    return bytes;
+    let moved = 0;
+    let end = false;
+    await dataPath(this.name, 'stop-copy: ', onData, (sink) =>
+      this.reader.pass(
+        this.readSize(),
+        {
+          more: () => !end,
+          ends: (chunk) => {
+            if (end && chunk.byteLength > 0)
+              throw new VfioError(
+                Errno.EIO,
+                `MIG_DATA_READ returned ${chunk.byteLength} bytes after the end of the data`,
+              );
+            end ||= chunk.byteLength === 0;
+            return end;
+          },
+        },
+        async (chunk) => {
+          await this.emitChunk(sink, chunk);
+          moved += chunk.byteLength;
+        },
+      ),
+    );
+    this.trace.event('vfio_save_complete_precopy', { name: this.name, bytes: moved });
+    return moved;
   }
 
   /** save_cleanup: dirty tracking stops; STOP_COPY → STOP after the switch-over (kept out of the downtime). */
