@@ -34,6 +34,13 @@ export interface MigrationBackend {
    */
   consume(data: Uint8Array): void;
 
+  /**
+   * Optional: the bytes a stop-and-copy would produce if the device stopped now (v2's MIG_DATA_SIZE, which
+   * QEMU counts in its switch-over decision): while saving, what is left; otherwise its whole state. A
+   * device without it refuses MIG_DATA_SIZE, as libvfio-user does.
+   */
+  stopCopyBytes?(): number;
+
   /** Pages the device wrote by DMA. The region starts it on entering SAVING and stops it on leaving. */
   readonly dirtyLog?: DirtyPageLog;
 }

@@ -144,6 +144,21 @@ export class V2MigrationFsm {
     }
   }
 
+  /** Whether the device estimates its stop-copy size (else MIG_DATA_SIZE is refused, as libvfio-user does). */
+  get sizesStopCopy(): boolean {
+    return this.backend.stopCopyBytes !== undefined;
+  }
+
+  /** MIG_DATA_SIZE: what STOP_COPY would produce now. */
+  stopCopySize(): number {
+    if (!this.backend.stopCopyBytes) throw einval('this device does not estimate its stop-copy size');
+    try {
+      return this.backend.stopCopyBytes();
+    } catch (err) {
+      throw asVfioError(err, Errno.EIO); // a failed estimate changes no state
+    }
+  }
+
   /** MIG_DATA_READ: up to `max` bytes of the saving transfer; 0 = nothing now (pre-copy) or the end. */
   read(max: number): Uint8Array {
     const out = new Uint8Array(max);

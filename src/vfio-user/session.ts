@@ -42,7 +42,12 @@ import {
   decodeDmaLoggingReportRequest,
   encodeDmaLoggingReportReply,
 } from '../abi/vfio-user/feature-dma-logging.ts';
-import { decodeMigStateData, encodeMigrationData, encodeMigStateData } from '../abi/vfio-user/feature-migration.ts';
+import {
+  decodeMigStateData,
+  encodeMigDataSizeData,
+  encodeMigrationData,
+  encodeMigStateData,
+} from '../abi/vfio-user/feature-migration.ts';
 import {
   decodeIrqInfoRequest,
   decodeIrqSetRequest,
@@ -117,6 +122,8 @@ const FEATURE_OPS: Readonly<Record<number, { get: boolean; set: boolean }>> = {
   [FeatureId.DMA_LOGGING_START]: { get: false, set: true },
   [FeatureId.DMA_LOGGING_STOP]: { get: false, set: true },
   [FeatureId.DMA_LOGGING_REPORT]: { get: true, set: false },
+  // Not served by libvfio-user; here when the device can estimate it (MigrationBackend.stopCopyBytes).
+  [FeatureId.MIG_DATA_SIZE]: { get: true, set: false },
 };
 
 const TAKES_FDS: ReadonlySet<number> = new Set([Command.DMA_MAP, Command.DEVICE_SET_IRQS]);
@@ -404,13 +411,14 @@ export class Session {
   /**
    * v2 DEVICE_FEATURE as libvfio-user HEAD serves it: MIGRATION GET (STOP_COPY|PRE_COPY), MIG_DEVICE_STATE
    * GET|SET, DMA_LOGGING_START/STOP SET, DMA_LOGGING_REPORT GET; PROBE with any of those. SET and PROBE
-   * replies echo the request; GET replies carry the data.
+   * replies echo the request; GET replies carry the data. Beyond libvfio-user: MIG_DATA_SIZE GET (the
+   * kernel's), for a device that estimates its stop-copy size.
    */
   private async deviceFeature(m: ReceivedMessage): Promise<Uint8Array> {
     const fsm = this.host.v2!;
     const logging = this.host.dmaLogging!;
     const req = decodeDeviceFeatureRequest(m.payload);
-    const ops = FEATURE_OPS[req.feature];
+    const ops = req.feature === FeatureId.MIG_DATA_SIZE && !fsm.sizesStopCopy ? undefined : FEATURE_OPS[req.feature];
     if (!ops || (req.get && !ops.get) || (req.set && !ops.set)) {
       throw einval(`DEVICE_FEATURE ${featureName(req.feature)} with these operations is not supported by this device`);
     }
@@ -439,6 +447,8 @@ export class Session {
         }
         return encodeDeviceFeatureEcho(m.payload);
       }
+      case FeatureId.MIG_DATA_SIZE:
+        return this.featureGetReply(req.feature, req.argsz, encodeMigDataSizeData(BigInt(fsm.stopCopySize())));
       case FeatureId.DMA_LOGGING_START:
         logging.start(decodeDmaLoggingControl(req.data).pageSize);
         return encodeDeviceFeatureEcho(m.payload);

@@ -13,6 +13,7 @@ import {
   encodeDmaLoggingReportRequest,
 } from '../../src/abi/vfio-user/feature-dma-logging.ts';
 import {
+  decodeMigDataSizeData,
   decodeMigrationData,
   decodeMigStateData,
   encodeMigStateData,
@@ -63,11 +64,16 @@ describe('serve --flavor v2: save on one server, resume on another', () => {
       const mig = await a.deviceFeature({ feature: FeatureId.MIGRATION, get: true });
       assert.equal(decodeMigrationData(mig.data).flags, 5n, 'STOP_COPY | PRE_COPY, no P2P');
       await a.deviceFeature({ feature: FeatureId.MIG_DEVICE_STATE, probe: true, set: true });
+      // MIG_DATA_SIZE (beyond libvfio-user): in RUNNING, what saving the whole device now would send.
+      await a.deviceFeature({ feature: FeatureId.MIG_DATA_SIZE, probe: true, get: true });
       await assert.rejects(
-        a.deviceFeature({ feature: FeatureId.MIG_DATA_SIZE, get: true }),
+        a.deviceFeature({ feature: FeatureId.MIG_DATA_SIZE, set: true, data: u64(0n) }),
         errno(Errno.EINVAL),
-        'MIG_DATA_SIZE is not supported (libvfio-user neither)',
       );
+      const whole = decodeMigDataSizeData(
+        (await a.deviceFeature({ feature: FeatureId.MIG_DATA_SIZE, get: true })).data,
+      );
+      assert.ok(whole > 32n * 24n, `a whole 2 MiB device: ${whole} bytes, at least a header per 64 KiB block`);
       assert.equal(await getState(a), MigState.RUNNING);
       await assert.rejects(a.migDataRead(4096), errno(Errno.EINVAL), 'no data while RUNNING');
       await assert.rejects(setState(a, MigState.RUNNING_P2P), errno(Errno.EINVAL), 'P2P is not offered');
@@ -82,11 +88,17 @@ describe('serve --flavor v2: save on one server, resume on another', () => {
       await assert.rejects(a.regionRead(0, LargeMemoryRegs.ID, 4), errno(Errno.EINVAL));
       await assert.rejects(a.dmaMap({ iova: 0x1000n, size: 0x1000n }), errno(Errno.EINVAL));
       await assert.rejects(setState(a, MigState.PRE_COPY), errno(Errno.EINVAL), 'STOP_COPY -> PRE_COPY');
+      const stopCopy = decodeMigDataSizeData(
+        (await a.deviceFeature({ feature: FeatureId.MIG_DATA_SIZE, get: true })).data,
+      );
+      let stopCopyRead = 0;
       for (;;) {
         const chunk = await a.migDataRead(a.maxMigData);
         if (chunk.byteLength === 0) break;
         stream.push(chunk);
+        stopCopyRead += chunk.byteLength;
       }
+      assert.equal(stopCopy, BigInt(stopCopyRead), 'MIG_DATA_SIZE in STOP_COPY is exactly what the reads then gave');
       await setState(a, MigState.STOP);
       const digest = await a.regionRead(0, LargeMemoryRegs.DIGEST, 32);
       const all = Buffer.concat(stream);

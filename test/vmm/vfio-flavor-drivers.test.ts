@@ -13,7 +13,11 @@ import {
   decodeDmaLoggingReportRequest,
   encodeDmaLoggingReportReply,
 } from '../../src/abi/vfio-user/feature-dma-logging.ts';
-import { decodeMigStateData, encodeMigStateData } from '../../src/abi/vfio-user/feature-migration.ts';
+import {
+  decodeMigStateData,
+  encodeMigDataSizeData,
+  encodeMigStateData,
+} from '../../src/abi/vfio-user/feature-migration.ts';
 import { decodeMigDataReadRequest, encodeMigDataReadReply } from '../../src/abi/vfio-user/mig-data.ts';
 import {
   decodeRegionReadRequest,
@@ -170,7 +174,7 @@ describe('v2 driver: data', () => {
         conn.reply(m, encodeMigDataReadReply({ data: new Uint8Array(n).fill(state.now) }));
       },
     } satisfies ScriptOptions['handlers'];
-    const { client } = await connect(t, { offer: { maxDataXferSize: 4096 }, handlers });
+    const { srv, client } = await connect(t, { offer: { maxDataXferSize: 4096 }, handlers });
     const driver = await V2MigrationDriver.open(client, 'dev0', 5n);
     await driver.saveSetup();
     assert.equal(state.now, MigState.PRE_COPY);
@@ -179,6 +183,10 @@ describe('v2 driver: data', () => {
     assert.equal(await driver.saveIterate(1 << 20, (c) => void got.push(c.byteLength)), 4096 * 2 + 2048);
     assert.deepEqual(got, [4096, 4096, 2048]);
     assert.equal(await driver.savePending(), 0n, 'the short read said nothing more now');
+    const sizeQueries = (await srv.seenOf(Command.DEVICE_FEATURE))
+      .map((s) => decodeDeviceFeatureRequest(s.payload).feature)
+      .filter((f) => f === FeatureId.MIG_DATA_SIZE);
+    assert.equal(sizeQueries.length, 1, 'a device that refuses MIG_DATA_SIZE is asked once');
     await driver.vmStateChange(false, 'finish-migrate');
     assert.equal(state.now, MigState.STOP_COPY, 'the same transfer goes on');
     got.length = 0;
@@ -190,6 +198,24 @@ describe('v2 driver: data', () => {
     assert.deepEqual(state.sets, [MigState.PRE_COPY, MigState.STOP_COPY, MigState.STOP]);
     assert.equal(driver.transferred, 4096 * 3 + 2048 * 2);
   });
+});
+
+test('v2 driver: pending counts the stop-copy size a device answers with MIG_DATA_SIZE (QEMU: pending exact)', async (t) => {
+  const state = { now: MigState.RUNNING as number, resets: 0, sets: [] as number[] };
+  const device = v2Device(state, () => null);
+  const handlers = {
+    ...device,
+    [Command.DEVICE_FEATURE]: (m, conn) => {
+      const r = decodeDeviceFeatureRequest(m.payload);
+      if (r.feature !== FeatureId.MIG_DATA_SIZE) return device[Command.DEVICE_FEATURE](m, conn);
+      conn.reply(m, encodeDeviceFeatureReply({ feature: r.feature, get: true, data: encodeMigDataSizeData(123_456n) }));
+    },
+  } satisfies ScriptOptions['handlers'];
+  const { client } = await connect(t, { offer: { maxDataXferSize: 4096 }, handlers });
+  const driver = await V2MigrationDriver.open(client, 'dev0', 5n);
+  assert.equal(await driver.savePending(), 0n, 'not saving: nothing pending');
+  await driver.saveSetup();
+  assert.equal(await driver.savePending(), 4096n + 123_456n, 'one read of pre-copy data, then the stop-copy estimate');
 });
 
 describe('v2 driver: reads in flight', () => {

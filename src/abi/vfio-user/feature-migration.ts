@@ -1,11 +1,13 @@
-// Feature data of DEVICE_FEATURE MIGRATION (id 1: `flags u64`) and MIG_DEVICE_STATE (id 2:
-// `device_state u32, data_fd s32`). These codecs work on the bytes after the 8-byte feature header.
+// Feature data of DEVICE_FEATURE MIGRATION (id 1: `flags u64`), MIG_DEVICE_STATE (id 2:
+// `device_state u32, data_fd s32`) and MIG_DATA_SIZE (id 9: `stop_copy_length u64`, GET only, the kernel's
+// struct vfio_device_feature_mig_data_size). These codecs work on the bytes after the 8-byte feature header.
 
 import { MIG_STATE_COUNT, MIGRATION_FLAGS_KNOWN } from '../migration-v2.ts';
 import { fail, hex, Reader, Writer } from './wire.ts';
 
 export const MIGRATION_DATA_SIZE = 8;
 export const MIG_STATE_DATA_SIZE = 8;
+export const MIG_DATA_SIZE_DATA_SIZE = 8;
 
 export interface MigrationData {
   /** MigrationFlag bits (STOP_COPY, P2P, PRE_COPY). libvfio-user reports STOP_COPY|PRE_COPY = 5. */
@@ -54,4 +56,15 @@ export function decodeMigStateData(data: Uint8Array): MigStateData {
   const m = { deviceState: r.u32(0), dataFd: r.i32(4) };
   checkState(m.deviceState);
   return m;
+}
+
+const SIZE = 'DEVICE_FEATURE MIG_DATA_SIZE data';
+
+/** MIG_DATA_SIZE: the bytes STOP_COPY would produce if the device stopped now (an estimate). */
+export function encodeMigDataSizeData(stopCopyLength: bigint): Uint8Array {
+  return new Writer(SIZE, MIG_DATA_SIZE_DATA_SIZE).u64(0, 'stop_copy_length', stopCopyLength).out;
+}
+
+export function decodeMigDataSizeData(data: Uint8Array): bigint {
+  return new Reader(SIZE, data).exactly(MIG_DATA_SIZE_DATA_SIZE).u64(0);
 }

@@ -135,6 +135,11 @@ export abstract class SampleDevice implements DeviceModel, MigrationBackend {
     return this.saver?.pendingBytes() ?? 0;
   }
 
+  stopCopyBytes(): number {
+    // Outside a save: what a save started and stopped now would send (exact, untouched blocks unread).
+    return this.saver?.pendingBytes() ?? new StateSaver(this.image(), () => true).pendingBytes();
+  }
+
   produce(out: Uint8Array): number {
     if (!this.saver) throw einval('not saving');
     if (this.precopyQuota === 0 || !this.running) return this.saver.produce(out);

@@ -14,7 +14,11 @@ import {
   encodeDmaLoggingControl,
   encodeDmaLoggingReportRequest,
 } from '../../abi/vfio-user/feature-dma-logging.ts';
-import { decodeMigStateData, encodeMigStateData } from '../../abi/vfio-user/feature-migration.ts';
+import {
+  decodeMigDataSizeData,
+  decodeMigStateData,
+  encodeMigStateData,
+} from '../../abi/vfio-user/feature-migration.ts';
 import { asVfioError, VfioError } from '../../errors.ts';
 import type { VfioUserClient } from '../../vfio-user/client.ts';
 import type { DirtyBitmapSink } from '../guest/dirty-bitmap.ts';
@@ -58,6 +62,8 @@ export class V2MigrationDriver extends MigrationDriverBase implements VfioMigrat
    */
   initialDataSent = false;
   private logging = false;
+  /** Whether the device answers MIG_DATA_SIZE (null: not asked yet). */
+  private sizesStopCopy: boolean | null = null;
   /** MIG_DATA_READs, pipelined into reused buffers. */
   private readonly reader: MigDataReader;
   /** Config space read as the VM stopped: a device in STOP_COPY refuses region accesses (libvfio-user). */
@@ -231,14 +237,37 @@ export class V2MigrationDriver extends MigrationDriverBase implements VfioMigrat
   }
 
   /**
-   * Bytes still to send: in pre-copy, one read's worth until the device said nothing more is ready
-   * (vfio-user gives no initial/dirty counts); the stop-copy size is unknown over vfio-user (libvfio-user
-   * refuses MIG_DATA_SIZE), so it is not counted, as QEMU does when the query fails.
+   * Bytes still to send, as QEMU's vfio_state_pending_exact counts them: in pre-copy, one read's worth until
+   * the device said nothing more is ready (vfio-user gives no initial/dirty counts), plus the stop-copy size
+   * the device estimates (MIG_DATA_SIZE), so that the switch-over waits until the device's stop-and-copy
+   * fits in the downtime too. A device that refuses MIG_DATA_SIZE (libvfio-user's) adds nothing, as QEMU
+   * counts nothing when the query fails; it is asked once.
    */
   async savePending(): Promise<bigint> {
-    const pending = this.state === MigState.PRE_COPY && !this.precopyIdle ? BigInt(this.readSize()) : 0n;
-    this.trace.event('vfio_state_pending', { name: this.name, precopy: pending });
-    return pending;
+    const precopy = this.state === MigState.PRE_COPY && !this.precopyIdle ? BigInt(this.readSize()) : 0n;
+    const stopcopy = this.state === MigState.PRE_COPY ? await this.stopCopySize() : 0n;
+    this.trace.event('vfio_state_pending', { name: this.name, precopy, stopcopy });
+    return precopy + stopcopy;
+  }
+
+  /** MIG_DATA_SIZE GET (QEMU's vfio_query_stop_copy_size); 0 for a device that does not answer it. */
+  private async stopCopySize(): Promise<bigint> {
+    if (this.sizesStopCopy === false) return 0n;
+    try {
+      const reply = await this.client.deviceFeature({ feature: FeatureId.MIG_DATA_SIZE, get: true });
+      this.sizesStopCopy = true;
+      return decodeMigDataSizeData(reply.data);
+    } catch (err) {
+      const e = asVfioError(err);
+      if (
+        this.sizesStopCopy === null &&
+        (e.errno === Errno.EINVAL || e.errno === Errno.ENOTSUP || e.errno === Errno.ENOTTY)
+      ) {
+        this.sizesStopCopy = false;
+        return 0n;
+      }
+      throw nameError(this.name, err, 'MIG_DATA_SIZE: ');
+    }
   }
 
   private readSize(): number {
