@@ -15,8 +15,9 @@
 //   device        the sample device producing its state in-process (no transport): the device's own ceiling
 //   trapped       stop-and-copy of the device through the region, data read with REGION_READ messages
 //   mmapped       the same, data read through the mmapped data section (zero copies on the VMM side)
-// The trapped and mmapped rounds keep what they read and resume it into a second device server afterwards
-// (not timed): its state digest must equal the source's, or the run is void.
+//   v2            the same device behind the v2 interface: stop-copy data read with MIG_DATA_READ messages
+// The trapped, mmapped and v2 rounds keep what they read and resume it into a second device server
+// afterwards (not timed): its state digest must equal the source's, or the run is void.
 
 import { randomFillSync } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -30,6 +31,7 @@ import { VfioUserClient } from '../src/vfio-user/client.ts';
 import { findMigrationRegion, openRegionPort, type VfioRegionPort } from '../src/vfio-user/region-port.ts';
 import { MAX_MULTIFD_CHANNELS } from '../src/vmm/qmp/commands.ts';
 import { SeedRegionClient } from '../src/vmm/vfio/seed-region-client.ts';
+import { V2MigrationDriver } from '../src/vmm/vfio/v2-driver.ts';
 import { type ServerProcess, startServer } from '../test/support/server-process.ts';
 import { threadCpuMs } from './cpu-time.ts';
 import { dirtySyncInRun } from './dirty-log.ts';
@@ -192,6 +194,49 @@ async function throughRegion(
   };
 }
 
+/**
+ * The same stop-and-copy through a v2 device (Linux 5.18+ interface over vfio-user): MIG_DATA_READ
+ * messages, as the VMM's v2 driver reads them (four in flight, each received in place), resumed into a
+ * second v2 server with MIG_DATA_WRITE (not timed) and checked by digest.
+ */
+async function throughV2(): Promise<() => Promise<{ value: number; per: string }>> {
+  const device = ['--device', 'large-memory', '--device-mem', `${MEM >> 20}M`, '--quiet', '--flavor', 'v2'];
+  const src = await startServer([...device, '--device-fill', 'random', '--work-rate', '0']);
+  const dst = await startServer([...device, '--work-rate', '0']);
+  const a = await VfioUserClient.connect(src.path);
+  const b = await VfioUserClient.connect(dst.path);
+  cleanup.push(async () => {
+    a.close();
+    b.close();
+    await Promise.all([src.stop(), dst.stop()]);
+  });
+  const kept = new Uint8Array(MEM + (64 << 20)).fill(1); // touched, as for the region paths
+  const digestOf = async (c: VfioUserClient) =>
+    Buffer.from(await c.regionRead(0, LargeMemoryRegs.DIGEST, 32)).toString('hex');
+  return async () => {
+    // A driver per round, as a VMM opens one per migration; STOP_COPY only (flags 1), straight from a stop.
+    const from = await V2MigrationDriver.open(a, 'source', 1n);
+    await from.vmStateChange(false, 'finish-migrate');
+    let n = 0;
+    const t0 = performance.now();
+    await from.saveComplete((chunk) => {
+      kept.set(chunk, n); // one memcpy per chunk, as the region paths pay to check what they read
+      n += chunk.byteLength;
+    });
+    const ms = performance.now() - t0;
+    await from.saveCleanup();
+    await from.vmStateChange(true, 'running');
+    const to = await V2MigrationDriver.open(b, 'destination', 1n);
+    await to.loadSetup();
+    await to.loadData(kept.subarray(0, n));
+    await to.loadFinish();
+    await to.vmStateChange(true, 'running');
+    const [x, y] = await Promise.all([digestOf(a), digestOf(b)]);
+    if (x !== y) throw new Error(`v2: the resumed device's digest differs: the benchmark run is void`);
+    return { value: n / ms / 1000, per: `${bytes(n)}, resumed and verified` };
+  };
+}
+
 const cleanup: (() => Promise<void>)[] = [];
 
 // What is measured is the package as installed (dist/, compiled), not the sources through tsx: every
@@ -239,13 +284,14 @@ if (want('device')) {
   const dev = await measure('device', 'MB/s', ROUNDS, deviceProduce(), warm);
   const trapped = await measure('trapped', 'MB/s', ROUNDS, await throughRegion('trapped'), warm);
   const mmapped = await measure('mmapped', 'MB/s', ROUNDS, await throughRegion('mmapped'), warm);
+  const v2 = await measure('v2', 'MB/s', ROUNDS, await throughV2(), warm);
   for (const c of cleanup) await c();
   // The measured rounds' CPU (the warm-up's first value left out), as figures of their own.
   const cpu = Object.entries(cpuOf).map(([name, c]) =>
     figure(`${name} cpu`, 'ms', c.ms.slice(-ROUNDS), { per: `CPU ms per ${bytes(MEM)}`, note: c.note }),
   );
   for (const f of cpu) say(formatFigure(f));
-  run.figures.push(raw, memcpy, dev, trapped, mmapped, ...cpu);
+  run.figures.push(raw, memcpy, dev, trapped, mmapped, v2, ...cpu);
   const ceiling = dev.median < raw.median ? dev : raw;
   // The trapped path moves every byte through a UNIX socket (raw-unix's CPU), the device produces it
   // (device's) and the VMM side copies it out of its read buffer (memcpy's: the bench keeps what it read):
@@ -266,6 +312,8 @@ if (want('device')) {
     ratio('trapped / min(raw, device)', trapped, ceiling),
     ratio('mmapped / memcpy', mmapped, memcpy, '>= 0.3'),
     ratio('trapped / memcpy', trapped, memcpy),
+    ratio('v2 / raw-unix', v2, raw),
+    ratio('v2 / trapped', v2, trapped),
   );
 }
 saveRun(run, values.json, !values['no-history']);
