@@ -68,6 +68,38 @@ test('demo --json with a guest and a device that write nothing: verified by its 
   assert.match(destination?.detail ?? '', /write no memory at these rates, so only its run state was checked/);
 });
 
+test('demo --json that cannot converge: cancelled after --converge-within, said why, the source running, exit 1', async () => {
+  // The source's device releases one byte of its state per pre-copy round (a testing control) while its
+  // pending bytes count all of it (the blocks its work wrote): no pass gets within the 1 ms limit.
+  const r = await runCli(
+    [
+      'demo',
+      '--json',
+      '--mem',
+      '32M',
+      '--device-mem',
+      '64M',
+      '--x-precopy-quota',
+      '1',
+      '--downtime-limit',
+      '1',
+      '--converge-within',
+      '3',
+    ],
+    600_000,
+  );
+  assert.equal(r.code, 1, r.err);
+  const result = JSON.parse(r.out) as DemoResult;
+  assert.equal(result.verdict, 'failed');
+  assert.equal(result.status, 'cancelled');
+  assert.match(result.error ?? '', /did not converge in 3 s: .*1 ms downtime limit.*the source VM runs on/);
+  assert.deepEqual(
+    result.checks.map((c) => [c.name, c.ok]),
+    [['migration', false]],
+  );
+  assert.match(r.err, /FAILED: the migration did not converge in 3 s.*Try a larger --downtime-limit/);
+});
+
 test('probe --json: the device as one object; a failed probe is {"error"} with its errno, exit 1', async () => {
   const ok = await runCli(['probe', '--socket', server!.path, '--json']);
   assert.equal(ok.code, 0, ok.err);

@@ -11,6 +11,10 @@ export interface DemoOptions {
   deviceMem: number;
   deviceRate: number;
   downtimeLimit: number;
+  /** Seconds the live migration may iterate before the demo cancels it as not converging. */
+  convergeWithin: number;
+  /** Testing control passed to the source's device server (serve --x-precopy-quota); 0 = none. */
+  xPrecopyQuota: number;
   dataSection: 'mmapped' | 'trapped';
   /** mixed: three devices in one VM, one per flavor. */
   flavor: MigrationFlavor | 'mixed';
@@ -43,6 +47,17 @@ export function demoCommand(program: Command): Command {
         .default(5000),
     )
     .addOption(new Option('--downtime-limit <ms>', 'switch-over downtime budget').argParser(integer(1)).default(300))
+    .addOption(
+      new Option('--converge-within <s>', 'cancel the migration (the source runs on) if it has not converged by then')
+        .argParser(integer(1))
+        .default(60),
+    )
+    .addOption(
+      new Option('--x-precopy-quota <size>', "(testing) the source device server's serve --x-precopy-quota")
+        .argParser(size)
+        .default(0)
+        .hideHelp(),
+    )
     .addOption(
       new Option('--data-section <kind>', "the devices' data section")
         .choices(['mmapped', 'trapped'])
