@@ -14,12 +14,15 @@ export const MIG_DATA_READS_IN_FLIGHT = 4;
 export interface MigDataReadPlan {
   /** Whether to send one more read, `asked` reads having been sent in this pass. */
   more(asked: number): boolean;
-  /** A chunk that ends the pass (a short read). Reads already sent are still taken, in order. */
+  /**
+   * A chunk that ends the pass (pre-copy: a short read; stop-copy: an empty one); it may throw (a device
+   * breaking the protocol). Asked of every chunk; reads already sent are still taken, in order.
+   */
   ends(chunk: Uint8Array): boolean;
 }
 
 export class MigDataReader {
-  /** Read k lands in buffer k % buffers.length; it is sent once read k - length has been consumed. */
+  /** Read k of a pass lands in buffer k % inFlight; it is sent once read k - inFlight has been consumed. */
   private readonly buffers: Uint8Array[] = [];
 
   constructor(
