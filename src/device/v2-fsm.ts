@@ -159,13 +159,10 @@ export class V2MigrationFsm {
     }
   }
 
-  /** MIG_DATA_READ: up to `max` bytes of the saving transfer; 0 = nothing now (pre-copy) or the end. */
-  read(max: number): Uint8Array {
-    const out = new Uint8Array(max);
-    return out.subarray(0, this.readInto(out));
-  }
-
-  /** MIG_DATA_READ into `out` (a reply being built): returns how many bytes of it the device filled. */
+  /**
+   * MIG_DATA_READ into `out` (a reply being built): returns how many bytes of it the device filled; 0 =
+   * nothing now (pre-copy) or the end.
+   */
   readInto(out: Uint8Array): number {
     if (!SAVING_GROUP.has(this.current)) {
       throw einval(
