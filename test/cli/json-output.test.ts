@@ -23,14 +23,21 @@ after(async () => {
   rmSync(dir, { recursive: true, force: true });
 });
 
+/**
+ * `demo --json` with `args`: checks the exit code (stderr in the message), then parses stdout as the one
+ * result object. A generous safety net: four processes and a migration on a machine that may be saturated.
+ */
+async function demoJson(args: string[], code: number) {
+  const r = await runCli(['demo', '--json', ...args], 600_000);
+  assert.equal(r.code, code, r.err);
+  return { result: JSON.parse(r.out) as DemoResult, err: r.err };
+}
+
 test('demo --json: one result object on stdout, the story on stderr, exit 0 when verified', async () => {
-  // Generous safety net: four processes and a migration on a machine that may be saturated.
-  const r = await runCli(
-    ['demo', '--json', '--mem', '32M', '--device-mem', '4M', '--device-rate', '200', '--dirty-rate', '500'],
-    600_000,
+  const { result, err } = await demoJson(
+    ['--mem', '32M', '--device-mem', '4M', '--device-rate', '200', '--dirty-rate', '500'],
+    0,
   );
-  assert.equal(r.code, 0, r.err);
-  const result = JSON.parse(r.out) as DemoResult;
   assert.equal(result.verdict, 'verified');
   assert.equal(result.status, 'completed');
   assert.equal(result.ramDigestsEqual, true);
@@ -52,16 +59,14 @@ test('demo --json: one result object on stdout, the story on stderr, exit 0 when
       ['destination', true],
     ],
   );
-  assert.match(r.err, /status: +completed/, 'the text summary went to stderr');
+  assert.match(err, /status: +completed/, 'the text summary went to stderr');
 });
 
 test('demo --json with a guest and a device that write nothing: verified by its run state, not by a wait', async () => {
-  const r = await runCli(
-    ['demo', '--json', '--mem', '32M', '--device-mem', '4M', '--device-rate', '0', '--dirty-rate', '0'],
-    600_000,
+  const { result } = await demoJson(
+    ['--mem', '32M', '--device-mem', '4M', '--device-rate', '0', '--dirty-rate', '0'],
+    0,
   );
-  assert.equal(r.code, 0, r.err);
-  const result = JSON.parse(r.out) as DemoResult;
   assert.equal(result.verdict, 'verified');
   assert.equal(result.destinationRunsOn, true);
   const destination = result.checks.find((c) => c.name === 'destination');
@@ -71,10 +76,8 @@ test('demo --json with a guest and a device that write nothing: verified by its 
 test('demo --json that cannot converge: cancelled after --converge-within, said why, the source running, exit 1', async () => {
   // The source's device releases one byte of its state per pre-copy round (a testing control) while its
   // pending bytes count all of it (the blocks its work wrote): no pass gets within the 1 ms limit.
-  const r = await runCli(
+  const { result, err } = await demoJson(
     [
-      'demo',
-      '--json',
       '--mem',
       '32M',
       '--device-mem',
@@ -86,10 +89,8 @@ test('demo --json that cannot converge: cancelled after --converge-within, said 
       '--converge-within',
       '3',
     ],
-    600_000,
+    1,
   );
-  assert.equal(r.code, 1, r.err);
-  const result = JSON.parse(r.out) as DemoResult;
   assert.equal(result.verdict, 'failed');
   assert.equal(result.status, 'cancelled');
   assert.match(result.error ?? '', /did not converge in 3 s: .*1 ms downtime limit.*the source VM runs on/);
@@ -97,7 +98,7 @@ test('demo --json that cannot converge: cancelled after --converge-within, said 
     result.checks.map((c) => [c.name, c.ok]),
     [['migration', false]],
   );
-  assert.match(r.err, /FAILED: the migration did not converge in 3 s.*Try a larger --downtime-limit/);
+  assert.match(err, /FAILED: the migration did not converge in 3 s.*Try a larger --downtime-limit/);
 });
 
 test('probe --json: the device as one object; a failed probe is {"error"} with its errno, exit 1', async () => {
