@@ -48,7 +48,7 @@ import {
   decodeMigDataReadReplyParts,
   decodeMigDataWriteReply,
   encodeMigDataReadRequest,
-  encodeMigDataWriteRequest,
+  encodeMigDataWriteHead,
   MIG_DATA_HEADER_SIZE,
 } from '../abi/vfio-user/mig-data.ts';
 import {
@@ -56,7 +56,7 @@ import {
   decodeRegionReadReplyParts,
   decodeRegionWriteReply,
   encodeRegionReadRequest,
-  encodeRegionWriteRequest,
+  encodeRegionWriteHead,
   REGION_ACCESS_SIZE,
 } from '../abi/vfio-user/region-access.ts';
 import {
@@ -363,8 +363,9 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     fds: readonly number[] = [],
     keepFds = false,
     replyInto?: RequestOptions['replyInto'],
+    lend?: Uint8Array,
   ): Promise<ReceivedMessage> {
-    const m = await this.conn.request(cmd, payload, { fds, replyInto });
+    const m = await this.conn.request(cmd, payload, { fds, replyInto, lend });
     if (!keepFds && m.fds.length > 0) {
       closeFds(m.fds);
       m.fds = [];
@@ -573,10 +574,8 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     for (let at = 0; at < data.byteLength; at += piece) {
       const chunk = data.subarray(at, at + piece);
       const off = base + BigInt(at);
-      const m = await this.call(
-        Command.REGION_WRITE,
-        encodeRegionWriteRequest({ offset: off, region: index, data: chunk }),
-      );
+      const head = encodeRegionWriteHead({ offset: off, region: index, count: chunk.byteLength });
+      const m = await this.call(Command.REGION_WRITE, head, [], false, undefined, chunk);
       const r = this.decode(Command.REGION_WRITE, () => decodeRegionWriteReply(m.payload, { maxCount: piece }));
       if (r.offset !== off || r.region !== index || r.count !== chunk.byteLength) {
         this.mismatch(Command.REGION_WRITE, `acknowledges ${r.count} bytes of region ${r.region} at ${r.offset}`);
@@ -736,7 +735,8 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     const piece = this.maxMigData;
     for (let at = 0; at < data.byteLength; at += piece) {
       const chunk = data.subarray(at, at + piece);
-      const m = await this.call(Command.MIG_DATA_WRITE, encodeMigDataWriteRequest({ data: chunk }, { maxSize: piece }));
+      const head = encodeMigDataWriteHead({ size: chunk.byteLength }, { maxSize: piece });
+      const m = await this.call(Command.MIG_DATA_WRITE, head, [], false, undefined, chunk);
       this.decode(Command.MIG_DATA_WRITE, () => decodeMigDataWriteReply(m.payload));
     }
   }

@@ -1,16 +1,24 @@
-// One vfio-user connection over an FdSocket, for either side: sends whole messages (one sendmsg each, fds
-// on the first byte), reassembles incoming ones, matches replies to our requests by msg_id, and hands the
-// peer's commands to a handler. A dead peer, a lost framing or a timeout fails every waiting request with
-// a clear VfioError; nothing waits forever.
+// One vfio-user connection over an FdSocket, for either side: sends whole messages (fds on the first
+// byte; bulk data may follow its message's head as a second write), reassembles incoming ones, matches
+// replies to our requests by msg_id, and hands the peer's commands to a handler. A dead peer, a lost
+// framing or a timeout fails every waiting request with a clear VfioError; nothing waits forever.
 //
 // Bulk data moves with as few copies as the protocol allows: incoming bytes are received straight into the
 // message being assembled (FdSocket.readTarget), a request may have its reply's data received straight into
-// the caller's memory (`replyInto`), and a reply may be built in place in one buffer (`ReplyBuffer`).
+// the caller's memory (`replyInto`), a request may send its bulk data from the caller's memory (`lend`),
+// and a reply may be built in place in one buffer (`ReplyBuffer`) or send its data by reference.
 
 import { EventEmitter } from 'node:events';
 import { Errno } from '../abi/errno.ts';
 import { commandName, MessageType } from '../abi/vfio-user/commands.ts';
-import { encodeErrorReply, encodeHeader, encodeMessage, replyErrno, replyTo } from '../abi/vfio-user/header.ts';
+import {
+  encodeErrorReply,
+  encodeHeader,
+  encodeMessage,
+  encodeMessageStart,
+  replyErrno,
+  replyTo,
+} from '../abi/vfio-user/header.ts';
 import { HEADER_SIZE } from '../abi/vfio-user/limits.ts';
 import { VfioError } from '../errors.ts';
 import { native } from '../native/addon.ts';
@@ -40,6 +48,11 @@ export interface RequestOptions {
    * usual. `data` is written only until the request settles, and its contents are unspecified if it fails.
    */
   replyInto?: PayloadPlacement;
+  /**
+   * The payload's bulk data, sent after `payload` by reference (no copy into a message buffer): see
+   * Connection.request. It must not change until the request settles.
+   */
+  lend?: Uint8Array;
 }
 
 /** A message built in place: `payload` is `message` after the header room, for the caller to fill. */
@@ -61,6 +74,8 @@ const POOLED_REPLY_CAPACITY = 1024 * 1024 + 2 * HEADER_SIZE;
  * in five or more turns of the server's event loop; the kernel caps the request at net.core.wmem_max.
  */
 export const SEND_BUFFER = 4 * 1024 * 1024;
+/** Lent request data below this size is copied into the message instead (see request). */
+const LEND_MIN = 16 * 1024;
 /** Free pooled buffers kept per connection. */
 const REPLY_POOL_SIZE = 4;
 
@@ -250,8 +265,48 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     this.send(encodeErrorReply(request.header, errno));
   }
 
-  /** Sends a command and waits for its reply; an error reply rejects with its errno. */
-  request(cmd: number, payload: Uint8Array, options: RequestOptions = {}): Promise<ReceivedMessage> {
+  /**
+   * Sends a command and waits for its reply; an error reply rejects with its errno. With `lend`, the
+   * request settles only once the socket no longer holds the lent bytes (sent, or dropped with a closed
+   * connection), so the caller may reuse them at once. The reply normally proves the peer read them; if
+   * they are still queued when the request fails (a timeout: the peer stopped reading), or still queued
+   * a timeout after a success (a peer that answered before reading the whole message), the connection is
+   * closed, which drops them, rather than left to send them after the caller moved on.
+   */
+  async request(cmd: number, payload: Uint8Array, options: RequestOptions = {}): Promise<ReceivedMessage> {
+    if (!options.lend) return this.exchange(cmd, payload, options);
+    const ms = options.timeoutMs ?? this.timeoutMs;
+    let reply: ReceivedMessage;
+    try {
+      reply = await this.exchange(cmd, payload, options);
+    } catch (err) {
+      await this.released(cmd, err instanceof VfioError && err.errno === Errno.ETIMEDOUT ? 0 : ms);
+      throw err;
+    }
+    const stuck = await this.released(cmd, ms);
+    if (stuck) throw stuck;
+    return reply;
+  }
+
+  /**
+   * Waits up to `ms` for the socket to send what it holds; if it still holds some, closes the connection
+   * (dropping it) and returns why.
+   */
+  private async released(cmd: number, ms: number): Promise<VfioError | undefined> {
+    if (this.socket.writableLength === 0 || this.closed) return undefined;
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<void>((resolve) => {
+      timer = setTimeout(resolve, ms);
+    });
+    await Promise.race([this.sent(), late]);
+    clearTimeout(timer);
+    if (this.socket.writableLength === 0 || this.closed) return undefined;
+    const err = new VfioError(Errno.ETIMEDOUT, `${commandName(cmd)}: the peer did not read the data within ${ms} ms`);
+    this.close(err);
+    return err;
+  }
+
+  private exchange(cmd: number, payload: Uint8Array, options: RequestOptions): Promise<ReceivedMessage> {
     if (this.closed) return Promise.reject(new VfioError(Errno.ENOTCONN, `${commandName(cmd)}: connection is closed`));
     const msgId = this.allocateId();
     const timeoutMs = options.timeoutMs ?? this.timeoutMs;
@@ -266,7 +321,20 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       }, timeoutMs);
       this.pending.set(msgId, { cmd, replyInto: options.replyInto, resolve, reject, timer });
       try {
-        this.send(encodeMessage({ msgId, cmd }, payload, this.sendLimits), options.fds ?? []);
+        const lend = options.lend;
+        if (!lend) this.send(encodeMessage({ msgId, cmd }, payload, this.sendLimits), options.fds ?? []);
+        else if (lend.byteLength < LEND_MIN) {
+          // A few bytes (a register write) are cheaper copied than sent with a sendmsg of their own.
+          const message = encodeMessageStart({ msgId, cmd }, payload, lend.byteLength, this.sendLimits);
+          const whole = new Uint8Array(message.byteLength + lend.byteLength);
+          whole.set(message, 0);
+          whole.set(lend, message.byteLength);
+          this.send(whole, options.fds ?? []);
+        } else {
+          // Two writes, one message: nothing else can be queued between them.
+          this.send(encodeMessageStart({ msgId, cmd }, payload, lend.byteLength, this.sendLimits), options.fds ?? []);
+          this.send(lend);
+        }
       } catch (err) {
         clearTimeout(timer);
         this.pending.delete(msgId);

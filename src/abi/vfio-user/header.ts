@@ -85,16 +85,25 @@ export function decodeHeader(bytes: Uint8Array, limits: HeaderLimits = {}): Head
 
 /** Header + payload in one buffer, ready for a single sendmsg. */
 export function encodeMessage(init: HeaderInit, payload: Uint8Array = new Uint8Array(0), limits?: HeaderLimits) {
+  return encodeMessageStart(init, payload, 0, limits);
+}
+
+/**
+ * Header + the payload's first part, for a message whose last `tailSize` payload bytes the caller sends
+ * right after this buffer (bulk data by reference, with no copy into a message buffer): msg_size counts them.
+ */
+export function encodeMessageStart(init: HeaderInit, payload: Uint8Array, tailSize: number, limits?: HeaderLimits) {
+  if (!Number.isSafeInteger(tailSize) || tailSize < 0) fail(MSG, 'tail', `is ${tailSize} bytes`);
   const header: Header = {
     msgId: init.msgId,
     cmd: init.cmd,
-    msgSize: HEADER_SIZE + payload.byteLength,
+    msgSize: HEADER_SIZE + payload.byteLength + tailSize,
     type: init.type ?? MessageType.COMMAND,
     noReply: init.noReply ?? false,
     error: init.error ?? false,
     errorNo: init.errorNo ?? 0,
   };
-  const out = new Uint8Array(header.msgSize);
+  const out = new Uint8Array(HEADER_SIZE + payload.byteLength);
   out.set(encodeHeader(header, limits), 0);
   out.set(payload, HEADER_SIZE);
   return out;

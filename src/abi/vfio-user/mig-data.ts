@@ -110,13 +110,18 @@ export function decodeMigDataReadReply(payload: Uint8Array, limits: MigDataLimit
 }
 
 export function encodeMigDataWriteRequest(m: { argsz?: number; data: Uint8Array }, limits: MigDataLimits = {}) {
-  const n = m.data.byteLength;
-  const argsz = argszOr(WRITE_REQ, m.argsz, MIG_DATA_HEADER_SIZE + n);
-  checkSize(WRITE_REQ, n, argsz, limits);
-  return new Writer(WRITE_REQ, MIG_DATA_HEADER_SIZE + n)
-    .u32(0, 'argsz', argsz)
-    .u32(4, 'size', n)
-    .bytes(MIG_DATA_HEADER_SIZE, m.data).out;
+  const head = encodeMigDataWriteHead({ argsz: m.argsz, size: m.data.byteLength }, limits);
+  const out = new Uint8Array(MIG_DATA_HEADER_SIZE + m.data.byteLength);
+  out.set(head, 0);
+  out.set(m.data, MIG_DATA_HEADER_SIZE);
+  return out;
+}
+
+/** The 8 bytes before a MIG_DATA_WRITE's `size` bytes of data, for a sender that sends the data by reference. */
+export function encodeMigDataWriteHead(m: { argsz?: number; size: number }, limits: MigDataLimits = {}) {
+  const argsz = argszOr(WRITE_REQ, m.argsz, MIG_DATA_HEADER_SIZE + m.size);
+  checkSize(WRITE_REQ, m.size, argsz, limits);
+  return new Writer(WRITE_REQ, MIG_DATA_HEADER_SIZE).u32(0, 'argsz', argsz).u32(4, 'size', m.size).out;
 }
 
 /** The payload must hold exactly `size` bytes of data (libvfio-user refuses short ones as EINVAL). */

@@ -147,6 +147,11 @@ export function encodeRegionWriteRequest(m: RegionAccessData): Uint8Array {
   return encodeAccess(WRITE_REQ, m.offset, m.region, m.data.byteLength, m.data);
 }
 
+/** The 16 bytes before a REGION_WRITE's `count` bytes of data, for a sender that sends the data by reference. */
+export function encodeRegionWriteHead(m: RegionAccess): Uint8Array {
+  return encodeAccess(WRITE_REQ, m.offset, m.region, m.count);
+}
+
 export function decodeRegionWriteRequest(payload: Uint8Array, limits: AccessLimits = {}): RegionAccessData {
   return decodeWithData(WRITE_REQ, payload, limits);
 }
