@@ -199,6 +199,9 @@ async function throughRegion(
  * messages, as the VMM's v2 driver reads them (four in flight, each received in place), resumed into a
  * second v2 server with MIG_DATA_WRITE (not timed) and checked by digest.
  */
+/** MB/s of each v2 round's resume (MIG_DATA_WRITE of the saved state into a second device), warm-up included. */
+const v2Resumes: number[] = [];
+
 async function throughV2(): Promise<() => Promise<{ value: number; per: string }>> {
   const device = ['--device', 'large-memory', '--device-mem', `${MEM >> 20}M`, '--quiet', '--flavor', 'v2'];
   const src = await startServer([...device, '--device-fill', 'random', '--work-rate', '0']);
@@ -228,7 +231,9 @@ async function throughV2(): Promise<() => Promise<{ value: number; per: string }
     await from.vmStateChange(true, 'running');
     const to = await V2MigrationDriver.open(b, 'destination', 1n);
     await to.loadSetup();
-    await to.loadData(kept.subarray(0, n));
+    const r0 = performance.now();
+    await to.loadData(kept.subarray(0, n)); // as a destination VMM loads it: from its stream's buffer
+    v2Resumes.push(n / (performance.now() - r0) / 1000);
     await to.loadFinish();
     await to.vmStateChange(true, 'running');
     const [x, y] = await Promise.all([digestOf(a), digestOf(b)]);
@@ -291,7 +296,11 @@ if (want('device')) {
     figure(`${name} cpu`, 'ms', c.ms.slice(-ROUNDS), { per: `CPU ms per ${bytes(MEM)}`, note: c.note }),
   );
   for (const f of cpu) say(formatFigure(f));
-  run.figures.push(raw, memcpy, dev, trapped, mmapped, v2, ...cpu);
+  const v2Resume = figure('v2 resume', 'MB/s', v2Resumes.slice(-ROUNDS), {
+    per: `${bytes(MEM)} written with MIG_DATA_WRITE into a second device (the measured rounds of v2)`,
+  });
+  say(formatFigure(v2Resume));
+  run.figures.push(raw, memcpy, dev, trapped, mmapped, v2, v2Resume, ...cpu);
   const ceiling = dev.median < raw.median ? dev : raw;
   // The trapped path moves every byte through a UNIX socket (raw-unix's CPU), the device produces it
   // (device's) and the VMM side copies it out of its read buffer (memcpy's: the bench keeps what it read):
@@ -314,6 +323,7 @@ if (want('device')) {
     ratio('trapped / memcpy', trapped, memcpy),
     ratio('v2 / raw-unix', v2, raw),
     ratio('v2 / trapped', v2, trapped),
+    ratio('v2 resume / raw-unix', v2Resume, raw),
   );
 }
 saveRun(run, values.json, !values['no-history']);
