@@ -236,6 +236,8 @@ async function throughV2(): Promise<() => Promise<{ value: number; per: string }
     v2Resumes.push(n / (performance.now() - r0) / 1000);
     await to.loadFinish();
     await to.vmStateChange(true, 'running');
+    from.close();
+    to.close();
     const [x, y] = await Promise.all([digestOf(a), digestOf(b)]);
     if (x !== y) throw new Error(`v2: the resumed device's digest differs: the benchmark run is void`);
     return { value: n / ms / 1000, per: `${bytes(n)}, resumed and verified` };

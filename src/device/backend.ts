@@ -31,6 +31,8 @@ export interface MigrationBackend {
   /**
    * Takes the next bytes of a saved state, in the order they were produced, split anywhere. Only called
    * while RESUMING. Throw (a VfioError with EINVAL, ideally) to reject data the device cannot accept.
+   * `data` is valid during the call only (the server receives the next request into the same memory):
+   * copy what must outlive it.
    */
   consume(data: Uint8Array): void;
 

@@ -3,6 +3,7 @@
 export interface Bar {
   readonly size: number;
   read(offset: number, length: number): Uint8Array;
+  /** `data` is valid during the call only (a server reuses a large request's memory): copy what is kept. */
   write(offset: number, data: Uint8Array): void;
   /** Backing memory a transport may offer for mmap (reads through it see the same bytes as read()). */
   readonly memory?: Uint8Array;

@@ -20,6 +20,7 @@ export interface MigrationRegion {
   readInto(offset: number, dest: Uint8Array): void;
   /** A read with no copy, where the bytes stay put until the next access (see MigrationRegionAccess). */
   readView(offset: number, length: number): Uint8Array | undefined;
+  /** `data` is valid during the call only (a server reuses a large request's memory): copy what is kept. */
   write(offset: number, data: Uint8Array): void;
   /** Device reset: the region returns to running with no session. */
   reset(): void;

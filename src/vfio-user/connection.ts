@@ -63,10 +63,10 @@ export interface ReplyBuffer {
   readonly pooled?: Uint8Array;
 }
 
-/** Replies at least this large are built in pooled memory. */
-export const POOLED_REPLY_MIN = 64 * 1024;
-/** Pooled buffers are at least this large, so one fits any REGION_READ reply of up to 1 MiB. */
-const POOLED_REPLY_CAPACITY = 1024 * 1024 + 2 * HEADER_SIZE;
+/** Replies built in place and commands received at least this large use pooled memory. */
+export const POOLED_MIN = 64 * 1024;
+/** Pooled buffers are at least this large, so one fits any message with 1 MiB of data (REGION_READ replies, REGION_WRITE and MIG_DATA_WRITE requests). */
+const POOLED_CAPACITY = 1024 * 1024 + 2 * HEADER_SIZE;
 /**
  * The send buffer a connection asks for: room for the replies to a VMM's pipelined 1 MiB reads (4 in
  * flight) at once, so a server writes a whole reply in one sendmsg and goes back to its device instead of
@@ -77,7 +77,7 @@ export const SEND_BUFFER = 4 * 1024 * 1024;
 /** Lent request data below this size is copied into the message instead (see request). */
 const LEND_MIN = 16 * 1024;
 /** Free pooled buffers kept per connection. */
-const REPLY_POOL_SIZE = 4;
+const POOL_SIZE = 4;
 
 interface Pending {
   cmd: number;
@@ -105,10 +105,15 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private nextId = 0;
   private closed = false;
   private readonly timeoutMs: number;
-  /** Pooled reply buffers nobody uses (handed out by replyBuffer, back once the socket sent them). */
-  private readonly freeReplies: Uint8Array[] = [];
+  /**
+   * Pooled buffers nobody uses: for large replies built in place (back once the socket sent them) and
+   * large commands received (back once handled: releaseCommand).
+   */
+  private readonly freeBuffers: Uint8Array[] = [];
   /** Pooled reply buffers the socket still holds (queued, not yet sent): free again on 'drain'. */
   private queuedReplies: Uint8Array[] = [];
+  /** Pooled buffers holding a received command's payload, until releaseCommand gives them back. */
+  private readonly heldCommands = new Set<ArrayBufferLike>();
   /** Pooled buffers allocated so far (for tests and diagnostics). */
   pooledAllocations = 0;
 
@@ -128,10 +133,16 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       const p = this.pending.get(h.msgId);
       return p && p.cmd === h.cmd ? p.replyInto : undefined;
     };
+    this.assembler.bodyMemory = (h, size) => {
+      if (h.type !== MessageType.COMMAND || size < POOLED_MIN || size > POOLED_CAPACITY) return undefined;
+      const b = this.takePooled(size);
+      this.heldCommands.add(b.buffer);
+      return b.subarray(0, size);
+    };
     socket.on('data', (chunk, fds) => this.onData(chunk, fds));
     socket.on('drain', () => {
       // The socket's queue is empty: every buffer it held has been sent.
-      for (const b of this.queuedReplies) this.releaseReply(b);
+      for (const b of this.queuedReplies) this.releasePooled(b);
       this.queuedReplies = [];
     });
     socket.on('error', (err) =>
@@ -189,32 +200,46 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    */
   replyBuffer(payloadSize: number): ReplyBuffer {
     const size = HEADER_SIZE + payloadSize;
-    if (size < POOLED_REPLY_MIN) {
+    if (size < POOLED_MIN) {
       const message = new Uint8Array(size);
       return { message, payload: message.subarray(HEADER_SIZE) };
     }
-    const i = this.freeReplies.findIndex((b) => b.byteLength >= size);
-    let pooled: Uint8Array;
-    if (i >= 0) pooled = this.freeReplies.splice(i, 1)[0]!;
-    else {
-      pooled = new Uint8Array(Math.max(size, POOLED_REPLY_CAPACITY));
-      this.pooledAllocations++;
-    }
+    const pooled = this.takePooled(size);
     const message = pooled.subarray(0, size);
     return { message, payload: message.subarray(HEADER_SIZE), pooled };
+  }
+
+  /**
+   * Gives back the memory of a command's payload once it has been handled: a large command (a bulk
+   * REGION_WRITE or MIG_DATA_WRITE) is received into pooled memory, and the next one reuses it instead of
+   * a fresh buffer per message (allocated, cleared and faulted in: a device server's largest cost in
+   * resuming after the copy itself). Nothing may keep a view of `m.payload` afterwards. A command never
+   * given back is left to the garbage collector; giving one back twice, or one not pooled, does nothing.
+   */
+  releaseCommand(m: ReceivedMessage): void {
+    const b = m.payload.buffer;
+    if (!this.heldCommands.delete(b)) return;
+    this.releasePooled(new Uint8Array(b));
+  }
+
+  private takePooled(size: number): Uint8Array {
+    const i = this.freeBuffers.findIndex((b) => b.byteLength >= size);
+    if (i >= 0) return this.freeBuffers.splice(i, 1)[0]!;
+    this.pooledAllocations++;
+    return new Uint8Array(Math.max(size, POOLED_CAPACITY));
   }
 
   /** Sends a reply built in place (see replyBuffer); its header is written here. */
   sendReply(request: ReceivedMessage, reply: ReplyBuffer, fds: readonly number[] = []): void {
     if (!this.wantsReply(request)) {
-      if (reply.pooled) this.releaseReply(reply.pooled);
+      if (reply.pooled) this.releasePooled(reply.pooled);
       return;
     }
     reply.message.set(this.successHeader(request, reply.message.byteLength), 0);
     this.send(reply.message, fds);
     if (!reply.pooled) return;
     // Sent at once, or queued by reference until the socket drains.
-    if (this.socket.writableLength === 0) this.releaseReply(reply.pooled);
+    if (this.socket.writableLength === 0) this.releasePooled(reply.pooled);
     else this.queuedReplies.push(reply.pooled);
   }
 
@@ -226,11 +251,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    */
   async sendReplyRef(request: ReceivedMessage, head: Uint8Array, data: Uint8Array): Promise<void> {
     if (!this.wantsReply(request)) return;
-    const header = this.successHeader(request, HEADER_SIZE + head.byteLength + data.byteLength);
-    const first = new Uint8Array(HEADER_SIZE + head.byteLength);
-    first.set(header, 0);
-    first.set(head, HEADER_SIZE);
-    this.send(first);
+    this.send(encodeMessageStart(replyTo(request.header), head, data.byteLength, this.sendLimits));
     this.send(data);
     await this.sent();
   }
@@ -256,8 +277,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     );
   }
 
-  private releaseReply(b: Uint8Array): void {
-    if (!this.closed && this.freeReplies.length < REPLY_POOL_SIZE) this.freeReplies.push(b);
+  private releasePooled(b: Uint8Array): void {
+    if (!this.closed && this.freeBuffers.length < POOL_SIZE) this.freeBuffers.push(b);
   }
 
   replyError(request: ReceivedMessage, errno: number): void {

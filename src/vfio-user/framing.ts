@@ -56,6 +56,12 @@ export class MessageAssembler {
   private fds: number[] = [];
   /** Asked once per message header: memory the caller wants this payload received into. */
   placement: ((header: Header) => PayloadPlacement | undefined) | null = null;
+  /**
+   * Asked for a payload without a placement: memory of exactly `size` bytes to receive the whole payload
+   * into instead of a fresh buffer (memory the caller reuses: every byte is overwritten before the
+   * message is handed on), or undefined for a fresh buffer.
+   */
+  bodyMemory: ((header: Header, size: number) => Uint8Array | undefined) | null = null;
 
   constructor(private limits: FramingLimits) {}
 
@@ -167,7 +173,8 @@ export class MessageAssembler {
       this.parts = place.head > 0 ? [new Uint8Array(place.head), place.data] : [new Uint8Array(0), place.data];
       this.part = place.head > 0 ? 0 : 1;
     } else {
-      this.parts = [new Uint8Array(size)];
+      const mem = size > 0 ? this.bodyMemory?.(header, size) : undefined;
+      this.parts = [mem && mem.byteLength === size ? mem : new Uint8Array(size)];
       this.part = 0;
     }
     this.partFill = 0;

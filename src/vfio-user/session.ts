@@ -95,7 +95,7 @@ import {
 } from '../abi/vfio-user/version.ts';
 import { asVfioError, einval, VfioError } from '../errors.ts';
 import { native } from '../native/addon.ts';
-import { type Connection, closeFds, POOLED_REPLY_MIN, type ReplyBuffer } from './connection.ts';
+import { type Connection, closeFds, POOLED_MIN, type ReplyBuffer } from './connection.ts';
 import { DmaTable } from './dma-table.ts';
 import type { ReceivedMessage } from './framing.ts';
 import { type HostedDevice, IRQ_COUNTS } from './hosted-device.ts';
@@ -197,6 +197,11 @@ export class Session {
     conn.on('close', (reason) => this.end(reason?.message));
   }
 
+  /** Pooled buffers the connection has allocated (for tests and diagnostics: reuse keeps it small). */
+  get pooledAllocations(): number {
+    return this.conn.pooledAllocations;
+  }
+
   /** Requests queued or running, and their bytes. */
   get pending(): { count: number; bytes: number } {
     return { count: this.pendingCount, bytes: this.pendingBytes };
@@ -268,6 +273,8 @@ export class Session {
       this.conn.replyError(m, e.errno);
     } finally {
       this.releaseFds(m);
+      // Handled and answered: every handler copies what it keeps, so the payload's memory may be reused.
+      this.conn.releaseCommand(m);
     }
   }
 
@@ -587,7 +594,7 @@ export class Session {
     const req = decodeRegionReadRequest(m.payload);
     const r = this.host.region(req.region);
     checkRegionRange(req.offset, req.count, r.size);
-    const lent = req.count >= POOLED_REPLY_MIN ? r.readView?.(Number(req.offset), req.count) : undefined;
+    const lent = req.count >= POOLED_MIN ? r.readView?.(Number(req.offset), req.count) : undefined;
     if (lent) return { head: encodeRegionReadReplyHead(req), lent };
     const built = this.conn.replyBuffer(REGION_ACCESS_SIZE + req.count);
     const data = encodeRegionReadReplyInPlace(built.payload, req);

@@ -23,9 +23,16 @@ export abstract class MigrationDriverBase {
     readonly client: VfioUserClient,
     protected readonly trace: Tracer,
   ) {
-    client.on('close', (reason) => {
-      if (reason) this.lost ??= reason.message;
-    });
+    client.on('close', this.onClientClose);
+  }
+
+  private readonly onClientClose = (reason: Error | undefined): void => {
+    if (reason) this.lost ??= reason.message;
+  };
+
+  /** The driver is done with the device (the client may live on and get another driver). */
+  close(): void {
+    this.client.off('close', this.onClientClose);
   }
 
   /** At the start of a migration and after a failed one: the counters describe one migration. */

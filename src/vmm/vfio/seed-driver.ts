@@ -208,7 +208,8 @@ export class SeedMigrationDriver extends MigrationDriverBase implements VfioMigr
     return total;
   }
 
-  close(): void {
+  override close(): void {
+    super.close();
     this.port.close();
   }
 }

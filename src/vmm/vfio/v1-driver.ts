@@ -294,8 +294,4 @@ export class V1MigrationDriver extends MigrationDriverBase implements VfioMigrat
       this.client.dirtyPages('get-bitmap', { iova: r.iova, size: r.size, pgsize: pageSize }),
     );
   }
-
-  close(): void {
-    // Nothing mapped: every access is trapped.
-  }
 }

@@ -392,10 +392,6 @@ export class V2MigrationDriver extends MigrationDriverBase implements VfioMigrat
       return rep.bitmap;
     });
   }
-
-  close(): void {
-    // Nothing mapped: v2 data travels in messages.
-  }
 }
 
 async function getState(client: VfioUserClient): Promise<number> {
