@@ -37,22 +37,55 @@ static bool get_fd_array(napi_env env, napi_value v, int* fds, uint32_t* count) 
   return true;
 }
 
-/* sendmsg(fd, data, fds): bytes sent (possibly fewer than data.length), or -1 on EAGAIN. */
+/* data: one Uint8Array, or an array of up to VN_MAX_IOV of them sent in order as one write. */
+static bool get_iovecs(napi_env env, napi_value v, struct iovec* iov, size_t* count, size_t* total) {
+  bool is_array = false;
+  uint32_t n = 1;
+  if (napi_is_array(env, v, &is_array) != napi_ok || (is_array && napi_get_array_length(env, v, &n) != napi_ok)) {
+    vn_throw_type(env, "data must be a Uint8Array or an array of them");
+    return false;
+  }
+  if (n > VN_MAX_IOV) {
+    vn_throw_range(env, "at most %d buffers in one sendmsg, got %u", VN_MAX_IOV, n);
+    return false;
+  }
+  *total = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    napi_value e = v;
+    if (is_array && napi_get_element(env, v, i, &e) != napi_ok) {
+      vn_throw_status(env, napi_generic_failure, "napi_get_element");
+      return false;
+    }
+    uint8_t* data;
+    size_t len;
+    if (!vn_get_bytes(env, e, is_array ? "data[i]" : "data", &data, &len)) return false;
+    iov[i].iov_base = data;
+    iov[i].iov_len = len;
+    *total += len;
+  }
+  *count = n;
+  return true;
+}
+
+/*
+ * sendmsg(fd, data, fds): bytes sent (possibly fewer than the data's length), or -1 on EAGAIN. Several
+ * buffers go as one write (an iovec), so a message made of parts reaches the peer as one send would.
+ */
 napi_value vn_sendmsg(napi_env env, napi_callback_info info) {
   napi_value argv[3];
   int fd;
-  uint8_t* data;
-  size_t len;
+  struct iovec iov[VN_MAX_IOV];
+  size_t niov = 0;
+  size_t len = 0;
   int fds[VN_MAX_FDS];
   uint32_t nfds = 0;
   if (!vn_args(env, info, 3, argv, NULL) || !vn_get_fd(env, argv[0], "fd", &fd) ||
-      !vn_get_bytes(env, argv[1], "data", &data, &len) || !get_fd_array(env, argv[2], fds, &nfds))
+      !get_iovecs(env, argv[1], iov, &niov, &len) || !get_fd_array(env, argv[2], fds, &nfds))
     return NULL;
   /* A stream socket drops ancillary data sent with zero bytes: refuse rather than lose the fds. */
   if (nfds > 0 && len == 0) return vn_throw_errno(env, EINVAL, "sendmsg", "(fds need at least one data byte)");
 
-  struct iovec iov = {.iov_base = data, .iov_len = len};
-  struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+  struct msghdr msg = {.msg_iov = iov, .msg_iovlen = niov};
   vn_cmsg_buf ctrl;
   if (nfds > 0) {
     memset(&ctrl, 0, sizeof ctrl);

@@ -17,6 +17,8 @@
 
 /* The kernel's SCM_MAX_FD: the most fds one SCM_RIGHTS message can carry. */
 #define VN_MAX_FDS 253
+/* Most buffers one sendmsg takes (the addon's, far below IOV_MAX). */
+#define VN_MAX_IOV 16
 
 /* Everything this addon keeps per napi_env (main thread and each worker get their own). */
 typedef struct vn_poller vn_poller;

@@ -165,11 +165,12 @@ export interface NativeAddon {
    */
   setSendBuffer(fd: number, bytes: number): number;
   /**
-   * Nonblocking send; returns bytes sent (maybe fewer than data.length) or -1 on EAGAIN (nothing sent).
-   * fds (at most 253) travel as one SCM_RIGHTS message with the first byte sent; data must not be empty
-   * when fds are given. The caller's fds stay open (the kernel passes duplicates).
+   * Nonblocking send; returns bytes sent (maybe fewer than the data's length) or -1 on EAGAIN (nothing
+   * sent). `data` may be up to 16 buffers, sent in order as one write (an iovec). fds (at most 253)
+   * travel as one SCM_RIGHTS message with the first byte sent; data must not be empty when fds are
+   * given. The caller's fds stay open (the kernel passes duplicates).
    */
-  sendmsg(fd: number, data: Uint8Array, fds: readonly number[]): number;
+  sendmsg(fd: number, data: Uint8Array | readonly Uint8Array[], fds: readonly number[]): number;
   /** Nonblocking receive of at most buf.length bytes and at most maxFds (0..253) fds; null on EAGAIN. */
   recvmsg(fd: number, buf: Uint8Array, maxFds: number): RecvResult | null;
   /**

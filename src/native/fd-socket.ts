@@ -19,6 +19,8 @@ import { FdAcceptor } from './fd-acceptor.ts';
 
 /** The kernel's SCM_MAX_FD: the most fds one sendmsg can carry, so a default that never truncates. */
 export const MAX_FDS_PER_MESSAGE = 253;
+/** Most buffers one write (one sendmsg) takes: the addon's limit. */
+export const MAX_PARTS_PER_WRITE = 16;
 const DEFAULT_READ_SIZE = 64 * 1024;
 const MAX_READ_SIZE = 16 * 1024 * 1024;
 const SLAB_SIZE = 256 * 1024;
@@ -63,6 +65,19 @@ function errCode(err: unknown): unknown {
 function isHangup(err: unknown): boolean {
   const code = errCode(err);
   return code === 'ECONNRESET' || code === 'EPIPE';
+}
+
+/** `parts` without their first `n` bytes. */
+function skip(parts: readonly Uint8Array[], n: number): Uint8Array[] {
+  const out: Uint8Array[] = [];
+  for (const p of parts) {
+    if (n >= p.length) n -= p.length;
+    else {
+      out.push(n > 0 ? p.subarray(n) : p);
+      n = 0;
+    }
+  }
+  return out;
 }
 
 function closeAll(fds: readonly number[]): void {
@@ -149,29 +164,37 @@ export class FdSocket extends EventEmitter<FdSocketEvents> {
   /**
    * Sends data, with fds on its first byte. Whatever cannot be sent now is queued (data by reference, as
    * net.Socket does: don't modify it until 'drain'; fds as duplicates, so the caller may close its own at
-   * once). Writes go out in order; a write's fds never ride on another write's bytes.
+   * once). Writes go out in order; a write's fds never ride on another write's bytes. Several buffers
+   * (`data` an array: a message's head and its bulk data by reference) go out as one sendmsg, as one
+   * buffer would: a peer that expects a message to arrive whole (libvfio-user reads a message's body
+   * with one recv) must not find the socket holding only its head.
    */
-  write(data: Uint8Array, fds: readonly number[] = []): void {
+  write(data: Uint8Array | readonly Uint8Array[], fds: readonly number[] = []): void {
     if (this.#destroyed || this.#ending || this.#hungUp) {
       throw sysError('ERR_SOCKET_CLOSED', 0, 'write on a closed FdSocket');
     }
     if (fds.length > MAX_FDS_PER_MESSAGE) throw new RangeError(`at most ${MAX_FDS_PER_MESSAGE} fds per write`);
-    if (data.length === 0) {
+    let parts = (data instanceof Uint8Array ? [data] : data).filter((p) => p.length > 0);
+    if (parts.length > MAX_PARTS_PER_WRITE) throw new RangeError(`at most ${MAX_PARTS_PER_WRITE} buffers per write`);
+    if (parts.length === 0) {
       if (fds.length > 0) throw new RangeError('fds need at least one byte of data to travel with');
       return;
     }
-    let rest = data;
-    let restFds: readonly number[] = fds;
+    let restFds = fds;
     if (this.#queue.length === 0) {
-      const n = this.#send(data, fds);
-      if (n === null || n === data.length) return;
+      const n = this.#send(parts, fds);
+      if (n === null) return;
       if (n > 0) {
-        rest = data.subarray(n);
+        parts = skip(parts, n);
         restFds = [];
       }
+      if (parts.length === 0) return;
     }
-    this.#queue.push({ data: rest, fds: restFds.length > 0 ? restFds.map((fd) => native().dup(fd)) : null });
-    this.#queuedBytes += rest.length;
+    parts.forEach((p, i) => {
+      const dups = i === 0 && restFds.length > 0 ? restFds.map((fd) => native().dup(fd)) : null;
+      this.#queue.push({ data: p, fds: dups });
+      this.#queuedBytes += p.length;
+    });
     this.#updatePolling();
   }
 
@@ -227,9 +250,9 @@ export class FdSocket extends EventEmitter<FdSocketEvents> {
   }
 
   /** One sendmsg: bytes sent, -1 if the socket is full, or null if the socket is now closed. */
-  #send(data: Uint8Array, fds: readonly number[]): number | null {
+  #send(parts: readonly Uint8Array[], fds: readonly number[]): number | null {
     try {
-      return native().sendmsg(this.#fd, data, fds);
+      return native().sendmsg(this.#fd, parts.length === 1 ? parts[0]! : parts, fds);
     } catch (err) {
       if (isHangup(err)) this.#hangup();
       else this.destroy(err as Error);
@@ -252,16 +275,30 @@ export class FdSocket extends EventEmitter<FdSocketEvents> {
 
   #flush(): void {
     while (this.#queue.length > 0) {
+      // One sendmsg: the oldest write and those behind it that bring no fds of their own.
       const head = this.#queue[0]!;
-      const n = this.#send(head.data, head.fds ?? []);
+      const parts = [head.data];
+      for (let i = 1; i < this.#queue.length && parts.length < MAX_PARTS_PER_WRITE; i++) {
+        const w = this.#queue[i]!;
+        if (w.fds) break;
+        parts.push(w.data);
+      }
+      const n = this.#send(parts, head.fds ?? []);
       if (n === null || n < 0) return;
       if (head.fds) {
         closeAll(head.fds); // sent with the first byte: the peer has its own copies now
         head.fds = null;
       }
       this.#queuedBytes -= n;
-      if (n === head.data.length) this.#queue.shift();
-      else head.data = head.data.subarray(n);
+      for (let left = n; left > 0; ) {
+        const w = this.#queue[0]!;
+        if (left < w.data.length) {
+          w.data = w.data.subarray(left);
+          break;
+        }
+        left -= w.data.length;
+        this.#queue.shift();
+      }
     }
     if (this.#ending) {
       this.destroy();

@@ -1,7 +1,8 @@
-// One vfio-user connection over an FdSocket, for either side: sends whole messages (fds on the first
-// byte; bulk data may follow its message's head as a second write), reassembles incoming ones, matches
-// replies to our requests by msg_id, and hands the peer's commands to a handler. A dead peer, a lost
-// framing or a timeout fails every waiting request with a clear VfioError; nothing waits forever.
+// One vfio-user connection over an FdSocket, for either side: sends whole messages, each in one write (fds
+// on the first byte; bulk data by reference after its message's head, in the same write), reassembles
+// incoming ones, matches replies to our requests by msg_id, and hands the peer's commands to a handler. A
+// dead peer, a lost framing or a timeout fails every waiting request with a clear VfioError; nothing
+// waits forever.
 //
 // Bulk data moves with as few copies as the protocol allows: incoming bytes are received straight into the
 // message being assembled (FdSocket.readTarget), a request may have its reply's data received straight into
@@ -180,8 +181,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
     return !request.header.noReply && !this.closed && this.socket.writable;
   }
 
-  /** Sends a ready message (header + payload). */
-  send(message: Uint8Array, fds: readonly number[] = []): void {
+  /** Sends a ready message (header + payload, or its parts in order: one write either way). */
+  send(message: Uint8Array | readonly Uint8Array[], fds: readonly number[] = []): void {
     if (this.closed) throw new VfioError(Errno.ENOTCONN, 'connection is closed');
     // The peer hung up (an earlier write met EPIPE) and our 'close' event is still to come.
     if (!this.socket.writable) throw new VfioError(Errno.ENOTCONN, 'the peer closed the connection');
@@ -251,8 +252,7 @@ export class Connection extends EventEmitter<ConnectionEvents> {
    */
   async sendReplyRef(request: ReceivedMessage, head: Uint8Array, data: Uint8Array): Promise<void> {
     if (!this.wantsReply(request)) return;
-    this.send(encodeMessageStart(replyTo(request.header), head, data.byteLength, this.sendLimits));
-    this.send(data);
+    this.send([encodeMessageStart(replyTo(request.header), head, data.byteLength, this.sendLimits), data]);
     await this.sent();
   }
 
@@ -352,9 +352,8 @@ export class Connection extends EventEmitter<ConnectionEvents> {
           whole.set(lend, message.byteLength);
           this.send(whole, options.fds ?? []);
         } else {
-          // Two writes, one message: nothing else can be queued between them.
-          this.send(encodeMessageStart({ msgId, cmd }, payload, lend.byteLength, this.sendLimits), options.fds ?? []);
-          this.send(lend);
+          const start = encodeMessageStart({ msgId, cmd }, payload, lend.byteLength, this.sendLimits);
+          this.send([start, lend], options.fds ?? []);
         }
       } catch (err) {
         clearTimeout(timer);

@@ -249,11 +249,35 @@ describe('FdSocket', () => {
     );
   });
 
+  test('a write of several buffers sends them in order; what does not fit is queued and follows in order', async () => {
+    const [a, b] = FdSocket.pair();
+    try {
+      const head = pattern(24, 1);
+      const body = pattern(64 * 1024, 2);
+      a.write([head, body]);
+      assert.equal(a.writableLength, 0, 'an idle socket takes both at once');
+      b.pause(); // now fill the socket: a second message waits in the queue behind the rest of a big one
+      const big = pattern(8 * MiB, 3);
+      a.write(big);
+      assert.ok(a.writableLength > 0, 'the socket filled');
+      a.write([head, body]);
+      assert.ok(a.writableLength > head.length + body.length, 'the message waits behind the rest of big');
+      b.resume();
+      const got = await receive(b, 2 * (head.length + body.length) + big.length);
+      assert.deepEqual(got.bytes, concat(head, body, big, head, body));
+    } finally {
+      a.destroy();
+      b.destroy();
+    }
+  });
+
   test('write validates: fds need a byte, at most 253 fds', () => {
     const [a, b] = FdSocket.pair();
     assert.throws(() => a.write(new Uint8Array(0), [0]), RangeError);
     assert.throws(() => a.write(new Uint8Array(1), new Array(254).fill(0)), RangeError);
+    assert.throws(() => a.write(new Array(17).fill(new Uint8Array(1))), RangeError);
     a.write(new Uint8Array(0)); // nothing to do
+    a.write([new Uint8Array(0), new Uint8Array(0)]);
     assert.equal(a.writableLength, 0);
     a.destroy();
     b.destroy();

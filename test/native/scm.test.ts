@@ -129,4 +129,21 @@ describe('sendmsg/recvmsg with SCM_RIGHTS', () => {
       n.close(memfd);
     });
   });
+  test('several buffers go as one sendmsg, in order, fds with the first byte; at most 16', () => {
+    const n = native();
+    withPair((a, b) => {
+      const memfd = n.memfdCreate('with-parts', PAGE);
+      const parts = [Uint8Array.of(1, 2), new Uint8Array(0), Uint8Array.of(3), Uint8Array.of(4, 5, 6)];
+      assert.equal(n.sendmsg(a, parts, [memfd]), 6);
+      n.close(memfd);
+      const buf = new Uint8Array(16);
+      const r = n.recvmsg(b, buf, 4);
+      assert.equal(r?.bytes, 6, 'one recvmsg reads every part');
+      assert.deepEqual([...buf.subarray(0, 6)], [1, 2, 3, 4, 5, 6]);
+      assert.equal(r?.fds.length, 1);
+      for (const fd of r?.fds ?? []) n.close(fd);
+      assert.throws(() => n.sendmsg(a, new Array(17).fill(Uint8Array.of(1)), []), RangeError);
+      assert.throws(() => n.sendmsg(a, [Uint8Array.of(1), 'x' as unknown as Uint8Array], []), TypeError);
+    });
+  });
 });

@@ -119,9 +119,14 @@ test("MIG_DATA_WRITE and REGION_WRITE hand the caller's own bytes to the socket,
   });
   const client = await VfioUserClient.connect(srv.path, { timeoutMs: 60_000 });
   const write = FdSocket.prototype.write;
-  const handed: Uint8Array[] = [];
-  FdSocket.prototype.write = function (this: FdSocket, data: Uint8Array, fds?: readonly number[]) {
-    handed.push(data);
+  /** Each write's buffers (a message in parts is one write: libvfio-user reads a body with one recv). */
+  const handed: Uint8Array[][] = [];
+  FdSocket.prototype.write = function (
+    this: FdSocket,
+    data: Uint8Array | readonly Uint8Array[],
+    fds?: readonly number[],
+  ) {
+    handed.push(data instanceof Uint8Array ? [data] : [...data]);
     return write.call(this, data, fds);
   };
   t.after(() => {
@@ -130,22 +135,36 @@ test("MIG_DATA_WRITE and REGION_WRITE hand the caller's own bytes to the socket,
     srv.close();
   });
   const data = randomBytes(2 * MiB + 5);
-  const ours = (b: Uint8Array) => b.buffer === data.buffer;
+  /** [offset in data, length, bytes before it in the same write] for each write carrying the caller's bytes. */
+  const lent = () =>
+    handed.flatMap((parts) =>
+      parts
+        .map((p, i) => ({ p, before: parts.slice(0, i).reduce((n, q) => n + q.byteLength, 0) }))
+        .filter(({ p }) => p.buffer === data.buffer)
+        .map(({ p, before }) => [p.byteOffset - data.byteOffset, p.byteLength, before]),
+    );
   await client.migDataWrite(data);
   assert.deepEqual(
-    handed.filter(ours).map((b) => [b.byteOffset - data.byteOffset, b.byteLength]),
+    lent(),
     [
-      [0, MiB],
-      [MiB, MiB],
+      [0, MiB, 16 + 8],
+      [MiB, MiB, 16 + 8],
     ],
-    "each whole 1 MiB piece handed over as a view of the caller's memory (the 5-byte tail is copied)",
+    "each whole 1 MiB piece handed over as a view of the caller's memory, in one write with its message's header (the 5-byte tail is copied)",
   );
   const got = srv.seenOf(Command.MIG_DATA_WRITE).map((m) => decodeMigDataWriteRequest(m.payload).data);
   assert.deepEqual(new Uint8Array(Buffer.concat(got)), new Uint8Array(data));
 
   handed.length = 0;
   await client.regionWrite(2, 4096n, data);
-  assert.equal(handed.filter(ours).length, 2, 'the two whole pieces of REGION_WRITE by reference too');
+  assert.deepEqual(
+    lent().map(([, n, before]) => [n, before]),
+    [
+      [MiB, 16 + 16],
+      [MiB, 16 + 16],
+    ],
+    'the two whole pieces of REGION_WRITE by reference too',
+  );
   const writes = srv.seenOf(Command.REGION_WRITE).map((m) => decodeRegionWriteRequest(m.payload, { maxCount: MiB }));
   assert.deepEqual(
     writes.map((w) => [w.region, Number(w.offset)]),
