@@ -64,8 +64,16 @@ function stuckPair(): { client: Connection; peer: number; socket: FdSocket } {
   return { client: new Connection(socket, { ...LIMITS, sendBuffer: 0 }), peer, socket };
 }
 
+/** The request failed with ETIMEDOUT, and the connection was closed, dropping the lent data it held. */
+async function dropped(req: Promise<unknown>, p: ReturnType<typeof stuckPair>): Promise<void> {
+  await assert.rejects(req, (e: unknown) => e instanceof VfioError && e.errno === Errno.ETIMEDOUT);
+  assert.ok(p.client.isClosed, 'the connection was closed');
+  assert.equal(p.socket.writableLength, 0, 'and the lent data dropped with it');
+}
+
 test('a peer that answers before reading the data: the request fails once its timeout passed with the data unsent, and the connection drops it', async () => {
-  const { client, peer, socket } = stuckPair();
+  const p = stuckPair();
+  const { client, peer, socket } = p;
   try {
     let settled = false;
     const req = client.request(Command.MIG_DATA_WRITE, HEAD, { lend: new Uint8Array(4 * MiB), timeoutMs: 300 });
@@ -85,9 +93,7 @@ test('a peer that answers before reading the data: the request fails once its ti
     await until(() => client.pendingRequests === 0, 'the reply to arrive');
     assert.ok(socket.writableLength > 0, 'most of the lent data is still queued');
     assert.equal(settled, false, 'a request whose lent data is still queued has not settled');
-    await assert.rejects(req, (e: unknown) => e instanceof VfioError && e.errno === Errno.ETIMEDOUT);
-    assert.ok(client.isClosed, 'the connection was closed');
-    assert.equal(socket.writableLength, 0, 'and the lent data dropped with it');
+    await dropped(req, p);
   } finally {
     client.close();
     native().close(peer);
@@ -95,15 +101,12 @@ test('a peer that answers before reading the data: the request fails once its ti
 });
 
 test('a peer that never reads: the request times out and the connection drops the lent data', async () => {
-  const { client, peer, socket } = stuckPair();
+  const p = stuckPair();
   try {
-    const req = client.request(Command.MIG_DATA_WRITE, HEAD, { lend: new Uint8Array(4 * MiB), timeoutMs: 300 });
-    await assert.rejects(req, (e: unknown) => e instanceof VfioError && e.errno === Errno.ETIMEDOUT);
-    assert.ok(client.isClosed, 'the connection was closed');
-    assert.equal(socket.writableLength, 0, 'and the lent data dropped with it');
+    await dropped(p.client.request(Command.MIG_DATA_WRITE, HEAD, { lend: new Uint8Array(4 * MiB), timeoutMs: 300 }), p);
   } finally {
-    client.close();
-    native().close(peer);
+    p.client.close();
+    native().close(p.peer);
   }
 });
 
