@@ -66,7 +66,10 @@ export interface ReplyBuffer {
 
 /** Replies built in place and commands received at least this large use pooled memory. */
 export const POOLED_MIN = 64 * 1024;
-/** Pooled buffers are at least this large, so one fits any message with 1 MiB of data (REGION_READ replies, REGION_WRITE and MIG_DATA_WRITE requests). */
+/**
+ * Pooled buffers are at least this large, so one fits any message with 1 MiB of data (REGION_READ
+ * replies, REGION_WRITE and MIG_DATA_WRITE requests).
+ */
 const POOLED_CAPACITY = 1024 * 1024 + 2 * HEADER_SIZE;
 /**
  * The send buffer a connection asks for: room for the replies to a VMM's pipelined 1 MiB reads (4 in
@@ -113,8 +116,11 @@ export class Connection extends EventEmitter<ConnectionEvents> {
   private readonly freeBuffers: Uint8Array[] = [];
   /** Pooled reply buffers the socket still holds (queued, not yet sent): free again on 'drain'. */
   private queuedReplies: Uint8Array[] = [];
-  /** Pooled buffers holding a received command's payload, until releaseCommand gives them back. */
-  private readonly heldCommands = new Set<ArrayBufferLike>();
+  /**
+   * Pooled buffers holding a received command's payload, until releaseCommand gives them back (weakly: one
+   * never given back, say a refused command, is the garbage collector's).
+   */
+  private readonly heldCommands = new WeakSet<ArrayBufferLike>();
   /** Pooled buffers allocated so far (for tests and diagnostics). */
   pooledAllocations = 0;
 
