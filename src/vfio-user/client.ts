@@ -812,6 +812,8 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       } catch {
         // the connection went away meanwhile: nobody is waiting for this reply
       }
+    } finally {
+      this.conn.releaseCommand(m); // handled synchronously: a large DMA_WRITE's memory serves the next one
     }
   }
 }
