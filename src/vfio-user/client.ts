@@ -102,7 +102,17 @@ export interface ClientOptions {
   maxDataXferSize?: number;
   /** Our max_msg_fds: the most fds we accept on one message (1..253). Default 8. */
   maxMsgFds?: number;
+  /**
+   * The most data one REGION_WRITE or MIG_DATA_WRITE carries (default: all the server's
+   * max_data_xfer_size allows). libvfio-user's server reads a message's body with one recv and drops the
+   * connection on a short read (its issue #306), while Linux queues a UNIX stream write in pieces of about
+   * 32 KiB and wakes the reader after the first: WHOLE_WRITE_MAX keeps every write one piece.
+   */
+  maxWriteSize?: number;
 }
+
+/** Data per write message that Linux queues as one piece on a UNIX stream socket (32 KiB less the header room). */
+export const WHOLE_WRITE_MAX = 32 * 1024 - 64;
 
 export interface ClientEvents {
   /** The connection is gone; `reason` is set unless close() was called. */
@@ -246,6 +256,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     private readonly conn: Connection,
     private readonly ownMaxXfer: number,
     ownMaxFds: number,
+    private readonly writeCap: number,
   ) {
     super();
     this.proposal = {
@@ -271,6 +282,8 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     checkInt('timeoutMs', timeoutMs, 1, 2 ** 31 - 1);
     checkInt('maxDataXferSize', maxXfer, 1, MAX_CLIENT_DATA_XFER_SIZE);
     checkInt('maxMsgFds', maxFds, 1, MAX_FDS_PER_MESSAGE);
+    const writeCap = options.maxWriteSize ?? Number.MAX_SAFE_INTEGER;
+    checkInt('maxWriteSize', writeCap, 1, Number.MAX_SAFE_INTEGER);
     let socket: FdSocket;
     try {
       socket = FdSocket.connect(path);
@@ -282,7 +295,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       maxFds,
       requestTimeoutMs: timeoutMs,
     });
-    const client = new VfioUserClient(path, conn, maxXfer, maxFds);
+    const client = new VfioUserClient(path, conn, maxXfer, maxFds, writeCap);
     await client.negotiate(timeoutMs);
     return client;
   }
@@ -565,12 +578,12 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   }
 
   /**
-   * REGION_WRITE of `data` at `offset`, in pieces of at most the server's max_data_xfer_size, one after the
+   * REGION_WRITE of `data` at `offset`, in pieces of at most the server's max_data_xfer_size (and maxWriteSize), one after the
    * other: the first refusal stops the rest (pieces before it have been written).
    */
   async regionWrite(index: number, offset: number | bigint, data: Uint8Array): Promise<void> {
     const base = u64('region offset', offset);
-    const piece = this.serverMaxXfer;
+    const piece = Math.min(this.serverMaxXfer, this.writeCap);
     for (let at = 0; at < data.byteLength; at += piece) {
       const chunk = data.subarray(at, at + piece);
       const off = base + BigInt(at);
@@ -730,9 +743,9 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     return dest.subarray(0, r.data.byteLength);
   }
 
-  /** MIG_DATA_WRITE of `data`, in pieces of at most maxMigData, in order; the first refusal stops the rest. */
+  /** MIG_DATA_WRITE of `data`, in pieces of at most maxMigData (and maxWriteSize), in order; the first refusal stops the rest. */
   async migDataWrite(data: Uint8Array): Promise<void> {
-    const piece = this.maxMigData;
+    const piece = Math.min(this.maxMigData, this.writeCap);
     for (let at = 0; at < data.byteLength; at += piece) {
       const chunk = data.subarray(at, at + piece);
       const head = encodeMigDataWriteHead({ size: chunk.byteLength }, { maxSize: piece });

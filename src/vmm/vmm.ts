@@ -164,7 +164,7 @@ export class Vmm {
       for (const [i, text] of o.deviceSockets.entries()) {
         const name = deviceName(i);
         const spec = parseDeviceSpec(text);
-        const client = await VfioUserClient.connect(spec.path);
+        const client = await VfioUserClient.connect(spec.path, { maxWriteSize: spec.maxWrite });
         let driver: VfioMigrationDriver | undefined;
         const irqFds: number[] = [];
         try {

@@ -403,4 +403,17 @@ describe('--device-socket properties', () => {
     assert.throws(() => parseDeviceSpec('/tmp/a.sock,precopy=maybe'), /precopy must be on or off/);
     assert.throws(() => parseDeviceSpec(',precopy=off'), /no socket path/);
   });
+
+  test('max-write=SIZE in bytes, K or M; anything else refused', () => {
+    assert.deepEqual(parseDeviceSpec('/tmp/a.sock,max-write=32K'), {
+      path: '/tmp/a.sock',
+      precopy: true,
+      maxWrite: 32768,
+    });
+    assert.equal(parseDeviceSpec('/tmp/a.sock,precopy=off,max-write=4096').maxWrite, 4096);
+    assert.equal(parseDeviceSpec('/tmp/a.sock,max-write=1m').maxWrite, 1 << 20);
+    for (const bad of ['0', '', '32Q', '-1', '1.5K']) {
+      assert.throws(() => parseDeviceSpec(`/tmp/a.sock,max-write=${bad}`), /max-write must be a size/, bad);
+    }
+  });
 });

@@ -35,8 +35,8 @@ export function vmmCommand(program: Command): Command {
     .summary('a VMM: guest RAM, a synthetic guest, vfio-user devices, QMP, live migration')
     .addOption(
       new Option(
-        '--device-socket <path[,precopy=off]>',
-        "a vfio-user device (repeat for several); precopy=off leaves a v2 device's PRE_COPY unused (stop-copy only)",
+        '--device-socket <path[,precopy=off][,max-write=SIZE]>',
+        "a vfio-user device (repeat for several); precopy=off leaves a v2 device's PRE_COPY unused (stop-copy only); max-write=32K keeps every write whole for a libvfio-user server",
       ).argParser(collect),
     )
     .addOption(
