@@ -718,9 +718,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
    */
   async migDataRead(size: number): Promise<Uint8Array> {
     checkInt('MIG_DATA_READ size', size, 0, this.maxMigData);
-    const m = await this.call(Command.MIG_DATA_READ, encodeMigDataReadRequest({ size }, { maxSize: this.maxMigData }));
-    const r = this.decode(Command.MIG_DATA_READ, () => decodeMigDataReadReply(m.payload, { maxSize: size }));
-    return r.data.slice();
+    return this.migDataReadInto(new Uint8Array(size));
   }
 
   /**
