@@ -78,8 +78,6 @@ const POOLED_CAPACITY = 1024 * 1024 + 2 * HEADER_SIZE;
  * in five or more turns of the server's event loop; the kernel caps the request at net.core.wmem_max.
  */
 export const SEND_BUFFER = 4 * 1024 * 1024;
-/** Lent request data below this size is copied into the message instead (see request). */
-const LEND_MIN = 16 * 1024;
 /** Free pooled buffers kept per connection. */
 const POOL_SIZE = 4;
 
@@ -350,16 +348,9 @@ export class Connection extends EventEmitter<ConnectionEvents> {
       try {
         const lend = options.lend;
         if (!lend) this.send(encodeMessage({ msgId, cmd }, payload, this.sendLimits), options.fds ?? []);
-        else if (lend.byteLength < LEND_MIN) {
-          // A few bytes (a register write) are cheaper copied than sent with a sendmsg of their own.
-          const message = encodeMessageStart({ msgId, cmd }, payload, lend.byteLength, this.sendLimits);
-          const whole = new Uint8Array(message.byteLength + lend.byteLength);
-          whole.set(message, 0);
-          whole.set(lend, message.byteLength);
-          this.send(whole, options.fds ?? []);
-        } else {
+        else {
           const start = encodeMessageStart({ msgId, cmd }, payload, lend.byteLength, this.sendLimits);
-          this.send([start, lend], options.fds ?? []);
+          this.send([start, lend], options.fds ?? []); // one sendmsg, whatever the size
         }
       } catch (err) {
         clearTimeout(timer);
