@@ -77,6 +77,7 @@ NAPI_MODULE_INIT() {
       VN_FN("zeroPages", vn_zero_pages),
       VN_FN("holePages", vn_hole_pages),
       VN_FN("pwriteSpaced", vn_pwrite_spaced),
+      VN_FN("copyUnspaced", vn_copy_unspaced),
       VN_FN("tcpSocket", vn_tcp_socket),
   };
   VN_CALL(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));

@@ -227,6 +227,12 @@ export interface NativeAddon {
    * when src is not whole pieces and gaps.
    */
   pwriteSpaced(fd: number, offset: number, src: Uint8Array, piece: number, gap: number): number;
+  /**
+   * src laid out as for pwriteSpaced, its pieces copied one after another to the start of dst. Returns the
+   * bytes copied. A RangeError when src is not whole pieces and gaps, the pieces do not fit in dst, or the
+   * two overlap.
+   */
+  copyUnspaced(dst: Uint8Array, src: Uint8Array, piece: number, gap: number): number;
   /** An unconnected TCP socket (nonblocking, close-on-exec) of a numeric IPv4/IPv6 address's family. */
   tcpSocket(address: string): number;
   Poller: PollerConstructor;

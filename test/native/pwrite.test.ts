@@ -1,6 +1,6 @@
 // pwriteSpaced: pages laid out as a stream's page records (a page, the next record's header, the next
 // page) written into a file one after another with pwritev, checked against a reference at any piece
-// count, gap and offset; what it refuses.
+// count, gap and offset; what it refuses. copyUnspaced: the same layout copied into memory.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
@@ -96,5 +96,53 @@ describe('pwriteSpaced', () => {
       () => n.pwriteSpaced(fd, 0, new Uint8Array(8), 8, 0),
       (e: NativeError) => e.code === 'EBADF',
     );
+  });
+});
+
+describe('copyUnspaced', () => {
+  test('pieces land one after another at the start of dst, gaps skipped, the rest of dst untouched', () => {
+    const n = native();
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 300 }),
+        fc.constantFrom(1, 8, 64, 4096),
+        fc.constantFrom(0, 1, 8, 17),
+        fc.integer({ min: 0, max: 100 }),
+        (pieces, piece, gap, spare) => {
+          const src = new Uint8Array(pieces * piece + (pieces - 1) * gap);
+          for (let i = 0; i < src.byteLength; i++) src[i] = (i * 31 + 7) & 0xff;
+          const dst = new Uint8Array(pieces * piece + spare).fill(0xee);
+          const before = dst.slice();
+          assert.equal(n.copyUnspaced(dst, src, piece, gap), pieces * piece);
+          assert.deepEqual(dst, reference(before, 0, src, piece, gap));
+        },
+      ),
+      { numRuns: 100 },
+    );
+  });
+
+  test('views copy from and to their own first bytes', () => {
+    const n = native();
+    const big = new Uint8Array(3 * 4096 + 100);
+    for (let i = 0; i < big.byteLength; i++) big[i] = i % 251;
+    const out = new Uint8Array(4 * 4096);
+    n.copyUnspaced(out.subarray(4096, 3 * 4096), big.subarray(92, 92 + 2 * 4096 + 8), 4096, 8);
+    assert.deepEqual(out.subarray(4096, 8192), big.subarray(92, 92 + 4096));
+    assert.deepEqual(out.subarray(8192, 12288), big.subarray(92 + 4104, 92 + 4104 + 4096));
+    assert.ok(out.subarray(0, 4096).every((b) => b === 0) && out.subarray(12288).every((b) => b === 0));
+  });
+
+  test('src that is not whole pieces and gaps, a dst too small, overlap and bad numbers are refused', () => {
+    const n = native();
+    const dst = new Uint8Array(2 * 4096);
+    for (const len of [0, 4095, 4096 + 8, 2 * 4096 + 7])
+      assert.throws(() => n.copyUnspaced(dst, new Uint8Array(len), 4096, 8), RangeError, `${len} bytes`);
+    assert.throws(() => n.copyUnspaced(dst, new Uint8Array(3 * 4096 + 16), 4096, 8), /do not fit/);
+    const both = new Uint8Array(4 * 4096);
+    assert.throws(() => n.copyUnspaced(both.subarray(0, 4096), both.subarray(100, 100 + 4096), 4096, 0), /overlaps/);
+    assert.throws(() => n.copyUnspaced(dst, new Uint8Array(8), 0, 0), RangeError);
+    assert.throws(() => n.copyUnspaced(dst, new Uint8Array(8), 8, -1), RangeError);
+    assert.throws(() => n.copyUnspaced(dst, 'bytes' as unknown as Uint8Array, 8, 0), TypeError);
+    assert.deepEqual(dst, new Uint8Array(2 * 4096), 'nothing refused was copied');
   });
 });

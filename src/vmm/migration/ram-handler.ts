@@ -295,7 +295,8 @@ export class RamHandler implements MigrationHandler {
     if (scanRamPages(payload, BLOCK_NAME, this.memory.size, this.scan)) {
       const { offsets, data, count } = this.scan;
       // Fresh memory not prefaulted: pages never written go in through the memfd (writePagesThroughFd:
-      // allocated without the zeroing a fault or a populate would do first), a run of them per call.
+      // allocated without the zeroing a fault or a populate would do first); the rest through the
+      // mapping. Either way a run of them per call.
       const unmapped = this.fresh && !this.memory.allFaultedIn;
       const written = this.written!;
       for (let r = 0; r < count; ) {
@@ -303,22 +304,20 @@ export class RamHandler implements MigrationHandler {
         const at = data[r]!;
         let n = 1;
         if (at < 0) this.fillPage(i, -1 - at);
-        else if (!unmapped || written[i] !== 0) this.writePage(i, payload.subarray(at, at + PAGE));
         else {
           // The run: records one after another in the payload, for pages one after another in guest
-          // RAM, none of them written yet.
+          // RAM, all going in the same way.
+          const throughFd = unmapped && written[i] === 0;
           while (
             r + n < count &&
             data[r + n] === at + n * RECORD_STRIDE &&
             offsets[r + n] === offsets[r]! + n * PAGE &&
-            written[i + n] === 0
+            (unmapped && written[i + n] === 0) === throughFd
           )
             n++;
-          this.memory.writePagesThroughFd(
-            i,
-            payload.subarray(at, at + n * RECORD_STRIDE - RAM_RECORD_HEAD_BYTES),
-            RAM_RECORD_HEAD_BYTES,
-          );
+          const run = payload.subarray(at, at + n * RECORD_STRIDE - RAM_RECORD_HEAD_BYTES);
+          if (throughFd) this.memory.writePagesThroughFd(i, run, RAM_RECORD_HEAD_BYTES);
+          else this.memory.writePagesSpaced(i, run, RAM_RECORD_HEAD_BYTES);
           written.fill(1, i, i + n);
         }
         for (let k = 0; k < n; k++) this.markReceived(i + k);

@@ -310,4 +310,33 @@ describe('GuestMemory', () => {
       m.close();
     }
   });
+  test('writePagesSpaced: pages from spaced records land in order through the mapping, across its seams', () => {
+    const pages = 1024;
+    const m = GuestMemory.create(pages * PAGE_SIZE, 'gm-spaced', { pieceSize: 256 * PAGE_SIZE });
+    try {
+      // 600 page records for pages 200..799: across two seams of the 256-page pieces.
+      const gap = 8;
+      const src = new Uint8Array(600 * (PAGE_SIZE + gap) - gap);
+      for (let k = 0; k < 600; k++) {
+        const at = k * (PAGE_SIZE + gap);
+        src.fill((k % 255) + 1, at, at + PAGE_SIZE);
+        if (k < 599) src.fill(0xff, at + PAGE_SIZE, at + PAGE_SIZE + gap); // headers, never written
+      }
+      assert.equal(m.writePagesSpaced(200, src, gap), 600);
+      for (let k = 0; k < 600; k++) {
+        const p = m.page(200 + k);
+        assert.ok(
+          p.every((b) => b === (k % 255) + 1),
+          `page ${200 + k}`,
+        );
+      }
+      assert.ok(m.isZeroPage(199) && m.isZeroPage(800), 'the neighbours are untouched');
+      assert.throws(() => m.writePagesSpaced(pages - 1, src.subarray(0, 2 * PAGE_SIZE + gap), gap), RangeError);
+      assert.throws(() => m.writePagesSpaced(0, src.subarray(0, PAGE_SIZE + 1), gap), RangeError);
+      assert.throws(() => m.writePagesSpaced(-1, src.subarray(0, PAGE_SIZE), gap), RangeError);
+      assert.ok(m.isZeroPage(pages - 1) && m.isZeroPage(0), 'a refused run writes nothing');
+    } finally {
+      m.close();
+    }
+  });
 });
