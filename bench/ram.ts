@@ -414,7 +414,7 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
     // small reused buffer (native/src/chanthread.c; docs/performance.md).
     ratio('raw-tcp-guest / raw-tcp', rawGuest, raw),
     // Memory moved into memory the cheapest way found here, no checksum, no framing: where this and
-    // raw-tcp-guest are both below 0.8, so is any stream that lands guest pages (docs/performance.md).
+    // raw-tcp-guest are both below 0.8, so is a stream that lands guest pages either way (docs/performance.md).
     ratio('raw-tcp-landed / raw-tcp', rawLanded, raw),
     ratio('ours-warm / raw-tcp-landed', warm, rawLanded),
   );
