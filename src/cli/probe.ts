@@ -125,6 +125,7 @@ function wireCaps(c: Capabilities, withPeerOnly: boolean): Record<string, unknow
   if (withPeerOnly) {
     out.twin_socket = c.twinSocket.supported;
     out.write_multiple = c.writeMultiple;
+    out.x_split_messages = c.splitMessages;
   }
   return out;
 }

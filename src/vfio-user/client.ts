@@ -103,10 +103,11 @@ export interface ClientOptions {
   /** Our max_msg_fds: the most fds we accept on one message (1..253). Default 8. */
   maxMsgFds?: number;
   /**
-   * The most data one REGION_WRITE or MIG_DATA_WRITE carries (default: all the server's
-   * max_data_xfer_size allows). libvfio-user's server reads a message's body with one recv and drops the
-   * connection on a short read (its issue #306), while Linux queues a UNIX stream write in pieces of about
-   * 32 KiB and wakes the reader after the first: WHOLE_WRITE_MAX keeps every write one piece.
+   * The most data one REGION_WRITE or MIG_DATA_WRITE carries. libvfio-user's server reads a message's
+   * body with one recv and drops the connection on a short read (its issue #306), while Linux queues a
+   * UNIX stream write in pieces of about 32 KiB and wakes the reader after the first: WHOLE_WRITE_MAX
+   * keeps every write one piece. Default: all the server's max_data_xfer_size allows if the server granted
+   * x_split_messages (ours does: it reads any pieces), else WHOLE_WRITE_MAX.
    */
   maxWriteSize?: number;
 }
@@ -256,13 +257,18 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     private readonly conn: Connection,
     private readonly ownMaxXfer: number,
     ownMaxFds: number,
-    private readonly writeCap: number,
+    private readonly maxWriteSize: number | undefined,
   ) {
     super();
     this.proposal = {
       major: VERSION_MAJOR,
       minor: VERSION_MINOR,
-      capabilities: { maxMsgFds: ownMaxFds, maxDataXferSize: ownMaxXfer, migration: { pgsize: MIGRATION_PGSIZE } },
+      capabilities: {
+        maxMsgFds: ownMaxFds,
+        maxDataXferSize: ownMaxXfer,
+        migration: { pgsize: MIGRATION_PGSIZE },
+        splitMessages: true,
+      },
     };
     this.proposed = effectiveCapabilities(this.proposal.capabilities);
     conn.on('command', (m) => this.onCommand(m));
@@ -282,8 +288,8 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     checkInt('timeoutMs', timeoutMs, 1, 2 ** 31 - 1);
     checkInt('maxDataXferSize', maxXfer, 1, MAX_CLIENT_DATA_XFER_SIZE);
     checkInt('maxMsgFds', maxFds, 1, MAX_FDS_PER_MESSAGE);
-    const writeCap = options.maxWriteSize ?? Number.MAX_SAFE_INTEGER;
-    checkInt('maxWriteSize', writeCap, 1, Number.MAX_SAFE_INTEGER);
+    const writeCap = options.maxWriteSize;
+    if (writeCap !== undefined) checkInt('maxWriteSize', writeCap, 1, Number.MAX_SAFE_INTEGER);
     let socket: FdSocket;
     try {
       socket = FdSocket.connect(path);
@@ -346,6 +352,11 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     this.conn.setLimits({
       maxMsgSize: Math.max(this.ownMaxXfer, this.serverMaxXfer, SERVER_MAX_DATA_XFER_SIZE) + 4 * HEADER_SIZE,
     });
+  }
+
+  /** The most data one write message carries (ClientOptions.maxWriteSize). */
+  get writeCap(): number {
+    return this.maxWriteSize ?? (this.server.splitMessages ? Number.MAX_SAFE_INTEGER : WHOLE_WRITE_MAX);
   }
 
   /** The server's max_data_xfer_size, clamped to what we honour. */

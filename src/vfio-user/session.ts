@@ -338,6 +338,8 @@ export class Session {
       maxDataXferSize: SERVER_MAX_DATA_XFER_SIZE,
       migrationPgsize: MIGRATION_PGSIZE,
       twinSocket: false,
+      // Our connection reassembles a message from any pieces (framing.ts).
+      splitMessages: true,
     });
     this.client = n.client;
     return encodeVersionReply(n.reply);

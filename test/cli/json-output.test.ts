@@ -105,6 +105,11 @@ test('probe --json: the device as one object; a failed probe is {"error"} with i
   const ok = await runCli(['probe', '--socket', server!.path, '--json']);
   assert.equal(ok.code, 0, ok.err);
   assert.equal(JSON.parse(ok.out).regions.length, 10);
+  assert.equal(
+    JSON.parse(ok.out).capabilities.server.x_split_messages,
+    true,
+    'our server reads messages in any pieces',
+  );
 
   const absent = await runCli(['probe', '--socket', join(dir, 'absent.sock'), '--json']);
   assert.equal(absent.code, 1);

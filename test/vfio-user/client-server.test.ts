@@ -82,6 +82,9 @@ describe('client ↔ serve: register-file device', () => {
     assert.equal(client.server.maxMsgFds, 8);
     assert.equal(client.maxTransfer, 1 << 20);
     assert.equal(client.server.migration?.pgsize, 4096);
+    // Our server reads a message in any pieces, so our client's writes go at max_data_xfer_size.
+    assert.equal(client.server.splitMessages, true);
+    assert.ok(client.writeCap >= client.maxTransfer);
   });
 
   test('device, region and IRQ info as the v1-era libvfio-user layout has them', async () => {
@@ -371,7 +374,7 @@ describe('vfio-migrate probe', () => {
     for (const line of [
       `vfio-user device at ${srv.path}`,
       '\tProtocol: vfio-user 0.2',
-      '\tServer capabilities: max_msg_fds=8 max_data_xfer_size=1048576 migration.pgsize=4096 twin_socket- write_multiple-',
+      '\tServer capabilities: max_msg_fds=8 max_data_xfer_size=1048576 migration.pgsize=4096 twin_socket- write_multiple- x_split_messages+',
       '\tDevice: flags=0x3 <RESET,PCI> regions=10 irqs=5',
       '\tRegion 0: BAR0 size=4.0 KiB (0x1000) [R/W]',
       '\tRegion 1: BAR1 (not present)',

@@ -47,7 +47,7 @@ import {
 import { decodeVersionRequest, encodeVersionReply } from '../../src/abi/vfio-user/version.ts';
 import { VfioError } from '../../src/errors.ts';
 import { native } from '../../src/native/addon.ts';
-import { type ClientOptions, VfioUserClient } from '../../src/vfio-user/client.ts';
+import { type ClientOptions, VfioUserClient, WHOLE_WRITE_MAX } from '../../src/vfio-user/client.ts';
 import { findMigrationRegion, openRegionPort } from '../../src/vfio-user/region-port.ts';
 import { ScriptedServer, type ScriptOptions, tempDir, until } from './client-support.ts';
 
@@ -110,7 +110,7 @@ describe('client: VERSION negotiation', () => {
     assert.deepEqual(decodeVersionRequest(v.payload), {
       major: 0,
       minor: 2,
-      capabilities: { maxMsgFds: 8, maxDataXferSize: 1 << 20, migration: { pgsize: 4096 } },
+      capabilities: { maxMsgFds: 8, maxDataXferSize: 1 << 20, migration: { pgsize: 4096 }, splitMessages: true },
     });
     assert.deepEqual(client.version, { major: 0, minor: 1 });
     assert.equal(client.server.maxMsgFds, 3);
@@ -466,7 +466,7 @@ describe('client: region accesses split by max_data_xfer_size', () => {
     const mem = new Uint8Array(4 << 20);
     const { srv, client } = await setup(
       t,
-      { offer: { maxDataXferSize: 4 << 20 }, handlers: regionHandlers(mem) },
+      { offer: { maxDataXferSize: 4 << 20, splitMessages: true }, handlers: regionHandlers(mem) },
       { maxDataXferSize: 4 << 20 },
     );
     const data = pattern(3 << 20, 9);
@@ -478,6 +478,31 @@ describe('client: region accesses split by max_data_xfer_size', () => {
     const r = await srv.conn.request(Command.DMA_READ, encodeDmaReadRequest({ address: 0x100000n, count: 2n << 20n }));
     assert.deepEqual(decodeDmaReadReply(r.payload, { maxCount: 4 << 20 }).data, guest);
   });
+});
+
+describe('client: how much one write message carries', () => {
+  const mem = new Uint8Array(1 << 20);
+  const cases: [string, ScriptOptions['offer'], ClientOptions, number][] = [
+    ['a server that did not grant x_split_messages (libvfio-user): WHOLE_WRITE_MAX', {}, {}, WHOLE_WRITE_MAX],
+    ['a server that granted it (ours): its max_data_xfer_size', { splitMessages: true }, {}, 1 << 20],
+    ['maxWriteSize given: that, whatever the server', { splitMessages: true }, { maxWriteSize: 4096 }, 4096],
+    ['maxWriteSize above the cap: the server allows it', {}, { maxWriteSize: 256 * 1024 }, 256 * 1024],
+  ];
+  for (const [name, offer, options, piece] of cases) {
+    test(name, async (t) => {
+      const { srv, client } = await setup(t, { offer, handlers: regionHandlers(mem) }, options);
+      const data = pattern(1 << 20, 3);
+      await client.regionWrite(0, 0, data);
+      const sizes = srv
+        .seenOf(Command.REGION_WRITE)
+        .map((m) => decodeRegionWriteRequest(m.payload, { maxCount: 1 << 20 }).data.byteLength);
+      assert.deepEqual(
+        sizes,
+        Array.from({ length: Math.ceil((1 << 20) / piece) }, (_, k) => Math.min(piece, (1 << 20) - k * piece)),
+      );
+      assert.deepEqual(mem, data);
+    });
+  }
 });
 
 describe('client: region info', () => {

@@ -112,6 +112,8 @@ test('a peer that never reads: the request times out and the connection drops th
 
 test("MIG_DATA_WRITE and REGION_WRITE hand the caller's own bytes to the socket, piece by piece, and they arrive whole", async (t) => {
   const srv = new ScriptedServer({
+    // A server that reads messages in any pieces (as ours), so writes go at its max_data_xfer_size.
+    offer: { splitMessages: true },
     handlers: {
       [Command.MIG_DATA_WRITE]: (m, conn) => conn.reply(m),
       [Command.REGION_WRITE]: (m, conn) => {

@@ -28,6 +28,13 @@ export interface VersionCapabilities {
   migration?: { pgsize?: number; maxBitmapSize?: number };
   twinSocket?: { supported?: boolean; fdIndex?: number };
   writeMultiple?: boolean;
+  /**
+   * `x_split_messages`, our extension (not in the vfio-user spec): the server reads a message's body
+   * however the socket splits it. libvfio-user reads a body with one recv and drops the connection when
+   * that comes back short (its issue #306); it ignores capabilities it does not know, so it never grants
+   * this, and a client that was not granted it keeps each message small enough to arrive whole.
+   */
+  splitMessages?: boolean;
 }
 
 export interface Version {
@@ -47,6 +54,7 @@ export interface Capabilities {
   migration: { pgsize: number; maxBitmapSize: number } | undefined;
   twinSocket: { supported: boolean; fdIndex: number };
   writeMultiple: boolean;
+  splitMessages: boolean;
 }
 
 const REQ = 'VERSION';
@@ -104,10 +112,12 @@ function parseCapabilities(caps: Json): VersionCapabilities {
         fdIndex: num(twin.fd_index, 'twin_socket.fd_index', 0, MAX_MSG_FDS_LIMIT - 1),
       }),
     writeMultiple: bool(caps.write_multiple, 'write_multiple'),
+    splitMessages: bool(caps.x_split_messages, 'x_split_messages'),
   });
 }
 
-// Member order is fixed (libvfio-user's order, then the spec-0.9.2 additions) so encodings are reproducible.
+// Member order is fixed (libvfio-user's order, then the spec-0.9.2 additions, then ours) so encodings are
+// reproducible.
 function capabilitiesJson(c: VersionCapabilities): Json {
   return compact({
     max_msg_fds: c.maxMsgFds,
@@ -117,6 +127,7 @@ function capabilitiesJson(c: VersionCapabilities): Json {
     migration: c.migration && compact({ pgsize: c.migration.pgsize, max_bitmap_size: c.migration.maxBitmapSize }),
     twin_socket: c.twinSocket && compact({ supported: c.twinSocket.supported, fd_index: c.twinSocket.fdIndex }),
     write_multiple: c.writeMultiple,
+    x_split_messages: c.splitMessages,
   });
 }
 
@@ -171,6 +182,7 @@ export function effectiveCapabilities(c: VersionCapabilities = {}): Capabilities
     },
     twinSocket: { supported: c.twinSocket?.supported ?? false, fdIndex: c.twinSocket?.fdIndex ?? 0 },
     writeMultiple: c.writeMultiple ?? false,
+    splitMessages: c.splitMessages ?? false,
   };
 }
 
@@ -185,6 +197,8 @@ export interface ServerOffer {
   /** The server can hand out a twin socket. */
   twinSocket: boolean;
   writeMultiple?: boolean;
+  /** The server reads message bodies however the socket splits them (x_split_messages). */
+  splitMessages?: boolean;
 }
 
 export interface Negotiated {
@@ -197,7 +211,8 @@ export interface Negotiated {
 
 /**
  * The server side, as libvfio-user does it: same major or EINVAL; reply minor = min(proposed, ours); the
- * server's own limits are always stated; twin_socket and write_multiple only if the client proposed them.
+ * server's own limits are always stated; twin_socket, write_multiple and x_split_messages only if the
+ * client proposed them.
  */
 export function negotiateVersion(proposal: Version, offer: ServerOffer): Negotiated {
   if (proposal.major !== offer.major) fail(REQ, 'major', `is ${proposal.major}, the server speaks ${offer.major}`);
@@ -215,6 +230,7 @@ export function negotiateVersion(proposal: Version, offer: ServerOffer): Negotia
   if (offer.migrationPgsize !== undefined) caps.migration = { pgsize: offer.migrationPgsize };
   if (twinSocket) caps.twinSocket = { supported: true, fdIndex: 0 };
   if (offer.writeMultiple && client.writeMultiple) caps.writeMultiple = true;
+  if (offer.splitMessages && client.splitMessages) caps.splitMessages = true;
   return {
     reply: { major: offer.major, minor: Math.min(proposal.minor, offer.minor), capabilities: caps },
     client,
@@ -236,6 +252,7 @@ export function checkVersionReply(proposal: Version, reply: Version): Capabiliti
   if (got.twinSocket?.supported && !asked.twinSocket.supported) fail(R, 'twin_socket', 'was granted but not proposed');
   if (got.twinSocket?.supported && got.twinSocket.fdIndex === undefined) fail(R, 'twin_socket.fd_index', 'is missing');
   if (got.writeMultiple && !asked.writeMultiple) fail(R, 'write_multiple', 'was granted but not proposed');
+  if (got.splitMessages && !asked.splitMessages) fail(R, 'x_split_messages', 'was granted but not proposed');
   const askedPgsize = proposal.capabilities?.migration?.pgsize;
   const gotPgsize = got.migration?.pgsize;
   if (askedPgsize !== undefined && gotPgsize !== undefined && gotPgsize !== askedPgsize) {

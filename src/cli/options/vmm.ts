@@ -36,7 +36,7 @@ export function vmmCommand(program: Command): Command {
     .addOption(
       new Option(
         '--device-socket <path[,precopy=off][,max-write=SIZE]>',
-        "a vfio-user device (repeat for several); precopy=off leaves a v2 device's PRE_COPY unused (stop-copy only); max-write=32K keeps every write whole for a libvfio-user server",
+        "a vfio-user device (repeat for several); precopy=off leaves a v2 device's PRE_COPY unused (stop-copy only); max-write=SIZE caps write messages (default: none for our servers, about 32 KiB for others, whose reads may need whole messages)",
       ).argParser(collect),
     )
     .addOption(

@@ -1,8 +1,8 @@
 // A `--device-socket` value in QEMU's property style: `PATH[,precopy=on|off][,max-write=SIZE]` (a comma
 // in PATH is written `,,`, as QEMU's option parser escapes it). Per-device options live here rather than
 // as VMM-wide flags because they depend on the device: libvfio-user's sample resumes only its stop-copy
-// data, so pre-copy must stay unused for it while other devices use it, and a libvfio-user server needs
-// writes small enough to arrive whole (max-write=32K; see VfioUserClient's maxWriteSize). QEMU's own
+// data, so pre-copy must stay unused for it while other devices use it, and the write cap a server needs
+// (max-write=SIZE, VfioUserClient's maxWriteSize; by default set from what the server granted). QEMU's own
 // vfio-pci properties, e.g. x-pre-copy-dirty-page-tracking, are per device for the same reason.
 
 import { Errno } from '../../abi/errno.ts';

@@ -75,8 +75,16 @@ describe('VERSION', () => {
       migration: undefined,
       twinSocket: { supported: false, fdIndex: 0 },
       writeMultiple: false,
+      splitMessages: false,
     });
     assert.deepEqual(effectiveCapabilities({ migration: {} }).migration, { pgsize: 4096, maxBitmapSize: 256 << 20 });
+  });
+
+  it('golden: our extension x_split_messages, last', () => {
+    const json = '{"capabilities":{"max_msg_fds":8,"x_split_messages":true}}';
+    const v: Version = { major: 0, minor: 2, capabilities: { maxMsgFds: 8, splitMessages: true } };
+    assert.deepEqual(encodeVersion(v), withJson('0000' + '0200', json));
+    assert.deepEqual(decodeVersion(withJson('0000' + '0200', json)), v);
   });
 
   it('ignores unknown members, as libvfio-user does', () => {
@@ -105,6 +113,7 @@ describe('VERSION', () => {
       ['{"twin_socket":{"supported":1}}', /twin_socket.supported must be a boolean/],
       ['{"twin_socket":true}', /twin_socket must be an object/],
       ['{"write_multiple":"yes"}', /write_multiple must be a boolean/],
+      ['{"x_split_messages":1}', /x_split_messages must be a boolean/],
       ['{"max_data_xfer_size":1e300}', /max_data_xfer_size must be an integer/],
     ];
     for (const [caps, re] of bad)
@@ -150,6 +159,16 @@ describe('VERSION', () => {
       );
     });
 
+    it('server: x_split_messages only if offered and proposed', () => {
+      const asked: Version = { major: 0, minor: 2, capabilities: { splitMessages: true } };
+      assert.equal(negotiateVersion(asked, { ...offer, splitMessages: true }).reply.capabilities?.splitMessages, true);
+      assert.equal(negotiateVersion(asked, offer).reply.capabilities?.splitMessages, undefined);
+      assert.equal(
+        negotiateVersion({ major: 0, minor: 2 }, { ...offer, splitMessages: true }).reply.capabilities?.splitMessages,
+        undefined,
+      );
+    });
+
     it('server: wrong major or migration page size → EINVAL', () => {
       einval(() => negotiateVersion({ major: 1, minor: 0 }, offer), /major is 1/);
       einval(
@@ -171,6 +190,10 @@ describe('VERSION', () => {
         /write_multiple/,
       );
       einval(
+        () => checkVersionReply(proposal, { major: 0, minor: 2, capabilities: { splitMessages: true } }),
+        /x_split_messages was granted but not proposed/,
+      );
+      einval(
         () => checkVersionReply(proposal, { major: 0, minor: 2, capabilities: { migration: { pgsize: 8192 } } }),
         /migration.pgsize is 8192/,
       );
@@ -185,7 +208,7 @@ describe('VERSION', () => {
       fc.assert(
         fc.property(versionArb, (v) => {
           const proposal: Version = { ...v, major: 0, capabilities: { ...v.capabilities, migration: {} } };
-          const { reply } = negotiateVersion(proposal, { ...offer, writeMultiple: true });
+          const { reply } = negotiateVersion(proposal, { ...offer, writeMultiple: true, splitMessages: true });
           checkVersionReply(proposal, decodeVersion(encodeVersion(reply)));
         }),
         { numRuns: 200 },
@@ -216,6 +239,7 @@ const capsArb: fc.Arbitrary<VersionCapabilities> = fc.record(
       { requiredKeys: [], noNullPrototype: true },
     ),
     writeMultiple: fc.boolean(),
+    splitMessages: fc.boolean(),
   },
   { requiredKeys: [], noNullPrototype: true },
 );
