@@ -288,8 +288,8 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     checkInt('timeoutMs', timeoutMs, 1, 2 ** 31 - 1);
     checkInt('maxDataXferSize', maxXfer, 1, MAX_CLIENT_DATA_XFER_SIZE);
     checkInt('maxMsgFds', maxFds, 1, MAX_FDS_PER_MESSAGE);
-    const writeCap = options.maxWriteSize;
-    if (writeCap !== undefined) checkInt('maxWriteSize', writeCap, 1, Number.MAX_SAFE_INTEGER);
+    const maxWrite = options.maxWriteSize;
+    if (maxWrite !== undefined) checkInt('maxWriteSize', maxWrite, 1, Number.MAX_SAFE_INTEGER);
     let socket: FdSocket;
     try {
       socket = FdSocket.connect(path);
@@ -301,7 +301,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
       maxFds,
       requestTimeoutMs: timeoutMs,
     });
-    const client = new VfioUserClient(path, conn, maxXfer, maxFds, writeCap);
+    const client = new VfioUserClient(path, conn, maxXfer, maxFds, maxWrite);
     await client.negotiate(timeoutMs);
     return client;
   }
@@ -589,8 +589,8 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
   }
 
   /**
-   * REGION_WRITE of `data` at `offset`, in pieces of at most the server's max_data_xfer_size (and maxWriteSize), one after the
-   * other: the first refusal stops the rest (pieces before it have been written).
+   * REGION_WRITE of `data` at `offset`, in pieces of at most the server's max_data_xfer_size and writeCap,
+   * one after the other: the first refusal stops the rest (pieces before it have been written).
    */
   async regionWrite(index: number, offset: number | bigint, data: Uint8Array): Promise<void> {
     const base = u64('region offset', offset);
@@ -752,7 +752,7 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     return dest.subarray(0, r.data.byteLength);
   }
 
-  /** MIG_DATA_WRITE of `data`, in pieces of at most maxMigData (and maxWriteSize), in order; the first refusal stops the rest. */
+  /** MIG_DATA_WRITE of `data`, in pieces of at most maxMigData and writeCap, in order; the first refusal stops the rest. */
   async migDataWrite(data: Uint8Array): Promise<void> {
     const piece = Math.min(this.maxMigData, this.writeCap);
     for (let at = 0; at < data.byteLength; at += piece) {
