@@ -13,6 +13,17 @@ export function size(text: string): number {
   }
 }
 
+/** Byte ranges as OFFSET+LENGTH[,OFFSET+LENGTH…], each a size (e.g. 0+4K,8M+4K). */
+export function ranges(text: string): { offset: number; length: number }[] {
+  return text.split(',').map((part) => {
+    const m = /^([^+]+)\+([^+]+)$/.exec(part.trim());
+    if (!m) throw new InvalidArgumentError(`'${part}' is not OFFSET+LENGTH`);
+    const length = size(m[2]!);
+    if (length < 1) throw new InvalidArgumentError(`'${part}' is empty`);
+    return { offset: size(m[1]!), length };
+  });
+}
+
 /** A whole number of at least `min`, written in decimal digits only (no 1e3, no 0x10, no 12abc). */
 export function integer(min: number): (text: string) => number {
   return (text) => {

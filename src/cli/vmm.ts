@@ -21,7 +21,7 @@ export async function runVmm(o: VmmOptions): Promise<number> {
     memSize: o.mem,
     deviceSockets: o.deviceSocket ?? [],
     incoming: o.incoming !== undefined,
-    workload: { vcpus: o.vcpus, pagesPerSecond: o.dirtyRate, pattern: o.pattern },
+    workload: { vcpus: o.vcpus, pagesPerSecond: o.dirtyRate, pattern: o.pattern, reserved: o.dmaBuffers },
     trace: new Tracer(o.trace),
     log,
     stallTimeoutMs: o.stallTimeout,

@@ -67,6 +67,14 @@ test('bad values are refused before anything runs: the option, the value and why
       ['vmm', '--qmp', '/x', '--vcpus', '0'],
       /option '--vcpus <n>' argument '0' is invalid\. not a whole number of at least 1/,
     ],
+    [
+      ['vmm', '--qmp', '/x', '--dma-buffers', '0+4K,8M'],
+      /'--dma-buffers <ranges>' argument '0\+4K,8M' is invalid\. '8M' is not OFFSET\+LENGTH/,
+    ],
+    [
+      ['vmm', '--qmp', '/x', '--dma-buffers', '4K+0'],
+      /'--dma-buffers <ranges>' argument '4K\+0' is invalid\. '4K\+0' is empty/,
+    ],
     [['probe', '--socket', '/x', '--timeout', '1e3'], /'--timeout <ms>' argument '1e3' is invalid/],
     [['demo', '--flavor', 'v3'], /argument 'v3' is invalid\. Allowed choices are seed, v1, v2, mixed\./],
     [['serve', '--socket', '/x'], /required option '--device <name>' not specified/],

@@ -2,9 +2,9 @@
 // load only this (the start-up bench times `help vmm`).
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { FLAVOR_CHOICES } from '../../abi/migration.ts';
-import type { WritePattern } from '../../vmm/guest/workload-control.ts';
+import type { GuestRange, WritePattern } from '../../vmm/guest/workload-control.ts';
 import type { FlavorChoice } from '../../vmm/vfio/attach.ts';
-import { collect, integer, size } from '../option-types.ts';
+import { collect, integer, ranges, size } from '../option-types.ts';
 
 const PATTERNS = ['random', 'hot', 'sequential'] as const satisfies readonly WritePattern[];
 
@@ -18,6 +18,7 @@ export interface VmmOptions {
   vcpus: number;
   dirtyRate: number;
   pattern: WritePattern;
+  dmaBuffers?: GuestRange[];
   fill: 'zero' | 'random';
   prefault?: boolean;
   trace: string;
@@ -63,6 +64,12 @@ export function vmmCommand(program: Command): Command {
         .default(20000),
     )
     .addOption(new Option('--pattern <p>', "the guest's write pattern").choices(PATTERNS).default('hot'))
+    .addOption(
+      new Option(
+        '--dma-buffers <ranges>',
+        "guest RAM the synthetic vCPUs never write, as a guest driver leaves its devices' DMA buffers alone: OFFSET+LENGTH[,…], e.g. 0+4K,8M+4K",
+      ).argParser(ranges),
+    )
     .addOption(
       new Option('--fill <kind>', 'guest RAM contents at boot (random: a non-zero guest to migrate)')
         .choices(['zero', 'random'])

@@ -19,7 +19,7 @@
 import { workerData } from 'node:worker_threads';
 import { GuestDirtyBitmap } from './dirty-bitmap.ts';
 import { GuestMemory, PAGE_SIZE } from './guest-memory.ts';
-import { Control, Stats, type VcpuConfig, vcpuStats } from './workload-control.ts';
+import { Control, Stats, unreservedPage, type VcpuConfig, vcpuStats } from './workload-control.ts';
 
 const cfg = workerData as VcpuConfig;
 const memory = GuestMemory.map(cfg.fd, cfg.size, { pieceSize: cfg.pieceSize });
@@ -47,12 +47,19 @@ function next(): number {
   return rng;
 }
 
-const pages = memory.pages;
+// The pages this vCPU may write, counted without the reserved ones; pick() returns an index among them.
+let pages = memory.pages;
+for (const [, count] of cfg.reserved) pages -= count;
 const hotPages = Math.max(1, Math.min(pages, Math.floor(pages * cfg.hotFraction)));
 const hotThreshold = cfg.hotShare * 2 ** 32;
 let cursor = Math.floor((pages / cfg.vcpus) * cfg.index) - 1;
 
 function pick(): number {
+  const index = pickIndex();
+  return cfg.reserved.length === 0 ? index : unreservedPage(index, cfg.reserved);
+}
+
+function pickIndex(): number {
   switch (cfg.pattern) {
     case 'sequential':
       cursor = cursor + 1 >= pages ? 0 : cursor + 1;

@@ -62,6 +62,56 @@ export interface VcpuConfig {
   seed: number;
   /** Guest memory mapping piece size (tests use small ones). */
   pieceSize?: number;
+  /** Pages no vCPU writes: sorted, merged [first page, count] runs (reservedRuns). */
+  reserved: [number, number][];
+}
+
+/** Bytes of guest RAM (a guest driver's DMA buffer, say) that the synthetic vCPUs leave alone. */
+export interface GuestRange {
+  offset: number;
+  length: number;
+}
+
+/**
+ * The pages `ranges` touch, as sorted and merged [first page, count] runs. Refuses a range that is empty
+ * or reaches past `pages`, and ranges that leave no page to write.
+ */
+export function reservedRuns(ranges: readonly GuestRange[], pages: number, pageSize: number): [number, number][] {
+  const spans: [number, number][] = [];
+  for (const { offset, length } of ranges) {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 1)
+      throw new RangeError(`reserved range ${offset}+${length}: offset must be ≥ 0 and length ≥ 1`);
+    const first = Math.floor(offset / pageSize);
+    const end = Math.ceil((offset + length) / pageSize);
+    if (end > pages) throw new RangeError(`reserved range ${offset}+${length} ends past guest RAM (${pages} pages)`);
+    spans.push([first, end]);
+  }
+  spans.sort((a, b) => a[0] - b[0]);
+  const runs: [number, number][] = [];
+  let total = 0;
+  for (const [first, end] of spans) {
+    const last = runs[runs.length - 1];
+    if (last && first <= last[0] + last[1]) {
+      const grown = Math.max(last[1], end - last[0]);
+      total += grown - last[1];
+      last[1] = grown;
+    } else {
+      runs.push([first, end - first]);
+      total += end - first;
+    }
+  }
+  if (total >= pages) throw new RangeError(`reserved ranges cover all ${pages} pages of guest RAM`);
+  return runs;
+}
+
+/** The `index`-th page (from 0) that no run of `runs` (sorted, merged) covers. */
+export function unreservedPage(index: number, runs: readonly (readonly [number, number])[]): number {
+  let page = index;
+  for (const [first, count] of runs) {
+    if (page < first) break;
+    page += count;
+  }
+  return page;
 }
 
 /** Int32 slots of the control block for n vCPUs. */

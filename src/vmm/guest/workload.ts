@@ -10,10 +10,12 @@ import { Errno } from '../../abi/errno.ts';
 import { VfioError } from '../../errors.ts';
 import { workerEntry } from '../worker-entry.ts';
 import type { GuestDirtyBitmap } from './dirty-bitmap.ts';
-import type { GuestMemory } from './guest-memory.ts';
+import { type GuestMemory, PAGE_SIZE } from './guest-memory.ts';
 import {
   Control,
   controlSlots,
+  type GuestRange,
+  reservedRuns,
   Stats,
   statsSlots,
   type VcpuConfig,
@@ -22,7 +24,7 @@ import {
   type WritePattern,
 } from './workload-control.ts';
 
-export type { WritePattern } from './workload-control.ts';
+export type { GuestRange, WritePattern } from './workload-control.ts';
 
 export interface WorkloadOptions {
   vcpus: number;
@@ -34,6 +36,11 @@ export interface WorkloadOptions {
   /** For `hot`: the share of writes that go to the hot pages (default 7/8). */
   hotShare?: number;
   seed?: number;
+  /**
+   * Guest RAM the vCPUs never write: the buffers a guest driver gives a device to DMA into, which a real
+   * guest leaves to the device (a device checking its DMA by reading it back needs them left alone).
+   */
+  reserved?: readonly GuestRange[];
   /** Create the vCPUs paused (a destination's guest runs only once the VM starts). */
   startPaused?: boolean;
   /** How long the vCPU threads may take to start before pause() gives up on them (default 30 s). */
@@ -83,6 +90,7 @@ export class Workload {
     if (dirty.pages !== memory.pages)
       throw new RangeError(`the dirty log covers ${dirty.pages} pages, guest memory ${memory.pages}`);
     checkRate(options.pagesPerSecond);
+    const reserved = reservedRuns(options.reserved ?? [], memory.pages, PAGE_SIZE);
     const control = new SharedArrayBuffer(4 * controlSlots(n));
     const stats = new SharedArrayBuffer(8 * statsSlots(n));
     this.ctl = new Int32Array(control);
@@ -108,6 +116,7 @@ export class Workload {
         hotFraction: options.hotFraction ?? 0.1,
         hotShare: options.hotShare ?? 7 / 8,
         seed: (options.seed ?? 1) + i * 7919,
+        reserved,
       };
       const w = new Worker(bootstrap, { eval: true, workerData: cfg });
       w.on('error', (err) => {
