@@ -35,7 +35,7 @@ import { cpus } from 'node:os';
 import { join } from 'node:path';
 import { bytes } from '../src/cli/format.ts';
 import { guestRamAllocatedKib } from '../src/harness/guest-ram-usage.ts';
-import { startLocalPair, waitForMigration } from '../src/harness/local-hosts.ts';
+import { type MultifdSetting, startLocalPair, waitForMigration } from '../src/harness/local-hosts.ts';
 import { defaultAddonPath } from '../src/native/addon.ts';
 import { crc32c } from '../src/stream/crc32c.ts';
 import { QmpClient } from '../src/vmm/qmp/client.ts';
@@ -192,11 +192,11 @@ export async function oursOnce(
   warm: boolean,
   wrap: string[] = [],
   fill: GuestFill = 'random',
-  multifd?: number,
+  multifd?: number | MultifdSetting,
   observe?: MigrationObserver,
 ): Promise<Rate & { downtime: number; dstRamMiB?: number }> {
   const pair = await startLocalPair({
-    multifd: multifd ? { channels: multifd } : undefined,
+    multifd: typeof multifd === 'number' ? { channels: multifd } : multifd,
     sourceWrap: wrap,
     destinationWrap: wrap,
     memSize: `${memMiB}M`,

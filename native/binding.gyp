@@ -18,6 +18,7 @@
         "src/zero.c",
         "src/pwrite.c",
         "src/chanio.c",
+        "src/chanmode.c",
         "src/chanthread.c"
       ],
       # NAPI 8: instance data, detach_arraybuffer and async cleanup hooks; Node 20 has 9.

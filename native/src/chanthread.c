@@ -6,10 +6,11 @@
  *
  * The thread knows where a packet's page counts and flags are (the framing the codec hands it) and no
  * more: the main thread's JavaScript encodes every header and checks every one received
- * (src/stream/multifd.ts). Sending, the thread gathers a packet's pages into its staging buffer and
- * writes them behind the header it was given. Receiving, it reads packets (header, offsets, pages) and
- * copies their pages into guest RAM until one carries SYNC or the source closes, handing each packet's
- * header and offsets to the callback as it goes; the JavaScript fails the migration on a header the codec
+ * (src/stream/multifd.ts). Sending, the thread writes a packet's pages behind the header it was given.
+ * Receiving, it reads packets (header, offsets, pages) and lands their pages in guest RAM until one
+ * carries SYNC or the source closes, handing each packet's header and offsets to the callback as it goes.
+ * Either way a packet's pages go through the thread's staging buffer or straight between guest RAM and
+ * the socket, as chanmode.c chooses; the JavaScript fails the migration on a header the codec
  * refuses. An offset outside guest RAM is never written (the thread checks each against the mapping).
  * Operations complete in queue order through a threadsafe function into the callback given to the
  * constructor: (an Error with code, errno and syscall or null, value, a packet's header and offsets or
@@ -28,6 +29,7 @@
 #include <unistd.h>
 
 #include "chanio.h"
+#include "chanmode.h"
 #include "chanthread.h"
 #include "vfio_native.h"
 #include "zero.h"
@@ -77,6 +79,7 @@ typedef struct {
   pthread_cond_t cv;
   ct_op *first, *last; /* the queue */
   bool ended;          /* END queued: nothing more may be */
+  bool used;           /* an operation was queued (the I/O mode is fixed from then on) */
   bool quit;           /* teardown: the thread stops at once */
   bool exiting;        /* the thread took END: it makes no more calls on the fds */
   bool started;        /* the thread runs (main thread only) */
@@ -98,9 +101,11 @@ typedef struct {
   /* framing: header bytes, the byte offsets of its be32 normal and zero page counts and flags, the SYNC
    * flag, the most pages a packet holds, the page size */
   uint32_t header_bytes, normal_at, zero_at, flags_at, sync_flag, max_pages, page_size;
-  uint8_t* staging; /* a packet's pages */
-  uint8_t* head;    /* a received packet's header and offsets */
-  double* offsets;  /* a received packet's offsets */
+  uint8_t* staging;   /* a packet's pages (staged I/O) */
+  struct iovec* iov;  /* a packet's header and page runs (direct I/O) */
+  uint8_t* head;      /* a received packet's header and offsets */
+  double* offsets;    /* a received packet's offsets */
+  vn_io_chooser mode; /* staged or direct, per packet (chanmode.c) */
 } ct_chan;
 
 static uint32_t be32(const uint8_t* p) {
@@ -142,22 +147,49 @@ static void transfer(ct_chan* c, ct_op* o, struct iovec* iov, uint32_t n, bool w
   else o->value = r;
 }
 
+/*
+ * The iovecs of the pages at offsets[0..n) straight from guest RAM, one per run inside a piece, into
+ * c->iov from index `first`; how many there are in total, or 0 when an offset is not a guest page.
+ */
+static uint32_t guest_iovecs(ct_chan* c, const double* offsets, uint32_t n, uint32_t first) {
+  uint32_t m = first;
+  for (uint32_t i = 0; i < n;) {
+    uint32_t run;
+    uint8_t* p = guest_run(c, offsets, i, n, &run);
+    if (p == NULL) return 0;
+    c->iov[m++] = (struct iovec){p, (size_t)run * c->page_size};
+    i += run;
+  }
+  return m;
+}
+
 static void send_packets(ct_chan* c, ct_op* o) {
   uint8_t* head = o->heads;
   const double* offsets = o->offsets;
   int64_t total = 0;
   for (uint32_t k = 0; k < o->packets; k++) {
     uint32_t n = o->counts[k];
-    for (uint32_t i = 0; i < n;) {
-      uint32_t run;
-      uint8_t* src = guest_run(c, offsets, i, n, &run);
-      if (src == NULL) return fail(o, EINVAL, "guest page");
-      memcpy(c->staging + (size_t)i * c->page_size, src, (size_t)run * c->page_size);
-      i += run;
+    vn_io_mode mode = n > 0 ? vn_io_next(&c->mode) : VN_IO_STAGED;
+    int64_t t0 = vn_thread_cpu_ns();
+    c->iov[0] = (struct iovec){head, o->head_lens[k]};
+    uint32_t parts = 2;
+    if (mode == VN_IO_DIRECT) {
+      /* As QEMU's multifd_send_thread: the kernel copies the pages out of guest RAM. */
+      parts = guest_iovecs(c, offsets, n, 1);
+      if (parts == 0) return fail(o, EINVAL, "guest page");
+    } else {
+      for (uint32_t i = 0; i < n;) {
+        uint32_t run;
+        uint8_t* src = guest_run(c, offsets, i, n, &run);
+        if (src == NULL) return fail(o, EINVAL, "guest page");
+        memcpy(c->staging + (size_t)i * c->page_size, src, (size_t)run * c->page_size);
+        i += run;
+      }
+      c->iov[1] = (struct iovec){c->staging, (size_t)n * c->page_size};
     }
-    struct iovec iov[2] = {{head, o->head_lens[k]}, {c->staging, (size_t)n * c->page_size}};
-    transfer(c, o, iov, 2, true);
+    transfer(c, o, c->iov, parts, true);
     if (o->err != 0) return;
+    if (n > 0) vn_io_done(&c->mode, mode, vn_thread_cpu_ns() - t0, (size_t)n * c->page_size);
     total += o->value;
     head += o->head_lens[k];
     offsets += n;
@@ -186,17 +218,25 @@ static void post_packet(ct_chan* c, size_t len) {
   if (napi_call_threadsafe_function(c->tsfn, e, napi_tsfn_nonblocking) != napi_ok) free_op(e);
 }
 
-/* The received packet's pages into guest RAM: the first `normal` offsets get data, the rest are zero. */
-static int apply(ct_chan* c, uint32_t normal, uint32_t total) {
+/* The received packet's offsets (its header's first `total`) into c->offsets; EINVAL if one is not a guest page. */
+static int take_offsets(ct_chan* c, uint32_t total) {
   for (uint32_t k = 0; k < total; k++) {
     double off = (double)be64(c->head + c->header_bytes + 8 * (size_t)k);
     if (guest(c, off, 1) == NULL) return EINVAL;
     c->offsets[k] = off;
   }
+  return 0;
+}
+
+/*
+ * The received packet's pages land: the first `normal` offsets got data (copied from staging here if
+ * `staged`; read straight into guest RAM otherwise), the rest are zero pages.
+ */
+static void land(ct_chan* c, uint32_t normal, uint32_t total, bool staged) {
   for (uint32_t k = 0; k < normal;) {
     uint32_t run;
-    uint8_t* dst = guest_run(c, c->offsets, k, normal, &run); /* every offset was checked above */
-    memcpy(dst, c->staging + (size_t)k * c->page_size, (size_t)run * c->page_size);
+    uint8_t* dst = guest_run(c, c->offsets, k, normal, &run); /* every offset was checked */
+    if (staged) memcpy(dst, c->staging + (size_t)k * c->page_size, (size_t)run * c->page_size);
     for (uint32_t last = k + run; k < last; k++) {
       size_t i = (size_t)c->offsets[k] / c->page_size;
       if (c->written) c->written[i] = 1;
@@ -214,6 +254,32 @@ static int apply(ct_chan* c, uint32_t normal, uint32_t total) {
     memset(page, 0, c->page_size);
     if (c->written) c->written[i] = 1;
   }
+}
+
+/*
+ * A packet's offsets and pages, after its header: read with its pages into staging and copied from there,
+ * or its offsets read first and checked and then its pages read straight into guest RAM (QEMU's
+ * multifd_recv_thread: an iovec per page). 0, or the errno to fail with (ECONNRESET: the source closed
+ * mid-packet; EINVAL: an offset outside guest RAM, nothing of this packet's pages written).
+ */
+static int recv_body(ct_chan* c, ct_op* o, uint32_t normal, uint32_t total) {
+  size_t offsets_len = 8 * (size_t)total, pages_len = (size_t)normal * c->page_size;
+  vn_io_mode mode = normal > 0 ? vn_io_next(&c->mode) : VN_IO_STAGED;
+  int64_t t0 = vn_thread_cpu_ns();
+  struct iovec body[2] = {{c->head + c->header_bytes, offsets_len}, {c->staging, pages_len}};
+  transfer(c, o, body, mode == VN_IO_DIRECT ? 1 : 2, false);
+  if (o->err != 0) return o->err;
+  if ((size_t)o->value < (mode == VN_IO_DIRECT ? offsets_len : offsets_len + pages_len)) return ECONNRESET;
+  int err = take_offsets(c, total);
+  if (err != 0) return err;
+  if (mode == VN_IO_DIRECT && normal > 0) {
+    uint32_t parts = guest_iovecs(c, c->offsets, normal, 0); /* every offset was checked: never 0 */
+    transfer(c, o, c->iov, parts, false);
+    if (o->err != 0) return o->err;
+    if ((size_t)o->value < pages_len) return ECONNRESET;
+  }
+  land(c, normal, total, mode != VN_IO_DIRECT);
+  if (normal > 0) vn_io_done(&c->mode, mode, vn_thread_cpu_ns() - t0, pages_len);
   return 0;
 }
 
@@ -239,13 +305,9 @@ static void recv_packets(ct_chan* c, ct_op* o) {
       return fail(o, EPROTO, "packet");
     }
     size_t len = c->header_bytes + 8 * ((size_t)normal + zero);
-    struct iovec body[2] = {{c->head + c->header_bytes, len - c->header_bytes},
-                            {c->staging, (size_t)normal * c->page_size}};
-    size_t want = body[0].iov_len + body[1].iov_len;
-    transfer(c, o, body, 2, false);
+    int err = recv_body(c, o, normal, normal + zero);
     if (o->err != 0) return;
-    if ((size_t)o->value < want) return fail(o, ECONNRESET, "packet");
-    int err = apply(c, normal, normal + zero);
+    if (err == ECONNRESET) return fail(o, err, "packet");
     post_packet(c, len);
     if (err != 0) return fail(o, err, "packet");
     packets++;
@@ -354,6 +416,7 @@ static void free_setup(ct_chan* c) {
   free(c->staging);
   free(c->head);
   free(c->offsets);
+  free(c->iov);
   free(c);
 }
 
@@ -476,10 +539,12 @@ static bool chan_setup(napi_env env, napi_value* argv, ct_chan* c) {
     vn_throw_range(env, "framing does not fit its header or the pages");
     return false;
   }
+  vn_io_init(&c->mode, VN_IO_AUTO);
   c->staging = malloc((size_t)c->max_pages * c->page_size);
   c->head = malloc(c->header_bytes + 8 * (size_t)c->max_pages);
   c->offsets = malloc(sizeof(double) * c->max_pages);
-  if (c->staging == NULL || c->head == NULL || c->offsets == NULL) {
+  c->iov = malloc(sizeof(struct iovec) * ((size_t)c->max_pages + 1));
+  if (c->staging == NULL || c->head == NULL || c->offsets == NULL || c->iov == NULL) {
     vn_throw_errno(env, ENOMEM, "malloc", NULL);
     return false;
   }
@@ -563,6 +628,7 @@ static napi_value enqueue(napi_env env, ct_chan* c, ct_op* o) {
     else c->first = o;
     c->last = o;
     if (o->kind == OP_END) c->ended = true;
+    c->used = true;
     pthread_cond_signal(&c->cv);
   }
   pthread_mutex_unlock(&c->mu);
@@ -721,6 +787,38 @@ static napi_value chan_end(napi_env env, napi_callback_info info) {
 }
 
 /* unref(): the thread no longer keeps the process alive */
+/*
+ * setIoMode(mode): how packets' pages move: 0 chosen by measuring (the default), 1 through the staging
+ * buffer, 2 straight between guest RAM and the socket. Only before the first operation (the thread then
+ * owns the chooser): throws after.
+ */
+static napi_value chan_set_io_mode(napi_env env, napi_callback_info info) {
+  napi_value argv[1];
+  int64_t mode;
+  ct_chan* c = unwrap(env, info, 1, argv);
+  if (c == NULL || !vn_get_int(env, argv[0], "mode", VN_IO_AUTO, VN_IO_DIRECT, &mode)) return NULL;
+  /* Under the queue's lock, which the thread takes before its first operation: it sees the mode. */
+  pthread_mutex_lock(&c->mu);
+  bool used = c->used;
+  if (!used) vn_io_init(&c->mode, (vn_io_mode)mode);
+  pthread_mutex_unlock(&c->mu);
+  if (used) return vn_throw_type(env, "setIoMode after an operation was queued");
+  return NULL;
+}
+
+/* ioCounts(): [packets moved staged, packets moved direct] so far. */
+static napi_value chan_io_counts(napi_env env, napi_callback_info info) {
+  ct_chan* c = unwrap(env, info, 0, NULL);
+  if (c == NULL) return NULL;
+  napi_value arr, v;
+  VN_CALL(env, napi_create_array_with_length(env, 2, &arr));
+  for (uint32_t i = 0; i < 2; i++) {
+    VN_CALL(env, napi_create_double(env, (double)__atomic_load_n(&c->mode.counts[i], __ATOMIC_RELAXED), &v));
+    VN_CALL(env, napi_set_element(env, arr, i, v));
+  }
+  return arr;
+}
+
 static napi_value chan_unref(napi_env env, napi_callback_info info) {
   ct_chan* c = unwrap(env, info, 0, NULL);
   if (c != NULL && !c->thread_done) VN_CALL(env, napi_unref_threadsafe_function(env, c->tsfn));
@@ -738,6 +836,8 @@ bool vn_chan_thread_define(napi_env env, napi_value exports) {
       {"discard", NULL, chan_discard, NULL, NULL, NULL, napi_default_method, NULL},
       {"end", NULL, chan_end, NULL, NULL, NULL, napi_default_method, NULL},
       {"unref", NULL, chan_unref, NULL, NULL, NULL, napi_default_method, NULL},
+      {"setIoMode", NULL, chan_set_io_mode, NULL, NULL, NULL, napi_default_method, NULL},
+      {"ioCounts", NULL, chan_io_counts, NULL, NULL, NULL, napi_default_method, NULL},
   };
   napi_value cls;
   if (napi_define_class(env, "ChannelThread", NAPI_AUTO_LENGTH, chan_new, NULL, sizeof methods / sizeof methods[0],

@@ -55,7 +55,13 @@ export interface LocalPairOptions {
    * Multifd with this many channels: both VMMs get the capability and the parameter over QMP, the
    * destination waiting with `--incoming defer` until migrate-incoming (as QEMU needs it).
    */
-  multifd?: { channels: number };
+  multifd?: MultifdSetting;
+}
+
+/** Multifd on both VMMs: the channel count, and how the channel threads move pages (x-multifd-io). */
+export interface MultifdSetting {
+  channels: number;
+  io?: 'auto' | 'staged' | 'direct';
 }
 
 export interface Proc {
@@ -126,19 +132,22 @@ function startProcess(
 }
 
 /** The multifd capability and channel count on a VMM. */
-async function setMultifd(q: QmpClient, channels: number): Promise<void> {
+async function setMultifd(q: QmpClient, m: MultifdSetting): Promise<void> {
   await q.execute('migrate-set-capabilities', { capabilities: [{ capability: 'multifd', state: true }] });
-  await q.execute('migrate-set-parameters', { 'multifd-channels': channels });
+  await q.execute('migrate-set-parameters', {
+    'multifd-channels': m.channels,
+    ...(m.io ? { 'x-multifd-io': m.io } : {}),
+  });
 }
 
 /** A destination waiting with `--incoming defer`: multifd set, then migrate-incoming; its port line. */
 async function deferredIncoming(
   q: QmpClient,
   child: ChildProcess,
-  channels: number,
+  multifd: MultifdSetting,
   listen: string,
 ): Promise<RegExpExecArray> {
-  await setMultifd(q, channels);
+  await setMultifd(q, multifd);
   const listening = stdoutLine(child, /listening on port (\d+)/);
   await q.execute('migrate-incoming', { uri: `tcp:${listen}` });
   return listening;
@@ -312,8 +321,8 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
     procs.dstVmm = dst.vmm;
     const [src, dstQmp] = await Promise.all([QmpClient.connect(path('src.qmp')), QmpClient.connect(path('dst.qmp'))]);
     if (o.multifd) {
-      await setMultifd(src, o.multifd.channels);
-      dst.vmm.match = await deferredIncoming(dstQmp, dst.vmm.child, o.multifd.channels, listen);
+      await setMultifd(src, o.multifd);
+      dst.vmm.match = await deferredIncoming(dstQmp, dst.vmm.child, o.multifd, listen);
     }
     let generation = 0;
     let prepared: Promise<{ host: DestinationHost; tag: string }> | null = null;
@@ -342,7 +351,7 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
         pair.procs.dstDevices = h.devices;
         pair.procs.dstVmm = h.vmm;
         pair.dst = await QmpClient.connect(path(`dst${tag}.qmp`));
-        if (o.multifd) h.vmm.match = await deferredIncoming(pair.dst, h.vmm.child, o.multifd.channels, listen);
+        if (o.multifd) h.vmm.match = await deferredIncoming(pair.dst, h.vmm.child, o.multifd, listen);
         pair.uri = o.incoming ?? `tcp:${host}:${h.vmm.match[1]}`;
       },
       prepareDestination: (overrides = {}) => {

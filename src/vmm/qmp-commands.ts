@@ -44,12 +44,14 @@ export function vmmBackend(vmm: Vmm, quit: () => void, incoming?: (uri: string) 
           ? { availSwitchoverBandwidth: p['avail-switchover-bandwidth'] }
           : {}),
         ...(p['multifd-channels'] !== undefined ? { multifdChannels: p['multifd-channels'] } : {}),
+        ...(p['x-multifd-io'] !== undefined ? { multifdIo: p['x-multifd-io'] } : {}),
       }),
     queryMigrationParameters: () => ({
       'downtime-limit': m.parameters.downtimeLimit,
       'max-bandwidth': m.parameters.maxBandwidth,
       'avail-switchover-bandwidth': m.parameters.availSwitchoverBandwidth,
       'multifd-channels': m.parameters.multifdChannels,
+      'x-multifd-io': m.parameters.multifdIo,
     }),
     capabilityNames: CAPABILITY_NAMES,
     setMigrationCapabilities: (changes) =>

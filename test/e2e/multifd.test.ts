@@ -1,7 +1,9 @@
 // Multifd end to end: RAM over 1, 2 and 4 extra TCP connections, each sent and received by its own
 // thread, while the guest writes and a large-memory device does DMA. Both VMMs take the capability and
 // the channel count over QMP (the destination with --incoming defer, as QEMU needs), and every guest page
-// and the device state at the destination equal the source's at its stop point.
+// and the device state at the destination equal the source's at its stop point. The channel threads move
+// pages staged (1 channel), as measured (2: the default) or direct (4), set by x-multifd-io on both sides,
+// and query-migrate's x-multifd-io says which way the packets went.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { startLocalPair, waitForMigration } from '../../src/harness/local-hosts.ts';
@@ -9,13 +11,18 @@ import { startLocalPair, waitForMigration } from '../../src/harness/local-hosts.
 type Digests = { ram: string; devices: { name: string; digest: string }[] };
 
 describe('multifd migration across processes', () => {
-  for (const channels of [1, 2, 4]) {
-    test(`${channels} channel(s), the guest writing, a large-memory device doing DMA`, async () => {
+  const ways = [
+    [1, 'staged'],
+    [2, undefined],
+    [4, 'direct'],
+  ] as const;
+  for (const [channels, io] of ways) {
+    test(`${channels} channel(s) moving pages ${io ?? 'as measured'}, the guest writing, a large-memory device doing DMA`, async () => {
       const device = { device: 'large-memory', deviceArgs: ['--device-mem', '8M', '--work-rate', '5000'] };
       const pair = await startLocalPair({
         memSize: '64M',
         paused: true,
-        multifd: { channels },
+        multifd: { channels, io },
         source: {
           ...device,
           deviceArgs: [...device.deviceArgs, '--device-fill', 'random'],
@@ -29,8 +36,9 @@ describe('multifd migration across processes', () => {
           caps.find((c) => c.capability === 'multifd'),
           { capability: 'multifd', state: true },
         );
-        const params = await pair.src.execute<Record<string, number>>('query-migrate-parameters');
+        const params = await pair.src.execute<Record<string, unknown>>('query-migrate-parameters');
         assert.equal(params['multifd-channels'], channels);
+        assert.equal(params['x-multifd-io'], io ?? 'auto');
         if (channels === 1) {
           // Multifd is tcp-only here (QEMU 9 needs mapped-ram for a file): refused by name, nothing starts.
           await assert.rejects(pair.src.execute('migrate', { uri: `file:${pair.dir}/vm.mig` }), /multifd needs a tcp:/);
@@ -58,6 +66,17 @@ describe('multifd migration across processes', () => {
         const incoming = dstInfo['x-incoming'] as Record<string, number>;
         assert.ok(incoming['ram-bytes']! < 64 << 10, `${incoming['ram-bytes']} RAM bytes in the main stream`);
         assert.ok(incoming['device-bytes']! > 8 << 20, 'the device state went in the main stream');
+        for (const [side, got] of [
+          ['source', info],
+          ['destination', dstInfo],
+        ] as const) {
+          const c = got['x-multifd-io'] as { staged: number; direct: number };
+          const what = `${side}: ${c.staged} packets staged, ${c.direct} direct`;
+          // 64 MiB of pages is 128 packets: auto's first packets on each channel go each way.
+          if (io === 'staged') assert.ok(c.staged >= 128 && c.direct === 0, what);
+          if (io === 'direct') assert.ok(c.direct >= 128 && c.staged === 0, what);
+          if (io === undefined) assert.ok(c.staged > 0 && c.direct > 0 && c.staged + c.direct >= 128, what);
+        }
       } finally {
         await pair.stop();
       }

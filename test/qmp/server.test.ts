@@ -256,6 +256,8 @@ describe('commands', () => {
         ['{"multifd-channels": 256}', "Parameter 'multifd_channels' expects a value between 1 and 255"],
         ['{"multifd-channels": "4"}', "Invalid parameter type for 'multifd-channels', expected: integer"],
         ['{"x-multifd-channels": 4}', "Parameter 'x-multifd-channels' is unexpected"],
+        ['{"x-multifd-io": "fast"}', "Parameter 'x-multifd-io' does not accept value 'fast'"],
+        ['{"x-multifd-io": 2}', "Invalid parameter type for 'x-multifd-io', expected: string"],
         ['{"downtime-limit": 10, "max-bandwidth": -5}', bwRange('max_bandwidth')],
       ];
       for (const [args, desc] of cases) assert.deepEqual(await set(args), generic(desc), args);
@@ -264,12 +266,14 @@ describe('commands', () => {
       assert.deepEqual(backend.calls, []);
       assert.deepEqual(await set('{"downtime-limit": 2000000, "max-bandwidth": 125000000}'), { return: {} });
       assert.deepEqual(backend.calls, ['set {"max-bandwidth":125000000,"downtime-limit":2000000}']);
+      assert.deepEqual(await set('{"x-multifd-io": "direct"}'), { return: {} });
       assert.deepEqual(await p.request('{"execute": "query-migrate-parameters"}'), {
         return: {
           'max-bandwidth': 125000000,
           'avail-switchover-bandwidth': 0,
           'downtime-limit': 2000000,
           'multifd-channels': 2,
+          'x-multifd-io': 'direct',
         },
       });
       p.close();

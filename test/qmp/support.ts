@@ -137,6 +137,7 @@ export class TestBackend implements QmpVmmBackend {
     'max-bandwidth': 0,
     'avail-switchover-bandwidth': 0,
     'multifd-channels': 2,
+    'x-multifd-io': 'auto',
   };
   readonly capabilityNames = ['multifd'] as const;
   caps: CapabilityStatus[] = [{ capability: 'multifd', state: false }];

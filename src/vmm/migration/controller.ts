@@ -83,6 +83,10 @@ export class MigrationController {
   /** Multifd: the source's channels while they run, and the bytes they wrote (query-migrate's multifd-bytes). */
   private channelsOut: MultifdSender | null = null;
   private multifdBytes = 0;
+  /** The receiving side's channels while an incoming multifd migration runs. */
+  private channelsIn: MultifdReceiver | null = null;
+  /** Packets the last multifd migration's channels moved each way (x-multifd-io), once it ended. */
+  private multifdIo: { staged: number; direct: number } | null = null;
   /** The destination's listener while it waits for the source. */
   private listener: IncomingListener | null = null;
   /** Resolves when the current outgoing or incoming migration has finished, whatever the outcome. */
@@ -103,8 +107,8 @@ export class MigrationController {
   }
 
   setParameters(p: Partial<MigrationParameters>): void {
-    // The channels are opened when a migration starts: changing their number under one is refused.
-    if (p.multifdChannels !== undefined && statusIsActive(this.status))
+    // The channels are opened when a migration starts: changing their number or I/O under one is refused.
+    if ((p.multifdChannels !== undefined || p.multifdIo !== undefined) && statusIsActive(this.status))
       throw new MigrationError(Errno.EBUSY, "There's a migration process in progress");
     Object.assign(this.parameters, p);
   }
@@ -152,6 +156,7 @@ export class MigrationController {
     this.downtimeMs = 0;
     this.phases = null;
     this.multifdBytes = 0;
+    this.multifdIo = null;
     this.setStatus('setup');
     this.done = this.runSource(uri, this.abort.signal);
   }
@@ -183,6 +188,7 @@ export class MigrationController {
           host: uri.host,
           port: uri.port,
           channels: this.parameters.multifdChannels,
+          io: this.parameters.multifdIo,
           uuid: this.d.uuid ?? new Uint8Array(16),
           stallTimeoutMs: this.d.stallTimeoutMs ?? 10_000,
         });
@@ -267,6 +273,7 @@ export class MigrationController {
       this.d.ram.channelsOut = null;
       await channels?.close();
       this.multifdBytes = channels?.bytes ?? 0;
+      this.multifdIo = channels?.ioCounts ?? null;
       this.channelsOut = null;
       for (const h of handlers) {
         await h
@@ -336,12 +343,15 @@ export class MigrationController {
         ? new MultifdReceiver({
             memory: this.d.memory,
             channels: this.parameters.multifdChannels,
+            io: this.parameters.multifdIo,
             uuid: this.d.uuid ?? null,
             maps: this.d.ram.sharedMaps,
             stallTimeoutMs: this.d.stallTimeoutMs ?? 10_000,
           })
         : null;
     this.d.ram.channelsIn = channels;
+    this.channelsIn = channels;
+    this.multifdIo = null;
     try {
       let connection: Awaited<ReturnType<IncomingListener['accept']>>;
       if (uri.kind === 'tcp') {
@@ -392,6 +402,8 @@ export class MigrationController {
       this.listener = null;
       this.d.ram.channelsIn = null;
       await channels?.close(this.status === 'failed' ? ERROR_LINGER_MS : 0);
+      this.multifdIo = channels?.ioCounts ?? null;
+      this.channelsIn = null;
     }
   }
 
@@ -460,6 +472,8 @@ export class MigrationController {
         ...(r.first >= 0 ? { 'first-section': round1(r.first), 'last-section': round1(r.last) } : {}),
       };
     }
+    const io = (this.channelsOut ?? this.channelsIn)?.ioCounts ?? this.multifdIo;
+    if (io) info['x-multifd-io'] = io;
     if (this.errorDesc) info['error-desc'] = this.errorDesc;
     return info;
   }

@@ -32,7 +32,18 @@ export interface ChannelOptions {
   progress?: Int32Array;
   /** Each received packet's header and offsets, as recv() reads them (before it completes). */
   onPacket?: (packet: Buffer) => void;
+  /** How packets' pages move (default 'auto': each way measured, the cheaper used; see MultifdIo). */
+  io?: MultifdIo;
 }
+
+/**
+ * How a channel moves packets' pages: 'staged' through its own buffer (a copy in user space, then the
+ * socket), 'direct' between guest RAM and the socket (QEMU's way), 'auto' each way timed by the thread's
+ * CPU per byte and the cheaper kept (which one wins depends on the host: docs/performance.md).
+ */
+export type MultifdIo = 'auto' | 'staged' | 'direct';
+
+export const MULTIFD_IO: readonly MultifdIo[] = ['auto', 'staged', 'direct'];
 
 export class MultifdChannel {
   readonly socketFd: number;
@@ -64,10 +75,17 @@ export class MultifdChannel {
           else p.resolve(value);
         },
       );
+      this.thread.setIoMode(MULTIFD_IO.indexOf(o.io ?? 'auto') as 0 | 1 | 2);
     } catch (err) {
       n.close(this.abortFd);
       throw err;
     }
+  }
+
+  /** Packets whose pages this channel moved so far, each way. */
+  get ioCounts(): { staged: number; direct: number } {
+    const [staged, direct] = this.thread.ioCounts();
+    return { staged, direct };
   }
 
   private queue(call: () => void, keep?: unknown): Promise<number> {
@@ -132,6 +150,17 @@ export class MultifdChannel {
     });
     return this.ended;
   }
+}
+
+/** Packets whose pages `channels` moved so far, each way, summed. */
+export function ioCounts(channels: readonly MultifdChannel[]): { staged: number; direct: number } {
+  const sum = { staged: 0, direct: 0 };
+  for (const ch of channels) {
+    const c = ch.ioCounts;
+    sum.staged += c.staged;
+    sum.direct += c.direct;
+  }
+  return sum;
 }
 
 /** A failed channel operation's errno name (EPROTO for an error that carries none: a broken protocol). */

@@ -20,7 +20,7 @@ import {
 } from '../../stream/multifd.ts';
 import type { GuestMemory } from '../guest/guest-memory.ts';
 import { MigrationError } from './errors.ts';
-import { channelErrno, MultifdChannel } from './multifd-channel.ts';
+import { channelErrno, ioCounts, MultifdChannel, type MultifdIo } from './multifd-channel.ts';
 import { errnoNamed, RAM_BLOCK } from './multifd-send.ts';
 import type { RamChannelsIn } from './ram-handler.ts';
 
@@ -32,6 +32,8 @@ export interface MultifdRecvOptions {
   maps: { received: Uint8Array; written: Uint8Array; fresh: boolean };
   /** How long a flush waits for channels (one that never connects, or sends nothing): a safety net. */
   stallTimeoutMs: number;
+  /** How the channel threads move pages (default 'auto'). */
+  io?: MultifdIo;
 }
 
 interface Channel {
@@ -97,6 +99,7 @@ export class MultifdReceiver implements RamChannelsIn {
         maps: this.o.maps,
         progress: this.progressCount,
         onPacket: (p) => this.checkPacket(c, p),
+        io: this.o.io,
       });
     } catch (err) {
       native().close(socketFd);
@@ -238,6 +241,11 @@ export class MultifdReceiver implements RamChannelsIn {
   /** Moves while any channel receives (see IncomingOptions.progress). */
   progress(): number {
     return Atomics.load(this.progressCount, 0);
+  }
+
+  /** Packets whose pages the channels moved so far, each way (MultifdIo). */
+  get ioCounts(): { staged: number; direct: number } {
+    return ioCounts(this.channels.map((c) => c.ch));
   }
 
   async finish(): Promise<void> {

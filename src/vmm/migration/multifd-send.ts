@@ -17,7 +17,7 @@ import {
 } from '../../stream/multifd.ts';
 import type { GuestMemory } from '../guest/guest-memory.ts';
 import { MigrationError } from './errors.ts';
-import { channelErrno, MultifdChannel } from './multifd-channel.ts';
+import { channelErrno, ioCounts, MultifdChannel, type MultifdIo } from './multifd-channel.ts';
 import type { RamChannelsOut } from './ram-handler.ts';
 
 /** The one RAM block a packet names (QEMU's "pc.ram"). */
@@ -42,6 +42,8 @@ export interface MultifdSendOptions {
   channels: number;
   uuid: Uint8Array;
   stallTimeoutMs: number;
+  /** How the channel threads move pages (default 'auto'). */
+  io?: MultifdIo;
 }
 
 interface Channel {
@@ -99,7 +101,7 @@ export class MultifdSender implements RamChannelsOut {
     const socketFd = native().tcpSocket(address);
     let ch: MultifdChannel;
     try {
-      ch = new MultifdChannel({ socketFd, memory: o.memory, stallMs: o.stallTimeoutMs });
+      ch = new MultifdChannel({ socketFd, memory: o.memory, stallMs: o.stallTimeoutMs, io: o.io });
     } catch (err) {
       native().close(socketFd);
       throw err;
@@ -222,6 +224,11 @@ export class MultifdSender implements RamChannelsOut {
       this.waiter = r;
     });
     if (this.error) throw this.error;
+  }
+
+  /** Packets whose pages the channels moved so far, each way (MultifdIo). */
+  get ioCounts(): { staged: number; direct: number } {
+    return ioCounts(this.channels.map((c) => c.ch));
   }
 
   /** Ends every channel (after the migration: a clean close; on failure: at once); the same promise each call. */

@@ -17,6 +17,7 @@ import {
 } from './convergence.ts';
 import { MigrationCancelled, MigrationError } from './errors.ts';
 import type { MigrationHandler, SectionWriter } from './handler.ts';
+import type { MultifdIo } from './multifd-channel.ts';
 import type { OutgoingStream } from './transport.ts';
 
 export interface MigrationParameters {
@@ -28,6 +29,8 @@ export interface MigrationParameters {
   availSwitchoverBandwidth: number;
   /** RAM channels when the multifd capability is on (QEMU's default 2) */
   multifdChannels: number;
+  /** How multifd channel threads move pages (ours, x-multifd-io): measured per channel by default */
+  multifdIo: MultifdIo;
 }
 
 export const DEFAULT_PARAMETERS: MigrationParameters = {
@@ -35,6 +38,7 @@ export const DEFAULT_PARAMETERS: MigrationParameters = {
   maxBandwidth: 0,
   availSwitchoverBandwidth: 0,
   multifdChannels: 2,
+  multifdIo: 'auto',
 };
 
 export interface OutgoingProgress {

@@ -2,6 +2,7 @@
 // announces): argument schemas, result types, the backend interface the server calls, and the checks QEMU
 // makes before it acts (migration URIs, parameter ranges), with its error texts.
 
+import { MULTIFD_IO, type MultifdIo } from '../migration/multifd-channel.ts';
 import type { MigrationStatus } from '../migration/status.ts';
 import { RUN_STATES, type RunStateName } from '../run-state.ts';
 import {
@@ -91,6 +92,8 @@ export interface MigrationInfo {
     'first-section'?: number;
     'last-section'?: number;
   };
+  /** Vendor extension, with multifd: packets whose pages the channels moved each way (x-multifd-io). */
+  'x-multifd-io'?: { staged: number; direct: number };
 }
 
 /** The MigrationParameters this VMM has (query-migrate-parameters). */
@@ -103,6 +106,11 @@ export interface MigrationParameters {
   'avail-switchover-bandwidth': number;
   /** Extra TCP connections for RAM when the `multifd` capability is on: 1..255, QEMU's default 2. */
   'multifd-channels': number;
+  /**
+   * Ours: how each multifd channel's thread moves pages: 'staged' through a buffer of its own, 'direct'
+   * between guest RAM and the socket (QEMU's way), 'auto' (the default) both measured, the cheaper kept.
+   */
+  'x-multifd-io': MultifdIo;
 }
 
 /** migrate-set-parameters, after its checks: only the members given. */
@@ -214,6 +222,7 @@ export const MIGRATE_SET_PARAMETERS_ARGS: ArgsSchema = {
   'avail-switchover-bandwidth': { type: 'size', optional: true },
   'downtime-limit': { type: 'uint64', optional: true },
   'multifd-channels': { type: 'int', optional: true },
+  'x-multifd-io': { type: { enum: MULTIFD_IO }, optional: true },
 };
 export const MIGRATE_SET_CAPABILITIES_ARGS: ArgsSchema = { capabilities: { type: { array: 'any' } } };
 /** QEMU's range for multifd-channels (a uint8, at least one channel). */
@@ -301,6 +310,8 @@ function checkedParameters(a: Record<string, unknown>): MigrateSetParameters {
       throw generic(`Parameter 'downtime_limit' expects an integer in the range of 0 to ${MAX_MIGRATE_DOWNTIME} ms`);
     p['downtime-limit'] = Number(dl);
   }
+  const io = a['x-multifd-io'] as MultifdIo | undefined;
+  if (io !== undefined) p['x-multifd-io'] = io;
   const ch = a['multifd-channels'] as number | undefined;
   if (ch !== undefined) {
     if (ch < 1 || ch > MAX_MULTIFD_CHANNELS)
@@ -410,6 +421,7 @@ export function vmmCommands(backend: QmpVmmBackend): Record<string, QmpCommand> 
           ['avail-switchover-bandwidth', int],
           ['downtime-limit', int],
           ['multifd-channels', int],
+          ['x-multifd-io', (v) => v],
         ]);
       },
     },

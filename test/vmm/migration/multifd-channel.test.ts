@@ -2,12 +2,13 @@
 // connections: every byte of many parts moves in order across socket-buffer-sized partial calls; a read
 // that meets EOF says how much it got; a stalled peer is ETIMEDOUT and the abort eventfd ECANCELED, also
 // for a thread already asleep in a call; a refused connect is ECONNREFUSED; guest RAM stays mapped for a
-// channel whose owner unmapped it; and a worker ending with a thread asleep still ends.
+// channel whose owner unmapped it; a worker ending with a thread asleep still ends; and the I/O mode is
+// set once, before the first operation.
 import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { test } from 'node:test';
-import { type NativeError, native } from '../../../src/native/addon.ts';
+import { type ChannelThread, type NativeError, native } from '../../../src/native/addon.ts';
 import {
   MULTIFD_FLAG_SYNC,
   MULTIFD_HEADER_BYTES,
@@ -130,6 +131,24 @@ test('abort: ECANCELED for a thread asleep in a call and for every call after it
     assert.equal(await b.discard(60_000, false), 1, 'a drain after the abort still reads to the EOF');
   } finally {
     await Promise.all([a.close(), b.close()]);
+    memory.close();
+  }
+});
+
+test('the I/O mode is set before the first operation only, to one of the three', async () => {
+  const memory = GuestMemory.create(1 << 16);
+  const n = native();
+  const fd = n.tcpSocket('127.0.0.1');
+  const ch = new MultifdChannel({ socketFd: fd, memory, stallMs: -1, io: 'direct' });
+  const thread = (ch as unknown as { thread: ChannelThread }).thread;
+  try {
+    assert.throws(() => thread.setIoMode(3 as 2), RangeError);
+    thread.setIoMode(1); // still before any operation
+    await ch.shutdown(2).catch(() => {}); // an unconnected socket: the outcome does not matter here
+    assert.throws(() => thread.setIoMode(2), /after an operation was queued/);
+    assert.deepEqual(ch.ioCounts, { staged: 0, direct: 0 });
+  } finally {
+    await ch.close();
     memory.close();
   }
 });

@@ -4,91 +4,113 @@
 // page must arrive once per pass with its contents (zero pages zeroed over what the destination held),
 // and the packet count the receiver checks at each flush must match what the sender numbered. On fresh
 // memory a zero page never written is left alone: the destination then holds exactly the pages that
-// ever held data.
+// ever held data. Each side's channel threads move pages staged, direct or as measured (x-multifd-io):
+// the same bytes arrive whichever way each side took, and a forced way is the only one taken.
 import assert from 'node:assert/strict';
 import { fstatSync } from 'node:fs';
 import { test } from 'node:test';
 import { native } from '../../../src/native/addon.ts';
 import { FdAcceptor } from '../../../src/native/fd-acceptor.ts';
 import { compareDigests, GuestMemory } from '../../../src/vmm/guest/guest-memory.ts';
+import type { MultifdIo } from '../../../src/vmm/migration/multifd-channel.ts';
 import { MultifdReceiver } from '../../../src/vmm/migration/multifd-recv.ts';
 import { MultifdSender } from '../../../src/vmm/migration/multifd-send.ts';
 
 const PAGE = 4096;
 const PAGES = 8192; // 32 MiB: several batches of 8 x 128 pages per pass
 
+/** [the sender's way, the receiver's way] */
+const IO: [MultifdIo, MultifdIo][] = [
+  ['staged', 'direct'],
+  ['direct', 'staged'],
+  ['auto', 'auto'],
+];
+
+/** A forced way is the only one taken; 'auto' takes both (its first packets on each channel alternate). */
+function checkIo(side: string, io: MultifdIo, counts: { staged: number; direct: number }): void {
+  const what = `${side} (${io}): ${counts.staged} packets staged, ${counts.direct} direct`;
+  if (io === 'staged') assert.ok(counts.staged > 0 && counts.direct === 0, what);
+  if (io === 'direct') assert.ok(counts.direct > 0 && counts.staged === 0, what);
+  if (io === 'auto') assert.ok(counts.staged > 0 && counts.direct > 0, what);
+}
+
 for (const fresh of [false, true])
-  test(`pages in batches of packets, zero pages in long runs between data pages: all arrive, each pass (${fresh ? 'fresh memory' : 'memory holding old contents'})`, async () => {
-    const src = GuestMemory.create(PAGES * PAGE, 'mfd-send-src');
-    const dst = GuestMemory.create(PAGES * PAGE, 'mfd-send-dst');
-    const received = new Uint8Array(new SharedArrayBuffer(PAGES));
-    const receiver = new MultifdReceiver({
-      memory: dst,
-      channels: 3,
-      uuid: null,
-      // Not fresh: a zero page must be zeroed over whatever the destination holds. Fresh: a zero page
-      // never written is left alone.
-      maps: { received, written: new Uint8Array(new SharedArrayBuffer(PAGES)), fresh },
-      stallTimeoutMs: 60_000,
-    });
-    const acceptor = new FdAcceptor(native().listenTcp('127.0.0.1', 0, 8), {
-      connection: (fd) => receiver.adopt(fd),
-      error: (e) => assert.fail(e),
-    });
-    let sender: MultifdSender | undefined;
-    try {
-      sender = await MultifdSender.open({
-        memory: src,
-        host: '127.0.0.1',
-        port: native().localPort(acceptor.fd),
+  for (const [sendIo, recvIo] of IO)
+    test(`pages in batches of packets, zero pages in long runs between data pages: all arrive, each pass (${fresh ? 'fresh memory' : 'memory holding old contents'}; sent ${sendIo}, received ${recvIo})`, async () => {
+      const src = GuestMemory.create(PAGES * PAGE, 'mfd-send-src');
+      const dst = GuestMemory.create(PAGES * PAGE, 'mfd-send-dst');
+      const received = new Uint8Array(new SharedArrayBuffer(PAGES));
+      const receiver = new MultifdReceiver({
+        memory: dst,
         channels: 3,
-        uuid: new Uint8Array(16),
+        uuid: null,
+        // Not fresh: a zero page must be zeroed over whatever the destination holds. Fresh: a zero page
+        // never written is left alone.
+        maps: { received, written: new Uint8Array(new SharedArrayBuffer(PAGES)), fresh },
         stallTimeoutMs: 60_000,
+        io: recvIo,
       });
-      if (!fresh) for (let i = 0; i < PAGES; i++) dst.page(i).fill(0xee); // what a zero page must overwrite
-      // Pass 1: data where (i mod 997) < 300: runs of 300 data pages and 697 zero pages, so batches hold
-      // zero pages past their first packet. Pass 2: a partial pass of every 7th page, contents changed, and
-      // data pages with (i mod 997) < 30 gone back to zero.
-      const pass = async (pages: number[], tag: number) => {
-        for (const i of pages) {
-          const data = i % 997 < 300 && (tag === 1 || i % 997 >= 30);
-          if (data) src.page(i).fill((i * 13 + tag) & 0xff || 1);
-          else src.page(i).fill(0);
-          const wait = sender!.queue(i * PAGE, !data);
-          if (wait) await wait;
+      const acceptor = new FdAcceptor(native().listenTcp('127.0.0.1', 0, 8), {
+        connection: (fd) => receiver.adopt(fd),
+        error: (e) => assert.fail(e),
+      });
+      let sender: MultifdSender | undefined;
+      try {
+        sender = await MultifdSender.open({
+          memory: src,
+          host: '127.0.0.1',
+          port: native().localPort(acceptor.fd),
+          channels: 3,
+          uuid: new Uint8Array(16),
+          stallTimeoutMs: 60_000,
+          io: sendIo,
+        });
+        if (!fresh) for (let i = 0; i < PAGES; i++) dst.page(i).fill(0xee); // what a zero page must overwrite
+        // Pass 1: data where (i mod 997) < 300: runs of 300 data pages and 697 zero pages, so batches hold
+        // zero pages past their first packet. Pass 2: a partial pass of every 7th page, contents changed, and
+        // data pages with (i mod 997) < 30 gone back to zero.
+        const pass = async (pages: number[], tag: number) => {
+          for (const i of pages) {
+            const data = i % 997 < 300 && (tag === 1 || i % 997 >= 30);
+            if (data) src.page(i).fill((i * 13 + tag) & 0xff || 1);
+            else src.page(i).fill(0);
+            const wait = sender!.queue(i * PAGE, !data);
+            if (wait) await wait;
+          }
+          await sender!.sync();
+          await receiver.flush();
+        };
+        await pass(
+          Array.from({ length: PAGES }, (_, i) => i),
+          1,
+        );
+        assert.equal(
+          received.reduce((n, r) => n + r, 0),
+          PAGES,
+          'every page arrived in pass 1',
+        );
+        await pass(
+          Array.from({ length: Math.ceil(PAGES / 7) }, (_, k) => k * 7),
+          2,
+        );
+        checkIo('sender', sendIo, sender.ioCounts);
+        checkIo('receiver', recvIo, receiver.ioCounts);
+        await sender.close();
+        await receiver.finish();
+        if (fresh) {
+          let everData = 0;
+          for (let i = 0; i < PAGES; i++) if (i % 997 < 300) everData++;
+          // Read before the digests, which read (and so allocate) every page.
+          const held = (fstatSync(dst.fd).blocks * 512) / PAGE;
+          assert.equal(held, everData, 'the destination holds the pages that ever held data, no zero page');
         }
-        await sender!.sync();
-        await receiver.flush();
-      };
-      await pass(
-        Array.from({ length: PAGES }, (_, i) => i),
-        1,
-      );
-      assert.equal(
-        received.reduce((n, r) => n + r, 0),
-        PAGES,
-        'every page arrived in pass 1',
-      );
-      await pass(
-        Array.from({ length: Math.ceil(PAGES / 7) }, (_, k) => k * 7),
-        2,
-      );
-      await sender.close();
-      await receiver.finish();
-      if (fresh) {
-        let everData = 0;
-        for (let i = 0; i < PAGES; i++) if (i % 997 < 300) everData++;
-        // Read before the digests, which read (and so allocate) every page.
-        const held = (fstatSync(dst.fd).blocks * 512) / PAGE;
-        assert.equal(held, everData, 'the destination holds the pages that ever held data, no zero page');
+        const c = compareDigests(src.pageDigests(), dst.pageDigests());
+        assert.ok(c.equal, `${c.differing} pages differ, first ${c.first.join(', ')}`);
+      } finally {
+        await sender?.close();
+        acceptor.close();
+        await receiver.close();
+        src.close();
+        dst.close();
       }
-      const c = compareDigests(src.pageDigests(), dst.pageDigests());
-      assert.ok(c.equal, `${c.differing} pages differ, first ${c.first.join(', ')}`);
-    } finally {
-      await sender?.close();
-      acceptor.close();
-      await receiver.close();
-      src.close();
-      dst.close();
-    }
-  });
+    });
