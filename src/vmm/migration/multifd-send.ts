@@ -8,6 +8,7 @@
 import { lookup } from 'node:dns/promises';
 import { Errno } from '../../abi/errno.ts';
 import { native } from '../../native/addon.ts';
+import { TARGET_PAGE_SIZE } from '../../stream/constants.ts';
 import {
   encodeMultifdInit,
   MULTIFD_FLAG_SYNC,
@@ -34,6 +35,8 @@ const BATCH = 8;
  * offsets only: the channel copies the pages as it sends them.
  */
 const IN_FLIGHT = 2 * BATCH;
+/** Pages queued before a batch goes to a channel. */
+const BATCH_PAGES = BATCH * MULTIFD_PACKET_PAGES;
 
 export interface MultifdSendOptions {
   memory: GuestMemory;
@@ -54,8 +57,12 @@ interface Channel {
 
 export class MultifdSender implements RamChannelsOut {
   private readonly channels: Channel[] = [];
-  private normal: number[] = [];
-  private zero: number[] = [];
+  /** Queued pages' offsets: the normal ones go to a channel with the batch (a new array each batch), the
+   * zero ones only into its headers. */
+  private normal = new Float64Array(BATCH_PAGES);
+  private zero = new Float64Array(BATCH_PAGES);
+  private normalCount = 0;
+  private zeroCount = 0;
   private packetNum = 0;
   private next = 0;
   private error: MigrationError | null = null;
@@ -135,18 +142,25 @@ export class MultifdSender implements RamChannelsOut {
     w?.();
   }
 
-  /** A channel that can take `packets` more (round robin over those that can). */
+  /** A channel that can take `packets` more now (round robin over those that can), or null. */
+  private roomNow(packets: number): Channel | null {
+    // Round robin over the channels with room (QEMU picks the next idle channel likewise).
+    for (let k = 0; k < this.channels.length; k++) {
+      const ch = this.channels[(this.next + k) % this.channels.length]!;
+      if (ch.inFlight + packets <= IN_FLIGHT) {
+        this.next = (this.next + k + 1) % this.channels.length;
+        return ch;
+      }
+    }
+    return null;
+  }
+
+  /** A channel that can take `packets` more, once one can. */
   private async room(packets: number): Promise<Channel> {
     for (;;) {
       if (this.error) throw this.error;
-      // Round robin over the channels with room (QEMU picks the next idle channel likewise).
-      for (let k = 0; k < this.channels.length; k++) {
-        const ch = this.channels[(this.next + k) % this.channels.length]!;
-        if (ch.inFlight + packets <= IN_FLIGHT) {
-          this.next = (this.next + k + 1) % this.channels.length;
-          return ch;
-        }
-      }
+      const ch = this.roomNow(packets);
+      if (ch) return ch;
       await new Promise<void>((r) => {
         this.waiter = r;
       });
@@ -155,7 +169,7 @@ export class MultifdSender implements RamChannelsOut {
 
   /** Packets the queued pages fill (at least one, for a SYNC packet with no pages). */
   private packetsQueued(): number {
-    return Math.max(1, Math.ceil((this.normal.length + this.zero.length) / MULTIFD_PACKET_PAGES));
+    return Math.max(1, Math.ceil((this.normalCount + this.zeroCount) / MULTIFD_PACKET_PAGES));
   }
 
   /**
@@ -165,10 +179,12 @@ export class MultifdSender implements RamChannelsOut {
    */
   private post(c: Channel, sync: boolean): void {
     const packets = this.packetsQueued();
-    const normal = Float64Array.from(this.normal);
-    const zero = Float64Array.from(this.zero);
-    this.normal = [];
-    this.zero = [];
+    // The channel reads the normal offsets until its operation completes: the next batch gets new ones.
+    const normal = this.normal.subarray(0, this.normalCount);
+    const zero = this.zero.subarray(0, this.zeroCount);
+    this.normal = new Float64Array(BATCH_PAGES);
+    this.normalCount = 0;
+    this.zeroCount = 0;
     const all = normal.length + zero.length;
     const heads = new Uint8Array(packets * MULTIFD_HEADER_BYTES + 8 * all);
     const headLens = new Uint32Array(packets);
@@ -201,15 +217,32 @@ export class MultifdSender implements RamChannelsOut {
     );
   }
 
-  queue(offset: number, zero: boolean): Promise<void> | undefined {
+  queueWord(first: number, bits: number, zeros: number): Promise<void> | undefined {
     if (this.error) return Promise.reject(this.error);
-    (zero ? this.zero : this.normal).push(offset);
-    if (this.normal.length + this.zero.length < BATCH * MULTIFD_PACKET_PAGES) return undefined;
-    return this.room(BATCH).then((ch) => this.post(ch, false));
+    while (bits !== 0) {
+      const low = bits & -bits;
+      const offset = (first + 31 - Math.clz32(low)) * TARGET_PAGE_SIZE;
+      bits ^= low;
+      if ((zeros & low) !== 0) this.zero[this.zeroCount++] = offset;
+      else this.normal[this.normalCount++] = offset;
+      if (this.normalCount + this.zeroCount < BATCH_PAGES) continue;
+      // A full batch: to a channel with room now, or once one has it (then the word's other pages).
+      const ch = this.roomNow(BATCH);
+      if (ch) {
+        this.post(ch, false);
+        continue;
+      }
+      const rest = bits;
+      return this.room(BATCH).then((c) => {
+        this.post(c, false);
+        return this.queueWord(first, rest, zeros);
+      });
+    }
+    return undefined;
   }
 
   async sync(): Promise<void> {
-    if (this.normal.length + this.zero.length > 0) this.post(await this.room(this.packetsQueued()), false);
+    if (this.normalCount + this.zeroCount > 0) this.post(await this.room(this.packetsQueued()), false);
     // A SYNC packet on every channel, behind whatever it still has to send.
     for (const ch of this.channels) {
       while (ch.inFlight + 1 > IN_FLIGHT) await this.idle();

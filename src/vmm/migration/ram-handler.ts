@@ -19,7 +19,7 @@ import { Errno } from '../../abi/errno.ts';
 import { hugeBuffer } from '../../native/huge-buffer.ts';
 import { RAM_RECORD_HEAD_BYTES } from '../../stream/constants.ts';
 import { decodeRamPayload, RamPageScan, RamPayloadBuilder, RamPayloadWriter, scanRamPages } from '../../stream/ram.ts';
-import type { GuestDirtyBitmap } from '../guest/dirty-bitmap.ts';
+import { type GuestDirtyBitmap, popcount32 } from '../guest/dirty-bitmap.ts';
 import type { GuestMemory } from '../guest/guest-memory.ts';
 import { MigrationError } from './errors.ts';
 import type { MigrationHandler, SectionKind, SectionWriter } from './handler.ts';
@@ -50,8 +50,12 @@ export interface RamStats {
  * by offset; the channels copy them out of guest memory themselves.
  */
 export interface RamChannelsOut {
-  /** Queues one page (zero: sent as a zero-page offset only); resolves once the queue has room again. */
-  queue(offset: number, zero: boolean): Promise<void> | undefined;
+  /**
+   * Queues the pages of one dirty-log word: page `first + b` for each bit b set in `bits`, as a zero page
+   * (its offset only) where that bit is set in `zeros` too. Undefined, or a promise that resolves once
+   * they are all queued (when the queue had to wait for room).
+   */
+  queueWord(first: number, bits: number, zeros: number): Promise<void> | undefined;
   /** Pass end: every channel sends what it has, then a SYNC packet; resolves once all are out. */
   sync(): Promise<void>;
 }
@@ -178,7 +182,9 @@ export class RamHandler implements MigrationHandler {
       // The word's zero pages in one native scan (QEMU: buffer_is_zero() per page in save_zero_page()).
       const zeros = this.memory.zeroPageMask(first, bits);
       if (this.channelsOut) {
-        sent += await this.queueWord(this.channelsOut, first, bits, zeros);
+        const wait = this.channelsOut.queueWord(first, bits, zeros);
+        if (wait) await wait;
+        sent += this.countQueued(bits, zeros);
         continue;
       }
       const data = bits & ~zeros;
@@ -217,20 +223,14 @@ export class RamHandler implements MigrationHandler {
     return { passDone: true, foundAny };
   }
 
-  /** Multifd: one dirty-log word's pages onto the channels; returns the bytes they will take. */
-  private async queueWord(ch: RamChannelsOut, first: number, bits: number, zeros: number): Promise<number> {
-    let bytes = 0;
-    while (bits !== 0) {
-      const low = bits & -bits;
-      const bit = 31 - Math.clz32(low);
-      bits &= bits - 1;
-      const zero = (zeros & low) !== 0;
-      const wait = ch.queue((first + bit) * PAGE, zero);
-      if (wait) await wait;
-      if (zero) this.stats.duplicate++;
-      else this.stats.normal++;
-      bytes += zero ? 8 : 8 + PAGE;
-    }
+  /** Multifd: counts one dirty-log word's pages queued on the channels; returns the bytes they will take. */
+  private countQueued(bits: number, zeros: number): number {
+    const pages = popcount32(bits);
+    const zero = popcount32(bits & zeros);
+    this.stats.duplicate += zero;
+    this.stats.normal += pages - zero;
+    // An offset per page, and the page itself unless it is zero.
+    const bytes = 8 * pages + PAGE * (pages - zero);
     this.stats.transferred += bytes;
     return bytes;
   }

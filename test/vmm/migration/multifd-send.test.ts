@@ -6,6 +6,8 @@
 // memory a zero page never written is left alone: the destination then holds exactly the pages that
 // ever held data. Each side's channel threads move pages staged, direct or as measured (x-multifd-io):
 // the same bytes arrive whichever way each side took, and a forced way is the only one taken.
+// Pages are queued a dirty-log word at a time; a batch that fills in the middle of a word while every
+// channel is full waits for room and then queues the rest of the word.
 import assert from 'node:assert/strict';
 import { fstatSync } from 'node:fs';
 import { test } from 'node:test';
@@ -67,14 +69,23 @@ for (const fresh of [false, true])
         });
         if (!fresh) for (let i = 0; i < PAGES; i++) dst.page(i).fill(0xee); // what a zero page must overwrite
         // Pass 1: data where (i mod 997) < 300: runs of 300 data pages and 697 zero pages, so batches hold
-        // zero pages past their first packet. Pass 2: a partial pass of every 7th page, contents changed, and
-        // data pages with (i mod 997) < 30 gone back to zero.
+        // zero pages past their first packet. Passes 2 and 3: partial passes, contents changed, and data
+        // pages with (i mod 997) < 30 gone back to zero.
+        // Queued a dirty-log word at a time (32 pages), as the RAM handler does: data and zero pages mixed
+        // in words, batches (1024 pages) filling up in the middle of a word.
         const pass = async (pages: number[], tag: number) => {
+          const words = new Map<number, { bits: number; zeros: number }>();
           for (const i of pages) {
             const data = i % 997 < 300 && (tag === 1 || i % 997 >= 30);
             if (data) src.page(i).fill((i * 13 + tag) & 0xff || 1);
             else src.page(i).fill(0);
-            const wait = sender!.queue(i * PAGE, !data);
+            const w = words.get(i >>> 5) ?? { bits: 0, zeros: 0 };
+            w.bits |= 1 << (i & 31);
+            if (!data) w.zeros |= 1 << (i & 31);
+            words.set(i >>> 5, w);
+          }
+          for (const [word, { bits, zeros }] of words) {
+            const wait = sender!.queueWord(word * 32, bits, zeros);
             if (wait) await wait;
           }
           await sender!.sync();
@@ -92,6 +103,12 @@ for (const fresh of [false, true])
         await pass(
           Array.from({ length: Math.ceil(PAGES / 7) }, (_, k) => k * 7),
           2,
+        );
+        // Pass 3: a scattered third of the pages (a uniform stride would fill each 1024-page batch exactly
+        // at a word's end), so batches fill in the middle of words.
+        await pass(
+          Array.from({ length: PAGES }, (_, i) => i).filter((i) => (i * 2654435761) % 2 ** 32 < 2 ** 32 / 3),
+          3,
         );
         checkIo('sender', sendIo, sender.ioCounts);
         checkIo('receiver', recvIo, receiver.ioCounts);
@@ -114,3 +131,65 @@ for (const fresh of [false, true])
         dst.close();
       }
     });
+
+test('a batch filling in the middle of a word while every channel is full: the rest of the word is queued once there is room', async () => {
+  // 31 pages of each 32-page word: a 1024-page batch fills in the middle of a word unless 31 batches were
+  // queued (fewer here). One channel whose receiving side is not read at first: its 16 packets in flight
+  // and the socket buffers fill, and queueWord must wait, in the middle of a word.
+  const pages = 16384; // 64 MiB
+  const src = GuestMemory.create(pages * PAGE, 'mfd-wait-src');
+  const dst = GuestMemory.create(pages * PAGE, 'mfd-wait-dst');
+  const maps = {
+    received: new Uint8Array(new SharedArrayBuffer(pages)),
+    written: new Uint8Array(new SharedArrayBuffer(pages)),
+    fresh: true,
+  };
+  const receiver = new MultifdReceiver({ memory: dst, channels: 1, uuid: null, maps, stallTimeoutMs: 60_000 });
+  let held = -1;
+  const acceptor = new FdAcceptor(native().listenTcp('127.0.0.1', 0, 8), {
+    connection: (fd) => {
+      held = fd;
+    },
+    error: (e) => assert.fail(e),
+  });
+  let sender: MultifdSender | undefined;
+  try {
+    sender = await MultifdSender.open({
+      memory: src,
+      host: '127.0.0.1',
+      port: native().localPort(acceptor.fd),
+      channels: 1,
+      uuid: new Uint8Array(16),
+      stallTimeoutMs: 60_000,
+    });
+    for (let i = 0; i < pages; i++) if (i % 32 !== 31) src.page(i).fill((i % 251) + 1);
+    let waited = 0;
+    for (let word = 0; word < pages / 32; word++) {
+      const wait = sender.queueWord(word * 32, 0x7fffffff, 0);
+      if (!wait) continue;
+      waited++;
+      if (held >= 0) {
+        receiver.adopt(held); // from now on the channel is read
+        held = -1;
+      }
+      await wait;
+    }
+    assert.ok(waited > 0, 'queueWord never had to wait for room');
+    await sender.sync();
+    await receiver.flush();
+    await sender.close();
+    await receiver.finish();
+    let missing = 0;
+    for (let i = 0; i < pages; i++) if (i % 32 !== 31 && maps.received[i] !== 1) missing++;
+    assert.equal(missing, 0, 'pages queued but never received');
+    const c = compareDigests(src.pageDigests(), dst.pageDigests());
+    assert.ok(c.equal, `${c.differing} pages differ, first ${c.first.join(', ')}`);
+  } finally {
+    await sender?.close();
+    acceptor.close();
+    if (held >= 0) native().close(held);
+    await receiver.close();
+    src.close();
+    dst.close();
+  }
+});
