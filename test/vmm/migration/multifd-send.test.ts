@@ -36,6 +36,19 @@ function checkIo(side: string, io: MultifdIo, counts: { staged: number; direct: 
   if (io === 'auto') assert.ok(counts.staged > 0 && counts.direct > 0, what);
 }
 
+/** The source's channels to the receiver behind `acceptor`. */
+function openSender(src: GuestMemory, acceptor: FdAcceptor, channels: number, io?: MultifdIo): Promise<MultifdSender> {
+  return MultifdSender.open({
+    memory: src,
+    host: '127.0.0.1',
+    port: native().localPort(acceptor.fd),
+    channels,
+    uuid: new Uint8Array(16),
+    stallTimeoutMs: 60_000,
+    io,
+  });
+}
+
 for (const fresh of [false, true])
   for (const [sendIo, recvIo] of IO)
     test(`pages in batches of packets, zero pages in long runs between data pages: all arrive, each pass (${fresh ? 'fresh memory' : 'memory holding old contents'}; sent ${sendIo}, received ${recvIo})`, async () => {
@@ -58,15 +71,7 @@ for (const fresh of [false, true])
       });
       let sender: MultifdSender | undefined;
       try {
-        sender = await MultifdSender.open({
-          memory: src,
-          host: '127.0.0.1',
-          port: native().localPort(acceptor.fd),
-          channels: 3,
-          uuid: new Uint8Array(16),
-          stallTimeoutMs: 60_000,
-          io: sendIo,
-        });
+        sender = await openSender(src, acceptor, 3, sendIo);
         if (!fresh) for (let i = 0; i < PAGES; i++) dst.page(i).fill(0xee); // what a zero page must overwrite
         // Pass 1: data where (i mod 997) < 300: runs of 300 data pages and 697 zero pages, so batches hold
         // zero pages past their first packet. Passes 2 and 3: partial passes, contents changed, and data
@@ -154,14 +159,7 @@ test('a batch filling in the middle of a word while every channel is full: the r
   });
   let sender: MultifdSender | undefined;
   try {
-    sender = await MultifdSender.open({
-      memory: src,
-      host: '127.0.0.1',
-      port: native().localPort(acceptor.fd),
-      channels: 1,
-      uuid: new Uint8Array(16),
-      stallTimeoutMs: 60_000,
-    });
+    sender = await openSender(src, acceptor, 1);
     for (let i = 0; i < pages; i++) if (i % 32 !== 31) src.page(i).fill((i % 251) + 1);
     let waited = 0;
     for (let word = 0; word < pages / 32; word++) {
