@@ -172,20 +172,18 @@ static void send_packets(ct_chan* c, ct_op* o) {
     vn_io_mode mode = n > 0 ? vn_io_next(&c->mode) : VN_IO_STAGED;
     int64_t t0 = vn_thread_cpu_ns();
     c->iov[0] = (struct iovec){head, o->head_lens[k]};
-    uint32_t parts = 2;
-    if (mode == VN_IO_DIRECT) {
-      /* As QEMU's multifd_send_thread: the kernel copies the pages out of guest RAM. */
-      parts = guest_iovecs(c, offsets, n, 1);
-      if (parts == 0) return fail(o, EINVAL, "guest page");
-    } else {
-      for (uint32_t i = 0; i < n;) {
-        uint32_t run;
-        uint8_t* src = guest_run(c, offsets, i, n, &run);
-        if (src == NULL) return fail(o, EINVAL, "guest page");
-        memcpy(c->staging + (size_t)i * c->page_size, src, (size_t)run * c->page_size);
-        i += run;
+    uint32_t parts = guest_iovecs(c, offsets, n, 1);
+    if (parts == 0) return fail(o, EINVAL, "guest page");
+    if (mode == VN_IO_STAGED) {
+      /* Gathered into the staging buffer, written from there. (Direct, as QEMU's multifd_send_thread:
+       * the kernel copies the pages out of guest RAM.) */
+      size_t at = 0;
+      for (uint32_t i = 1; i < parts; i++) {
+        memcpy(c->staging + at, c->iov[i].iov_base, c->iov[i].iov_len);
+        at += c->iov[i].iov_len;
       }
-      c->iov[1] = (struct iovec){c->staging, (size_t)n * c->page_size};
+      c->iov[1] = (struct iovec){c->staging, at};
+      parts = 2;
     }
     transfer(c, o, c->iov, parts, true);
     if (o->err != 0) return;
