@@ -150,10 +150,15 @@ test('a batch filling in the middle of a word while every channel is full: the r
     fresh: true,
   };
   const receiver = new MultifdReceiver({ memory: dst, channels: 1, uuid: null, maps, stallTimeoutMs: 60_000 });
+  // The channel's connection, held unread until queueWord has to wait (the acceptor may hear of it
+  // only after the sender is open: it runs on the event loop).
   let held = -1;
+  let accepted!: (fd: number) => void;
+  const connection = new Promise<number>((resolve) => (accepted = resolve));
   const acceptor = new FdAcceptor(native().listenTcp('127.0.0.1', 0, 8), {
     connection: (fd) => {
       held = fd;
+      accepted(fd);
     },
     error: (e) => assert.fail(e),
   });
@@ -165,9 +170,8 @@ test('a batch filling in the middle of a word while every channel is full: the r
     for (let word = 0; word < pages / 32; word++) {
       const wait = sender.queueWord(word * 32, 0x7fffffff, 0);
       if (!wait) continue;
-      waited++;
-      if (held >= 0) {
-        receiver.adopt(held); // from now on the channel is read
+      if (waited++ === 0) {
+        receiver.adopt(await connection); // from now on the channel is read
         held = -1;
       }
       await wait;
