@@ -382,9 +382,10 @@ export class RamHandler implements MigrationHandler {
   async loadComplete(): Promise<void> {
     if (this.channelsIn) {
       await this.channelsIn.finish();
-      // The channels marked their pages in the shared map (multifd-recv.ts); count them once here.
-      this.receivedCount = 0;
-      for (const r of this.received!) this.receivedCount += r;
+      // The channels marked their pages in the shared map (multifd-recv.ts); count them once here, in
+      // the downtime: four marks (0 or 1 each) per word read, not an iterator step per page (a 1 GiB
+      // guest's map took ~15 ms that way).
+      this.receivedCount = countMarks(this.received!);
     }
     const missing = this.memory.pages - this.receivedCount;
     if (missing > 0)
@@ -409,4 +410,15 @@ export class RamHandler implements MigrationHandler {
       this.receivedCount++;
     }
   }
+}
+
+/** How many bytes of `marks` (each 0 or 1) are 1. */
+export function countMarks(marks: Uint8Array): number {
+  // Whole words where the map is word-aligned (the maps are: their own buffers), bytes for the rest.
+  const whole = marks.byteOffset % 4 === 0 ? marks.byteLength >>> 2 : 0;
+  const words = new Uint32Array(marks.buffer, marks.byteOffset - (marks.byteOffset % 4), whole);
+  let n = 0;
+  for (let i = 0; i < whole; i++) n += popcount32(words[i]!);
+  for (let i = whole * 4; i < marks.byteLength; i++) n += marks[i]!;
+  return n;
 }

@@ -3,14 +3,16 @@
 // untouched (no write, no page allocated in its memfd), while a page it wrote earlier in the load and
 // that went back to zero at the source is zeroed. Real memfds on both sides; the sections go from the
 // source handler straight into the destination handler (the stream and the socket have their own tests).
+// And the count of a page map's marks (the pages multifd channels received), taken at the load's end.
 import assert from 'node:assert/strict';
 import { fstatSync } from 'node:fs';
 import { describe, test } from 'node:test';
+import fc from 'fast-check';
 import { crc32cJs } from '../../../src/stream/crc32c.ts';
 import { GuestDirtyBitmap } from '../../../src/vmm/guest/dirty-bitmap.ts';
 import { compareDigests, GuestMemory } from '../../../src/vmm/guest/guest-memory.ts';
 import type { SectionWriter } from '../../../src/vmm/migration/handler.ts';
-import { RamHandler } from '../../../src/vmm/migration/ram-handler.ts';
+import { countMarks, RamHandler } from '../../../src/vmm/migration/ram-handler.ts';
 
 const PAGE = 4096;
 const PAGES = 16384; // 64 MiB
@@ -187,4 +189,17 @@ describe('zero pages through the RAM handler', () => {
       p.close();
     }
   });
+});
+
+test('countMarks counts the 1 bytes of a page map, whatever its length and alignment', () => {
+  fc.assert(
+    fc.property(fc.uint8Array({ min: 0, max: 1, maxLength: 300 }), fc.integer({ min: 0, max: 7 }), (bytes, skip) => {
+      const marks = new Uint8Array(new SharedArrayBuffer(bytes.length + skip)).subarray(skip);
+      marks.set(bytes);
+      assert.equal(
+        countMarks(marks),
+        bytes.reduce((n, b) => n + b, 0),
+      );
+    }),
+  );
 });
