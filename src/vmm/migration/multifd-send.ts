@@ -1,9 +1,9 @@
 // The source's multifd channels (QEMU's multifd_send_setup, multifd_queue_page, multifd_send_sync_main):
 // N extra TCP connections to the destination's migration address, each sent on by its own native thread
-// (multifd-channel.ts). The main thread takes pages from the dirty log, as without multifd, encodes
-// BATCH packets' headers at a time and hands them, with the page offsets, to whichever channel has room;
-// the channel's thread copies the pages from guest memory and writes them. Packet numbers are global, in
-// the order handed out.
+// (multifd-channel.ts). The main thread takes pages from the dirty log a word (32 pages) at a time, as
+// without multifd, encodes BATCH packets' headers at a time and hands them, with the page offsets, to
+// whichever channel has room; the channel's thread writes the pages out of guest memory (staged or
+// direct: MultifdIo). Packet numbers are global, in the order handed out.
 
 import { lookup } from 'node:dns/promises';
 import { Errno } from '../../abi/errno.ts';
