@@ -187,6 +187,15 @@ export interface MigrationObserver {
  * pages, guestRamAllocatedKib), read before the digests touch it all. A prefaulted destination holds it all
  * already: no figure there.
  */
+type MultifdIoCounts = { staged: number; direct: number };
+
+/** One migration of ours: the rate, the downtime, and where multifd was on, how its channels moved pages. */
+type OursRate = Rate & {
+  downtime: number;
+  dstRamMiB?: number;
+  io?: { source: MultifdIoCounts; destination: MultifdIoCounts };
+};
+
 export async function oursOnce(
   memMiB: number,
   warm: boolean,
@@ -194,7 +203,7 @@ export async function oursOnce(
   fill: GuestFill = 'random',
   multifd?: number | MultifdSetting,
   observe?: MigrationObserver,
-): Promise<Rate & { downtime: number; dstRamMiB?: number }> {
+): Promise<OursRate> {
   const pair = await startLocalPair({
     multifd: typeof multifd === 'number' ? { channels: multifd } : multifd,
     sourceWrap: wrap,
@@ -218,7 +227,7 @@ export async function oursOnce(
     // The source reports its own total-time: the poll interval only delays noticing the end.
     const info = await waitForMigration(pair.src, { intervalMs: 100, timeoutMs: 600_000 });
     if (info.status !== 'completed') throw new Error(`migration ${info.status}: ${info['error-desc'] ?? ''}`);
-    await waitForMigration(pair.dst, { timeoutMs: 60_000 });
+    const dstInfo = await waitForMigration(pair.dst, { timeoutMs: 60_000 });
     await observe?.after();
     const dstRamMiB = warm ? undefined : (guestRamAllocatedKib(dstPid) - ramBefore) / 1024;
     const [a, b] = await Promise.all([
@@ -229,7 +238,14 @@ export async function oursOnce(
     if (a.ram !== b.ram) throw new Error('guest RAM differs at the destination: the benchmark run is void');
     const ram = info.ram as RamInfo;
     checkPages('our VMM', ram, memMiB, fill);
-    return { bytes: ram.transferred, ms: info['total-time'] as number, downtime: info.downtime as number, dstRamMiB };
+    const io = info['x-multifd-io'] as MultifdIoCounts | undefined;
+    return {
+      bytes: ram.transferred,
+      ms: info['total-time'] as number,
+      downtime: info.downtime as number,
+      dstRamMiB,
+      ...(io ? { io: { source: io, destination: dstInfo['x-multifd-io'] as MultifdIoCounts } } : {}),
+    };
   } finally {
     await pair.stop();
   }
@@ -431,13 +447,17 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
 }
 
 /** Guest MB/s: the guest's size over the migration's total-time (what a zero-page guest costs to move). */
-function guestRate(memMiB: number, r: Rate & { downtime: number; dstRamMiB?: number }) {
+function guestRate(memMiB: number, r: OursRate) {
   const guest = memMiB * (1 << 20);
   const held = r.dstRamMiB !== undefined ? `; destination holds ${r.dstRamMiB.toFixed(1)} MiB of it` : '';
+  // Which way the multifd channel threads chose (x-multifd-io auto): a host-dependent choice, so the
+  // trend shows it next to each figure.
+  const direct = (c: MultifdIoCounts) => `${Math.round((100 * c.direct) / Math.max(1, c.staged + c.direct))}%`;
+  const io = r.io ? `; packets direct ${direct(r.io.source)} sent, ${direct(r.io.destination)} received` : '';
   return {
     value: guest / r.ms / 1000,
     per: `${bytes(guest)} guest, ${bytes(r.bytes)} sent in ${r.ms.toFixed(0)} ms`,
-    note: `downtime ${r.downtime} ms${held}`,
+    note: `downtime ${r.downtime} ms${held}${io}`,
   };
 }
 
