@@ -213,9 +213,7 @@ export class GuestMemory {
    * mapped, the mapping is the faster way in. Returns the number of pages written.
    */
   writePagesThroughFd(first: number, src: Uint8Array, gap: number): number {
-    const n = (src.byteLength + gap) / (PAGE_SIZE + gap);
-    if (!Number.isInteger(n) || n < 1)
-      throw new RangeError(`${src.byteLength} bytes are not whole pages with gaps of ${gap}`);
+    const n = spacedPages(src, gap);
     const r = this.range(first, n);
     native().pwriteSpaced(this.fd, r.first * PAGE_SIZE, src, PAGE_SIZE, gap);
     return n;
@@ -227,9 +225,7 @@ export class GuestMemory {
    * Returns the number of pages written.
    */
   writePagesSpaced(first: number, src: Uint8Array, gap: number): number {
-    const n = (src.byteLength + gap) / (PAGE_SIZE + gap);
-    if (!Number.isInteger(n) || n < 1)
-      throw new RangeError(`${src.byteLength} bytes are not whole pages with gaps of ${gap}`);
+    const n = spacedPages(src, gap);
     this.range(first, n);
     for (let done = 0; done < n; ) {
       const run = this.pageRun(first + done, n - done);
@@ -463,4 +459,12 @@ export function differingPages(a: Uint8Array, b: Uint8Array, limit = 10): number
   const out = c.first;
   if (c.pagesA !== c.pagesB && out.length < limit) out.push(Math.min(c.pagesA, c.pagesB));
   return out;
+}
+
+/** How many pages `src` holds laid out as page records (each page, then `gap` bytes); refuses another layout. */
+function spacedPages(src: Uint8Array, gap: number): number {
+  const n = (src.byteLength + gap) / (PAGE_SIZE + gap);
+  if (!Number.isInteger(n) || n < 1)
+    throw new RangeError(`${src.byteLength} bytes are not whole pages with gaps of ${gap}`);
+  return n;
 }
