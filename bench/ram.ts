@@ -38,6 +38,7 @@ import { guestRamAllocatedKib } from '../src/harness/guest-ram-usage.ts';
 import { type MultifdSetting, startLocalPair, waitForMigration } from '../src/harness/local-hosts.ts';
 import { defaultAddonPath } from '../src/native/addon.ts';
 import { crc32c } from '../src/stream/crc32c.ts';
+import type { MultifdIoCounts } from '../src/vmm/migration/multifd-channel.ts';
 import { QmpClient } from '../src/vmm/qmp/client.ts';
 import { processCpuMs, processStatCpuMs, selfCpuMs } from './cpu-time.ts';
 import { type Figure, figure, formatFigure, measure, ratio, say } from './figures.ts';
@@ -187,8 +188,6 @@ export interface MigrationObserver {
  * pages, guestRamAllocatedKib), read before the digests touch it all. A prefaulted destination holds it all
  * already: no figure there.
  */
-type MultifdIoCounts = { staged: number; direct: number };
-
 /** One migration of ours: the rate, the downtime, and where multifd was on, how its channels moved pages. */
 type OursRate = Rate & {
   downtime: number;

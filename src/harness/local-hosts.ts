@@ -6,6 +6,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import type { MultifdIo } from '../vmm/migration/multifd-channel.ts';
 import { QmpClient } from '../vmm/qmp/client.ts';
 
 const BIN = new URL('../../bin/vfio-migrate.js', import.meta.url).pathname;
@@ -61,7 +62,7 @@ export interface LocalPairOptions {
 /** Multifd on both VMMs: the channel count, and how the channel threads move pages (x-multifd-io). */
 export interface MultifdSetting {
   channels: number;
-  io?: 'auto' | 'staged' | 'direct';
+  io?: MultifdIo;
 }
 
 export interface Proc {

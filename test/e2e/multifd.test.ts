@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { startLocalPair, waitForMigration } from '../../src/harness/local-hosts.ts';
+import type { MultifdIoCounts } from '../../src/vmm/migration/multifd-channel.ts';
 
 type Digests = { ram: string; devices: { name: string; digest: string }[] };
 
@@ -70,7 +71,7 @@ describe('multifd migration across processes', () => {
           ['source', info],
           ['destination', dstInfo],
         ] as const) {
-          const c = got['x-multifd-io'] as { staged: number; direct: number };
+          const c = got['x-multifd-io'] as MultifdIoCounts;
           const what = `${side}: ${c.staged} packets staged, ${c.direct} direct`;
           // 64 MiB of pages is 128 packets: auto's first packets on each channel go each way.
           if (io === 'staged') assert.ok(c.staged >= 128 && c.direct === 0, what);

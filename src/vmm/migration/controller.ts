@@ -19,6 +19,7 @@ import { SwitchoverEstimator } from './convergence.ts';
 import { errnoOf, MigrationCancelled, MigrationError, reasonOf } from './errors.ts';
 import type { MigrationHandler } from './handler.ts';
 import { ERROR_LINGER_MS, fileConnection, IncomingListener, runIncoming } from './incoming.ts';
+import type { MultifdIoCounts } from './multifd-channel.ts';
 import { MultifdReceiver } from './multifd-recv.ts';
 import { MultifdSender } from './multifd-send.ts';
 import {
@@ -86,7 +87,7 @@ export class MigrationController {
   /** The receiving side's channels while an incoming multifd migration runs. */
   private channelsIn: MultifdReceiver | null = null;
   /** Packets the last multifd migration's channels moved each way (x-multifd-io), once it ended. */
-  private multifdIo: { staged: number; direct: number } | null = null;
+  private multifdIo: MultifdIoCounts | null = null;
   /** The destination's listener while it waits for the source. */
   private listener: IncomingListener | null = null;
   /** Resolves when the current outgoing or incoming migration has finished, whatever the outcome. */

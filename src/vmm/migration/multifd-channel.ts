@@ -45,6 +45,12 @@ export type MultifdIo = 'auto' | 'staged' | 'direct';
 
 export const MULTIFD_IO: readonly MultifdIo[] = ['auto', 'staged', 'direct'];
 
+/** Packets whose pages channels moved each way (query-migrate's x-multifd-io). */
+export interface MultifdIoCounts {
+  staged: number;
+  direct: number;
+}
+
 export class MultifdChannel {
   readonly socketFd: number;
   private readonly abortFd: number;
@@ -83,7 +89,7 @@ export class MultifdChannel {
   }
 
   /** Packets whose pages this channel moved so far, each way. */
-  get ioCounts(): { staged: number; direct: number } {
+  get ioCounts(): MultifdIoCounts {
     const [staged, direct] = this.thread.ioCounts();
     return { staged, direct };
   }
@@ -153,7 +159,7 @@ export class MultifdChannel {
 }
 
 /** Packets whose pages `channels` moved so far, each way, summed. */
-export function ioCounts(channels: readonly MultifdChannel[]): { staged: number; direct: number } {
+export function ioCounts(channels: readonly MultifdChannel[]): MultifdIoCounts {
   const sum = { staged: 0, direct: 0 };
   for (const ch of channels) {
     const c = ch.ioCounts;

@@ -20,7 +20,7 @@ import {
 } from '../../stream/multifd.ts';
 import type { GuestMemory } from '../guest/guest-memory.ts';
 import { MigrationError } from './errors.ts';
-import { channelErrno, ioCounts, MultifdChannel, type MultifdIo } from './multifd-channel.ts';
+import { channelErrno, ioCounts, MultifdChannel, type MultifdIo, type MultifdIoCounts } from './multifd-channel.ts';
 import { errnoNamed, RAM_BLOCK } from './multifd-send.ts';
 import type { RamChannelsIn } from './ram-handler.ts';
 
@@ -244,7 +244,7 @@ export class MultifdReceiver implements RamChannelsIn {
   }
 
   /** Packets whose pages the channels moved so far, each way (MultifdIo). */
-  get ioCounts(): { staged: number; direct: number } {
+  get ioCounts(): MultifdIoCounts {
     return ioCounts(this.channels.map((c) => c.ch));
   }
 

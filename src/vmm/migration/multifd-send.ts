@@ -18,7 +18,7 @@ import {
 } from '../../stream/multifd.ts';
 import type { GuestMemory } from '../guest/guest-memory.ts';
 import { MigrationError } from './errors.ts';
-import { channelErrno, ioCounts, MultifdChannel, type MultifdIo } from './multifd-channel.ts';
+import { channelErrno, ioCounts, MultifdChannel, type MultifdIo, type MultifdIoCounts } from './multifd-channel.ts';
 import type { RamChannelsOut } from './ram-handler.ts';
 
 /** The one RAM block a packet names (QEMU's "pc.ram"). */
@@ -260,7 +260,7 @@ export class MultifdSender implements RamChannelsOut {
   }
 
   /** Packets whose pages the channels moved so far, each way (MultifdIo). */
-  get ioCounts(): { staged: number; direct: number } {
+  get ioCounts(): MultifdIoCounts {
     return ioCounts(this.channels.map((c) => c.ch));
   }
 

@@ -2,7 +2,7 @@
 // announces): argument schemas, result types, the backend interface the server calls, and the checks QEMU
 // makes before it acts (migration URIs, parameter ranges), with its error texts.
 
-import { MULTIFD_IO, type MultifdIo } from '../migration/multifd-channel.ts';
+import { MULTIFD_IO, type MultifdIo, type MultifdIoCounts } from '../migration/multifd-channel.ts';
 import type { MigrationStatus } from '../migration/status.ts';
 import { RUN_STATES, type RunStateName } from '../run-state.ts';
 import {
@@ -93,7 +93,7 @@ export interface MigrationInfo {
     'last-section'?: number;
   };
   /** Vendor extension, with multifd: packets whose pages the channels moved each way (x-multifd-io). */
-  'x-multifd-io'?: { staged: number; direct: number };
+  'x-multifd-io'?: MultifdIoCounts;
 }
 
 /** The MigrationParameters this VMM has (query-migrate-parameters). */

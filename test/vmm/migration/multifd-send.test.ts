@@ -14,7 +14,7 @@ import { test } from 'node:test';
 import { native } from '../../../src/native/addon.ts';
 import { FdAcceptor } from '../../../src/native/fd-acceptor.ts';
 import { compareDigests, GuestMemory } from '../../../src/vmm/guest/guest-memory.ts';
-import type { MultifdIo } from '../../../src/vmm/migration/multifd-channel.ts';
+import type { MultifdIo, MultifdIoCounts } from '../../../src/vmm/migration/multifd-channel.ts';
 import { MultifdReceiver } from '../../../src/vmm/migration/multifd-recv.ts';
 import { MultifdSender } from '../../../src/vmm/migration/multifd-send.ts';
 
@@ -29,7 +29,7 @@ const IO: [MultifdIo, MultifdIo][] = [
 ];
 
 /** A forced way is the only one taken; 'auto' takes both (its first packets on each channel alternate). */
-function checkIo(side: string, io: MultifdIo, counts: { staged: number; direct: number }): void {
+function checkIo(side: string, io: MultifdIo, counts: MultifdIoCounts): void {
   const what = `${side} (${io}): ${counts.staged} packets staged, ${counts.direct} direct`;
   if (io === 'staged') assert.ok(counts.staged > 0 && counts.direct === 0, what);
   if (io === 'direct') assert.ok(counts.direct > 0 && counts.staged === 0, what);
