@@ -47,18 +47,13 @@ function next(): number {
   return rng;
 }
 
-// The pages this vCPU may write, counted without the reserved ones; pick() returns an index among them.
-let pages = memory.pages;
-for (const [, count] of cfg.reserved) pages -= count;
+// The pages this vCPU may write, counted without the reserved ones; pickIndex() returns an index among them.
+const pages = cfg.reserved.reduce((n, [, count]) => n - count, memory.pages);
 const hotPages = Math.max(1, Math.min(pages, Math.floor(pages * cfg.hotFraction)));
 const hotThreshold = cfg.hotShare * 2 ** 32;
 let cursor = Math.floor((pages / cfg.vcpus) * cfg.index) - 1;
 
-function pick(): number {
-  const index = pickIndex();
-  return cfg.reserved.length === 0 ? index : unreservedPage(index, cfg.reserved);
-}
-
+/** The next page to write: an index among the pages this vCPU may write, as the pattern has it. */
 function pickIndex(): number {
   switch (cfg.pattern) {
     case 'sequential':
@@ -140,7 +135,7 @@ for (;;) {
     continue;
   }
   const n = Math.min(due, BATCH);
-  for (let k = 0; k < n; k++) writePage(pick());
+  for (let k = 0; k < n; k++) writePage(unreservedPage(pickIndex(), cfg.reserved));
   sinceT0 += n;
   nums[my + Stats.WRITES] = seq;
 }
