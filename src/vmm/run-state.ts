@@ -124,6 +124,8 @@ interface HandlerRun {
   active: boolean;
 }
 const inHandler = new AsyncLocalStorage<HandlerRun>();
+/** Handler runs under way, over every RunState (the storage is shared). */
+let handlerRuns = 0;
 
 export class RunState {
   private current: RunStateName;
@@ -214,16 +216,23 @@ export class RunState {
     const order = running ? [...this.handlers] : [...this.handlers].reverse();
     const errors: Error[] = [];
     const ctx: HandlerRun = { owner: this, active: true };
-    await inHandler.run(ctx, async () => {
-      for (const h of order) {
-        try {
-          await h(running, reason, to);
-        } catch (err) {
-          errors.push(err instanceof Error ? err : new Error(String(err)));
+    handlerRuns++;
+    try {
+      await inHandler.run(ctx, async () => {
+        for (const h of order) {
+          try {
+            await h(running, reason, to);
+          } catch (err) {
+            errors.push(err instanceof Error ? err : new Error(String(err)));
+          }
         }
-      }
-    });
-    ctx.active = false;
+      });
+    } finally {
+      ctx.active = false;
+      // Node 20 keeps promise hooks on every promise while any AsyncLocalStorage is enabled (run() enables
+      // it; nothing else disables it): with no handler running there is nothing to find, so turn it off.
+      if (--handlerRuns === 0) inHandler.disable();
+    }
     if (!running) this.emit({ event: 'STOP', state: to, reason });
     return errors;
   }
