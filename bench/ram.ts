@@ -481,23 +481,26 @@ export async function zeroBench(memMiB: number, rounds: number, run: BenchRun): 
   run.ratios.push(ratio('ours-zero / qemu-zero', ours, qemu, '>= 1.0'));
 }
 
-/** Observes a migration for the cores both VMM processes kept busy, on average, from before to after. */
-function coresBusy(): MigrationObserver & { cores(): number } {
+/**
+ * Observes a migration for the CPU both VMM processes spent from just before `migrate` until the end was
+ * seen (user and system time, /proc/PID/stat). Divided by the migration's own total-time, not by the
+ * observer's window: that runs on until the next poll of query-migrate sees the end (up to 100 ms of
+ * both VMMs idle) and made the cores look less busy than they were.
+ */
+function cpuUsed(): MigrationObserver & { ms(): number } {
   let pids: { source: number; destination: number } | undefined;
   let cpu0 = 0;
-  let t0 = 0;
   let result = Number.NaN;
   const cpu = () => processStatCpuMs(pids!.source) + processStatCpuMs(pids!.destination);
   return {
     before(p) {
       pids = p;
       cpu0 = cpu();
-      t0 = performance.now();
     },
     after() {
-      result = (cpu() - cpu0) / (performance.now() - t0);
+      result = cpu() - cpu0;
     },
-    cores: () => result,
+    ms: () => result,
   };
 }
 
@@ -526,9 +529,10 @@ export async function multifdBench(memMiB: number, channels: number, rounds: num
   // less CPU per byte (more threads, but fewer idle waits between packets).
   const ceilings = new Map<number, number[]>();
   const busy = async (k: number) => {
-    const use = coresBusy();
-    const r = guestRate(memMiB, await oursOnce(memMiB, true, [], 'random', k, use));
-    const busyCores = use.cores();
+    const use = cpuUsed();
+    const once = await oursOnce(memMiB, true, [], 'random', k, use);
+    const r = guestRate(memMiB, once);
+    const busyCores = use.ms() / once.ms;
     ceilings.set(k, [...(ceilings.get(k) ?? []), (r.value * cores) / busyCores]);
     return { ...r, note: `${r.note}; both VMMs on CPU ${busyCores.toFixed(2)} of ${cores} cores` };
   };
