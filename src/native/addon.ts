@@ -36,10 +36,10 @@ export interface Poller {
 
 /**
  * A ChannelThread operation's completion: null and its value, or the failure as every addon call throws
- * it (a NativeError: `code`, `errno`, `syscall`); `packet` (recv only, before its completion): one
- * received packet's header and offsets, a copy.
+ * it (a NativeError: `code`, `errno`, `syscall`); `packets` (recv only, before its completion): received
+ * packets' headers and offsets, copies, back to back (up to 16 packets an event).
  */
-export type ChannelThreadCallback = (err: NativeError | null, value: number, packet?: Buffer) => void;
+export type ChannelThreadCallback = (err: NativeError | null, value: number, packets?: Buffer) => void;
 
 /**
  * A native thread doing one multifd channel's blocking I/O and page copies (native/src/chanthread.c).

@@ -5,6 +5,8 @@
 // Whatever breaks, the migration fails, the source runs on with its memory and device intact, the
 // destination never runs the VM, and (but for the uuid row) a retry to a fresh destination succeeds.
 import assert from 'node:assert/strict';
+import { TARGET_PAGE_SIZE } from '../../src/stream/constants.ts';
+import { MULTIFD_HEADER_BYTES, MULTIFD_INIT_BYTES, MULTIFD_PACKET_PAGES } from '../../src/stream/multifd.ts';
 import type { ChannelFault } from './support/channel-proxy.ts';
 import { ChannelProxy } from './support/channel-proxy.ts';
 import { type FaultContext, type FaultRow, faultTable } from './support/fault-table.ts';
@@ -14,6 +16,8 @@ const MiB = 1 << 20;
 /** The first channel the destination accepts (0 is the main stream). */
 const CHANNEL = 1;
 const multifd = { channels: 2 };
+/** A full packet's bytes on the wire (a random guest's bulk pass fills every packet). */
+const FULL_PACKET = MULTIFD_HEADER_BYTES + MULTIFD_PACKET_PAGES * (8 + TARGET_PAGE_SIZE);
 
 async function viaProxy(ctx: FaultContext, fault: ChannelFault): Promise<undefined> {
   const proxy = await ChannelProxy.start(ctx.pair.uri, CHANNEL, fault);
@@ -54,6 +58,16 @@ const rows: FaultRow[] = [
     phase: 'ram-bulk',
     pair: { multifd },
     inject: (ctx) => viaProxy(ctx, { kind: 'corrupt', at: 64 }),
+    expect: { status: 'failed', error: /packet magic 0xee223344/ },
+  },
+  {
+    // The receiving thread hands packets' headers to the codec several at a time: one inside a group is
+    // checked as the first is.
+    name: "multifd packet corrupt (the fifth packet's magic)",
+    fault: 'multifd-corrupt-later-packet',
+    phase: 'ram-bulk',
+    pair: { multifd },
+    inject: (ctx) => viaProxy(ctx, { kind: 'corrupt', at: MULTIFD_INIT_BYTES + 4 * FULL_PACKET }),
     expect: { status: 'failed', error: /packet magic 0xee223344/ },
   },
   {

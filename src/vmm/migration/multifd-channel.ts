@@ -30,8 +30,11 @@ export interface ChannelOptions {
   maps?: { received: Uint8Array; written: Uint8Array; fresh: boolean };
   /** Shared counter [0]: bumped per read or write that moved bytes (the main stream's stall check). */
   progress?: Int32Array;
-  /** Each received packet's header and offsets, as recv() reads them (before it completes). */
-  onPacket?: (packet: Buffer) => void;
+  /**
+   * Received packets' headers and offsets, back to back, as recv() reads them: several packets a call,
+   * every one before recv() completes.
+   */
+  onPackets?: (packets: Buffer) => void;
   /** How packets' pages move (default 'auto': each way measured, the cheaper used; see MultifdIo). */
   io?: MultifdIo;
 }
@@ -74,8 +77,8 @@ export class MultifdChannel {
         o.maps?.fresh ?? false,
         o.progress ?? null,
         FRAMING,
-        (err, value, packet) => {
-          if (packet) return o.onPacket?.(packet);
+        (err, value, packets) => {
+          if (packets) return o.onPackets?.(packets);
           const p = this.pending.shift()!;
           if (err) p.reject(err);
           else p.resolve(value);

@@ -98,7 +98,7 @@ export class MultifdReceiver implements RamChannelsIn {
         stallMs: -1,
         maps: this.o.maps,
         progress: this.progressCount,
-        onPacket: (p) => this.checkPacket(c, p),
+        onPackets: (p) => this.checkPackets(c, p),
         io: this.o.io,
       });
     } catch (err) {
@@ -151,19 +151,23 @@ export class MultifdReceiver implements RamChannelsIn {
   }
 
   /**
-   * A received packet's header and offsets (its pages are in guest RAM already: a load that fails here
-   * never runs the VM). Anything the codec refuses fails the load.
+   * Received packets' headers and offsets, back to back (their pages are in guest RAM already: a load
+   * that fails here never runs the VM). Anything the codec refuses fails the load.
    */
-  private checkPacket(c: Channel, packet: Buffer): void {
+  private checkPackets(c: Channel, packets: Buffer): void {
     if (this.error) return;
     try {
-      const h = decodeMultifdHeader(packet);
-      const n = h.normalPages + h.zeroPages;
-      if (h.ramblock !== RAM_BLOCK && n > 0)
-        throw new Error(`packet names RAM block "${h.ramblock}", this VM has "${RAM_BLOCK}"`);
-      if (n > 0) readMultifdOffsets(packet.subarray(MULTIFD_HEADER_BYTES), h, this.o.memory.size, this.offsets);
-      c.packets++;
-      c.lastPacketNum = h.packetNum;
+      for (let at = 0; at < packets.byteLength; ) {
+        const h = decodeMultifdHeader(packets.subarray(at));
+        const n = h.normalPages + h.zeroPages;
+        if (h.ramblock !== RAM_BLOCK && n > 0)
+          throw new Error(`packet names RAM block "${h.ramblock}", this VM has "${RAM_BLOCK}"`);
+        const offsets = at + MULTIFD_HEADER_BYTES;
+        at = offsets + 8 * n;
+        if (n > 0) readMultifdOffsets(packets.subarray(offsets, at), h, this.o.memory.size, this.offsets);
+        c.packets++;
+        c.lastPacketNum = h.packetNum;
+      }
     } catch (err) {
       this.channelFailed(c, err);
       c.ch.abort();
