@@ -116,12 +116,11 @@ export function writeMultifdHeader(
 ): number {
   const n = normal.length + zero.length;
   if (n > h.pagesAlloc) throw new RangeError(`${n} pages in a packet of ${h.pagesAlloc}`);
-  const name = enc.encode(h.ramblock);
-  if (name.byteLength === 0 || name.byteLength >= RAMBLOCK_BYTES)
-    throw new RangeError(`RAM block name "${h.ramblock}" must be 1 to 255 bytes`);
+  if (!Number.isSafeInteger(h.packetNum) || h.packetNum < 0) throw new RangeError(`packet number ${h.packetNum}`);
   const len = MULTIFD_HEADER_BYTES + 8 * n;
   if (out.byteLength < len) throw new RangeError(`packet header needs ${len} bytes, buffer has ${out.byteLength}`);
   out.fill(0, 0, MULTIFD_HEADER_BYTES);
+  writeName(out, h.ramblock);
   const v = view(out);
   v.setUint32(0, MULTIFD_MAGIC);
   v.setUint32(4, MULTIFD_VERSION);
@@ -129,21 +128,39 @@ export function writeMultifdHeader(
   v.setUint32(12, h.pagesAlloc);
   v.setUint32(NORMAL_PAGES_AT, normal.length);
   v.setUint32(20, normal.length * TARGET_PAGE_SIZE);
-  v.setBigUint64(24, BigInt(h.packetNum));
+  // The be64 packet number as two be32 halves: it is a safe integer, no BigInt needed (one per packet).
+  v.setUint32(24, Math.floor(h.packetNum / 0x100000000));
+  v.setUint32(28, h.packetNum >>> 0);
   v.setUint32(ZERO_PAGES_AT, zero.length);
-  out.set(name, 64);
-  let at = MULTIFD_HEADER_BYTES;
-  for (const list of [normal, zero]) {
-    for (let i = 0; i < list.length; i++) {
-      const off = list[i]!;
-      if (!Number.isSafeInteger(off) || off < 0 || off % TARGET_PAGE_SIZE !== 0)
-        throw new RangeError(`page offset ${off} is not a multiple of ${TARGET_PAGE_SIZE}`);
-      v.setUint32(at, Math.floor(off / 0x100000000));
-      v.setUint32(at + 4, off >>> 0);
-      at += 8;
-    }
-  }
+  writeOffsets(v, writeOffsets(v, MULTIFD_HEADER_BYTES, normal), zero);
   return len;
+}
+
+/** The NUL-padded block name at byte 64 (the header's zeroes pad it); an ASCII name needs no encoder. */
+function writeName(out: Uint8Array, name: string): void {
+  let ascii = name.length > 0 && name.length < RAMBLOCK_BYTES;
+  for (let i = 0; ascii && i < name.length; i++) ascii = name.charCodeAt(i) < 0x80;
+  if (ascii) {
+    for (let i = 0; i < name.length; i++) out[64 + i] = name.charCodeAt(i);
+    return;
+  }
+  const bytes = enc.encode(name);
+  if (bytes.byteLength === 0 || bytes.byteLength >= RAMBLOCK_BYTES)
+    throw new RangeError(`RAM block name "${name}" must be 1 to 255 bytes`);
+  out.set(bytes, 64);
+}
+
+/** Page offsets as be64 from byte `at` on; returns where they end. */
+function writeOffsets(v: DataView, at: number, list: ArrayLike<number>): number {
+  for (let i = 0; i < list.length; i++) {
+    const off = list[i]!;
+    if (!Number.isSafeInteger(off) || off < 0 || off % TARGET_PAGE_SIZE !== 0)
+      throw new RangeError(`page offset ${off} is not a multiple of ${TARGET_PAGE_SIZE}`);
+    v.setUint32(at, Math.floor(off / 0x100000000));
+    v.setUint32(at + 4, off >>> 0);
+    at += 8;
+  }
+  return at;
 }
 
 /**

@@ -147,6 +147,18 @@ describe('multifd page packet', () => {
     assert.throws(() => writeMultifdHeader(out, base, [100], []), /not a multiple/);
     assert.throws(() => writeMultifdHeader(out, { ...base, ramblock: '' }, [], []), /1 to 255 bytes/);
     assert.throws(() => writeMultifdHeader(new Uint8Array(10), base, [], []), /needs 320 bytes/);
+    assert.throws(() => writeMultifdHeader(out, { ...base, ramblock: 'r'.repeat(256) }, [], []), /1 to 255 bytes/);
+    assert.throws(() => writeMultifdHeader(out, { ...base, ramblock: 'é'.repeat(128) }, [], []), /1 to 255 bytes/);
+    assert.throws(() => writeMultifdHeader(out, { ...base, packetNum: -1 }, [], []), /packet number -1/);
+    assert.throws(() => writeMultifdHeader(out, { ...base, packetNum: 2 ** 53 }, [], []), /packet number/);
+  });
+
+  test('block names: ASCII and UTF-8 ones, up to 255 bytes, read back as written', () => {
+    for (const ramblock of ['pc.ram', 'r'.repeat(255), 'mem-é', 'é'.repeat(127)]) {
+      const out = new Uint8Array(MULTIFD_HEADER_BYTES);
+      writeMultifdHeader(out, { flags: 0, pagesAlloc: 2, packetNum: 1, ramblock }, [], []);
+      assert.equal(decodeMultifdHeader(out).ramblock, ramblock);
+    }
   });
 });
 
