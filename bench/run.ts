@@ -1,6 +1,7 @@
 // npm run bench: a command's start-up (bench/startup.ts), RAM migration between two VMM processes
 // (bench/ram.ts), a mostly-zero guest (bench/ram.ts zeroBench), multifd over 1, 2, 4... channels and
-// against QEMU's with the same channels (multifdBench), the dirty-log sync inside a real run
+// against QEMU's with the same channels (multifdBench; again at a 4 GiB guest, `--multifd-large-mem`, 0:
+// not), the dirty-log sync inside a real run
 // (bench/dirty-log.ts), where a RAM migration's CPU goes (bench/profile.ts: per-thread CPU of both VMMs,
 // perf samples by kind of work), then the throughput of device migration data through the migration
 // region over vfio-user, each as a ratio to a baseline measured in the same run (these machines are noisy, so only
@@ -41,7 +42,7 @@ import { dirtySyncInRun } from './dirty-log.ts';
 import { figure, formatFigure, measure, ratio, say, sayTo } from './figures.ts';
 import { writePerfDoc } from './perf-doc.ts';
 import { profileBench } from './profile.ts';
-import { multifdBench, ramBench, rawStream, zeroBench } from './ram.ts';
+import { multifdBench, multifdLargeBench, ramBench, rawStream, zeroBench } from './ram.ts';
 import { HISTORY, newRun, saveRun } from './results.ts';
 import { buildPackage, startupBench } from './startup.ts';
 
@@ -53,6 +54,7 @@ const { values } = parseArgs({
     'zero-mem': { type: 'string', default: '4096' },
     'sync-mem': { type: 'string', default: '4096' },
     'multifd-mem': { type: 'string', default: '1024' },
+    'multifd-large-mem': { type: 'string', default: '4096' },
     'multifd-channels': { type: 'string', default: '4' },
     only: { type: 'string' },
     json: { type: 'boolean', default: false },
@@ -275,6 +277,8 @@ if (want('zero')) {
 if (want('multifd')) {
   await multifdBench(Number(values['multifd-mem']), CHANNELS, ROUNDS, run);
   say();
+  const large = Number(values['multifd-large-mem']);
+  if (large > 0) await multifdLargeBench(large, CHANNELS, ROUNDS, run);
 }
 if (want('dirty-log')) {
   await dirtySyncInRun(Number(values['sync-mem']), ROUNDS, run);
