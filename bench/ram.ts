@@ -532,9 +532,9 @@ export async function multifdBench(memMiB: number, channels: number, rounds: num
   const ceilings = new Map<number, number[]>();
   const busy = async (k: number) => {
     const use = cpuUsed();
-    const once = await oursOnce(memMiB, true, [], 'random', k, use);
-    const r = guestRate(memMiB, once);
-    const busyCores = use.ms() / once.ms;
+    const measured = await oursOnce(memMiB, true, [], 'random', k, use);
+    const r = guestRate(memMiB, measured);
+    const busyCores = use.ms() / measured.ms;
     ceilings.set(k, [...(ceilings.get(k) ?? []), (r.value * cores) / busyCores]);
     return { ...r, note: `${r.note}; both VMMs on CPU ${busyCores.toFixed(2)} of ${cores} cores` };
   };
