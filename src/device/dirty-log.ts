@@ -1,6 +1,8 @@
 // Pages a device wrote by DMA, at 4 KiB granularity, kept sparse so any IOVA works without registration.
 // Reports are read-and-clear: a page written after its bit was reported is set again and reported next time.
 
+import { popcount32 } from '../bits.ts';
+
 export const LOG_PAGE_SHIFT = 12;
 export const LOG_PAGE_SIZE = 1 << LOG_PAGE_SHIFT;
 
@@ -48,7 +50,7 @@ export class DirtyPageLog {
   /** Number of dirty log pages (for tests and statistics). */
   countPages(): number {
     let n = 0;
-    for (const words of this.chunks.values()) for (const w of words) n += popcount(w);
+    for (const words of this.chunks.values()) for (const w of words) n += popcount32(w);
     return n;
   }
 
@@ -142,10 +144,4 @@ export class DirtyPageLog {
       }
     }
   }
-}
-
-function popcount(x: number): number {
-  let v = x - ((x >>> 1) & 0x55555555);
-  v = (v & 0x33333333) + ((v >>> 2) & 0x33333333);
-  return (((v + (v >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
 }

@@ -12,6 +12,8 @@
 //   log (8192 words) scans in a few microseconds.
 // - Device-reported dirty pages are ORed in through `sink` at each log sync.
 
+import { popcount32 } from '../../bits.ts';
+
 /** Called for each bitmap chunk: bit i of `bitmap` (LSB first) is pfn `firstPfn + i`, for `count` pfns. */
 export type DirtyBitmapSink = (firstPfn: bigint, count: number, bitmap: Uint8Array | 'all') => void;
 
@@ -19,13 +21,6 @@ export type DirtyBitmapSink = (firstPfn: bigint, count: number, bitmap: Uint8Arr
 export interface DirtyRun {
   first: number;
   count: number;
-}
-
-/** Set bits in a 32-bit word (SWAR popcount). */
-export function popcount32(v: number): number {
-  v -= (v >>> 1) & 0x55555555;
-  v = (v & 0x33333333) + ((v >>> 2) & 0x33333333);
-  return Math.imul((v + (v >>> 4)) & 0x0f0f0f0f, 0x01010101) >>> 24;
 }
 
 export class GuestDirtyBitmap {

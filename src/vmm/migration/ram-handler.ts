@@ -16,10 +16,11 @@
 // destination for data).
 
 import { Errno } from '../../abi/errno.ts';
+import { popcount32 } from '../../bits.ts';
 import { hugeBuffer } from '../../native/huge-buffer.ts';
 import { RAM_RECORD_HEAD_BYTES } from '../../stream/constants.ts';
 import { decodeRamPayload, RamPageScan, RamPayloadBuilder, RamPayloadWriter, scanRamPages } from '../../stream/ram.ts';
-import { type GuestDirtyBitmap, popcount32 } from '../guest/dirty-bitmap.ts';
+import type { GuestDirtyBitmap } from '../guest/dirty-bitmap.ts';
 import type { GuestMemory } from '../guest/guest-memory.ts';
 import { MigrationError } from './errors.ts';
 import type { MigrationHandler, SectionKind, SectionWriter } from './handler.ts';

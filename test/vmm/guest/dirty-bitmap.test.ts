@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
-import { type DirtyRun, GuestDirtyBitmap, popcount32 } from '../../../src/vmm/guest/dirty-bitmap.ts';
+import { type DirtyRun, GuestDirtyBitmap } from '../../../src/vmm/guest/dirty-bitmap.ts';
 import { sleep, tsWorker } from '../support.ts';
 
 /** Polls `cond`; the deadline is a safety net (threads on a loaded machine run late), not what is tested. */
@@ -62,18 +62,6 @@ describe('GuestDirtyBitmap', () => {
     b.set(777);
     assert.ok(a.has(777));
     assert.equal(GuestDirtyBitmap.bytesFor(1000), 128);
-  });
-
-  test('popcount32', () => {
-    for (const [v, n] of [
-      [0, 0],
-      [1, 1],
-      [-1, 32],
-      [0x80000000 | 0, 1],
-      [0x55555555, 16],
-      [0x0f0f0f0f, 16],
-    ] as const)
-      assert.equal(popcount32(v), n);
   });
 
   test('forEachDirtyAndClear, takeRuns and count agree with a model (property)', () => {
