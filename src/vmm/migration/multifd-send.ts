@@ -78,13 +78,12 @@ interface Channel {
 
 export class MultifdSender implements RamChannelsOut {
   private readonly channels: Channel[] = [];
-  /** The batch being filled: its normal pages' offsets go to a channel with it. */
+  /** The batch being filled: the queued normal pages' offsets (its `normal`) go to a channel with it. */
   private filling = newBatch();
   /** Batches their channels finished with. */
   private readonly spare: Batch[] = [];
-  /** Queued pages' offsets: the normal ones are the filling batch's; the zero ones go only into headers. */
-  private normal = this.filling.normal;
-  private zero = new Float64Array(BATCH_PAGES);
+  /** The queued zero pages' offsets: they go only into the headers. */
+  private readonly zero = new Float64Array(BATCH_PAGES);
   private normalCount = 0;
   private zeroCount = 0;
   private packetNum = 0;
@@ -209,7 +208,6 @@ export class MultifdSender implements RamChannelsOut {
     const normal = batch.normal.subarray(0, this.normalCount);
     const zero = this.zero.subarray(0, this.zeroCount);
     this.filling = this.spare.pop() ?? newBatch();
-    this.normal = this.filling.normal;
     this.normalCount = 0;
     this.zeroCount = 0;
     const all = normal.length + zero.length;
@@ -252,7 +250,7 @@ export class MultifdSender implements RamChannelsOut {
       const offset = (first + 31 - Math.clz32(low)) * TARGET_PAGE_SIZE;
       bits ^= low;
       if ((zeros & low) !== 0) this.zero[this.zeroCount++] = offset;
-      else this.normal[this.normalCount++] = offset;
+      else this.filling.normal[this.normalCount++] = offset;
       if (this.normalCount + this.zeroCount < BATCH_PAGES) continue;
       // A full batch: to a channel with room now, or once one has it (then the word's other pages).
       const ch = this.roomNow(BATCH);
