@@ -16,6 +16,7 @@
         "src/poller.c",
         "src/crc32c.c",
         "src/zero.c",
+        "src/dirtypages.c",
         "src/pwrite.c",
         "src/chanio.c",
         "src/chanmode.c",

@@ -4,6 +4,7 @@
 
 #include "chanthread.h"
 #include "crc32c.h"
+#include "dirtypages.h"
 #include "madvise.h"
 #include "pwrite.h"
 #include "vfio_native.h"
@@ -76,6 +77,7 @@ NAPI_MODULE_INIT() {
       VN_FN("isZero", vn_is_zero),
       VN_FN("zeroPages", vn_zero_pages),
       VN_FN("holePages", vn_hole_pages),
+      VN_FN("takeDirtyPages", vn_take_dirty_pages),
       VN_FN("pwriteSpaced", vn_pwrite_spaced),
       VN_FN("copyUnspaced", vn_copy_unspaced),
       VN_FN("tcpSocket", vn_tcp_socket),

@@ -103,11 +103,7 @@ napi_value vn_zero_pages(napi_env env, napi_callback_info info) {
   return out;
 }
 
-/* Bit k set for each page k (4096 bytes at offset + k*4096) asked for in want and wholly inside a hole
- * of fd. extent[0..1] gets the last run of data met, [start, end) (end where SEEK_HOLE found the next
- * hole), or stays as it was when none was met. Returns -1 with errno set when lseek fails for another reason than
- * "no more data". */
-static int64_t hole_pages(int fd, uint64_t offset, uint32_t want, double* extent) {
+int64_t vn_hole_mask(int fd, uint64_t offset, uint32_t want, double* extent) {
   if (want == 0) return 0;
   unsigned top = 31u - (unsigned)__builtin_clz(want);
   off_t end = (off_t)(offset + (uint64_t)(top + 1) * ZERO_PAGE_SIZE);
@@ -155,7 +151,7 @@ napi_value vn_hole_pages(napi_env env, napi_callback_info info) {
   if (length < 2) return vn_throw_range(env, "extent has %zu elements, fewer than 2", length);
   if (offset % ZERO_PAGE_SIZE != 0)
     return vn_throw_range(env, "offset %llu is not a multiple of 4096", (unsigned long long)offset);
-  int64_t holes = hole_pages(fd, offset, (uint32_t)mask, (double*)out_ptr);
+  int64_t holes = vn_hole_mask(fd, offset, (uint32_t)mask, (double*)out_ptr);
   if (holes < 0) return vn_throw_errno(env, errno, "lseek", "(SEEK_DATA/SEEK_HOLE)");
   napi_value out;
   VN_CALL(env, napi_create_uint32(env, (uint32_t)holes, &out));

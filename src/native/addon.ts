@@ -229,6 +229,32 @@ export interface NativeAddon {
    */
   holePages(fd: number, offset: number, mask: number, extent: Float64Array): number;
   /**
+   * Takes dirty pages for multifd, a batch at a time: for each of `words` dirty-log words from `from`
+   * (bit b of word w: page 32w+b; taken with an atomic exchange, clean words only read), its pages below
+   * `pages` are sorted into zero pages (in holes of fd, found as holePages does with `extent`, unless fd
+   * is -1; else by the block scan of zeroPages over `mem`, which maps guest RAM from page `memFirst`)
+   * and pages with data, and their byte offsets appended to `zero` and `normal` from queued[1] and
+   * queued[0] (both counts updated). Stops before a word once `maxPages` pages were taken or fewer than
+   * 32 of `capacity` are left. Returns the words consumed; -1 - that when lseek failed (holes were then
+   * not looked for, every page scanned). A RangeError when the words name pages outside mem, or the lists
+   * are shorter than capacity.
+   */
+  takeDirtyPages(
+    log: Int32Array,
+    from: number,
+    words: number,
+    pages: number,
+    mem: Uint8Array,
+    memFirst: number,
+    fd: number,
+    extent: Float64Array,
+    normal: Float64Array,
+    zero: Float64Array,
+    queued: Uint32Array,
+    capacity: number,
+    maxPages: number,
+  ): number;
+  /**
    * pwritev(2) of src into fd at `offset`: src is pieces of `piece` bytes with `gap` bytes between each
    * two (page records: a page, the next record's header, the next page), which land one after another
    * in the file. Returns the bytes written (all of the pieces: short writes are resumed). A RangeError

@@ -35,6 +35,22 @@ function digestInto(page: Uint8Array, out: Uint8Array, at: number): void {
 const ZERO_DIGEST = new Uint8Array(DIGEST_SIZE);
 digestInto(ZERO_PAGE, ZERO_DIGEST, 0);
 
+/**
+ * Pages queued to go out (a multifd batch), by byte offset: pages that go with their contents (`normal`)
+ * and zero pages (`zero`, offsets only), each list in the order taken.
+ */
+export interface PageQueue {
+  readonly normal: Float64Array;
+  readonly zero: Float64Array;
+  /** [pages in normal, pages in zero] */
+  readonly queued: Uint32Array;
+  /** The most pages normal and zero hold together (both lists are at least this long). */
+  readonly capacity: number;
+}
+
+/** Pages of one dirty-log word (the layout of GuestDirtyBitmap: bit b of word w is page 32w+b). */
+const WORD_PAGES = 32;
+
 /** A run of pages: [first, first+count). */
 export interface PageRange {
   first: number;
@@ -261,6 +277,67 @@ export class GuestMemory {
   }
 
   /**
+   * Takes dirty pages from a dirty log (GuestDirtyBitmap's words) for multifd: up to `words` words from
+   * word `from`, each taken atomically, their pages sorted as zeroPageMask would and their offsets
+   * appended to the queue's lists. Stops before a word once `maxPages` pages were taken (at least one
+   * word is, if the queue has room) or the queue has room for fewer than 32 more, and at the end of the
+   * mapping piece the words start in (the caller asks again from there). Returns the words consumed:
+   * their marks are cleared, every page they had is in the queue.
+   */
+  takeDirtyPages(log: Int32Array, from: number, words: number, q: PageQueue, maxPages: number): number {
+    const first = from * WORD_PAGES;
+    if (!(first >= 0 && first < this.pages) || this.isClosed) this.badPage(first);
+    const piecePages = this.pieceSize / PAGE_SIZE;
+    // Pieces smaller than a word (tests of seams only): a word at a time, through zeroPageMask.
+    if (piecePages < WORD_PAGES) return this.takeDirtyWords(log, from, words, q, maxPages);
+    const p = Math.floor(first / piecePages);
+    const n = Math.min(words, ((p + 1) * piecePages - first) / WORD_PAGES);
+    const fd = this.seekHoles && !this.knownAllData() ? this.fd : -1;
+    const limit = Math.max(1, Math.min(maxPages, q.capacity));
+    const piece = this.pieces[p]!;
+    const r = native().takeDirtyPages(
+      log,
+      from,
+      n,
+      this.pages,
+      piece,
+      p * piecePages,
+      fd,
+      this.dataExtent,
+      q.normal,
+      q.zero,
+      q.queued,
+      q.capacity,
+      limit,
+    );
+    if (r >= 0) return r;
+    this.seekHoles = false; // lseek failed: the pages were scanned instead, and from now on all are
+    return -1 - r;
+  }
+
+  /** takeDirtyPages a word at a time in JavaScript, for mappings in pieces smaller than a word. */
+  private takeDirtyWords(log: Int32Array, from: number, words: number, q: PageQueue, maxPages: number): number {
+    const { normal, zero, queued } = q;
+    let taken = 0;
+    let w = from;
+    for (; w < from + words; w++) {
+      if (taken >= Math.max(1, maxPages) || q.capacity - queued[0]! - queued[1]! < WORD_PAGES) break;
+      const first = w * WORD_PAGES;
+      let bits = Atomics.exchange(log, w, 0);
+      // Bits past the end of RAM (a last partial word) name no page.
+      if (first + WORD_PAGES > this.pages) bits &= (1 << (this.pages - first)) - 1;
+      const zeros = this.zeroPageMask(first, bits);
+      for (; bits !== 0; bits &= bits - 1, taken++) {
+        const low = bits & -bits;
+        const offset = (first + 31 - Math.clz32(low)) * PAGE_SIZE;
+        if ((zeros & low) !== 0) zero[queued[1]!++] = offset;
+        else normal[queued[0]!++] = offset;
+      }
+    }
+    return w - from;
+  }
+
+  /**
    * The pages of the mask (bit k: page first+k, up to page `last`) in holes of the memfd: never written,
    * zeroes without being read. A file that cannot say (lseek fails) is read from then on.
    */
@@ -269,19 +346,31 @@ export class GuestMemory {
     // here (nothing punches holes into guest RAM), so those pages need no lseek.
     const at = first * PAGE_SIZE;
     if (!this.seekHoles || (at >= this.dataExtent[0]! && (last + 1) * PAGE_SIZE <= this.dataExtent[1]!)) return 0;
+    if (this.knownAllData()) return 0;
     try {
-      // A memfd with every page allocated has no hole to find: one fstat, not lseek(SEEK_HOLE) walking
-      // every page of guest RAM (about 15 ms per GiB here, in the migration's first pass).
-      if (fstatSync(this.fd).blocks * 512 >= this.size) {
-        this.dataExtent[0] = 0;
-        this.dataExtent[1] = this.size;
-        return 0;
-      }
       return native().holePages(this.fd, at, mask, this.dataExtent) | 0;
     } catch {
       this.seekHoles = false;
       return 0;
     }
+  }
+
+  /**
+   * Whether the memfd has no hole at all (dataExtent then covers it). A memfd with every page allocated
+   * has none to find: one fstat, not lseek(SEEK_HOLE) walking every page of guest RAM (about 15 ms per
+   * GiB here, in the migration's first pass).
+   */
+  private knownAllData(): boolean {
+    if (this.dataExtent[0] === 0 && this.dataExtent[1] === this.size) return true;
+    try {
+      if (fstatSync(this.fd).blocks * 512 < this.size) return false;
+    } catch {
+      this.seekHoles = false;
+      return false;
+    }
+    this.dataExtent[0] = 0;
+    this.dataExtent[1] = this.size;
+    return true;
   }
 
   /** zeroPageMask's scan of the pages that hold memory. */

@@ -1,14 +1,14 @@
 // The source's multifd channels (QEMU's multifd_send_setup, multifd_queue_page, multifd_send_sync_main):
 // N extra TCP connections to the destination's migration address, each sent on by its own native thread
-// (multifd-channel.ts). The main thread takes pages from the dirty log a word (32 pages) at a time, as
-// without multifd, encodes BATCH packets' headers at a time and hands them, with the page offsets, to
-// whichever channel has room; the channel's thread writes the pages out of guest memory (staged or
-// direct: MultifdIo). Packet numbers are global, in the order handed out.
+// (multifd-channel.ts). The RAM saver fills a batch's page lists from the dirty log (a PageQueue, with
+// GuestMemory.takeDirtyPages: one native call per batch, not JavaScript per page); a batch goes as up to
+// BATCH packets, their headers encoded here, with the page offsets, to whichever channel has room; the
+// channel's thread writes the pages out of guest memory (staged or direct: MultifdIo). Packet numbers
+// are global, in the order handed out.
 
 import { lookup } from 'node:dns/promises';
 import { Errno } from '../../abi/errno.ts';
 import { native } from '../../native/addon.ts';
-import { TARGET_PAGE_SIZE } from '../../stream/constants.ts';
 import {
   encodeMultifdInit,
   MULTIFD_FLAG_SYNC,
@@ -16,7 +16,7 @@ import {
   MULTIFD_PACKET_PAGES,
   writeMultifdHeader,
 } from '../../stream/multifd.ts';
-import type { GuestMemory } from '../guest/guest-memory.ts';
+import type { GuestMemory, PageQueue } from '../guest/guest-memory.ts';
 import { MigrationError } from './errors.ts';
 import { channelErrno, ioCounts, MultifdChannel, type MultifdIo, type MultifdIoCounts } from './multifd-channel.ts';
 import type { RamChannelsOut } from './ram-handler.ts';
@@ -35,8 +35,13 @@ const BATCH = 8;
  * offsets only: the channel copies the pages as it sends them.
  */
 const IN_FLIGHT = 2 * BATCH;
-/** Pages queued before a batch goes to a channel. */
+/** Pages a batch holds at most. */
 const BATCH_PAGES = BATCH * MULTIFD_PACKET_PAGES;
+/**
+ * A batch goes to a channel once it has room for fewer pages than this (a dirty-log word's): the saver
+ * queues whole words, so a batch's last packet may be a little short of MULTIFD_PACKET_PAGES.
+ */
+const MIN_ROOM = 32;
 
 export interface MultifdSendOptions {
   memory: GuestMemory;
@@ -50,23 +55,25 @@ export interface MultifdSendOptions {
 }
 
 /**
- * A batch's arrays (its normal pages' offsets, its packets' headers, lengths and page counts), kept until
- * its channel wrote it, then reused: a fresh set per batch cost the source's main thread page faults for
- * each (about 5% of its CPU in a 1 GiB migration).
+ * A batch: its queued pages (a PageQueue), then its packets' headers, lengths and normal-page counts. Kept
+ * until its channel wrote it, then reused: a fresh set per batch cost the source's main thread page
+ * faults for each (about 5% of its CPU in a 1 GiB migration).
  */
-interface Batch {
-  normal: Float64Array;
+interface Batch extends PageQueue {
   heads: Uint8Array;
   headLens: Uint32Array;
-  counts: Uint32Array;
+  packetPages: Uint32Array;
 }
 
 function newBatch(): Batch {
   return {
     normal: new Float64Array(BATCH_PAGES),
+    zero: new Float64Array(BATCH_PAGES),
+    queued: new Uint32Array(2),
+    capacity: BATCH_PAGES,
     heads: new Uint8Array(BATCH * MULTIFD_HEADER_BYTES + 8 * BATCH_PAGES),
     headLens: new Uint32Array(BATCH),
-    counts: new Uint32Array(BATCH),
+    packetPages: new Uint32Array(BATCH),
   };
 }
 
@@ -78,14 +85,10 @@ interface Channel {
 
 export class MultifdSender implements RamChannelsOut {
   private readonly channels: Channel[] = [];
-  /** The batch being filled: the queued normal pages' offsets (its `normal`) go to a channel with it. */
+  /** The batch being filled. */
   private filling = newBatch();
   /** Batches their channels finished with. */
   private readonly spare: Batch[] = [];
-  /** The queued zero pages' offsets: they go only into the headers. */
-  private readonly zero = new Float64Array(BATCH_PAGES);
-  private normalCount = 0;
-  private zeroCount = 0;
   private packetNum = 0;
   private next = 0;
   private error: MigrationError | null = null;
@@ -190,30 +193,29 @@ export class MultifdSender implements RamChannelsOut {
     }
   }
 
-  /** Packets the queued pages fill (at least one, for a SYNC packet with no pages). */
+  /** Packets the filling batch's pages fill (at least one, for a SYNC packet with no pages). */
   private packetsQueued(): number {
-    return Math.max(1, Math.ceil((this.normalCount + this.zeroCount) / MULTIFD_PACKET_PAGES));
+    const q = this.filling.queued;
+    return Math.max(1, Math.ceil((q[0]! + q[1]!) / MULTIFD_PACKET_PAGES));
   }
 
   /**
-   * Hands the queued pages to `c` as packets: their headers encoded here, MULTIFD_PACKET_PAGES pages each
+   * Hands the filling batch to `c` as packets: their headers encoded here, MULTIFD_PACKET_PAGES pages each
    * (normal pages first, then zero pages; the last packet takes the rest), the last one with SYNC if
    * `sync` (with no pages: one empty SYNC packet).
    */
   private post(c: Channel, sync: boolean): void {
-    // At most a batch: queueWord posts as soon as one is full, sync() posts the rest, then one SYNC packet.
     const packets = this.packetsQueued();
     // The channel reads the batch's arrays until its operation completes: the next batch gets others.
     const batch = this.filling;
-    const normal = batch.normal.subarray(0, this.normalCount);
-    const zero = this.zero.subarray(0, this.zeroCount);
+    const normal = batch.normal.subarray(0, batch.queued[0]);
+    const zero = batch.zero.subarray(0, batch.queued[1]);
     this.filling = this.spare.pop() ?? newBatch();
-    this.normalCount = 0;
-    this.zeroCount = 0;
+    this.filling.queued.fill(0);
     const all = normal.length + zero.length;
     const heads = batch.heads.subarray(0, packets * MULTIFD_HEADER_BYTES + 8 * all);
     const headLens = batch.headLens.subarray(0, packets);
-    const counts = batch.counts.subarray(0, packets);
+    const packetPages = batch.packetPages.subarray(0, packets);
     for (let k = 0, taken = 0, at = 0; k < packets; k++) {
       const end = k === packets - 1 ? all : taken + MULTIFD_PACKET_PAGES;
       const n = normal.subarray(Math.min(taken, normal.length), Math.min(end, normal.length));
@@ -226,13 +228,13 @@ export class MultifdSender implements RamChannelsOut {
         n,
         z,
       );
-      counts[k] = n.length;
+      packetPages[k] = n.length;
       at += headLens[k]!;
       taken = end;
     }
     c.inFlight += packets;
     this.packetNum += packets;
-    c.ch.sendPackets(heads, headLens, normal, counts).then(
+    c.ch.sendPackets(heads, headLens, normal, packetPages).then(
       (bytes) => {
         c.inFlight -= packets;
         this.bytes += bytes;
@@ -243,32 +245,25 @@ export class MultifdSender implements RamChannelsOut {
     );
   }
 
-  queueWord(first: number, bits: number, zeros: number): Promise<void> | undefined {
+  queue(): PageQueue | Promise<PageQueue> {
     if (this.error) return Promise.reject(this.error);
-    while (bits !== 0) {
-      const low = bits & -bits;
-      const offset = (first + 31 - Math.clz32(low)) * TARGET_PAGE_SIZE;
-      bits ^= low;
-      if ((zeros & low) !== 0) this.zero[this.zeroCount++] = offset;
-      else this.filling.normal[this.normalCount++] = offset;
-      if (this.normalCount + this.zeroCount < BATCH_PAGES) continue;
-      // A full batch: to a channel with room now, or once one has it (then the word's other pages).
-      const ch = this.roomNow(BATCH);
-      if (ch) {
-        this.post(ch, false);
-        continue;
-      }
-      const rest = bits;
-      return this.room(BATCH).then((c) => {
-        this.post(c, false);
-        return this.queueWord(first, rest, zeros);
-      });
+    const q = this.filling.queued;
+    if (BATCH_PAGES - q[0]! - q[1]! >= MIN_ROOM) return this.filling;
+    // Full: to a channel with room now, or once one has it.
+    const ch = this.roomNow(BATCH);
+    if (ch) {
+      this.post(ch, false);
+      return this.filling;
     }
-    return undefined;
+    return this.room(BATCH).then((c) => {
+      this.post(c, false);
+      return this.filling;
+    });
   }
 
   async sync(): Promise<void> {
-    if (this.normalCount + this.zeroCount > 0) this.post(await this.room(this.packetsQueued()), false);
+    const q = this.filling.queued;
+    if (q[0]! + q[1]! > 0) this.post(await this.room(this.packetsQueued()), false);
     // A SYNC packet on every channel, behind whatever it still has to send.
     for (const ch of this.channels) {
       while (ch.inFlight + 1 > IN_FLIGHT) await this.idle();

@@ -3,11 +3,12 @@
 // vCPUs, or by device DMA merged in at log sync). Pages are taken from the dirty log a 32-page word at a
 // time with an atomic exchange, so a page written concurrently is either in this copy or marked again.
 // Zero pages go as a flag and a fill byte: the source finds them with a native scan per dirty-log word
-// (never-written pages by the memfd's holes, the rest by a block scan); the destination skips a zero
-// page it never wrote when its memory is fresh (a memfd reads as zeroes until written, so a mostly-zero
-// guest costs the destination neither writes nor memory: QEMU's ram_handle_zero() likewise leaves a page
-// alone when buffer_is_zero() says it already is). Sections are bounded (SECTION_PAYLOAD), so neither
-// side holds more than a few MiB of RAM in flight.
+// (never-written pages by the memfd's holes, the rest by a block scan; with multifd, a batch of words per
+// call: GuestMemory.takeDirtyPages); the destination skips a zero page it never wrote when its memory is
+// fresh (a memfd reads as zeroes until written, so a mostly-zero guest costs the destination neither
+// writes nor memory: QEMU's ram_handle_zero() likewise leaves a page alone when buffer_is_zero() says it
+// already is). Sections are bounded (SECTION_PAYLOAD), so neither side holds more than a few MiB of RAM
+// in flight.
 //
 // Pipelined: page copies are staged in a ring of STAGING_BUFFERS section buffers, and a section is not
 // awaited when it is handed to the transport: the next one is built while the earlier ones are on their
@@ -21,7 +22,7 @@ import { hugeBuffer } from '../../native/huge-buffer.ts';
 import { RAM_RECORD_HEAD_BYTES } from '../../stream/constants.ts';
 import { decodeRamPayload, RamPageScan, RamPayloadBuilder, RamPayloadWriter, scanRamPages } from '../../stream/ram.ts';
 import type { GuestDirtyBitmap } from '../guest/dirty-bitmap.ts';
-import type { GuestMemory } from '../guest/guest-memory.ts';
+import type { GuestMemory, PageQueue } from '../guest/guest-memory.ts';
 import { MigrationError } from './errors.ts';
 import type { MigrationHandler, SectionKind, SectionWriter } from './handler.ts';
 
@@ -48,15 +49,15 @@ export interface RamStats {
 
 /**
  * Source: multifd channels RAM pages go on instead of the main stream (multifd-send.ts). Pages are queued
- * by offset; the channels copy them out of guest memory themselves.
+ * by offset (GuestMemory.takeDirtyPages fills the queue); the channels copy them out of guest memory
+ * themselves.
  */
 export interface RamChannelsOut {
   /**
-   * Queues the pages of one dirty-log word: page `first + b` for each bit b set in `bits`, as a zero page
-   * (its offset only) where that bit is set in `zeros` too. Undefined, or a promise that resolves once
-   * they are all queued (when the queue had to wait for room).
+   * The queue the next pages go into, with room for at least a dirty-log word (32 pages); a promise when
+   * a full batch first had to wait for a channel with room.
    */
-  queueWord(first: number, bits: number, zeros: number): Promise<void> | undefined;
+  queue(): PageQueue | Promise<PageQueue>;
   /** Pass end: every channel sends what it has, then a SYNC packet; resolves once all are out. */
   sync(): Promise<void>;
 }
@@ -172,13 +173,17 @@ export class RamHandler implements MigrationHandler {
    * scanned every word. Its bits are taken with takeBits.
    */
   private nextWord(): number {
-    const words = this.dirty.wordCount;
-    if (this.passScanned >= words) return -1;
+    if (this.passScanned >= this.dirty.wordCount) return -1;
     const word = this.cursor;
-    this.cursor = (this.cursor + 1) % words;
-    this.passScanned++;
-    if (this.cursor === 0) this.stats.passes++;
+    this.advance(1);
     return word;
+  }
+
+  /** Moves the cursor past `words` words of the current pass (wrapping at the end of the log). */
+  private advance(words: number): void {
+    this.cursor = (this.cursor + words) % this.dirty.wordCount;
+    this.passScanned += words;
+    if (words > 0 && this.cursor === 0) this.stats.passes++;
   }
 
   /** A word's dirty bits, taken from the log (cleared there). */
@@ -196,17 +201,21 @@ export class RamHandler implements MigrationHandler {
 
   /** Multifd: queues dirty pages on the channels, by the bytes they will take, until `budget`. */
   private async queueDirty(channels: RamChannelsOut, budget: number): Promise<void> {
-    for (let sent = 0; sent < budget; ) {
-      const word = this.nextWord();
-      if (word < 0) break;
-      const bits = this.takeBits(word);
-      if (bits === 0) continue;
-      const first = word * 32;
-      // The word's zero pages in one native scan (QEMU: buffer_is_zero() per page in save_zero_page()).
-      const zeros = this.memory.zeroPageMask(first, bits);
-      const wait = channels.queueWord(first, bits, zeros);
-      if (wait) await wait;
-      sent += this.countQueued(bits, zeros);
+    const words = this.dirty.wordCount;
+    for (let sent = 0; sent < budget && this.passScanned < words; ) {
+      const next = channels.queue();
+      const q = next instanceof Promise ? await next : next;
+      const normal = q.queued[0]!;
+      const zero = q.queued[1]!;
+      // A batch's worth of words in one native call, zero pages found as they are taken (QEMU:
+      // buffer_is_zero() per page in save_zero_page()); up to the log's end, where the cursor wraps.
+      const budgetPages = Math.ceil((budget - sent) / (PAGE + 8));
+      const n = Math.min(words - this.cursor, words - this.passScanned);
+      this.advance(this.memory.takeDirtyPages(this.dirty.words, this.cursor, n, q, budgetPages));
+      const normalTaken = q.queued[0]! - normal;
+      const zeroTaken = q.queued[1]! - zero;
+      if (normalTaken + zeroTaken > 0) this.passFound = true;
+      sent += this.countQueued(normalTaken, zeroTaken);
     }
   }
 
@@ -260,14 +269,12 @@ export class RamHandler implements MigrationHandler {
     await flush();
   }
 
-  /** Multifd: counts one dirty-log word's pages queued on the channels; returns the bytes they will take. */
-  private countQueued(bits: number, zeros: number): number {
-    const pages = popcount32(bits);
-    const zero = popcount32(bits & zeros);
+  /** Multifd: counts pages queued on the channels; returns the bytes they will take. */
+  private countQueued(normal: number, zero: number): number {
     this.stats.duplicate += zero;
-    this.stats.normal += pages - zero;
+    this.stats.normal += normal;
     // An offset per page, and the page itself unless it is zero.
-    const bytes = 8 * pages + PAGE * (pages - zero);
+    const bytes = 8 * (normal + zero) + PAGE * normal;
     this.stats.transferred += bytes;
     return bytes;
   }

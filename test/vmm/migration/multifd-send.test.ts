@@ -6,13 +6,15 @@
 // memory a zero page never written is left alone: the destination then holds exactly the pages that
 // ever held data. Each side's channel threads move pages staged, direct or as measured (x-multifd-io):
 // the same bytes arrive whichever way each side took, and a forced way is the only one taken.
-// Pages are queued a dirty-log word at a time; a batch that fills in the middle of a word while every
-// channel is full waits for room and then queues the rest of the word.
+// Pages are queued as the RAM saver queues them: taken from a dirty log into a batch's lists whole words
+// at a time (GuestMemory.takeDirtyPages), so a batch's last packet may be short; a full batch while every
+// channel is full waits for room.
 import assert from 'node:assert/strict';
 import { fstatSync } from 'node:fs';
 import { test } from 'node:test';
 import { native } from '../../../src/native/addon.ts';
 import { FdAcceptor } from '../../../src/native/fd-acceptor.ts';
+import { GuestDirtyBitmap } from '../../../src/vmm/guest/dirty-bitmap.ts';
 import { compareDigests, GuestMemory } from '../../../src/vmm/guest/guest-memory.ts';
 import type { MultifdIo, MultifdIoCounts } from '../../../src/vmm/migration/multifd-channel.ts';
 import { MultifdReceiver } from '../../../src/vmm/migration/multifd-recv.ts';
@@ -34,6 +36,19 @@ function checkIo(side: string, io: MultifdIo, counts: MultifdIoCounts): void {
   if (io === 'staged') assert.ok(counts.staged > 0 && counts.direct === 0, what);
   if (io === 'direct') assert.ok(counts.direct > 0 && counts.staged === 0, what);
   if (io === 'auto') assert.ok(counts.staged > 0 && counts.direct > 0, what);
+}
+
+/**
+ * Queues every page marked in `log` on the sender, as the RAM saver does; calls `waiting` each time the
+ * sender had to wait for a channel with room (before waiting).
+ */
+async function queueLog(sender: MultifdSender, mem: GuestMemory, log: GuestDirtyBitmap, waiting?: () => void) {
+  for (let w = 0; w < log.wordCount; ) {
+    const next = sender.queue();
+    if (next instanceof Promise) waiting?.();
+    const q = next instanceof Promise ? await next : next;
+    w += mem.takeDirtyPages(log.words, w, log.wordCount - w, q, Number.POSITIVE_INFINITY);
+  }
 }
 
 /** The source's channels to the receiver behind `acceptor`. */
@@ -76,23 +91,17 @@ for (const fresh of [false, true])
         // Pass 1: data where (i mod 997) < 300: runs of 300 data pages and 697 zero pages, so batches hold
         // zero pages past their first packet. Passes 2 and 3: partial passes, contents changed, and data
         // pages with (i mod 997) < 30 gone back to zero.
-        // Queued a dirty-log word at a time (32 pages), as the RAM handler does: data and zero pages mixed
-        // in words, batches (1024 pages) filling up in the middle of a word.
+        // Taken from a dirty log as the RAM handler takes them: data and zero pages mixed in words.
         const pass = async (pages: number[], tag: number) => {
-          const words = new Map<number, { bits: number; zeros: number }>();
+          const log = new GuestDirtyBitmap(PAGES);
           for (const i of pages) {
             const data = i % 997 < 300 && (tag === 1 || i % 997 >= 30);
             if (data) src.page(i).fill((i * 13 + tag) & 0xff || 1);
             else src.page(i).fill(0);
-            const w = words.get(i >>> 5) ?? { bits: 0, zeros: 0 };
-            w.bits |= 1 << (i & 31);
-            if (!data) w.zeros |= 1 << (i & 31);
-            words.set(i >>> 5, w);
+            log.set(i);
           }
-          for (const [word, { bits, zeros }] of words) {
-            const wait = sender!.queueWord(word * 32, bits, zeros);
-            if (wait) await wait;
-          }
+          await queueLog(sender!, src, log);
+          assert.ok(log.isEmpty(), 'every mark taken');
           await sender!.sync();
           await receiver.flush();
         };
@@ -109,8 +118,8 @@ for (const fresh of [false, true])
           Array.from({ length: Math.ceil(PAGES / 7) }, (_, k) => k * 7),
           2,
         );
-        // Pass 3: a scattered third of the pages (a uniform stride would fill each 1024-page batch exactly
-        // at a word's end), so batches fill in the middle of words.
+        // Pass 3: a scattered third of the pages, so words hold any number of pages and batches end short
+        // of 1024 by various amounts.
         await pass(
           Array.from({ length: PAGES }, (_, i) => i).filter((i) => (i * 2654435761) % 2 ** 32 < 2 ** 32 / 3),
           3,
@@ -137,10 +146,10 @@ for (const fresh of [false, true])
       }
     });
 
-test('a batch filling in the middle of a word while every channel is full: the rest of the word is queued once there is room', async () => {
-  // 31 pages of each 32-page word: a 1024-page batch fills in the middle of a word unless 31 batches were
-  // queued (fewer here). One channel whose receiving side is not read at first: its 16 packets in flight
-  // and the socket buffers fill, and queueWord must wait, in the middle of a word.
+test('a full batch while every channel is full: queue() waits for room, then every page arrives', async () => {
+  // 31 pages of each 32-page word: a batch takes whole words, 1023 pages, its last packet 127. One channel
+  // whose receiving side is not read at first: its 16 packets in flight and the socket buffers fill, and
+  // queue() must wait.
   const pages = 16384; // 64 MiB
   const src = GuestMemory.create(pages * PAGE, 'mfd-wait-src');
   const dst = GuestMemory.create(pages * PAGE, 'mfd-wait-dst');
@@ -150,7 +159,7 @@ test('a batch filling in the middle of a word while every channel is full: the r
     fresh: true,
   };
   const receiver = new MultifdReceiver({ memory: dst, channels: 1, uuid: null, maps, stallTimeoutMs: 60_000 });
-  // The channel's connection, held unread until queueWord has to wait (the acceptor may hear of it
+  // The channel's connection, held unread until queue() has to wait (the acceptor may hear of it
   // only after the sender is open: it runs on the event loop).
   let held = -1;
   let accepted!: (fd: number) => void;
@@ -165,18 +174,23 @@ test('a batch filling in the middle of a word while every channel is full: the r
   let sender: MultifdSender | undefined;
   try {
     sender = await openSender(src, acceptor, 1);
-    for (let i = 0; i < pages; i++) if (i % 32 !== 31) src.page(i).fill((i % 251) + 1);
-    let waited = 0;
-    for (let word = 0; word < pages / 32; word++) {
-      const wait = sender.queueWord(word * 32, 0x7fffffff, 0);
-      if (!wait) continue;
-      if (waited++ === 0) {
-        receiver.adopt(await connection); // from now on the channel is read
-        held = -1;
+    const log = new GuestDirtyBitmap(pages);
+    for (let i = 0; i < pages; i++)
+      if (i % 32 !== 31) {
+        src.page(i).fill((i % 251) + 1);
+        log.set(i);
       }
-      await wait;
-    }
-    assert.ok(waited > 0, 'queueWord never had to wait for room');
+    let waited = 0;
+    const s = sender;
+    await queueLog(s, src, log, () => {
+      // From the first wait on, the channel is read.
+      if (waited++ === 0)
+        void connection.then((fd) => {
+          receiver.adopt(fd);
+          held = -1;
+        });
+    });
+    assert.ok(waited > 0, 'queue() never had to wait for room');
     await sender.sync();
     await receiver.flush();
     await sender.close();
