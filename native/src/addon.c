@@ -2,6 +2,7 @@
  * per env, in napi instance data. */
 #include <stdlib.h>
 
+#include "chanmode.h"
 #include "chanthread.h"
 #include "crc32c.h"
 #include "dirtypages.h"
@@ -81,6 +82,7 @@ NAPI_MODULE_INIT() {
       VN_FN("pwriteSpaced", vn_pwrite_spaced),
       VN_FN("copyUnspaced", vn_copy_unspaced),
       VN_FN("tcpSocket", vn_tcp_socket),
+      VN_FN("ioChooserRun", vn_io_chooser_run),
   };
   VN_CALL(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));
   if (!vn_poller_define(env, exports)) return NULL;

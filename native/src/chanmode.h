@@ -5,6 +5,8 @@
 #ifndef VFIO_NATIVE_CHANMODE_H
 #define VFIO_NATIVE_CHANMODE_H
 
+#include <node_api.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -17,6 +19,7 @@ typedef enum {
 typedef struct {
   vn_io_mode fixed;   /* AUTO, or the one mode always used */
   vn_io_mode best;    /* AUTO: the mode used between probes */
+  bool clear;         /* AUTO: one mode is clearly the cheaper (probes are rarer) */
   uint64_t packets;   /* packets accounted */
   double cost[2];     /* per mode (STAGED, DIRECT): thread CPU ns per byte, a decaying mean (0: none yet) */
   uint64_t counts[2]; /* packets moved each way (read by the main thread: atomically) */
@@ -29,5 +32,9 @@ vn_io_mode vn_io_next(const vn_io_chooser* ch);
 void vn_io_done(vn_io_chooser* ch, vn_io_mode mode, int64_t cpu_ns, size_t bytes);
 /* This thread's CPU time, ns. */
 int64_t vn_thread_cpu_ns(void);
+
+/* ioChooserRun(staged: Float64Array, direct: Float64Array): Uint8Array. For tests: an AUTO chooser fed
+ * packet k's CPU ns per byte from staged[k] or direct[k], whichever way it chose; the mode of each. */
+napi_value vn_io_chooser_run(napi_env env, napi_callback_info info);
 
 #endif

@@ -267,6 +267,12 @@ export interface NativeAddon {
    * two overlap.
    */
   copyUnspaced(dst: Uint8Array, src: Uint8Array, piece: number, gap: number): number;
+  /**
+   * For tests: a multifd channel's I/O mode chooser in 'auto' (native/src/chanmode.c) fed packet k's CPU
+   * ns per byte from staged[k] or direct[k], whichever way it chose for packet k. The way of each packet:
+   * 1 staged, 2 direct.
+   */
+  ioChooserRun(staged: Float64Array, direct: Float64Array): Uint8Array;
   /** An unconnected TCP socket (nonblocking, close-on-exec) of a numeric IPv4/IPv6 address's family. */
   tcpSocket(address: string): number;
   Poller: PollerConstructor;
