@@ -28,7 +28,9 @@ typedef struct {
 void vn_io_init(vn_io_chooser* ch, vn_io_mode mode);
 /* The mode for the next packet. */
 vn_io_mode vn_io_next(const vn_io_chooser* ch);
-/* A packet moved `bytes` of pages `mode`'s way for `cpu_ns` of this thread's CPU time. */
+/* Whether the next packet's CPU time is to be measured (vn_thread_cpu_ns before and after it). */
+bool vn_io_timed(const vn_io_chooser* ch);
+/* A packet moved `bytes` of pages `mode`'s way for `cpu_ns` of this thread's CPU time (< 0: not timed). */
 void vn_io_done(vn_io_chooser* ch, vn_io_mode mode, int64_t cpu_ns, size_t bytes);
 /* This thread's CPU time, ns. */
 int64_t vn_thread_cpu_ns(void);

@@ -166,6 +166,13 @@ static uint32_t guest_iovecs(ct_chan* c, const double* offsets, uint32_t n, uint
   return m;
 }
 
+/* This thread's CPU ns since t0, or -1 when t0 was not taken (the packet is not timed) or the clock failed. */
+static int64_t cpu_since(int64_t t0) {
+  if (t0 < 0) return -1;
+  int64_t now = vn_thread_cpu_ns();
+  return now < 0 ? -1 : now - t0;
+}
+
 static void send_packets(ct_chan* c, ct_op* o) {
   uint8_t* head = o->heads;
   const double* offsets = o->offsets;
@@ -173,7 +180,7 @@ static void send_packets(ct_chan* c, ct_op* o) {
   for (uint32_t k = 0; k < o->packets; k++) {
     uint32_t n = o->counts[k];
     vn_io_mode mode = n > 0 ? vn_io_next(&c->mode) : VN_IO_STAGED;
-    int64_t t0 = vn_thread_cpu_ns();
+    int64_t t0 = n > 0 && vn_io_timed(&c->mode) ? vn_thread_cpu_ns() : -1;
     c->iov[0] = (struct iovec){head, o->head_lens[k]};
     uint32_t parts = guest_iovecs(c, offsets, n, 1);
     if (parts == 0) return fail(o, EINVAL, "guest page");
@@ -190,7 +197,7 @@ static void send_packets(ct_chan* c, ct_op* o) {
     }
     transfer(c, o, c->iov, parts, true);
     if (o->err != 0) return;
-    if (n > 0) vn_io_done(&c->mode, mode, vn_thread_cpu_ns() - t0, (size_t)n * c->page_size);
+    if (n > 0) vn_io_done(&c->mode, mode, cpu_since(t0), (size_t)n * c->page_size);
     total += o->value;
     head += o->head_lens[k];
     offsets += n;
@@ -285,7 +292,7 @@ static void land(ct_chan* c, uint32_t normal, uint32_t total, bool staged) {
 static int recv_body(ct_chan* c, ct_op* o, uint32_t normal, uint32_t total) {
   size_t offsets_len = 8 * (size_t)total, pages_len = (size_t)normal * c->page_size;
   vn_io_mode mode = normal > 0 ? vn_io_next(&c->mode) : VN_IO_STAGED;
-  int64_t t0 = vn_thread_cpu_ns();
+  int64_t t0 = normal > 0 && vn_io_timed(&c->mode) ? vn_thread_cpu_ns() : -1;
   struct iovec body[2] = {{c->head + c->header_bytes, offsets_len}, {c->staging, pages_len}};
   transfer(c, o, body, mode == VN_IO_DIRECT ? 1 : 2, false);
   if (o->err != 0) return o->err;
@@ -299,7 +306,7 @@ static int recv_body(ct_chan* c, ct_op* o, uint32_t normal, uint32_t total) {
     if ((size_t)o->value < pages_len) return ECONNRESET;
   }
   land(c, normal, total, mode != VN_IO_DIRECT);
-  if (normal > 0) vn_io_done(&c->mode, mode, vn_thread_cpu_ns() - t0, pages_len);
+  if (normal > 0) vn_io_done(&c->mode, mode, cpu_since(t0), pages_len);
   return 0;
 }
 
