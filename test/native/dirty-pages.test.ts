@@ -199,6 +199,21 @@ describe('takeDirtyPages', () => {
       /TypeError: log must be an Int32Array/,
     );
     assert.deepEqual([...log], [-1, -1, -1, -1], 'no mark taken');
+    for (const pieceSize of [undefined, 8 * PAGE]) {
+      const m = GuestMemory.create(128 * PAGE, 'dirty-bad', pieceSize ? { pieceSize } : {});
+      try {
+        const short = { ...queue(64), capacity: 65 };
+        assert.throws(() => m.takeDirtyPages(log, 0, 1, short, 64), /RangeError: queue capacity 65 exceeds its lists/);
+        assert.throws(
+          () => m.takeDirtyPages(log, 4, 1, queue(64), 64),
+          /RangeError/,
+          'word 4 names page 128, past RAM',
+        );
+      } finally {
+        m.close();
+      }
+    }
+    assert.deepEqual([...log], [-1, -1, -1, -1], 'no mark taken');
     // The last partial word's pages past `pages` need not be mapped: they name no page.
     assert.equal(call({ from: 1, words: 1, pages: 40 }), 1);
     assert.deepEqual([...log], [-1, 0, -1, -1]);

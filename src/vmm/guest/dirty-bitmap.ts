@@ -14,6 +14,9 @@
 
 import { popcount32 } from '../../bits.ts';
 
+/** Pages per word of the log (an Int32: bit i of word w is page 32w+i). */
+export const DIRTY_WORD_PAGES = 32;
+
 /** Called for each bitmap chunk: bit i of `bitmap` (LSB first) is pfn `firstPfn + i`, for `count` pfns. */
 export type DirtyBitmapSink = (firstPfn: bigint, count: number, bitmap: Uint8Array | 'all') => void;
 

@@ -10,6 +10,7 @@
 import * as crypto from 'node:crypto';
 import { fstatSync } from 'node:fs';
 import { MADV, native } from '../../native/addon.ts';
+import { DIRTY_WORD_PAGES } from './dirty-bitmap.ts';
 
 export const PAGE_SIZE = 4096;
 export const PAGE_SHIFT = 12;
@@ -47,9 +48,6 @@ export interface PageQueue {
   /** The most pages normal and zero hold together (both lists are at least this long). */
   readonly capacity: number;
 }
-
-/** Pages of one dirty-log word (the layout of GuestDirtyBitmap: bit b of word w is page 32w+b). */
-const WORD_PAGES = 32;
 
 /** A run of pages: [first, first+count). */
 export interface PageRange {
@@ -285,13 +283,15 @@ export class GuestMemory {
    * their marks are cleared, every page they had is in the queue.
    */
   takeDirtyPages(log: Int32Array, from: number, words: number, q: PageQueue, maxPages: number): number {
-    const first = from * WORD_PAGES;
+    const first = from * DIRTY_WORD_PAGES;
     if (!(first >= 0 && first < this.pages) || this.isClosed) this.badPage(first);
+    if (q.capacity > q.normal.length || q.capacity > q.zero.length)
+      throw new RangeError(`queue capacity ${q.capacity} exceeds its lists (${q.normal.length}, ${q.zero.length})`);
     const piecePages = this.pieceSize / PAGE_SIZE;
     // Pieces smaller than a word (tests of seams only): a word at a time, through zeroPageMask.
-    if (piecePages < WORD_PAGES) return this.takeDirtyWords(log, from, words, q, maxPages);
+    if (piecePages < DIRTY_WORD_PAGES) return this.takeDirtyWords(log, from, words, q, maxPages);
     const p = Math.floor(first / piecePages);
-    const n = Math.min(words, ((p + 1) * piecePages - first) / WORD_PAGES);
+    const n = Math.min(words, ((p + 1) * piecePages - first) / DIRTY_WORD_PAGES);
     const fd = this.seekHoles && !this.knownAllData() ? this.fd : -1;
     const limit = Math.max(1, Math.min(maxPages, q.capacity));
     const piece = this.pieces[p]!;
@@ -321,11 +321,11 @@ export class GuestMemory {
     let taken = 0;
     let w = from;
     for (; w < from + words; w++) {
-      if (taken >= Math.max(1, maxPages) || q.capacity - queued[0]! - queued[1]! < WORD_PAGES) break;
-      const first = w * WORD_PAGES;
+      if (taken >= Math.max(1, maxPages) || q.capacity - queued[0]! - queued[1]! < DIRTY_WORD_PAGES) break;
+      const first = w * DIRTY_WORD_PAGES;
       let bits = Atomics.exchange(log, w, 0);
       // Bits past the end of RAM (a last partial word) name no page.
-      if (first + WORD_PAGES > this.pages) bits &= (1 << (this.pages - first)) - 1;
+      if (first + DIRTY_WORD_PAGES > this.pages) bits &= (1 << (this.pages - first)) - 1;
       const zeros = this.zeroPageMask(first, bits);
       for (; bits !== 0; bits &= bits - 1, taken++) {
         const low = bits & -bits;

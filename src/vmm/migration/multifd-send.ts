@@ -16,6 +16,7 @@ import {
   MULTIFD_PACKET_PAGES,
   writeMultifdHeader,
 } from '../../stream/multifd.ts';
+import { DIRTY_WORD_PAGES } from '../guest/dirty-bitmap.ts';
 import type { GuestMemory, PageQueue } from '../guest/guest-memory.ts';
 import { MigrationError } from './errors.ts';
 import { channelErrno, ioCounts, MultifdChannel, type MultifdIo, type MultifdIoCounts } from './multifd-channel.ts';
@@ -38,10 +39,11 @@ const IN_FLIGHT = 2 * BATCH;
 /** Pages a batch holds at most. */
 const BATCH_PAGES = BATCH * MULTIFD_PACKET_PAGES;
 /**
- * A batch goes to a channel once it has room for fewer pages than this (a dirty-log word's): the saver
- * queues whole words, so a batch's last packet may be a little short of MULTIFD_PACKET_PAGES.
+ * A batch goes to a channel once it has room for fewer pages than a dirty-log word's: the saver queues
+ * whole words (takeDirtyPages takes none into less room), so a batch's last packet may be a little short
+ * of MULTIFD_PACKET_PAGES.
  */
-const MIN_ROOM = 32;
+const MIN_ROOM = DIRTY_WORD_PAGES;
 
 export interface MultifdSendOptions {
   memory: GuestMemory;
