@@ -38,36 +38,85 @@ export function figure(name: string, unit: Figure['unit'], values: number[], ext
   return { name, unit, values, median: median(values), min: Math.min(...values), max: Math.max(...values), ...extra };
 }
 
+/** One round of a figure: its value (MB/s or ms) and optional details. */
+export type Round = () => Promise<{ value: number; per?: string; note?: string }>;
+
+/** A round that measured no time (or none of what it moved) is broken, not infinitely fast. */
+async function checkedRound(name: string, fn: Round): ReturnType<Round> {
+  const r = await fn();
+  if (!Number.isFinite(r.value)) throw new Error(`${name}: a round measured ${r.value}: the run is void`);
+  return r;
+}
+
+/** Collects a figure's rounds in the order they are run, the last one's details kept. */
+class Rounds {
+  readonly values: number[] = [];
+  private last: { per?: string; note?: string } = {};
+
+  constructor(
+    readonly name: string,
+    private readonly fn: Round,
+  ) {}
+
+  async run(): Promise<void> {
+    const r = await checkedRound(this.name, this.fn);
+    this.values.push(r.value);
+    this.last = r;
+  }
+
+  figure(unit: Figure['unit'], extra: Partial<Figure> = {}): Figure {
+    const f = figure(this.name, unit, this.values, { per: this.last.per, note: this.last.note, ...extra });
+    say(formatFigure(f));
+    return f;
+  }
+}
+
 /**
- * Runs `fn` `rounds` times; each round returns its value (MB/s or ms) and optional details. `warmup`
- * rounds run first and are kept apart (Figure.warmup): for figures whose rounds reuse the same processes,
- * so that the first round's cold code is not one of three values.
+ * Runs `fn` `rounds` times. `warmup` rounds run first and are kept apart (Figure.warmup): for figures
+ * whose rounds reuse the same processes, so that the first round's cold code is not one of three values.
  */
 export async function measure(
   name: string,
   unit: Figure['unit'],
   rounds: number,
-  fn: () => Promise<{ value: number; per?: string; note?: string }>,
+  fn: Round,
   options: { warmup?: number } = {},
 ): Promise<Figure> {
-  // A round that measured no time (or none of what it moved) is broken, not infinitely fast.
-  const round = async () => {
-    const r = await fn();
-    if (!Number.isFinite(r.value)) throw new Error(`${name}: a round measured ${r.value}: the run is void`);
-    return r;
-  };
   const warmup: number[] = [];
-  for (let i = 0; i < (options.warmup ?? 0); i++) warmup.push((await round()).value);
-  const values: number[] = [];
-  let last: { per?: string; note?: string } = {};
+  for (let i = 0; i < (options.warmup ?? 0); i++) warmup.push((await checkedRound(name, fn)).value);
+  const r = new Rounds(name, fn);
+  for (let i = 0; i < rounds; i++) await r.run();
+  return r.figure(unit, warmup.length ? { warmup } : {});
+}
+
+/**
+ * Two figures whose ratio is taken, measured in alternating rounds (a, b, a, b, ...): each of b's rounds
+ * then runs beside one of a's, under the same load. Measured one after the other, a machine that got
+ * busier or quieter in between showed as a difference between them (these machines are shared).
+ */
+export async function measurePair(
+  unit: Figure['unit'],
+  rounds: number,
+  a: { name: string; fn: Round },
+  b: { name: string; fn: Round },
+): Promise<[Figure, Figure]> {
+  const ra = new Rounds(a.name, a.fn);
+  const rb = new Rounds(b.name, b.fn);
   for (let i = 0; i < rounds; i++) {
-    const r = await round();
-    values.push(r.value);
-    last = r;
+    await ra.run();
+    await rb.run();
   }
-  const f = figure(name, unit, values, { per: last.per, note: last.note, ...(warmup.length ? { warmup } : {}) });
-  say(formatFigure(f));
-  return f;
+  return [ra.figure(unit), rb.figure(unit)];
+}
+
+/** measurePair, or `a` alone when there is no `b` (a baseline not installed here). */
+export async function measureWith(
+  unit: Figure['unit'],
+  rounds: number,
+  a: { name: string; fn: Round },
+  b: { name: string; fn: Round } | null,
+): Promise<[Figure, Figure | null]> {
+  return b ? measurePair(unit, rounds, a, b) : [await measure(a.name, unit, rounds, a.fn), null];
 }
 
 export function formatFigure(f: Figure): string {

@@ -43,7 +43,7 @@ import { crc32c } from '../src/stream/crc32c.ts';
 import type { MultifdIoCounts } from '../src/vmm/migration/multifd-channel.ts';
 import { QmpClient } from '../src/vmm/qmp/client.ts';
 import { processCpuMs, processStatCpuMs, selfCpuMs } from './cpu-time.ts';
-import { type Figure, figure, formatFigure, measure, ratio, say } from './figures.ts';
+import { type Figure, figure, formatFigure, measure, measurePair, measureWith, ratio, say } from './figures.ts';
 import type { BenchRun } from './results.ts';
 
 export interface Rate {
@@ -403,22 +403,24 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
   const rawChecked = await measure('raw-tcp-checked', 'MB/s', rounds, () => asRate(rawTcp(total, 'checked')));
   const rawGuest = await measure('raw-tcp-guest', 'MB/s', rounds, () => asRate(rawTcp(total, 'guest')));
   const rawLanded = await measure('raw-tcp-landed', 'MB/s', rounds, () => asRate(rawTcp(total, 'landed')));
-  const warm = await measure('ours-warm', 'MB/s', rounds, () => asRate(oursOnce(memMiB, true)));
-  const cold = await measure('ours-cold', 'MB/s', rounds, () => asRate(oursOnce(memMiB, false)));
-  run.figures.push(raw, rawData, rawChecked, rawGuest, rawLanded, warm, cold);
   const missing = qemuMissing();
-  let qemu: { warm: Figure; cold: Figure } | null = null;
   if (missing) {
     say(`qemu       skipped: ${missing} (apt-get install qemu-system-x86 to compare)`);
     run.skipped.push({ name: 'qemu', why: missing });
-  } else {
-    say(`qemu       ${qemuVersion()}`);
-    qemu = {
-      warm: await measure('qemu-warm', 'MB/s', rounds, () => asRate(qemuOnce(memMiB, true))),
-      cold: await measure('qemu-cold', 'MB/s', rounds, () => asRate(qemuOnce(memMiB, false))),
-    };
-    run.figures.push(qemu.warm, qemu.cold);
-  }
+  } else say(`qemu       ${qemuVersion()} (its rounds alternate with ours)`);
+  // Ours against QEMU's with the destination prefaulted (warm) and fresh (cold).
+  const pair = (warmDest: boolean, kind: string) =>
+    measureWith(
+      'MB/s',
+      rounds,
+      { name: `ours-${kind}`, fn: () => asRate(oursOnce(memMiB, warmDest)) },
+      missing ? null : { name: `qemu-${kind}`, fn: () => asRate(qemuOnce(memMiB, warmDest)) },
+    );
+  const [warm, qemuWarm] = await pair(true, 'warm');
+  const [cold, qemuCold] = await pair(false, 'cold');
+  run.figures.push(raw, rawData, rawChecked, rawGuest, rawLanded, warm, cold);
+  const qemu = qemuWarm && qemuCold ? { warm: qemuWarm, cold: qemuCold } : null;
+  if (qemu) run.figures.push(qemu.warm, qemu.cold);
   say();
   run.ratios.push(
     ratio('ours-warm / raw-tcp', warm, raw, '>= 0.80'),
@@ -465,22 +467,22 @@ function guestRate(memMiB: number, r: OursRate) {
 /** The zero-page part of `npm run bench`: a mostly-zero guest, ours and (when installed) QEMU's. */
 export async function zeroBench(memMiB: number, rounds: number, run: BenchRun): Promise<void> {
   say(`zero pages: a ${bytes(memMiB * (1 << 20))} guest of zero pages, idle, over loopback TCP (guest MB/s)`);
-  const ours = await measure('ours-zero', 'MB/s', rounds, async () =>
-    guestRate(memMiB, await oursOnce(memMiB, false, [], 'zero')),
-  );
-  run.figures.push(ours);
   const missing = qemuMissing();
-  if (missing) {
+  const [oursZero, qemu] = await measureWith(
+    'MB/s',
+    rounds,
+    { name: 'ours-zero', fn: async () => guestRate(memMiB, await oursOnce(memMiB, false, [], 'zero')) },
+    missing ? null : { name: 'qemu-zero', fn: async () => guestRate(memMiB, await qemuOnce(memMiB, false, 'zero')) },
+  );
+  run.figures.push(oursZero);
+  if (!qemu) {
     say(`qemu-zero  skipped: ${missing}`);
-    run.skipped.push({ name: 'qemu-zero', why: missing });
+    run.skipped.push({ name: 'qemu-zero', why: missing! });
     return;
   }
-  const qemu = await measure('qemu-zero', 'MB/s', rounds, async () =>
-    guestRate(memMiB, await qemuOnce(memMiB, false, 'zero')),
-  );
   run.figures.push(qemu);
   say();
-  run.ratios.push(ratio('ours-zero / qemu-zero', ours, qemu, '>= 1.0'));
+  run.ratios.push(ratio('ours-zero / qemu-zero', oursZero, qemu, '>= 1.0'));
 }
 
 /**
@@ -538,8 +540,22 @@ export async function multifdBench(memMiB: number, channels: number, rounds: num
     ceilings.set(k, [...(ceilings.get(k) ?? []), (r.value * cores) / busyCores]);
     return { ...r, note: `${r.note}; both VMMs on CPU ${busyCores.toFixed(2)} of ${cores} cores` };
   };
+  // QEMU's multifd with each count above one (when installed), its rounds alternating with ours.
+  const missing = qemuMissing();
   const ours = new Map<number, Figure>();
-  for (const k of counts) ours.set(k, await measure(`ours-multifd-${k}`, 'MB/s', rounds, () => busy(k)));
+  const qemu = new Map<number, Figure>();
+  for (const k of counts) {
+    const [o, q] = await measureWith(
+      'MB/s',
+      rounds,
+      { name: `ours-multifd-${k}`, fn: () => busy(k) },
+      k === 1 || missing
+        ? null
+        : { name: `qemu-multifd-${k}`, fn: async () => guestRate(memMiB, await qemuOnce(memMiB, true, 'random', k)) },
+    );
+    ours.set(k, o);
+    if (q) qemu.set(k, q);
+  }
   const ceiling = (k: number) => {
     const f = figure(`multifd-${k} cpu ceiling`, 'MB/s', ceilings.get(k)!, {
       per: `${cores} cores / (both VMMs' CPU per byte with ${k} channel${k === 1 ? '' : 's'})`,
@@ -568,19 +584,15 @@ export async function multifdBench(memMiB: number, channels: number, rounds: num
     ratio('multifd-1 cpu ceiling / ours-multifd-1', ceilingOne, one),
     ratio(`ours-multifd-${channels} / multifd-1 cpu ceiling`, n, ceilingOne),
   );
-  const missing = qemuMissing();
   if (missing) {
     say(`qemu-multifd  skipped: ${missing}`);
     run.skipped.push({ name: 'qemu-multifd', why: missing });
     return;
   }
-  // QEMU's multifd with each count above one, ours against it with the same channels.
-  for (const k of counts.filter((c) => c > 1)) {
-    const qemu = await measure(`qemu-multifd-${k}`, 'MB/s', rounds, async () =>
-      guestRate(memMiB, await qemuOnce(memMiB, true, 'random', k)),
-    );
-    run.figures.push(qemu);
-    run.ratios.push(ratio(`ours-multifd-${k} / qemu-multifd-${k}`, ours.get(k)!, qemu, '>= 1'));
+  // Ours against QEMU's with the same channels.
+  for (const [k, q] of qemu) {
+    run.figures.push(q);
+    run.ratios.push(ratio(`ours-multifd-${k} / qemu-multifd-${k}`, ours.get(k)!, q, '>= 1'));
   }
   say();
 }
@@ -612,11 +624,17 @@ export async function multifdLargeBench(
     return;
   }
   for (const k of multifdCounts(channels, cpus().length).filter((c) => c > 1)) {
-    const ours = await measure(`ours-multifd-${k} ${size}`, 'MB/s', rounds, async () =>
-      guestRate(memMiB, await oursOnce(memMiB, true, [], 'random', k)),
-    );
-    const qemu = await measure(`qemu-multifd-${k} ${size}`, 'MB/s', rounds, async () =>
-      guestRate(memMiB, await qemuOnce(memMiB, true, 'random', k)),
+    const [ours, qemu] = await measurePair(
+      'MB/s',
+      rounds,
+      {
+        name: `ours-multifd-${k} ${size}`,
+        fn: async () => guestRate(memMiB, await oursOnce(memMiB, true, [], 'random', k)),
+      },
+      {
+        name: `qemu-multifd-${k} ${size}`,
+        fn: async () => guestRate(memMiB, await qemuOnce(memMiB, true, 'random', k)),
+      },
     );
     run.figures.push(ours, qemu);
     run.ratios.push(ratio(`ours-multifd-${k} / qemu-multifd-${k} (${size} guest)`, ours, qemu, '>= 1'));

@@ -1,8 +1,9 @@
 // A figure's warm-up rounds run first and stay out of its median and spread, recorded apart; the
-// performance tables say a figure had them.
+// performance tables say a figure had them. Two figures compared with each other (ours and QEMU's) run
+// their rounds alternately.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { figure, formatFigure, measure, sayTo } from '../../bench/figures.ts';
+import { figure, formatFigure, measure, measurePair, measureWith, sayTo } from '../../bench/figures.ts';
 import { renderPerfTables } from '../../bench/perf-doc.ts';
 
 test('warm-up rounds are run first and kept apart from the measured rounds', async () => {
@@ -56,4 +57,40 @@ test('the tables note a figure measured after warm-up rounds', () => {
     },
   ]);
   assert.match(text, /\| trapped \| 1000 \| MB\/s \| 900-1100 \| 256 MiB \| after 1 warm-up round \(400\) \|/);
+});
+
+test('a pair of figures runs its rounds alternately; without a second one the first is measured alone', async () => {
+  const lines: string[] = [];
+  sayTo((l) => lines.push(l));
+  try {
+    const calls: string[] = [];
+    const values = { a: [10, 30, 20], b: [5, 6, 7] };
+    const side = (name: 'a' | 'b') => ({
+      name,
+      fn: async () => {
+        calls.push(name);
+        return { value: values[name][calls.filter((c) => c === name).length - 1]! };
+      },
+    });
+    const [a, b] = await measurePair('MB/s', 3, side('a'), side('b'));
+    assert.deepEqual(calls, ['a', 'b', 'a', 'b', 'a', 'b']);
+    assert.deepEqual(a.values, [10, 30, 20]);
+    assert.equal(a.median, 20);
+    assert.deepEqual(b.values, [5, 6, 7]);
+    assert.match(lines.join('\n'), /a .* rounds 10 30 20/);
+    calls.length = 0;
+    const [alone, none] = await measureWith('MB/s', 2, side('a'), null);
+    assert.deepEqual(calls, ['a', 'a']);
+    assert.equal(none, null);
+    assert.equal(alone.name, 'a');
+    // A void round in either stops the pair.
+    calls.length = 0;
+    let n = 0;
+    await assert.rejects(
+      measurePair('MB/s', 3, side('a'), { name: 'q', fn: async () => ({ value: n++ === 1 ? Number.NaN : 1 }) }),
+      /q: a round measured NaN: the run is void/,
+    );
+  } finally {
+    sayTo((l) => console.log(l));
+  }
 });
