@@ -1,4 +1,4 @@
-// Two "hosts" on this machine: on each, a device server and a VMM, as separate processes talking over
+// Two "hosts" on this machine: on each, device servers and a VMM, as separate processes talking over
 // real sockets. The source boots a guest; the destination waits with --incoming. Used by the demo and the
 // end-to-end tests; on real hosts the same commands run on two machines.
 
@@ -25,7 +25,11 @@ export interface DeviceOptions {
   deviceProps?: string;
 }
 
-export interface HostOptions extends DeviceOptions {
+/**
+ * A host: one device server (the DeviceOptions fields), several (`devices`), or none (neither `device` nor
+ * `deviceCommand` nor `devices`: a VMM with guest RAM only, as QEMU's `-machine none` guest).
+ */
+export interface HostOptions extends Partial<DeviceOptions> {
   /**
    * Several device servers on this host, each its own process and socket, attached to the VMM in this
    * order (0000:00:05.0, 0000:00:06.0, …), as QEMU takes several -device vfio-user-pci. When given, it
@@ -77,8 +81,8 @@ export interface LocalPair {
   dst: QmpClient;
   /** The destination's migration address, for `migrate`. */
   uri: string;
-  /** srcDevice and dstDevice are each host's first device server; srcDevices and dstDevices, all of them. */
-  procs: Record<'srcDevice' | 'dstDevice' | 'srcVmm' | 'dstVmm', Proc> & Record<'srcDevices' | 'dstDevices', Proc[]>;
+  /** Each host's VMM and its device servers in attach order (none for a host without devices). */
+  procs: Record<'srcVmm' | 'dstVmm', Proc> & Record<'srcDevices' | 'dstDevices', Proc[]>;
   /**
    * Replaces the destination host with a fresh one (a new device server and a new VMM waiting with
    * `--incoming`, on new sockets), for a retry after a failed attempt: the old destination's processes
@@ -199,9 +203,11 @@ async function stopProcess(p: Proc | undefined): Promise<void> {
   clearTimeout(t);
 }
 
-/** The host's devices: the list when given, else the single device of the host's own fields. */
+/** The host's devices: the list when given, else the single device of the host's own fields, if any. */
 function hostDevices(h: HostOptions): DeviceOptions[] {
-  return h.devices && h.devices.length > 0 ? h.devices : [h];
+  if (h.devices && h.devices.length > 0) return h.devices;
+  if (h.device === undefined && h.deviceCommand === undefined) return [];
+  return [{ ...h, device: h.device ?? '' }];
 }
 
 /** The first device keeps the socket name it always had; the others are numbered after it. */
@@ -236,7 +242,6 @@ async function startDevices(
 }
 
 interface DestinationHost {
-  device: Proc;
   devices: Proc[];
   vmm: Proc & { match: RegExpExecArray };
 }
@@ -279,7 +284,7 @@ async function startDestination(
     o.startTimeoutMs,
     spawned,
   );
-  return { device: devices[0]!, devices, vmm };
+  return { devices, vmm };
 }
 
 export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
@@ -301,7 +306,6 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
           o,
           all,
         );
-        procs.srcDevice = devices[0]!;
         procs.srcDevices = devices;
         const vmm = await startProcess(
           'src-vmm',
@@ -317,7 +321,6 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
       startDestination(o, o.destination, o.paused ?? false, path, '', all),
     ]);
     procs.srcVmm = srcVmm;
-    procs.dstDevice = dst.device;
     procs.dstDevices = dst.devices;
     procs.dstVmm = dst.vmm;
     const [src, dstQmp] = await Promise.all([QmpClient.connect(path('src.qmp')), QmpClient.connect(path('dst.qmp'))]);
@@ -348,7 +351,6 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
         const { host: h, tag } = await next;
         pair.dst.close();
         await Promise.all([stopProcess(pair.procs.dstVmm), ...pair.procs.dstDevices.map((p) => stopProcess(p))]);
-        pair.procs.dstDevice = h.device;
         pair.procs.dstDevices = h.devices;
         pair.procs.dstVmm = h.vmm;
         pair.dst = await QmpClient.connect(path(`dst${tag}.qmp`));

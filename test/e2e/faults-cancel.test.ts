@@ -31,13 +31,13 @@ faultTable('migrate_cancel in every phase', [
     inject: async (ctx) => {
       // The source's device server stops answering, so the setup step that puts the device into SAVING
       // waits for it: the migration is held in `setup` for as long as the test likes.
-      await kill(ctx.pair.procs.srcDevice, 'SIGSTOP');
+      await kill(ctx.pair.procs.srcDevices[0]!, 'SIGSTOP');
       await startMigration(ctx);
       await waitForLine(ctx.lines, /src-vmm: .*vfio_save_setup/);
       assert.equal(await migrationStatus(ctx), 'setup');
       await cancel(ctx);
       assert.equal(await migrationStatus(ctx), 'cancelling');
-      await kill(ctx.pair.procs.srcDevice, 'SIGCONT');
+      await kill(ctx.pair.procs.srcDevices[0]!, 'SIGCONT');
       return undefined;
     },
     expect: row.expect,

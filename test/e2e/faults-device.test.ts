@@ -127,7 +127,7 @@ function serverKilled(phase: string, fault: string): FaultRow {
     after: async (ctx) => {
       const { pair } = ctx;
       await faultFired(ctx.lines, 'src-device', new RegExp(`x-fault kill-data@${phase}: SIGKILL`));
-      const dev = pair.procs.srcDevice.child;
+      const dev = pair.procs.srcDevices[0]!.child;
       if (dev.exitCode === null && dev.signalCode === null) await once(dev, 'exit');
       assert.equal(dev.signalCode, 'SIGKILL', 'the device server died by SIGKILL');
       // The VMM reports the device as lost rather than pretending.
