@@ -306,6 +306,7 @@ export async function qemuOnce(
   warm: boolean,
   fill: GuestFill = 'random',
   multifd?: number,
+  observe?: MigrationObserver,
 ): Promise<Rate & { downtime: number }> {
   const dir = mkdtempSync('/dev/shm/vfio-migrate-bench-');
   const file = join(dir, 'ram');
@@ -359,8 +360,15 @@ export async function qemuOnce(
       }
       await qd.execute('migrate-incoming', { uri: `tcp:127.0.0.1:${port}` });
     }
+    await observe?.before({ source: src.child.pid!, destination: dst.child.pid! });
     await qs.execute('migrate', { uri: `tcp:127.0.0.1:${port}` });
     let info = await waitForMigration(qs, { intervalMs: 100, timeoutMs: 600_000 });
+    if (observe) {
+      // The destination may still be loading the last pages: its CPU until it has counts too, as ours'.
+      const loaded = await waitForMigration(qd, { intervalMs: 10, timeoutMs: 60_000 });
+      if (loaded.status !== 'completed') throw new Error(`QEMU's destination ended ${loaded.status}`);
+      await observe.after();
+    }
     if (info.status !== 'completed') throw new Error(`QEMU migration ${info.status}: ${info['error-desc'] ?? ''}`);
     // QEMU reports completed (migration_completion) before it computes total-time and downtime
     // (migration_calculate_complete, after the iteration loop): a query in between reads 0 for both.
@@ -530,13 +538,26 @@ export async function multifdBench(memMiB: number, channels: number, rounds: num
   // idle cores; comparing the N-channel ceiling with one channel's says whether they also pay more or
   // less CPU per byte (more threads, but fewer idle waits between packets).
   const ceilings = new Map<number, number[]>();
-  const busy = async (k: number) => {
+  // Both processes' CPU per GiB moved, each round, ours and QEMU's: what each spends on the same work,
+  // whether or not it kept the cores busy.
+  const cpuPerGiB = new Map<string, number[]>();
+  const gib = memMiB / 1024;
+  const busy = async (k: number, who: 'ours' | 'qemu') => {
     const use = cpuUsed();
-    const measured = await oursOnce(memMiB, true, [], 'random', k, use);
+    const measured =
+      who === 'ours'
+        ? await oursOnce(memMiB, true, [], 'random', k, use)
+        : await qemuOnce(memMiB, true, 'random', k, use);
     const r = guestRate(memMiB, measured);
     const busyCores = use.ms() / measured.ms;
-    ceilings.set(k, [...(ceilings.get(k) ?? []), (r.value * cores) / busyCores]);
-    return { ...r, note: `${r.note}; both VMMs on CPU ${busyCores.toFixed(2)} of ${cores} cores` };
+    const name = `${who}-multifd-${k} cpu`;
+    cpuPerGiB.set(name, [...(cpuPerGiB.get(name) ?? []), use.ms() / gib]);
+    if (who === 'ours') ceilings.set(k, [...(ceilings.get(k) ?? []), (r.value * cores) / busyCores]);
+    const procs = who === 'ours' ? 'VMMs' : 'QEMUs';
+    return {
+      ...r,
+      note: `${r.note ? `${r.note}; ` : ''}both ${procs} on CPU ${busyCores.toFixed(2)} of ${cores} cores`,
+    };
   };
   // QEMU's multifd with each count above one (when installed), its rounds alternating with ours.
   const missing = qemuMissing();
@@ -546,10 +567,8 @@ export async function multifdBench(memMiB: number, channels: number, rounds: num
     const [o, q] = await measureWith(
       'MB/s',
       rounds,
-      { name: `ours-multifd-${k}`, fn: () => busy(k) },
-      k === 1 || missing
-        ? null
-        : { name: `qemu-multifd-${k}`, fn: async () => guestRate(memMiB, await qemuOnce(memMiB, true, 'random', k)) },
+      { name: `ours-multifd-${k}`, fn: () => busy(k, 'ours') },
+      k === 1 || missing ? null : { name: `qemu-multifd-${k}`, fn: () => busy(k, 'qemu') },
     );
     ours.set(k, o);
     if (q) qemu.set(k, q);
@@ -587,10 +606,20 @@ export async function multifdBench(memMiB: number, channels: number, rounds: num
     run.skipped.push({ name: 'qemu-multifd', why: missing });
     return;
   }
-  // Ours against QEMU's with the same channels.
+  // Ours against QEMU's with the same channels: the rate, and the CPU both processes spent per GiB (QEMU's
+  // over ours: above 1, ours spent less on the same work).
   for (const [k, q] of qemu) {
     run.figures.push(q);
     run.ratios.push(ratio(`ours-multifd-${k} / qemu-multifd-${k}`, ours.get(k)!, q, '>= 1'));
+    const [oc, qc] = (['ours', 'qemu'] as const).map((who) => {
+      const f = figure(`${who}-multifd-${k} cpu`, 'ms', cpuPerGiB.get(`${who}-multifd-${k} cpu`)!, {
+        per: `CPU ms of both ${who === 'ours' ? 'VMMs' : 'QEMUs'} per GiB moved`,
+      });
+      say(formatFigure(f));
+      return f;
+    });
+    run.figures.push(oc!, qc!);
+    run.ratios.push(ratio(`qemu-multifd-${k} cpu / ours-multifd-${k} cpu`, qc!, oc!));
   }
   say();
 }
