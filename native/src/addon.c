@@ -82,6 +82,7 @@ NAPI_MODULE_INIT() {
       VN_FN("pwriteSpaced", vn_pwrite_spaced),
       VN_FN("copyUnspaced", vn_copy_unspaced),
       VN_FN("tcpSocket", vn_tcp_socket),
+      VN_FN("setNotsentLowat", vn_set_notsent_lowat),
       VN_FN("ioChooserRun", vn_io_chooser_run),
   };
   VN_CALL(env, napi_define_properties(env, exports, sizeof fns / sizeof fns[0], fns));

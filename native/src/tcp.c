@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -93,4 +94,25 @@ napi_value vn_tcp_socket(napi_env env, napi_callback_info info) {
   int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return vn_throw_errno(env, errno, "socket", NULL);
   return vn_int(env, fd);
+}
+
+/*
+ * setNotsentLowat(fd, bytes): TCP_NOTSENT_LOWAT, the most the kernel keeps of this socket's data not yet
+ * sent (writes wait, and poll reports no room, above it); returns the value read back. Bytes in flight
+ * are not limited by it (the congestion window and send buffer are), so a long link still fills.
+ */
+napi_value vn_set_notsent_lowat(napi_env env, napi_callback_info info) {
+  napi_value argv[2];
+  int fd;
+  int64_t bytes;
+  if (!vn_args(env, info, 2, argv, NULL) || !vn_get_fd(env, argv[0], "fd", &fd) ||
+      !vn_get_int(env, argv[1], "bytes", 1, INT32_MAX, &bytes))
+    return NULL;
+  int want = (int)bytes, got = 0;
+  socklen_t len = sizeof got;
+  if (setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &want, sizeof want) != 0)
+    return vn_throw_errno(env, errno, "setsockopt", NULL);
+  if (getsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &got, &len) != 0)
+    return vn_throw_errno(env, errno, "getsockopt", NULL);
+  return vn_int(env, got);
 }

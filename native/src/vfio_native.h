@@ -82,6 +82,7 @@ napi_value vn_local_port(napi_env env, napi_callback_info info);
 napi_value vn_connect_unix(napi_env env, napi_callback_info info);
 napi_value vn_set_send_buffer(napi_env env, napi_callback_info info);
 napi_value vn_tcp_socket(napi_env env, napi_callback_info info);
+napi_value vn_set_notsent_lowat(napi_env env, napi_callback_info info);
 napi_value vn_sendmsg(napi_env env, napi_callback_info info);
 napi_value vn_recvmsg(napi_env env, napi_callback_info info);
 

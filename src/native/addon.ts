@@ -275,6 +275,8 @@ export interface NativeAddon {
   ioChooserRun(staged: Float64Array, direct: Float64Array): Uint8Array;
   /** An unconnected TCP socket (nonblocking, close-on-exec) of a numeric IPv4/IPv6 address's family. */
   tcpSocket(address: string): number;
+  /** TCP_NOTSENT_LOWAT: the most of the socket's data the kernel holds unsent; returns the value read back. */
+  setNotsentLowat(fd: number, bytes: number): number;
   Poller: PollerConstructor;
   ChannelThread: ChannelThreadConstructor;
 }

@@ -31,6 +31,7 @@ describe('native addon loader', () => {
       'localPort',
       'connectUnix',
       'setSendBuffer',
+      'setNotsentLowat',
       'sendmsg',
       'recvmsg',
       'Poller',

@@ -126,3 +126,40 @@ test('closing the destination listener fails an accept() still waiting (ECANCELE
   listener.close();
   await assert.rejects(waiting, (e: unknown) => e instanceof MigrationError && e.errno === Errno.ECANCELED);
 });
+
+test('setNotsentLowat: a peer that reads nothing takes only its window and the low-water mark, not a send buffer', async () => {
+  /** Bytes a connection's accepted end takes in nonblocking writes before EAGAIN, the peer not reading. */
+  const takes = async (lowat: number | null) => {
+    const l = acceptOne('127.0.0.1');
+    const client = connect(l.port, '127.0.0.1');
+    client.pause();
+    try {
+      const fd = await l.fd;
+      try {
+        if (lowat !== null) assert.equal(native().setNotsentLowat(fd, lowat), lowat, 'read back as set');
+        const chunk = new Uint8Array(4096);
+        let total = 0;
+        for (let n = 0; (n = native().sendmsg(fd, chunk, [])) >= 0; ) total += n;
+        return total;
+      } finally {
+        native().close(fd);
+      }
+    } finally {
+      client.destroy();
+      l.close();
+    }
+  };
+  const limited = await takes(16 << 10);
+  const unlimited = await takes(null);
+  // The peer's receive window (Linux starts it well under 1 MiB) plus at most the mark unsent.
+  assert.ok(limited < 1 << 20, `${limited} bytes taken with a 16 KiB mark`);
+  assert.ok(unlimited > 2 * limited, `${unlimited} bytes taken without one, ${limited} with`);
+  assert.throws(() => native().setNotsentLowat(987654, 4096), /EBADF/);
+  const [a, b] = native().socketpair();
+  try {
+    assert.throws(() => native().setNotsentLowat(a, 4096), /EOPNOTSUPP|ENOPROTOOPT/, 'not a TCP socket');
+  } finally {
+    native().close(a);
+    native().close(b);
+  }
+});

@@ -9,6 +9,7 @@
 import { lookup } from 'node:dns/promises';
 import { Errno } from '../../abi/errno.ts';
 import { native } from '../../native/addon.ts';
+import { TARGET_PAGE_SIZE } from '../../stream/constants.ts';
 import {
   encodeMultifdInit,
   MULTIFD_FLAG_SYNC,
@@ -36,6 +37,15 @@ const BATCH = 8;
  * offsets only: the channel copies the pages as it sends them.
  */
 const IN_FLIGHT = 2 * BATCH;
+/**
+ * The most of a channel's data its socket holds unsent (TCP_NOTSENT_LOWAT): one packet's pages. With
+ * Linux's default a channel kept up to 4 MiB queued in its socket; where the two VMMs share a host's
+ * cores (loopback), each byte then waited that long between the sender's copy and the receiver's, so
+ * the receiver copied it from memory rather than cache, and 4 channels paid more CPU per byte than 2
+ * (QEMU's channels, handed one packet at a time, hold about this much). In-flight bytes are not
+ * limited by it: a long link still fills.
+ */
+const NOTSENT_LOWAT = MULTIFD_PACKET_PAGES * TARGET_PAGE_SIZE;
 /** Pages a batch holds at most. */
 const BATCH_PAGES = BATCH * MULTIFD_PACKET_PAGES;
 /**
@@ -136,6 +146,7 @@ export class MultifdSender implements RamChannelsOut {
     const socketFd = native().tcpSocket(address);
     let ch: MultifdChannel;
     try {
+      native().setNotsentLowat(socketFd, NOTSENT_LOWAT);
       ch = new MultifdChannel({ socketFd, memory: o.memory, stallMs: o.stallTimeoutMs, io: o.io });
     } catch (err) {
       native().close(socketFd);
