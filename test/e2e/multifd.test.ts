@@ -6,10 +6,9 @@
 // and query-migrate's x-multifd-io says which way the packets went.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { startLocalPair, waitForMigration } from '../../src/harness/local-hosts.ts';
+import { startLocalPair } from '../../src/harness/local-hosts.ts';
 import type { MultifdIoCounts } from '../../src/vmm/migration/multifd-channel.ts';
-
-type Digests = { ram: string; devices: { name: string; digest: string }[] };
+import { migrateToEnd } from './support/migrate.ts';
 
 describe('multifd migration across processes', () => {
   const ways = [
@@ -45,15 +44,7 @@ describe('multifd migration across processes', () => {
           await assert.rejects(pair.src.execute('migrate', { uri: `file:${pair.dir}/vm.mig` }), /multifd needs a tcp:/);
           assert.deepEqual(await pair.src.execute('query-migrate'), {});
         }
-        await pair.src.execute('migrate', { uri: pair.uri });
-        const info = await waitForMigration(pair.src);
-        assert.equal(info.status, 'completed', `migration ended ${info.status}: ${info['error-desc'] ?? ''}`);
-        const dstInfo = await waitForMigration(pair.dst);
-        assert.equal(dstInfo.status, 'completed', String(dstInfo['error-desc'] ?? ''));
-        const [a, b] = await Promise.all([
-          pair.src.execute<Digests>('x-query-digests'),
-          pair.dst.execute<Digests>('x-query-digests'),
-        ]);
+        const { info, dstInfo, src: a, dst: b } = await migrateToEnd(pair);
         assert.equal(b.ram, a.ram, 'every guest page at the destination equals the source at the stop point');
         assert.deepEqual(
           b.devices.map((d) => d.digest),

@@ -3,9 +3,8 @@
 // only, over the one stream and over multifd channels, while the guest writes. Real processes and TCP.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { startLocalPair, waitForMigration } from '../../src/harness/local-hosts.ts';
-
-type Digests = { ram: string; devices: { name: string; digest: string }[] };
+import { startLocalPair } from '../../src/harness/local-hosts.ts';
+import { migrateToEnd } from './support/migrate.ts';
 
 for (const channels of [0, 2]) {
   test(`a VM without devices migrates ${channels ? `over ${channels} multifd channels` : 'over one stream'}, the guest writing`, async () => {
@@ -19,15 +18,7 @@ for (const channels of [0, 2]) {
     try {
       assert.deepEqual(pair.procs.srcDevices, [], 'no device server on the source host');
       assert.deepEqual(pair.procs.dstDevices, [], 'no device server on the destination host');
-      await pair.src.execute('migrate', { uri: pair.uri });
-      const info = await waitForMigration(pair.src);
-      assert.equal(info.status, 'completed', `migration ended ${info.status}: ${info['error-desc'] ?? ''}`);
-      const dstInfo = await waitForMigration(pair.dst);
-      assert.equal(dstInfo.status, 'completed', String(dstInfo['error-desc'] ?? ''));
-      const [a, b] = await Promise.all([
-        pair.src.execute<Digests>('x-query-digests'),
-        pair.dst.execute<Digests>('x-query-digests'),
-      ]);
+      const { info, dstInfo, src: a, dst: b } = await migrateToEnd(pair);
       assert.deepEqual([a.devices, b.devices], [[], []], 'neither VMM has a device');
       assert.equal(b.ram, a.ram, 'every guest page at the destination equals the source at the stop point');
       const ram = info.ram as Record<string, number>;

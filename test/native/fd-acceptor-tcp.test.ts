@@ -139,8 +139,11 @@ test('setNotsentLowat: a peer that reads nothing takes only its window and the l
         if (lowat !== null) assert.equal(native().setNotsentLowat(fd, lowat), lowat, 'read back as set');
         const chunk = new Uint8Array(4096);
         let total = 0;
-        for (let n = 0; (n = native().sendmsg(fd, chunk, [])) >= 0; ) total += n;
-        return total;
+        for (;;) {
+          const n = native().sendmsg(fd, chunk, []);
+          if (n < 0) return total;
+          total += n;
+        }
       } finally {
         native().close(fd);
       }
