@@ -1,6 +1,6 @@
-// RAM migration throughput (part of `npm run bench`): a non-zero guest (random contents, idle, no device)
-// migrated between two VMM processes over loopback TCP through the real path (source VMM -> TCP -> destination
-// VMM, QMP `migrate`), against raw Node loopback TCP between two processes measured in the same run, and
+// RAM migration throughput (part of `npm run bench`): a non-zero guest (random contents, idle, no
+// device) migrated between two VMM processes over loopback TCP through the real path (source VMM -> TCP ->
+// destination VMM, QMP `migrate`), against raw Node loopback TCP between two processes measured in the same run, and
 // against QEMU's own RAM migration of a guest of the same size when qemu-system-x86_64 is installed.
 //
 //   raw-tcp       a child process writes into a TCP socket on 127.0.0.1, this process reads into one reused
@@ -213,9 +213,9 @@ export async function oursOnce(
     paused: true,
     startTimeoutMs: 300_000,
     // No device on either side: QEMU's guest here (`-machine none`) has none, and a device's set-up and
-    // stop-and-copy would count as RAM time in a migration of a few hundred ms. Devices have their own
-    // part. A zero guest's source is prefaulted, as QEMU's (prealloc=on) is: else the
-    // figure is the kernel allocating the source's pages on the scan's first read, not the migration.
+    // stop-and-copy would count as RAM time in a migration of a few hundred ms (devices have their own
+    // part). A zero guest's source is prefaulted, as QEMU's (prealloc=on) is: else the figure is the
+    // kernel allocating the source's pages on the scan's first read, not the migration.
     source: { vmmArgs: ['--dirty-rate', '0', '--fill', fill, ...(fill === 'zero' ? ['--prefault'] : [])] },
     destination: { vmmArgs: ['--dirty-rate', '0', ...(warm ? ['--prefault'] : [])] },
   });
@@ -363,13 +363,13 @@ export async function qemuOnce(
     await observe?.before({ source: src.child.pid!, destination: dst.child.pid! });
     await qs.execute('migrate', { uri: `tcp:127.0.0.1:${port}` });
     let info = await waitForMigration(qs, { intervalMs: 100, timeoutMs: 600_000 });
+    if (info.status !== 'completed') throw new Error(`QEMU migration ${info.status}: ${info['error-desc'] ?? ''}`);
     if (observe) {
       // The destination may still be loading the last pages: its CPU until it has counts too, as ours'.
       const loaded = await waitForMigration(qd, { intervalMs: 10, timeoutMs: 60_000 });
       if (loaded.status !== 'completed') throw new Error(`QEMU's destination ended ${loaded.status}`);
       await observe.after();
     }
-    if (info.status !== 'completed') throw new Error(`QEMU migration ${info.status}: ${info['error-desc'] ?? ''}`);
     // QEMU reports completed (migration_completion) before it computes total-time and downtime
     // (migration_calculate_complete, after the iteration loop): a query in between reads 0 for both.
     for (let polls = 0; !((info['total-time'] as number) > 0); polls++) {
