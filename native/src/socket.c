@@ -98,9 +98,5 @@ napi_value vn_set_send_buffer(napi_env env, napi_callback_info info) {
   if (!vn_args(env, info, 2, argv, NULL) || !vn_get_fd(env, argv[0], "fd", &fd) ||
       !vn_get_int(env, argv[1], "bytes", 1, INT32_MAX / 2, &bytes))
     return NULL;
-  int want = (int)bytes, got = 0;
-  socklen_t len = sizeof got;
-  if (setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof want) != 0) return vn_throw_errno(env, errno, "setsockopt", NULL);
-  if (getsockopt(fd, SOL_SOCKET, SO_SNDBUF, &got, &len) != 0) return vn_throw_errno(env, errno, "getsockopt", NULL);
-  return vn_int(env, got);
+  return vn_setsockopt_int(env, fd, SOL_SOCKET, SO_SNDBUF, (int)bytes);
 }

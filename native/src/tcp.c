@@ -108,11 +108,5 @@ napi_value vn_set_notsent_lowat(napi_env env, napi_callback_info info) {
   if (!vn_args(env, info, 2, argv, NULL) || !vn_get_fd(env, argv[0], "fd", &fd) ||
       !vn_get_int(env, argv[1], "bytes", 1, INT32_MAX, &bytes))
     return NULL;
-  int want = (int)bytes, got = 0;
-  socklen_t len = sizeof got;
-  if (setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &want, sizeof want) != 0)
-    return vn_throw_errno(env, errno, "setsockopt", NULL);
-  if (getsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &got, &len) != 0)
-    return vn_throw_errno(env, errno, "getsockopt", NULL);
-  return vn_int(env, got);
+  return vn_setsockopt_int(env, fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, (int)bytes);
 }

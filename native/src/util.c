@@ -197,6 +197,14 @@ napi_value vn_int(napi_env env, int64_t v) {
   return r;
 }
 
+napi_value vn_setsockopt_int(napi_env env, int fd, int level, int name, int value) {
+  int got = 0;
+  socklen_t len = sizeof got;
+  if (setsockopt(fd, level, name, &value, sizeof value) != 0) return vn_throw_errno(env, errno, "setsockopt", NULL);
+  if (getsockopt(fd, level, name, &got, &len) != 0) return vn_throw_errno(env, errno, "getsockopt", NULL);
+  return vn_int(env, got);
+}
+
 napi_value vn_null(napi_env env) {
   napi_value r;
   VN_CALL(env, napi_get_null(env, &r));

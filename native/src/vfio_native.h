@@ -51,6 +51,8 @@ bool vn_get_sockaddr(napi_env env, napi_value v, struct sockaddr_un* addr, sockl
 /* tcp.c: a numeric IPv4/IPv6 address and port as a sockaddr (EINVAL thrown for anything else). */
 bool vn_get_inet(napi_env env, napi_value v, int port, struct sockaddr_storage* ss, socklen_t* alen);
 napi_value vn_int(napi_env env, int64_t v);
+/* Sets an int socket option and returns the value the kernel reports back (it may adjust it). */
+napi_value vn_setsockopt_int(napi_env env, int fd, int level, int name, int value);
 napi_value vn_null(napi_env env);
 
 /* Status-checking shorthand for napi calls inside a napi_callback: throw and return NULL. */
