@@ -62,16 +62,23 @@ export function renderPerfTables(all: readonly BenchRun[]): string {
     const kinds = [...new Set(p.sides.flatMap((s) => Object.keys(s.counts)))].filter((k) =>
       p.sides.some((s) => s.counts[k]! > 0),
     );
+    // With each process's CPU per GiB known, a share is also shown as the milliseconds it stands for.
+    const ms = p.sides.every((s) => s.cpuMsPerGiB !== undefined);
     out.push(
       '',
-      `Where the CPU went (perf samples by kind of work): ${cell(p.name)}`,
+      `Where the CPU went (perf samples by kind of work${ms ? '; in brackets, CPU ms per GiB moved' : ''}): ${cell(p.name)}`,
       '',
-      `| work | ${p.sides.map((s) => `${cell(s.side)} (${s.samples} samples)`).join(' | ')} |`,
+      `| work | ${p.sides.map((s) => `${cell(s.side)} (${s.samples} samples${ms ? `, ${s.cpuMsPerGiB} ms per GiB` : ''})`).join(' | ')} |`,
       `| --- | ${p.sides.map(() => '---:').join(' | ')} |`,
     );
     for (const k of kinds)
       out.push(
-        `| ${cell(k)} | ${p.sides.map((s) => `${((100 * (s.counts[k] ?? 0)) / Math.max(1, s.samples)).toFixed(1)}%`).join(' | ')} |`,
+        `| ${cell(k)} | ${p.sides
+          .map((s) => {
+            const share = (s.counts[k] ?? 0) / Math.max(1, s.samples);
+            return `${(100 * share).toFixed(1)}%${ms ? ` (${Math.round(share * s.cpuMsPerGiB!)})` : ''}`;
+          })
+          .join(' | ')} |`,
       );
   }
   if (last.skipped.length > 0) {

@@ -12,9 +12,9 @@ import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { bytes } from '../src/cli/format.ts';
-import { statCpuMs } from './cpu-time.ts';
+import { processStatCpuMs, statCpuMs } from './cpu-time.ts';
 import { figure, formatFigure, say } from './figures.ts';
-import { type MigrationObserver, oursOnce } from './ram.ts';
+import { type MigrationObserver, oursOnce, qemuMissing, qemuOnce } from './ram.ts';
 import type { BenchRun, WorkProfile } from './results.ts';
 
 /** CPU ms per thread id of one process (utime + stime, and stime alone). */
@@ -63,6 +63,8 @@ export const WORK_KINDS = [
   'garbage collection',
   'JIT compilation',
   'JavaScript, V8, Node',
+  'libc, other',
+  'QEMU, other',
 ] as const;
 export type WorkKind = (typeof WORK_KINDS)[number];
 
@@ -90,6 +92,10 @@ export function classifySample(chain: readonly Frame[]): WorkKind {
       : 'kernel, other';
   }
   if (/mem(move|cpy|set)/.test(leaf.sym) && /libc/.test(leaf.dso)) return 'memcpy/memset';
+  // Locks, system call wrappers: QEMU's threads hand each other work under mutexes.
+  if (/\blibc[.-]/.test(leaf.dso)) return 'libc, other';
+  // QEMU (when profiled beside ours): its zero-page check is util/bufferiszero.c.
+  if (leaf.dso.includes('qemu-system')) return /buffer_(is_)?zero/.test(leaf.sym) ? 'zero-page scan' : 'QEMU, other';
   if (leaf.dso.includes('vfio_native')) {
     if (/crc/i.test(leaf.sym)) return 'CRC-32C';
     if (/zero/i.test(leaf.sym)) return 'zero-page scan';
@@ -145,22 +151,28 @@ export function perfMissing(): string | null {
   return null;
 }
 
-/** perf recording one process from `before` to `after`; its samples classified once stopped. */
-function perfRecorder(dir: string) {
-  const recs: { side: string; pid: number; file: string; child: ChildProcess }[] = [];
+/**
+ * perf recording each process from `before` to `after` (at `hz` samples per second of CPU), its samples
+ * classified once stopped, and its CPU over the same span (/proc, threads that ended included) per GiB
+ * moved, so that profiles of different programs compare in milliseconds and not only in shares.
+ */
+function perfRecorder(dir: string, gib: number, hz = 999) {
+  const recs: { side: string; pid: number; file: string; child: ChildProcess; cpu0: number; cpu: number }[] = [];
   return {
     async start(sides: Record<string, number>) {
       for (const [side, pid] of Object.entries(sides)) {
-        const file = join(dir, `${side}.data`);
-        const child = spawn('perf', ['record', '-q', '-F', '999', '-g', '-p', String(pid), '-o', file], {
+        const file = join(dir, `${recs.length}.data`);
+        const child = spawn('perf', ['record', '-q', '-F', String(hz), '-g', '-p', String(pid), '-o', file], {
           stdio: ['ignore', 'ignore', 'pipe'],
         });
-        recs.push({ side, pid, file, child });
+        recs.push({ side, pid, file, child, cpu0: 0, cpu: 0 });
       }
       // perf attaches asynchronously; a moment lets it catch the migration's first bytes.
       await new Promise((r) => setTimeout(r, 300));
+      for (const r of recs) r.cpu0 = processStatCpuMs(r.pid);
     },
     async stop(): Promise<WorkProfile['sides']> {
+      for (const r of recs) r.cpu = processStatCpuMs(r.pid) - r.cpu0;
       const out: WorkProfile['sides'] = [];
       for (const r of recs) {
         const exited = once(r.child, 'exit');
@@ -172,7 +184,7 @@ function perfRecorder(dir: string) {
           stdio: ['ignore', 'pipe', 'ignore'],
         });
         const { samples, counts } = classifyPerfScript(text);
-        out.push({ side: r.side, samples, counts });
+        out.push({ side: r.side, samples, counts, cpuMsPerGiB: Math.round(r.cpu / gib) });
       }
       return out;
     },
@@ -183,7 +195,12 @@ function perfRecorder(dir: string) {
  * The profile part of `npm run bench`: per-thread CPU of both VMMs over `rounds` migrations of a random
  * guest, for a prefaulted and a fresh destination, then (perf installed) one recorded migration each.
  */
-export async function profileBench(memMiB: number, rounds: number, run: BenchRun): Promise<void> {
+export async function profileBench(
+  memMiB: number,
+  rounds: number,
+  run: BenchRun,
+  multifd?: { memMiB: number; channels: number },
+): Promise<void> {
   const gib = (memMiB * (1 << 20)) / 2 ** 30;
   say(`where the time goes: CPU per GiB moved of each VMM's threads, a ${bytes(memMiB << 20)} random guest`);
   for (const warm of [true, false]) {
@@ -228,27 +245,75 @@ export async function profileBench(memMiB: number, rounds: number, run: BenchRun
     return;
   }
   const dir = mkdtempSync(join(tmpdir(), 'vfio-migrate-perf-'));
+  run.profiles ??= [];
+  const profiles = run.profiles;
+  /** One migration recorded: `migrate` runs it with the observer that starts and stops perf. */
+  const record = async (
+    name: string,
+    gib: number,
+    hz: number,
+    label: (side: 'source' | 'destination') => string,
+    migrate: (observe: MigrationObserver) => Promise<unknown>,
+  ): Promise<WorkProfile['sides']> => {
+    const rec = perfRecorder(dir, gib, hz);
+    let sides: WorkProfile['sides'] = [];
+    await migrate({
+      before: (p) => rec.start({ [label('source')]: p.source, [label('destination')]: p.destination }),
+      after: async () => {
+        sides = await rec.stop();
+      },
+    });
+    for (const s of sides) {
+      const n = (k: string) => s.counts[k] ?? 0;
+      const top = WORK_KINDS.filter((k) => n(k) > 0)
+        .sort((a, b) => n(b) - n(a))
+        .slice(0, 4)
+        .map((k) => `${k} ${((100 * n(k)) / s.samples).toFixed(0)}%`);
+      say(`perf ${name}, ${s.side}: ${s.samples} samples, ${s.cpuMsPerGiB} ms CPU per GiB: ${top.join(', ')}`);
+    }
+    return sides;
+  };
   try {
-    run.profiles ??= [];
     for (const warm of [true, false]) {
-      const rec = perfRecorder(dir);
-      let sides: WorkProfile['sides'] = [];
-      await oursOnce(memMiB, warm, [], 'random', undefined, {
-        before: (p) => rec.start({ source: p.source, destination: p.destination }),
-        after: async () => {
-          sides = await rec.stop();
-        },
-      });
       const name = `RAM, ${bytes(memMiB << 20)} random guest, ${warm ? 'prefaulted' : 'fresh'} destination`;
-      run.profiles.push({ name, sides });
-      for (const s of sides) {
-        const n = (k: string) => s.counts[k] ?? 0;
-        const top = WORK_KINDS.filter((k) => n(k) > 0)
-          .sort((a, b) => n(b) - n(a))
-          .slice(0, 4)
-          .map((k) => `${k} ${((100 * n(k)) / s.samples).toFixed(0)}%`);
-        say(`perf ${name}, ${s.side}: ${s.samples} samples: ${top.join(', ')}`);
+      const sides = await record(
+        name,
+        gib,
+        999,
+        (side) => side,
+        (observe) => oursOnce(memMiB, warm, [], 'random', undefined, observe),
+      );
+      profiles.push({ name, sides });
+    }
+    if (multifd) {
+      // Ours and QEMU's multifd side by side: the same guest, channels and prefaulted destination, each
+      // process's CPU per GiB and what it went on. A short migration: sampled more often.
+      const k = multifd.channels;
+      const mGib = (multifd.memMiB * (1 << 20)) / 2 ** 30;
+      const name = `RAM over ${k} multifd channels, ${bytes(multifd.memMiB << 20)} random guest, prefaulted destination: ours and QEMU's`;
+      const sides = await record(
+        name,
+        mGib,
+        2999,
+        (side) => `ours ${side}`,
+        (observe) => oursOnce(multifd.memMiB, true, [], 'random', k, observe),
+      );
+      const qemu = qemuMissing();
+      if (qemu) {
+        say(`perf qemu skipped: ${qemu}`);
+        run.skipped.push({ name: 'perf profile of QEMU multifd', why: qemu });
+      } else {
+        sides.push(
+          ...(await record(
+            name,
+            mGib,
+            2999,
+            (side) => `QEMU ${side}`,
+            (observe) => qemuOnce(multifd.memMiB, true, 'random', k, observe),
+          )),
+        );
       }
+      profiles.push({ name, sides });
     }
   } finally {
     rmSync(dir, { recursive: true, force: true });

@@ -14,7 +14,8 @@ export const HISTORY = join(root, 'bench', 'results', 'history.jsonl');
 /** perf samples of one migration, per VMM process, sorted into kinds of work (bench/profile.ts). */
 export interface WorkProfile {
   name: string;
-  sides: { side: string; samples: number; counts: Record<string, number> }[];
+  /** Each process: its samples by kind and its CPU ms per GiB moved (not in older runs). */
+  sides: { side: string; samples: number; counts: Record<string, number>; cpuMsPerGiB?: number }[];
 }
 
 export interface BenchRun {

@@ -285,7 +285,10 @@ if (want('dirty-log')) {
   say();
 }
 if (want('profile')) {
-  await profileBench(Number(values['ram-mem']), ROUNDS, run);
+  await profileBench(Number(values['ram-mem']), ROUNDS, run, {
+    memMiB: Number(values['multifd-mem']),
+    channels: CHANNELS,
+  });
   say();
 }
 if (want('device')) {

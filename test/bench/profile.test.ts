@@ -44,6 +44,24 @@ test('user-space samples: libc copies, the addon, GC and everything else', () =>
     'JIT compilation',
   );
   assert.equal(classifySample([f('[unknown]', '/tmp/perf-1.map')]), 'JavaScript, V8, Node');
+  assert.equal(
+    classifySample([f('pthread_mutex_lock@@GLIBC_2.2.5', '/usr/lib/x86_64-linux-gnu/libc.so.6')]),
+    'libc, other',
+  );
+});
+
+test('QEMU samples, profiled beside ours: its zero-page check and the rest of QEMU', () => {
+  const qemu = '/usr/bin/qemu-system-x86_64';
+  assert.equal(classifySample([f('buffer_zero_avx2', qemu)]), 'zero-page scan');
+  assert.equal(classifySample([f('buffer_is_zero', qemu)]), 'zero-page scan');
+  assert.equal(classifySample([f('qemu_mutex_lock_impl', qemu)]), 'QEMU, other');
+  assert.equal(classifySample([f('0x000000000060243d', qemu)]), 'QEMU, other');
+  // Its copies in libc and the kernel's TCP work count as ours do.
+  assert.equal(
+    classifySample([f('__memmove_avx_unaligned_erms', '/usr/lib/x86_64-linux-gnu/libc.so.6')]),
+    'memcpy/memset',
+  );
+  assert.equal(classifySample([f('_copy_from_iter'), f('tcp_sendmsg')]), 'kernel TCP send/receive');
 });
 
 test('perf script output: one sample per thread line, frames leaf first, offsets stripped', () => {
@@ -95,4 +113,36 @@ test('the document shows each profile as shares per VMM process', () => {
   assert.match(md, /\| work \| source \(200 samples\) \| destination \(400 samples\) \|/);
   assert.match(md, /\| page faults \| 0\.0% \| 25\.0% \|/);
   assert.match(md, /\| CRC-32C \| 25\.0% \| 5\.0% \|/);
+  // Runs recorded before processes' CPU was measured show shares only.
+  assert.doesNotMatch(md, /ms per GiB/);
+});
+
+test("with each process's CPU per GiB, a share also shows the milliseconds it stands for", () => {
+  const run: BenchRun = {
+    date: '2026-12-07T00:00:00.000Z',
+    commit: 'dddddddddddd',
+    dirty: false,
+    machine: { cpu: 'Test CPU', cores: 2, memGiB: 24, node: 'v20.20.2', loadavg: [0, 0, 0] },
+    rounds: 1,
+    figures: [],
+    ratios: [],
+    skipped: [],
+    profiles: [
+      {
+        name: 'RAM over 4 multifd channels: ours and QEMU',
+        sides: [
+          { side: 'ours source', samples: 400, counts: { 'JIT compilation': 40, other: 360 }, cpuMsPerGiB: 300 },
+          { side: 'QEMU source', samples: 500, counts: { 'JIT compilation': 0, other: 500 }, cpuMsPerGiB: 250 },
+        ],
+      },
+    ],
+  };
+  const md = renderPerfTables([run]);
+  assert.match(md, /in brackets, CPU ms per GiB moved\): RAM over 4 multifd channels: ours and QEMU/);
+  assert.match(
+    md,
+    /\| work \| ours source \(400 samples, 300 ms per GiB\) \| QEMU source \(500 samples, 250 ms per GiB\) \|/,
+  );
+  assert.match(md, /\| JIT compilation \| 10\.0% \(30\) \| 0\.0% \(0\) \|/);
+  assert.match(md, /\| other \| 90\.0% \(270\) \| 100\.0% \(250\) \|/);
 });
