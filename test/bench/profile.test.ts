@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { renderPerfTables } from '../../bench/perf-doc.ts';
 import { classifyPerfScript, classifySample } from '../../bench/profile.ts';
-import type { BenchRun } from '../../bench/results.ts';
+import type { BenchRun, WorkProfile } from '../../bench/results.ts';
 
 const K = '[kernel.kallsyms]';
 const f = (sym: string, dso = K) => ({ sym, dso });
@@ -85,7 +85,8 @@ test('perf script output: one sample per thread line, frames leaf first, offsets
   assert.equal(counts['memcpy/memset'], 0);
 });
 
-test('the document shows each profile as shares per VMM process', () => {
+/** The performance document's tables for a run that has only `profile`. */
+function profileTables(profile: WorkProfile): string {
   const run: BenchRun = {
     date: '2026-12-05T00:00:00.000Z',
     commit: 'cccccccccccc',
@@ -95,17 +96,19 @@ test('the document shows each profile as shares per VMM process', () => {
     figures: [],
     ratios: [],
     skipped: [],
-    profiles: [
-      {
-        name: 'RAM, 1.0 GiB random guest, fresh destination',
-        sides: [
-          { side: 'source', samples: 200, counts: { 'page faults': 0, 'CRC-32C': 50, memcpy: 150 } },
-          { side: 'destination', samples: 400, counts: { 'page faults': 100, 'CRC-32C': 20, memcpy: 280 } },
-        ],
-      },
-    ],
+    profiles: [profile],
   };
-  const md = renderPerfTables([run]);
+  return renderPerfTables([run]);
+}
+
+test('the document shows each profile as shares per VMM process', () => {
+  const md = profileTables({
+    name: 'RAM, 1.0 GiB random guest, fresh destination',
+    sides: [
+      { side: 'source', samples: 200, counts: { 'page faults': 0, 'CRC-32C': 50, memcpy: 150 } },
+      { side: 'destination', samples: 400, counts: { 'page faults': 100, 'CRC-32C': 20, memcpy: 280 } },
+    ],
+  });
   assert.match(
     md,
     /Where the CPU went \(perf samples by kind of work\): RAM, 1\.0 GiB random guest, fresh destination/,
@@ -118,26 +121,13 @@ test('the document shows each profile as shares per VMM process', () => {
 });
 
 test("with each process's CPU per GiB, a share also shows the milliseconds it stands for", () => {
-  const run: BenchRun = {
-    date: '2026-12-07T00:00:00.000Z',
-    commit: 'dddddddddddd',
-    dirty: false,
-    machine: { cpu: 'Test CPU', cores: 2, memGiB: 24, node: 'v20.20.2', loadavg: [0, 0, 0] },
-    rounds: 1,
-    figures: [],
-    ratios: [],
-    skipped: [],
-    profiles: [
-      {
-        name: 'RAM over 4 multifd channels: ours and QEMU',
-        sides: [
-          { side: 'ours source', samples: 400, counts: { 'JIT compilation': 40, other: 360 }, cpuMsPerGiB: 300 },
-          { side: 'QEMU source', samples: 500, counts: { 'JIT compilation': 0, other: 500 }, cpuMsPerGiB: 250 },
-        ],
-      },
+  const md = profileTables({
+    name: 'RAM over 4 multifd channels: ours and QEMU',
+    sides: [
+      { side: 'ours source', samples: 400, counts: { 'JIT compilation': 40, other: 360 }, cpuMsPerGiB: 300 },
+      { side: 'QEMU source', samples: 500, counts: { 'JIT compilation': 0, other: 500 }, cpuMsPerGiB: 250 },
     ],
-  };
-  const md = renderPerfTables([run]);
+  });
   assert.match(md, /in brackets, CPU ms per GiB moved\): RAM over 4 multifd channels: ours and QEMU/);
   assert.match(
     md,
