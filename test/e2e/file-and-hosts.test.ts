@@ -8,6 +8,7 @@ import { execFileSync } from 'node:child_process';
 import { after, before, describe, test } from 'node:test';
 import { type DeviceDigest, deviceMismatches } from '../../src/cli/device-verdict.ts';
 import { type LocalPair, startLocalPair, waitForMigration } from '../../src/harness/local-hosts.ts';
+import { finishMigration, migrateToEnd } from './support/migrate.ts';
 
 type Digests = { ram: string; devices: DeviceDigest[] };
 const device = { device: 'large-memory', deviceArgs: ['--device-mem', '8M', '--work-rate', '5000'] };
@@ -159,13 +160,7 @@ describe('two hosts in network namespaces, 1 Gbit/s link', () => {
     if (skip) return t.skip(skip);
     const pair = await pairOn(2000);
     try {
-      await pair.src.execute('migrate', { uri: pair.uri });
-      const info = await waitForMigration(pair.src);
-      assert.equal(info.status, 'completed', String(info['error-desc'] ?? ''));
-      const [a, b] = await Promise.all([
-        pair.src.execute<Digests>('x-query-digests'),
-        pair.dst.execute<Digests>('x-query-digests'),
-      ]);
+      const { src: a, dst: b } = await migrateToEnd<Digests>(pair);
       assert.equal(b.ram, a.ram);
       assert.equal(a.devices.length, 1, 'the source has its device');
       assert.deepEqual(deviceMismatches(a.devices, b.devices), [], "the device state equals the source's");
@@ -208,12 +203,7 @@ describe('two hosts in network namespaces, 1 Gbit/s link', () => {
       assert.ok(passes >= 4, `kept iterating (${passes} passes)`);
       assert.ok(expected > 1, `query-migrate reports the expected downtime above the limit (${expected} ms)`);
       await pair.src.execute('migrate-set-parameters', { 'downtime-limit': 60000 });
-      const done = await waitForMigration(pair.src);
-      assert.equal(done.status, 'completed', String(done['error-desc'] ?? ''));
-      const [a, b] = await Promise.all([
-        pair.src.execute<Digests>('x-query-digests'),
-        pair.dst.execute<Digests>('x-query-digests'),
-      ]);
+      const { src: a, dst: b } = await finishMigration<Digests>(pair);
       assert.equal(b.ram, a.ram);
       assert.equal(a.devices.length, 1, 'the source has its device');
       assert.deepEqual(deviceMismatches(a.devices, b.devices), [], "the device state equals the source's");

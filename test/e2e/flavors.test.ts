@@ -4,9 +4,9 @@
 // destination's driver reporting the flavor it drove.
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { startLocalPair, waitForMigration } from '../../src/harness/local-hosts.ts';
+import { startLocalPair } from '../../src/harness/local-hosts.ts';
+import { migrateToEnd } from './support/migrate.ts';
 
-type Digests = { ram: string; devices: { name: string; digest: string | null }[] };
 type VfioInfo = { flavor: string; transferred: number; 'device-state-name': string }[];
 
 describe('live migration in every flavor, our VMMs and our device servers', () => {
@@ -21,14 +21,7 @@ describe('live migration in every flavor, our VMMs and our device servers', () =
           destination: { device: 'large-memory', deviceArgs: device, vmmArgs: ['--flavor', flavor] },
         });
         try {
-          await pair.src.execute('migrate', { uri: pair.uri });
-          const info = await waitForMigration(pair.src, { timeoutMs: 300_000 });
-          assert.equal(info.status, 'completed', String(info['error-desc'] ?? ''));
-          assert.equal((await waitForMigration(pair.dst, { timeoutMs: 300_000 })).status, 'completed');
-          const [a, b] = await Promise.all([
-            pair.src.execute<Digests>('x-query-digests', undefined, { timeoutMs: 120_000 }),
-            pair.dst.execute<Digests>('x-query-digests', undefined, { timeoutMs: 120_000 }),
-          ]);
+          const { src: a, dst: b } = await migrateToEnd(pair, { timeoutMs: 300_000 });
           assert.equal(b.ram, a.ram, 'every guest page equal');
           assert.ok(a.devices[0]!.digest, 'the source device has a digest');
           assert.equal(b.devices[0]!.digest, a.devices[0]!.digest, 'device state equal');

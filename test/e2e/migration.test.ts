@@ -5,20 +5,11 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { type LocalPair, startLocalPair, waitForMigration } from '../../src/harness/local-hosts.ts';
 import { DEFAULT_DATA_SIZE } from '../../src/vfio-user/hosted-device.ts';
-
-type Digests = { ram: string; devices: { name: string; digest: string }[] };
+import { type Digests, migrateToEnd } from './support/migrate.ts';
 
 async function migrateAndVerify(pair: LocalPair, params: Record<string, number> = {}) {
   if (Object.keys(params).length) await pair.src.execute('migrate-set-parameters', params);
-  await pair.src.execute('migrate', { uri: pair.uri });
-  const info = await waitForMigration(pair.src);
-  assert.equal(info.status, 'completed', `migration ended ${info.status}: ${info['error-desc'] ?? ''}`);
-  const dstInfo = await waitForMigration(pair.dst);
-  assert.equal(dstInfo.status, 'completed');
-  const [a, b] = await Promise.all([
-    pair.src.execute<Digests>('x-query-digests'),
-    pair.dst.execute<Digests>('x-query-digests'),
-  ]);
+  const { info, src: a, dst: b } = await migrateToEnd(pair);
   assert.equal(b.ram, a.ram, 'every guest page at the destination equals the source at the stop point');
   assert.deepEqual(
     b.devices.map((d) => d.digest),

@@ -8,8 +8,8 @@ import { describe, test } from 'node:test';
 import type { DeviceOptions } from '../../src/harness/local-hosts.ts';
 import { startLocalPair, waitForMigration } from '../../src/harness/local-hosts.ts';
 import type { QmpClient } from '../../src/vmm/qmp/client.ts';
+import { finishMigration } from './support/migrate.ts';
 
-type Digests = { ram: string; devices: { name: string; digest: string | null }[] };
 type VfioInfo = { name: string; flavor: string; transferred: number; 'precopy-rounds': number }[];
 
 const MiB = 1 << 20;
@@ -110,13 +110,7 @@ describe('a VM whose devices speak different migration flavors', () => {
         'avail-switchover-bandwidth': 1 << 30,
         'downtime-limit': 60_000,
       });
-      const info = await waitForMigration(pair.src, { timeoutMs: 300_000 });
-      assert.equal(info.status, 'completed', String(info['error-desc'] ?? ''));
-      assert.equal((await waitForMigration(pair.dst, { timeoutMs: 300_000 })).status, 'completed');
-      const [a, b] = await Promise.all([
-        pair.src.execute<Digests>('x-query-digests', undefined, { timeoutMs: 120_000 }),
-        pair.dst.execute<Digests>('x-query-digests', undefined, { timeoutMs: 120_000 }),
-      ]);
+      const { src: a, dst: b } = await finishMigration(pair, { timeoutMs: 300_000 });
       assert.equal(b.ram, a.ram, 'every guest page equal');
       assert.equal(a.devices.length, 3);
       for (const d of a.devices) assert.ok(d.digest, `${d.name}: the source device has a digest`);

@@ -7,9 +7,9 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { type LocalPair, startLocalPair, waitForMigration } from '../../src/harness/local-hosts.ts';
 import { ReturnPathType } from '../../src/stream/return-path.ts';
+import { finishMigration } from './support/migrate.ts';
 import { TcpProxy } from './support/tcp-proxy.ts';
 
-type Digests = { ram: string; devices: { name: string; digest: string | null }[] };
 type VfioInfo = { flavor: string; 'device-state-name': string }[];
 
 const CAPS = [
@@ -117,18 +117,12 @@ describe('switchover-ack', () => {
         'no ack reached the source yet',
       );
       proxy.setDown('forward');
-      const info = await waitForMigration(pair.src, { timeoutMs: 120_000 });
-      assert.equal(info.status, 'completed', String(info['error-desc'] ?? ''));
-      assert.equal((await waitForMigration(pair.dst, { timeoutMs: 120_000 })).status, 'completed');
+      const { src: a, dst: b } = await finishMigration(pair, { timeoutMs: 120_000 });
       // In the source's own log (one ordered stream): converged, then the ack, then the switch-over.
       const [waiting, approved, completed] = [AWAITING, APPROVED, COMPLETED].map((re) =>
         lines.findIndex((l) => re.test(l)),
       );
       assert.ok(waiting! >= 0 && waiting! < approved! && approved! < completed!, lines.join('\n'));
-      const [a, b] = await Promise.all([
-        pair.src.execute<Digests>('x-query-digests'),
-        pair.dst.execute<Digests>('x-query-digests'),
-      ]);
       assert.equal(b.ram, a.ram);
       assert.ok(a.devices[0]!.digest);
       assert.equal(b.devices[0]!.digest, a.devices[0]!.digest);

@@ -3,10 +3,10 @@
 // scratch pattern only the source has, and the tick counter) arrive whole.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { type HostOptions, startLocalPair, waitForMigration } from '../../src/harness/local-hosts.ts';
+import { type HostOptions, startLocalPair } from '../../src/harness/local-hosts.ts';
+import { type Digests, migrateToEnd } from '../e2e/support/migrate.ts';
 
 const EXAMPLE = new URL('../../examples/stopwatch-device.ts', import.meta.url).pathname;
-type Digests = { ram: string; devices: { name: string; digest: string | null }[] };
 
 function stopwatch(...extra: string[]): HostOptions {
   return {
@@ -29,14 +29,7 @@ test('the example stopwatch device serves and live-migrates with its state', asy
       pair.dst.execute<Digests>('x-query-digests'),
     ]);
     assert.notEqual(dstBefore.devices[0]!.digest, srcBefore.devices[0]!.digest, 'the fresh destination differs');
-    await pair.src.execute('migrate', { uri: pair.uri });
-    const info = await waitForMigration(pair.src);
-    assert.equal(info.status, 'completed', String(info['error-desc'] ?? ''));
-    assert.equal((await waitForMigration(pair.dst)).status, 'completed');
-    const [a, b] = await Promise.all([
-      pair.src.execute<Digests>('x-query-digests'),
-      pair.dst.execute<Digests>('x-query-digests'),
-    ]);
+    const { src: a, dst: b } = await migrateToEnd(pair);
     assert.equal(b.ram, a.ram, 'guest RAM equal');
     assert.ok(a.devices[0]!.digest, 'the source device has a digest');
     assert.equal(b.devices[0]!.digest, a.devices[0]!.digest, 'the stopwatch registers arrived whole');

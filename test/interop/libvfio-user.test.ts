@@ -27,6 +27,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, test } from 'node:test';
 import { type HostOptions, type LocalPair, startLocalPair, waitForMigration } from '../../src/harness/local-hosts.ts';
+import { finishMigration } from '../e2e/support/migrate.ts';
 import { buildPeers, type Era } from '../support/libvfio-user-peers.ts';
 
 const WRAPPER = new URL('./support/peer-server.mjs', import.meta.url).pathname;
@@ -140,15 +141,16 @@ describe('interop: our VMM drives libvfio-user sample servers', { skip: peers.sk
         // The destination starts the device from BAR0: a day ahead. Then let the migration converge.
         await regionWrite(pair, 0, epochSeconds(86_400));
         await pair.src.execute('migrate-set-parameters', { 'max-bandwidth': 1 << 30, 'downtime-limit': 60_000 });
-        const info = await waitForMigration(pair.src, { timeoutMs: 120_000 });
-        assert.equal(info.status, 'completed', `${String(info['error-desc'] ?? '')}\n${lines.slice(-30).join('\n')}`);
-        assert.equal((await waitForMigration(pair.dst)).status, 'completed');
-
         // RAM, page by page, while both guests are stopped (source: postmigrate; destination: paused).
-        const [a, b] = await Promise.all([
-          pair.src.execute<Digests>('x-query-digests', { pages: true }),
-          pair.dst.execute<Digests>('x-query-digests', { pages: true }),
-        ]);
+        const {
+          info,
+          src: a,
+          dst: b,
+        } = await finishMigration<Digests>(pair, {
+          timeoutMs: 120_000,
+          digestArgs: { pages: true },
+          context: () => lines.slice(-30).join('\n'),
+        });
         assert.equal(b.pages.length, a.pages.length);
         assert.ok(b.pages === a.pages, 'every page of guest RAM arrived equal');
         assert.equal(b.ram, a.ram);

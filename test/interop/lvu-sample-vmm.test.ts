@@ -14,7 +14,8 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, test } from 'node:test';
-import { type HostOptions, type LocalPair, startLocalPair, waitForMigration } from '../../src/harness/local-hosts.ts';
+import { type HostOptions, type LocalPair, startLocalPair } from '../../src/harness/local-hosts.ts';
+import { finishMigration, migrateToEnd } from '../e2e/support/migrate.ts';
 import { buildPeers, ERAS, type Era } from '../support/libvfio-user-peers.ts';
 
 const WRAPPER = new URL('./support/peer-server.mjs', import.meta.url).pathname;
@@ -112,15 +113,11 @@ describe('interop: a VM moves between libvfio-user’s sample device and lvu-sam
           await regionWrite(pair, 0, epochSeconds(86_400));
           assert.equal((await pair.src.execute<VfioInfo>('x-query-vfio'))[0]!.flavor, era);
 
-          await pair.src.execute('migrate', { uri: pair.uri });
-          const info = await waitForMigration(pair.src, { timeoutMs: 120_000 });
-          assert.equal(info.status, 'completed', `${String(info['error-desc'] ?? '')}\n${context()}`);
-          assert.equal((await waitForMigration(pair.dst)).status, 'completed');
-
-          const [a, b] = await Promise.all([
-            pair.src.execute<Digests>('x-query-digests', { pages: true }),
-            pair.dst.execute<Digests>('x-query-digests', { pages: true }),
-          ]);
+          const {
+            info,
+            src: a,
+            dst: b,
+          } = await migrateToEnd<Digests>(pair, { timeoutMs: 120_000, digestArgs: { pages: true }, context });
           assert.ok(b.pages === a.pages, 'every page of guest RAM arrived equal');
           assert.equal(b.ram, a.ram);
 
@@ -203,13 +200,11 @@ describe('interop: a VM moves between libvfio-user’s sample device and lvu-sam
         assert.equal((await pair.src.execute<{ status: string }>('query-migrate')).status, 'active', 'still pre-copy');
         await regionWrite(pair, 0, epochSeconds(86_400));
         await pair.src.execute('migrate-set-parameters', { 'max-bandwidth': 1 << 30, 'downtime-limit': 60_000 });
-        const info = await waitForMigration(pair.src, { timeoutMs: 120_000 });
-        assert.equal(info.status, 'completed', `${String(info['error-desc'] ?? '')}\n${lines.slice(-30).join('\n')}`);
-        assert.equal((await waitForMigration(pair.dst)).status, 'completed');
-        const [a, b] = await Promise.all([
-          pair.src.execute<Digests>('x-query-digests', { pages: true }),
-          pair.dst.execute<Digests>('x-query-digests', { pages: true }),
-        ]);
+        const { src: a, dst: b } = await finishMigration<Digests>(pair, {
+          timeoutMs: 120_000,
+          digestArgs: { pages: true },
+          context: () => lines.slice(-30).join('\n'),
+        });
         assert.ok(b.pages === a.pages, 'every page of guest RAM, the DMA-written ones included, arrived equal');
         await pair.dst.execute('cont');
         assert.equal((await pair.dst.execute<{ status: string }>('query-status')).status, 'running');
