@@ -11,25 +11,44 @@ import { QmpClient } from '../vmm/qmp/client.ts';
 
 const BIN = new URL('../../bin/vfio-migrate.js', import.meta.url).pathname;
 
-/** One device server of a host and how its VMM attaches it. */
-export interface DeviceOptions {
-  /** A sample device name for `vfio-migrate serve --device`. */
-  device: string;
-  deviceArgs?: string[];
-  /**
-   * Another device server instead of `serve`: its command line for a socket path. It must create the
-   * socket and print "serving" on stdout once it accepts (examples/stopwatch-device.ts does).
-   */
-  deviceCommand?: (socket: string) => string[];
+/**
+ * One device server of a host and how its VMM attaches it: a sample device of `vfio-migrate serve`
+ * (`device`, with `deviceArgs`), or another program (`deviceCommand`).
+ */
+export type DeviceOptions = (
+  | {
+      /** A sample device name for `vfio-migrate serve --device`. */
+      device: string;
+      deviceArgs?: string[];
+      deviceCommand?: never;
+    }
+  | {
+      /**
+       * Another device server instead of `serve`: its command line for a socket path. It must create the
+       * socket and print "serving" on stdout once it accepts (examples/stopwatch-device.ts does).
+       */
+      deviceCommand: (socket: string) => string[];
+      device?: never;
+      deviceArgs?: never;
+    }
+) & {
   /** Properties appended to the VMM's --device-socket value, e.g. `precopy=off`. */
   deviceProps?: string;
+};
+
+/** A host without a device server of its own fields (it may still have `devices`). */
+interface NoDevice {
+  device?: never;
+  deviceArgs?: never;
+  deviceCommand?: never;
+  deviceProps?: never;
 }
 
 /**
  * A host: one device server (the DeviceOptions fields), several (`devices`), or none (neither `device` nor
  * `deviceCommand` nor `devices`: a VMM with guest RAM only, as QEMU's `-machine none` guest).
  */
-export interface HostOptions extends Partial<DeviceOptions> {
+export type HostOptions = (DeviceOptions | NoDevice) & {
   /**
    * Several device servers on this host, each its own process and socket, attached to the VMM in this
    * order (0000:00:05.0, 0000:00:06.0, …), as QEMU takes several -device vfio-user-pci. When given, it
@@ -37,7 +56,7 @@ export interface HostOptions extends Partial<DeviceOptions> {
    */
   devices?: DeviceOptions[];
   vmmArgs?: string[];
-}
+};
 
 export interface LocalPairOptions {
   memSize: string;
@@ -88,12 +107,12 @@ export interface LocalPair {
    * `--incoming`, on new sockets), for a retry after a failed attempt: the old destination's processes
    * are stopped if still alive; `dst`, `uri` and `procs.dst*` then refer to the new ones.
    */
-  freshDestination(overrides?: Partial<HostOptions> & { paused?: boolean }): Promise<void>;
+  freshDestination(overrides?: HostOptions & { paused?: boolean }): Promise<void>;
   /**
    * Starts the next destination host now, in the background (e.g. while a test's first attempt runs),
    * for the next freshDestination() to take over (unless that one asks for other overrides).
    */
-  prepareDestination(overrides?: Partial<HostOptions> & { paused?: boolean }): void;
+  prepareDestination(overrides?: HostOptions & { paused?: boolean }): void;
   stop(): Promise<void>;
 }
 
@@ -206,8 +225,17 @@ async function stopProcess(p: Proc | undefined): Promise<void> {
 /** The host's devices: the list when given, else the single device of the host's own fields, if any. */
 function hostDevices(h: HostOptions): DeviceOptions[] {
   if (h.devices && h.devices.length > 0) return h.devices;
-  if (h.device === undefined && h.deviceCommand === undefined) return [];
-  return [{ ...h, device: h.device ?? '' }];
+  return hasDevice(h) ? [h] : [];
+}
+
+function hasDevice(h: HostOptions): h is HostOptions & DeviceOptions {
+  return h.device !== undefined || h.deviceCommand !== undefined;
+}
+
+/** `h` with what `o` sets: its VMM arguments, its devices, its device (which replaces h's whole). */
+function overridden(h: HostOptions, o: HostOptions): HostOptions {
+  const device = hasDevice(o) ? o : hasDevice(h) ? h : {};
+  return { ...device, vmmArgs: o.vmmArgs ?? h.vmmArgs, devices: o.devices ?? h.devices };
 }
 
 /** The first device keeps the socket name it always had; the others are numbered after it. */
@@ -360,7 +388,7 @@ export async function startLocalPair(o: LocalPairOptions): Promise<LocalPair> {
       prepareDestination: (overrides = {}) => {
         if (prepared) throw new Error('a destination is already being prepared');
         const tag = `-${++generation}`;
-        const h = { ...o.destination, ...overrides };
+        const h = overridden(o.destination, overrides);
         prepared = startDestination(o, h, overrides.paused ?? o.paused ?? false, path, tag, all).then((d) => ({
           host: d,
           tag,

@@ -10,7 +10,6 @@ const EXAMPLE = new URL('../../examples/stopwatch-device.ts', import.meta.url).p
 
 function stopwatch(...extra: string[]): HostOptions {
   return {
-    device: 'stopwatch',
     deviceCommand: (socket) => [process.execPath, '--import', 'tsx', EXAMPLE, '--socket', socket, ...extra],
     vmmArgs: ['--dirty-rate', '1000'],
   };

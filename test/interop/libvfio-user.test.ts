@@ -41,7 +41,6 @@ const peers = buildPeers();
 
 function host(server: string, era: Era): HostOptions {
   return {
-    device: `libvfio-user ${era}`,
     deviceCommand: (socket) => [process.execPath, WRAPPER, server, socket],
     deviceProps: era === 'v2' ? 'precopy=off' : undefined,
     vmmArgs: [

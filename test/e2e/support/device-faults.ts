@@ -12,7 +12,7 @@ export const VFIO_NAME = '0000:00:05.0';
 /** A device with state worth checking (random memory) and no background work: its digest changes only
  * if an attempt changed it. */
 export const DEVICE_ARGS = ['--device-mem', '4M', '--work-rate', '0', '--device-fill', 'random'];
-export const DEVICE: HostOptions = { device: 'large-memory', deviceArgs: DEVICE_ARGS };
+export const DEVICE = { device: 'large-memory', deviceArgs: DEVICE_ARGS } satisfies HostOptions;
 const GUEST = ['--dirty-rate', '0', '--pattern', 'random', '--vcpus', '1'];
 
 /** A 64 MiB guest with random contents, idle; `sourceFaults` go to the source's device server. */

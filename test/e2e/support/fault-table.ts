@@ -70,7 +70,7 @@ export interface FaultRow {
   /** Put a TcpProxy between the VMMs. */
   proxy?: boolean;
   /** Options for the fresh destination of this row's attempt (on a bench). */
-  destination?: Partial<HostOptions>;
+  destination?: HostOptions;
   /** A bench of the row's own (e.g. a source device server with its own faults), stopped after it. */
   bench?: () => Promise<FaultBench>;
   /** Starts the migration and injects the fault; may return a snapshot taken during the attempt, to be
@@ -276,7 +276,7 @@ function check(e: FaultExpect, before: Snapshot, m: Measured): void {
 export async function retryToFresh(
   pair: LocalPair,
   expect: Snapshot,
-  o: { destination?: Partial<HostOptions>; via?: (uri: string) => Promise<string> } = {},
+  o: { destination?: HostOptions; via?: (uri: string) => Promise<string> } = {},
 ): Promise<RetryResult> {
   await pair.freshDestination(o.destination);
   await pair.src.execute('migrate-set-parameters', { 'max-bandwidth': 0, 'downtime-limit': 300 });
