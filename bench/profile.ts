@@ -4,7 +4,8 @@
 // where Linux perf is installed, what that CPU was spent on: one `perf record -g` of each VMM process
 // per destination kind, every sample sorted by its call chain into a kind of work (page faults, the
 // kernel's TCP copies, memcpy, CRC-32C, garbage collection, ...). QEMU's own profiling of the same path
-// is `perf` on the QEMU process; this is that, for both of our VMM processes at once.
+// is `perf` on the QEMU process; this is that, for both of our VMM processes at once, and, for a
+// migration over multifd channels, for both QEMU processes of the same migration beside them.
 
 import { type ChildProcess, execFileSync, spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
@@ -193,7 +194,8 @@ function perfRecorder(dir: string, gib: number, hz = 999) {
 
 /**
  * The profile part of `npm run bench`: per-thread CPU of both VMMs over `rounds` migrations of a random
- * guest, for a prefaulted and a fresh destination, then (perf installed) one recorded migration each.
+ * guest, for a prefaulted and a fresh destination, then (perf installed) one recorded migration each,
+ * and (`multifd`) one over that many channels by ours and one by QEMU (when installed) in one table.
  */
 export async function profileBench(
   memMiB: number,
@@ -247,15 +249,15 @@ export async function profileBench(
   const dir = mkdtempSync(join(tmpdir(), 'vfio-migrate-perf-'));
   run.profiles ??= [];
   const profiles = run.profiles;
-  /** One migration recorded: `migrate` runs it with the observer that starts and stops perf. */
+  /** One migration of `moved` GiB recorded: `migrate` runs it with the observer that starts and stops perf. */
   const record = async (
     name: string,
-    gib: number,
+    moved: number,
     hz: number,
     label: (side: 'source' | 'destination') => string,
     migrate: (observe: MigrationObserver) => Promise<unknown>,
   ): Promise<WorkProfile['sides']> => {
-    const rec = perfRecorder(dir, gib, hz);
+    const rec = perfRecorder(dir, moved, hz);
     let sides: WorkProfile['sides'] = [];
     await migrate({
       before: (p) => rec.start({ [label('source')]: p.source, [label('destination')]: p.destination }),
