@@ -36,7 +36,7 @@ export type DeviceOptions = (
   deviceProps?: string;
 };
 
-/** A host without a device server of its own fields (it may still have `devices`). */
+/** A host that names no device server in its own fields (it may still list `devices`). */
 interface NoDevice {
   device?: never;
   deviceArgs?: never;
