@@ -400,14 +400,12 @@ export async function qemuOnce(
 export async function ramBench(memMiB: number, rounds: number, run: BenchRun): Promise<void> {
   const total = memMiB * (1 << 20);
   say(`RAM migration: a ${bytes(total)} guest of random bytes, idle, between two VMM processes over loopback TCP`);
-  const asRate = async (r: Promise<Rate & { downtime?: number }>) => {
-    const x = await r;
-    return {
-      value: mbps(x),
-      per: `${bytes(x.bytes)} in ${x.ms.toFixed(0)} ms`,
-      note: x.downtime !== undefined ? `downtime ${x.downtime} ms` : undefined,
-    };
-  };
+  const rate = (x: Rate & { downtime?: number }) => ({
+    value: mbps(x),
+    per: `${bytes(x.bytes)} in ${x.ms.toFixed(0)} ms`,
+    note: x.downtime !== undefined ? `downtime ${x.downtime} ms` : undefined,
+  });
+  const asRate = async (r: Promise<Rate>) => rate(await r);
   const raw = await measure('raw-tcp', 'MB/s', rounds, () => asRate(rawTcp(total)));
   const rawData = await measure('raw-tcp-data', 'MB/s', rounds, () => asRate(rawTcp(total, 'data')));
   const rawChecked = await measure('raw-tcp-checked', 'MB/s', rounds, () => asRate(rawTcp(total, 'checked')));
@@ -418,18 +416,42 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
     say(`qemu       skipped: ${missing} (apt-get install qemu-system-x86 to compare)`);
     run.skipped.push({ name: 'qemu', why: missing });
   } else say(`qemu       ${qemuVersion()} (its rounds alternate with ours)`);
-  // Ours against QEMU's with the destination prefaulted (warm) and fresh (cold).
+  // Ours against QEMU's with the destination prefaulted (warm) and fresh (cold), each round's CPU counted:
+  // a fresh destination's rate swings with how fast the host hands out new pages, its CPU per GiB shows it.
+  const tally = new CpuTally(memMiB / 1024);
   const pair = (warmDest: boolean, kind: string) =>
     measureWith(
       'MB/s',
       rounds,
-      { name: `ours-${kind}`, fn: () => asRate(oursOnce(memMiB, warmDest)) },
-      missing ? null : { name: `qemu-${kind}`, fn: () => asRate(qemuOnce(memMiB, warmDest)) },
+      {
+        name: `ours-${kind}`,
+        fn: () =>
+          tally.count(
+            `ours-${kind} cpu`,
+            'ours',
+            (use) => oursOnce(memMiB, warmDest, [], 'random', undefined, use),
+            rate,
+          ),
+      },
+      missing
+        ? null
+        : {
+            name: `qemu-${kind}`,
+            fn: () =>
+              tally.count(
+                `qemu-${kind} cpu`,
+                'qemu',
+                (use) => qemuOnce(memMiB, warmDest, 'random', undefined, use),
+                rate,
+              ),
+          },
     );
   const [warm, qemuWarm] = await pair(true, 'warm');
   const [cold, qemuCold] = await pair(false, 'cold');
-  run.figures.push(raw, rawData, rawChecked, rawGuest, rawLanded, warm, cold);
-  if (qemuWarm && qemuCold) run.figures.push(qemuWarm, qemuCold);
+  const cpu = ['ours-warm cpu', 'ours-cold cpu'].map((name) => tally.figure(name, 'ours'));
+  run.figures.push(raw, rawData, rawChecked, rawGuest, rawLanded, warm, cold, ...cpu);
+  const qemuCpu = qemuWarm && qemuCold ? ['qemu-warm cpu', 'qemu-cold cpu'].map((n) => tally.figure(n, 'qemu')) : [];
+  if (qemuWarm && qemuCold) run.figures.push(qemuWarm, qemuCold, ...qemuCpu);
   say();
   run.ratios.push(
     ratio('ours-warm / raw-tcp', warm, raw, '>= 0.80'),
@@ -452,6 +474,9 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
       // What any stream that checksums every byte could reach against QEMU's unchecked one, here.
       ratio('raw-tcp-checked / qemu-warm', rawChecked, qemuWarm),
       ratio('ours-cold / qemu-cold', cold, qemuCold, '>= 1.5'),
+      // The same work's CPU (above 1: ours spent less per GiB).
+      ratio('qemu-warm cpu / ours-warm cpu', qemuCpu[0]!, cpu[0]!),
+      ratio('qemu-cold cpu / ours-cold cpu', qemuCpu[1]!, cpu[1]!),
     );
   } else {
     say('ours / qemu                      skipped (no QEMU here)');
@@ -518,6 +543,47 @@ function cpuUsed(): MigrationObserver & { ms(): number } {
 }
 
 /**
+ * Both processes' CPU per GiB moved, per figure, over the rounds run through `count`: what each program
+ * spends on the same work, whether or not it kept the cores busy (a CPU figure moves less with a busy
+ * machine than a rate, and says whether a gap is CPU or waiting).
+ */
+class CpuTally {
+  private readonly perGiB = new Map<string, number[]>();
+  private readonly cores = cpus().length;
+
+  constructor(private readonly gib: number) {}
+
+  /**
+   * Runs one migration with both processes' CPU counted under `name`; the rate's note then says how many
+   * of the machine's cores they kept busy (their CPU over the migration's own total-time).
+   */
+  async count<M extends { ms: number }>(
+    name: string,
+    who: Who,
+    migrate: (observe: MigrationObserver) => Promise<M>,
+    rate: (measured: M) => { value: number; per: string; note?: string },
+  ): Promise<{ value: number; per: string; note: string; busyCores: number }> {
+    const use = cpuUsed();
+    const measured = await migrate(use);
+    this.perGiB.set(name, [...(this.perGiB.get(name) ?? []), use.ms() / this.gib]);
+    const r = rate(measured);
+    const busyCores = use.ms() / measured.ms;
+    const busy = `both ${PROCESSES[who]} on CPU ${busyCores.toFixed(2)} of ${this.cores} cores`;
+    return { ...r, note: r.note ? `${r.note}; ${busy}` : busy, busyCores };
+  }
+
+  /** The figure of `name`'s rounds: CPU ms of both processes per GiB moved. */
+  figure(name: string, who: Who): Figure {
+    const f = figure(name, 'ms', this.perGiB.get(name)!, { per: `CPU ms of both ${PROCESSES[who]} per GiB moved` });
+    say(formatFigure(f));
+    return f;
+  }
+}
+
+type Who = 'ours' | 'qemu';
+const PROCESSES: Record<Who, string> = { ours: 'VMMs', qemu: 'QEMUs' };
+
+/**
  * The channel counts measured for `channels` (N) on a machine of `cores` cores: 1, then doubling up to
  * the cores (the aim asks for growth up to them), and N itself (QEMU's comparison), in order.
  */
@@ -541,26 +607,17 @@ export async function multifdBench(memMiB: number, channels: number, rounds: num
   // idle cores; comparing the N-channel ceiling with one channel's says whether they also pay more or
   // less CPU per byte (more threads, but fewer idle waits between packets).
   const ceilings = new Map<number, number[]>();
-  // Both processes' CPU per GiB moved, each round, ours and QEMU's: what each spends on the same work,
-  // whether or not it kept the cores busy.
-  const cpuPerGiB = new Map<string, number[]>();
-  const gib = memMiB / 1024;
-  const busy = async (k: number, who: 'ours' | 'qemu') => {
-    const use = cpuUsed();
-    const measured =
-      who === 'ours'
-        ? await oursOnce(memMiB, true, [], 'random', k, use)
-        : await qemuOnce(memMiB, true, 'random', k, use);
-    const r = guestRate(memMiB, measured);
-    const busyCores = use.ms() / measured.ms;
-    const name = `${who}-multifd-${k} cpu`;
-    cpuPerGiB.set(name, [...(cpuPerGiB.get(name) ?? []), use.ms() / gib]);
-    if (who === 'ours') ceilings.set(k, [...(ceilings.get(k) ?? []), (r.value * cores) / busyCores]);
-    const procs = who === 'ours' ? 'VMMs' : 'QEMUs';
-    return {
-      ...r,
-      note: `${r.note ? `${r.note}; ` : ''}both ${procs} on CPU ${busyCores.toFixed(2)} of ${cores} cores`,
-    };
+  const tally = new CpuTally(memMiB / 1024);
+  const busy = async (k: number, who: Who) => {
+    const r = await tally.count(
+      `${who}-multifd-${k} cpu`,
+      who,
+      (use) =>
+        who === 'ours' ? oursOnce(memMiB, true, [], 'random', k, use) : qemuOnce(memMiB, true, 'random', k, use),
+      (measured) => guestRate(memMiB, measured),
+    );
+    if (who === 'ours') ceilings.set(k, [...(ceilings.get(k) ?? []), (r.value * cores) / r.busyCores]);
+    return r;
   };
   // QEMU's multifd with each count above one (when installed), its rounds alternating with ours.
   const missing = qemuMissing();
@@ -614,15 +671,9 @@ export async function multifdBench(memMiB: number, channels: number, rounds: num
   for (const [k, q] of qemu) {
     run.figures.push(q);
     run.ratios.push(ratio(`ours-multifd-${k} / qemu-multifd-${k}`, ours.get(k)!, q, '>= 1'));
-    const [oc, qc] = (['ours', 'qemu'] as const).map((who) => {
-      const f = figure(`${who}-multifd-${k} cpu`, 'ms', cpuPerGiB.get(`${who}-multifd-${k} cpu`)!, {
-        per: `CPU ms of both ${who === 'ours' ? 'VMMs' : 'QEMUs'} per GiB moved`,
-      });
-      say(formatFigure(f));
-      return f;
-    });
-    run.figures.push(oc!, qc!);
-    run.ratios.push(ratio(`qemu-multifd-${k} cpu / ours-multifd-${k} cpu`, qc!, oc!));
+    const [oc, qc] = [tally.figure(`ours-multifd-${k} cpu`, 'ours'), tally.figure(`qemu-multifd-${k} cpu`, 'qemu')];
+    run.figures.push(oc, qc);
+    run.ratios.push(ratio(`qemu-multifd-${k} cpu / ours-multifd-${k} cpu`, qc, oc));
   }
   say();
 }
