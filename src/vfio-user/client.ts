@@ -112,6 +112,18 @@ export interface ClientOptions {
   maxWriteSize?: number;
 }
 
+/**
+ * Device data sent in MIG_DATA_WRITE messages not yet answered, at most, in one migDataWrite (at least
+ * one message): many small pieces go back to back, a 1 MiB piece goes alone (a server receives such
+ * messages into buffers it pools, and a round trip per MiB costs little beside the MiB).
+ */
+export const MIG_DATA_WRITE_BYTES_IN_FLIGHT = 1024 * 1024;
+
+/** The MIG_DATA_WRITE pieces of `piece` bytes one migDataWrite keeps in flight. */
+export function migDataWritesInFlight(piece: number): number {
+  return Math.max(1, Math.floor(MIG_DATA_WRITE_BYTES_IN_FLIGHT / piece));
+}
+
 /** Data per write message that Linux queues as one piece on a UNIX stream socket (32 KiB less the header room). */
 export const WHOLE_WRITE_MAX = 32 * 1024 - 64;
 
@@ -752,15 +764,30 @@ export class VfioUserClient extends EventEmitter<ClientEvents> {
     return dest.subarray(0, r.data.byteLength);
   }
 
-  /** MIG_DATA_WRITE of `data`, in pieces of at most maxMigData and writeCap, in order; the first refusal stops the rest. */
+  /**
+   * MIG_DATA_WRITE of `data`, in pieces of at most maxMigData and writeCap, in order, several sent before
+   * the first is answered when they are small (migDataWritesInFlight; the server handles a connection's
+   * commands in order): a server that takes ~32 KiB per message (libvfio-user's) otherwise costs a round
+   * trip per 32 KiB of device state. The first refusal is what this rejects with, and no piece is sent
+   * once it is seen; the pieces already in flight behind it may have been applied or refused too: a
+   * device refusing its data fails the load either way, and is not resumed from it.
+   */
   async migDataWrite(data: Uint8Array): Promise<void> {
     const piece = Math.min(this.maxMigData, this.writeCap);
+    const most = migDataWritesInFlight(piece);
+    const inFlight: Promise<void>[] = [];
     for (let at = 0; at < data.byteLength; at += piece) {
+      if (inFlight.length === most) await inFlight.shift();
       const chunk = data.subarray(at, at + piece);
       const head = encodeMigDataWriteHead({ size: chunk.byteLength }, { maxSize: piece });
-      const m = await this.call(Command.MIG_DATA_WRITE, head, [], false, undefined, chunk);
-      this.decode(Command.MIG_DATA_WRITE, () => decodeMigDataWriteReply(m.payload));
+      const answered = this.call(Command.MIG_DATA_WRITE, head, [], false, undefined, chunk).then((m) => {
+        this.decode(Command.MIG_DATA_WRITE, () => decodeMigDataWriteReply(m.payload));
+      });
+      // Awaited in turn below; one that fails behind an earlier failure is not an unhandled rejection.
+      answered.catch(() => undefined);
+      inFlight.push(answered);
     }
+    for (const answered of inFlight) await answered;
   }
 
   // ---- server → client ------------------------------------------------------------------------------

@@ -47,9 +47,15 @@ import {
 import { decodeVersionRequest, encodeVersionReply } from '../../src/abi/vfio-user/version.ts';
 import { VfioError } from '../../src/errors.ts';
 import { native } from '../../src/native/addon.ts';
-import { type ClientOptions, VfioUserClient, WHOLE_WRITE_MAX } from '../../src/vfio-user/client.ts';
+import {
+  type ClientOptions,
+  MIG_DATA_WRITE_BYTES_IN_FLIGHT,
+  migDataWritesInFlight,
+  VfioUserClient,
+  WHOLE_WRITE_MAX,
+} from '../../src/vfio-user/client.ts';
 import { findMigrationRegion, openRegionPort } from '../../src/vfio-user/region-port.ts';
-import { ScriptedServer, type ScriptOptions, tempDir, until } from './client-support.ts';
+import { ScriptedServer, type ScriptHandler, type ScriptOptions, tempDir, until } from './client-support.ts';
 
 type TestContext = { after: (fn: () => void | Promise<void>) => void };
 
@@ -814,6 +820,61 @@ describe('client: IRQs, DMA map/unmap, reset, dirty pages, v2 commands', () => {
       [4096, 4096, 1808],
     );
     assert.deepEqual(Buffer.concat(written), Buffer.from(pattern(10_000)));
+  });
+});
+
+describe('client: MIG_DATA_WRITE pieces in flight', () => {
+  // A server that answers nothing until it holds `hold` requests: a client sending one piece at a time
+  // would wait for its first answer forever (the call's 3 s timeout).
+  function holdingServer(hold: number, refuse?: number) {
+    const got: Parameters<ScriptHandler>[] = [];
+    const written: Uint8Array[] = [];
+    let answered = 0;
+    const answer = () => {
+      for (; answered < got.length; answered++) {
+        const [m, conn] = got[answered]!;
+        if (answered === refuse) conn.replyError(m, Errno.ENOSPC);
+        else conn.reply(m);
+      }
+    };
+    const handlers: ScriptOptions['handlers'] = {
+      [Command.MIG_DATA_WRITE]: (m, conn, srv) => {
+        written.push(decodeMigDataWriteRequest(m.payload, { maxSize: 1 << 20 }).data.slice());
+        got.push([m, conn, srv]);
+        if (got.length >= hold) answer();
+      },
+    };
+    return { handlers, written, offer: { maxDataXferSize: 4096 } };
+  }
+
+  // The server's offer makes pieces of 4 KiB: this many go before the first answer.
+  const most = migDataWritesInFlight(4096);
+
+  test('small pieces go back to back before the first answer, and land whole and in order', async (t) => {
+    assert.equal(most, MIG_DATA_WRITE_BYTES_IN_FLIGHT / 4096);
+    const s = holdingServer(most);
+    const { client } = await setup(t, { offer: s.offer, handlers: s.handlers });
+    const data = pattern(4096 * (3 * most) + 100);
+    await client.migDataWrite(data);
+    assert.equal(s.written.length, 3 * most + 1);
+    assert.deepEqual(Buffer.concat(s.written), Buffer.from(data));
+  });
+
+  test('a refused piece rejects the write with its errno, and no piece is sent once it is seen', async (t) => {
+    const s = holdingServer(1, 2);
+    const { client } = await setup(t, { offer: s.offer, handlers: s.handlers });
+    await assert.rejects(client.migDataWrite(pattern(4096 * 4 * most)), errno(Errno.ENOSPC));
+    // Piece 2 refused: at most the pieces already in flight behind it were sent, not all of them.
+    assert.ok(s.written.length >= 3, `${s.written.length} pieces sent`);
+    assert.ok(s.written.length <= 2 + most, `${s.written.length} pieces sent`);
+    // The connection is still usable.
+    await client.migDataWrite(pattern(100));
+    assert.deepEqual(s.written.at(-1), pattern(100));
+  });
+
+  test('a piece of 1 MiB goes alone: one unanswered at a time', () => {
+    assert.equal(migDataWritesInFlight(1024 * 1024), 1);
+    assert.equal(migDataWritesInFlight(4 * 1024 * 1024), 1);
   });
 });
 
