@@ -419,32 +419,22 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
   // Ours against QEMU's with the destination prefaulted (warm) and fresh (cold), each round's CPU counted:
   // a fresh destination's rate swings with how fast the host hands out new pages, its CPU per GiB shows it.
   const tally = new CpuTally(memMiB / 1024);
+  const round = (who: Who, warmDest: boolean, kind: string) => () =>
+    tally.count(
+      `${who}-${kind} cpu`,
+      who,
+      (use) =>
+        who === 'ours'
+          ? oursOnce(memMiB, warmDest, [], 'random', undefined, use)
+          : qemuOnce(memMiB, warmDest, 'random', undefined, use),
+      rate,
+    );
   const pair = (warmDest: boolean, kind: string) =>
     measureWith(
       'MB/s',
       rounds,
-      {
-        name: `ours-${kind}`,
-        fn: () =>
-          tally.count(
-            `ours-${kind} cpu`,
-            'ours',
-            (use) => oursOnce(memMiB, warmDest, [], 'random', undefined, use),
-            rate,
-          ),
-      },
-      missing
-        ? null
-        : {
-            name: `qemu-${kind}`,
-            fn: () =>
-              tally.count(
-                `qemu-${kind} cpu`,
-                'qemu',
-                (use) => qemuOnce(memMiB, warmDest, 'random', undefined, use),
-                rate,
-              ),
-          },
+      { name: `ours-${kind}`, fn: round('ours', warmDest, kind) },
+      missing ? null : { name: `qemu-${kind}`, fn: round('qemu', warmDest, kind) },
     );
   const [warm, qemuWarm] = await pair(true, 'warm');
   const [cold, qemuCold] = await pair(false, 'cold');
