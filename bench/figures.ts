@@ -90,23 +90,29 @@ export async function measure(
 }
 
 /**
- * Two figures whose ratio is taken, measured in alternating rounds (a, b, a, b, ...): each of b's rounds
- * then runs beside one of a's, under the same load. Measured one after the other, a machine that got
- * busier or quieter in between showed as a difference between them (these machines are shared).
+ * Figures whose ratios are taken, measured in turn (a, b, c, a, b, c, ...): each round of one runs beside
+ * a round of each other, under the same load. Measured one after the other, a machine that got busier or
+ * quieter in between showed as a difference between them (these machines are shared).
  */
+export async function measureInTurn(
+  unit: Figure['unit'],
+  rounds: number,
+  entries: readonly { name: string; fn: Round }[],
+): Promise<Figure[]> {
+  const all = entries.map((e) => new Rounds(e.name, e.fn));
+  for (let i = 0; i < rounds; i++) for (const r of all) await r.run();
+  return all.map((r) => r.figure(unit));
+}
+
+/** Two figures measured in turn (measureInTurn). */
 export async function measurePair(
   unit: Figure['unit'],
   rounds: number,
   a: { name: string; fn: Round },
   b: { name: string; fn: Round },
 ): Promise<[Figure, Figure]> {
-  const ra = new Rounds(a.name, a.fn);
-  const rb = new Rounds(b.name, b.fn);
-  for (let i = 0; i < rounds; i++) {
-    await ra.run();
-    await rb.run();
-  }
-  return [ra.figure(unit), rb.figure(unit)];
+  const [fa, fb] = await measureInTurn(unit, rounds, [a, b]);
+  return [fa!, fb!];
 }
 
 /** measurePair, or `a` alone when there is no `b` (a baseline not installed here). */

@@ -13,6 +13,9 @@
 //                 not in the caches, as a stream that writes from and reads into guest RAM has it
 //   raw-tcp-landed  the same writer, the reader reading into one reused buffer and copying each read into
 //                 a 1 GiB buffer: guest memory into guest memory the cheapest way found here
+//   raw-tcp-checked-fresh  the raw-tcp-checked writer and reader, each read then written into a fresh
+//                 1 GiB memfd (pwrite: shmem allocates the pages without zeroing them): the least a
+//                 checksummed stream into a fresh destination does; its rounds alternate with ours-cold's
 //   ours-warm     destination memory faulted in before the migration (`vmm --prefault`, QEMU's
 //                 -mem-prealloc): the DESIGN.md aim is >= 80% of raw-tcp
 //   ours-cold     a fresh destination (memory faulted in while loading, ahead of the stream)
@@ -31,19 +34,30 @@
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { randomFillSync } from 'node:crypto';
 import { once } from 'node:events';
-import { closeSync, ftruncateSync, mkdtempSync, openSync, rmSync, writeSync } from 'node:fs';
+import { closeSync, ftruncateSync, mkdtempSync, openSync, readSync, rmSync, writeSync } from 'node:fs';
 import { connect, createServer, type NetConnectOpts } from 'node:net';
 import { cpus, freemem } from 'node:os';
 import { join } from 'node:path';
 import { bytes } from '../src/cli/format.ts';
 import { guestRamAllocatedKib } from '../src/harness/guest-ram-usage.ts';
 import { type MultifdSetting, startLocalPair, waitForMigration } from '../src/harness/local-hosts.ts';
-import { defaultAddonPath } from '../src/native/addon.ts';
+import { defaultAddonPath, native } from '../src/native/addon.ts';
 import { crc32c } from '../src/stream/crc32c.ts';
 import type { MultifdIoCounts } from '../src/vmm/migration/multifd-channel.ts';
 import { QmpClient } from '../src/vmm/qmp/client.ts';
 import { processCpuMs, processStatCpuMs, selfCpuMs } from './cpu-time.ts';
-import { type Figure, figure, formatFigure, measure, measurePair, measureWith, ratio, say } from './figures.ts';
+import {
+  type Figure,
+  figure,
+  formatFigure,
+  measure,
+  measureInTurn,
+  measurePair,
+  measureWith,
+  type Round,
+  ratio,
+  say,
+} from './figures.ts';
 import type { BenchRun } from './results.ts';
 
 export interface Rate {
@@ -68,9 +82,12 @@ export function mbps(r: Rate): number {
  * beforehand (a VMM keeping what it read): the least work a device's trapped stop-and-copy must do.
  * `landed` has the `guest` writer (straight from a memory-sized buffer, as QEMU sends guest pages) and
  * the `staged` reader (each read into a reused buffer, then copied into a memory-sized one): the
- * cheapest way found here to move memory into memory, with no checksum and no framing.
+ * cheapest way found here to move memory into memory, with no checksum and no framing. `fresh` is
+ * `checked` with each read then written into a fresh memfd the size of the stream (pwrite: shmem
+ * allocates a page a write fills whole without zeroing it, as our fresh destination lands pages): the
+ * least work a checksummed stream into memory nobody has touched yet must do.
  */
-export type RawReader = 'onread' | 'data' | 'checked' | 'guest' | 'staged' | 'landed';
+export type RawReader = 'onread' | 'data' | 'checked' | 'guest' | 'staged' | 'landed' | 'fresh';
 
 /**
  * The raw writers (a child process's script): plain 1 MiB writes of one buffer; of successive 1 MiB of a
@@ -84,7 +101,7 @@ function rawWriter(total: number, reader: RawReader): string {
   if (reader === 'guest' || reader === 'landed')
     return `const G=Buffer.alloc(${total});require('crypto').randomFillSync(G);
       function serve(s){let off=0;function go(){while(off<${total}){const b=G.subarray(off,Math.min(off+(1<<20),${total}));off+=b.length;if(!s.write(b)){s.once('drain',go);return}}s.end()}go()}`;
-  if (reader !== 'checked' && reader !== 'staged')
+  if (reader !== 'checked' && reader !== 'staged' && reader !== 'fresh')
     return `const b=Buffer.alloc(1<<20,7);
       function serve(s){let left=${total};function go(){while(left>0){left-=b.length;if(!s.write(b)){s.once('drain',go);return}}s.end()}go()}`;
   const addon = JSON.stringify(defaultAddonPath);
@@ -116,6 +133,7 @@ export async function rawStream(
     srv.listen(${at},()=>process.stdout.write(JSON.stringify(srv.address())+'\\n'))`;
   const child = spawn(process.execPath, ['-e', writer], { stdio: ['ignore', 'pipe', 'inherit'] });
   const exited = once(child, 'exit');
+  let fresh = -1;
   try {
     const [line] = (await once(child.stdout!, 'data')) as [Buffer];
     const address = JSON.parse(line.toString()) as { port: number } | string;
@@ -128,9 +146,12 @@ export async function rawStream(
     const into = reader === 'guest' ? Buffer.alloc(total, 1) : null;
     // 'staged', 'landed': each read is copied there instead.
     const kept = reader === 'staged' || reader === 'landed' ? Buffer.alloc(total, 1) : null;
+    // 'fresh': each read is written there, in memory nobody has touched (closed with the round: freed).
+    fresh = reader === 'fresh' ? native().memfdCreate('raw-tcp-fresh', total) : -1;
     const count = (n: number) => {
-      if (reader === 'checked') crc = crc32c(buffer.subarray(0, n), crc);
+      if (reader === 'checked' || reader === 'fresh') crc = crc32c(buffer.subarray(0, n), crc);
       if (kept) kept.set(buffer.subarray(0, n), got);
+      if (fresh >= 0) writeSync(fresh, buffer, 0, n, got);
       got += n;
       return true;
     };
@@ -156,11 +177,27 @@ export async function rawStream(
     sock.destroy();
     // A writer that died early (say, an addon built before crc32cCopy) must not pass for a fast link.
     if (got !== total) throw new Error(`raw ${reader} writer sent ${got} of ${total} bytes: the run is void`);
+    // What 'fresh' landed is what it read (read back after the timed span).
+    if (fresh >= 0 && crcOfFile(fresh, total, buffer) !== crc)
+      throw new Error(`raw ${reader} reader landed other bytes than it read: the run is void`);
     return { bytes: got, ms, cpuMs };
   } finally {
+    if (fresh >= 0) closeSync(fresh);
     child.kill();
     await exited;
   }
+}
+
+/** CRC-32C of the first `total` bytes of a file, read through `scratch`. */
+function crcOfFile(fd: number, total: number, scratch: Uint8Array): number {
+  let crc = 0;
+  for (let at = 0; at < total; ) {
+    const n = readSync(fd, scratch, 0, Math.min(scratch.byteLength, total - at), at);
+    if (n === 0) break;
+    crc = crc32c(scratch.subarray(0, n), crc);
+    at += n;
+  }
+  return crc;
 }
 
 /** Raw Node loopback TCP between two processes. */
@@ -429,17 +466,19 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
           : qemuOnce(memMiB, warmDest, 'random', undefined, use),
       rate,
     );
-  const pair = (warmDest: boolean, kind: string) =>
-    measureWith(
-      'MB/s',
-      rounds,
-      { name: `ours-${kind}`, fn: round('ours', warmDest, kind) },
-      missing ? null : { name: `qemu-${kind}`, fn: round('qemu', warmDest, kind) },
-    );
-  const [warm, qemuWarm] = await pair(true, 'warm');
-  const [cold, qemuCold] = await pair(false, 'cold');
+  // Ours and QEMU's in turn; the cold rounds also with the least a checksummed stream into fresh memory
+  // does, since how fast the host hands out new pages moves all three alike.
+  const inTurn = async (warmDest: boolean, kind: string, extra: { name: string; fn: Round }[] = []) => {
+    const entries = [{ name: `ours-${kind}`, fn: round('ours', warmDest, kind) }, ...extra];
+    if (!missing) entries.push({ name: `qemu-${kind}`, fn: round('qemu', warmDest, kind) });
+    const figs = await measureInTurn('MB/s', rounds, entries);
+    return [figs[0]!, figs.slice(1, 1 + extra.length), missing ? null : figs.at(-1)!] as const;
+  };
+  const [warm, , qemuWarm] = await inTurn(true, 'warm');
+  const freshRound = () => asRate(rawTcp(total, 'fresh'));
+  const [cold, [rawFresh], qemuCold] = await inTurn(false, 'cold', [{ name: 'raw-tcp-checked-fresh', fn: freshRound }]);
   const cpu = ['ours-warm cpu', 'ours-cold cpu'].map((name) => tally.figure(name, 'ours'));
-  run.figures.push(raw, rawData, rawChecked, rawGuest, rawLanded, warm, cold, ...cpu);
+  run.figures.push(raw, rawData, rawChecked, rawGuest, rawLanded, warm, cold, rawFresh!, ...cpu);
   const qemuCpu = qemuWarm && qemuCold ? ['qemu-warm cpu', 'qemu-cold cpu'].map((n) => tally.figure(n, 'qemu')) : [];
   if (qemuWarm && qemuCold) run.figures.push(qemuWarm, qemuCold, ...qemuCpu);
   say();
@@ -457,6 +496,8 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
     // raw-tcp-guest are both below 0.8, so is a stream that lands guest pages either way (docs/performance.md).
     ratio('raw-tcp-landed / raw-tcp', rawLanded, raw),
     ratio('ours-warm / raw-tcp-landed', warm, rawLanded),
+    // How much of the least a checksummed stream into fresh memory does ours reaches (same rounds' load).
+    ratio('ours-cold / raw-tcp-checked-fresh', cold, rawFresh!),
   );
   if (qemuWarm && qemuCold) {
     run.ratios.push(
@@ -464,6 +505,8 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
       // What any stream that checksums every byte could reach against QEMU's unchecked one, here.
       ratio('raw-tcp-checked / qemu-warm', rawChecked, qemuWarm),
       ratio('ours-cold / qemu-cold', cold, qemuCold, '>= 1.5'),
+      // What any stream that checksums every byte into fresh memory could reach against QEMU's cold one.
+      ratio('raw-tcp-checked-fresh / qemu-cold', rawFresh!, qemuCold),
       // The same work's CPU (above 1: ours spent less per GiB).
       ratio('qemu-warm cpu / ours-warm cpu', qemuCpu[0]!, cpu[0]!),
       ratio('qemu-cold cpu / ours-cold cpu', qemuCpu[1]!, cpu[1]!),

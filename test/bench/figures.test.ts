@@ -3,7 +3,7 @@
 // their rounds alternately.
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { figure, formatFigure, measure, measurePair, measureWith, sayTo } from '../../bench/figures.ts';
+import { figure, formatFigure, measure, measureInTurn, measurePair, measureWith, sayTo } from '../../bench/figures.ts';
 import { renderPerfTables } from '../../bench/perf-doc.ts';
 
 test('warm-up rounds are run first and kept apart from the measured rounds', async () => {
@@ -78,6 +78,18 @@ test('a pair of figures runs its rounds alternately; without a second one the fi
     assert.equal(a.median, 20);
     assert.deepEqual(b.values, [5, 6, 7]);
     assert.match(lines.join('\n'), /a .* rounds 10 30 20/);
+    // Three in turn (ours, a baseline, QEMU's): each round of one between rounds of the others.
+    calls.length = 0;
+    const three = await measureInTurn('MB/s', 2, [side('a'), { name: 'c', fn: async () => ({ value: 1 }) }, side('b')]);
+    assert.deepEqual(calls, ['a', 'b', 'a', 'b']);
+    assert.deepEqual(
+      three.map((f) => [f.name, f.values.length]),
+      [
+        ['a', 2],
+        ['c', 2],
+        ['b', 2],
+      ],
+    );
     calls.length = 0;
     const [alone, none] = await measureWith('MB/s', 2, side('a'), null);
     assert.deepEqual(calls, ['a', 'a']);

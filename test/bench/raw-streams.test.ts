@@ -1,0 +1,18 @@
+// The raw baselines the RAM figures are ratios to move the whole stream, each the way its reader says
+// (bench/ram.ts): a baseline that moved less would void the ratios. The fresh reader's landing is
+// checked by rawStream itself (the memfd read back against the CRC of what was read).
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { type RawReader, rawTcp } from '../../bench/ram.ts';
+
+const readers: RawReader[] = ['onread', 'data', 'checked', 'guest', 'staged', 'landed', 'fresh'];
+
+for (const reader of readers) {
+  test(`raw-tcp ${reader}: every byte of the stream is read`, async () => {
+    const total = 8 << 20;
+    const r = await rawTcp(total, reader);
+    assert.equal(r.bytes, total);
+    assert.ok(r.ms > 0, 'a time was measured');
+    assert.ok(r.cpuMs !== undefined && r.cpuMs >= 0, 'the CPU of both ends was counted');
+  });
+}
