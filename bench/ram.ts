@@ -18,7 +18,7 @@
 //                 checksummed stream into a fresh destination does; its rounds alternate with ours-cold's
 //   ours-warm     destination memory faulted in before the migration (`vmm --prefault`, QEMU's
 //                 -mem-prealloc): the DESIGN.md aim is >= 80% of raw-tcp
-//   ours-cold     a fresh destination (memory faulted in while loading, ahead of the stream)
+//   ours-cold     a fresh destination (pages never written land through the guest memfd, nothing prefaulted)
 //   qemu-warm/-cold  QEMU 7+ `-machine none` guests: source RAM a prefilled file in /dev/shm (prealloc),
 //                 destination a memfd backend with or without prealloc, `-incoming tcp:`, QMP migrate
 //   ours-zero, qemu-zero  (zeroBench) a mostly-zero guest, 4 GiB by default: all zero pages, so the
@@ -91,7 +91,7 @@ export type RawReader = 'onread' | 'data' | 'checked' | 'guest' | 'staged' | 'la
 
 /**
  * The raw writers (a child process's script): plain 1 MiB writes of one buffer; of successive 1 MiB of a
- * memory-sized random buffer ('guest', 'landed'); or staged and checksummed ('checked', 'staged').
+ * memory-sized random buffer ('guest', 'landed'); or staged and checksummed ('checked', 'staged', 'fresh').
  */
 function rawWriter(total: number, reader: RawReader): string {
   // 'staged' asks for the 4 MiB send buffer our vfio-user connections ask for (docs/vfio-user.md): with
