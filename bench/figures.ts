@@ -38,6 +38,19 @@ export function figure(name: string, unit: Figure['unit'], values: number[], ext
   return { name, unit, values, median: median(values), min: Math.min(...values), max: Math.max(...values), ...extra };
 }
 
+/** Bytes moved in `ms` milliseconds: one round of a rate figure. */
+export interface Rate {
+  bytes: number;
+  ms: number;
+  /** Raw streams only (bench/raw-streams.ts): CPU both ends used meanwhile (ms on-CPU, every thread of both processes). */
+  cpuMs?: number;
+}
+
+/** MB/s (10^6 bytes per second). */
+export function mbps(r: Rate): number {
+  return r.bytes / r.ms / 1000;
+}
+
 /** One round of a figure: its value (MB/s or ms) and optional details. */
 export type Round = () => Promise<{ value: number; per?: string; note?: string }>;
 

@@ -15,7 +15,7 @@ import { join } from 'node:path';
 import { bytes } from '../src/cli/format.ts';
 import { processStatCpuMs, statCpuMs } from './cpu-time.ts';
 import { figure, formatFigure, say } from './figures.ts';
-import { type MigrationObserver, oursOnce, qemuMissing, qemuOnce } from './ram.ts';
+import { type MigrationObserver, oursOnce, qemuMissing, qemuOnce } from './one-migration.ts';
 import type { BenchRun, WorkProfile } from './results.ts';
 
 /** CPU ms per thread id of one process (utime + stime, and stime alone). */

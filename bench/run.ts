@@ -42,7 +42,8 @@ import { dirtySyncInRun } from './dirty-log.ts';
 import { figure, formatFigure, measure, ratio, say, sayTo } from './figures.ts';
 import { writePerfDoc } from './perf-doc.ts';
 import { profileBench } from './profile.ts';
-import { multifdBench, multifdLargeBench, ramBench, rawStream, zeroBench } from './ram.ts';
+import { multifdBench, multifdLargeBench, ramBench, zeroBench } from './ram.ts';
+import { rawStream } from './raw-streams.ts';
 import { HISTORY, newRun, saveRun } from './results.ts';
 import { buildPackage, startupBench } from './startup.ts';
 
@@ -100,7 +101,7 @@ const mainThreadCpuMs = () => threadCpuMs(process.pid, process.pid);
 /** CPU per round of raw-unix-staged (both processes): beside the parts above, not in their sum. */
 const stagedCpuMs: number[] = [];
 
-/** A UNIX stream between two processes: plain (`onread`), or `staged` (bench/ram.ts RawReader). */
+/** A UNIX stream between two processes: plain (`onread`), or `staged` (bench/raw-streams.ts RawReader). */
 async function rawUnix(total: number, reader: 'onread' | 'staged' = 'onread'): Promise<{ value: number; per: string }> {
   const dir = mkdtempSync(join(tmpdir(), 'vfio-migrate-bench-'));
   try {

@@ -1,9 +1,9 @@
 // The raw baselines the RAM figures are ratios to move the whole stream, each the way its reader says
-// (bench/ram.ts): a baseline that moved less would void the ratios. The fresh reader's landing is
+// (bench/raw-streams.ts): a baseline that moved less would void the ratios. The fresh reader's landing is
 // checked by rawStream itself (the memfd read back against the CRC of what was read).
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { type RawReader, rawTcp } from '../../bench/ram.ts';
+import { type RawReader, rawTcp } from '../../bench/raw-streams.ts';
 
 const readers: RawReader[] = ['onread', 'data', 'checked', 'guest', 'staged', 'landed', 'fresh'];
 
