@@ -146,6 +146,19 @@ describe('native zero scan', () => {
     }
   });
 
+  test('a guest found sparse and then written whole: every later answer sees the new data', () => {
+    // The sparse answer (one fstat) stands for a while: the holes are then asked for, never assumed.
+    const m = GuestMemory.create(128 * PAGE, 'zero-filled-later');
+    try {
+      for (let w = 0; w < 4; w++) assert.equal(m.zeroPageMask(w * 32, -1), -1, `word ${w} all holes`);
+      for (let p = 0; p < 128; p++) m.page(p)[p % PAGE] = p === 70 ? 0 : 1;
+      for (let pass = 0; pass < 2; pass++)
+        for (let w = 0; w < 4; w++) assert.equal(m.zeroPageMask(w * 32, -1), w === 2 ? 1 << 6 : 0, `word ${w}`);
+    } finally {
+      m.close();
+    }
+  });
+
   test('holePages: the holes of a memfd at page granularity; bad arguments are refused', () => {
     const n = native();
     const fd = n.memfdCreate('holes', 64 * PAGE);
