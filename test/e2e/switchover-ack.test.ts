@@ -43,6 +43,26 @@ async function logged(lines: string[], re: RegExp, what: string): Promise<number
 }
 
 const AWAITING = /^src-vmm: .*switchover-ack: converged; pre-copy goes on until the destination acks/;
+
+/**
+ * Both sides with switchover-ack, a budget that would switch over after the first pass (generous: fixed
+ * costs measured on a loaded machine cannot hold it back), the return path's traffic through `proxy`
+ * held or dropped (`ack`), then `migrate`: resolves once the destination's SWITCHOVER_ACK reached the
+ * proxy and the source logged that it converged and waits for the ack.
+ */
+async function migrateAwaitingAck(pair: LocalPair, proxy: TcpProxy, lines: string[], ack: 'hold' | 'drop') {
+  await pair.src.execute('migrate-set-capabilities', { capabilities: CAPS });
+  await pair.dst.execute('migrate-set-capabilities', { capabilities: CAPS });
+  await pair.src.execute('migrate-set-parameters', { 'avail-switchover-bandwidth': 1 << 30, 'downtime-limit': 60_000 });
+  proxy.setDown(ack);
+  await pair.src.execute('migrate', { uri: proxy.uri });
+  await proxy.until(
+    () => proxy.downMessages.some((m) => m.type === ReturnPathType.SWITCHOVER_ACK),
+    `the destination sends SWITCHOVER_ACK (${ack === 'hold' ? 'held' : 'dropped'})`,
+    60_000,
+  );
+  await logged(lines, AWAITING, 'the source converged and waits for the ack');
+}
 const APPROVED = /^src-vmm: .*switchover-ack: the destination approved the switch-over/;
 const COMPLETED = /^src-vmm: .*migration completed/;
 
@@ -90,23 +110,8 @@ describe('switchover-ack', () => {
     const pair = await v2Pair(lines);
     const proxy = await TcpProxy.start(pair.uri);
     try {
-      await pair.src.execute('migrate-set-capabilities', { capabilities: CAPS });
-      await pair.dst.execute('migrate-set-capabilities', { capabilities: CAPS });
-      // Convergence alone would switch over after the first pass (a generous budget: fixed costs measured
-      // on a loaded machine cannot hold it back).
-      await pair.src.execute('migrate-set-parameters', {
-        'avail-switchover-bandwidth': 1 << 30,
-        'downtime-limit': 60_000,
-      });
-      proxy.setDown('hold');
-      await pair.src.execute('migrate', { uri: proxy.uri });
-      // The destination acked (after its device loaded the initial data), and the proxy holds the ack.
-      await proxy.until(
-        () => proxy.downMessages.some((m) => m.type === ReturnPathType.SWITCHOVER_ACK),
-        'the destination sends SWITCHOVER_ACK',
-        60_000,
-      );
-      await logged(lines, AWAITING, 'the source converged and waits for the ack');
+      // The destination acks (after its device loaded the initial data); the proxy holds the ack.
+      await migrateAwaitingAck(pair, proxy, lines, 'hold');
       // The source could switch over but does not: pre-copy, guest running, device still in PRE_COPY.
       assert.equal((await pair.src.execute<{ status: string }>('query-migrate')).status, 'active');
       assert.equal((await pair.src.execute<{ status: string }>('query-status')).status, 'running');
@@ -140,20 +145,7 @@ describe('switchover-ack', () => {
     const pair = await v2Pair(lines);
     const proxy = await TcpProxy.start(pair.uri);
     try {
-      await pair.src.execute('migrate-set-capabilities', { capabilities: CAPS });
-      await pair.dst.execute('migrate-set-capabilities', { capabilities: CAPS });
-      await pair.src.execute('migrate-set-parameters', {
-        'avail-switchover-bandwidth': 1 << 30,
-        'downtime-limit': 60_000,
-      });
-      proxy.setDown('drop');
-      await pair.src.execute('migrate', { uri: proxy.uri });
-      await proxy.until(
-        () => proxy.downMessages.some((m) => m.type === ReturnPathType.SWITCHOVER_ACK),
-        'the destination sends SWITCHOVER_ACK (dropped)',
-        60_000,
-      );
-      await logged(lines, AWAITING, 'the source converged and waits for the ack');
+      await migrateAwaitingAck(pair, proxy, lines, 'drop');
       // Passes go on (MIGRATION_PASS count grows) while the source stays in pre-copy with the guest running.
       const passes = async () =>
         (await pair.src.execute<{ ram: { 'dirty-sync-count': number } }>('query-migrate')).ram['dirty-sync-count'];
