@@ -43,6 +43,8 @@ async function logged(lines: string[], re: RegExp, what: string): Promise<number
 }
 
 const AWAITING = /^src-vmm: .*switchover-ack: converged; pre-copy goes on until the destination acks/;
+const APPROVED = /^src-vmm: .*switchover-ack: the destination approved the switch-over/;
+const COMPLETED = /^src-vmm: .*migration completed/;
 
 /**
  * Both sides with switchover-ack, a budget that would switch over after the first pass (generous: fixed
@@ -63,8 +65,6 @@ async function migrateAwaitingAck(pair: LocalPair, proxy: TcpProxy, lines: strin
   );
   await logged(lines, AWAITING, 'the source converged and waits for the ack');
 }
-const APPROVED = /^src-vmm: .*switchover-ack: the destination approved the switch-over/;
-const COMPLETED = /^src-vmm: .*migration completed/;
 
 describe('switchover-ack', () => {
   test("QMP: QEMU's names and checks", async () => {
