@@ -94,18 +94,23 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
       rate,
     );
   // Ours and QEMU's in turn; the cold rounds also with the least a checksummed stream into fresh memory
-  // does, since how fast the host hands out new pages moves all three alike.
-  const inTurn = async (warmDest: boolean, kind: string, extra: { name: string; fn: Round }[] = []) => {
-    const entries = [{ name: `ours-${kind}`, fn: round('ours', warmDest, kind) }, ...extra];
+  // does (`baseline`), since how fast the host hands out new pages moves all three alike.
+  const inTurn = async (warmDest: boolean, kind: string, baseline?: { name: string; fn: Round }) => {
+    const entries: { name: string; fn: Round }[] = [{ name: `ours-${kind}`, fn: round('ours', warmDest, kind) }];
+    if (baseline) entries.push(baseline);
     if (!missing) entries.push({ name: `qemu-${kind}`, fn: round('qemu', warmDest, kind) });
-    const figs = await measureInTurn('MB/s', rounds, entries);
-    return [figs[0]!, figs.slice(1, 1 + extra.length), missing ? null : figs.at(-1)!] as const;
+    const [ours, ...rest] = await measureInTurn('MB/s', rounds, entries);
+    return { ours: ours!, baseline: baseline ? rest.shift()! : null, qemu: missing ? null : rest.shift()! };
   };
-  const [warm, , qemuWarm] = await inTurn(true, 'warm');
-  const freshRound = () => asRate(rawTcp(total, 'fresh'));
-  const [cold, [rawFresh], qemuCold] = await inTurn(false, 'cold', [{ name: 'raw-tcp-checked-fresh', fn: freshRound }]);
+  const { ours: warm, qemu: qemuWarm } = await inTurn(true, 'warm');
+  const fresh = await inTurn(false, 'cold', {
+    name: 'raw-tcp-checked-fresh',
+    fn: () => asRate(rawTcp(total, 'fresh')),
+  });
+  const { ours: cold, qemu: qemuCold } = fresh;
+  const rawFresh = fresh.baseline!;
   const cpu = ['ours-warm cpu', 'ours-cold cpu'].map((name) => tally.figure(name, 'ours'));
-  run.figures.push(raw, rawData, rawChecked, rawGuest, rawLanded, warm, cold, rawFresh!, ...cpu);
+  run.figures.push(raw, rawData, rawChecked, rawGuest, rawLanded, warm, cold, rawFresh, ...cpu);
   const qemuCpu = qemuWarm && qemuCold ? ['qemu-warm cpu', 'qemu-cold cpu'].map((n) => tally.figure(n, 'qemu')) : [];
   if (qemuWarm && qemuCold) run.figures.push(qemuWarm, qemuCold, ...qemuCpu);
   say();
@@ -124,7 +129,7 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
     ratio('raw-tcp-landed / raw-tcp', rawLanded, raw),
     ratio('ours-warm / raw-tcp-landed', warm, rawLanded),
     // How much of the least a checksummed stream into fresh memory does ours reaches (same rounds' load).
-    ratio('ours-cold / raw-tcp-checked-fresh', cold, rawFresh!),
+    ratio('ours-cold / raw-tcp-checked-fresh', cold, rawFresh),
   );
   if (qemuWarm && qemuCold) {
     run.ratios.push(
@@ -136,7 +141,7 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
       ratio('raw-tcp / qemu-warm', raw, qemuWarm),
       ratio('ours-cold / qemu-cold', cold, qemuCold, '>= 1.5'),
       // What any stream that checksums every byte into fresh memory could reach against QEMU's cold one.
-      ratio('raw-tcp-checked-fresh / qemu-cold', rawFresh!, qemuCold),
+      ratio('raw-tcp-checked-fresh / qemu-cold', rawFresh, qemuCold),
       // The same work's CPU (above 1: ours spent less per GiB).
       ratio('qemu-warm cpu / ours-warm cpu', qemuCpu[0]!, cpu[0]!),
       ratio('qemu-cold cpu / ours-cold cpu', qemuCpu[1]!, cpu[1]!),
