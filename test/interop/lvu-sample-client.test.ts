@@ -25,11 +25,11 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { VfioUserClient } from '../../src/vfio-user/client.ts';
 import { buildPeers, ERAS, type Era } from '../support/libvfio-user-peers.ts';
+import { BAR1_SIZE } from './support/lvu-vm.ts';
 import { listening } from './support/unix-listening.mjs';
 
 const BIN = new URL('../../bin/vfio-migrate.js', import.meta.url).pathname;
 const SUBREAPER_C = new URL('./support/subreaper.c', import.meta.url).pathname;
-const BAR1_SIZE = 0x3000;
 /** Safety nets (never what is tested): the client's own run takes about 12 s (1 s + 10 s timers). */
 const START_MS = 60_000;
 const RUN_MS = 180_000;

@@ -19,10 +19,10 @@ import { VfioError } from '../../src/errors.ts';
 import { migDataWritesInFlight, VfioUserClient, WHOLE_WRITE_MAX } from '../../src/vfio-user/client.ts';
 import { V2MigrationDriver } from '../../src/vmm/vfio/v2-driver.ts';
 import { buildPeers, ERAS } from '../support/libvfio-user-peers.ts';
+import { BAR1_SIZE } from './support/lvu-vm.ts';
 import { listening } from './support/unix-listening.mjs';
 
 const BAR1 = 1;
-const BAR1_SIZE = 0x3000;
 const peers = buildPeers();
 const dir = mkdtempSync(join(tmpdir(), 'lvu-whole-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
