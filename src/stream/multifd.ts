@@ -164,76 +164,91 @@ function writeOffsets(v: DataView, at: number, list: ArrayLike<number>): number 
 }
 
 /**
- * Decodes a packet header (MULTIFD_HEADER_BYTES). `maxPages` is the most a packet may carry (the receiver's
- * page array, QEMU's page_count check). Refuses a bad magic or version, unknown flags (compression), more
- * pages than allowed, a page-data size that does not match the normal pages, or a bad block name.
+ * Decodes the packet header at byte `at` of `b` (MULTIFD_HEADER_BYTES; a receiving channel hands over
+ * several packets back to back). `maxPages` is the most a packet may carry (the receiver's page array,
+ * QEMU's page_count check). Refuses a bad magic or version, unknown flags (compression), more pages than
+ * allowed, a page-data size that does not match the normal pages, or a bad block name; a refusal's
+ * offset counts from the start of `b`.
  */
-export function decodeMultifdHeader(b: Uint8Array, maxPages = MULTIFD_PACKET_PAGES): DecodedMultifdHeader {
-  if (b.byteLength < MULTIFD_HEADER_BYTES) fail(`packet header of ${b.byteLength} bytes`);
+export function decodeMultifdHeader(b: Uint8Array, at = 0, maxPages = MULTIFD_PACKET_PAGES): DecodedMultifdHeader {
+  if (b.byteLength - at < MULTIFD_HEADER_BYTES) fail(`packet header of ${b.byteLength - at} bytes`, at);
+  // A view of the whole buffer, offsets from `at`: no copy or subarray of each packet.
   const v = view(b);
-  const magic = v.getUint32(0);
-  if (magic !== MULTIFD_MAGIC) fail(`packet magic 0x${magic.toString(16)}, expected 0x${MULTIFD_MAGIC.toString(16)}`);
-  const version = v.getUint32(4);
-  if (version !== MULTIFD_VERSION) fail(`packet version ${version}, this side speaks ${MULTIFD_VERSION}`, 4);
-  const flags = v.getUint32(FLAGS_AT);
+  const magic = v.getUint32(at);
+  if (magic !== MULTIFD_MAGIC)
+    fail(`packet magic 0x${magic.toString(16)}, expected 0x${MULTIFD_MAGIC.toString(16)}`, at);
+  const version = v.getUint32(at + 4);
+  if (version !== MULTIFD_VERSION) fail(`packet version ${version}, this side speaks ${MULTIFD_VERSION}`, at + 4);
+  const flags = v.getUint32(at + FLAGS_AT);
   if ((flags & ~MULTIFD_FLAG_SYNC) !== 0)
-    fail(`packet flags 0x${flags.toString(16)}: compression and other flags are not supported`, 8);
-  const pagesAlloc = v.getUint32(12);
-  const normalPages = v.getUint32(NORMAL_PAGES_AT);
-  const nextPacketSize = v.getUint32(20);
-  const packetNum = v.getBigUint64(24);
-  const zeroPages = v.getUint32(ZERO_PAGES_AT);
-  if (pagesAlloc > maxPages) fail(`packet allocates ${pagesAlloc} pages, at most ${maxPages} allowed`, 12);
+    fail(`packet flags 0x${flags.toString(16)}: compression and other flags are not supported`, at + 8);
+  const pagesAlloc = v.getUint32(at + 12);
+  const normalPages = v.getUint32(at + NORMAL_PAGES_AT);
+  const nextPacketSize = v.getUint32(at + 20);
+  const numHigh = v.getUint32(at + 24);
+  const zeroPages = v.getUint32(at + ZERO_PAGES_AT);
+  if (pagesAlloc > maxPages) fail(`packet allocates ${pagesAlloc} pages, at most ${maxPages} allowed`, at + 12);
   if (normalPages + zeroPages > pagesAlloc)
-    fail(`packet carries ${normalPages} normal and ${zeroPages} zero pages, more than its ${pagesAlloc}`, 16);
+    fail(`packet carries ${normalPages} normal and ${zeroPages} zero pages, more than its ${pagesAlloc}`, at + 16);
   if (nextPacketSize !== normalPages * TARGET_PAGE_SIZE)
-    fail(`packet data of ${nextPacketSize} bytes for ${normalPages} pages`, 20);
-  if (packetNum > BigInt(Number.MAX_SAFE_INTEGER)) fail(`packet number ${packetNum} out of range`, 24);
-  const nameBytes = b.subarray(64, 64 + RAMBLOCK_BYTES);
-  const end = nameBytes.indexOf(0);
-  if (end < 0) fail('RAM block name is not NUL-terminated', 64);
-  let ramblock = '';
-  try {
-    ramblock = dec.decode(nameBytes.subarray(0, end));
-  } catch {
-    fail('RAM block name is not UTF-8', 64);
-  }
-  if (normalPages + zeroPages > 0 && ramblock === '') fail('packet with pages names no RAM block', 64);
+    fail(`packet data of ${nextPacketSize} bytes for ${normalPages} pages`, at + 20);
+  // A be64 that must be a safe integer (below 2^53): its high half below 2^21.
+  const numLow = v.getUint32(at + 28);
+  if (numHigh >= 0x200000) fail(`packet number ${(BigInt(numHigh) << 32n) | BigInt(numLow)} out of range`, at + 24);
+  const packetNum = numHigh * 0x100000000 + numLow;
+  const ramblock = readName(b, at + 64);
+  if (normalPages + zeroPages > 0 && ramblock === '') fail('packet with pages names no RAM block', at + 64);
   return {
     flags,
     pagesAlloc,
     normalPages,
     zeroPages,
     nextPacketSize,
-    packetNum: Number(packetNum),
+    packetNum,
     ramblock,
     bodyBytes: 8 * (normalPages + zeroPages) + nextPacketSize,
   };
 }
 
+/** The NUL-terminated block name at `at`: ASCII read directly (the usual "pc.ram"), else strict UTF-8. */
+function readName(b: Uint8Array, at: number): string {
+  let name = '';
+  for (let i = at; i < at + RAMBLOCK_BYTES; i++) {
+    const c = b[i]!;
+    if (c === 0) return name;
+    if (c >= 0x80) break;
+    name += String.fromCharCode(c);
+  }
+  const bytes = b.subarray(at, at + RAMBLOCK_BYTES);
+  const end = bytes.indexOf(0);
+  if (end < 0) fail('RAM block name is not NUL-terminated', at);
+  try {
+    return dec.decode(bytes.subarray(0, end));
+  } catch {
+    return fail('RAM block name is not UTF-8', at);
+  }
+}
+
 /**
- * Reads the offsets after a header (`body` starts at the first offset) into `into`; each must be
+ * Reads the offsets that start at byte `at` of `b` (right after their header) into `into`; each must be
  * page-aligned and inside a block of `blockSize` bytes. Returns the number read.
  */
 export function readMultifdOffsets(
-  body: Uint8Array,
+  b: Uint8Array,
+  at: number,
   h: DecodedMultifdHeader,
   blockSize: number,
   into: Float64Array,
 ): number {
   const n = h.normalPages + h.zeroPages;
-  if (body.byteLength < 8 * n) fail(`packet offsets truncated: ${body.byteLength} of ${8 * n} bytes`);
+  if (b.byteLength - at < 8 * n) fail(`packet offsets truncated: ${b.byteLength - at} of ${8 * n} bytes`, at);
   if (into.length < n) throw new RangeError(`offset array of ${into.length} for ${n} pages`);
-  const v = view(body);
+  const v = view(b);
   for (let i = 0; i < n; i++) {
-    const hi = v.getUint32(8 * i);
-    const lo = v.getUint32(8 * i + 4);
-    const off = hi * 0x100000000 + lo;
+    const hi = v.getUint32(at + 8 * i);
+    const off = hi * 0x100000000 + v.getUint32(at + 8 * i + 4);
     if (off % TARGET_PAGE_SIZE !== 0 || off >= blockSize || hi >= 0x200000)
-      fail(
-        `page offset 0x${off.toString(16)} is not a page of "${h.ramblock}" (${blockSize} bytes)`,
-        MULTIFD_HEADER_BYTES + 8 * i,
-      );
+      fail(`page offset 0x${off.toString(16)} is not a page of "${h.ramblock}" (${blockSize} bytes)`, at + 8 * i);
     into[i] = off;
   }
   return n;

@@ -98,7 +98,7 @@ describe('multifd page packet', () => {
         assert.equal(h.ramblock, 'pc.ram');
         assert.equal(h.bodyBytes, 8 * (no.length + zo.length) + 4096 * no.length);
         const offs = new Float64Array(MULTIFD_PACKET_PAGES);
-        const n = readMultifdOffsets(b.subarray(MULTIFD_HEADER_BYTES), h, BLOCK, offs);
+        const n = readMultifdOffsets(b, MULTIFD_HEADER_BYTES, h, BLOCK, offs);
         assert.deepEqual([...offs.subarray(0, n)], [...no, ...zo]);
       }),
     );
@@ -128,16 +128,41 @@ describe('multifd page packet', () => {
     const offs = new Float64Array(2);
     const outside = packet([BLOCK], []);
     refused(
-      () => readMultifdOffsets(outside.subarray(MULTIFD_HEADER_BYTES), decodeMultifdHeader(outside), BLOCK, offs),
+      () => readMultifdOffsets(outside, MULTIFD_HEADER_BYTES, decodeMultifdHeader(outside), BLOCK, offs),
       /offset 0x40000000 is not a page of "pc.ram"/,
     );
     const unaligned = good.slice();
     new DataView(unaligned.buffer).setUint32(MULTIFD_HEADER_BYTES + 4, 0x1001);
-    refused(() => readMultifdOffsets(unaligned.subarray(MULTIFD_HEADER_BYTES), h, BLOCK, offs), /offset 0x1001/);
+    refused(() => readMultifdOffsets(unaligned, MULTIFD_HEADER_BYTES, h, BLOCK, offs), /offset 0x1001/);
     refused(
-      () => readMultifdOffsets(good.subarray(MULTIFD_HEADER_BYTES, MULTIFD_HEADER_BYTES + 4), h, BLOCK, offs),
-      /truncated/,
+      () => readMultifdOffsets(good.subarray(0, MULTIFD_HEADER_BYTES + 4), MULTIFD_HEADER_BYTES, h, BLOCK, offs),
+      /truncated: 4 of 16 bytes/,
     );
+    refused(() => decodeMultifdHeader(with32(24, 0x200000)), /packet number 9007199254740999 out of range/);
+    const badUtf8 = good.slice();
+    badUtf8.set([0x70, 0xc3, 0x28, 0], 64);
+    refused(() => decodeMultifdHeader(badUtf8), /not UTF-8/);
+  });
+
+  test('packets back to back, as a channel hands them over: each decoded where it starts, refusals placed in the whole', () => {
+    const first = packet([0x1000, 0x3000], [0x2000], 0, 41);
+    const second = packet([], [0x5000], MULTIFD_FLAG_SYNC, 42);
+    const both = concat([first, second]);
+    const h1 = decodeMultifdHeader(both, 0);
+    const at2 = MULTIFD_HEADER_BYTES + 8 * 3;
+    const h2 = decodeMultifdHeader(both, at2);
+    assert.deepEqual([h1.packetNum, h1.normalPages, h1.zeroPages, h1.flags], [41, 2, 1, 0]);
+    assert.deepEqual([h2.packetNum, h2.normalPages, h2.zeroPages, h2.flags], [42, 0, 1, MULTIFD_FLAG_SYNC]);
+    const offs = new Float64Array(MULTIFD_PACKET_PAGES);
+    assert.equal(readMultifdOffsets(both, at2 + MULTIFD_HEADER_BYTES, h2, BLOCK, offs), 1);
+    assert.equal(offs[0], 0x5000);
+    const bad = both.slice();
+    bad[at2 + 7] = 9; // the second packet's version
+    assert.throws(
+      () => decodeMultifdHeader(bad, at2),
+      (e: unknown) => e instanceof StreamError && /version 9/.test(e.message) && e.offset === at2 + 4,
+    );
+    refused(() => decodeMultifdHeader(both, both.byteLength - 100), /header of 100 bytes/);
   });
 
   test('the encoder refuses what it cannot write', () => {

@@ -158,13 +158,13 @@ export class MultifdReceiver implements RamChannelsIn {
     if (this.error) return;
     try {
       for (let at = 0; at < packets.byteLength; ) {
-        const h = decodeMultifdHeader(packets.subarray(at));
+        const h = decodeMultifdHeader(packets, at);
         const n = h.normalPages + h.zeroPages;
         if (h.ramblock !== RAM_BLOCK && n > 0)
           throw new Error(`packet names RAM block "${h.ramblock}", this VM has "${RAM_BLOCK}"`);
         const offsets = at + MULTIFD_HEADER_BYTES;
         at = offsets + 8 * n;
-        if (n > 0) readMultifdOffsets(packets.subarray(offsets, at), h, this.o.memory.size, this.offsets);
+        if (n > 0) readMultifdOffsets(packets, offsets, h, this.o.memory.size, this.offsets);
         c.packets++;
         c.lastPacketNum = h.packetNum;
       }
