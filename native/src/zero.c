@@ -103,11 +103,20 @@ napi_value vn_zero_pages(napi_env env, napi_callback_info info) {
   return out;
 }
 
+/* The first page index >= k whose bit is set in want, or 32 when there is none. */
+static unsigned next_wanted(uint32_t want, unsigned k) {
+  if (k >= 32) return 32;
+  uint32_t rest = want >> k;
+  return rest == 0 ? 32 : k + (unsigned)__builtin_ctz(rest);
+}
+
 int64_t vn_hole_mask(int fd, uint64_t offset, uint32_t want, double* extent) {
   if (want == 0) return 0;
   unsigned top = 31u - (unsigned)__builtin_clz(want);
   off_t end = (off_t)(offset + (uint64_t)(top + 1) * ZERO_PAGE_SIZE);
-  off_t pos = (off_t)offset;
+  /* Only the wanted pages are asked about: the walk starts at the first and jumps over the pages between
+   * them, rather than walking every data run of the word (a later pass's dirty word has a page or two). */
+  off_t pos = (off_t)(offset + (uint64_t)next_wanted(want, 0) * ZERO_PAGE_SIZE);
   uint32_t holes = 0;
   while (pos < end) {
     off_t data = lseek(fd, pos, SEEK_DATA);
@@ -124,6 +133,8 @@ int64_t vn_hole_mask(int fd, uint64_t offset, uint32_t want, double* extent) {
     uint64_t last = ((uint64_t)data - offset) / ZERO_PAGE_SIZE; /* exclusive */
     for (uint64_t k = first; k < last; k++) holes |= 1u << k;
     if (data >= end) break;
+    /* The page at data holds data; nothing more to ask when no wanted page follows it. */
+    if (next_wanted(want, (unsigned)last + 1) >= 32) break; /* last < 32: data < end */
     /* SEEK_HOLE walks the whole data extent: the caller keeps its end, so a guest full of data costs
      * one walk per extent rather than one per call. */
     off_t hole = lseek(fd, data, SEEK_HOLE);
@@ -131,7 +142,10 @@ int64_t vn_hole_mask(int fd, uint64_t offset, uint32_t want, double* extent) {
     if (hole <= data) break; /* cannot happen; never loop forever on a confused answer */
     extent[0] = (double)data;
     extent[1] = (double)hole;
-    pos = hole;
+    uint64_t after = ((uint64_t)hole - offset + ZERO_PAGE_SIZE - 1) / ZERO_PAGE_SIZE;
+    unsigned k = after >= 32 ? 32 : next_wanted(want, (unsigned)after);
+    if (k >= 32) break;
+    pos = (off_t)(offset + (uint64_t)k * ZERO_PAGE_SIZE);
   }
   return holes & want;
 }
