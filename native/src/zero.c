@@ -110,6 +110,20 @@ static unsigned next_wanted(uint32_t want, unsigned k) {
   return rest == 0 ? 32 : k + (unsigned)__builtin_ctz(rest);
 }
 
+/* lseek(SEEK_DATA) from pos, clamped to end (no more data: end). 0, or -1 (errno set) when lseek failed,
+ * or 1 when its answer cannot be trusted: a file whose lseek answers without looking (a device's, say)
+ * may say "here" for anything before pos, so no hole of it is trusted and every page is left to the scan. */
+static int seek_data(int fd, off_t pos, off_t end, off_t* data) {
+  off_t d = lseek(fd, pos, SEEK_DATA);
+  if (d < 0) {
+    if (errno != ENXIO) return -1;
+    d = end;
+  }
+  if (d < pos) return 1;
+  *data = d > end ? end : d;
+  return 0;
+}
+
 int64_t vn_hole_mask(int fd, uint64_t offset, uint32_t want, double* extent) {
   if (want == 0) return 0;
   unsigned top = 31u - (unsigned)__builtin_clz(want);
@@ -117,36 +131,53 @@ int64_t vn_hole_mask(int fd, uint64_t offset, uint32_t want, double* extent) {
   /* Only the wanted pages are asked about: the walk starts at the first and jumps over the pages between
    * them, rather than walking every data run of the word (a later pass's dirty word has a page or two). */
   off_t pos = (off_t)(offset + (uint64_t)next_wanted(want, 0) * ZERO_PAGE_SIZE);
+  off_t data;
+  int r = seek_data(fd, pos, end, &data);
   uint32_t holes = 0;
-  while (pos < end) {
-    off_t data = lseek(fd, pos, SEEK_DATA);
-    if (data < 0) {
-      if (errno != ENXIO) return -1;
-      data = end; /* no data from pos to the end of the file */
-    }
-    /* A file whose lseek answers without looking (a device's, say) may say "here" for anything before
-     * pos: no hole can be trusted then, so every page is left to the scan. */
-    if (data < pos) return 0;
-    if (data > end) data = end;
+  bool probe = true;
+  while (r == 0) {
     /* [pos, data) is a hole: the pages wholly inside it. */
     uint64_t first = ((uint64_t)pos - offset + ZERO_PAGE_SIZE - 1) / ZERO_PAGE_SIZE;
-    uint64_t last = ((uint64_t)data - offset) / ZERO_PAGE_SIZE; /* exclusive */
+    uint64_t last = ((uint64_t)data - offset) / ZERO_PAGE_SIZE; /* exclusive; < 32 while data < end */
     for (uint64_t k = first; k < last; k++) holes |= 1u << k;
     if (data >= end) break;
     /* The page at data holds data; nothing more to ask when no wanted page follows it. */
-    if (next_wanted(want, (unsigned)last + 1) >= 32) break; /* last < 32: data < end */
-    /* SEEK_HOLE walks the whole data extent: the caller keeps its end, so a guest full of data costs
-     * one walk per extent rather than one per call. */
-    off_t hole = lseek(fd, data, SEEK_HOLE);
-    if (hole < 0) return -1;
-    if (hole <= data) break; /* cannot happen; never loop forever on a confused answer */
-    extent[0] = (double)data;
-    extent[1] = (double)hole;
-    uint64_t after = ((uint64_t)hole - offset + ZERO_PAGE_SIZE - 1) / ZERO_PAGE_SIZE;
-    unsigned k = after >= 32 ? 32 : next_wanted(want, (unsigned)after);
+    unsigned k = next_wanted(want, (unsigned)last + 1);
     if (k >= 32) break;
+    if (k == last + 1) {
+      /* The next wanted page follows this one. Where data pages stand alone among holes (a sparse
+       * guest's), asking for data from the next page names the next data page: one call finds the hole
+       * after this one. Where they come in runs, SEEK_HOLE finds a run's end in one call. Each way is
+       * kept while it pays: a probe that lands on data switches to SEEK_HOLE, a run of one page back. */
+      off_t next = data + (off_t)ZERO_PAGE_SIZE;
+      if (probe) {
+        off_t more;
+        r = seek_data(fd, next, end, &more);
+        if (r != 0) break;
+        if (more > next) {
+          pos = next;
+          data = more;
+          continue;
+        }
+        probe = false;
+      }
+      /* SEEK_HOLE walks the run, and the caller keeps its end, so a guest full of data costs one walk
+       * per run rather than one per call. */
+      off_t hole = lseek(fd, data, SEEK_HOLE);
+      if (hole < 0) return -1;
+      if (hole <= data) break; /* cannot happen; never loop forever on a confused answer */
+      if (hole == next) probe = true;
+      extent[0] = (double)data;
+      extent[1] = (double)hole;
+      uint64_t after = ((uint64_t)hole - offset + ZERO_PAGE_SIZE - 1) / ZERO_PAGE_SIZE;
+      k = after >= 32 ? 32 : next_wanted(want, (unsigned)after);
+      if (k >= 32) break;
+    }
     pos = (off_t)(offset + (uint64_t)k * ZERO_PAGE_SIZE);
+    r = seek_data(fd, pos, end, &data);
   }
+  if (r < 0) return -1;
+  if (r > 0) return 0;
   return holes & want;
 }
 

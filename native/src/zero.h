@@ -11,9 +11,9 @@
 bool vn_all_zero(const uint8_t* p, size_t n);
 
 /* Bit k set for each page k (4096 bytes at offset + k*4096) asked for in want and wholly inside a hole
- * of fd. extent[0..1] gets the last run of data met, [start, end) (end where SEEK_HOLE found the next
- * hole), or stays as it was when none was met. Returns -1 with errno set when lseek fails for another
- * reason than "no more data". */
+ * of fd; only the wanted pages are asked about. extent[0..1] gets the last run of data whose end was
+ * looked for, [start, end) (end where SEEK_HOLE found the next hole), or stays as it was. Returns -1 with
+ * errno set when lseek fails for another reason than "no more data". */
 int64_t vn_hole_mask(int fd, uint64_t offset, uint32_t want, double* extent);
 
 /* isZero(data: Uint8Array): boolean */
