@@ -5,6 +5,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { type LocalPair, startLocalPair, waitForMigration } from '../../src/harness/local-hosts.ts';
 import { DEFAULT_DATA_SIZE } from '../../src/vfio-user/hosted-device.ts';
+import { until } from '../support/until.ts';
 import { type Digests, migrateToEnd } from './support/migrate.ts';
 
 async function migrateAndVerify(pair: LocalPair, params: Record<string, number> = {}) {
@@ -221,10 +222,8 @@ async function waitForActive(pair: LocalPair): Promise<void> {
 
 /** Polls the RAM digest until it differs from `before` (a running guest writes; when is up to the machine). */
 async function ramChanges(qmp: LocalPair['src'], before: string, what: string): Promise<void> {
-  const end = Date.now() + DEADLINE_MS;
-  for (;;) {
-    if ((await qmp.execute<Digests>('x-query-digests')).ram !== before) return;
-    if (Date.now() > end) assert.fail(`${what}: RAM unchanged after ${DEADLINE_MS} ms`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+  await until(async () => (await qmp.execute<Digests>('x-query-digests')).ram !== before, `${what}: RAM to change`, {
+    ms: DEADLINE_MS,
+    everyMs: 50,
+  });
 }

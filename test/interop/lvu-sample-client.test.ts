@@ -25,6 +25,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { VfioUserClient } from '../../src/vfio-user/client.ts';
 import { buildPeers, ERAS, type Era } from '../support/libvfio-user-peers.ts';
+import { until } from '../support/until.ts';
 import { BAR1_SIZE } from './support/lvu-vm.ts';
 import { listening } from './support/unix-listening.mjs';
 
@@ -65,23 +66,13 @@ function start(cmd: string, args: string[]): Proc {
   return { proc, out, err, exited };
 }
 
-async function until(cond: () => boolean, what: string, ms: number, context: () => string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`no ${what} within ${ms} ms\n${context()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
-
 /** Our server on `socket`, up once it says "serving". */
 async function ourServer(era: Era, socket: string): Promise<Proc> {
   const p = start(process.execPath, [BIN, 'serve', '--device', 'lvu-sample', '--flavor', era, '--socket', socket]);
-  await until(
-    () => p.out.some((l) => l.includes('serving')) || p.proc.exitCode !== null,
-    'serving line',
-    START_MS,
-    () => p.err.join('\n'),
-  );
+  await until(() => p.out.some((l) => l.includes('serving')) || p.proc.exitCode !== null, 'serving line', {
+    ms: START_MS,
+    context: () => p.err.join('\n'),
+  });
   assert.equal(p.proc.exitCode, null, `our server exited: ${p.err.join('\n')}`);
   return p;
 }
@@ -89,12 +80,10 @@ async function ourServer(era: Era, socket: string): Promise<Proc> {
 /** Their sample server on `socket`, up once it listens there. */
 async function theirServer(era: Era, socket: string): Promise<Proc> {
   const p = start(peers.servers[era]!, ['-v', socket]);
-  await until(
-    () => listening(socket) || p.proc.exitCode !== null,
-    'socket',
-    START_MS,
-    () => p.err.join('\n'),
-  );
+  await until(() => listening(socket) || p.proc.exitCode !== null, 'socket', {
+    ms: START_MS,
+    context: () => p.err.join('\n'),
+  });
   return p;
 }
 
@@ -106,7 +95,10 @@ async function theirServer(era: Era, socket: string): Promise<Proc> {
  * server would reap the client's exit status with its own children's.
  */
 async function placeWhenListening(pending: string, socket: string, client: Proc, context: () => string): Promise<void> {
-  await until(() => listening(pending) || client.proc.exitCode !== null, 'destination listening', START_MS, context);
+  await until(() => listening(pending) || client.proc.exitCode !== null, 'destination listening', {
+    ms: START_MS,
+    context,
+  });
   if (listening(pending)) renameSync(pending, socket);
 }
 
@@ -168,15 +160,16 @@ describe("interop: libvfio-user's sample client and lvu-sample", { skip }, () =>
         try {
           // The client is done once its destination saw it leave (ours logs it; theirs exits).
           if (dst) {
-            await until(
-              () => dst.err.some((l) => l.includes('client disconnected')),
-              'client leaving',
-              RUN_MS,
+            await until(() => dst.err.some((l) => l.includes('client disconnected')), 'client leaving', {
+              ms: RUN_MS,
               context,
-            );
+            });
           } else {
             await placeWhenListening(`${dstSocket}.pending`, dstSocket, run, context);
-            await until(() => run.out.filter((l) => l.startsWith('exit ')).length >= 1, 'exits', RUN_MS, context);
+            await until(() => run.out.filter((l) => l.startsWith('exit ')).length >= 1, 'exits', {
+              ms: RUN_MS,
+              context,
+            });
           }
           const ended = BigInt(Math.floor(Date.now() / 1000));
           // Our destination, read after the client: it holds the migrated state.
@@ -197,12 +190,10 @@ describe("interop: libvfio-user's sample client and lvu-sample", { skip }, () =>
           // Our source, once the client's socket to it is closed (the forked holder inherited it too).
           let srcBars: { bar0: bigint; bar1: Buffer } | null = null;
           if (from === 'ours') {
-            await until(
-              () => src.err.some((l) => l.includes('client disconnected')),
-              'source released',
-              RUN_MS,
+            await until(() => src.err.some((l) => l.includes('client disconnected')), 'source released', {
+              ms: RUN_MS,
               context,
-            );
+            });
             srcBars = await readBars(socket);
           }
 

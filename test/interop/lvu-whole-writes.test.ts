@@ -19,6 +19,7 @@ import { VfioError } from '../../src/errors.ts';
 import { migDataWritesInFlight, VfioUserClient, WHOLE_WRITE_MAX } from '../../src/vfio-user/client.ts';
 import { V2MigrationDriver } from '../../src/vmm/vfio/v2-driver.ts';
 import { buildPeers, ERAS } from '../support/libvfio-user-peers.ts';
+import { until } from '../support/until.ts';
 import { BAR1_SIZE } from './support/lvu-vm.ts';
 import { listening } from './support/unix-listening.mjs';
 
@@ -29,11 +30,8 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 
 async function sampleServer(path: string, server: string): Promise<ChildProcess> {
   const p = spawn(server, ['-v', path], { stdio: ['ignore', 'ignore', 'ignore'] });
-  const end = Date.now() + 60_000;
-  while (!listening(path)) {
-    if (p.exitCode !== null || Date.now() > end) throw new Error(`the sample server did not listen at ${path}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  await until(() => listening(path) || p.exitCode !== null, `the sample server to listen at ${path}`);
+  if (p.exitCode !== null) throw new Error(`the sample server exited (${p.exitCode}) before it listened at ${path}`);
   return p;
 }
 

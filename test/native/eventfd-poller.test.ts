@@ -4,6 +4,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { type NativeError, native } from '../../src/native/addon.ts';
+import { until } from '../support/until.ts';
 import { fdFlags, O_CLOEXEC, O_NONBLOCK } from './support.ts';
 
 const fixture = fileURLToPath(new URL('./fixtures/poller-exit.ts', import.meta.url));
@@ -15,15 +16,6 @@ const fixture = fileURLToPath(new URL('./fixtures/poller-exit.ts', import.meta.u
 function runFixture(mode: string, timeout = 60_000) {
   const r = spawnSync(process.execPath, ['--import', 'tsx', fixture, mode], { timeout, encoding: 'utf8' });
   return { status: r.status, signal: r.signal, out: r.stdout + r.stderr };
-}
-
-/** Polls `cond` until it holds; the deadline is a safety net, not what is tested. */
-async function eventually(cond: () => boolean, what: string, ms = 60_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) assert.fail(`${what}: not within ${ms} ms`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
 }
 
 describe('eventfd', () => {
@@ -100,13 +92,13 @@ describe('Poller', () => {
       calls++;
     });
     p.start(true, false);
-    await eventually(() => calls > 0, 'level-triggered: readable while the counter is nonzero');
+    await until(() => calls > 0, 'level-triggered: readable while the counter is nonzero');
     p.stop();
     const atStop = calls;
     await new Promise((r) => setTimeout(r, 20));
     assert.equal(calls, atStop);
     p.start(false, true);
-    await eventually(() => calls > atStop, 'an eventfd is writable');
+    await until(() => calls > atStop, 'an eventfd is writable');
     p.start(false, false);
     const atStop2 = calls;
     await new Promise((r) => setTimeout(r, 20));
@@ -145,7 +137,7 @@ describe('Poller', () => {
       exited = code;
     });
     try {
-      await eventually(() => out.includes('poller started') || exited !== undefined, 'the fixture to start');
+      await until(() => out.includes('poller started') || exited !== undefined, 'the fixture to start');
       await new Promise((r) => setTimeout(r, 500));
       assert.equal(exited, undefined, `should still be running: ${out}`);
     } finally {

@@ -19,7 +19,8 @@ import {
 } from '../../src/vfio-user/region-port.ts';
 import { resumeDevice, saveDeviceLive } from '../../src/vmm/vfio/device-live-save.ts';
 import { SeedRegionClient } from '../../src/vmm/vfio/seed-region-client.ts';
-import { runCli, ScriptedServer, type ServeProcess, startServe, until } from './client-support.ts';
+import { until } from '../support/until.ts';
+import { runCli, ScriptedServer, type ServeProcess, startServe } from './client-support.ts';
 
 const MIG = 9;
 

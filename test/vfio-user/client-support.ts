@@ -119,18 +119,6 @@ const defaultVersion: ScriptHandler = (m, conn, srv) => {
   conn.reply(m, encodeVersionReply(n.reply));
 };
 
-/**
- * Waits for `cond` to hold, polling. `ms` is a safety net against a hang, never what is tested: generous,
- * because a loaded machine may take seconds to do what a quiet one does in milliseconds.
- */
-export async function until(cond: () => boolean, what = 'condition', ms = 60_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
-
 export type { ServerProcess as ServeProcess } from '../support/server-process.ts';
 /** `vfio-migrate serve --socket <tmp> ...args`, resolved once it prints that it is serving. */
 export { startServer as startServe } from '../support/server-process.ts';

@@ -55,7 +55,8 @@ import {
   WHOLE_WRITE_MAX,
 } from '../../src/vfio-user/client.ts';
 import { findMigrationRegion, openRegionPort } from '../../src/vfio-user/region-port.ts';
-import { ScriptedServer, type ScriptHandler, type ScriptOptions, tempDir, until } from './client-support.ts';
+import { until } from '../support/until.ts';
+import { ScriptedServer, type ScriptHandler, type ScriptOptions, tempDir } from './client-support.ts';
 
 type TestContext = { after: (fn: () => void | Promise<void>) => void };
 

@@ -25,7 +25,7 @@ import { decodeRecordHeader, RECORD_HEADER_SIZE, RecordKind } from '../../src/de
 import type { Connection } from '../../src/vfio-user/connection.ts';
 import { serveDevice } from '../../src/vfio-user/serve-device.ts';
 import { closed, rawConnect } from '../support/raw-client.ts';
-import { until } from './client-support.ts';
+import { until } from '../support/until.ts';
 
 const MIG = 9;
 const CHUNK = 1 << 20;

@@ -21,7 +21,8 @@ import { FdSocket } from '../../src/native/fd-socket.ts';
 import { VfioUserClient } from '../../src/vfio-user/client.ts';
 import { Connection } from '../../src/vfio-user/connection.ts';
 import type { ReceivedMessage } from '../../src/vfio-user/framing.ts';
-import { ScriptedServer, until } from './client-support.ts';
+import { until } from '../support/until.ts';
+import { ScriptedServer } from './client-support.ts';
 
 const MiB = 1024 * 1024;
 const LIMITS = { maxMsgSize: 8 * MiB, maxFds: 8 };

@@ -13,15 +13,7 @@ import { GuestDirtyBitmap } from '../../src/vmm/guest/dirty-bitmap.ts';
 import { resumeDevice, saveDeviceLive } from '../../src/vmm/vfio/device-live-save.ts';
 import { SeedRegionClient } from '../../src/vmm/vfio/seed-region-client.ts';
 import { type ServerProcess, startServer } from '../support/server-process.ts';
-
-/** Polls `cond` until it holds; the deadline is a safety net against a hang, not what is tested. */
-async function until(cond: () => Promise<boolean>, what: string, ms = 60_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
+import { until } from '../support/until.ts';
 
 const PAGE = 4096;
 const GUEST = 1 << 20;

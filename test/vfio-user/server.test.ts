@@ -32,7 +32,7 @@ import { native } from '../../src/native/addon.ts';
 import type { Connection } from '../../src/vfio-user/connection.ts';
 import { closed, rawConnect as connect } from '../support/raw-client.ts';
 import { type ServerProcess, startServer } from '../support/server-process.ts';
-import { until } from './client-support.ts';
+import { until } from '../support/until.ts';
 
 const MIG = 9;
 const OFF = Object.fromEntries(SEED_MIGRATION_INFO.fields.map((f) => [f.name, f.offset])) as Record<string, number>;

@@ -10,7 +10,8 @@ import { CONTROL_DMA, CONTROL_WORK, LargeMemoryRegs } from '../../src/device/sam
 import { VfioError } from '../../src/errors.ts';
 import { native } from '../../src/native/addon.ts';
 import { VfioUserClient } from '../../src/vfio-user/client.ts';
-import { type ServeProcess, startServe, until } from './client-support.ts';
+import { until } from '../support/until.ts';
+import { type ServeProcess, startServe } from './client-support.ts';
 
 const MIG = 9;
 const OFF = Object.fromEntries(V1_MIGRATION_INFO.fields.map((f) => [f.name, f.offset])) as Record<string, number>;
@@ -31,14 +32,6 @@ async function r64(c: VfioUserClient, name: string): Promise<bigint> {
 }
 async function setState(c: VfioUserClient, s: number): Promise<void> {
   await c.regionWrite(MIG, OFF.device_state!, u32(s));
-}
-/** Waits for an async condition the test made happen; the deadline is only a safety net. */
-async function eventually(cond: () => Promise<boolean>, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error('timed out waiting for the device');
-    await new Promise((r) => setTimeout(r, 5));
-  }
 }
 function errno(e: number) {
   return (err: unknown) => err instanceof VfioError && err.errno === e;
@@ -76,9 +69,9 @@ for (const kind of ['mmapped', 'trapped'] as const) {
         assert.equal((await a.deviceInfo()).numRegions, 10);
         // Let the device run a while so its state is not the initial one.
         await a.regionWrite(0, LargeMemoryRegs.CONTROL, u32(CONTROL_WORK));
-        await eventually(
+        await until(
           async () => (await a.regionRead(0, LargeMemoryRegs.WORK_COUNT, 8)).some((x) => x !== 0),
-          10_000,
+          'the device to work',
         );
         await setState(a, DeviceState.SAVING | DeviceState.RUNNING);
         await setState(a, DeviceState.SAVING);
@@ -168,12 +161,12 @@ describe('serve --flavor v1: dirty pages through DIRTY_PAGES and DMA_UNMAP', () 
         'read-and-clear',
       );
       await setState(c, DeviceState.RUNNING);
-      await eventually(async () => (await c.regionRead(0, LargeMemoryRegs.DMA_COUNT, 8)).some((x) => x !== 0), 10_000);
+      await until(async () => (await c.regionRead(0, LargeMemoryRegs.DMA_COUNT, 8)).some((x) => x !== 0), 'a DMA');
       const before = (await c.regionRead(0, LargeMemoryRegs.DMA_COUNT, 8)).slice();
-      await eventually(async () => {
+      await until(async () => {
         const now = await c.regionRead(0, LargeMemoryRegs.DMA_COUNT, 8);
         return now.some((x, i) => x !== before[i]);
-      }, 10_000);
+      }, 'more DMA');
       await c.regionWrite(0, LargeMemoryRegs.CONTROL, u32(0));
       const unmapped = await c.dmaUnmap({ iova, size: BigInt(size), dirtyBitmap: {} });
       assert.ok(unmapped.bitmap && unmapped.bitmap.byteLength === 32);

@@ -11,6 +11,7 @@ import assert from 'node:assert/strict';
 import { LVU_BAR1_SIZE } from '../../../src/device/samples/lvu-sample.ts';
 import type { HostOptions, LocalPair } from '../../../src/harness/local-hosts.ts';
 import type { Era } from '../../support/libvfio-user-peers.ts';
+import { until } from '../../support/until.ts';
 
 /** Runs a libvfio-user sample server on the socket a VMM names (test/interop/support/peer-server.mjs). */
 export const PEER_WRAPPER = new URL('./peer-server.mjs', import.meta.url).pathname;
@@ -84,13 +85,9 @@ export function epochSeconds(fromNow: number): Uint8Array {
   return b;
 }
 
-/** Polls `cond` (a safety net of `ms`, never the thing tested). */
-export async function until(cond: () => boolean, what: string, lines: string[], ms = 120_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`no ${what} within ${ms} ms:\n${lines.slice(-30).join('\n')}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
+/** Waits for `cond` with the pair's last log lines said on timeout. */
+function untilLogged(cond: () => boolean, what: string, lines: string[], ms = 120_000): Promise<void> {
+  return until(cond, what, { ms, everyMs: 50, context: () => lines.slice(-30).join('\n') });
 }
 
 /**
@@ -111,13 +108,13 @@ export async function migrateWhileSampleDmas(pair: LocalPair, era: Era, lines: s
   if (era === 'v1') await regionWrite(pair, 0, epochSeconds(20));
   await pair.src.execute('migrate', { uri: pair.uri });
   if (era === 'v2') {
-    await until(() => lines.some((l) => v2Armed.test(l)), `a line matching ${v2Armed}`, lines);
+    await untilLogged(() => lines.some((l) => v2Armed.test(l)), `a line matching ${v2Armed}`, lines);
     await regionWrite(pair, 0, epochSeconds(2));
   }
   const device = (needle: string) => () => lines.some((l) => l.startsWith('src-device:') && l.includes(needle));
-  await until(device('do_dma_io: DIRECT success'), 'direct DMA by the device', lines);
-  await until(device('do_dma_io: MESSAGE success'), 'DMA by messages (served by our VMM)', lines);
-  await until(
+  await untilLogged(device('do_dma_io: DIRECT success'), 'direct DMA by the device', lines);
+  await untilLogged(device('do_dma_io: MESSAGE success'), 'DMA by messages (served by our VMM)', lines);
+  await untilLogged(
     () => lines.some((l) => /^src-vmm: .*vfio_get_dirty_bitmap .*iova=0x800000 .*dirty_pages=0x[1-9a-f]/.test(l)),
     "the device's dirty log reporting its DMA",
     lines,

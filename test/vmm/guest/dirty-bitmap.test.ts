@@ -6,16 +6,8 @@ import { once } from 'node:events';
 import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import { type DirtyRun, GuestDirtyBitmap } from '../../../src/vmm/guest/dirty-bitmap.ts';
+import { until } from '../../support/until.ts';
 import { sleep, tsWorker } from '../support.ts';
-
-/** Polls `cond`; the deadline is a safety net (threads on a loaded machine run late), not what is tested. */
-async function waitFor(cond: () => boolean, what: string, ms = 120_000): Promise<void> {
-  const end = performance.now() + ms;
-  while (!cond()) {
-    if (performance.now() > end) assert.fail(`${what}: not within ${ms} ms`);
-    await sleep(1);
-  }
-}
 
 function pagesOf(b: GuestDirtyBitmap): number[] {
   const out: number[] = [];
@@ -293,7 +285,10 @@ describe('GuestDirtyBitmap', () => {
       let takes = 0;
       let during = 0;
       // Both writers wait half-way: a take now finds their marks while they are not done.
-      await waitFor(() => Atomics.load(h.control, 12) === 1 && Atomics.load(h.control, 13) === 1, 'writers half-way');
+      await until(() => Atomics.load(h.control, 12) === 1 && Atomics.load(h.control, 13) === 1, 'writers half-way', {
+        ms: 120_000,
+        everyMs: 1,
+      });
       takeAll(h.b, takes++ % 3, (p) => {
         taken[p]!++;
         during++;

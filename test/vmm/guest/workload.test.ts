@@ -9,6 +9,7 @@ import { GuestDirtyBitmap } from '../../../src/vmm/guest/dirty-bitmap.ts';
 import { compareDigests, GuestMemory, PAGE_SIZE } from '../../../src/vmm/guest/guest-memory.ts';
 import { Workload, type WorkloadOptions } from '../../../src/vmm/guest/workload.ts';
 import { reservedRuns, unreservedPage } from '../../../src/vmm/guest/workload-control.ts';
+import { until } from '../../support/until.ts';
 import { sleep } from '../support.ts';
 
 const MiB = 2 ** 20;
@@ -35,14 +36,8 @@ function guest(size: number, options: WorkloadOptions): Guest {
   };
 }
 
-/** Polls `cond`; the deadline is a safety net against a hang (vCPU threads on a loaded machine are slow). */
-async function until(what: string, cond: () => boolean, timeoutMs = 120_000): Promise<void> {
-  const deadline = performance.now() + timeoutMs;
-  while (!cond()) {
-    if (performance.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
+/** vCPU threads on a loaded machine are slow: a longer safety net than until's default. */
+const VCPU_WAIT = { ms: 120_000, everyMs: 5 };
 
 describe('Workload', () => {
   test('vCPUs change real bytes and mark exactly the pages they changed; pause stops them; resume goes on', async () => {
@@ -53,8 +48,9 @@ describe('Workload', () => {
       assert.equal(workload.isRunning, true);
       // Each vCPU thread is scheduled when the machine lets it: wait for both to have written, too.
       await until(
-        '2000 writes, some by each vCPU',
         () => workload.pagesWritten > 2000 && workload.stats().perVcpu.every((n) => n > 0),
+        '2000 writes, some by each vCPU',
+        VCPU_WAIT,
       );
       await workload.pause();
       assert.equal(workload.isRunning, false);
@@ -83,7 +79,7 @@ describe('Workload', () => {
       workload.resume();
       assert.equal(workload.isRunning, true);
       const t0 = performance.now();
-      await until('1000 more writes', () => workload.pagesWritten > written + 1000);
+      await until(() => workload.pagesWritten > written + 1000, '1000 more writes', VCPU_WAIT);
       await workload.pause();
       const after = memory.pageDigests();
       const c = compareDigests(before, after, 5);
@@ -149,7 +145,7 @@ describe('Workload', () => {
       try {
         const { memory, dirty, workload } = g;
         await workload.ready();
-        await until('1500 writes', () => workload.pagesWritten > 1500);
+        await until(() => workload.pagesWritten > 1500, '1500 writes', VCPU_WAIT);
         await workload.pause();
         const hotPages = Math.floor(memory.pages * 0.1);
         let hot = 0;
@@ -253,7 +249,7 @@ describe('Workload', () => {
         const { memory, dirty, workload } = g;
         await workload.ready();
         // 6000 writes over 250 pages: a random page is missed with odds e^-24.
-        await until('6000 writes', () => workload.pagesWritten > 6000);
+        await until(() => workload.pagesWritten > 6000, '6000 writes', VCPU_WAIT);
         await workload.pause();
         let unwritten = 0;
         for (let p = 0; p < memory.pages; p++) {

@@ -17,7 +17,7 @@ import { encodeReturnPath, ReturnPathDecoder, ReturnPathType } from '../../../sr
 import { MigrationError } from '../../../src/vmm/migration/errors.ts';
 import { type IncomingConnection, IncomingListener } from '../../../src/vmm/migration/incoming.ts';
 import { StreamSocket } from '../../../src/vmm/migration/stream-socket.ts';
-import { until } from '../../vfio-user/client-support.ts';
+import { until } from '../../support/until.ts';
 
 const ID = { sectionId: 0, idstr: 'blob', instanceId: 0, versionId: 1 };
 
@@ -107,7 +107,7 @@ test('bytes that arrive before there is a sink are held (reading stops), then ha
     const { body, eof, payloads } = stream([2 << 20, 10, 200_000]);
     peer.end(concat([body, eof]));
     // With no sink, the first read is held and reading stops: it is there once bytesRead moves.
-    await until(() => s.bytesRead > 0);
+    await until(() => s.bytesRead > 0, 'the first bytes read');
     const d = decoder();
     let batch: DecodedSection[] = [];
     s.setSink({
