@@ -20,6 +20,8 @@ export type DeviceOptions = (
       /** A sample device name for `vfio-migrate serve --device`. */
       device: string;
       deviceArgs?: string[];
+      /** The server's own log on stderr (the pair's `log` gets it); default false: `serve --quiet`. */
+      deviceLog?: boolean;
       deviceCommand?: never;
     }
   | {
@@ -30,6 +32,7 @@ export type DeviceOptions = (
       deviceCommand: (socket: string) => string[];
       device?: never;
       deviceArgs?: never;
+      deviceLog?: never;
     }
 ) & {
   /** Properties appended to the VMM's --device-socket value, e.g. `precopy=off`. */
@@ -40,6 +43,7 @@ export type DeviceOptions = (
 interface NoDevice {
   device?: never;
   deviceArgs?: never;
+  deviceLog?: never;
   deviceCommand?: never;
   deviceProps?: never;
 }
@@ -203,7 +207,8 @@ function vfioMigrate(...args: string[]): string[] {
 
 function deviceCommand(h: DeviceOptions, socket: string): string[] {
   if (h.deviceCommand) return h.deviceCommand(socket);
-  return vfioMigrate('serve', '--device', h.device, '--socket', socket, '--quiet', ...(h.deviceArgs ?? []));
+  const quiet = h.deviceLog ? [] : ['--quiet'];
+  return vfioMigrate('serve', '--device', h.device, '--socket', socket, ...quiet, ...(h.deviceArgs ?? []));
 }
 
 /** The VMM's --device-socket value: the path (commas doubled, QEMU style) and any properties. */

@@ -29,20 +29,19 @@ import {
   type VfioInfo,
 } from './support/lvu-vm.ts';
 
-const BIN = new URL('../../bin/vfio-migrate.js', import.meta.url).pathname;
 const peers = buildPeers();
 
 function theirs(era: Era): HostOptions {
   return sampleHost(peers.servers[era]!, era);
 }
 
-function ours(era: Era): HostOptions {
+function ours(era: Era) {
   return {
     device: 'lvu-sample',
     deviceArgs: ['--flavor', era],
     deviceProps: sampleProps(era),
     vmmArgs: sampleVmmArgs(era),
-  };
+  } satisfies HostOptions;
 }
 
 describe('interop: a VM moves between libvfio-user’s sample device and lvu-sample', { skip: peers.skip }, () => {
@@ -104,20 +103,10 @@ describe('interop: a VM moves between libvfio-user’s sample device and lvu-sam
   for (const era of ERAS) {
     test(`${era}: lvu-sample's timer DMA during pre-copy is logged dirty and migrated`, async () => {
       const lines: string[] = [];
-      // Our sample device, its log not quieted (the test reads its DMA lines): serve without --quiet.
+      // Our sample device with its log (the test reads its DMA lines).
       const source: HostOptions = {
-        deviceProps: sampleProps(era),
-        deviceCommand: (socket) => [
-          process.execPath,
-          BIN,
-          'serve',
-          '--device',
-          'lvu-sample',
-          '--flavor',
-          era,
-          '--socket',
-          socket,
-        ],
+        ...ours(era),
+        deviceLog: true,
         vmmArgs: [...sampleVmmArgs(era), '--trace', 'vfio_get_dirty_bitmap'],
       };
       const pair = await startLocalPair({
