@@ -103,9 +103,11 @@ export async function measure(
 }
 
 /**
- * Figures whose ratios are taken, measured in turn (a, b, c, a, b, c, ...): each round of one runs beside
- * a round of each other, under the same load. Measured one after the other, a machine that got busier or
- * quieter in between showed as a difference between them (these machines are shared).
+ * Figures whose ratios are taken, measured in turn: each round of one runs beside a round of each other,
+ * under the same load. Measured one after the other, a machine that got busier or quieter in between
+ * showed as a difference between them (these machines are shared). Each goes first in turn (a, b, c,
+ * then b, c, a, ...): the first of a round meets what the last round left (on a newly started virtual
+ * machine, memory the host has not backed yet, which the others then reuse once it is freed).
  */
 export async function measureInTurn(
   unit: Figure['unit'],
@@ -113,7 +115,7 @@ export async function measureInTurn(
   entries: readonly { name: string; fn: Round }[],
 ): Promise<Figure[]> {
   const all = entries.map((e) => new Rounds(e.name, e.fn));
-  for (let i = 0; i < rounds; i++) for (const r of all) await r.run();
+  for (let i = 0; i < rounds; i++) for (let k = 0; k < all.length; k++) await all[(i + k) % all.length]!.run();
   return all.map((r) => r.figure(unit));
 }
 
