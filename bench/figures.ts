@@ -106,8 +106,8 @@ export async function measure(
  * Figures whose ratios are taken, measured in turn: each round of one runs beside a round of each other,
  * under the same load. Measured one after the other, a machine that got busier or quieter in between
  * showed as a difference between them (these machines are shared). Each goes first in turn (a, b, c,
- * then b, c, a, ...): the first of a round meets what the last round left (on a newly started virtual
- * machine, memory the host has not backed yet, which the others then reuse once it is freed).
+ * then b, c, a, ...): the first of a round meets whatever the round before left (memory just freed,
+ * the caches), so no figure always meets it.
  */
 export async function measureInTurn(
   unit: Figure['unit'],
