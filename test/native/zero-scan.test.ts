@@ -203,8 +203,9 @@ describe('native zero scan', () => {
   });
 
   test('holePages asks only about the wanted pages: any mask over any data layout gets what asking page by page gets', () => {
-    // The walk starts at the first wanted page and jumps over data runs with no wanted page after them;
-    // page by page (one bit per call) is the walk's simplest form, and never written pages are holes.
+    // The walk starts at the first wanted page, jumps to the next wanted one past each answer, and asks for
+    // data or for a run's end after a data page as the pages come; page by page (one bit per call) is its
+    // simplest form, and a page with data is never a hole.
     const n = native();
     const fd = n.memfdCreate('hole-masks', 64 * PAGE);
     const ab = n.mmap(fd, 0, 64 * PAGE, true);
