@@ -85,9 +85,9 @@ export function epochSeconds(fromNow: number): Uint8Array {
   return b;
 }
 
-/** Waits for `cond` with the pair's last log lines said on timeout. */
-function untilLogged(cond: () => boolean, what: string, lines: string[], ms = 120_000): Promise<void> {
-  return until(cond, what, { ms, everyMs: 50, context: () => lines.slice(-30).join('\n') });
+/** Waits for `cond` (up to 120 s: a safety net) with the pair's last log lines said on timeout. */
+function untilLogged(cond: () => boolean, what: string, lines: string[]): Promise<void> {
+  return until(cond, what, { ms: 120_000, everyMs: 50, context: () => lines.slice(-30).join('\n') });
 }
 
 /**
