@@ -230,7 +230,8 @@ function readName(b: Uint8Array, at: number): string {
 }
 
 /**
- * Reads the offsets that start at byte `at` of `b` (right after their header) into `into`; each must be
+ * Reads the offsets that start at byte `at` of `b` (right after their header) into `into`, or only
+ * checks them when there is none (a receiver whose pages were placed already); each must be
  * page-aligned and inside a block of `blockSize` bytes. Returns the number read.
  */
 export function readMultifdOffsets(
@@ -238,18 +239,18 @@ export function readMultifdOffsets(
   at: number,
   h: DecodedMultifdHeader,
   blockSize: number,
-  into: Float64Array,
+  into?: Float64Array,
 ): number {
   const n = h.normalPages + h.zeroPages;
   if (b.byteLength - at < 8 * n) fail(`packet offsets truncated: ${b.byteLength - at} of ${8 * n} bytes`, at);
-  if (into.length < n) throw new RangeError(`offset array of ${into.length} for ${n} pages`);
+  if (into && into.length < n) throw new RangeError(`offset array of ${into.length} for ${n} pages`);
   const v = view(b);
   for (let i = 0; i < n; i++) {
     const hi = v.getUint32(at + 8 * i);
     const off = hi * 0x100000000 + v.getUint32(at + 8 * i + 4);
     if (off % TARGET_PAGE_SIZE !== 0 || off >= blockSize || hi >= 0x200000)
       fail(`page offset 0x${off.toString(16)} is not a page of "${h.ramblock}" (${blockSize} bytes)`, at + 8 * i);
-    into[i] = off;
+    if (into) into[i] = off;
   }
   return n;
 }

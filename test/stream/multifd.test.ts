@@ -134,6 +134,9 @@ describe('multifd page packet', () => {
     const unaligned = good.slice();
     new DataView(unaligned.buffer).setUint32(MULTIFD_HEADER_BYTES + 4, 0x1001);
     refused(() => readMultifdOffsets(unaligned, MULTIFD_HEADER_BYTES, h, BLOCK, offs), /offset 0x1001/);
+    // Checked only (no array to read into: a receiver whose pages were placed already): the same refusals.
+    refused(() => readMultifdOffsets(unaligned, MULTIFD_HEADER_BYTES, h, BLOCK), /offset 0x1001/);
+    assert.equal(readMultifdOffsets(good, MULTIFD_HEADER_BYTES, h, BLOCK), 2);
     refused(
       () => readMultifdOffsets(good.subarray(0, MULTIFD_HEADER_BYTES + 4), MULTIFD_HEADER_BYTES, h, BLOCK, offs),
       /truncated: 4 of 16 bytes/,

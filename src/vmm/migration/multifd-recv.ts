@@ -15,7 +15,6 @@ import {
   decodeMultifdInit,
   MULTIFD_HEADER_BYTES,
   MULTIFD_INIT_BYTES,
-  MULTIFD_PACKET_PAGES,
   readMultifdOffsets,
 } from '../../stream/multifd.ts';
 import type { GuestMemory } from '../guest/guest-memory.ts';
@@ -56,8 +55,6 @@ export class MultifdReceiver implements RamChannelsIn {
   private waiter: (() => void) | null = null;
   private flushes = 0;
   private readonly progressCount = new Int32Array(new SharedArrayBuffer(4));
-  /** Scratch for checking a packet's offsets. */
-  private readonly offsets = new Float64Array(MULTIFD_PACKET_PAGES);
   /** Rejects when a channel fails: the load (waiting on the main stream) races it. */
   readonly failed: Promise<never>;
   private rejectFailed!: (e: MigrationError) => void;
@@ -164,7 +161,7 @@ export class MultifdReceiver implements RamChannelsIn {
           throw new Error(`packet names RAM block "${h.ramblock}", this VM has "${RAM_BLOCK}"`);
         const offsets = at + MULTIFD_HEADER_BYTES;
         at = offsets + 8 * n;
-        if (n > 0) readMultifdOffsets(packets, offsets, h, this.o.memory.size, this.offsets);
+        if (n > 0) readMultifdOffsets(packets, offsets, h, this.o.memory.size);
         c.packets++;
         c.lastPacketNum = h.packetNum;
       }
