@@ -19,6 +19,10 @@
 //   ours-warm     destination memory faulted in before the migration (`vmm --prefault`, QEMU's
 //                 -mem-prealloc): the DESIGN.md aim is >= 80% of raw-tcp
 //   ours-cold     a fresh destination (pages never written land through the guest memfd, nothing prefaulted)
+//   ours-cold-backed, qemu-cold-backed, raw-tcp-checked-fresh-backed  the same, each round first having
+//                 the host back the pages the destination will get (bench/host-pages.ts: inside a VM whose
+//                 hypervisor reclaims freed memory, new pages otherwise come at whatever pace it left);
+//                 `new pages as found` is how fast those backing writes went
 //   qemu-warm/-cold  QEMU 7+ `-machine none` guests: source RAM a prefilled file in /dev/shm (prealloc),
 //                 destination a memfd backend with or without prealloc, `-incoming tcp:`, QMP migrate
 //   ours-zero, qemu-zero  (zeroBench) a mostly-zero guest, 4 GiB by default: all zero pages, so the
@@ -49,6 +53,7 @@ import {
   ratio,
   say,
 } from './figures.ts';
+import { backHostPages } from './host-pages.ts';
 import {
   type MigrationObserver,
   type OursRate,
@@ -83,22 +88,42 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
   // Ours against QEMU's with the destination prefaulted (warm) and fresh (cold), each round's CPU counted:
   // a fresh destination's rate swings with how fast the host hands out new pages, its CPU per GiB shows it.
   const tally = new CpuTally(memMiB / 1024);
-  const round = (who: Who, warmDest: boolean, kind: string) => () =>
+  // `backed`: the round first has the host back the pages the destination is about to get
+  // (bench/host-pages.ts), once the source holds its own memory: just before `migrate`.
+  const backing: number[] = [];
+  const back = () => {
+    const r = backHostPages(2 * total);
+    backing.push(mbps(r));
+  };
+  const round = (who: Who, warmDest: boolean, kind: string, backed: boolean) => () =>
     tally.count(
       `${who}-${kind} cpu`,
       who,
-      (use) =>
-        who === 'ours'
-          ? oursOnce(memMiB, warmDest, [], 'random', undefined, use)
-          : qemuOnce(memMiB, warmDest, 'random', undefined, use),
+      (use) => {
+        const observe: MigrationObserver = backed
+          ? {
+              before: (pids) => {
+                back();
+                return use.before(pids);
+              },
+              after: () => use.after(),
+            }
+          : use;
+        return who === 'ours'
+          ? oursOnce(memMiB, warmDest, [], 'random', undefined, observe)
+          : qemuOnce(memMiB, warmDest, 'random', undefined, observe);
+      },
       rate,
     );
   // Ours and QEMU's in turn; the cold rounds also with the least a checksummed stream into fresh memory
   // does (`baseline`), since how fast the host hands out new pages moves all three alike.
   const inTurn = async (warmDest: boolean, kind: string, baseline?: { name: string; fn: Round }) => {
-    const entries: { name: string; fn: Round }[] = [{ name: `ours-${kind}`, fn: round('ours', warmDest, kind) }];
+    const backed = kind.endsWith('-backed');
+    const entries: { name: string; fn: Round }[] = [
+      { name: `ours-${kind}`, fn: round('ours', warmDest, kind, backed) },
+    ];
     if (baseline) entries.push(baseline);
-    if (!missing) entries.push({ name: `qemu-${kind}`, fn: round('qemu', warmDest, kind) });
+    if (!missing) entries.push({ name: `qemu-${kind}`, fn: round('qemu', warmDest, kind, backed) });
     const [ours, ...rest] = await measureInTurn('MB/s', rounds, entries);
     return { ours: ours!, baseline: baseline ? rest.shift()! : null, qemu: missing ? null : rest.shift()! };
   };
@@ -109,10 +134,26 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
   });
   const { ours: cold, qemu: qemuCold } = fresh;
   const rawFresh = fresh.baseline!;
-  const cpu = ['ours-warm cpu', 'ours-cold cpu'].map((name) => tally.figure(name, 'ours'));
-  run.figures.push(raw, rawData, rawChecked, rawGuest, rawLanded, warm, cold, rawFresh, ...cpu);
-  const qemuCpu = qemuWarm && qemuCold ? ['qemu-warm cpu', 'qemu-cold cpu'].map((n) => tally.figure(n, 'qemu')) : [];
-  if (qemuWarm && qemuCold) run.figures.push(qemuWarm, qemuCold, ...qemuCpu);
+  const backedRounds = await inTurn(false, 'cold-backed', {
+    name: 'raw-tcp-checked-fresh-backed',
+    fn: () => asRate(rawTcp(total, 'fresh', { beforeReading: back })),
+  });
+  const { ours: coldBacked, qemu: qemuColdBacked } = backedRounds;
+  const rawFreshBacked = backedRounds.baseline!;
+  // How the host handed out new pages before each backed round: what the cold rounds met (theirs in turn
+  // with these, not the same moments).
+  const asFound = figure('new pages as found', 'MB/s', backing, {
+    per: `${bytes(2 * total)} written into a new memfd before each backed round`,
+  });
+  say(formatFigure(asFound));
+  const cpu = ['ours-warm cpu', 'ours-cold cpu', 'ours-cold-backed cpu'].map((name) => tally.figure(name, 'ours'));
+  run.figures.push(raw, rawData, rawChecked, rawGuest, rawLanded, warm, cold, rawFresh);
+  run.figures.push(coldBacked, rawFreshBacked, asFound, ...cpu);
+  const qemuCpu =
+    qemuWarm && qemuCold && qemuColdBacked
+      ? ['qemu-warm cpu', 'qemu-cold cpu', 'qemu-cold-backed cpu'].map((n) => tally.figure(n, 'qemu'))
+      : [];
+  if (qemuWarm && qemuCold && qemuColdBacked) run.figures.push(qemuWarm, qemuCold, qemuColdBacked, ...qemuCpu);
   say();
   run.ratios.push(
     ratio('ours-warm / raw-tcp', warm, raw, '>= 0.80'),
@@ -130,8 +171,11 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
     ratio('ours-warm / raw-tcp-landed', warm, rawLanded),
     // How much of the least a checksummed stream into fresh memory does ours reaches (same rounds' load).
     ratio('ours-cold / raw-tcp-checked-fresh', cold, rawFresh),
+    ratio('ours-cold-backed / raw-tcp-checked-fresh-backed', coldBacked, rawFreshBacked),
+    // What backing the pages first did: near 1, new pages came as fast as found.
+    ratio('ours-cold-backed / ours-cold', coldBacked, cold),
   );
-  if (qemuWarm && qemuCold) {
+  if (qemuWarm && qemuCold && qemuColdBacked) {
     run.ratios.push(
       ratio('ours-warm / qemu-warm', warm, qemuWarm, '>= 1.5'),
       // What any stream that checksums every byte could reach against QEMU's unchecked one, here; and
@@ -142,9 +186,14 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
       ratio('ours-cold / qemu-cold', cold, qemuCold, '>= 1.5'),
       // What any stream that checksums every byte into fresh memory could reach against QEMU's cold one.
       ratio('raw-tcp-checked-fresh / qemu-cold', rawFresh, qemuCold),
+      // Every page of a fresh destination is a new page: no destination lands faster than new pages came.
+      ratio('new pages as found / qemu-cold', asFound, qemuCold),
+      ratio('ours-cold-backed / qemu-cold-backed', coldBacked, qemuColdBacked, '>= 1.5'),
+      ratio('qemu-cold-backed / qemu-cold', qemuColdBacked, qemuCold),
       // The same work's CPU (above 1: ours spent less per GiB).
       ratio('qemu-warm cpu / ours-warm cpu', qemuCpu[0]!, cpu[0]!),
       ratio('qemu-cold cpu / ours-cold cpu', qemuCpu[1]!, cpu[1]!),
+      ratio('qemu-cold-backed cpu / ours-cold-backed cpu', qemuCpu[2]!, cpu[2]!),
     );
   } else {
     say('ours / qemu                      skipped (no QEMU here)');

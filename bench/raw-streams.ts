@@ -55,6 +55,11 @@ function rawWriter(total: number, reader: RawReader): string {
       if(s.writableNeedDrain)await new Promise((r)=>s.once('drain',r))}s.end()}`;
 }
 
+export interface RawOptions {
+  /** Called once the writer holds its memory, before this side allocates any (bench/host-pages.ts). */
+  beforeReading?: () => void;
+}
+
 /**
  * A child process listens on `target` (a loopback TCP port or a UNIX socket path) and writes `total` bytes
  * to whoever connects; we connect, read and count. The baseline every transport figure is a ratio to.
@@ -65,6 +70,7 @@ export async function rawStream(
   total: number,
   target: { port: number } | { path: string },
   reader: RawReader = 'onread',
+  options: RawOptions = {},
 ): Promise<Rate> {
   const at = 'port' in target ? `${target.port},'127.0.0.1'` : JSON.stringify(target.path);
   const writer = `const net=require('net');${rawWriter(total, reader)}
@@ -76,6 +82,7 @@ export async function rawStream(
   try {
     const [line] = (await once(child.stdout!, 'data')) as [Buffer];
     const address = JSON.parse(line.toString()) as { port: number } | string;
+    options.beforeReading?.(); // the writer has its memory by now (it allocates before it listens)
     const where: NetConnectOpts =
       typeof address === 'string' ? { path: address } : { port: address.port, host: '127.0.0.1' };
     let got = 0;
@@ -140,6 +147,6 @@ function crcOfFile(fd: number, total: number, scratch: Uint8Array): number {
 }
 
 /** Raw Node loopback TCP between two processes. */
-export function rawTcp(total: number, reader: RawReader = 'onread'): Promise<Rate> {
-  return rawStream(total, { port: 0 }, reader);
+export function rawTcp(total: number, reader: RawReader = 'onread', options: RawOptions = {}): Promise<Rate> {
+  return rawStream(total, { port: 0 }, reader, options);
 }
