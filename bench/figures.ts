@@ -155,10 +155,32 @@ export interface Ratio {
   value: number;
   /** The aim this ratio is held to, as text (e.g. ">= 0.80"), when there is one. */
   aim?: string;
+  /**
+   * Ratios of the same run that bound this one from above (the same comparison with a ceiling measured
+   * in place of ours): where one of them misses the aim, this one cannot meet it in that run.
+   */
+  bounds?: string[];
 }
 
-export function ratio(name: string, a: Figure, b: Figure, aim?: string): Ratio {
-  const r: Ratio = { name, value: a.median / b.median, aim };
+export function ratio(name: string, a: Figure, b: Figure, aim?: string, bounds?: string[]): Ratio {
+  const r: Ratio = { name, value: a.median / b.median, aim, ...(bounds ? { bounds } : {}) };
   say(`${name.padEnd(32)} ${r.value.toFixed(2)}${aim ? `   (aim: ${aim})` : ''}`);
   return r;
+}
+
+/** Whether `value` meets an aim written as ">= x", "> x", "<= x" or "< x"; null for any other aim. */
+export function meetsAim(aim: string, value: number): boolean | null {
+  const m = /^(>=|>|<=|<)\s*(\d+(?:\.\d+)?)$/.exec(aim.trim());
+  if (!m) return null;
+  const x = Number(m[2]);
+  switch (m[1]) {
+    case '>=':
+      return value >= x;
+    case '>':
+      return value > x;
+    case '<=':
+      return value <= x;
+    default:
+      return value < x;
+  }
 }

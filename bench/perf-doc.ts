@@ -6,7 +6,7 @@
 
 import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import type { Figure } from './figures.ts';
+import { type Figure, meetsAim, type Ratio } from './figures.ts';
 import { type BenchRun, HISTORY, readHistory } from './results.ts';
 
 const root = new URL('..', import.meta.url).pathname;
@@ -45,6 +45,10 @@ export function renderPerfTables(all: readonly BenchRun[]): string {
       `${last.rounds} rounds per figure, ${last.code === 'compiled' ? 'the compiled package' : 'the sources through tsx'} ` +
       `(${runs.length} run${runs.length === 1 ? '' : 's'} recorded).`,
     '',
+  );
+  const aims = aimsTable(last, runs.slice(-TREND_RUNS));
+  if (aims.length > 0) out.push(...aims, '');
+  out.push(
     '| figure | median | unit | spread (min-max) | per round | note |',
     '| --- | ---: | --- | --- | --- | --- |',
   );
@@ -104,6 +108,42 @@ export function renderPerfTables(all: readonly BenchRun[]): string {
     }
   }
   return `${out.join('\n')}\n`;
+}
+
+/**
+ * What a run says of one aim: held; or not, and whether a bound measured in the same run (Ratio.bounds)
+ * puts it out of reach there; null for an aim that is not a comparison (e.g. "about 1").
+ */
+export function aimVerdict(r: Ratio, run: BenchRun): string | null {
+  const held = r.aim ? meetsAim(r.aim, r.value) : null;
+  if (held === null) return null;
+  if (held) return 'held';
+  const bounds = (r.bounds ?? []).flatMap((name) => run.ratios.filter((x) => x.name === name));
+  const missing = bounds.filter((b) => meetsAim(r.aim!, b.value) === false);
+  const list = (xs: Ratio[]) => xs.map((b) => `${b.name} ${num(b.value, '')}`).join(', ');
+  if (missing.length > 0) return `not held: out of reach in this run (${list(missing)})`;
+  if (bounds.length > 0) return `not held, within reach (${list(bounds)})`;
+  return 'not held';
+}
+
+/** The aims of the latest run with their verdicts, and how often each held over the recent runs. */
+function aimsTable(last: BenchRun, recent: readonly BenchRun[]): string[] {
+  const judged = last.ratios.filter((r) => aimVerdict(r, last) !== null);
+  if (judged.length === 0) return [];
+  const out = [
+    'Aims in that run (a bound is the same comparison with a ceiling measured in that run in place of ours):',
+    '',
+    `| ratio | value | aim | verdict | held in the last runs with it |`,
+    '| --- | ---: | --- | --- | ---: |',
+  ];
+  for (const r of judged) {
+    const seen = recent.flatMap((run) => run.ratios.filter((x) => x.name === r.name && x.aim === r.aim));
+    const held = seen.filter((x) => meetsAim(x.aim!, x.value)).length;
+    out.push(
+      `| ${cell(r.name)} | ${r.value.toFixed(3)} | ${cell(r.aim!)} | ${cell(aimVerdict(r, last)!)} | ${held} of ${seen.length} |`,
+    );
+  }
+  return out;
 }
 
 /** `doc` with the text between the markers replaced by `tables`; an error if the markers are missing. */

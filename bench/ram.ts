@@ -156,7 +156,7 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
   if (qemuWarm && qemuCold && qemuColdBacked) run.figures.push(qemuWarm, qemuCold, qemuColdBacked, ...qemuCpu);
   say();
   run.ratios.push(
-    ratio('ours-warm / raw-tcp', warm, raw, '>= 0.80'),
+    ratio('ours-warm / raw-tcp', warm, raw, '>= 0.80', ['raw-tcp-checked / raw-tcp']),
     ratio('ours-cold / raw-tcp', cold, raw),
     // The ceiling a checksummed stream has here, and how near ours comes to it (docs/performance.md).
     ratio('raw-tcp-checked / raw-tcp', rawChecked, raw),
@@ -177,18 +177,24 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
   );
   if (qemuWarm && qemuCold && qemuColdBacked) {
     run.ratios.push(
-      ratio('ours-warm / qemu-warm', warm, qemuWarm, '>= 1.5'),
+      ratio('ours-warm / qemu-warm', warm, qemuWarm, '>= 1.5', ['raw-tcp-checked / qemu-warm']),
       // What any stream that checksums every byte could reach against QEMU's unchecked one, here; and
       // what the link itself carries (one connection, read by Node): below 1.5, no single stream reaches
       // that aim here, checked or not.
       ratio('raw-tcp-checked / qemu-warm', rawChecked, qemuWarm),
       ratio('raw-tcp / qemu-warm', raw, qemuWarm),
-      ratio('ours-cold / qemu-cold', cold, qemuCold, '>= 1.5'),
+      ratio('ours-cold / qemu-cold', cold, qemuCold, '>= 1.5', [
+        'raw-tcp-checked-fresh / qemu-cold',
+        'new pages as found / qemu-cold',
+      ]),
       // What any stream that checksums every byte into fresh memory could reach against QEMU's cold one.
       ratio('raw-tcp-checked-fresh / qemu-cold', rawFresh, qemuCold),
       // Every page of a fresh destination is a new page: no destination lands faster than new pages came.
       ratio('new pages as found / qemu-cold', asFound, qemuCold),
-      ratio('ours-cold-backed / qemu-cold-backed', coldBacked, qemuColdBacked, '>= 1.5'),
+      ratio('ours-cold-backed / qemu-cold-backed', coldBacked, qemuColdBacked, '>= 1.5', [
+        'raw-tcp-checked-fresh-backed / qemu-cold-backed',
+      ]),
+      ratio('raw-tcp-checked-fresh-backed / qemu-cold-backed', rawFreshBacked, qemuColdBacked),
       ratio('qemu-cold-backed / qemu-cold', qemuColdBacked, qemuCold),
       // The same work's CPU (above 1: ours spent less per GiB).
       ratio('qemu-warm cpu / ours-warm cpu', qemuCpu[0]!, cpu[0]!),

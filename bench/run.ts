@@ -336,7 +336,7 @@ if (want('device')) {
   say();
   run.ratios.push(
     ratio('mmapped / raw-unix', mmapped, raw),
-    ratio('trapped / raw-unix', trapped, raw, '>= 0.8'),
+    ratio('trapped / raw-unix', trapped, raw, '>= 0.8', ['raw-unix-staged / raw-unix']),
     ratio('trapped ceiling / raw-unix', trappedCeiling, raw),
     ratio('trapped / trapped ceiling', trapped, trappedCeiling),
     // The same parts run together, as a trapped stop-and-copy runs them, with no protocol between them:

@@ -6,8 +6,8 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { figure } from '../../bench/figures.ts';
-import { BEGIN, END, renderPerfTables, spliceTables, writePerfDoc } from '../../bench/perf-doc.ts';
+import { figure, meetsAim } from '../../bench/figures.ts';
+import { aimVerdict, BEGIN, END, renderPerfTables, spliceTables, writePerfDoc } from '../../bench/perf-doc.ts';
 import type { BenchRun } from '../../bench/results.ts';
 
 function run(commit: string, mmappedRatio: number): BenchRun {
@@ -74,4 +74,33 @@ test('the document is rewritten between its markers only, from the history file'
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('aims: ">=", ">", "<=", "<" judged on the exact value; any other aim is not judged', () => {
+  assert.equal(meetsAim('>= 1.5', 1.5), true);
+  assert.equal(meetsAim('>= 1.5', 1.4999), false);
+  assert.equal(meetsAim('> 1', 1), false);
+  assert.equal(meetsAim('<= 10', 10), true);
+  assert.equal(meetsAim('< 10', 10), false);
+  assert.equal(meetsAim('about 1', 1), null);
+});
+
+test('an aim not held is out of reach in a run where a bound of it misses the aim too', () => {
+  const base = run('cccccccccccc', 0.61);
+  const withRatios = (ratios: BenchRun['ratios']): BenchRun => ({ ...base, ratios });
+  const aimed = { name: 'ours / qemu', value: 1.2, aim: '>= 1.5', bounds: ['ceiling / qemu', 'other / qemu'] };
+  const low = withRatios([aimed, { name: 'ceiling / qemu', value: 1.4 }, { name: 'other / qemu', value: 2 }]);
+  assert.equal(aimVerdict(aimed, low), 'not held: out of reach in this run (ceiling / qemu 1.40)');
+  const high = withRatios([aimed, { name: 'ceiling / qemu', value: 1.9 }, { name: 'other / qemu', value: 2 }]);
+  assert.equal(aimVerdict(aimed, high), 'not held, within reach (ceiling / qemu 1.90, other / qemu 2.00)');
+  assert.equal(aimVerdict({ ...aimed, bounds: undefined }, high), 'not held');
+  assert.equal(aimVerdict({ ...aimed, value: 1.6 }, low), 'held');
+  assert.equal(aimVerdict({ name: 'start-up', value: 1.1, aim: 'about 1' }, low), null);
+  // The table: each judged aim of the latest run, and how often it held over the recent runs.
+  const older = withRatios([{ ...aimed, value: 1.7 }]);
+  const text = renderPerfTables([older, low]);
+  assert.match(
+    text,
+    /\| ours \/ qemu \| 1\.200 \| >= 1\.5 \| not held: out of reach in this run \(ceiling \/ qemu 1\.40\) \| 1 of 2 \|/,
+  );
 });
