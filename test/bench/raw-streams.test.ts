@@ -2,9 +2,9 @@
 // (bench/raw-streams.ts): a baseline that moved less would void the ratios. The fresh reader's landing is
 // checked by rawStream itself (the memfd read back against the CRC of what was read).
 import assert from 'node:assert/strict';
-import { readdirSync, readlinkSync } from 'node:fs';
 import { test } from 'node:test';
 import { type RawReader, rawTcp } from '../../bench/raw-streams.ts';
+import { openFdsNamed } from '../support/open-fds.ts';
 
 const readers: RawReader[] = ['onread', 'data', 'checked', 'guest', 'staged', 'landed', 'fresh'];
 
@@ -19,16 +19,8 @@ for (const reader of readers) {
 }
 
 test('raw-tcp fresh: beforeReading runs once, before this side allocates its memory', async () => {
-  const landing = () =>
-    readdirSync('/proc/self/fd').filter((fd) => {
-      try {
-        return readlinkSync(`/proc/self/fd/${fd}`).includes('raw-tcp-fresh');
-      } catch {
-        return false; // the directory's own fd, closed by now
-      }
-    }).length;
   const seen: number[] = [];
-  const r = await rawTcp(8 << 20, 'fresh', { beforeReading: () => seen.push(landing()) });
+  const r = await rawTcp(8 << 20, 'fresh', { beforeReading: () => seen.push(openFdsNamed('raw-tcp-fresh')) });
   assert.equal(r.bytes, 8 << 20);
   assert.deepEqual(seen, [0], 'called once, with no landing memfd made yet');
 });
