@@ -97,7 +97,7 @@ export function vmmCommand(program: Command): Command {
     .addOption(
       new Option(
         '--stall-timeout <ms>',
-        'a migration link that moves no data this long fails, on either side, as does a destination that does not answer READY within it',
+        'a migration link that takes no 4 MiB write (sending) or brings nothing (receiving) this long fails, as does a destination that does not answer READY within it',
       )
         .argParser(integer(1))
         .default(10000),
