@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { type RawReader, rawTcp } from '../../bench/raw-streams.ts';
-import { openFdsNamed } from '../support/open-fds.ts';
+import { openFds } from '../native/support.ts';
 
 const readers: RawReader[] = ['onread', 'data', 'checked', 'guest', 'staged', 'landed', 'fresh'];
 
@@ -20,7 +20,9 @@ for (const reader of readers) {
 
 test('raw-tcp fresh: beforeReading runs once, before this side allocates its memory', async () => {
   const seen: number[] = [];
-  const r = await rawTcp(8 << 20, 'fresh', { beforeReading: () => seen.push(openFdsNamed('raw-tcp-fresh')) });
+  const r = await rawTcp(8 << 20, 'fresh', {
+    beforeReading: () => seen.push([...openFds().values()].filter((t) => t.includes('raw-tcp-fresh')).length),
+  });
   assert.equal(r.bytes, 8 << 20);
   assert.deepEqual(seen, [0], 'called once, with no landing memfd made yet');
 });
