@@ -128,7 +128,10 @@ export function aimVerdict(r: Ratio, run: BenchRun): string | null {
 
 /** The aims of the latest run with their verdicts, and how often each held over the recent runs. */
 function aimsTable(last: BenchRun, recent: readonly BenchRun[]): string[] {
-  const judged = last.ratios.filter((r) => aimVerdict(r, last) !== null);
+  const judged = last.ratios.flatMap((r) => {
+    const verdict = aimVerdict(r, last);
+    return verdict === null ? [] : [{ r, verdict }];
+  });
   if (judged.length === 0) return [];
   const out = [
     'Aims in that run (a bound is the same comparison with a ceiling measured in that run in place of ours):',
@@ -136,11 +139,11 @@ function aimsTable(last: BenchRun, recent: readonly BenchRun[]): string[] {
     `| ratio | value | aim | verdict | held in the last runs with it |`,
     '| --- | ---: | --- | --- | ---: |',
   ];
-  for (const r of judged) {
+  for (const { r, verdict } of judged) {
     const seen = recent.flatMap((run) => run.ratios.filter((x) => x.name === r.name && x.aim === r.aim));
     const held = seen.filter((x) => meetsAim(x.aim!, x.value)).length;
     out.push(
-      `| ${cell(r.name)} | ${r.value.toFixed(3)} | ${cell(r.aim!)} | ${cell(aimVerdict(r, last)!)} | ${held} of ${seen.length} |`,
+      `| ${cell(r.name)} | ${r.value.toFixed(3)} | ${cell(r.aim!)} | ${cell(verdict)} | ${held} of ${seen.length} |`,
     );
   }
   return out;
