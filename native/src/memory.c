@@ -138,6 +138,36 @@ napi_value vn_memfd_create(napi_env env, napi_callback_info info) {
   return vn_int(env, fd);
 }
 
+/* Transparent huge pages are 2 MiB on x86-64 (and the default elsewhere Linux has them). */
+#define VN_HUGE_ALIGN ((size_t)2 << 20)
+
+/*
+ * mmap() at an address on a 2 MiB boundary: the kernel maps a huge page with one page-table entry only
+ * where the address (and, for a file, the file offset) is a multiple of 2 MiB, and mmap() alone places a
+ * mapping on any page. Room is reserved, the mapping made over its aligned part, the rest given back.
+ * MAP_FAILED with errno set, as mmap().
+ */
+static void* map_huge_aligned(size_t len, int prot, int flags, int fd, off_t offset) {
+  if (len > SIZE_MAX - VN_HUGE_ALIGN) {
+    errno = ENOMEM;
+    return MAP_FAILED;
+  }
+  size_t span = len + VN_HUGE_ALIGN;
+  char* raw = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (raw == MAP_FAILED) return MAP_FAILED;
+  char* addr = (char*)(((uintptr_t)raw + VN_HUGE_ALIGN - 1) & ~(uintptr_t)(VN_HUGE_ALIGN - 1));
+  if (mmap(addr, len, prot, flags | MAP_FIXED, fd, offset) == MAP_FAILED) {
+    int err = errno;
+    munmap(raw, span);
+    errno = err;
+    return MAP_FAILED;
+  }
+  size_t tail = (size_t)((raw + span) - (addr + len));
+  if (addr > raw) munmap(raw, (size_t)(addr - raw));
+  if (tail > 0) munmap(addr + len, tail);
+  return addr;
+}
+
 /*
  * mmap(fd, offset, length, writable): a MAP_SHARED mapping as an external ArrayBuffer. Lengths are
  * converted through uint64 (number up to 2^53-1 or bigint), so mappings above 2 GiB are fine up to
@@ -157,7 +187,10 @@ napi_value vn_mmap(napi_env env, napi_callback_info info) {
   vn_mapping* m = calloc(1, sizeof *m);
   if (m == NULL) return vn_throw_errno(env, ENOMEM, "mmap", NULL);
   int prot = PROT_READ | (writable ? PROT_WRITE : 0);
-  void* addr = mmap(NULL, (size_t)length, prot, MAP_SHARED, fd, (off_t)offset);
+  /* 2 MiB-aligned where the file's huge pages could be mapped whole (guest RAM after MADV_COLLAPSE). */
+  bool huge = length >= VN_HUGE_ALIGN && offset % VN_HUGE_ALIGN == 0;
+  void* addr = huge ? map_huge_aligned((size_t)length, prot, MAP_SHARED, fd, (off_t)offset)
+                    : mmap(NULL, (size_t)length, prot, MAP_SHARED, fd, (off_t)offset);
   if (addr == MAP_FAILED) {
     int err = errno;
     free(m);
@@ -169,9 +202,6 @@ napi_value vn_mmap(napi_env env, napi_callback_info info) {
   m->holders = 1; /* the view made next */
   return view_new(env, m);
 }
-
-/* Transparent huge pages are 2 MiB on x86-64 (and the default elsewhere Linux has them). */
-#define VN_HUGE_ALIGN ((size_t)2 << 20)
 
 /*
  * mmapAnon(length): private anonymous memory as an ArrayBuffer, like mmap() (held the same way, freed by
@@ -191,18 +221,12 @@ napi_value vn_mmap_anon(napi_env env, napi_callback_info info) {
   vn_mapping* m = calloc(1, sizeof *m);
   if (m == NULL) return vn_throw_errno(env, ENOMEM, "mmapAnon", NULL);
   size_t len = (size_t)length;
-  size_t span = len + VN_HUGE_ALIGN;
-  char* raw = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (raw == MAP_FAILED) {
+  char* addr = map_huge_aligned(len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (addr == MAP_FAILED) {
     int err = errno;
     free(m);
     return vn_throw_errno(env, err, "mmap", "(anonymous)");
   }
-  /* Keep the 2 MiB-aligned part; give the rest back, so huge pages can back the mapping from its start. */
-  char* addr = (char*)(((uintptr_t)raw + VN_HUGE_ALIGN - 1) & ~(uintptr_t)(VN_HUGE_ALIGN - 1));
-  size_t tail = (size_t)((raw + span) - (addr + len));
-  if (addr > raw) munmap(raw, (size_t)(addr - raw));
-  if (tail > 0) munmap(addr + len, tail);
   (void)madvise(addr, len, MADV_HUGEPAGE);
   m->magic = VN_MAPPING_MAGIC;
   m->addr = addr;

@@ -28,6 +28,7 @@ export async function runVmm(o: VmmOptions): Promise<number> {
     uuid: o.uuid,
     fill: o.fill,
     prefault: o.prefault ?? false,
+    hugePages: o.hugePages,
     flavor: o.flavor,
     dmaRegions: o.dmaRegions,
     intx: o.intx ?? false,

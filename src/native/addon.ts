@@ -114,6 +114,8 @@ export interface NativeAddon {
   /**
    * A MAP_SHARED mapping of [offset, offset+length) of fd as an external ArrayBuffer, unmapped when it is
    * collected or by munmap(). Node 20 caps one ArrayBuffer at 4 GiB (buffer.constants.MAX_LENGTH).
+   * A mapping of 2 MiB or more from an offset that is a multiple of 2 MiB starts on a 2 MiB boundary, so
+   * the file's huge pages (a memfd's after MADV_COLLAPSE) can be mapped whole.
    * A store through a view of a read-only mapping (writable false) kills the process with SIGSEGV.
    */
   mmap(fd: number, offset: number | bigint, length: number | bigint, writable: boolean): ArrayBuffer;
@@ -292,6 +294,8 @@ export const MADV = {
   POPULATE_READ: 22,
   /** Linux 5.14+: fault the range in writable (allocating and zeroing pages as a first write would) */
   POPULATE_WRITE: 23,
+  /** Linux 6.1+: make the range's pages transparent huge pages now, copying what they hold */
+  COLLAPSE: 25,
 } as const;
 
 /** Where `npm ci` (through scripts/build-native.js) puts the addon. */

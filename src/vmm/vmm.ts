@@ -8,7 +8,7 @@ import { native } from '../native/addon.ts';
 import { VfioUserClient } from '../vfio-user/client.ts';
 import { GuestDirtyBitmap } from './guest/dirty-bitmap.ts';
 import { bootGuestDriver } from './guest/guest-driver.ts';
-import { GuestMemory } from './guest/guest-memory.ts';
+import { GUEST_RAM_NAME, GuestMemory, type HugePagesResult } from './guest/guest-memory.ts';
 import { Workload, type WorkloadOptions } from './guest/workload.ts';
 import { MigrationController } from './migration/controller.ts';
 import { RamHandler } from './migration/ram-handler.ts';
@@ -36,6 +36,12 @@ export interface VmmOptions {
   fill?: 'zero' | 'random';
   /** Fault every page in at startup (QEMU's -mem-prealloc) rather than on first use. */
   prefault?: boolean;
+  /**
+   * Guest RAM in 2 MiB transparent huge pages where it can be (default true): advised MADV_HUGEPAGE, as
+   * QEMU advises its RAM, and collapsed into huge pages wherever it is faulted in at startup (prefault,
+   * fill), which a memfd gets no other way on a kernel whose shmem THP is off (GuestMemory.collapseHugePages).
+   */
+  hugePages?: boolean;
   /** Which migration interface to drive on each device (default auto: the newest one it offers). */
   flavor?: FlavorChoice;
   /**
@@ -153,8 +159,10 @@ export class Vmm {
   }
 
   static async create(o: VmmOptions): Promise<Vmm> {
-    const memory = GuestMemory.create(o.memSize);
+    const huge = o.hugePages ?? true;
+    const memory = GuestMemory.create(o.memSize, GUEST_RAM_NAME, { adviseHugePages: huge });
     if (o.prefault) {
+      if (huge) logHugePages(memory.collapseHugePages(), o.log);
       const r = memory.prefault();
       o.log?.(`prefaulted ${r.pages} pages (populate ${r.populateMs.toFixed(0)} ms, touch ${r.touchMs.toFixed(0)} ms)`);
     }
@@ -215,7 +223,11 @@ export class Vmm {
   private async boot(): Promise<void> {
     // The device DMA ring: the top 1 MiB of guest RAM (or all of it for a tiny guest).
     const ring = BigInt(Math.min(1 << 20, this.memory.size));
-    if (this.options.fill === 'random') fillRandom(this.memory);
+    if (this.options.fill === 'random') {
+      if ((this.options.hugePages ?? true) && !this.memory.allFaultedIn)
+        logHugePages(this.memory.collapseHugePages(), this.options.log);
+      fillRandom(this.memory);
+    }
     for (const d of this.devices) {
       const did = await bootGuestDriver(d.client, BigInt(this.memory.size) - ring, ring);
       if (did) this.options.log?.(`${d.name}: ${did}`);
@@ -274,6 +286,12 @@ export class Vmm {
     }
     this.memory.close();
   }
+}
+
+function logHugePages(r: HugePagesResult, log: ((line: string) => void) | undefined): void {
+  const mib = (n: number) => (n / 2 ** 20).toFixed(0);
+  const why = r.failure === null ? '' : `; MADV_COLLAPSE failed (${r.failure}), the rest stays in 4 KiB pages`;
+  log?.(`huge pages: ${mib(r.hugeBytes)} of ${mib(r.eligibleBytes)} MiB of guest RAM (${r.ms.toFixed(0)} ms)${why}`);
 }
 
 /** Fills guest RAM with random bytes, 1 MiB at a time. */

@@ -21,6 +21,7 @@ export interface VmmOptions {
   dmaBuffers?: GuestRange[];
   fill: 'zero' | 'random';
   prefault?: boolean;
+  hugePages: boolean;
   trace: string;
   dmaRegions: number;
   intx?: boolean;
@@ -77,6 +78,12 @@ export function vmmCommand(program: Command): Command {
     )
     .addOption(
       new Option('--prefault', "fault all of guest RAM in at startup (QEMU's -mem-prealloc), not on first use"),
+    )
+    .addOption(
+      new Option(
+        '--no-huge-pages',
+        'keep guest RAM in 4 KiB pages (by default it is advised MADV_HUGEPAGE, and collapsed into 2 MiB pages where --prefault or --fill random fault it in)',
+      ),
     )
     .addOption(new Option('--trace <pattern>', "trace events, e.g. 'vfio_*' (to stderr)").default(''))
     .addOption(

@@ -60,7 +60,26 @@ export interface PageRange {
 export interface MapOptions {
   /** Bytes per mapping piece: a multiple of 4096, at most MAX_PIECE (default 1 GiB). For tests of seams. */
   pieceSize?: number;
+  /**
+   * Advise the pieces MADV_HUGEPAGE, as QEMU advises guest RAM: huge pages on first touch where the
+   * kernel's shmem THP setting is "advise" (it is advice: "never", the usual default, ignores it).
+   */
+  adviseHugePages?: boolean;
 }
+
+/** What collapseHugePages() made of a range. */
+export interface HugePagesResult {
+  /** Bytes of the range in whole 2 MiB blocks of a piece: the most that can be huge pages. */
+  eligibleBytes: number;
+  /** Bytes collapsed into huge pages. */
+  hugeBytes: number;
+  /** Why not all were: the errno MADV_COLLAPSE failed with (EINVAL: Linux before 6.1, or THP off), else null. */
+  failure: string | null;
+  ms: number;
+}
+
+/** A transparent huge page on x86-64 (and Linux's usual size elsewhere). */
+export const HUGE_PAGE_SIZE = 2 ** 21;
 
 export interface PrefaultResult {
   /** Pages in the range. */
@@ -108,6 +127,7 @@ export class GuestMemory {
       for (let at = 0; at < size; at += piece) {
         const ab = native().mmap(fd, at, Math.min(piece, size - at), true);
         this.pieces.push(new Uint8Array(ab));
+        if (options.adviseHugePages && ab.byteLength >= HUGE_PAGE_SIZE) adviseHuge(ab);
         this.words.push(new Int32Array(ab));
       }
     } catch (err) {
@@ -465,6 +485,48 @@ export class GuestMemory {
     return { pages: r.count, populated, populateMs, touchMs: performance.now() - t };
   }
 
+  /**
+   * Makes the range's whole 2 MiB blocks transparent huge pages now (MADV_COLLAPSE, Linux 6.1+), which the
+   * kernel does for a memfd whatever `shmem_enabled` says, short of "deny" (a memfd otherwise gets huge pages
+   * only where that setting allows them, "never" by default). Each block's first page is touched first (an
+   * atomic no-op write, safe on live memory) since the kernel collapses no block that holds no page at all;
+   * the collapse copies what a block holds into the new page, so it allocates memory as a prefault does.
+   * Why: each mapping then maps 2 MiB with one page-table entry (vn_mmap places pieces on 2 MiB boundaries
+   * for this), and where the kernel copies between a socket and guest RAM (multifd channels writing from
+   * and reading into it) a miss per 4 KiB page cost several times the copy itself on the machines measured
+   * (docs/performance.md). Blocks the kernel cannot collapse (no huge page free, say) stay 4 KiB pages: the
+   * first such failure ends the attempt and is reported, nothing else changes.
+   */
+  collapseHugePages(first?: number | PageRange, count?: number): HugePagesResult {
+    const r = this.range(first, count);
+    const t = performance.now();
+    const out: HugePagesResult = { eligibleBytes: 0, hugeBytes: 0, failure: null, ms: 0 };
+    if (this.pieceSize < HUGE_PAGE_SIZE) return { ...out, ms: performance.now() - t };
+    this.forPieceParts(r, (p, off, len) => {
+      const start = Math.ceil(off / HUGE_PAGE_SIZE) * HUGE_PAGE_SIZE;
+      const end = Math.floor((off + len) / HUGE_PAGE_SIZE) * HUGE_PAGE_SIZE;
+      const ab = this.pieces[p]!.buffer as ArrayBuffer;
+      for (let at = start; at < end; at += HUGE_PAGE_SIZE) {
+        out.eligibleBytes += HUGE_PAGE_SIZE;
+        if (out.failure !== null) continue;
+        Atomics.or(this.words[p]!, at >>> 2, 0);
+        // EAGAIN: a page of the block was busy for a moment (locked, under writeback): once more.
+        for (let tries = 2; tries > 0; tries--) {
+          try {
+            native().madvise(ab, at, HUGE_PAGE_SIZE, MADV.COLLAPSE);
+            out.hugeBytes += HUGE_PAGE_SIZE;
+            break;
+          } catch (err) {
+            const code = (err as { code?: string }).code ?? 'EIO';
+            if (code !== 'EAGAIN' || tries === 1) out.failure = code;
+          }
+        }
+      }
+    });
+    out.ms = performance.now() - t;
+    return out;
+  }
+
   /** Calls fn(piece, byteOffset, byteLength) for each piece-local part of a page range. */
   private forPieceParts(r: PageRange, fn: (piece: number, off: number, len: number) => void): void {
     const perPiece = this.pieceSize / PAGE_SIZE;
@@ -501,6 +563,15 @@ export class GuestMemory {
     this.pieces.length = 0;
     this.words.length = 0;
     if (!keepFd) native().close(this.fd);
+  }
+}
+
+/** MADV_HUGEPAGE on a mapping; a kernel built without THP answers EINVAL, and advice is all this is. */
+function adviseHuge(ab: ArrayBuffer): void {
+  try {
+    native().madvise(ab, 0, ab.byteLength, MADV.HUGEPAGE);
+  } catch (err) {
+    if ((err as { code?: string }).code !== 'EINVAL') throw err;
   }
 }
 
