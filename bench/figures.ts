@@ -44,6 +44,8 @@ export interface Rate {
   ms: number;
   /** Raw streams only (bench/raw-streams.ts): CPU both ends used meanwhile (ms on-CPU, every thread of both processes). */
   cpuMs?: number;
+  /** What the round's figure note says about how it ran (raw streams: the memory's huge pages). */
+  note?: string;
 }
 
 /** MB/s (10^6 bytes per second). */

@@ -54,6 +54,8 @@ export async function oursOnce(
   fill: GuestFill = 'random',
   multifd?: number | MultifdSetting,
   observe?: MigrationObserver,
+  /** More arguments for both VMMs (`--no-huge-pages`). */
+  vmmArgs: readonly string[] = [],
 ): Promise<OursRate> {
   const pair = await startLocalPair({
     multifd: typeof multifd === 'number' ? { channels: multifd } : multifd,
@@ -66,8 +68,8 @@ export async function oursOnce(
     // stop-and-copy would count as RAM time in a migration of a few hundred ms (devices have their own
     // part). A zero guest's source is prefaulted, as QEMU's (prealloc=on) is: else the figure is the
     // kernel allocating the source's pages on the scan's first read, not the migration.
-    source: { vmmArgs: ['--dirty-rate', '0', '--fill', fill, ...(fill === 'zero' ? ['--prefault'] : [])] },
-    destination: { vmmArgs: ['--dirty-rate', '0', ...(warm ? ['--prefault'] : [])] },
+    source: { vmmArgs: ['--dirty-rate', '0', '--fill', fill, ...(fill === 'zero' ? ['--prefault'] : []), ...vmmArgs] },
+    destination: { vmmArgs: ['--dirty-rate', '0', ...(warm ? ['--prefault'] : []), ...vmmArgs] },
   });
   try {
     const dstPid = pair.procs.dstVmm.child.pid!;

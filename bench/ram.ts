@@ -11,6 +11,8 @@
 //   raw-tcp-guest the writer sends straight from a 1 GiB random buffer, the reader reads straight into
 //                 a 1 GiB buffer (faulted in beforehand): the kernel copying between the socket and memory
 //                 not in the caches, as a stream that writes from and reads into guest RAM has it
+//   raw-tcp-guest-huge  the same with both 1 GiB buffers in memfds collapsed into 2 MiB huge pages, as
+//                 a VMM's guest RAM is where it can be (vmm --no-huge-pages keeps 4 KiB pages)
 //   raw-tcp-landed  the same writer, the reader reading into one reused buffer and copying each read into
 //                 a 1 GiB buffer: guest memory into guest memory the cheapest way found here
 //   raw-tcp-checked-fresh  the raw-tcp-checked writer and reader, each read then written into a fresh
@@ -72,13 +74,14 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
   const rate = (x: Rate & { downtime?: number }) => ({
     value: mbps(x),
     per: `${bytes(x.bytes)} in ${x.ms.toFixed(0)} ms`,
-    note: x.downtime !== undefined ? `downtime ${x.downtime} ms` : undefined,
+    note: x.downtime !== undefined ? `downtime ${x.downtime} ms` : x.note,
   });
   const asRate = async (r: Promise<Rate>) => rate(await r);
   const raw = await measure('raw-tcp', 'MB/s', rounds, () => asRate(rawTcp(total)));
   const rawData = await measure('raw-tcp-data', 'MB/s', rounds, () => asRate(rawTcp(total, 'data')));
   const rawChecked = await measure('raw-tcp-checked', 'MB/s', rounds, () => asRate(rawTcp(total, 'checked')));
   const rawGuest = await measure('raw-tcp-guest', 'MB/s', rounds, () => asRate(rawTcp(total, 'guest')));
+  const rawGuestHuge = await measure('raw-tcp-guest-huge', 'MB/s', rounds, () => asRate(rawTcp(total, 'guest-huge')));
   const rawLanded = await measure('raw-tcp-landed', 'MB/s', rounds, () => asRate(rawTcp(total, 'landed')));
   const missing = qemuMissing();
   if (missing) {
@@ -169,6 +172,8 @@ export async function ramBench(memMiB: number, rounds: number, run: BenchRun): P
     // far below 1, sending from and reading into guest RAM directly is slower than staging through a
     // small reused buffer (native/src/chanthread.c; docs/performance.md).
     ratio('raw-tcp-guest / raw-tcp', rawGuest, raw),
+    ratio('raw-tcp-guest-huge / raw-tcp', rawGuestHuge, raw),
+    ratio('raw-tcp-guest-huge / raw-tcp-guest', rawGuestHuge, rawGuest),
     // Memory moved into memory the cheapest way found here, no checksum, no framing: where this and
     // raw-tcp-guest are both below 0.8, so is a stream that lands guest pages either way (docs/performance.md).
     ratio('raw-tcp-landed / raw-tcp', rawLanded, raw),
@@ -325,6 +330,9 @@ export function multifdCounts(channels: number, cores: number): number[] {
  * multifd on, each count against the one before it, and against QEMU's multifd with the same channels
  * when installed.
  */
+/** The name suffix of a figure of ours with guest RAM in 4 KiB pages (vmm --no-huge-pages). */
+const SMALL_PAGES = ' 4 KiB pages';
+
 export async function multifdBench(memMiB: number, channels: number, rounds: number, run: BenchRun): Promise<void> {
   say(`multifd: a ${bytes(memMiB * (1 << 20))} guest of random bytes, idle, over loopback TCP (guest MB/s)`);
   const cores = cpus().length;
@@ -335,30 +343,35 @@ export async function multifdBench(memMiB: number, channels: number, rounds: num
   // less CPU per byte (more threads, but fewer idle waits between packets).
   const ceilings = new Map<number, number[]>();
   const tally = new CpuTally(memMiB / 1024);
-  const busy = async (k: number, who: Who) => {
+  // small: ours with guest RAM in 4 KiB pages (`--no-huge-pages`), as QEMU's memfd here has it.
+  const busy = async (k: number, who: Who, small = false) => {
     const r = await tally.count(
-      `${who}-multifd-${k} cpu`,
+      `${who}-multifd-${k}${small ? SMALL_PAGES : ''} cpu`,
       who,
       (use) =>
-        who === 'ours' ? oursOnce(memMiB, true, [], 'random', k, use) : qemuOnce(memMiB, true, 'random', k, use),
+        who === 'ours'
+          ? oursOnce(memMiB, true, [], 'random', k, use, small ? ['--no-huge-pages'] : [])
+          : qemuOnce(memMiB, true, 'random', k, use),
       (measured) => guestRate(memMiB, measured),
     );
-    if (who === 'ours') ceilings.set(k, [...(ceilings.get(k) ?? []), (r.value * cores) / r.busyCores]);
+    if (who === 'ours' && !small) ceilings.set(k, [...(ceilings.get(k) ?? []), (r.value * cores) / r.busyCores]);
     return r;
   };
   // QEMU's multifd with each count above one (when installed), its rounds alternating with ours.
   const missing = qemuMissing();
   const ours = new Map<number, Figure>();
   const qemu = new Map<number, Figure>();
+  let small: Figure | undefined;
   for (const k of counts) {
-    const [o, q] = await measureWith(
-      'MB/s',
-      rounds,
+    // With N channels, in turn with ours and QEMU's: ours with 4 KiB pages, what huge pages bring.
+    const [o, ...rest] = await measureInTurn('MB/s', rounds, [
       { name: `ours-multifd-${k}`, fn: () => busy(k, 'ours') },
-      k === 1 || missing ? null : { name: `qemu-multifd-${k}`, fn: () => busy(k, 'qemu') },
-    );
-    ours.set(k, o);
-    if (q) qemu.set(k, q);
+      ...(k === 1 || missing ? [] : [{ name: `qemu-multifd-${k}`, fn: () => busy(k, 'qemu') }]),
+      ...(k === channels ? [{ name: `ours-multifd-${k}${SMALL_PAGES}`, fn: () => busy(k, 'ours', true) }] : []),
+    ]);
+    ours.set(k, o!);
+    if (k === channels) small = rest.pop();
+    if (rest[0]) qemu.set(k, rest[0]);
   }
   const ceiling = (k: number) => {
     const f = figure(`multifd-${k} cpu ceiling`, 'MB/s', ceilings.get(k)!, {
@@ -370,6 +383,10 @@ export async function multifdBench(memMiB: number, channels: number, rounds: num
   const [one, n] = [ours.get(1)!, ours.get(channels)!];
   const ceilingOne = ceiling(1);
   run.figures.push(...ours.values(), ceilingOne, ...counts.slice(1).map(ceiling));
+  if (small) {
+    run.figures.push(small, tally.figure(`ours-multifd-${channels}${SMALL_PAGES} cpu`, 'ours'));
+    run.ratios.push(ratio(`ours-multifd-${channels} / ours-multifd-${channels}${SMALL_PAGES}`, n, small));
+  }
   // The same guest over one channel against the link, when the ram part ran too: pages moved by a
   // native thread through its staging buffer, with no per-section checksum (docs/performance.md).
   const raw = run.figures.find((f) => f.name === 'raw-tcp');

@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import { type RawReader, rawTcp } from '../../bench/raw-streams.ts';
 import { openFds } from '../native/support.ts';
 
-const readers: RawReader[] = ['onread', 'data', 'checked', 'guest', 'staged', 'landed', 'fresh'];
+const readers: RawReader[] = ['onread', 'data', 'checked', 'guest', 'guest-huge', 'staged', 'landed', 'fresh'];
 
 for (const reader of readers) {
   test(`raw-tcp ${reader}: every byte of the stream is read`, async () => {
@@ -17,6 +17,14 @@ for (const reader of readers) {
     assert.ok(r.cpuMs !== undefined && r.cpuMs >= 0, 'the CPU of both ends was counted');
   });
 }
+
+test('raw-tcp guest-huge: both ends collapse their memory into huge pages, and the note says how much', async (t) => {
+  const r = await rawTcp(8 << 20, 'guest-huge');
+  assert.equal(r.bytes, 8 << 20);
+  if (r.note === 'huge pages: writer 0, reader 0 of 8 MiB')
+    return t.skip('MADV_COLLAPSE collapsed nothing here (Linux before 6.1, or THP off): the note says so');
+  assert.equal(r.note, 'huge pages: writer 8, reader 8 of 8 MiB');
+});
 
 test('raw-tcp fresh: beforeReading runs once, before this side allocates its memory', async () => {
   const seen: number[] = [];
