@@ -41,7 +41,10 @@ export async function runVmm(o: VmmOptions): Promise<number> {
     vmm.migration
       .incoming(uri, (port) => console.log(`incoming: listening on port ${port}`), !o.paused)
       .then(
-        () => log(`incoming migration completed; the VM ${o.paused ? 'waits for cont' : 'runs here'}`),
+        () => {
+          log(`incoming migration completed; the VM ${o.paused ? 'waits for cont' : 'runs here'}`);
+          vmm.startHugePageSweep();
+        },
         (err: Error) => log(`incoming migration failed: ${err.message}; the VM does not start here`),
       );
   };

@@ -9,9 +9,11 @@ import { VfioUserClient } from '../vfio-user/client.ts';
 import { GuestDirtyBitmap } from './guest/dirty-bitmap.ts';
 import { bootGuestDriver } from './guest/guest-driver.ts';
 import { GUEST_RAM_NAME, GuestMemory, type HugePagesResult } from './guest/guest-memory.ts';
+import { HugePageSweep } from './guest/huge-page-sweep.ts';
 import { Workload, type WorkloadOptions } from './guest/workload.ts';
 import { MigrationController } from './migration/controller.ts';
 import { RamHandler } from './migration/ram-handler.ts';
+import { statusIsActive } from './migration/status.ts';
 import { VfioHandler } from './migration/vfio-handler.ts';
 import { RunState } from './run-state.ts';
 import { noTrace, type Tracer } from './trace.ts';
@@ -276,7 +278,27 @@ export class Vmm {
     if (errors.length) throw errors[0];
   }
 
+  /** The huge-page sweep after an incoming migration (null before one, or with huge pages off). */
+  hugePageSweep: HugePageSweep | null = null;
+
+  /**
+   * Collapses guest RAM that an incoming migration filled into huge pages, in the background
+   * (HugePageSweep, waiting while a migration is under way); the VMM command starts it once its incoming
+   * migration completed. Logs what it made.
+   */
+  startHugePageSweep(): void {
+    if (!(this.options.hugePages ?? true) || this.hugePageSweep) return;
+    const sweep = new HugePageSweep(this.memory, { paused: () => statusIsActive(this.migration.status) });
+    this.hugePageSweep = sweep;
+    sweep.start();
+    void sweep.done.then(() => {
+      if (sweep.state === 'completed')
+        logHugePages(sweep.result, this.options.log, 'in fully allocated blocks, after the incoming migration');
+    });
+  }
+
   async close(): Promise<void> {
+    this.hugePageSweep?.stop();
     this.migration.close();
     await this.workload?.stop();
     for (const d of this.devices) {
@@ -288,10 +310,11 @@ export class Vmm {
   }
 }
 
-function logHugePages(r: HugePagesResult, log: ((line: string) => void) | undefined): void {
+function logHugePages(r: HugePagesResult, log: ((line: string) => void) | undefined, when = ''): void {
   const mib = (n: number) => (n / 2 ** 20).toFixed(0);
   const why = r.failure === null ? '' : `; MADV_COLLAPSE failed (${r.failure}), the rest stays in 4 KiB pages`;
-  log?.(`huge pages: ${mib(r.hugeBytes)} of ${mib(r.eligibleBytes)} MiB of guest RAM (${r.ms.toFixed(0)} ms)${why}`);
+  const what = `${mib(r.hugeBytes)} of ${mib(r.eligibleBytes)} MiB of guest RAM${when ? ` ${when}` : ''}`;
+  log?.(`huge pages: ${what} (${r.ms.toFixed(0)} ms)${why}`);
 }
 
 /** Fills guest RAM with random bytes, 1 MiB at a time. */

@@ -104,6 +104,8 @@ export class GuestMemory {
   private seekHoles = true;
   /** knownAllData's calls left before it asks the kernel again (fstat) whether every page is allocated. */
   private allDataRecheck = 0;
+  /** Per 2 MiB block: collapsed into a huge page here (collapseHugePages), so a sweep passes it by. */
+  private readonly hugeBlocks: Uint8Array;
 
   private constructor(
     /** The memfd: pass it with DMA_MAP (IOVA 0 = guest-physical 0) and to vCPU workers. */
@@ -123,6 +125,7 @@ export class GuestMemory {
     checkSize(size);
     this.pieceSize = piece;
     this.pages = size / PAGE_SIZE;
+    this.hugeBlocks = new Uint8Array(Math.ceil(size / HUGE_PAGE_SIZE));
     try {
       for (let at = 0; at < size; at += piece) {
         const ab = native().mmap(fd, at, Math.min(piece, size - at), true);
@@ -515,6 +518,7 @@ export class GuestMemory {
           try {
             native().madvise(ab, at, HUGE_PAGE_SIZE, MADV.COLLAPSE);
             out.hugeBytes += HUGE_PAGE_SIZE;
+            this.hugeBlocks[(p * this.pieceSize + at) / HUGE_PAGE_SIZE] = 1;
             break;
           } catch (err) {
             const code = (err as { code?: string }).code ?? 'EIO';
@@ -525,6 +529,30 @@ export class GuestMemory {
     });
     out.ms = performance.now() - t;
     return out;
+  }
+
+  /** 2 MiB blocks of guest RAM (the last may be short, and is never collapsed). */
+  get hugeBlockCount(): number {
+    return this.hugeBlocks.length;
+  }
+
+  /**
+   * Whether block `b` (2 MiB) is worth collapsing now: not collapsed here yet, and every page of it
+   * allocated in the memfd (one run of data covers it: lseek), so that collapsing it takes no more memory
+   * than it holds. A block with holes is left alone: collapsing would allocate them (a sparse guest would
+   * grow to its full size).
+   */
+  hugeBlockReady(b: number): boolean {
+    const at = b * HUGE_PAGE_SIZE;
+    if (!(b >= 0 && at + HUGE_PAGE_SIZE <= this.size) || this.hugeBlocks[b] || this.isClosed) return false;
+    const extent = new Float64Array(2);
+    try {
+      // Its first 32 pages asked about: with none a hole, the walk reports the run of data they start.
+      if (native().holePages(this.fd, at, 0xffffffff, extent) !== 0) return false;
+    } catch {
+      return false; // lseek failed: no way to tell, so no collapse
+    }
+    return extent[0]! <= at && extent[1]! >= at + HUGE_PAGE_SIZE;
   }
 
   /** Calls fn(piece, byteOffset, byteLength) for each piece-local part of a page range. */
