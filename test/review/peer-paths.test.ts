@@ -20,6 +20,7 @@ const REVIEWED: Record<string, string> = {
   'src/native/addon.ts': 'declarations of connectUnix/listenUnix',
   'src/vfio-user/client.ts': 'the device socket path from --device-socket',
   'src/harness/local-hosts.ts': 'its own temporary directory',
+  'src/harness/guest-ram-usage.ts': '/proc/PID/smaps of a VMM process the harness or a test started (PID: a number)',
   'src/vmm/qmp/server.ts': 'the QMP socket path from --qmp, a private temp dir beside it, package.json',
   'src/vmm/migration/transport.ts': 'migrate file:PATH from QMP (owner-only socket), created 0600',
   'src/vmm/migration/incoming.ts': '--incoming file:PATH from the command line',
