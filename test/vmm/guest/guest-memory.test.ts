@@ -13,6 +13,7 @@ import {
   GuestMemory,
   PAGE_SIZE,
 } from '../../../src/vmm/guest/guest-memory.ts';
+import { collapseSkipReason } from '../../support/huge-pages.ts';
 
 const MiB = 2 ** 20;
 const GiB = 2 ** 30;
@@ -308,7 +309,8 @@ describe('GuestMemory', () => {
         { eligibleBytes: 0, hugeBytes: 0, failure: null, ms: 0 },
       );
       const part = m.collapseHugePages({ first: 1, count: 1100 }); // pages 1..1100: only [2 MiB, 4 MiB) is whole
-      if (part.failure === 'EINVAL') return t.skip('MADV_COLLAPSE unsupported here (Linux before 6.1, or THP off)');
+      const skip = collapseSkipReason(part.failure);
+      if (skip) return t.skip(skip);
       assert.deepEqual([part.eligibleBytes, part.hugeBytes, part.failure], [2 * MiB, 2 * MiB, null]);
       assert.equal(pmdMapped()[1], 2048);
       const all = m.collapseHugePages();

@@ -7,6 +7,7 @@ import { describe, test } from 'node:test';
 import { guestRamHugeKib } from '../../../src/harness/guest-ram-usage.ts';
 import { GuestMemory, HUGE_PAGE_SIZE, PAGE_SIZE } from '../../../src/vmm/guest/guest-memory.ts';
 import { HugePageSweep } from '../../../src/vmm/guest/huge-page-sweep.ts';
+import { collapseSkipReason } from '../../support/huge-pages.ts';
 
 const BLOCK_PAGES = HUGE_PAGE_SIZE / PAGE_SIZE;
 
@@ -26,7 +27,8 @@ describe('HugePageSweep', () => {
     const m = guest();
     try {
       const first = m.collapseHugePages(4 * BLOCK_PAGES, BLOCK_PAGES);
-      if (first.failure === 'EINVAL') return t.skip('MADV_COLLAPSE unsupported here (Linux before 6.1, or THP off)');
+      const skip = collapseSkipReason(first.failure);
+      if (skip) return t.skip(skip);
       assert.deepEqual(
         [m.hugeBlockReady(0), m.hugeBlockReady(1), m.hugeBlockReady(2), m.hugeBlockReady(4)],
         [true, false, false, false],
