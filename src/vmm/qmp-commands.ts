@@ -91,13 +91,14 @@ export function vendorCommands(vmm: Vmm): Record<string, QmpCommand> {
           return a.pages ? { ...d, pages: Buffer.from(vmm.memory.pageDigests()).toString('base64') } : d;
         }),
     },
-    // Guest RAM's huge-page sweep after an incoming migration (Vmm.startHugePageSweep): where it stands
-    // and what it collapsed (tests wait for it; /proc/PID/smaps says what the kernel maps).
+    // Guest RAM's background huge-page sweep (Vmm.startHugePageSweep): where it stands, its passes and what
+    // it collapsed (tests wait for a pass; /proc/PID/smaps says what the kernel maps).
     'x-query-guest-memory': {
       args: {},
       run: () => ({
         size: vmm.memory.size,
         'huge-page-sweep': vmm.hugePageSweep?.state ?? 'none',
+        'huge-page-passes': vmm.hugePageSweep?.passes ?? 0,
         'swept-huge-bytes': vmm.hugePageSweep?.result.hugeBytes ?? 0,
         // The errno MADV_COLLAPSE failed with, which ended the sweep (the rest stays in 4 KiB pages).
         'swept-failure': vmm.hugePageSweep?.result.failure ?? null,

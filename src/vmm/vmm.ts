@@ -240,6 +240,7 @@ export class Vmm {
       // among them, must not wait for them to load and count their start-up as downtime.
       await this.workload.ready();
     }
+    this.startHugePageSweep();
     const errors = await this.runState.transition('running', 'boot');
     if (errors.length) throw errors[0];
   }
@@ -278,23 +279,27 @@ export class Vmm {
     if (errors.length) throw errors[0];
   }
 
-  /** The huge-page sweep after an incoming migration (null before one, or with huge pages off). */
+  /** The huge-page sweep once the guest runs (null before, or with huge pages off). */
   hugePageSweep: HugePageSweep | null = null;
 
   /**
-   * Collapses guest RAM that an incoming migration filled into huge pages, in the background
-   * (HugePageSweep, waiting while a migration is under way); the VMM command starts it once its incoming
-   * migration completed. Logs what it made.
+   * Collapses guest RAM into huge pages in the background wherever it has become fully allocated
+   * (HugePageSweep: a pass every HUGE_PAGE_SWEEP_MS, waiting while a migration is under way): started at
+   * boot, and by the VMM command once its incoming migration completed. Logs each pass that made any.
    */
   startHugePageSweep(): void {
     if (!(this.options.hugePages ?? true) || this.hugePageSweep) return;
-    const sweep = new HugePageSweep(this.memory, { paused: () => statusIsActive(this.migration.status) });
-    this.hugePageSweep = sweep;
-    sweep.start();
-    void sweep.done.then(() => {
-      if (sweep.state === 'completed')
-        logHugePages(sweep.result, this.options.log, 'in fully allocated blocks, after the incoming migration');
+    const log = this.options.log;
+    this.hugePageSweep = new HugePageSweep(this.memory, {
+      paused: () => statusIsActive(this.migration.status),
+      repeatMs: HUGE_PAGE_SWEEP_MS,
+      onPass: (bytes, failure) => {
+        const why = failure === null ? '' : `; MADV_COLLAPSE failed (${failure})`;
+        if (bytes > 0 || failure !== null)
+          log?.(`huge pages: ${(bytes / 2 ** 20).toFixed(0)} MiB of guest RAM collapsed in the background${why}`);
+      },
     });
+    this.hugePageSweep.start();
   }
 
   async close(): Promise<void> {
@@ -310,11 +315,13 @@ export class Vmm {
   }
 }
 
-function logHugePages(r: HugePagesResult, log: ((line: string) => void) | undefined, when = ''): void {
+/** Between two background passes over guest RAM for blocks to collapse (a pass: an lseek per block not yet huge). */
+const HUGE_PAGE_SWEEP_MS = 10_000;
+
+function logHugePages(r: HugePagesResult, log: ((line: string) => void) | undefined): void {
   const mib = (n: number) => (n / 2 ** 20).toFixed(0);
   const why = r.failure === null ? '' : `; MADV_COLLAPSE failed (${r.failure}), the rest stays in 4 KiB pages`;
-  const what = `${mib(r.hugeBytes)} of ${mib(r.eligibleBytes)} MiB of guest RAM${when ? ` ${when}` : ''}`;
-  log?.(`huge pages: ${what} (${r.ms.toFixed(0)} ms)${why}`);
+  log?.(`huge pages: ${mib(r.hugeBytes)} of ${mib(r.eligibleBytes)} MiB of guest RAM (${r.ms.toFixed(0)} ms)${why}`);
 }
 
 /** Fills guest RAM with random bytes, 1 MiB at a time. */

@@ -82,7 +82,7 @@ export function vmmCommand(program: Command): Command {
     .addOption(
       new Option(
         '--no-huge-pages',
-        'keep guest RAM in 4 KiB pages (by default it is advised MADV_HUGEPAGE, and collapsed into 2 MiB pages where --prefault or --fill random fault it in, and in the background after an incoming migration)',
+        'keep guest RAM in 4 KiB pages (by default it is advised MADV_HUGEPAGE, and collapsed into 2 MiB pages where --prefault or --fill random fault it in, and in the background wherever it becomes wholly allocated)',
       ),
     )
     .addOption(new Option('--trace <pattern>', "trace events, e.g. 'vfio_*' (to stderr)").default(''))

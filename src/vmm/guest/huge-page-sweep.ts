@@ -1,8 +1,9 @@
-// A background pass that collapses guest RAM into 2 MiB huge pages where it has become fully allocated:
+// Background passes that collapse guest RAM into 2 MiB huge pages where it has become fully allocated:
 // what Linux's khugepaged does for QEMU's anonymous guest RAM, and does not do for a memfd while the
-// kernel's shmem_enabled is "never" (its usual default). A VMM runs it after an incoming migration: a fresh
-// destination's pages come from the stream 4 KiB at a time, and without it the guest would run (and later
-// migrate on) in 4 KiB pages (docs/performance.md, page size and the kernel's copies).
+// kernel's shmem_enabled is "never" (its usual default). A VMM runs them once its guest runs: a fresh
+// destination's pages come from the stream 4 KiB at a time, and a booted guest fills its RAM as it goes;
+// without them the guest would run (and migrate) in 4 KiB pages (docs/performance.md, page size and the
+// kernel's copies).
 
 import type { GuestMemory, HugePagesResult } from './guest-memory.ts';
 import { HUGE_PAGE_SIZE, PAGE_SIZE } from './guest-memory.ts';
@@ -16,18 +17,29 @@ export interface SweepOptions {
   paused?: () => boolean;
   /** How long a paused sweep waits before it looks again (default 200 ms). */
   pausePollMs?: number;
+  /**
+   * A pass again this long after the last one ended, for blocks filled since (as khugepaged goes on);
+   * none: one pass. A pass that found no free huge page (ENOMEM) does not end the repeats.
+   */
+  repeatMs?: number;
+  /** Called after each pass with what that pass collapsed (bytes) and its failure, if any. */
+  onPass?: (collapsedBytes: number, failure: string | null) => void;
 }
 
 /**
- * One pass over guest RAM's 2 MiB blocks, collapsing each that is fully allocated and not yet huge
+ * Passes over guest RAM's 2 MiB blocks, collapsing each that is fully allocated and not yet huge
  * (GuestMemory.hugeBlockReady: no block with holes, so memory use does not grow), a slice at a time on
- * the event loop. The first collapse failure (no huge page free, or a kernel without MADV_COLLAPSE) ends
- * it; `result` says how far it got.
+ * the event loop. The first collapse failure ends a pass; a kernel without MADV_COLLAPSE (or any failure
+ * but ENOMEM) ends the sweep. `result` sums the passes (its failure: the last pass's).
  */
 export class HugePageSweep {
   state: SweepState = 'idle';
   readonly result: HugePagesResult = { eligibleBytes: 0, hugeBytes: 0, failure: null, ms: 0 };
+  /** Passes finished. */
+  passes = 0;
   private next = 0;
+  /** hugeBytes when the current pass began. */
+  private passStart = 0;
   /** The next slice, waiting: a turn of the event loop, or a paused sweep's next look. */
   private pending: { immediate: NodeJS.Immediate } | { timeout: NodeJS.Timeout } | null = null;
   private resolveDone: () => void = () => {};
@@ -44,7 +56,7 @@ export class HugePageSweep {
   start(): void {
     if (this.state !== 'idle') return;
     this.state = 'active';
-    this.schedule(false);
+    this.schedule(0);
   }
 
   /** Ends the pass where it is (the VMM is closing, say). */
@@ -56,18 +68,22 @@ export class HugePageSweep {
     this.finish('stopped');
   }
 
-  private schedule(wait: boolean): void {
-    this.pending = wait
-      ? { timeout: setTimeout(() => this.slice(), this.options.pausePollMs ?? 200) }
-      : { immediate: setImmediate(() => this.slice()) };
+  /** The next slice after `ms` (0: the event loop's next turn). */
+  private schedule(ms: number): void {
+    this.pending =
+      ms > 0 ? { timeout: setTimeout(() => this.slice(), ms) } : { immediate: setImmediate(() => this.slice()) };
   }
 
   private slice(): void {
     this.pending = null;
     if (this.state !== 'active') return;
     if (this.options.paused?.()) {
-      this.schedule(true);
+      this.schedule(this.options.pausePollMs ?? 200);
       return;
+    }
+    if (this.next === 0) {
+      this.passStart = this.result.hugeBytes;
+      this.result.failure = null;
     }
     const t0 = performance.now();
     const budget = this.options.sliceMs ?? 4;
@@ -85,8 +101,16 @@ export class HugePageSweep {
       }
     }
     this.result.ms += performance.now() - t0;
-    if (this.result.failure !== null || this.next >= blocks) this.finish('completed');
-    else this.schedule(false);
+    if (this.result.failure === null && this.next < blocks) {
+      this.schedule(0);
+      return;
+    }
+    this.passes++;
+    this.next = 0;
+    this.options.onPass?.(this.result.hugeBytes - this.passStart, this.result.failure);
+    const goOn = this.result.failure === null || this.result.failure === 'ENOMEM';
+    if (this.options.repeatMs !== undefined && goOn) this.schedule(Math.max(1, this.options.repeatMs));
+    else this.finish('completed');
   }
 
   private finish(state: SweepState): void {

@@ -1,6 +1,6 @@
-// The huge-page sweep a VMM runs after an incoming migration: it collapses the 2 MiB blocks of guest RAM
-// that are wholly allocated and not huge yet, leaves blocks with holes alone (collapsing them would
-// allocate the holes), changes no byte, waits while told to, and stops when told to.
+// The huge-page sweep a VMM runs once its guest runs: it collapses the 2 MiB blocks of guest RAM that are
+// wholly allocated and not huge yet, leaves blocks with holes alone (collapsing them would allocate the
+// holes), changes no byte, passes again for blocks filled since, waits while told to, and stops when told.
 import assert from 'node:assert/strict';
 import { fstatSync } from 'node:fs';
 import { describe, test } from 'node:test';
@@ -8,6 +8,7 @@ import { guestRamHugeKib } from '../../../src/harness/guest-ram-usage.ts';
 import { GuestMemory, HUGE_PAGE_SIZE, PAGE_SIZE } from '../../../src/vmm/guest/guest-memory.ts';
 import { HugePageSweep } from '../../../src/vmm/guest/huge-page-sweep.ts';
 import { collapseSkipReason } from '../../support/huge-pages.ts';
+import { until } from '../../support/until.ts';
 
 const BLOCK_PAGES = HUGE_PAGE_SIZE / PAGE_SIZE;
 
@@ -44,6 +45,35 @@ describe('HugePageSweep', () => {
       assert.equal(guestRamHugeKib(process.pid), (3 * HUGE_PAGE_SIZE) / 1024, 'blocks 0, 3 and 4 mapped whole');
       assert.equal(allocated(m), bytes, 'no hole was filled');
       assert.deepEqual(m.pageDigests(), digests);
+    } finally {
+      m.close();
+    }
+  });
+
+  test('repeating, a later pass collapses a block filled since the one before, and says so', async (t) => {
+    const m = guest();
+    try {
+      const probe = m.collapseHugePages(4 * BLOCK_PAGES, BLOCK_PAGES);
+      const skip = collapseSkipReason(probe.failure);
+      if (skip) return t.skip(skip);
+      const passes: number[] = [];
+      const sweep = new HugePageSweep(m, { repeatMs: 1, onPass: (bytes) => passes.push(bytes) });
+      sweep.start();
+      await until(() => passes.length >= 1, 'the first pass');
+      assert.deepEqual(passes.slice(0, 1), [2 * HUGE_PAGE_SIZE], 'blocks 0 and 3');
+      // Block 2, empty so far, written whole: a pass after this collapses it, and only it.
+      m.write(2 * HUGE_PAGE_SIZE, new Uint8Array(HUGE_PAGE_SIZE).fill(3));
+      const seen = passes.length;
+      await until(() => passes.length >= seen + 2, 'two more passes');
+      assert.equal(
+        passes.slice(seen).reduce((a, b) => a + b),
+        HUGE_PAGE_SIZE,
+      );
+      assert.equal(sweep.state, 'active', 'it goes on');
+      assert.equal(guestRamHugeKib(process.pid), (4 * HUGE_PAGE_SIZE) / 1024, 'blocks 0, 2, 3 and 4');
+      sweep.stop();
+      await sweep.done;
+      assert.equal(sweep.state, 'stopped');
     } finally {
       m.close();
     }
