@@ -43,7 +43,7 @@ export class HugePageSweep {
   /** The next slice, waiting: a turn of the event loop, or a paused sweep's next look. */
   private pending: { immediate: NodeJS.Immediate } | { timeout: NodeJS.Timeout } | null = null;
   private resolveDone: () => void = () => {};
-  /** Settles when the pass ends (completed, failed, or stopped). */
+  /** Settles when the sweep ends: its one pass done (no repeatMs), a failure that ends it, or stop(). */
   readonly done = new Promise<void>((r) => {
     this.resolveDone = r;
   });
@@ -59,7 +59,7 @@ export class HugePageSweep {
     this.schedule(0);
   }
 
-  /** Ends the pass where it is (the VMM is closing, say). */
+  /** Ends the sweep where it is (the VMM is closing, say). */
   stop(): void {
     if (this.state !== 'active') return;
     if (this.pending && 'immediate' in this.pending) clearImmediate(this.pending.immediate);
@@ -68,10 +68,15 @@ export class HugePageSweep {
     this.finish('stopped');
   }
 
-  /** The next slice after `ms` (0: the event loop's next turn). */
+  /**
+   * The next slice after `ms` (0: the event loop's next turn). A wait (between passes, or paused) does not
+   * keep the process alive on its own: background work is no reason for a VMM to stay.
+   */
   private schedule(ms: number): void {
     this.pending =
-      ms > 0 ? { timeout: setTimeout(() => this.slice(), ms) } : { immediate: setImmediate(() => this.slice()) };
+      ms > 0
+        ? { timeout: setTimeout(() => this.slice(), ms).unref() }
+        : { immediate: setImmediate(() => this.slice()) };
   }
 
   private slice(): void {
