@@ -325,14 +325,14 @@ export function multifdCounts(channels: number, cores: number): number[] {
   return [...counts].sort((a, b) => a - b);
 }
 
+/** The name suffix of a figure of ours with guest RAM in 4 KiB pages (vmm --no-huge-pages). */
+const SMALL_PAGES = ' 4 KiB pages';
+
 /**
  * The multifd part of `npm run bench`: a random guest over each count of channels (multifdCounts) with
  * multifd on, each count against the one before it, and against QEMU's multifd with the same channels
  * when installed.
  */
-/** The name suffix of a figure of ours with guest RAM in 4 KiB pages (vmm --no-huge-pages). */
-const SMALL_PAGES = ' 4 KiB pages';
-
 export async function multifdBench(memMiB: number, channels: number, rounds: number, run: BenchRun): Promise<void> {
   say(`multifd: a ${bytes(memMiB * (1 << 20))} guest of random bytes, idle, over loopback TCP (guest MB/s)`);
   const cores = cpus().length;

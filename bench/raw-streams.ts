@@ -44,14 +44,14 @@ function rawWriter(total: number, reader: RawReader): string {
   const addon = JSON.stringify(defaultAddonPath);
   // 'guest-huge': a memfd mapped whole, each 2 MiB block given a page and collapsed, as
   // GuestMemory.collapseHugePages does (this script cannot import it); H counts the blocks collapsed.
+  // Straight from the memory-sized buffer G, 1 MiB per write.
+  const serveG = `function serve(s){let off=0;function go(){while(off<${total}){const b=G.subarray(off,Math.min(off+(1<<20),${total}));off+=b.length;if(!s.write(b)){s.once('drain',go);return}}s.end()}go()}`;
   if (reader === 'guest-huge')
     return `const n=require(${addon});const ab=n.mmap(n.memfdCreate('raw-tcp-guest-huge',${total}),0,${total},true);
       const G=Buffer.from(ab);for(let o=0;o+${HUGE_PAGE_SIZE}<=${total};o+=${HUGE_PAGE_SIZE}){G[o]=0;try{n.madvise(ab,o,${HUGE_PAGE_SIZE},${MADV.COLLAPSE});H+=${HUGE_PAGE_SIZE}}catch{}}
-      require('crypto').randomFillSync(G);
-      function serve(s){let off=0;function go(){while(off<${total}){const b=G.subarray(off,Math.min(off+(1<<20),${total}));off+=b.length;if(!s.write(b)){s.once('drain',go);return}}s.end()}go()}`;
+      require('crypto').randomFillSync(G);${serveG}`;
   if (reader === 'guest' || reader === 'landed')
-    return `const G=Buffer.alloc(${total});require('crypto').randomFillSync(G);
-      function serve(s){let off=0;function go(){while(off<${total}){const b=G.subarray(off,Math.min(off+(1<<20),${total}));off+=b.length;if(!s.write(b)){s.once('drain',go);return}}s.end()}go()}`;
+    return `const G=Buffer.alloc(${total});require('crypto').randomFillSync(G);${serveG}`;
   if (reader !== 'checked' && reader !== 'staged' && reader !== 'fresh')
     return `const b=Buffer.alloc(1<<20,7);
       function serve(s){let left=${total};function go(){while(left>0){left-=b.length;if(!s.write(b)){s.once('drain',go);return}}s.end()}go()}`;

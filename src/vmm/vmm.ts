@@ -161,7 +161,7 @@ export class Vmm {
   }
 
   static async create(o: VmmOptions): Promise<Vmm> {
-    const huge = o.hugePages ?? true;
+    const huge = hugePagesOn(o);
     const memory = GuestMemory.create(o.memSize, GUEST_RAM_NAME, { adviseHugePages: huge });
     if (o.prefault) {
       if (huge) logHugePages(memory.collapseHugePages(), o.log);
@@ -226,7 +226,7 @@ export class Vmm {
     // The device DMA ring: the top 1 MiB of guest RAM (or all of it for a tiny guest).
     const ring = BigInt(Math.min(1 << 20, this.memory.size));
     if (this.options.fill === 'random') {
-      if ((this.options.hugePages ?? true) && !this.memory.allFaultedIn)
+      if (hugePagesOn(this.options) && !this.memory.allFaultedIn)
         logHugePages(this.memory.collapseHugePages(), this.options.log);
       fillRandom(this.memory);
     }
@@ -288,7 +288,7 @@ export class Vmm {
    * boot, and by the VMM command once its incoming migration completed. Logs each pass that made any.
    */
   startHugePageSweep(): void {
-    if (!(this.options.hugePages ?? true) || this.hugePageSweep) return;
+    if (!hugePagesOn(this.options) || this.hugePageSweep) return;
     const log = this.options.log;
     this.hugePageSweep = new HugePageSweep(this.memory, {
       paused: () => statusIsActive(this.migration.status),
@@ -313,6 +313,11 @@ export class Vmm {
     }
     this.memory.close();
   }
+}
+
+/** VmmOptions.hugePages with its default. */
+function hugePagesOn(o: VmmOptions): boolean {
+  return o.hugePages ?? true;
 }
 
 /** Between two background passes over guest RAM for blocks to collapse (a pass: an lseek per block not yet huge). */

@@ -106,6 +106,8 @@ export class GuestMemory {
   private allDataRecheck = 0;
   /** Per 2 MiB block: collapsed into a huge page here (collapseHugePages), so a sweep passes it by. */
   private readonly hugeBlocks: Uint8Array;
+  /** hugeBlockReady's answer from the kernel: the run of data a block's first pages start. */
+  private readonly blockExtent = new Float64Array(2);
 
   private constructor(
     /** The memfd: pass it with DMA_MAP (IOVA 0 = guest-physical 0) and to vCPU workers. */
@@ -545,7 +547,8 @@ export class GuestMemory {
   hugeBlockReady(b: number): boolean {
     const at = b * HUGE_PAGE_SIZE;
     if (!(b >= 0 && at + HUGE_PAGE_SIZE <= this.size) || this.hugeBlocks[b] || this.isClosed) return false;
-    const extent = new Float64Array(2);
+    const extent = this.blockExtent;
+    extent.fill(0); // an answer that sets no run must not leave the last block's standing
     try {
       // Its first 32 pages asked about: with none a hole, the walk reports the run of data they start.
       if (native().holePages(this.fd, at, 0xffffffff, extent) !== 0) return false;
